@@ -1,0 +1,378 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/arcbox/arcbox-agent/httpapi"
+)
+
+// config is every setting of the agent, resolved from flags, then the
+// environment (ARCBOX_<FLAG>), then the kernel command line, then defaults.
+type config struct {
+	Listen               []string
+	DockerListen         string
+	GuestDockerVsockPort uint32
+	DockerSocket         string
+	ContainerdSocket     string
+	RuntimeBinDir        string
+	DataDevice           string
+	WipeDataDevice       bool
+	DataMount            string
+	DockerDataRoot       string
+	ContainerdRoot       string
+	StateDir             string
+	LogDir               string
+	CmdlineFile          string
+	AllowCIDs            []uint32
+	PrepareSystem        bool
+	SetClock             bool
+	NTPServer            string
+	OCIRuntime           string
+	SandboxRootfs        string
+	SandboxCIDR          string
+	LogLevel             string
+	LogFormat            string
+	ShutdownTimeout      time.Duration
+
+	// Where each value came from, for the startup log.
+	Sources map[string]string
+}
+
+// setting is one row of the configuration table.
+type setting struct {
+	name       string // the flag, without dashes
+	cmdline    string // the kernel command-line key, if any ("arcbox.x=")
+	usage      string
+	repeatable bool // a flag given many times; a comma-separated list in the environment
+	isBool     bool
+	def        func(c *config) string // evaluated after the settings it depends on
+	apply      func(c *config, v string) error
+	// lenient settings ignore a bad value from the environment or the
+	// command line (with a warning) instead of failing, as API.md asks of
+	// the Docker port.
+	lenient bool
+}
+
+// envName is the environment variable of a setting: --docker-socket is
+// ARCBOX_DOCKER_SOCKET.
+func envName(flagName string) string {
+	return "ARCBOX_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func str(dst func(c *config) *string) func(c *config, v string) error {
+	return func(c *config, v string) error { *dst(c) = v; return nil }
+}
+
+func boolean(dst func(c *config) *bool) func(c *config, v string) error {
+	return func(c *config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%q is not a boolean (true or false)", v)
+		}
+		*dst(c) = b
+		return nil
+	}
+}
+
+func constant(s string) func(*config) string { return func(*config) string { return s } }
+
+// settings is the table, in resolution order: a default may use the
+// settings above it.
+var settings = []setting{
+	{name: "cmdline-file", usage: "the kernel command line to read settings from", def: constant("/proc/cmdline"),
+		apply: str(func(c *config) *string { return &c.CmdlineFile })},
+	{name: "listen", repeatable: true, usage: "control API listener URL: vsock://[CID]:PORT, unix:///path or tcp://HOST:PORT (repeatable)",
+		def: constant("vsock://:1024"), apply: func(c *config, v string) error {
+			for _, u := range splitList(v) {
+				if _, err := httpapi.ParseEndpoint(u); err != nil {
+					return err
+				}
+				c.Listen = append(c.Listen, u)
+			}
+			return nil
+		}},
+	{name: "guest-docker-vsock-port", cmdline: "arcbox.guest_docker_vsock_port", lenient: true,
+		usage: "the vsock port of the Docker API proxy's default listener", def: constant("2375"),
+		apply: func(c *config, v string) error {
+			p, err := strconv.ParseUint(v, 10, 32)
+			if err != nil || p == 0 {
+				return fmt.Errorf("%q is not a positive integer", v)
+			}
+			c.GuestDockerVsockPort = uint32(p)
+			return nil
+		}},
+	{name: "docker-listen", usage: "Docker API proxy listener URL",
+		def: func(c *config) string { return fmt.Sprintf("vsock://:%d", c.GuestDockerVsockPort) },
+		apply: func(c *config, v string) error {
+			if _, err := httpapi.ParseEndpoint(v); err != nil {
+				return err
+			}
+			c.DockerListen = v
+			return nil
+		}},
+	{name: "docker-socket", usage: "dockerd's unix socket", def: constant("/var/run/docker.sock"),
+		apply: str(func(c *config) *string { return &c.DockerSocket })},
+	{name: "containerd-socket", usage: "containerd's unix socket", def: constant("/run/containerd/containerd.sock"),
+		apply: str(func(c *config) *string { return &c.ContainerdSocket })},
+	{name: "runtime-bin-dir", usage: "where dockerd, containerd, containerd-shim-runc-v2 and runc are", def: constant("/arcbox/runtime/bin"),
+		apply: str(func(c *config) *string { return &c.RuntimeBinDir })},
+	{name: "data-device", cmdline: "arcbox.docker_data_device", usage: "the data volume: a block device, or an image file attached to a loop device",
+		def: constant("/dev/vdb"), apply: str(func(c *config) *string { return &c.DataDevice })},
+	{name: "wipe-data-device", isBool: true, usage: "format the data device even though it carries another filesystem (destroys its data)",
+		def: constant("false"), apply: boolean(func(c *config) *bool { return &c.WipeDataDevice })},
+	{name: "data-mount", usage: "where the raw data volume is mounted", def: constant("/run/arcbox/data"),
+		apply: str(func(c *config) *string { return &c.DataMount })},
+	{name: "docker-data-root", usage: "dockerd's data root (the @docker subvolume)", def: constant("/var/lib/docker"),
+		apply: str(func(c *config) *string { return &c.DockerDataRoot })},
+	{name: "containerd-root", usage: "containerd's root (the @containerd subvolume)", def: constant("/var/lib/containerd"),
+		apply: str(func(c *config) *string { return &c.ContainerdRoot })},
+	{name: "state-dir", usage: "sandboxes, snapshots, image cache and agent records", def: constant("/var/lib/arcbox"),
+		apply: str(func(c *config) *string { return &c.StateDir })},
+	{name: "log-dir", usage: "where runtime daemons log (default /arcbox/log when /arcbox exists, else /var/log/arcbox)",
+		def: func(*config) string {
+			if fi, err := os.Stat("/arcbox"); err == nil && fi.IsDir() {
+				return "/arcbox/log"
+			}
+			return "/var/log/arcbox"
+		}, apply: str(func(c *config) *string { return &c.LogDir })},
+	{name: "allow-cid", repeatable: true, usage: "a vsock peer CID accepted besides the host's 2 (repeatable)", def: constant(""),
+		apply: func(c *config, v string) error {
+			for _, s := range splitList(v) {
+				cid, err := strconv.ParseUint(s, 10, 32)
+				if err != nil {
+					return fmt.Errorf("%q is not a CID (a 32-bit number)", s)
+				}
+				c.AllowCIDs = append(c.AllowCIDs, uint32(cid))
+			}
+			return nil
+		}},
+	{name: "prepare-system", isBool: true, usage: "mount cgroup2, devpts and tmpfs, set ip_forward and load overlay before the runtime starts (default true when the agent is PID 1)",
+		def:   func(*config) string { return strconv.FormatBool(os.Getpid() == 1) },
+		apply: boolean(func(c *config) *bool { return &c.PrepareSystem })},
+	{name: "set-clock", isBool: true, usage: "let a ping with the host's time step the guest's realtime clock", def: constant("true"),
+		apply: boolean(func(c *config) *bool { return &c.SetClock })},
+	{name: "ntp-server", usage: "an NTP server for a one-shot sync before the runtime starts (empty: none)", def: constant(""),
+		apply: str(func(c *config) *string { return &c.NTPServer })},
+	{name: "oci-runtime", usage: "the sandboxes' OCI runtime: runc, crun, or a path (empty: the faster one present)", def: constant(""),
+		apply: str(func(c *config) *string { return &c.OCIRuntime })},
+	{name: "sandbox-rootfs", usage: "the default root filesystem directory of sandboxes",
+		def:   func(c *config) string { return filepath.Join(c.StateDir, "rootfs", "default") },
+		apply: str(func(c *config) *string { return &c.SandboxRootfs })},
+	{name: "sandbox-cidr", usage: "the sandbox bridge's address range; the gateway is its first address", def: constant("172.20.0.0/16"),
+		apply: str(func(c *config) *string { return &c.SandboxCIDR })},
+	{name: "log-level", usage: "debug, info, warn or error", def: constant("info"),
+		apply: func(c *config, v string) error {
+			switch v {
+			case "debug", "info", "warn", "error":
+				c.LogLevel = v
+				return nil
+			}
+			return fmt.Errorf("%q is not one of debug, info, warn, error", v)
+		}},
+	{name: "log-format", usage: "json, text, or auto (text on a terminal, else JSON)", def: constant("auto"),
+		apply: func(c *config, v string) error {
+			switch v {
+			case "json", "text", "auto":
+				c.LogFormat = v
+				return nil
+			}
+			return fmt.Errorf("%q is not one of json, text, auto", v)
+		}},
+	{name: "shutdown-timeout", usage: "how long requests in flight may finish after SIGTERM", def: constant("10s"),
+		apply: func(c *config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				return fmt.Errorf("%q is not a duration such as 10s", v)
+			}
+			c.ShutdownTimeout = d
+			return nil
+		}},
+}
+
+// errHelp and errVersion end the program early with status 0.
+var (
+	errHelp    = errors.New("help requested")
+	errVersion = errors.New("version requested")
+)
+
+// listValue collects a repeatable flag.
+type listValue struct{ vals []string }
+
+func (l *listValue) String() string     { return strings.Join(l.vals, ",") }
+func (l *listValue) Set(v string) error { l.vals = append(l.vals, v); return nil }
+
+// loadConfig resolves the settings from args, the environment (getenv) and
+// the kernel command line; warn is told of lenient values it ignored.
+func loadConfig(args []string, getenv func(string) string, usageOut io.Writer, warn func(msg string, args ...any)) (*config, error) {
+	fs := flag.NewFlagSet("arcbox-agent", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	values := map[string]*string{}
+	lists := map[string]*listValue{}
+	for _, s := range settings {
+		switch {
+		case s.repeatable:
+			lists[s.name] = &listValue{}
+			fs.Var(lists[s.name], s.name, s.usage)
+		case s.isBool:
+			values[s.name] = new(string)
+			fs.Var(&optionalBool{dst: values[s.name]}, s.name, s.usage)
+		default:
+			values[s.name] = fs.String(s.name, "", s.usage)
+		}
+	}
+	version := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(usageOut)
+			return nil, errHelp
+		}
+		return nil, fmt.Errorf("%w (see --help)", err)
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	}
+	if *version {
+		return nil, errVersion
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+
+	c := &config{Sources: map[string]string{}}
+	var cmdline map[string]string
+	for _, s := range settings {
+		// The sources that give this setting a value, highest first.
+		type candidate struct{ value, source string }
+		var cands []candidate
+		switch {
+		case given[s.name] && s.repeatable:
+			cands = append(cands, candidate{strings.Join(lists[s.name].vals, ","), "flag"})
+		case given[s.name]:
+			cands = append(cands, candidate{*values[s.name], "flag"})
+		}
+		if v := getenv(envName(s.name)); v != "" {
+			cands = append(cands, candidate{v, "env " + envName(s.name)})
+		}
+		if s.cmdline != "" {
+			if cmdline == nil {
+				cmdline = readCmdline(c.CmdlineFile)
+			}
+			if v, ok := cmdline[s.cmdline]; ok {
+				cands = append(cands, candidate{v, "kernel command line " + s.cmdline})
+			}
+		}
+		applied := false
+		for _, cand := range cands {
+			err := s.apply(c, cand.value)
+			if err == nil {
+				c.Sources[s.name], applied = cand.source, true
+				break
+			}
+			if !s.lenient || cand.source == "flag" {
+				return nil, fmt.Errorf("--%s from %s: %w", s.name, cand.source, err)
+			}
+			warn("ignoring a bad setting", "setting", s.name, "source", cand.source, "err", err)
+		}
+		if applied {
+			continue
+		}
+		if err := s.apply(c, s.def(c)); err != nil {
+			return nil, fmt.Errorf("--%s default: %w", s.name, err)
+		}
+		c.Sources[s.name] = "default"
+	}
+	return c, nil
+}
+
+// readCmdline returns the arcbox.* keys of the kernel command line; the
+// first non-empty value of a key wins, as in the seed agent.
+func readCmdline(path string) map[string]string {
+	out := map[string]string{}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return out
+	}
+	for _, tok := range strings.Fields(string(data)) {
+		k, v, ok := strings.Cut(tok, "=")
+		if !ok || v == "" || !strings.HasPrefix(k, "arcbox.") {
+			continue
+		}
+		if _, seen := out[k]; !seen {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// optionalBool is a boolean flag that may be given bare (--set-clock) or
+// with a value (--set-clock=false); the value is checked when applied.
+type optionalBool struct{ dst *string }
+
+func (b *optionalBool) String() string {
+	if b == nil || b.dst == nil {
+		return ""
+	}
+	return *b.dst
+}
+func (b *optionalBool) Set(v string) error {
+	if v == "" {
+		v = "true"
+	}
+	*b.dst = v
+	return nil
+}
+func (b *optionalBool) IsBoolFlag() bool { return true }
+
+func printUsage(w io.Writer) {
+	fmt.Fprint(w, `arcbox-agent: the agent inside an arcbox VM, the host's way in.
+
+Usage: arcbox-agent [flags]
+
+Each setting is taken from its flag, else its environment variable, else the
+kernel command line (where a key is given), else its default.
+
+`)
+	defaults := &config{}
+	for _, s := range settings {
+		def := s.def(defaults)
+		_ = s.apply(defaults, def)
+		name := "--" + s.name
+		switch {
+		case s.isBool:
+			name += "[=BOOL]"
+		case s.repeatable:
+			name += " VALUE ..."
+		default:
+			name += " VALUE"
+		}
+		fmt.Fprintf(w, "  %s\n      %s\n      env %s", name, s.usage, envName(s.name))
+		if s.repeatable {
+			fmt.Fprint(w, " (comma-separated)")
+		}
+		if s.cmdline != "" {
+			fmt.Fprintf(w, "; kernel command line %s=", s.cmdline)
+		}
+		if def != "" {
+			fmt.Fprintf(w, "; default %s", def)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprint(w, "  --version\n      print the version and exit\n")
+}

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func cmdlineFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "cmdline")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func envOf(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+type warnings []string
+
+func (w *warnings) warn(msg string, kv ...any) {
+	*w = append(*w, fmt.Sprint(append([]any{msg}, kv...)...))
+}
+
+func TestConfigDefaults(t *testing.T) {
+	var w warnings
+	c, err := loadConfig([]string{"--cmdline-file", cmdlineFile(t, "console=ttyS0 quiet")}, envOf(nil), nil, w.warn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c.Listen, []string{"vsock://:1024"}) || c.DockerListen != "vsock://:2375" ||
+		c.GuestDockerVsockPort != 2375 || c.DockerSocket != "/var/run/docker.sock" ||
+		c.ContainerdSocket != "/run/containerd/containerd.sock" || c.RuntimeBinDir != "/arcbox/runtime/bin" ||
+		c.DataDevice != "/dev/vdb" || c.WipeDataDevice || c.DataMount != "/run/arcbox/data" ||
+		c.DockerDataRoot != "/var/lib/docker" || c.ContainerdRoot != "/var/lib/containerd" ||
+		c.StateDir != "/var/lib/arcbox" || c.SandboxRootfs != "/var/lib/arcbox/rootfs/default" ||
+		!c.SetClock || c.PrepareSystem || c.NTPServer != "" || c.SandboxCIDR != "172.20.0.0/16" || len(c.AllowCIDs) != 0 {
+		t.Errorf("defaults: %+v", c)
+	}
+	if len(w) != 0 {
+		t.Errorf("warnings: %v", w)
+	}
+}
+
+// TestConfigPrecedence: flags > environment > kernel command line > defaults.
+func TestConfigPrecedence(t *testing.T) {
+	cl := cmdlineFile(t, "root=/dev/vda arcbox.docker_data_device=/dev/vdc arcbox.guest_docker_vsock_port=3000 arcbox.docker_data_device=/dev/vdz")
+	tests := []struct {
+		name       string
+		args       []string
+		env        map[string]string
+		wantDevice string
+		wantPort   uint32
+		wantDocker string
+		wantSource string
+	}{
+		{"cmdline over default (first value wins)", nil, nil, "/dev/vdc", 3000, "vsock://:3000", "kernel command line arcbox.docker_data_device"},
+		{"env over cmdline", nil, map[string]string{"ARCBOX_DATA_DEVICE": "/dev/vdd", "ARCBOX_GUEST_DOCKER_VSOCK_PORT": "4000"},
+			"/dev/vdd", 4000, "vsock://:4000", "env ARCBOX_DATA_DEVICE"},
+		{"flag over env", []string{"--data-device=/dev/vde", "--guest-docker-vsock-port", "5000"},
+			map[string]string{"ARCBOX_DATA_DEVICE": "/dev/vdd", "ARCBOX_GUEST_DOCKER_VSOCK_PORT": "4000"}, "/dev/vde", 5000, "vsock://:5000", "flag"},
+		{"docker-listen overrides the port's default", []string{"--docker-listen", "unix:///run/docker-proxy.sock"}, nil,
+			"/dev/vdc", 3000, "unix:///run/docker-proxy.sock", "kernel command line arcbox.docker_data_device"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var w warnings
+			c, err := loadConfig(append([]string{"--cmdline-file", cl}, tt.args...), envOf(tt.env), nil, w.warn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.DataDevice != tt.wantDevice || c.GuestDockerVsockPort != tt.wantPort || c.DockerListen != tt.wantDocker {
+				t.Errorf("got device %s port %d docker %s, want %s %d %s", c.DataDevice, c.GuestDockerVsockPort, c.DockerListen, tt.wantDevice, tt.wantPort, tt.wantDocker)
+			}
+			if got := c.Sources["data-device"]; got != tt.wantSource {
+				t.Errorf("source of data-device = %q, want %q", got, tt.wantSource)
+			}
+		})
+	}
+}
+
+// TestDockerPortIgnoresBadValues: a port that is not a positive integer is
+// ignored, falling through to the next source, as API.md says.
+func TestDockerPortIgnoresBadValues(t *testing.T) {
+	tests := []struct {
+		env, cmdline string
+		want         uint32
+	}{
+		{"0", "arcbox.guest_docker_vsock_port=3000", 3000},
+		{"-5", "", 2375},
+		{"abc", "arcbox.guest_docker_vsock_port=x", 2375},
+		{"", "arcbox.guest_docker_vsock_port=0", 2375},
+		{"6000", "arcbox.guest_docker_vsock_port=3000", 6000},
+	}
+	for _, tt := range tests {
+		var w warnings
+		c, err := loadConfig([]string{"--cmdline-file", cmdlineFile(t, tt.cmdline)},
+			envOf(map[string]string{"ARCBOX_GUEST_DOCKER_VSOCK_PORT": tt.env}), nil, w.warn)
+		if err != nil {
+			t.Fatalf("env %q cmdline %q: %v", tt.env, tt.cmdline, err)
+		}
+		if c.GuestDockerVsockPort != tt.want {
+			t.Errorf("env %q cmdline %q: port %d, want %d", tt.env, tt.cmdline, c.GuestDockerVsockPort, tt.want)
+		}
+		if tt.want != 6000 && (tt.env != "" || strings.Contains(tt.cmdline, "=x") || strings.Contains(tt.cmdline, "=0")) && len(w) == 0 {
+			t.Errorf("env %q cmdline %q: ignored silently", tt.env, tt.cmdline)
+		}
+	}
+	// A bad flag is the operator's own typo: an error, not a fallback.
+	if _, err := loadConfig([]string{"--guest-docker-vsock-port", "0"}, envOf(nil), nil, func(string, ...any) {}); err == nil {
+		t.Error("a bad --guest-docker-vsock-port flag was accepted")
+	}
+}
+
+func TestConfigListsAndBools(t *testing.T) {
+	c, err := loadConfig([]string{"--listen", "tcp://:8080", "--listen", "unix:///run/a.sock", "--allow-cid", "3",
+		"--set-clock=false", "--wipe-data-device", "--cmdline-file", "/nonexistent"},
+		envOf(map[string]string{"ARCBOX_ALLOW_CID": "9", "ARCBOX_PREPARE_SYSTEM": "true"}), nil, func(string, ...any) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c.Listen, []string{"tcp://:8080", "unix:///run/a.sock"}) {
+		t.Errorf("listen = %v", c.Listen)
+	}
+	if !reflect.DeepEqual(c.AllowCIDs, []uint32{3}) {
+		t.Errorf("allow-cid = %v, want the flag's [3] over the environment's", c.AllowCIDs)
+	}
+	if c.SetClock || !c.WipeDataDevice || !c.PrepareSystem {
+		t.Errorf("bools: set-clock %v wipe %v prepare %v", c.SetClock, c.WipeDataDevice, c.PrepareSystem)
+	}
+	c, err = loadConfig([]string{"--cmdline-file", "/nonexistent"}, envOf(map[string]string{"ARCBOX_LISTEN": "tcp://:1, unix:///run/b.sock"}), nil, func(string, ...any) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c.Listen, []string{"tcp://:1", "unix:///run/b.sock"}) {
+		t.Errorf("listen from env = %v", c.Listen)
+	}
+}
+
+func TestConfigErrorsNameTheSetting(t *testing.T) {
+	tests := []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--listen", "http://:80"}, nil, "--listen from flag"},
+		{nil, map[string]string{"ARCBOX_SET_CLOCK": "maybe"}, "--set-clock from env ARCBOX_SET_CLOCK: \"maybe\" is not a boolean"},
+		{nil, map[string]string{"ARCBOX_ALLOW_CID": "host"}, "--allow-cid from env ARCBOX_ALLOW_CID"},
+		{[]string{"--shutdown-timeout", "soon"}, nil, "--shutdown-timeout from flag"},
+		{[]string{"--no-such-flag"}, nil, "flag provided but not defined: -no-such-flag"},
+		{[]string{"stray"}, nil, `unexpected argument "stray"`},
+	}
+	for _, tt := range tests {
+		_, err := loadConfig(append([]string{"--cmdline-file", "/nonexistent"}, tt.args...), envOf(tt.env), nil, func(string, ...any) {})
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("args %v env %v: err = %v, want it to contain %q", tt.args, tt.env, err, tt.want)
+		}
+	}
+}
+
+func TestHelpNamesEachEnvironmentVariable(t *testing.T) {
+	var out bytes.Buffer
+	_, err := loadConfig([]string{"--help"}, envOf(nil), &out, func(string, ...any) {})
+	if !errors.Is(err, errHelp) {
+		t.Fatalf("err = %v, want errHelp", err)
+	}
+	for _, s := range settings {
+		if !strings.Contains(out.String(), "--"+s.name) || !strings.Contains(out.String(), envName(s.name)) {
+			t.Errorf("--help lacks --%s or %s", s.name, envName(s.name))
+		}
+	}
+	for _, want := range []string{"arcbox.docker_data_device=", "arcbox.guest_docker_vsock_port=", "default vsock://:1024"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help lacks %q", want)
+		}
+	}
+	if _, err := loadConfig([]string{"--version"}, envOf(nil), nil, nil); !errors.Is(err, errVersion) {
+		t.Errorf("--version: err = %v", err)
+	}
+}

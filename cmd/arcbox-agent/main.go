@@ -1,0 +1,189 @@
+// Command arcbox-agent is the agent inside an arcbox VM: the host's only way
+// in. It serves the control API (openapi.yaml) on vsock, unix and TCP
+// listeners and, when it is the VM's init, does init's duties too.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	arcboxagent "github.com/arcbox/arcbox-agent"
+	"github.com/arcbox/arcbox-agent/clock"
+	"github.com/arcbox/arcbox-agent/handlers"
+	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/pid1"
+	"github.com/arcbox/arcbox-agent/startup"
+	"github.com/arcbox/arcbox-agent/sysinfo"
+)
+
+// version is stamped at build time: -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	isInit := pid1.IsInit()
+	if isInit && os.Getenv("PATH") == "" {
+		// The kernel starts init with almost no environment.
+		_ = os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	switch {
+	case errors.Is(err, errHelp):
+		err = nil
+	case errors.Is(err, errVersion):
+		fmt.Fprintf(os.Stdout, "arcbox-agent %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		err = nil
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "arcbox-agent: %v\n", err)
+	}
+	if isInit {
+		// An init that exits panics the kernel: power off instead.
+		if perr := pid1.PowerOff(); perr != nil {
+			fmt.Fprintf(os.Stderr, "arcbox-agent: power off: %v\n", perr)
+		}
+		select {}
+	}
+	if err != nil {
+		os.Exit(1)
+	}
+}
+
+// run is the agent: it returns when ctx ends (SIGTERM or SIGINT) and every
+// request in flight has finished, or the shutdown deadline passed.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	began := startup.ProcessStart()
+	configBegan := time.Now()
+	var warnings [][]any
+	cfg, err := loadConfig(args, getenv, stdout, func(msg string, kv ...any) {
+		warnings = append(warnings, append([]any{msg}, kv...))
+	})
+	if err != nil {
+		return err
+	}
+	logger := newLogger(cfg, stderr)
+	for _, w := range warnings {
+		logger.Warn(w[0].(string), w[1:]...)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfo(),
+	)
+	phases := startup.New(reg, began)
+	phases.Observe("config", configBegan)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if pid1.IsInit() {
+		initBegan := time.Now()
+		if err := pid1.System.MountMissing(logger, pid1.EssentialMounts); err != nil {
+			logger.Error("mount the essential filesystems", "err", err)
+		}
+		go pid1.NewReaper(logger.With("component", "reaper")).Run(ctx)
+		phases.Observe("init", initBegan)
+	}
+
+	var setClock clock.Setter
+	if cfg.SetClock {
+		setClock = clock.SetRealtime
+	}
+	listeners := httpapi.NewListeners(httpapi.ListenersConfig{
+		Logger:     logger.With("component", "listeners"),
+		Phases:     phases,
+		Registerer: reg,
+		AllowCIDs:  cfg.AllowCIDs,
+	})
+	api := handlers.New(handlers.Config{
+		Version:    version,
+		Logger:     logger,
+		Clock:      clock.NewSyncer(time.Now, setClock),
+		SystemInfo: sysinfo.Source{}.Collect,
+		Listeners:  listeners.Status,
+		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		Spec:       arcboxagent.OpenAPI,
+	})
+	srv := &http.Server{
+		Handler:           httpapi.NewRouter(httpapi.RouterConfig{API: api, Logger: logger, Registerer: reg}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.With("component", "http").Handler(), slog.LevelWarn),
+	}
+	serve := func(ln net.Listener) {
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				logger.Error("listener stopped serving", "address", ln.Addr().String(), "err", err)
+			}
+		}()
+	}
+	for _, u := range cfg.Listen {
+		ep, err := httpapi.ParseEndpoint(u)
+		if err != nil {
+			return err
+		}
+		if err := listeners.Bind(ctx, "control", ep, serve); err != nil {
+			_ = srv.Close()
+			return fmt.Errorf("listen on %s: %w", u, err)
+		}
+	}
+	logger.Info("agent started", "version", version, "pid", os.Getpid(), "listen", cfg.Listen,
+		"since_exec", time.Since(began), "set_clock", cfg.SetClock, "prepare_system", cfg.PrepareSystem)
+	logger.Debug("configuration", "sources", cfg.Sources)
+
+	<-ctx.Done()
+	logger.Info("shutting down", "grace", cfg.ShutdownTimeout)
+	listeners.MarkClosed()
+	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancelShutdown()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		logger.Warn("requests still in flight at the deadline; closing them", "err", err)
+		_ = srv.Close()
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+func newLogger(cfg *config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	format := cfg.LogFormat
+	if format == "auto" {
+		format = "json"
+		if f, ok := w.(*os.File); ok {
+			if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+				format = "text"
+			}
+		}
+	}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func buildInfo() prometheus.Collector {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace:   "arcbox_agent",
+		Name:        "build_info",
+		Help:        "The agent's build; the value is always 1.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
+	})
+	g.Set(1)
+	return g
+}

@@ -1,0 +1,248 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/apitest"
+	"github.com/arcbox/arcbox-agent/internal/testenv"
+)
+
+// waitDial waits until the unix socket accepts connections.
+func waitDial(t *testing.T, sock string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never accepted a connection: %v", sock, err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func unixTransport(sock string) *http.Transport {
+	return &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+// TestRunFinishesRequestsInFlight starts the agent in-process, holds a
+// request half sent, shuts the agent down, and checks that the request
+// still gets its answer and run returns cleanly.
+func TestRunFinishesRequestsInFlight(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logs := &lockedBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--listen", "unix://" + sock, "--cmdline-file", "/nonexistent", "--set-clock=false"},
+			func(string) string { return "" }, io.Discard, logs)
+	}()
+	waitDial(t, sock)
+
+	tr := unixTransport(sock)
+	tr.DisableKeepAlives = true
+	c := apitest.NewClient(t, "http://agent", tr)
+	r, err := c.GetReadyzWithResponse(ctx)
+	if err != nil || r.StatusCode() != 200 {
+		t.Fatalf("readyz: %v %v", err, r)
+	}
+
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"message":"late"}`
+	fmt.Fprintf(conn, "POST /v1/ping HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body[:5])
+
+	// The listener accepts in order: once a later connection is answered,
+	// the server holds ours too, and shutdown must wait for it.
+	if r, err := c.GetLivezWithResponse(context.Background()); err != nil || r.StatusCode() != 200 {
+		t.Fatalf("livez: %v %v", err, r)
+	}
+	cancel()
+	// Shutdown has begun once the listener refuses new connections.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the listener still accepts after shutdown began")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if _, err := io.WriteString(conn, body[5:]); err != nil {
+		t.Fatalf("%v\n%s", err, logs.String())
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("in-flight request got no answer: %v", err)
+	}
+	var pong api.PingResponse
+	if err := json.NewDecoder(resp.Body).Decode(&pong); err != nil || resp.StatusCode != 200 || pong.Message != "pong: late" {
+		t.Fatalf("in-flight request: %d %+v %v", resp.StatusCode, pong, err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("run did not return after shutdown")
+	}
+	if !strings.Contains(logs.String(), `"msg":"stopped"`) {
+		t.Errorf("no stopped line in the log:\n%s", logs.String())
+	}
+}
+
+func TestRunRefusesABusyTCPPort(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	err = run(context.Background(), []string{"--listen", "tcp://" + busy.Addr().String(), "--cmdline-file", "/nonexistent"},
+		func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), busy.Addr().String()) {
+		t.Fatalf("err = %v, want one naming the busy address", err)
+	}
+}
+
+// buildAgent builds the agent binary with a stamped version.
+func buildAgent(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "arcbox-agent")
+	cmd := exec.Command("go", "build", "-ldflags", "-X main.version=v9.9.9-test", "-o", bin, ".")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestBinary runs the built agent as a process: --version, --help, and a
+// SIGTERM that ends it with status 0.
+func TestBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := buildAgent(t)
+	out, err := exec.Command(bin, "--version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "arcbox-agent v9.9.9-test ") {
+		t.Errorf("--version: %q %v", out, err)
+	}
+	out, err = exec.Command(bin, "--help").Output()
+	if err != nil || !strings.Contains(string(out), "ARCBOX_LISTEN") {
+		t.Errorf("--help: %v\n%s", err, out)
+	}
+	if err := exec.Command(bin, "--listen", "ftp://x").Run(); err == nil {
+		t.Error("a bad --listen exited 0")
+	}
+
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	var stderr lockedBuffer
+	cmd := exec.Command(bin, "--listen", "unix://"+sock, "--cmdline-file", "/nonexistent", "--set-clock=false")
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
+	waitDial(t, sock)
+	c := apitest.NewClient(t, "http://agent", unixTransport(sock))
+	r, err := c.GetPingWithResponse(context.Background())
+	if err != nil || r.JSON200 == nil || r.JSON200.Version != "v9.9.9-test" {
+		t.Fatalf("ping: %v %v", err, r)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, stderr.String())
+	}
+	// Logs are JSON when not on a terminal.
+	for _, line := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+		if !json.Valid([]byte(line)) {
+			t.Errorf("log line is not JSON: %s", line)
+		}
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket left behind: %v", err)
+	}
+}
+
+// TestMetricsPassPromtool checks /metrics with Prometheus' own linter and
+// that the startup phases are there.
+func TestMetricsPassPromtool(t *testing.T) {
+	promtool := testenv.RequireBinary(t, "promtool")
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--listen", "unix://" + sock, "--cmdline-file", "/nonexistent"},
+			func(string) string { return "" }, io.Discard, io.Discard)
+	}()
+	defer func() { cancel(); <-done }()
+	waitDial(t, sock)
+	c := apitest.NewClient(t, "http://agent", unixTransport(sock))
+	if _, err := c.GetPingWithResponse(ctx); err != nil { // one request observed
+		t.Fatal(err)
+	}
+	r, err := c.GetMetricsWithResponse(ctx)
+	if err != nil || r.StatusCode() != 200 {
+		t.Fatalf("metrics: %v %v", err, r)
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = bytes.NewReader(r.Body)
+	if out, err := cmd.CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		`arcbox_agent_startup_phase_duration_seconds{phase="config"}`,
+		`arcbox_agent_startup_phase_end_seconds{phase="listen unix://` + sock + `"}`,
+		`arcbox_agent_start_time_seconds `,
+		`arcbox_agent_build_info{goversion=`,
+		`arcbox_agent_http_request_duration_seconds_count{code="200",method="GET",route="/v1/ping"} 1`,
+		`go_goroutines `,
+		`process_resident_memory_bytes `,
+	} {
+		if !strings.Contains(string(r.Body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}

@@ -1,0 +1,53 @@
+// Package handlers implements the agent's HTTP API: one method per operation
+// of openapi.yaml on API, which decodes and validates the request, calls one
+// domain package, and encodes the answer. Handlers never touch the OS.
+package handlers
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/clock"
+	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/sysinfo"
+)
+
+// Config is what New needs. Every field is required.
+type Config struct {
+	Version string
+	Logger  *slog.Logger
+	// Clock compares the guest clock with the host's and steps it.
+	Clock *clock.Syncer
+	// SystemInfo collects the guest's facts.
+	SystemInfo func() (sysinfo.Info, error)
+	// Listeners reports whether every listener is bound, and their states.
+	Listeners func() (bool, []httpapi.ListenerStatus)
+	// Metrics serves the Prometheus registry.
+	Metrics http.Handler
+	// Spec is openapi.yaml, served as it was built.
+	Spec []byte
+}
+
+// API serves every operation of the contract.
+type API struct {
+	cfg Config
+}
+
+var _ api.ServerInterface = (*API)(nil)
+
+// New returns the API.
+func New(cfg Config) *API {
+	return &API{cfg: cfg}
+}
+
+func (a *API) log(r *http.Request) *slog.Logger {
+	return httpapi.Logger(r.Context(), a.cfg.Logger)
+}
+
+// notImplemented answers an operation of the contract that this build does
+// not serve yet.
+func notImplemented(w http.ResponseWriter, r *http.Request) {
+	httpapi.WriteErr(w, fmt.Errorf("%s %s: %w in this build of the agent", r.Method, r.URL.Path, httpapi.ErrNotImplemented))
+}

@@ -1,0 +1,456 @@
+package handlers_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	arcboxagent "github.com/arcbox/arcbox-agent"
+	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/clock"
+	"github.com/arcbox/arcbox-agent/handlers"
+	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/internal/apitest"
+	"github.com/arcbox/arcbox-agent/sysinfo"
+)
+
+// fakeClock is the guest clock; sets records every step and never touches
+// the machine's clock.
+type fakeClock struct {
+	mu   sync.Mutex
+	now  time.Time
+	sets []time.Time
+	err  error
+}
+
+func (f *fakeClock) Now() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return f.now }
+func (f *fakeClock) Set(t time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return f.err
+	}
+	f.sets = append(f.sets, t)
+	f.now = t
+	return nil
+}
+
+type harness struct {
+	client  *api.ClientWithResponses
+	url     string
+	clock   *fakeClock
+	logs    *syncBuffer
+	ready   bool
+	infoErr error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+var guestNow = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+
+func newHarness(t *testing.T, setClock bool) *harness {
+	t.Helper()
+	h := &harness{clock: &fakeClock{now: guestNow}, logs: &syncBuffer{}, ready: true}
+	logger := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	reg := prometheus.NewRegistry()
+	var setter clock.Setter
+	if setClock {
+		setter = h.clock.Set
+	}
+	a := handlers.New(handlers.Config{
+		Version: "test-1.0",
+		Logger:  logger,
+		Clock:   clock.NewSyncer(h.clock.Now, setter),
+		SystemInfo: func() (sysinfo.Info, error) {
+			if h.infoErr != nil {
+				return sysinfo.Info{}, h.infoErr
+			}
+			return sysinfo.Info{KernelVersion: "6.1.0", OSName: "Linux", OSVersion: "#1", Arch: "x86_64",
+				Hostname: "vm", TotalMemory: 4 << 30, AvailableMemory: 3 << 30, CPUCount: 2,
+				LoadAverage: [3]float64{0.5, 0.25, 0.1}, Uptime: 90 * time.Second, IPAddresses: []string{"192.168.64.2"}}, nil
+		},
+		Listeners: func() (bool, []httpapi.ListenerStatus) {
+			if h.ready {
+				return true, []httpapi.ListenerStatus{{Name: "control", URL: "unix:///run/a.sock", State: httpapi.StateBound, Address: "/run/a.sock"}}
+			}
+			return false, []httpapi.ListenerStatus{{Name: "control", URL: "vsock://:1024", State: httpapi.StateBinding, Error: "no such device"}}
+		},
+		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Spec:    arcboxagent.OpenAPI,
+	})
+	srv := httptest.NewServer(httpapi.NewRouter(httpapi.RouterConfig{API: a, Logger: logger, Registerer: reg}))
+	t.Cleanup(srv.Close)
+	h.url = srv.URL
+	h.client = apitest.NewClient(t, srv.URL, nil)
+	return h
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestHealth(t *testing.T) {
+	h := newHarness(t, true)
+	ctx := context.Background()
+	for name, get := range map[string]func() (int, *api.Health){
+		"livez": func() (int, *api.Health) {
+			r, err := h.client.GetLivezWithResponse(ctx)
+			must(t, err)
+			return r.StatusCode(), r.JSON200
+		},
+		"healthz": func() (int, *api.Health) {
+			r, err := h.client.GetHealthzWithResponse(ctx)
+			must(t, err)
+			return r.StatusCode(), r.JSON200
+		},
+	} {
+		code, body := get()
+		if code != 200 || body == nil || body.Status != api.Ok {
+			t.Errorf("%s: got %d %+v, want 200 ok", name, code, body)
+		}
+	}
+}
+
+func TestReadyz(t *testing.T) {
+	h := newHarness(t, true)
+	r, err := h.client.GetReadyzWithResponse(context.Background())
+	must(t, err)
+	if r.StatusCode() != 200 || r.JSON200 == nil || !r.JSON200.Ready {
+		t.Fatalf("ready: got %d %s", r.StatusCode(), r.Body)
+	}
+	h.ready = false
+	r, err = h.client.GetReadyzWithResponse(context.Background())
+	must(t, err)
+	if r.StatusCode() != 503 || r.JSON503 == nil || r.JSON503.Ready || r.JSON503.Listeners[0].State != api.ListenerStateStateBinding {
+		t.Fatalf("not ready: got %d %s", r.StatusCode(), r.Body)
+	}
+	if e := r.JSON503.Listeners[0].Error; e == nil || *e != "no such device" {
+		t.Errorf("not ready: listener error = %v, want the bind error", e)
+	}
+}
+
+func TestGetPing(t *testing.T) {
+	h := newHarness(t, true)
+	r, err := h.client.GetPingWithResponse(context.Background())
+	must(t, err)
+	if r.StatusCode() != 200 || r.JSON200.Message != "pong" || r.JSON200.Version != "test-1.0" {
+		t.Fatalf("got %d %s", r.StatusCode(), r.Body)
+	}
+	if r.JSON200.ClockDriftMs != nil || r.JSON200.ClockStepped != nil {
+		t.Errorf("a GET ping reported clock fields: %s", r.Body)
+	}
+}
+
+func TestPostPingClock(t *testing.T) {
+	host := guestNow // the host's view of now; tests move the guest around it
+	tests := []struct {
+		name      string
+		guest     time.Time
+		setClock  bool
+		setErr    error
+		req       api.PingRequest
+		wantMsg   string
+		wantDrift *int64
+		wantStep  bool
+		wantErr   bool
+	}{
+		{name: "no body fields", req: api.PingRequest{}, wantMsg: "pong"},
+		{name: "message", req: api.PingRequest{Message: ptr("hello")}, wantMsg: "pong: hello"},
+		{name: "whole seconds within 1s", guest: host.Add(800 * time.Millisecond), setClock: true,
+			req: api.PingRequest{TimestampSecs: ptr(host.Unix())}, wantMsg: "pong", wantDrift: ptr(int64(800))},
+		{name: "whole seconds past 1s steps", guest: host.Add(-5 * time.Second), setClock: true,
+			req: api.PingRequest{TimestampSecs: ptr(host.Unix())}, wantMsg: "pong", wantDrift: ptr(int64(-5000)), wantStep: true},
+		{name: "nanos within 50ms", guest: host.Add(30 * time.Millisecond), setClock: true,
+			req: api.PingRequest{TimestampNanos: ptr(host.UnixNano())}, wantMsg: "pong", wantDrift: ptr(int64(30))},
+		{name: "nanos past 50ms steps", guest: host.Add(-70 * time.Millisecond), setClock: true,
+			req: api.PingRequest{TimestampNanos: ptr(host.UnixNano())}, wantMsg: "pong", wantDrift: ptr(int64(-70)), wantStep: true},
+		{name: "proto-style fraction", guest: host.Add(500*time.Millisecond + 80*time.Millisecond), setClock: true,
+			req: api.PingRequest{TimestampSecs: ptr(host.Unix()), TimestampNanos: ptr(int64(500_000_000))}, wantMsg: "pong", wantDrift: ptr(int64(80)), wantStep: true},
+		{name: "guest at year 2000 is stepped", guest: time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC), setClock: true,
+			req: api.PingRequest{TimestampSecs: ptr(host.Unix())}, wantMsg: "pong",
+			wantDrift: ptr(time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC).Sub(host).Milliseconds()), wantStep: true},
+		{name: "set-clock off reports drift only", guest: host.Add(time.Hour), setClock: false,
+			req: api.PingRequest{TimestampSecs: ptr(host.Unix())}, wantMsg: "pong", wantDrift: ptr(int64(3_600_000))},
+		{name: "setter failure is reported, ping succeeds", guest: host.Add(time.Hour), setClock: true, setErr: errors.New("operation not permitted"),
+			req: api.PingRequest{TimestampSecs: ptr(host.Unix())}, wantMsg: "pong", wantDrift: ptr(int64(3_600_000)), wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, tt.setClock)
+			if !tt.guest.IsZero() {
+				h.clock.now = tt.guest
+			}
+			h.clock.err = tt.setErr
+			r, err := h.client.PostPingWithResponse(context.Background(), tt.req)
+			must(t, err)
+			if r.StatusCode() != 200 {
+				t.Fatalf("status %d: %s", r.StatusCode(), r.Body)
+			}
+			got := r.JSON200
+			if got.Message != tt.wantMsg {
+				t.Errorf("message = %q, want %q", got.Message, tt.wantMsg)
+			}
+			switch {
+			case tt.wantDrift == nil && got.ClockDriftMs != nil:
+				t.Errorf("clock_drift_ms = %d, want absent", *got.ClockDriftMs)
+			case tt.wantDrift != nil && (got.ClockDriftMs == nil || *got.ClockDriftMs != *tt.wantDrift):
+				t.Errorf("clock_drift_ms = %v, want %d", got.ClockDriftMs, *tt.wantDrift)
+			}
+			if tt.wantDrift != nil && (got.ClockStepped == nil || *got.ClockStepped != tt.wantStep) {
+				t.Errorf("clock_stepped = %v, want %v", got.ClockStepped, tt.wantStep)
+			}
+			if stepped := len(h.clock.sets) > 0; stepped != tt.wantStep {
+				t.Errorf("clock set %v, want stepped=%v", h.clock.sets, tt.wantStep)
+			}
+			if tt.wantStep && h.clock.sets[0].Sub(host).Abs() > time.Second {
+				t.Errorf("clock set to %v, want the host's %v", h.clock.sets[0], host)
+			}
+			if (got.ClockError != nil) != tt.wantErr {
+				t.Errorf("clock_error = %v, want present=%v", got.ClockError, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestPostPingRejectsBadInput(t *testing.T) {
+	h := newHarness(t, true)
+	tests := []struct {
+		name, body string
+		wantCode   int
+		wantInMsg  string
+	}{
+		{"unknown field", `{"message":"x","bogus":1}`, 400, `unknown field "bogus"`},
+		{"wrong type", `{"timestamp_secs":"soon"}`, 400, `field "timestamp_secs" must be an integer`},
+		{"negative secs", `{"timestamp_secs":-1}`, 400, `"timestamp_secs" must not be negative`},
+		{"nanos too small alone", `{"timestamp_nanos":5}`, 400, `"timestamp_nanos"`},
+		{"secs and nanos disagree", `{"timestamp_secs":1000,"timestamp_nanos":1764331200000000000}`, 400, `"timestamp_secs" (1000) and "timestamp_nanos"`},
+		{"malformed", `{"message":`, 400, "malformed JSON"},
+		{"trailing data", `{"message":"a"} {"message":"b"}`, 400, "after the JSON value"},
+		{"not an object", `[1,2]`, 400, "must be a JSON an object"},
+	}
+	tr := &apitest.Transport{T: t, SkipRequestValidation: true}
+	c := apitest.NewClientWith(t, h.url, tr)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := c.PostPingWithBodyWithResponse(context.Background(), "application/json", strings.NewReader(tt.body))
+			must(t, err)
+			var e api.Error
+			if err := json.Unmarshal(r.Body, &e); err != nil {
+				t.Fatalf("body %q is not the error shape: %v", r.Body, err)
+			}
+			if r.StatusCode() != tt.wantCode || e.Code != int32(tt.wantCode) || !strings.Contains(e.Message, tt.wantInMsg) {
+				t.Errorf("got %d %q, want %d with %q", r.StatusCode(), e.Message, tt.wantCode, tt.wantInMsg)
+			}
+		})
+	}
+	if len(h.clock.sets) != 0 {
+		t.Errorf("a rejected ping set the clock: %v", h.clock.sets)
+	}
+}
+
+func TestBodyLimit(t *testing.T) {
+	h := newHarness(t, true)
+	big := `{"message":"` + strings.Repeat("x", httpapi.MaxBodyBytes) + `"}`
+	c := apitest.NewClientWith(t, h.url, &apitest.Transport{T: t, SkipRequestValidation: true})
+
+	// Declared length: refused before reading.
+	r, err := c.PostPingWithBodyWithResponse(context.Background(), "application/json", strings.NewReader(big))
+	must(t, err)
+	if r.StatusCode() != 413 || r.JSON413 == nil || r.JSON413.Code != 413 {
+		t.Errorf("declared length: got %d %s, want 413", r.StatusCode(), r.Body)
+	}
+	// Chunked, length unknown: refused once the limit is read past.
+	r, err = c.PostPingWithBodyWithResponse(context.Background(), "application/json", io.MultiReader(strings.NewReader(big)))
+	must(t, err)
+	if r.StatusCode() != 413 || r.JSON413 == nil {
+		t.Errorf("chunked: got %d %s, want 413", r.StatusCode(), r.Body)
+	}
+}
+
+func TestInfo(t *testing.T) {
+	h := newHarness(t, true)
+	r, err := h.client.GetInfoWithResponse(context.Background())
+	must(t, err)
+	got := r.JSON200
+	if r.StatusCode() != 200 || got.KernelVersion != "6.1.0" || got.TotalMemory != 4<<30 || got.CpuCount != 2 ||
+		len(got.LoadAverage) != 3 || got.Uptime != 90 || got.IpAddresses[0] != "192.168.64.2" {
+		t.Fatalf("got %d %s", r.StatusCode(), r.Body)
+	}
+	h.infoErr = errors.New("/proc/meminfo: no such file or directory")
+	r, err = h.client.GetInfoWithResponse(context.Background())
+	must(t, err)
+	if r.StatusCode() != 500 || r.JSONDefault == nil || !strings.Contains(r.JSONDefault.Message, "/proc/meminfo") {
+		t.Fatalf("failing source: got %d %s, want 500 naming it", r.StatusCode(), r.Body)
+	}
+}
+
+func TestNotImplementedYet(t *testing.T) {
+	h := newHarness(t, true)
+	ctx := context.Background()
+	r, err := h.client.ListSandboxesWithResponse(ctx, &api.ListSandboxesParams{})
+	must(t, err)
+	if r.StatusCode() != 501 || r.JSONDefault == nil || !strings.Contains(r.JSONDefault.Message, "GET /v1/sandboxes") {
+		t.Errorf("list sandboxes: got %d %s, want 501 naming the operation", r.StatusCode(), r.Body)
+	}
+	g, err := h.client.GetSandboxWithResponse(ctx, "box-1")
+	must(t, err)
+	if g.StatusCode() != 501 {
+		t.Errorf("get sandbox: got %d %s, want 501", g.StatusCode(), g.Body)
+	}
+}
+
+func TestUnknownRouteAndMethod(t *testing.T) {
+	h := newHarness(t, true)
+	resp, err := http.Get(h.url + "/v1/nope")
+	must(t, err)
+	assertError(t, resp, 404, "no route for GET /v1/nope")
+
+	req, _ := http.NewRequest(http.MethodDelete, h.url+"/v1/ping", nil)
+	resp, err = http.DefaultClient.Do(req)
+	must(t, err)
+	if allow := resp.Header.Get("Allow"); allow != "GET, POST" {
+		t.Errorf("Allow = %q, want %q", allow, "GET, POST")
+	}
+	assertError(t, resp, 405, "DELETE is not allowed on /v1/ping")
+}
+
+func TestTraceID(t *testing.T) {
+	h := newHarness(t, true)
+	req, _ := http.NewRequest(http.MethodGet, h.url+"/v1/ping", nil)
+	req.Header.Set(httpapi.TraceHeader, "trace-abc-123")
+	resp, err := http.DefaultClient.Do(req)
+	must(t, err)
+	resp.Body.Close()
+	if got := resp.Header.Get(httpapi.TraceHeader); got != "trace-abc-123" {
+		t.Errorf("echoed trace id %q, want trace-abc-123", got)
+	}
+	if !strings.Contains(h.logs.String(), `"trace_id":"trace-abc-123"`) {
+		t.Errorf("log has no line with the trace id:\n%s", h.logs.String())
+	}
+
+	// Without one, or with one that would break a log line, one is made.
+	for _, sent := range []string{"", "bad id\nwith newline"} {
+		req, _ := http.NewRequest(http.MethodGet, h.url+"/v1/ping", nil)
+		if sent != "" {
+			req.Header.Set(httpapi.TraceHeader, sent)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			// net/http refuses a header value with a newline; that is the point.
+			continue
+		}
+		resp.Body.Close()
+		if got := resp.Header.Get(httpapi.TraceHeader); len(got) != 32 {
+			t.Errorf("sent %q: made trace id %q, want 32 hex digits", sent, got)
+		}
+	}
+}
+
+func TestRequestMetricsUseRoutePatterns(t *testing.T) {
+	h := newHarness(t, true)
+	ctx := context.Background()
+	for _, id := range []string{"a", "b", "c"} {
+		_, err := h.client.GetSandboxWithResponse(ctx, id)
+		must(t, err)
+	}
+	r, err := h.client.GetMetricsWithResponse(ctx)
+	must(t, err)
+	body := string(r.Body)
+	want := `arcbox_agent_http_request_duration_seconds_count{code="501",method="GET",route="/v1/sandboxes/{id}"} 3`
+	if !strings.Contains(body, want) {
+		t.Errorf("metrics lack %s:\n%s", want, body)
+	}
+	if strings.Contains(body, `route="/v1/sandboxes/a"`) {
+		t.Error("metrics use the raw path")
+	}
+}
+
+func TestOpenAPIServed(t *testing.T) {
+	h := newHarness(t, true)
+	r, err := h.client.GetOpenAPIWithResponse(context.Background())
+	must(t, err)
+	if r.StatusCode() != 200 || !bytes.Equal(r.Body, arcboxagent.OpenAPI) {
+		t.Fatalf("got %d, %d bytes; want the embedded spec", r.StatusCode(), len(r.Body))
+	}
+	if ct := r.HTTPResponse.Header.Get("Content-Type"); ct != "application/yaml" {
+		t.Errorf("content type %q", ct)
+	}
+}
+
+// TestOverUnixSocket drives the API over a real unix socket, as socat and
+// curl --unix-socket do.
+func TestOverUnixSocket(t *testing.T) {
+	h := newHarness(t, true)
+	_ = h
+	sock := t.TempDir() + "/agent.sock"
+	ln, err := net.Listen("unix", sock)
+	must(t, err)
+	srv := &http.Server{Handler: rebuildRouter(t)}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}
+	c := apitest.NewClient(t, "http://agent", tr)
+	r, err := c.PostPingWithResponse(context.Background(), api.PingRequest{Message: ptr("over unix")})
+	must(t, err)
+	if r.StatusCode() != 200 || r.JSON200.Message != "pong: over unix" {
+		t.Fatalf("got %d %s", r.StatusCode(), r.Body)
+	}
+}
+
+func rebuildRouter(t *testing.T) http.Handler {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	a := handlers.New(handlers.Config{
+		Version: "x", Logger: logger, Clock: clock.NewSyncer(time.Now, nil),
+		SystemInfo: sysinfo.Source{}.Collect,
+		Listeners:  func() (bool, []httpapi.ListenerStatus) { return true, nil },
+		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Spec: arcboxagent.OpenAPI,
+	})
+	return httpapi.NewRouter(httpapi.RouterConfig{API: a, Logger: logger, Registerer: reg})
+}
+
+func assertError(t *testing.T, resp *http.Response, code int, inMsg string) {
+	t.Helper()
+	defer resp.Body.Close()
+	var e api.Error
+	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+		t.Fatalf("status %d: body is not the error shape: %v", resp.StatusCode, err)
+	}
+	if resp.StatusCode != code || int(e.Code) != code || !strings.Contains(e.Message, inMsg) {
+		t.Errorf("got %d %+v, want %d with %q", resp.StatusCode, e, code, inMsg)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("content type %q, want application/json", ct)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

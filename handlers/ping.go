@@ -1,0 +1,85 @@
+package handlers
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/clock"
+	"github.com/arcbox/arcbox-agent/httpapi"
+)
+
+// GetPing answers pong and the version.
+func (a *API) GetPing(w http.ResponseWriter, _ *http.Request) {
+	httpapi.WriteJSON(w, http.StatusOK, api.PingResponse{Message: "pong", Version: a.cfg.Version})
+}
+
+// PostPing answers pong and, given the host's time, reports the guest
+// clock's drift and steps the clock past the threshold.
+func (a *API) PostPing(w http.ResponseWriter, r *http.Request) {
+	var req api.PingRequest
+	if err := httpapi.DecodeJSON(r, &req); err != nil && !errors.Is(err, httpapi.ErrEmptyBody) {
+		httpapi.WriteErr(w, err)
+		return
+	}
+	host, threshold, err := hostTime(req)
+	if err != nil {
+		httpapi.WriteErr(w, err)
+		return
+	}
+	resp := api.PingResponse{Message: "pong", Version: a.cfg.Version}
+	if req.Message != nil && *req.Message != "" {
+		resp.Message = "pong: " + *req.Message
+	}
+	if !host.IsZero() {
+		res := a.cfg.Clock.Sync(host, threshold)
+		driftMs := res.Drift.Milliseconds()
+		resp.ClockDriftMs, resp.ClockStepped = &driftMs, &res.Stepped
+		log := a.log(r)
+		switch {
+		case res.Err != nil:
+			msg := res.Err.Error()
+			resp.ClockError = &msg
+			log.Warn("could not step the clock to the host's time", "drift", res.Drift, "err", res.Err)
+		case res.Stepped:
+			log.Info("stepped the clock to the host's time", "drift", res.Drift, "host_time", host)
+		}
+	}
+	httpapi.WriteJSON(w, http.StatusOK, resp)
+}
+
+// hostTime reads the host's time from a ping, and the drift threshold its
+// precision allows. A zero time means the ping carried none.
+func hostTime(req api.PingRequest) (time.Time, time.Duration, error) {
+	var secs, nanos int64
+	if req.TimestampSecs != nil {
+		secs = *req.TimestampSecs
+	}
+	if req.TimestampNanos != nil {
+		nanos = *req.TimestampNanos
+	}
+	switch {
+	case secs < 0:
+		return time.Time{}, 0, fmt.Errorf("%w: field \"timestamp_secs\" must not be negative", httpapi.ErrBadRequest)
+	case nanos < 0:
+		return time.Time{}, 0, fmt.Errorf("%w: field \"timestamp_nanos\" must not be negative", httpapi.ErrBadRequest)
+	case nanos > 0 && nanos < int64(time.Second) && secs > 0:
+		// proto3 Timestamp style: nanos is the fraction of secs.
+		return time.Unix(secs, nanos), clock.PreciseThreshold, nil
+	case nanos >= int64(time.Second):
+		t := time.Unix(0, nanos)
+		if secs > 0 && (t.Unix()-secs > 1 || secs-t.Unix() > 1) {
+			return time.Time{}, 0, fmt.Errorf("%w: fields \"timestamp_secs\" (%d) and \"timestamp_nanos\" (%d) name different times; send one, or nanos as the fraction of secs",
+				httpapi.ErrBadRequest, secs, nanos)
+		}
+		return t, clock.PreciseThreshold, nil
+	case nanos > 0:
+		return time.Time{}, 0, fmt.Errorf("%w: field \"timestamp_nanos\" (%d) is under one second since 1970; send Unix nanoseconds, or it with \"timestamp_secs\" as its fraction",
+			httpapi.ErrBadRequest, nanos)
+	case secs > 0:
+		return time.Unix(secs, 0), clock.WholeSecondThreshold, nil
+	}
+	return time.Time{}, 0, nil
+}

@@ -1,0 +1,136 @@
+package httpapi
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+
+	"github.com/mdlayher/vsock"
+)
+
+// Endpoint is a listener given as a URL: vsock://[CID]:PORT, unix:///path
+// or tcp://HOST:PORT.
+type Endpoint struct {
+	URL    string // as given
+	Scheme string // "vsock", "unix" or "tcp"
+	// Address is host:port for tcp and the socket path for unix.
+	Address string
+	// CID and Port are the vsock address; HasCID is false for any CID.
+	CID    uint32
+	HasCID bool
+	Port   uint32
+}
+
+// ParseEndpoint parses a listener URL. A TCP host left empty is loopback:
+// the agent listens beyond the machine only when told an address.
+func ParseEndpoint(raw string) (Endpoint, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("listener %q: %w", raw, err)
+	}
+	ep := Endpoint{URL: raw, Scheme: u.Scheme}
+	switch u.Scheme {
+	case "tcp":
+		host, port := u.Hostname(), u.Port()
+		if port == "" || u.Path != "" {
+			return Endpoint{}, fmt.Errorf("listener %q: want tcp://HOST:PORT", raw)
+		}
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return Endpoint{}, fmt.Errorf("listener %q: port %q is not a number from 0 to 65535", raw, port)
+		}
+		if host == "" {
+			host = "127.0.0.1"
+		}
+		ep.Address = net.JoinHostPort(host, port)
+	case "unix":
+		path := u.Path
+		if u.Host != "" || !filepath.IsAbs(path) {
+			return Endpoint{}, fmt.Errorf("listener %q: want unix:///absolute/path", raw)
+		}
+		ep.Address = filepath.Clean(path)
+	case "vsock":
+		if u.Port() == "" || u.Path != "" {
+			return Endpoint{}, fmt.Errorf("listener %q: want vsock://[CID]:PORT", raw)
+		}
+		port, err := strconv.ParseUint(u.Port(), 10, 32)
+		if err != nil || port == 0 {
+			return Endpoint{}, fmt.Errorf("listener %q: port %q is not a positive 32-bit number", raw, u.Port())
+		}
+		ep.Port = uint32(port)
+		if h := u.Hostname(); h != "" {
+			cid, err := strconv.ParseUint(h, 10, 32)
+			if err != nil {
+				return Endpoint{}, fmt.Errorf("listener %q: CID %q is not a number", raw, h)
+			}
+			ep.CID, ep.HasCID = uint32(cid), true
+		}
+	default:
+		return Endpoint{}, fmt.Errorf("listener %q: scheme must be vsock, unix or tcp", raw)
+	}
+	return ep, nil
+}
+
+// errNoVsock says the machine has no vsock support at all, so retrying a
+// bind is pointless.
+var errNoVsock = errors.New("this machine has no vsock support")
+
+// listen binds the endpoint once.
+func (ep Endpoint) listen() (net.Listener, error) {
+	switch ep.Scheme {
+	case "tcp":
+		return net.Listen("tcp", ep.Address)
+	case "unix":
+		return listenUnix(ep.Address)
+	case "vsock":
+		var ln *vsock.Listener
+		var err error
+		if ep.HasCID {
+			ln, err = vsock.ListenContextID(ep.CID, ep.Port, nil)
+		} else {
+			ln, err = vsock.Listen(ep.Port, nil)
+		}
+		if errors.Is(err, syscall.EAFNOSUPPORT) {
+			return nil, fmt.Errorf("%w: %w", errNoVsock, err)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return ln, nil
+	}
+	return nil, fmt.Errorf("listener %q: unknown scheme", ep.URL)
+}
+
+// listenUnix binds a unix socket readable by root alone, replacing a stale
+// socket file left by an earlier run but never one a live server answers on,
+// nor a file that is not a socket.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket; not replacing it", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("%s: another process is serving on this socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		_ = ln.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return ln, nil
+}

@@ -1,0 +1,42 @@
+package httpapi
+
+import (
+	"errors"
+	"net/http"
+)
+
+// The error classes handlers and domain packages wrap with %w; Status maps
+// each to its HTTP status in one place.
+var (
+	ErrBadRequest     = errors.New("invalid request")
+	ErrEmptyBody      = errors.New("empty request body")
+	ErrTooLarge       = errors.New("request body is over 1 MiB")
+	ErrNotFound       = errors.New("not found")
+	ErrConflict       = errors.New("conflict")
+	ErrUnavailable    = errors.New("unavailable")
+	ErrNotImplemented = errors.New("not implemented")
+)
+
+// Status returns the HTTP status for err by its class; 500 when it has none.
+func Status(err error) int {
+	switch {
+	case errors.Is(err, ErrBadRequest), errors.Is(err, ErrEmptyBody):
+		return http.StatusBadRequest
+	case errors.Is(err, ErrTooLarge):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, ErrConflict):
+		return http.StatusConflict
+	case errors.Is(err, ErrUnavailable):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, ErrNotImplemented):
+		return http.StatusNotImplemented
+	}
+	return http.StatusInternalServerError
+}
+
+// WriteErr writes err as a JSON error with the status of its class.
+func WriteErr(w http.ResponseWriter, err error) {
+	WriteError(w, Status(err), err.Error())
+}

@@ -1,0 +1,167 @@
+package httpapi
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// TraceHeader carries a request's trace id in both directions.
+const TraceHeader = "X-Trace-Id"
+
+type ctxKey int
+
+const (
+	traceIDKey ctxKey = iota
+	loggerKey
+)
+
+// validTraceID keeps what a client sends from breaking log lines or headers.
+var validTraceID = regexp.MustCompile(`^[A-Za-z0-9._:/+=-]{1,128}$`)
+
+// TraceID returns the request's trace id, or "" outside a request.
+func TraceID(ctx context.Context) string {
+	id, _ := ctx.Value(traceIDKey).(string)
+	return id
+}
+
+// Logger returns the request's logger, which carries its trace id; outside
+// a request it returns fallback.
+func Logger(ctx context.Context, fallback *slog.Logger) *slog.Logger {
+	if l, ok := ctx.Value(loggerKey).(*slog.Logger); ok {
+		return l
+	}
+	return fallback
+}
+
+func newTraceID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// withTrace echoes the client's X-Trace-Id or makes one, and gives the
+// request a logger that carries it.
+func withTrace(base *slog.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			id := r.Header.Get(TraceHeader)
+			if !validTraceID.MatchString(id) {
+				id = newTraceID()
+			}
+			w.Header().Set(TraceHeader, id)
+			ctx := context.WithValue(r.Context(), traceIDKey, id)
+			ctx = context.WithValue(ctx, loggerKey, base.With("trace_id", id))
+			next.ServeHTTP(w, r.WithContext(ctx))
+		})
+	}
+}
+
+// requestMetrics is the request-duration histogram, by route pattern.
+type requestMetrics struct {
+	duration *prometheus.HistogramVec
+}
+
+func newRequestMetrics(reg prometheus.Registerer) *requestMetrics {
+	m := &requestMetrics{
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "arcbox_agent",
+			Name:      "http_request_duration_seconds",
+			Help:      "How long HTTP requests took, by method, route pattern and status code.",
+			Buckets:   []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"method", "route", "code"}),
+	}
+	reg.MustRegister(m.duration)
+	return m
+}
+
+// accessLog logs each request once it ends and observes its duration by the
+// route pattern chi matched, never the raw path, so ids do not explode the
+// metric's cardinality.
+func accessLog(m *requestMetrics) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+			defer func() {
+				took := time.Since(start)
+				status := ww.Status()
+				if status == 0 {
+					status = http.StatusOK // nothing written: net/http answers 200
+				}
+				route := "unmatched"
+				if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+					route = rc.RoutePattern()
+				}
+				m.duration.WithLabelValues(r.Method, route, strconv.Itoa(status)).Observe(took.Seconds())
+				level := slog.LevelInfo
+				switch {
+				case status >= 500:
+					level = slog.LevelError
+				case r.URL.Path == "/livez" || r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics":
+					level = slog.LevelDebug // probes and scrapes would drown the log
+				}
+				Logger(r.Context(), slog.Default()).LogAttrs(r.Context(), level, "request",
+					slog.String("method", r.Method),
+					slog.String("path", r.URL.Path),
+					slog.String("route", route),
+					slog.Int("status", status),
+					slog.Int("bytes", ww.BytesWritten()),
+					slog.Duration("took", took),
+					slog.String("remote", r.RemoteAddr),
+				)
+			}()
+			next.ServeHTTP(ww, r)
+		})
+	}
+}
+
+// recoverer turns a handler's panic into a logged stack and a JSON 500.
+func recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			rec := recover()
+			if rec == nil {
+				return
+			}
+			if err, ok := rec.(error); ok && errors.Is(err, http.ErrAbortHandler) {
+				panic(rec) // net/http's own signal to drop the connection
+			}
+			Logger(r.Context(), slog.Default()).Error("handler panicked",
+				"panic", fmt.Sprint(rec), "stack", string(debug.Stack()))
+			if r.Header.Get("Connection") != "Upgrade" {
+				WriteError(w, http.StatusInternalServerError,
+					"internal error (trace id "+TraceID(r.Context())+"); the agent's log has the details")
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// limitBody refuses bodies over MaxBodyBytes: at once when the length is
+// declared, else when the handler reads past the limit.
+func limitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > MaxBodyBytes {
+			WriteError(w, http.StatusRequestEntityTooLarge,
+				fmt.Sprintf("request body is %d bytes; the limit is %d (1 MiB)", r.ContentLength, MaxBodyBytes))
+			return
+		}
+		if r.Body != nil {
+			r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		}
+		next.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,85 @@
+package pid1
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// Run reaps orphans whenever a child exits, until ctx ends.
+func (r *Reaper) Run(ctx context.Context) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, unix.SIGCHLD)
+	defer signal.Stop(ch)
+	r.ReapOrphans()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+			r.ReapOrphans()
+		}
+	}
+}
+
+// BecomeSubreaper makes orphans of this process's descendants its children,
+// as they are init's: how the reaper is tested without being PID 1.
+func BecomeSubreaper() error {
+	return unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+}
+
+type sysProc struct{}
+
+// children lists this process's children from every thread's children
+// file: orphans are reparented to some thread of the init process.
+func (sysProc) children() ([]int, error) {
+	files, err := filepath.Glob("/proc/self/task/*/children")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue // the thread exited
+		}
+		for _, field := range bytes.Fields(data) {
+			if pid, err := strconv.Atoi(string(field)); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids, nil
+}
+
+func (sysProc) stat(pid int) (byte, uint64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	fields := bytes.Fields(data[i+1:])
+	if len(fields) < 20 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(fields))
+	}
+	start, err := strconv.ParseUint(string(fields[19]), 10, 64)
+	if err != nil {
+		return 0, 0, err
+	}
+	return fields[0][0], start, nil
+}
+
+func (sysProc) reap(pid int) (bool, error) {
+	var ws unix.WaitStatus
+	got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+	return got == pid, err
+}
