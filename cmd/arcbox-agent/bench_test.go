@@ -162,7 +162,7 @@ func BenchmarkPing(b *testing.B) {
 			"--cmdline-file", "/nonexistent", "--set-clock=false", "--log-level", "error"},
 			func(string) string { return "" }, io.Discard, io.Discard)
 	}()
-	b.Cleanup(func() { cancel(); <-done })
+	b.Cleanup(func() { cancel(); _ = <-done })
 	waitDialB(b, "unix", agentSock)
 
 	bare := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
