@@ -162,7 +162,12 @@ func BenchmarkPing(b *testing.B) {
 			"--cmdline-file", "/nonexistent", "--set-clock=false", "--log-level", "error"},
 			func(string) string { return "" }, io.Discard, io.Discard)
 	}()
-	b.Cleanup(func() { cancel(); _ = <-done })
+	b.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			b.Error(err)
+		}
+	})
 	waitDialB(b, "unix", agentSock)
 
 	bare := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {

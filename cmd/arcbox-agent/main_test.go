@@ -217,7 +217,12 @@ func TestMetricsPassPromtool(t *testing.T) {
 		done <- run(ctx, []string{"--listen", "unix://" + sock, "--cmdline-file", "/nonexistent"},
 			func(string) string { return "" }, io.Discard, io.Discard)
 	}()
-	defer func() { cancel(); _ = <-done }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
 	waitDial(t, sock)
 	c := apitest.NewClient(t, "http://agent", unixTransport(sock))
 	if _, err := c.GetPingWithResponse(ctx); err != nil { // one request observed
