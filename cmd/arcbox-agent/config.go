@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/netconf"
 )
 
 // config is every setting of the agent, resolved from flags, then the
@@ -41,6 +42,8 @@ type config struct {
 	LogLevel             string
 	LogFormat            string
 	ShutdownTimeout      time.Duration
+	Modules              []string
+	NetAddresses         []netconf.Address
 
 	// Where each value came from, for the startup log.
 	Sources map[string]string
@@ -185,6 +188,24 @@ var settings = []setting{
 				return nil
 			}
 			return fmt.Errorf("%q is not one of json, text, auto", v)
+		}},
+	{name: "modules", repeatable: true, cmdline: "arcbox.modules",
+		usage: "kernel modules to load with their dependencies before listening (repeatable), e.g. virtio_pci,vsock_loopback", def: constant(""),
+		apply: func(c *config, v string) error {
+			c.Modules = append(c.Modules, splitList(v)...)
+			return nil
+		}},
+	{name: "net-address", repeatable: true, cmdline: "arcbox.net_address",
+		usage: "an interface's static IPv4 address, IFACE=ADDRESS/BITS, set before listening (repeatable)", def: constant(""),
+		apply: func(c *config, v string) error {
+			for _, s := range splitList(v) {
+				a, err := netconf.ParseAddress(s)
+				if err != nil {
+					return err
+				}
+				c.NetAddresses = append(c.NetAddresses, a)
+			}
+			return nil
 		}},
 	{name: "shutdown-timeout", usage: "how long requests in flight may finish after SIGTERM", def: constant("10s"),
 		apply: func(c *config, v string) error {

@@ -25,6 +25,8 @@ import (
 	"github.com/arcbox/arcbox-agent/clock"
 	"github.com/arcbox/arcbox-agent/handlers"
 	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/kmod"
+	"github.com/arcbox/arcbox-agent/netconf"
 	"github.com/arcbox/arcbox-agent/pid1"
 	"github.com/arcbox/arcbox-agent/startup"
 	"github.com/arcbox/arcbox-agent/sysinfo"
@@ -38,6 +40,13 @@ func main() {
 	if isInit && os.Getenv("PATH") == "" {
 		// The kernel starts init with almost no environment.
 		_ = os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	}
+	if len(os.Args) > 1 && os.Args[1] == "probe" {
+		if err := runProbe(os.Args[2:], os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "arcbox-agent: %v\n", err)
+			os.Exit(1)
+		}
+		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
@@ -91,13 +100,32 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if pid1.IsInit() {
+	isInit := pid1.IsInit()
+	if isInit {
 		initBegan := time.Now()
 		if err := pid1.System.MountMissing(logger, pid1.EssentialMounts); err != nil {
 			logger.Error("mount the essential filesystems", "err", err)
 		}
 		go pid1.NewReaper(logger.With("component", "reaper")).Run(ctx)
 		phases.Observe("init", initBegan)
+	}
+	if len(cfg.Modules) > 0 {
+		modulesBegan := time.Now()
+		if err := loadModules(logger, cfg.Modules); err != nil {
+			logger.Error("load kernel modules", "err", err)
+		}
+		phases.Observe("modules", modulesBegan)
+	}
+	if isInit || len(cfg.NetAddresses) > 0 {
+		netBegan := time.Now()
+		netCtx, cancelNet := context.WithTimeout(ctx, 5*time.Second)
+		if err := netconf.System.Configure(netCtx, cfg.NetAddresses); err != nil {
+			logger.Error("configure the network", "err", err)
+		} else if len(cfg.NetAddresses) > 0 {
+			logger.Info("configured the network", "addresses", cfg.NetAddresses)
+		}
+		cancelNet()
+		phases.Observe("network", netBegan)
 	}
 
 	var setClock clock.Setter
@@ -156,6 +184,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+func loadModules(logger *slog.Logger, names []string) error {
+	release, err := kmod.Release()
+	if err != nil {
+		return err
+	}
+	l := kmod.Loader{Dir: "/lib/modules/" + release, SysModule: "/sys/module", Insert: kmod.InsertFile}
+	inserted, err := l.Load(names...)
+	if len(inserted) > 0 {
+		logger.Info("loaded kernel modules", "modules", inserted)
+	}
+	return err
 }
 
 func newLogger(cfg *config, w io.Writer) *slog.Logger {

@@ -251,3 +251,37 @@ func TestMetricsPassPromtool(t *testing.T) {
 		}
 	}
 }
+
+func TestProbe(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	var out bytes.Buffer
+	probeDone := make(chan error, 1)
+	// The probe starts before the agent and keeps trying until it answers.
+	go func() {
+		probeDone <- runProbe([]string{"-timeout", "10s", "-X", "POST", "-d", `{"message":"p"}`, "unix://" + sock, "/v1/ping"}, &out)
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--listen", "unix://" + sock, "--cmdline-file", "/nonexistent"},
+			func(string) string { return "" }, io.Discard, io.Discard)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	if err := <-probeDone; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `: 200 {"message":"pong: p"`) {
+		t.Errorf("probe printed %q", out.String())
+	}
+	if err := runProbe([]string{"-timeout", "50ms", "unix://" + sock + ".none", "/v1/ping"}, io.Discard); err == nil || !strings.Contains(err.Error(), "gave up") {
+		t.Errorf("probe of nothing: %v", err)
+	}
+	if err := runProbe([]string{"vsock://x:1", "/"}, io.Discard); err == nil {
+		t.Error("bad vsock URL accepted")
+	}
+}
