@@ -40,6 +40,10 @@ lint: ## gofmt, go vet and golangci-lint.
 	go vet ./...
 	$(LINT) run ./...
 
+.PHONY: e2e-vm
+e2e-vm: deps ## Boot the agent as PID 1 of a QEMU VM and check it from the host.
+	go test -count=1 -v -timeout 20m ./e2e/vm/
+
 .PHONY: bench
 bench: deps build ## Run the benchmarks against their peers.
 	go test -run '^$$' -bench . -benchtime 2s -timeout 30m ./...

@@ -76,6 +76,16 @@ func main() {
 // request in flight has finished, or the shutdown deadline passed.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	began := startup.ProcessStart()
+	// As init, mount /proc and friends first: the configuration reads the
+	// kernel command line from /proc.
+	isInit := pid1.IsInit()
+	var mountErr error
+	var mountsTook time.Duration
+	if isInit {
+		mountsBegan := time.Now()
+		mountErr = pid1.System.MountMissing(slog.New(slog.DiscardHandler), pid1.EssentialMounts)
+		mountsTook = time.Since(mountsBegan)
+	}
 	configBegan := time.Now()
 	var warnings [][]any
 	cfg, err := loadConfig(args, getenv, stdout, func(msg string, kv ...any) {
@@ -100,14 +110,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	isInit := pid1.IsInit()
 	if isInit {
-		initBegan := time.Now()
-		if err := pid1.System.MountMissing(logger, pid1.EssentialMounts); err != nil {
-			logger.Error("mount the essential filesystems", "err", err)
+		if mountErr != nil {
+			logger.Error("mount the essential filesystems", "err", mountErr)
 		}
 		go pid1.NewReaper(logger.With("component", "reaper")).Run(ctx)
-		phases.Observe("init", initBegan)
+		phases.Record("init", mountsTook, configBegan.Sub(began))
 	}
 	if len(cfg.Modules) > 0 {
 		modulesBegan := time.Now()

@@ -46,7 +46,9 @@ func runProbe(args []string, stdout io.Writer) error {
 	defer cancel()
 	var conn net.Conn
 	for conn == nil {
-		if conn, err = dial(); err == nil {
+		c, err := dial()
+		if err == nil {
+			conn = c // never a typed nil from a failed dial
 			break
 		}
 		select {

@@ -1,0 +1,293 @@
+// Package vm boots the agent as PID 1 of a real VM under QEMU and checks it
+// from the host: the listeners, the clock, the system facts, vsock inside
+// the guest, the startup metrics and a clean power-off.
+package vm
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/apitest"
+	"github.com/arcbox/arcbox-agent/internal/testenv"
+)
+
+const (
+	guestCPUs   = 2
+	guestMemMiB = 1024
+	guestPort   = 8080
+)
+
+// console collects the serial console's lines and wakes waiters on each.
+type console struct {
+	mu    sync.Mutex
+	lines []string
+	more  chan struct{}
+}
+
+func (c *console) add(line string) {
+	c.mu.Lock()
+	c.lines = append(c.lines, line)
+	close(c.more)
+	c.more = make(chan struct{})
+	c.mu.Unlock()
+}
+
+func (c *console) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return strings.Join(c.lines, "\n")
+}
+
+// wait returns the first line matching re, waiting up to timeout for it.
+func (c *console) wait(re *regexp.Regexp, timeout time.Duration) (string, bool) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for i := 0; ; {
+		c.mu.Lock()
+		for ; i < len(c.lines); i++ {
+			if re.MatchString(c.lines[i]) {
+				line := c.lines[i]
+				c.mu.Unlock()
+				return line, true
+			}
+		}
+		more := c.more
+		c.mu.Unlock()
+		select {
+		case <-more:
+		case <-deadline.C:
+			return "", false
+		}
+	}
+}
+
+type guest struct {
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	console *console
+	client  *api.ClientWithResponses
+	started time.Time
+	exited  chan error
+}
+
+type bootOptions struct {
+	dataDisk string
+	cmdline  []string
+	rtcBase  string
+}
+
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// boot starts QEMU under software emulation (KVM hangs Linux guests early
+// on these machines), with no network but a port forwarded from loopback.
+func boot(t *testing.T, im vmImage, opt bootOptions) *guest {
+	t.Helper()
+	qemu := testenv.RequireBinary(t, "qemu-system-x86_64")
+	port := freePort(t)
+	cmdline := append([]string{
+		"console=ttyS0", "panic=-1", "loglevel=4",
+		"arcbox.modules=" + strings.Join(modules, ","),
+		"arcbox.net_address=eth0=10.0.2.15/24",
+		"arcbox.docker_data_device=/dev/vda",
+		"arcbox.guest_docker_vsock_port=2375",
+		"ARCBOX_LOG_FORMAT=json",
+		fmt.Sprintf("ARCBOX_LISTEN=tcp://0.0.0.0:%d,vsock://:1024", guestPort),
+	}, opt.cmdline...)
+	args := []string{
+		"-machine", "q35,accel=tcg", "-cpu", "max", "-smp", fmt.Sprint(guestCPUs), "-m", fmt.Sprint(guestMemMiB),
+		"-kernel", im.kernel, "-initrd", im.initrd, "-append", strings.Join(cmdline, " "),
+		"-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
+		"-nic", fmt.Sprintf("user,restrict=on,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:%d-:%d", port, guestPort),
+	}
+	if opt.rtcBase != "" {
+		args = append(args, "-rtc", "base="+opt.rtcBase)
+	}
+	if opt.dataDisk != "" {
+		args = append(args, "-drive", "file="+opt.dataDisk+",if=virtio,format=raw")
+	}
+	g := &guest{console: &console{more: make(chan struct{})}, exited: make(chan error, 1)}
+	g.cmd = exec.Command(qemu, args...)
+	var err error
+	if g.stdin, err = g.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := g.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.cmd.Stderr = g.cmd.Stdout
+	g.started = time.Now()
+	if err := g.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			g.console.add(strings.TrimRight(sc.Text(), "\r"))
+		}
+		g.exited <- g.cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if g.cmd.ProcessState == nil {
+			_ = g.cmd.Process.Kill()
+			<-g.exited
+		}
+		if t.Failed() {
+			t.Logf("guest console:\n%s", g.console)
+		}
+	})
+	g.client = apitest.NewClient(t, fmt.Sprintf("http://127.0.0.1:%d", port), nil)
+	return g
+}
+
+// waitReady polls /readyz until the agent in the guest answers 200.
+func (g *guest) waitReady(t *testing.T, timeout time.Duration) time.Duration {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		r, err := g.client.GetReadyzWithResponse(ctx)
+		cancel()
+		if err == nil && r.StatusCode() == 200 {
+			return time.Since(g.started)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent in the guest was not ready after %v: %v %v", timeout, err, r)
+		}
+		select {
+		case err := <-g.exited:
+			t.Fatalf("the VM exited while booting: %v", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (g *guest) send(t *testing.T, line string) {
+	t.Helper()
+	if _, err := io.WriteString(g.stdin, line+"\n"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (g *guest) expect(t *testing.T, pattern string, timeout time.Duration) string {
+	t.Helper()
+	line, ok := g.console.wait(regexp.MustCompile(pattern), timeout)
+	if !ok {
+		t.Fatalf("the console never showed %q", pattern)
+	}
+	return line
+}
+
+// shutdown sends SIGTERM to PID 1 from inside the guest and waits for the
+// agent to power the machine off.
+func (g *guest) shutdown(t *testing.T) {
+	t.Helper()
+	g.send(t, "shutdown")
+	select {
+	case err := <-g.exited:
+		if err != nil {
+			t.Fatalf("QEMU exited with %v", err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("the VM did not power off")
+	}
+	log := g.console.String()
+	for _, want := range []string{`"msg":"shutting down"`, `"msg":"stopped"`, "reboot: Power down"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("console lacks %q: the power-off was not clean", want)
+		}
+	}
+	if strings.Contains(log, "Kernel panic") {
+		t.Error("the kernel panicked")
+	}
+}
+
+func TestVM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a VM")
+	}
+	im := buildImage(t)
+	t.Logf("image built in %v (%s)", im.built, im)
+
+	t.Run("first boot", func(t *testing.T) {
+		g := boot(t, im, bootOptions{rtcBase: "2000-01-01"})
+		ready := g.waitReady(t, 3*time.Minute)
+		t.Logf("boot to first answered request: %v", ready)
+		ctx := context.Background()
+
+		info, err := g.client.GetInfoWithResponse(ctx)
+		if err != nil || info.JSON200 == nil {
+			t.Fatalf("info: %v %v", err, info)
+		}
+		i := info.JSON200
+		if i.KernelVersion != im.release || i.CpuCount != guestCPUs ||
+			i.TotalMemory > guestMemMiB<<20 || i.TotalMemory < guestMemMiB<<20/2 {
+			t.Errorf("info is not the VM's: kernel %s cpus %d memory %d", i.KernelVersion, i.CpuCount, i.TotalMemory)
+		}
+		if len(i.IpAddresses) == 0 || i.IpAddresses[0] != "10.0.2.15" {
+			t.Errorf("ip addresses %v, want 10.0.2.15", i.IpAddresses)
+		}
+
+		// The guest started in 2000: a ping with the host's time steps it.
+		now := time.Now().UnixNano()
+		p, err := g.client.PostPingWithResponse(ctx, api.PingRequest{TimestampNanos: &now})
+		if err != nil || p.JSON200 == nil || p.JSON200.ClockStepped == nil || !*p.JSON200.ClockStepped {
+			t.Fatalf("first ping: %v %s", err, p.Body)
+		}
+		if d := *p.JSON200.ClockDriftMs; d > -20*365*24*3600*1000 {
+			t.Errorf("drift before the step = %d ms, want about 26 years behind", d)
+		}
+		now = time.Now().UnixNano()
+		p, err = g.client.PostPingWithResponse(ctx, api.PingRequest{TimestampNanos: &now})
+		if err != nil || p.JSON200 == nil || *p.JSON200.ClockStepped {
+			t.Fatalf("second ping: %v %s", err, p.Body)
+		}
+		if d := *p.JSON200.ClockDriftMs; d < -1000 || d > 1000 {
+			t.Errorf("drift after the step = %d ms, want under a second", d)
+		}
+
+		m, err := g.client.GetMetricsWithResponse(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, phase := range []string{"config", "init", "modules", "network", fmt.Sprintf("listen tcp://0.0.0.0:%d", guestPort), "listen vsock://:1024"} {
+			re := regexp.MustCompile(`arcbox_agent_startup_phase_end_seconds\{phase="` + regexp.QuoteMeta(phase) + `"\} (\S+)`)
+			if mm := re.FindSubmatch(m.Body); mm == nil {
+				t.Errorf("metrics lack the startup phase %q", phase)
+			} else {
+				t.Logf("startup phase %-28s ended %ss after exec", phase, mm[1])
+			}
+		}
+
+		// Without --allow-cid 1, the guest's own vsock client is refused.
+		g.expect(t, `^E2E-VSOCK: refused`, time.Minute)
+		g.expect(t, `refused vsock peer`, 10*time.Second)
+		g.shutdown(t)
+	})
+
+	t.Run("vsock allowed", func(t *testing.T) {
+		g := boot(t, im, bootOptions{cmdline: []string{"ARCBOX_ALLOW_CID=1"}})
+		g.waitReady(t, 3*time.Minute)
+		g.expect(t, `^probe GET vsock://1:1024 /v1/ping: 200 \{"message":"pong","version":"e2e"\}`, time.Minute)
+		g.expect(t, `^E2E-VSOCK: ok`, 10*time.Second)
+		g.shutdown(t)
+	})
+}
