@@ -148,7 +148,9 @@ func boot(t *testing.T, im vmImage, opt bootOptions) *guest {
 	t.Cleanup(func() {
 		if g.cmd.ProcessState == nil {
 			_ = g.cmd.Process.Kill()
-			<-g.exited
+			if err := <-g.exited; err != nil {
+				t.Logf("QEMU, killed at cleanup: %v", err)
+			}
 		}
 		if t.Failed() {
 			t.Logf("guest console:\n%s", g.console)
