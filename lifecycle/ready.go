@@ -1,0 +1,40 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// probeInterval is how often a wait for a socket tries to connect: a
+// socket that comes up is noticed within about this long.
+const probeInterval = 5 * time.Millisecond
+
+var (
+	errExited   = errors.New("exited")
+	errNotReady = errors.New("not ready in time")
+)
+
+// waitSocket waits until the unix socket at path accepts a connection. It
+// returns errNotReady when timeout passes first, errExited as soon as
+// exited (the daemon's exit channel; nil for none) is closed, or ctx's error.
+func (r *Runtime) waitSocket(ctx context.Context, path string, timeout time.Duration, exited <-chan struct{}) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(probeInterval)
+	defer tick.Stop()
+	for {
+		if r.cfg.ProbeSocket(ctx, path) == nil {
+			return nil
+		}
+		select {
+		case <-exited:
+			return errExited
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return errNotReady
+		case <-tick.C:
+		}
+	}
+}

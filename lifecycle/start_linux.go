@@ -1,0 +1,245 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// containerdConfig disables the CRI plugin, which Docker does not need;
+// containerd has no flag for it, only its configuration file.
+const containerdConfig = "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
+
+// standardPath is appended to the daemons' PATH so they find modprobe,
+// mount and the like.
+const standardPath = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+// setProcAttr puts a daemon in a process group of its own, so signals
+// meant for the agent's group (a terminal's ^C) do not reach it.
+func setProcAttr(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+}
+
+// start is the seed agent's do_ensure_runtime_start: start what is down,
+// wait for dockerd, and report. It runs with the Runtime's lifetime, not a
+// request's context.
+func (r *Runtime) start(ctx context.Context) EnsureResult {
+	began := time.Now()
+	r.log.Info("runtime start")
+	notes, failure := r.startDaemons(ctx)
+	st := r.Status(ctx)
+
+	var parts []string
+	for _, n := range notes {
+		if n != "" && !strings.Contains(st.Detail, n) {
+			parts = append(parts, n)
+		}
+	}
+	parts = append(parts, st.Detail)
+	if failure != "" && !st.DockerReady {
+		parts = append(parts, failure)
+	}
+	res := EnsureResult{
+		Ready:    st.DockerReady,
+		Endpoint: st.Endpoint,
+		Message:  strings.Join(parts, "; "),
+		Status:   StatusFailed,
+	}
+	if st.DockerReady {
+		res.Status = StatusStarted
+		r.observe("ensure_total", began)
+		r.log.Info("runtime ready", "took", time.Since(began).Round(time.Millisecond).String(), "message", res.Message)
+	} else {
+		r.log.Warn("runtime start failed", "took", time.Since(began).Round(time.Millisecond).String(), "message", res.Message)
+	}
+	return res
+}
+
+// startDaemons is the seed agent's try_start_bundled_runtime followed by
+// its wait for dockerd. It returns notes on what it did and, when a daemon
+// did not come up, why, ending with that daemon's last log lines. It stops
+// early (missing binaries, a failed data volume, a daemon that could not
+// be spawned or exited) instead of waiting out a deadline that cannot help.
+func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure string) {
+	cfg := &r.cfg
+	if cfg.ProbeSocket(ctx, cfg.DockerSocket) == nil {
+		// Unless the containerd we started has died under a live dockerd:
+		// then it is started again below, and dockerd left alone.
+		if r.crashed(Containerd) == nil || cfg.ProbeSocket(ctx, cfg.ContainerdSocket) == nil {
+			return []string{"docker socket already ready"}, ""
+		}
+	}
+	if missing := r.missingBinaries(); len(missing) > 0 {
+		return []string{r.missingDetail(missing)}, ""
+	}
+	r.log.Info("starting bundled runtime", "runtime_bin_dir", cfg.RuntimeBinDir)
+
+	if cfg.PrepareSystem {
+		t := time.Now()
+		pre := r.prepareSystem(ctx)
+		if len(pre) > 0 {
+			r.log.Info("runtime prerequisites", "notes", strings.Join(pre, "; "))
+		}
+		notes = append(notes, pre...)
+		r.observe("runtime_prerequisites", t)
+	}
+
+	if cfg.Volume != nil {
+		t := time.Now()
+		note, err := cfg.Volume.Ensure(ctx)
+		if err != nil {
+			return append(notes, fmt.Sprintf("data volume setup failed: %v", err)), ""
+		}
+		if note != "" {
+			notes = append(notes, note)
+		}
+		r.observe("data_volume", t)
+	}
+
+	for _, dir := range []string{
+		cfg.ContainerdState, cfg.DockerExecRoot, cfg.LogDir,
+		filepath.Dir(cfg.ContainerdSocket), filepath.Dir(cfg.DockerSocket), filepath.Dir(cfg.ContainerdConfig),
+	} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			notes = append(notes, fmt.Sprintf("mkdir %s failed(%v)", dir, err))
+		}
+	}
+	env := daemonEnv(cfg.RuntimeBinDir)
+
+	// containerd. A socket that does not come up in time is only a note:
+	// dockerd waits for containerd itself. An exit is the end of it.
+	note, c, err := r.ensureDaemon(ctx, Containerd, cfg.ContainerdSocket, func() (string, []string) {
+		if err := os.WriteFile(cfg.ContainerdConfig, []byte(containerdConfig), 0o644); err != nil {
+			notes = append(notes, fmt.Sprintf("write containerd config failed(%v)", err))
+		}
+		return filepath.Join(cfg.RuntimeBinDir, "containerd"), []string{
+			"--config", cfg.ContainerdConfig,
+			"--address", cfg.ContainerdSocket,
+			"--state", cfg.ContainerdState,
+			"--root", cfg.ContainerdRoot,
+		}
+	}, env)
+	if note != "" {
+		notes = append(notes, note)
+	}
+	if err != nil {
+		return append(notes, err.Error()), ""
+	}
+	switch msg, kind := r.waitDaemon(ctx, c, cfg.ContainerdSocket, cfg.ContainerdTimeout); {
+	case kind == nil:
+		if c != nil {
+			r.observe("containerd_ready", c.started)
+		}
+	case errors.Is(kind, errNotReady):
+		notes = append(notes, fmt.Sprintf("containerd socket not ready after %s", cfg.ContainerdTimeout))
+	default:
+		return notes, msg
+	}
+
+	// dockerd.
+	pidfile := filepath.Join(cfg.DockerExecRoot, "docker.pid")
+	note, d, err := r.ensureDaemon(ctx, Dockerd, cfg.DockerSocket, func() (string, []string) {
+		// A dockerd of ours that died left its pid file; should the pid be
+		// reused meanwhile, the next dockerd would refuse to start.
+		if r.crashed(Dockerd) != nil {
+			os.Remove(pidfile)
+		}
+		args := []string{
+			"--host=unix://" + cfg.DockerSocket,
+			"--containerd=" + cfg.ContainerdSocket,
+			"--exec-root=" + cfg.DockerExecRoot,
+			"--data-root=" + cfg.DockerDataRoot,
+			"--userland-proxy=false",
+			"--pidfile=" + pidfile,
+		}
+		return filepath.Join(cfg.RuntimeBinDir, "dockerd"), append(args, cfg.ExtraDockerdArgs...)
+	}, env)
+	if note != "" {
+		notes = append(notes, note)
+	}
+	if err != nil {
+		return append(notes, err.Error()), ""
+	}
+	if msg, kind := r.waitDaemon(ctx, d, cfg.DockerSocket, cfg.DockerdTimeout); kind != nil {
+		return notes, msg
+	}
+	if d != nil {
+		r.observe("dockerd_ready", d.started)
+	}
+	return notes, ""
+}
+
+// ensureDaemon returns the running child that serves socket, spawning one
+// when the socket does not answer and no child of the service runs (one
+// that runs but does not answer yet is waited for, not doubled). c is nil
+// when the socket already answers.
+func (r *Runtime) ensureDaemon(ctx context.Context, name, socket string, command func() (string, []string), env []string) (note string, c *child, err error) {
+	if r.cfg.ProbeSocket(ctx, socket) == nil {
+		return "", nil, nil
+	}
+	r.mu.Lock()
+	c = r.children[name]
+	r.mu.Unlock()
+	if c != nil && !c.hasExited() {
+		return fmt.Sprintf("waiting for bundled %s (pid=%d)", name, c.pid), c, nil
+	}
+	path, args := command()
+	c, err = r.spawn(name, path, args, env)
+	if err != nil {
+		return "", nil, fmt.Errorf("failed to spawn bundled %s: %w", name, err)
+	}
+	return fmt.Sprintf("spawned bundled %s (pid=%d)", name, c.pid), c, nil
+}
+
+// waitDaemon waits for c's socket (nil c: it already answered). When it
+// does not come up, kind is errExited, errNotReady or the context's error,
+// and msg names what did not come up and ends with its last log lines.
+func (r *Runtime) waitDaemon(ctx context.Context, c *child, socket string, timeout time.Duration) (msg string, kind error) {
+	if c == nil {
+		return "", nil
+	}
+	err := r.waitSocket(ctx, socket, timeout, c.exited)
+	switch {
+	case err == nil:
+		return "", nil
+	case errors.Is(err, errExited):
+		return fmt.Sprintf("%s exited before its socket %s came up: %s", c.name, socket, c.exitDetail()), err
+	case errors.Is(err, errNotReady):
+		return fmt.Sprintf("%s socket %s not ready after %s (pid %d still running); %s", c.name, socket, timeout, c.pid, c.liveTail()), err
+	default:
+		return fmt.Sprintf("runtime start abandoned while waiting for %s: %v", c.name, err), err
+	}
+}
+
+// daemonEnv is the agent's environment with the runtime bin dir first on
+// PATH and the standard directories last.
+func daemonEnv(binDir string) []string {
+	var env []string
+	path := ""
+	for _, kv := range os.Environ() {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path = v
+			continue
+		}
+		env = append(env, kv)
+	}
+	if path != "" {
+		path = binDir + ":" + path + ":" + standardPath
+	} else {
+		path = binDir + ":" + standardPath
+	}
+	return append(env, "PATH="+path)
+}
+
+// observe records a startup phase when Phases is set.
+func (r *Runtime) observe(phase string, began time.Time) {
+	if r.cfg.Phases != nil {
+		r.cfg.Phases.Observe(phase, began)
+	}
+}

@@ -1,0 +1,139 @@
+package lifecycle
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// requiredBinaries must all be in the runtime bin dir for a start.
+var requiredBinaries = []string{"dockerd", "containerd", "containerd-shim-runc-v2", "runc"}
+
+// Service is one service's state in Status.
+type Service struct {
+	// Name is "containerd", "dockerd", or the data volume's name.
+	Name string
+	// Status is ServiceReady, ServiceNotReady or ServiceError.
+	Status string
+	// Detail says what was seen.
+	Detail string
+}
+
+// Status is the runtime's state, as the API's runtime status reports it.
+type Status struct {
+	// ContainerdReady reports whether containerd's socket accepts connections.
+	ContainerdReady bool
+	// DockerReady reports whether dockerd's socket accepts connections.
+	DockerReady bool
+	// Endpoint is where the host reaches dockerd (Config.Endpoint).
+	Endpoint string
+	// Detail sums the state up in one line.
+	Detail string
+	// Services are containerd, dockerd and, when configured, the data volume.
+	Services []Service
+}
+
+// Status probes the daemons' sockets and reports, with the seed agent's
+// detail strings. A daemon the Runtime started that exited without being
+// asked to is in ServiceError, with its exit status and last log lines,
+// until it is started again.
+func (r *Runtime) Status(ctx context.Context) Status {
+	cfg := &r.cfg
+	st := Status{
+		ContainerdReady: cfg.ProbeSocket(ctx, cfg.ContainerdSocket) == nil,
+		DockerReady:     cfg.ProbeSocket(ctx, cfg.DockerSocket) == nil,
+		Endpoint:        cfg.Endpoint,
+	}
+	containerdExit := r.crashed(Containerd)
+	dockerdExit := r.crashed(Dockerd)
+	dockerSocketExists := exists(cfg.DockerSocket)
+
+	containerd := Service{Name: Containerd}
+	switch {
+	case st.ContainerdReady:
+		containerd.Status = ServiceReady
+		containerd.Detail = "socket reachable: " + cfg.ContainerdSocket
+	case containerdExit != nil:
+		containerd.Status = ServiceError
+		containerd.Detail = "exited: " + containerdExit.exitDetail()
+	default:
+		containerd.Status = ServiceNotReady
+		containerd.Detail = "no reachable socket found; checked: " + cfg.ContainerdSocket
+	}
+
+	dockerd := Service{Name: Dockerd}
+	switch {
+	case st.DockerReady:
+		dockerd.Status = ServiceReady
+		dockerd.Detail = "socket reachable: " + cfg.DockerSocket
+	case dockerdExit != nil:
+		dockerd.Status = ServiceError
+		dockerd.Detail = "exited: " + dockerdExit.exitDetail()
+	case dockerSocketExists:
+		dockerd.Status = ServiceError
+		dockerd.Detail = "socket exists but not reachable: " + cfg.DockerSocket
+	default:
+		dockerd.Status = ServiceNotReady
+		dockerd.Detail = "socket missing: " + cfg.DockerSocket
+	}
+	st.Services = []Service{containerd, dockerd}
+	if cfg.Volume != nil {
+		st.Services = append(st.Services, cfg.Volume.Service())
+	}
+
+	switch missing := r.missingBinaries(); {
+	case st.DockerReady:
+		st.Detail = "docker socket ready"
+	case dockerSocketExists:
+		st.Detail = "docker socket exists but not reachable: " + cfg.DockerSocket
+	case len(missing) > 0:
+		st.Detail = fmt.Sprintf("docker socket missing: %s; %s", cfg.DockerSocket, r.missingDetail(missing))
+	default:
+		st.Detail = "docker socket missing: " + cfg.DockerSocket
+	}
+	if containerdExit != nil && !st.ContainerdReady {
+		st.Detail += fmt.Sprintf("; containerd exited (%s)", containerdExit.exitStatus())
+	}
+	if dockerdExit != nil && !st.DockerReady {
+		st.Detail += fmt.Sprintf("; dockerd exited (%s)", dockerdExit.exitStatus())
+	}
+	return st
+}
+
+// crashed returns the service's latest child if it exited without being
+// asked to, else nil.
+func (r *Runtime) crashed(service string) *child {
+	r.mu.Lock()
+	c := r.children[service]
+	r.mu.Unlock()
+	if c == nil || !c.hasExited() || c.stopping.Load() {
+		return nil
+	}
+	return c
+}
+
+// missingBinaries lists the required binaries absent from the bin dir.
+func (r *Runtime) missingBinaries() []string {
+	var missing []string
+	for _, name := range requiredBinaries {
+		if !exists(filepath.Join(r.cfg.RuntimeBinDir, name)) {
+			missing = append(missing, name)
+		}
+	}
+	return missing
+}
+
+// missingDetail is the seed's runtime_missing_detail_from.
+func (r *Runtime) missingDetail(missing []string) string {
+	if len(missing) == 0 {
+		return "all runtime binaries present under " + r.cfg.RuntimeBinDir
+	}
+	return fmt.Sprintf("missing runtime binaries under %s: %s", r.cfg.RuntimeBinDir, strings.Join(missing, ", "))
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
