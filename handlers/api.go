@@ -4,6 +4,7 @@
 package handlers
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -28,6 +29,11 @@ type Config struct {
 	Metrics http.Handler
 	// Spec is openapi.yaml, served as it was built.
 	Spec []byte
+	// Runtime starts and reports containerd and dockerd.
+	Runtime Runtime
+	// Stopping ends when the agent begins to shut down, so streaming
+	// responses end then rather than hold the shutdown up.
+	Stopping context.Context
 }
 
 // API serves every operation of the contract.

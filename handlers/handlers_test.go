@@ -5,11 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +27,7 @@ import (
 	"github.com/arcbox/arcbox-agent/handlers"
 	"github.com/arcbox/arcbox-agent/httpapi"
 	"github.com/arcbox/arcbox-agent/internal/apitest"
+	"github.com/arcbox/arcbox-agent/lifecycle"
 	"github.com/arcbox/arcbox-agent/sysinfo"
 )
 
@@ -48,7 +52,60 @@ func (f *fakeClock) Set(t time.Time) error {
 	return nil
 }
 
+// fakeRuntime answers for containerd and dockerd; its logs are real files.
+type fakeRuntime struct {
+	mu       sync.Mutex
+	ensures  []bool
+	logDir   string
+	followed chan struct{}
+}
+
+func (f *fakeRuntime) Ensure(_ context.Context, start bool) lifecycle.EnsureResult {
+	f.mu.Lock()
+	f.ensures = append(f.ensures, start)
+	f.mu.Unlock()
+	if !start {
+		return lifecycle.EnsureResult{Ready: false, Endpoint: "vsock:2375", Message: "docker socket missing: /var/run/docker.sock", Status: lifecycle.StatusFailed}
+	}
+	return lifecycle.EnsureResult{Ready: true, Endpoint: "vsock:2375", Message: "spawned containerd; spawned dockerd; docker socket ready", Status: lifecycle.StatusStarted}
+}
+
+func (f *fakeRuntime) Status(context.Context) lifecycle.Status {
+	return lifecycle.Status{ContainerdReady: true, DockerReady: false, Endpoint: "vsock:2375", Detail: "docker socket missing: /var/run/docker.sock",
+		Services: []lifecycle.Service{
+			{Name: "containerd", Status: lifecycle.ServiceReady, Detail: "socket reachable: /run/containerd/containerd.sock"},
+			{Name: "dockerd", Status: lifecycle.ServiceError, Detail: "exited: signal: killed (pid 42)"},
+			{Name: "data-volume", Status: lifecycle.ServiceReady, Detail: "device /dev/vdb; filesystem btrfs; mounted; 1000 bytes free"},
+		}}
+}
+
+func (f *fakeRuntime) OpenLog(service string) (*os.File, error) {
+	if service != "containerd" && service != "dockerd" {
+		return nil, fmt.Errorf("%q: %w", service, lifecycle.ErrUnknownService)
+	}
+	return os.Open(filepath.Join(f.logDir, service+".log"))
+}
+
+func (f *fakeRuntime) LogTail(service string, n int) ([]byte, int64, error) {
+	l, err := f.OpenLog(service)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer l.Close()
+	return lifecycle.Tail(l, n)
+}
+
+func (f *fakeRuntime) Follow(ctx context.Context, _ string, w io.Writer, _ int64) error {
+	if _, err := io.WriteString(w, "appended later\n"); err != nil {
+		return err
+	}
+	close(f.followed)
+	<-ctx.Done()
+	return nil
+}
+
 type harness struct {
+	runtime *fakeRuntime
 	client  *api.ClientWithResponses
 	url     string
 	clock   *fakeClock
@@ -73,7 +130,8 @@ var guestNow = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 
 func newHarness(t *testing.T, setClock bool) *harness {
 	t.Helper()
-	h := &harness{clock: &fakeClock{now: guestNow}, logs: &syncBuffer{}, ready: true}
+	h := &harness{clock: &fakeClock{now: guestNow}, logs: &syncBuffer{}, ready: true,
+		runtime: &fakeRuntime{logDir: t.TempDir(), followed: make(chan struct{})}}
 	logger := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
 	var setter clock.Setter
@@ -100,6 +158,7 @@ func newHarness(t *testing.T, setClock bool) *harness {
 		},
 		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		Spec:    arcboxagent.OpenAPI,
+		Runtime: h.runtime,
 	})
 	srv := httptest.NewServer(httpapi.NewRouter(httpapi.RouterConfig{API: a, Logger: logger, Registerer: reg}))
 	t.Cleanup(srv.Close)

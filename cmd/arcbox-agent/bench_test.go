@@ -158,8 +158,7 @@ func BenchmarkPing(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--listen", "unix://" + agentSock, "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", agentPort),
-			"--cmdline-file", "/nonexistent", "--set-clock=false", "--log-level", "error"},
+		done <- run(ctx, agentArgs(agentSock, "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", agentPort), "--set-clock=false", "--log-level", "error"),
 			func(string) string { return "" }, io.Discard, io.Discard)
 	}()
 	b.Cleanup(func() {
@@ -247,7 +246,7 @@ func BenchmarkStartup(b *testing.B) {
 	b.ResetTimer()
 	for i := range b.N {
 		sock := filepath.Join(b.TempDir(), fmt.Sprintf("a%d.sock", i))
-		cmd := exec.Command(bin, "--listen", "unix://"+sock, "--cmdline-file", "/nonexistent", "--log-level", "error")
+		cmd := exec.Command(bin, agentArgs(sock, "--log-level", "error")...)
 		t0 := time.Now()
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/arcbox/arcbox-agent/disk"
 	"github.com/arcbox/arcbox-agent/httpapi"
 	"github.com/arcbox/arcbox-agent/netconf"
 )
@@ -29,6 +30,10 @@ type config struct {
 	DataMount            string
 	DockerDataRoot       string
 	ContainerdRoot       string
+	ContainerdState      string
+	ContainerdConfig     string
+	DockerExecRoot       string
+	DataSubvolumes       []disk.Subvolume
 	StateDir             string
 	LogDir               string
 	CmdlineFile          string
@@ -137,6 +142,23 @@ var settings = []setting{
 		apply: str(func(c *config) *string { return &c.DockerDataRoot })},
 	{name: "containerd-root", usage: "containerd's root (the @containerd subvolume)", def: constant("/var/lib/containerd"),
 		apply: str(func(c *config) *string { return &c.ContainerdRoot })},
+	{name: "containerd-state", usage: "containerd's state directory (--state)", def: constant("/run/containerd"),
+		apply: str(func(c *config) *string { return &c.ContainerdState })},
+	{name: "containerd-config", usage: "where the agent writes containerd's configuration", def: constant("/etc/containerd/config.toml"),
+		apply: str(func(c *config) *string { return &c.ContainerdConfig })},
+	{name: "docker-exec-root", usage: "dockerd's --exec-root (its pid file goes there too)", def: constant("/var/run/docker"),
+		apply: str(func(c *config) *string { return &c.DockerExecRoot })},
+	{name: "data-subvolume", repeatable: true, usage: "an extra subvolume of the data volume and where it is mounted, NAME=PATH (repeatable)", def: constant(""),
+		apply: func(c *config, v string) error {
+			for _, s := range splitList(v) {
+				name, target, ok := strings.Cut(s, "=")
+				if !ok || name == "" || !filepath.IsAbs(target) {
+					return fmt.Errorf("%q: want NAME=/absolute/path, such as @sandboxes=/var/lib/arcbox", s)
+				}
+				c.DataSubvolumes = append(c.DataSubvolumes, disk.Subvolume{Name: name, Target: target})
+			}
+			return nil
+		}},
 	{name: "state-dir", usage: "sandboxes, snapshots, image cache and agent records", def: constant("/var/lib/arcbox"),
 		apply: str(func(c *config) *string { return &c.StateDir })},
 	{name: "log-dir", usage: "where runtime daemons log (default /arcbox/log when /arcbox exists, else /var/log/arcbox)",

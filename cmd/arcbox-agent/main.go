@@ -12,8 +12,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"runtime"
+	"sync"
 	"syscall"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 
 	arcboxagent "github.com/arcbox/arcbox-agent"
 	"github.com/arcbox/arcbox-agent/clock"
+	"github.com/arcbox/arcbox-agent/dockerproxy"
 	"github.com/arcbox/arcbox-agent/handlers"
 	"github.com/arcbox/arcbox-agent/httpapi"
 	"github.com/arcbox/arcbox-agent/kmod"
@@ -110,11 +113,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	startProcess := (*exec.Cmd).Start
 	if isInit {
 		if mountErr != nil {
 			logger.Error("mount the essential filesystems", "err", mountErr)
 		}
-		go pid1.NewReaper(logger.With("component", "reaper")).Run(ctx)
+		reaper := pid1.NewReaper(logger.With("component", "reaper"))
+		go reaper.Run(ctx)
+		startProcess = reaper.Start // so the reaper never takes a daemon's exit
 		phases.Record("init", mountsTook, configBegan.Sub(began))
 	}
 	if len(cfg.Modules) > 0 {
@@ -146,6 +152,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Registerer: reg,
 		AllowCIDs:  cfg.AllowCIDs,
 	})
+	rt, err := newRuntime(cfg, logger, phases, reg, startProcess)
+	if err != nil {
+		return err
+	}
+	proxy, err := dockerproxy.New(dockerproxy.Config{Socket: cfg.DockerSocket, Logger: logger.With("component", "dockerproxy"), Registerer: reg})
+	if err != nil {
+		return err
+	}
+	stopping, beginStopping := context.WithCancel(context.Background())
+	defer beginStopping()
 	api := handlers.New(handlers.Config{
 		Version:    version,
 		Logger:     logger,
@@ -154,12 +170,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Listeners:  listeners.Status,
 		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		Spec:       arcboxagent.OpenAPI,
+		Runtime:    rt,
+		Stopping:   stopping,
 	})
 	srv := &http.Server{
 		Handler:           httpapi.NewRouter(httpapi.RouterConfig{API: api, Logger: logger, Registerer: reg}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.With("component", "http").Handler(), slog.LevelWarn),
 	}
+	srv.RegisterOnShutdown(beginStopping)
 	serve := func(ln net.Listener) {
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -177,7 +196,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return fmt.Errorf("listen on %s: %w", u, err)
 		}
 	}
-	logger.Info("agent started", "version", version, "pid", os.Getpid(), "listen", cfg.Listen,
+	proxyCtx, stopProxy := context.WithCancel(context.Background())
+	defer stopProxy()
+	var proxyDone sync.WaitGroup
+	dockerEP, err := httpapi.ParseEndpoint(cfg.DockerListen)
+	if err != nil {
+		return err
+	}
+	err = listeners.Bind(ctx, "docker", dockerEP, func(ln net.Listener) {
+		proxyDone.Go(func() {
+			if err := proxy.Serve(proxyCtx, ln); err != nil {
+				logger.Error("docker proxy stopped", "address", ln.Addr().String(), "err", err)
+			}
+		})
+	})
+	if err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("docker listener %s: %w", cfg.DockerListen, err)
+	}
+	logger.Info("agent started", "version", version, "pid", os.Getpid(), "listen", cfg.Listen, "docker_listen", cfg.DockerListen,
 		"since_exec", time.Since(began), "set_clock", cfg.SetClock, "prepare_system", cfg.PrepareSystem)
 	logger.Debug("configuration", "sources", cfg.Sources)
 
@@ -189,6 +226,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		logger.Warn("requests still in flight at the deadline; closing them", "err", err)
 		_ = srv.Close()
+	}
+	stopProxy()
+	proxyDone.Wait()
+	if err := rt.Shutdown(shutdownCtx); err != nil {
+		logger.Warn("stop the runtime", "err", err)
 	}
 	logger.Info("stopped")
 	return nil

@@ -23,6 +23,30 @@ import (
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
 
+// agentArgs are the flags of an agent under test: listening on sock, the
+// Docker proxy beside it, every path of the runtime under the socket's
+// directory, and nothing read from this machine's kernel command line.
+func agentArgs(sock string, extra ...string) []string {
+	dir := filepath.Dir(sock)
+	return append([]string{
+		"--listen", "unix://" + sock,
+		"--docker-listen", "unix://" + sock + ".docker",
+		"--cmdline-file", "/nonexistent",
+		"--log-dir", filepath.Join(dir, "log"),
+		"--runtime-bin-dir", filepath.Join(dir, "bin"),
+		"--data-device", filepath.Join(dir, "data.img"),
+		"--data-mount", filepath.Join(dir, "data"),
+		"--docker-socket", filepath.Join(dir, "docker.sock"),
+		"--containerd-socket", filepath.Join(dir, "containerd.sock"),
+		"--docker-data-root", filepath.Join(dir, "docker"),
+		"--containerd-root", filepath.Join(dir, "containerd"),
+		"--containerd-state", filepath.Join(dir, "containerd-state"),
+		"--containerd-config", filepath.Join(dir, "containerd.toml"),
+		"--docker-exec-root", filepath.Join(dir, "docker-exec"),
+		"--state-dir", filepath.Join(dir, "state"),
+	}, extra...)
+}
+
 // waitDial waits until the unix socket accepts connections.
 func waitDial(t *testing.T, sock string) {
 	t.Helper()
@@ -68,7 +92,7 @@ func TestRunFinishesRequestsInFlight(t *testing.T) {
 	logs := &lockedBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--listen", "unix://" + sock, "--cmdline-file", "/nonexistent", "--set-clock=false"},
+		done <- run(ctx, agentArgs(sock, "--set-clock=false"),
 			func(string) string { return "" }, io.Discard, logs)
 	}()
 	waitDial(t, sock)
@@ -138,7 +162,7 @@ func TestRunRefusesABusyTCPPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	err = run(context.Background(), []string{"--listen", "tcp://" + busy.Addr().String(), "--cmdline-file", "/nonexistent"},
+	err = run(context.Background(), append(agentArgs(filepath.Join(t.TempDir(), "a.sock")), "--listen", "tcp://"+busy.Addr().String()),
 		func(string) string { return "" }, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), busy.Addr().String()) {
 		t.Fatalf("err = %v, want one naming the busy address", err)
@@ -177,7 +201,7 @@ func TestBinary(t *testing.T) {
 
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	var stderr lockedBuffer
-	cmd := exec.Command(bin, "--listen", "unix://"+sock, "--cmdline-file", "/nonexistent", "--set-clock=false")
+	cmd := exec.Command(bin, agentArgs(sock, "--set-clock=false")...)
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -214,7 +238,7 @@ func TestMetricsPassPromtool(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--listen", "unix://" + sock, "--cmdline-file", "/nonexistent"},
+		done <- run(ctx, agentArgs(sock),
 			func(string) string { return "" }, io.Discard, io.Discard)
 	}()
 	defer func() {
@@ -263,7 +287,7 @@ func TestProbe(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--listen", "unix://" + sock, "--cmdline-file", "/nonexistent"},
+		done <- run(ctx, agentArgs(sock),
 			func(string) string { return "" }, io.Discard, io.Discard)
 	}()
 	defer func() {

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os/exec"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/arcbox/arcbox-agent/disk"
+	"github.com/arcbox/arcbox-agent/lifecycle"
+	"github.com/arcbox/arcbox-agent/startup"
+)
+
+// newRuntime builds the container runtime and its data volume from the
+// configuration. start starts the daemons (the reaper's, when init).
+func newRuntime(cfg *config, logger *slog.Logger, phases *startup.Phases, reg prometheus.Registerer, start func(*exec.Cmd) error) (*lifecycle.Runtime, error) {
+	subvols := append([]disk.Subvolume{
+		{Name: "@docker", Target: cfg.DockerDataRoot},
+		{Name: "@containerd", Target: cfg.ContainerdRoot},
+	}, cfg.DataSubvolumes...)
+	vol, err := disk.NewVolume(disk.Config{
+		Device:     cfg.DataDevice,
+		Wipe:       cfg.WipeDataDevice,
+		MountPoint: cfg.DataMount,
+		Subvolumes: subvols,
+		Logger:     logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("data volume: %w", err)
+	}
+	return lifecycle.New(lifecycle.Config{
+		RuntimeBinDir:    cfg.RuntimeBinDir,
+		ContainerdSocket: cfg.ContainerdSocket,
+		DockerSocket:     cfg.DockerSocket,
+		Endpoint:         dockerEndpoint(cfg.DockerListen),
+		ContainerdRoot:   cfg.ContainerdRoot,
+		ContainerdState:  cfg.ContainerdState,
+		ContainerdConfig: cfg.ContainerdConfig,
+		DockerDataRoot:   cfg.DockerDataRoot,
+		DockerExecRoot:   cfg.DockerExecRoot,
+		LogDir:           cfg.LogDir,
+		PrepareSystem:    cfg.PrepareSystem,
+		NTPServer:        cfg.NTPServer,
+		Volume:           dataVolume{vol},
+		Logger:           logger.With("component", "runtime"),
+		Phases:           phases,
+		Registerer:       reg,
+		StartProcess:     start,
+	})
+}
+
+// dockerEndpoint is where the host reaches dockerd, as the seed said it:
+// vsock:<port>, or the listener URL when it is not vsock.
+func dockerEndpoint(listen string) string {
+	u, err := url.Parse(listen)
+	if err == nil && u.Scheme == "vsock" {
+		return "vsock:" + u.Port()
+	}
+	return listen
+}
+
+// dataVolume is the disk volume as the runtime sees it.
+type dataVolume struct{ v *disk.Volume }
+
+func (d dataVolume) Ensure(ctx context.Context) (string, error) { return d.v.Ensure(ctx) }
+
+// Service reports the volume in the runtime's status: device, filesystem,
+// whether it is mounted, and the free space.
+func (d dataVolume) Service() lifecycle.Service {
+	st := d.v.Status()
+	ss := d.v.ServiceStatus()
+	parts := []string{"device " + st.Device}
+	if st.Filesystem != "" {
+		parts = append(parts, "filesystem "+st.Filesystem)
+	}
+	if st.Mounted {
+		parts = append(parts, "mounted", fmt.Sprintf("%d bytes free", st.FreeBytes))
+	} else {
+		parts = append(parts, "not mounted")
+	}
+	if st.Detail != "" {
+		parts = append(parts, st.Detail)
+	}
+	return lifecycle.Service{Name: ss.Name, Status: ss.Status, Detail: strings.Join(parts, "; ")}
+}
