@@ -1,0 +1,58 @@
+package sandbox
+
+import (
+	"context"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// backend makes, runs and removes the containers; the Manager keeps the
+// states, records and events. The OCI backend (oci_linux.go) is the real
+// one; the unit tests use a fake.
+type backend interface {
+	// Validate checks what only the backend can: fields it cannot honour
+	// and host paths that must exist. Errors wrap ErrInvalid.
+	Validate(s Spec) error
+	// Start makes the sandbox's container and starts its init. On error it
+	// leaves no container, mount or cgroup behind. exited is closed when
+	// the init exits.
+	Start(ctx context.Context, id string, s Spec) (exited <-chan struct{}, err error)
+	// Adopt finds the container an earlier agent made. alive is false when
+	// its init no longer runs.
+	Adopt(ctx context.Context, id string) (exited <-chan struct{}, alive bool, err error)
+	// Exec starts a process in a ready sandbox.
+	Exec(ctx context.Context, id string, s Spec, p Process, stdin io.Reader) (execution, error)
+	// KillWorkloads kills every process of the sandbox but its init: what
+	// is left of a run lost across an agent restart.
+	KillWorkloads(ctx context.Context, id string) error
+	// Stop ends the init, so every process of the sandbox, and releases
+	// the container: runtime state, cgroup, mounts. Files stay. Idempotent.
+	Stop(ctx context.Context, id string) error
+	// Destroy removes what Stop left but the record: the bundle's files.
+	// Idempotent.
+	Destroy(ctx context.Context, id string) error
+	// Close releases what the backend holds (watchers); containers keep running.
+	Close() error
+}
+
+// execution is a process started by backend.Exec. It is what a later
+// interactive Exec builds on too: stdin, a terminal, resize.
+type execution interface {
+	// Stdout is the process's output (with a terminal, all of it).
+	Stdout() *os.File
+	// Stderr is its error output; with a terminal, only the runtime's own
+	// messages.
+	Stderr() *os.File
+	// Signal sends sig to the process; tree also signals its descendants.
+	Signal(sig unix.Signal, tree bool) error
+	// Resize sets the terminal's size; an error without a terminal.
+	Resize(width, height uint16) error
+	// Wait blocks until the process has exited and returns its exit code
+	// (128+n when killed by signal n).
+	Wait() (int, error)
+	// Close releases the pipes and files; call it after Wait and after the
+	// output is read.
+	Close() error
+}

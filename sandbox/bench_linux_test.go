@@ -1,0 +1,211 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// The benchmarks measure the sandbox path against the bare runtime in the
+// same run (go test -run '^$' -bench . ./sandbox/): creating to ready
+// against `runc run -d` of an equivalent bundle, a `true` run against
+// `runc exec`, output throughput against a bare exec into a pipe, each on
+// runc and crun (which picks the default runtime).
+
+// BenchmarkCreateToReady: Create until the ready event, against a bare
+// `<runtime> run -d` of a bundle made once with the same config.json.
+func BenchmarkCreateToReady(b *testing.B) {
+	for _, rt := range runtimes {
+		b.Run("sandbox/"+rt, func(b *testing.B) {
+			e := newOCIEnv(b, rt)
+			b.ResetTimer()
+			for i := range b.N {
+				id := fmt.Sprintf("bench%d", i)
+				e.track(id)
+				if _, _, err := e.m.Create(context.Background(), Spec{ID: id}); err != nil {
+					b.Fatal(err)
+				}
+				e.expect(id, ActionReady)
+				b.StopTimer()
+				if err := e.m.Remove(context.Background(), id, true); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+		})
+		b.Run("bare/"+rt, func(b *testing.B) {
+			bb := newBareBundle(b, rt)
+			b.ResetTimer()
+			for i := range b.N {
+				id := fmt.Sprintf("bare%d", i)
+				bb.run(id)
+				b.StopTimer()
+				bb.remove(id)
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// BenchmarkRunTrue: a `true` run's round trip, against a bare
+// `<runtime> exec <id> true` into the same sandbox.
+func BenchmarkRunTrue(b *testing.B) {
+	for _, rt := range runtimes {
+		b.Run("sandbox/"+rt, func(b *testing.B) {
+			e := newOCIEnv(b, rt)
+			id := e.create(Spec{ID: "exec"}).ID
+			b.ResetTimer()
+			for range b.N {
+				code, err := e.m.Run(context.Background(), id, Process{Cmd: []string{"true"}}, discardOutput)
+				if err != nil || code != 0 {
+					b.Fatalf("Run true = %d, %v", code, err)
+				}
+			}
+		})
+		b.Run("bare/"+rt, func(b *testing.B) {
+			e := newOCIEnv(b, rt)
+			id := e.create(Spec{ID: "exec"}).ID
+			root := filepath.Join(e.cfg.StateDir, "runtime")
+			b.ResetTimer()
+			for range b.N {
+				if out, err := exec.Command(e.runtime, "--root", root, "exec", id, "true").CombinedOutput(); err != nil {
+					b.Fatalf("%s exec: %v: %s", rt, err, out)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkRunOutput: 1 GiB of output through Run's out callback (MB/s is
+// the throughput), against a bare exec writing into a pipe the benchmark
+// drains. Two writers: busybox `head -c 1G /dev/zero` (4 KiB writes, and
+// slow itself: about 330 MB/s into `cat` on the host), and `dd bs=64k`,
+// which shows what the path itself carries.
+func BenchmarkRunOutput(b *testing.B) {
+	const size = 1 << 30
+	writers := []struct {
+		name string
+		cmd  []string
+	}{
+		{"head", []string{"head", "-c", "1073741824", "/dev/zero"}},
+		{"dd64k", []string{"dd", "if=/dev/zero", "bs=65536", "count=16384", "status=none"}},
+	}
+	for _, w := range writers {
+		for _, rt := range runtimes {
+			b.Run(w.name+"/sandbox/"+rt, func(b *testing.B) {
+				e := newOCIEnv(b, rt)
+				id := e.create(Spec{ID: "out", Limits: Limits{VCPUs: 2}}).ID
+				b.SetBytes(size)
+				b.ResetTimer()
+				for range b.N {
+					var n int64
+					code, err := e.m.Run(context.Background(), id, Process{Cmd: w.cmd},
+						func(o Output) error { n += int64(len(o.Data)); return nil })
+					if err != nil || code != 0 || n != size {
+						b.Fatalf("Run = %d, %v, %d bytes", code, err, n)
+					}
+				}
+			})
+			b.Run(w.name+"/bare/"+rt, func(b *testing.B) {
+				e := newOCIEnv(b, rt)
+				id := e.create(Spec{ID: "out", Limits: Limits{VCPUs: 2}}).ID
+				root := filepath.Join(e.cfg.StateDir, "runtime")
+				b.SetBytes(size)
+				b.ResetTimer()
+				for range b.N {
+					cmd := exec.Command(e.runtime, append([]string{"--root", root, "exec", id}, w.cmd...)...)
+					out, err := cmd.StdoutPipe()
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := cmd.Start(); err != nil {
+						b.Fatal(err)
+					}
+					n, _ := io.CopyBuffer(io.Discard, out, make([]byte, outBufSize))
+					if err := cmd.Wait(); err != nil || n != size {
+						b.Fatalf("bare exec: %v, %d bytes", err, n)
+					}
+				}
+			})
+		}
+	}
+}
+
+// bareBundle is a bundle like a sandbox's (the same config.json, an
+// overlay root), made once, for the bare runtime to run.
+type bareBundle struct {
+	b       testing.TB
+	runtime string
+	root    string // the runtime's --root
+	dir     string
+}
+
+func newBareBundle(b testing.TB, rt string) *bareBundle {
+	b.Helper()
+	path := requirePrivileged(b, rt)
+	dir := b.TempDir()
+	bb := &bareBundle{b: b, runtime: path, root: filepath.Join(dir, "runtime"), dir: filepath.Join(dir, "bundle")}
+	rootfs := filepath.Join(bb.dir, "rootfs")
+	for _, d := range []string{bb.root, rootfs, filepath.Join(bb.dir, "upper"), filepath.Join(bb.dir, "work")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := copyOwnerMode(testRootfs, filepath.Join(bb.dir, "upper")); err != nil {
+		b.Fatal(err)
+	}
+	if err := mountOverlay(testRootfs, filepath.Join(bb.dir, "upper"), filepath.Join(bb.dir, "work"), rootfs); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := unmount(rootfs); err != nil {
+			b.Error(err)
+		}
+		// A failed run can leave the runtime's cgroups behind.
+		for _, d := range cgroupDirs(filepath.Join(testCgroupParent, "bare")) {
+			os.Remove(d)
+		}
+	})
+	spec := buildSpec(bundleParams{
+		ID: "bare", InitPath: testInitPath, Limits: DefaultLimits,
+		CgroupsPath: filepath.Join(testCgroupParent, "bare"), Cgroup2: isCgroup2("/sys/fs/cgroup"),
+	})
+	data, err := json.Marshal(spec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bb.dir, "config.json"), data, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return bb
+}
+
+// run is the measured part: `<runtime> run -d`.
+func (bb *bareBundle) run(id string) {
+	cmd := exec.Command(bb.runtime, "--root", bb.root, "run", "-d", "--bundle", bb.dir, id)
+	// The init inherits these: files, so the command's Wait does not wait
+	// for the init to close a pipe.
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		bb.b.Fatal(err)
+	}
+	defer devnull.Close()
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
+	if err := cmd.Run(); err != nil {
+		bb.b.Fatalf("%s run -d: %v", bb.runtime, err)
+	}
+}
+
+func (bb *bareBundle) remove(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, bb.runtime, "--root", bb.root, "delete", "-f", id).CombinedOutput(); err != nil {
+		bb.b.Fatalf("%s delete -f: %v: %s", bb.runtime, err, out)
+	}
+}

@@ -1,0 +1,19 @@
+// Package sandbox runs sandboxes: short-lived, isolated OCI containers
+// (runc or crun through go-runc) in which the agent runs untrusted workloads
+// such as AI-written code.
+//
+// A Manager owns the sandboxes: their states and transitions, the event bus,
+// TTL timers, the on-disk records that let a restarted agent re-adopt them,
+// and the metrics. What touches the machine (the OCI runtime, mounts, image
+// pulls) sits behind the small backend interface, whose real implementation
+// is the OCI backend in oci_linux.go.
+//
+// On disk, under Config.StateDir:
+//
+//	sandboxes/<id>/record.json   the sandbox's record (spec, state, times, last exit)
+//	sandboxes/<id>/config.json   the OCI bundle's spec
+//	sandboxes/<id>/rootfs        the overlayfs root (lower: the image or rootfs dir)
+//	sandboxes/<id>/upper, work   the overlay's writable layer
+//	images/<digest>/             unpacked image root filesystems, by manifest digest
+//	runtime/                     the OCI runtime's --root
+package sandbox

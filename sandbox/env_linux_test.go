@@ -1,0 +1,267 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/arcbox/arcbox-agent/internal/testenv"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ociEnv is a real Manager (OCI backend) in a temporary state dir, for the
+// privileged tests. Its cleanup removes every sandbox the test made and
+// then checks that nothing of them is left on the machine.
+type ociEnv struct {
+	t       testing.TB
+	m       *Manager
+	cfg     Config
+	runtime string // the runtime binary's path
+	events  *Subscription
+	mu      sync.Mutex
+	ids     map[string]bool
+}
+
+// requirePrivileged gates a test that makes real sandboxes.
+func requirePrivileged(t testing.TB, runtime string) string {
+	t.Helper()
+	testenv.RequireIsolated(t)
+	rt := testenv.RequireBinary(t, runtime)
+	testenv.RequireBinary(t, "busybox")
+	if testSetupErr != nil {
+		t.Fatalf("privileged test setup: %v", testSetupErr)
+	}
+	return rt
+}
+
+func newOCIEnv(t testing.TB, runtime string, tweak ...func(*Config)) *ociEnv {
+	t.Helper()
+	rt := requirePrivileged(t, runtime)
+	cfg := Config{
+		StateDir:      t.TempDir(),
+		Runtime:       runtime,
+		DefaultRootfs: testRootfs,
+		InitPath:      testInitPath,
+		CgroupParent:  testCgroupParent,
+		Registerer:    prometheus.NewRegistry(),
+		Logger:        testLogger(),
+	}
+	for _, f := range tweak {
+		f(&cfg)
+	}
+	e := &ociEnv{t: t, cfg: cfg, runtime: rt, ids: map[string]bool{}}
+	e.open()
+	t.Cleanup(e.cleanup)
+	return e
+}
+
+// testLogger logs to stderr with ARCBOX_TEST_LOG=1, else nowhere.
+func testLogger() *slog.Logger {
+	if os.Getenv("ARCBOX_TEST_LOG") == "1" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// open starts a manager on the env's state dir.
+func (e *ociEnv) open() {
+	e.t.Helper()
+	e.cfg.Registerer = prometheus.NewRegistry()
+	m, err := NewManager(context.Background(), e.cfg)
+	if err != nil {
+		e.t.Fatalf("NewManager: %v", err)
+	}
+	e.m = m
+	e.events = m.Subscribe(EventFilter{})
+}
+
+// restart closes the manager and opens another on the same state dir, as
+// an agent restart does; between the two, between runs f.
+func (e *ociEnv) restart(between func()) {
+	e.t.Helper()
+	if err := e.m.Close(context.Background()); err != nil {
+		e.t.Fatalf("Close: %v", err)
+	}
+	if between != nil {
+		between()
+	}
+	e.open()
+}
+
+func (e *ociEnv) cleanup() {
+	t := e.t
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, info := range e.m.List(Filter{}) {
+		if err := e.m.Remove(ctx, info.ID, true); err != nil {
+			t.Errorf("cleanup: Remove %s: %v", info.ID, err)
+		}
+	}
+	if err := e.m.Close(ctx); err != nil {
+		t.Errorf("cleanup: Close: %v", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for id := range e.ids {
+		checkNothingLeft(t, e.cfg, e.runtime, id)
+	}
+	checkNoMounts(t, e.cfg.StateDir)
+}
+
+// track notes a sandbox id for the leak check.
+func (e *ociEnv) track(id string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.ids[id] = true
+}
+
+// create makes a sandbox and waits for it to be ready.
+func (e *ociEnv) create(s Spec) Info {
+	e.t.Helper()
+	info, created, err := e.m.Create(context.Background(), s)
+	if err != nil {
+		e.t.Fatalf("Create: %v", err)
+	}
+	if !created {
+		e.t.Fatalf("Create: not created")
+	}
+	e.track(info.ID)
+	e.expect(info.ID, ActionReady)
+	return info
+}
+
+// expect reads events until it has seen the actions about id, in order.
+func (e *ociEnv) expect(id string, actions ...string) []Event {
+	e.t.Helper()
+	var got []Event
+	timer := time.NewTimer(30 * time.Second)
+	defer timer.Stop()
+	for len(actions) > 0 {
+		select {
+		case ev, ok := <-e.events.C():
+			if !ok {
+				e.t.Fatalf("event stream closed: %v", e.events.Err())
+			}
+			if ev.SandboxID != id {
+				continue
+			}
+			if ev.Action == ActionFailed && actions[0] != ActionFailed {
+				e.t.Fatalf("sandbox %s failed: %s", id, ev.Attributes["error"])
+			}
+			if ev.Action == actions[0] {
+				got = append(got, ev)
+				actions = actions[1:]
+			}
+		case <-timer.C:
+			e.t.Fatalf("sandbox %s: timed out waiting for %v", id, actions)
+		}
+	}
+	return got
+}
+
+// waitState waits until the sandbox is in state st.
+func (e *ociEnv) waitState(id string, st State) {
+	e.t.Helper()
+	waitFor(e.t, "sandbox "+id+" "+string(st), func() bool {
+		info, err := e.m.Get(id)
+		return err == nil && info.State == st
+	})
+}
+
+// run runs a command and returns its stdout, stderr and exit code.
+func (e *ociEnv) run(id string, p Process) (stdout, stderr string, code int) {
+	e.t.Helper()
+	var c collect
+	code, err := e.m.Run(context.Background(), id, p, c.out)
+	if err != nil {
+		e.t.Fatalf("Run %q: %v", p.Cmd, err)
+	}
+	return c.stdout.String(), c.stderr.String(), code
+}
+
+// sh runs a shell command, failing the test unless it exits 0.
+func (e *ociEnv) sh(id, script string) string {
+	e.t.Helper()
+	out, errOut, code := e.run(id, Process{Cmd: []string{"sh", "-c", script}})
+	if code != 0 {
+		e.t.Fatalf("sh -c %q: exit %d, stderr %q", script, code, errOut)
+	}
+	return out
+}
+
+// checkNothingLeft fails the test if anything of sandbox id remains: its
+// bundle directory, runtime state, cgroup, or a process in its cgroup.
+func checkNothingLeft(t testing.TB, cfg Config, runtime, id string) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(cfg.StateDir, "sandboxes", id)); !os.IsNotExist(err) {
+		t.Errorf("sandbox %s: bundle dir left (%v)", id, err)
+	}
+	rtRoot := filepath.Join(cfg.StateDir, "runtime")
+	out, err := exec.Command(runtime, "--root", rtRoot, "list", "--format=json").CombinedOutput()
+	if err != nil {
+		t.Errorf("%s list: %v: %s", runtime, err, out)
+	} else if bytes.Contains(out, []byte(`"`+id+`"`)) {
+		t.Errorf("sandbox %s: still in %s list: %s", id, runtime, out)
+	}
+	for _, name := range []string{"runc", "crun"} {
+		// The default roots too: nothing may have gone there.
+		if out, err := exec.Command(name, "list", "--format=json").CombinedOutput(); err == nil && bytes.Contains(out, []byte(`"`+id+`"`)) {
+			t.Errorf("sandbox %s: in the default %s list: %s", id, name, out)
+		}
+	}
+	rel := filepath.Join(cfg.CgroupParent, id)
+	for _, d := range cgroupDirs(rel) {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("sandbox %s: cgroup %s left", id, d)
+		}
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cgroup")
+	for _, p := range procs {
+		data, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(data, []byte("/"+rel+"\n")) {
+			t.Errorf("sandbox %s: process %s still in its cgroup", id, filepath.Dir(p))
+		}
+	}
+}
+
+// checkNoMounts fails the test if anything is mounted under dir.
+func checkNoMounts(t testing.TB, dir string) {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.Contains(line, dir) {
+			t.Errorf("mount left: %s", line)
+		}
+	}
+}
+
+// runtimeState is `<runtime> state` of a sandbox.
+func (e *ociEnv) runtimeState(id string) (pid int, status string) {
+	e.t.Helper()
+	out, err := exec.Command(e.runtime, "--root", filepath.Join(e.cfg.StateDir, "runtime"), "state", id).Output()
+	if err != nil {
+		e.t.Fatalf("%s state %s: %v", e.runtime, id, err)
+	}
+	var st struct {
+		Pid    int    `json:"pid"`
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		e.t.Fatalf("%s state: %v: %s", e.runtime, err, out)
+	}
+	return st.Pid, st.Status
+}
+
+func (e *ociEnv) String() string { return fmt.Sprintf("ociEnv(%s)", e.cfg.StateDir) }

@@ -1,0 +1,28 @@
+package sandbox
+
+import "errors"
+
+// The error classes the Manager returns. Every error it returns wraps one of
+// them (test with errors.Is) with a message that names the field or object,
+// e.g. `field "kernel": not supported by the container backend: invalid input`.
+// The HTTP layer maps them to 404, 400, 409 and 503.
+var (
+	// ErrNotFound: the sandbox does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrInvalid: the request is malformed or asks for what the backend cannot do.
+	ErrInvalid = errors.New("invalid input")
+	// ErrConflict: the sandbox is in the wrong state for the operation, or an
+	// id is reused with a different spec.
+	ErrConflict = errors.New("conflict")
+	// ErrUnavailable: the sandbox subsystem cannot serve (no runtime binary,
+	// the manager is closed).
+	ErrUnavailable = errors.New("unavailable")
+)
+
+// Why a Subscription was cut off (Subscription.Err).
+var (
+	// ErrSlowSubscriber: the subscriber did not keep up and its buffer filled.
+	ErrSlowSubscriber = errors.New("event subscriber fell behind: its buffer is full, events were dropped")
+	// ErrManagerClosed: the manager was closed (agent shutdown).
+	ErrManagerClosed = errors.New("sandbox manager closed")
+)

@@ -1,0 +1,294 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/containerd/console"
+	runc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
+)
+
+// pipeSize is the capacity asked of output pipes: fewer, larger reads
+// and writes at high throughput (the default is 64 KiB).
+const pipeSize = 1 << 20
+
+// pidFileWait bounds how long a signal waits for the runtime to write the
+// process's pid file.
+const pidFileWait = 10 * time.Second
+
+// Exec starts p in the sandbox with `runc exec`. Without a terminal the
+// process writes straight into the agent's pipes (no copy in between);
+// with one, the runtime hands the agent the terminal's master through a
+// console socket.
+func (b *ociBackend) Exec(ctx context.Context, id string, s Spec, p Process, stdin io.Reader) (execution, error) {
+	box, err := b.box(id)
+	if err != nil {
+		return nil, err
+	}
+	dir := b.bundle(id)
+	rootfs := filepath.Join(dir, "rootfs")
+	userSpec := firstNonEmpty(p.User, s.User, box.meta.Image.User)
+	u, err := resolveUser("user", userSpec, func(name string) ([]byte, error) { return readFileInRoot(rootfs, name) })
+	if err != nil {
+		return nil, err
+	}
+	env := processEnv(box.meta.Image.Env, s.Env, p.Env, u.Home, p.TTY)
+	cwd := firstNonEmpty(p.WorkingDir, s.WorkingDir, box.meta.Image.WorkingDir, "/")
+	proc := processSpec(p.Cmd, env, cwd, u, p.TTY)
+
+	b.mu.Lock()
+	b.seq++
+	seq := b.seq
+	b.mu.Unlock()
+	e := &ociExec{
+		box:     box,
+		pidFile: filepath.Join(dir, "exec-"+strconv.FormatUint(seq, 10)+".pid"),
+		done:    make(chan struct{}),
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			e.Close()
+		}
+	}()
+
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, err
+	}
+	e.closers = append(e.closers, devnull)
+	fio := &fileIO{stdin: devnull, stdout: devnull}
+
+	// stderr: the process's, or with a terminal the runtime's own messages.
+	if e.stderr, fio.stderr, err = outputPipe(); err != nil {
+		return nil, err
+	}
+	fio.closeAfterStart = append(fio.closeAfterStart, fio.stderr)
+	if !p.TTY {
+		if e.stdout, fio.stdout, err = outputPipe(); err != nil {
+			_ = fio.CloseAfterStart()
+			return nil, err
+		}
+		fio.closeAfterStart = append(fio.closeAfterStart, fio.stdout)
+		if stdin != nil {
+			r, w, err := os.Pipe()
+			if err != nil {
+				_ = fio.CloseAfterStart()
+				return nil, err
+			}
+			fio.stdin = r
+			fio.closeAfterStart = append(fio.closeAfterStart, r)
+			e.stdinW = w
+		}
+	}
+	opts := &runc.ExecOpts{IO: fio, PidFile: e.pidFile}
+	var sock *runc.Socket
+	if p.TTY {
+		if sock, err = runc.NewTempConsoleSocket(); err != nil {
+			_ = fio.CloseAfterStart()
+			return nil, fmt.Errorf("console socket: %w", err)
+		}
+		e.closers = append(e.closers, sock)
+		opts.ConsoleSocket = sock
+	}
+	started := make(chan int, 1)
+	opts.Started = started
+	go func() {
+		defer close(e.done)
+		err := b.rt.Exec(context.WithoutCancel(ctx), id, proc, opts)
+		var ee *runc.ExitError
+		switch {
+		case err == nil:
+		case errors.As(err, &ee):
+			e.code = ee.Status
+		default:
+			e.code, e.err = -1, fmt.Errorf("%s exec: %w", b.runtimeName, err)
+		}
+		_ = fio.CloseAfterStart() // if the start failed
+	}()
+	if _, ok := <-started; !ok {
+		<-e.done
+		if e.err == nil {
+			e.err = fmt.Errorf("%s exec did not start", b.runtimeName)
+		}
+		return nil, e.err
+	}
+	if p.TTY {
+		if err := e.receiveTerminal(sock); err != nil {
+			return nil, err
+		}
+	}
+	if stdin != nil {
+		go e.copyStdin(stdin)
+	}
+	ok = true
+	return e, nil
+}
+
+// outputPipe makes a pipe for a process's output: the agent's read end,
+// the process's write end.
+func outputPipe() (r, w *os.File, err error) {
+	r, w, err = os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	// Best effort: a larger pipe means fewer wake-ups at high throughput.
+	// (Through SyscallConn: File.Fd would take r out of the poller, and
+	// its read deadlines would stop working.)
+	if rc, err := r.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
+	}
+	return r, w, nil
+}
+
+// ociExec is a process started by runc exec.
+type ociExec struct {
+	box     *ociBox
+	pidFile string
+
+	stdout, stderr *os.File // the agent's read ends
+	stdinW         *os.File // the agent's end of the process's stdin
+	term           console.Console
+	closers        []io.Closer
+
+	done chan struct{} // closed when the runtime has exited: code, err set
+	code int
+	err  error
+
+	pidMu sync.Mutex
+	pid   int // the process, once known
+}
+
+var _ execution = (*ociExec)(nil)
+
+// receiveTerminal takes the terminal's master from the runtime.
+func (e *ociExec) receiveTerminal(sock *runc.Socket) error {
+	type result struct {
+		c   console.Console
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		c, err := sock.ReceiveMaster()
+		got <- result{c, err}
+	}()
+	select {
+	case r := <-got:
+		if r.err != nil {
+			return fmt.Errorf("receive the terminal: %w", r.err)
+		}
+		e.term = r.c
+		// Read through a non-blocking duplicate, in Go's poller, so reads
+		// take deadlines like a pipe's.
+		fd, err := unix.FcntlInt(r.c.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("dup the terminal: %w", err)
+		}
+		if err := unix.SetNonblock(fd, true); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		e.stdout = os.NewFile(uintptr(fd), "pty")
+		return nil
+	case <-e.done:
+		sock.Close() // unblocks ReceiveMaster
+		if e.err != nil {
+			return e.err
+		}
+		return fmt.Errorf("the process exited (code %d) before its terminal was set up", e.code)
+	}
+}
+
+func (e *ociExec) copyStdin(r io.Reader) {
+	w := e.stdinW
+	if e.term != nil {
+		w = e.stdout // the terminal's master, in the poller
+	}
+	if _, err := io.Copy(w, r); err != nil {
+		return
+	}
+	if e.stdinW != nil {
+		e.stdinW.Close()
+	}
+}
+
+func (e *ociExec) Stdout() *os.File { return e.stdout }
+func (e *ociExec) Stderr() *os.File { return e.stderr }
+
+// processPid is the process's pid, read from the runtime's pid file. It
+// waits for the file while the runtime runs; 0 means the process is gone.
+func (e *ociExec) processPid() (int, error) {
+	e.pidMu.Lock()
+	defer e.pidMu.Unlock()
+	if e.pid != 0 {
+		return e.pid, nil
+	}
+	deadline := time.Now().Add(pidFileWait)
+	for {
+		if pid, err := readPidFile(e.pidFile); err == nil {
+			e.pid = pid
+			return pid, nil
+		}
+		select {
+		case <-e.done:
+			return 0, nil
+		default:
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("no pid file %s after %s", e.pidFile, pidFileWait)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// Signal signals the process (with tree, its descendants too, see
+// signalTree) if it still runs in the sandbox.
+func (e *ociExec) Signal(sig unix.Signal, tree bool) error {
+	pid, err := e.processPid()
+	if err != nil || pid == 0 {
+		return err
+	}
+	if tree {
+		return signalTree(pid, e.box.ns, sig)
+	}
+	return signalInNamespace(pid, e.box.ns, sig)
+}
+
+// Resize sets the terminal's size.
+func (e *ociExec) Resize(width, height uint16) error {
+	if e.term == nil {
+		return errors.New("the process has no terminal")
+	}
+	return e.term.Resize(console.WinSize{Width: width, Height: height})
+}
+
+// Wait waits for the runtime, which exits with the process.
+func (e *ociExec) Wait() (int, error) {
+	<-e.done
+	return e.code, e.err
+}
+
+// Close releases the pipes, terminal and pid file.
+func (e *ociExec) Close() error {
+	for _, f := range []*os.File{e.stdout, e.stderr, e.stdinW} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	if e.term != nil {
+		e.term.Close()
+	}
+	for _, c := range e.closers {
+		c.Close()
+	}
+	os.Remove(e.pidFile)
+	return nil
+}

@@ -1,0 +1,343 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// fakeBackend is a backend without containers. Its processes are scripted
+// by their Cmd[0]:
+//
+//	echo ARGS...        prints ARGS to stdout, exits 0
+//	fail CODE MSG       prints MSG to stderr, exits CODE
+//	block               waits for a signal; exits 128+signal
+//	stubborn            ignores SIGTERM; exits 137 on SIGKILL
+//	flood N             writes N bytes (a counter pattern) to stdout
+//	nope                cannot start
+type fakeBackend struct {
+	mu          sync.Mutex
+	validateErr error
+	startErr    error
+	startGate   chan struct{} // when set, Start waits for it to close
+	alive       map[string]bool
+	boxes       map[string]chan struct{} // the inits: closed when they exit
+	stops       []string
+	destroys    []string
+	killed      []string // KillWorkloads calls
+	execs       []*fakeExec
+}
+
+var _ backend = (*fakeBackend)(nil)
+
+func newFakeBackend() *fakeBackend {
+	return &fakeBackend{alive: map[string]bool{}, boxes: map[string]chan struct{}{}}
+}
+
+func (f *fakeBackend) Validate(s Spec) error {
+	if s.Kernel != "" {
+		return invalidField("kernel", "not supported by the container backend")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.validateErr
+}
+
+func (f *fakeBackend) Start(ctx context.Context, id string, s Spec) (<-chan struct{}, error) {
+	f.mu.Lock()
+	gate, err := f.startGate, f.startErr
+	f.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ch := make(chan struct{})
+	f.boxes[id] = ch
+	f.alive[id] = true
+	return ch, nil
+}
+
+func (f *fakeBackend) Adopt(ctx context.Context, id string) (<-chan struct{}, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.alive[id] {
+		return nil, false, nil
+	}
+	ch := make(chan struct{})
+	f.boxes[id] = ch
+	return ch, true, nil
+}
+
+// killInit makes a sandbox's init exit, as if killed from outside.
+func (f *fakeBackend) killInit(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if ch, ok := f.boxes[id]; ok {
+		close(ch)
+		delete(f.boxes, id)
+	}
+	f.alive[id] = false
+}
+
+func (f *fakeBackend) KillWorkloads(ctx context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.killed = append(f.killed, id)
+	return nil
+}
+
+func (f *fakeBackend) Stop(ctx context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stops = append(f.stops, id)
+	if ch, ok := f.boxes[id]; ok {
+		close(ch)
+		delete(f.boxes, id)
+	}
+	f.alive[id] = false
+	return nil
+}
+
+func (f *fakeBackend) Destroy(ctx context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.destroys = append(f.destroys, id)
+	return nil
+}
+
+func (f *fakeBackend) Close() error { return nil }
+
+func (f *fakeBackend) Exec(ctx context.Context, id string, s Spec, p Process, stdin io.Reader) (execution, error) {
+	if p.Cmd[0] == "nope" {
+		return nil, fmt.Errorf("exec: %q: executable file not found", p.Cmd[0])
+	}
+	e, err := newFakeExec(p)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	f.execs = append(f.execs, e)
+	f.mu.Unlock()
+	go e.run(p)
+	return e, nil
+}
+
+// fakeExec is a scripted process writing into real pipes.
+type fakeExec struct {
+	stdoutR, stdoutW *os.File
+	stderrR, stderrW *os.File
+	sigs             chan unix.Signal
+	done             chan struct{}
+	code             int
+
+	mu       sync.Mutex
+	received []unix.Signal
+}
+
+func newFakeExec(p Process) (*fakeExec, error) {
+	e := &fakeExec{sigs: make(chan unix.Signal, 8), done: make(chan struct{})}
+	var err error
+	if e.stdoutR, e.stdoutW, err = os.Pipe(); err != nil {
+		return nil, err
+	}
+	if e.stderrR, e.stderrW, err = os.Pipe(); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *fakeExec) run(p Process) {
+	defer close(e.done)
+	defer e.stdoutW.Close()
+	defer e.stderrW.Close()
+	switch p.Cmd[0] {
+	case "echo":
+		fmt.Fprintln(e.stdoutW, p.Cmd[1:])
+	case "fail":
+		e.code, _ = strconv.Atoi(p.Cmd[1])
+		fmt.Fprint(e.stderrW, p.Cmd[2])
+	case "block":
+		sig := <-e.sigs
+		e.code = 128 + int(sig)
+	case "stubborn":
+		for sig := range e.sigs {
+			if sig == unix.SIGKILL {
+				e.code = 137
+				return
+			}
+		}
+	case "flood":
+		n, _ := strconv.Atoi(p.Cmd[1])
+		buf := floodPattern(n)
+		for len(buf) > 0 {
+			k := min(len(buf), 7919) // odd sizes, to mix chunk boundaries
+			if _, err := e.stdoutW.Write(buf[:k]); err != nil {
+				e.code = 141
+				return
+			}
+			buf = buf[k:]
+			select {
+			case sig := <-e.sigs:
+				e.code = 128 + int(sig)
+				return
+			default:
+			}
+		}
+	default:
+		e.code = 127
+	}
+}
+
+// floodPattern is n bytes whose order can be checked.
+func floodPattern(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i % 251)
+	}
+	return b
+}
+
+func (e *fakeExec) Stdout() *os.File { return e.stdoutR }
+func (e *fakeExec) Stderr() *os.File { return e.stderrR }
+func (e *fakeExec) Signal(sig unix.Signal, tree bool) error {
+	e.mu.Lock()
+	e.received = append(e.received, sig)
+	e.mu.Unlock()
+	select {
+	case e.sigs <- sig:
+	default:
+	}
+	return nil
+}
+func (e *fakeExec) Resize(w, h uint16) error { return errors.New("no terminal") }
+func (e *fakeExec) Wait() (int, error) {
+	<-e.done
+	return e.code, nil
+}
+func (e *fakeExec) Close() error {
+	e.stdoutR.Close()
+	e.stderrR.Close()
+	return nil
+}
+
+func (e *fakeExec) signals() []unix.Signal {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.received)
+}
+
+// fakeClock is a clock and timer source the test moves by hand.
+type fakeClock struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers []*fakeTimer
+}
+
+type fakeTimer struct {
+	at      time.Time
+	f       func()
+	stopped bool
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) AfterFunc(d time.Duration, f func()) func() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &fakeTimer{at: c.now.Add(d), f: f}
+	c.timers = append(c.timers, t)
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		was := !t.stopped
+		t.stopped = true
+		return was
+	}
+}
+
+// pending counts the armed timers.
+func (c *fakeClock) pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, t := range c.timers {
+		if !t.stopped {
+			n++
+		}
+	}
+	return n
+}
+
+// Advance moves the clock and fires the timers that came due, each in a
+// goroutine of its own as time.AfterFunc does.
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	var due []*fakeTimer
+	for _, t := range c.timers {
+		if !t.stopped && !t.at.After(c.now) {
+			t.stopped = true
+			due = append(due, t)
+		}
+	}
+	c.mu.Unlock()
+	sort.Slice(due, func(i, j int) bool { return due[i].at.Before(due[j].at) })
+	for _, t := range due {
+		go t.f()
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after a deadline.
+// The fakes act in goroutines: this waits on the condition, not a time.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// exec returns the i-th process started, waiting for it to be started.
+func (f *fakeBackend) exec(t testing.TB, i int) *fakeExec {
+	t.Helper()
+	var e *fakeExec
+	waitFor(t, "a process to start", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if len(f.execs) > i {
+			e = f.execs[i]
+			return true
+		}
+		return false
+	})
+	return e
+}

@@ -1,0 +1,36 @@
+package sandbox
+
+import (
+	"fmt"
+	"os"
+	"testing"
+
+	"github.com/arcbox/arcbox-agent/internal/testenv"
+)
+
+// Set by TestMain for the privileged tests, inside RunIsolated's namespaces.
+var (
+	testInitPath     string // a static build of the sandbox init
+	testRootfs       string // a busybox root filesystem
+	testCgroupParent = fmt.Sprintf("arcbox-test-%d", os.Getpid())
+	testSetupErr     error // why the privileged setup failed
+)
+
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == initArg {
+		InitMain()
+	}
+	if os.Getenv("ARCBOX_TEST_ISOLATED") == "1" && os.Geteuid() == 0 {
+		dir, err := os.MkdirTemp("", "sandbox-test-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		testSetupErr = privilegedSetup(dir)
+		code := testenv.RunIsolated(m)
+		removeTestCgroups(testCgroupParent)
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
+	os.Exit(testenv.RunIsolated(m))
+}

@@ -1,0 +1,867 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/arcbox/arcbox-agent/internal/testenv"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
+	"golang.org/x/sys/unix"
+)
+
+// harness is a Manager over the fake backend and clock.
+type harness struct {
+	t      *testing.T
+	m      *Manager
+	be     *fakeBackend
+	clock  *fakeClock
+	reg    *prometheus.Registry
+	dir    string
+	events *Subscription
+}
+
+func newHarness(t *testing.T, tweak ...func(*Config)) *harness {
+	t.Helper()
+	h := &harness{t: t, be: newFakeBackend(), clock: newFakeClock(), dir: t.TempDir()}
+	h.start(tweak...)
+	return h
+}
+
+// start (re)builds the manager on h.dir.
+func (h *harness) start(tweak ...func(*Config)) {
+	h.t.Helper()
+	h.reg = prometheus.NewRegistry()
+	cfg := Config{StateDir: h.dir, Registerer: h.reg, Now: h.clock.Now}
+	for _, f := range tweak {
+		f(&cfg)
+	}
+	m, err := newManager(context.Background(), cfg, h.be, h.clock.AfterFunc)
+	if err != nil {
+		h.t.Fatalf("newManager: %v", err)
+	}
+	h.m = m
+	h.events = m.Subscribe(EventFilter{})
+	h.t.Cleanup(func() { m.Close(context.Background()) })
+}
+
+// expect reads events until it has seen each of the actions about id, in
+// order; other events are skipped. It returns the events it matched.
+func (h *harness) expect(id string, actions ...string) []Event {
+	h.t.Helper()
+	var got []Event
+	timer := time.NewTimer(10 * time.Second)
+	defer timer.Stop()
+	for len(actions) > 0 {
+		select {
+		case e, ok := <-h.events.C():
+			if !ok {
+				h.t.Fatalf("event stream closed (%v) waiting for %v", h.events.Err(), actions)
+			}
+			if e.SandboxID == id && e.Action == actions[0] {
+				got = append(got, e)
+				actions = actions[1:]
+			}
+		case <-timer.C:
+			h.t.Fatalf("sandbox %s: timed out waiting for events %v", id, actions)
+		}
+	}
+	return got
+}
+
+func (h *harness) create(s Spec) Info {
+	h.t.Helper()
+	info, created, err := h.m.Create(context.Background(), s)
+	if err != nil {
+		h.t.Fatalf("Create(%+v): %v", s, err)
+	}
+	if !created {
+		h.t.Fatalf("Create(%+v): created = false", s)
+	}
+	return info
+}
+
+func (h *harness) createReady(s Spec) Info {
+	h.t.Helper()
+	info := h.create(s)
+	h.expect(info.ID, ActionCreated, ActionReady)
+	return info
+}
+
+func (h *harness) state(id string) State {
+	h.t.Helper()
+	info, err := h.m.Get(id)
+	if err != nil {
+		h.t.Fatalf("Get(%s): %v", id, err)
+	}
+	return info.State
+}
+
+// collect is an out callback that keeps the output by stream.
+type collect struct {
+	stdout, stderr bytes.Buffer
+}
+
+func (c *collect) out(o Output) error {
+	if o.Stream == StreamStdout {
+		c.stdout.Write(o.Data)
+	} else {
+		c.stderr.Write(o.Data)
+	}
+	return nil
+}
+
+func TestCreateReadyAndInfo(t *testing.T) {
+	h := newHarness(t)
+	info := h.create(Spec{ID: "box1", Labels: map[string]string{"a": "1"}})
+	if info.State != StateStarting {
+		t.Errorf("Create state = %s, want starting", info.State)
+	}
+	evs := h.expect("box1", ActionCreated, ActionReady)
+	if !evs[0].Time.Equal(h.clock.Now()) {
+		t.Errorf("event time = %v, want the injected clock's %v", evs[0].Time, h.clock.Now())
+	}
+	got, err := h.m.Get("box1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Info{ID: "box1", State: StateReady, Labels: map[string]string{"a": "1"},
+		Limits: Limits{VCPUs: 1, MemoryMiB: 512}, NetworkMode: "none",
+		CreatedAt: h.clock.Now(), ReadyAt: h.clock.Now()}
+	if got.ID != want.ID || got.State != want.State || got.Labels["a"] != "1" || got.Limits != want.Limits ||
+		got.NetworkMode != want.NetworkMode || !got.CreatedAt.Equal(want.CreatedAt) || !got.ReadyAt.Equal(want.ReadyAt) ||
+		got.LastExitCode != nil || !got.LastExitedAt.IsZero() || got.Error != "" {
+		t.Errorf("Get = %+v, want %+v", got, want)
+	}
+	if _, err := os.Stat(filepath.Join(h.dir, "sandboxes", "box1", "record.json")); err != nil {
+		t.Errorf("record: %v", err)
+	}
+}
+
+func TestCreateIdempotentAndGeneratedID(t *testing.T) {
+	h := newHarness(t)
+	spec := Spec{ID: "same", Labels: map[string]string{"k": "v"}, Limits: Limits{VCPUs: 1}}
+	h.createReady(spec)
+	// The same request (defaults spelled out, empty maps) is the same sandbox.
+	again := Spec{ID: "same", Labels: map[string]string{"k": "v"}, Limits: Limits{VCPUs: 1, MemoryMiB: 512}, Env: map[string]string{}, NetworkMode: "none"}
+	info, created, err := h.m.Create(context.Background(), again)
+	if err != nil || created || info.ID != "same" || info.State != StateReady {
+		t.Fatalf("Create again = %+v, %v, %v; want the existing sandbox, false, nil", info, created, err)
+	}
+	_, _, err = h.m.Create(context.Background(), Spec{ID: "same", Labels: map[string]string{"k": "other"}})
+	if !errors.Is(err, ErrConflict) {
+		t.Fatalf("Create with another spec: err = %v, want ErrConflict", err)
+	}
+	a := h.create(Spec{})
+	b := h.create(Spec{})
+	if a.ID == b.ID || ValidateID(a.ID) != nil || ValidateID(b.ID) != nil {
+		t.Fatalf("generated ids %q and %q: want distinct and valid", a.ID, b.ID)
+	}
+}
+
+func TestInvalidInput(t *testing.T) {
+	h := newHarness(t)
+	cases := []struct {
+		name  string
+		spec  Spec
+		field string
+	}{
+		{"bad id", Spec{ID: "-x"}, `"id"`},
+		{"long id", Spec{ID: strings.Repeat("a", 65)}, `"id"`},
+		{"kernel", Spec{Kernel: "/vmlinux"}, `"kernel"`},
+		{"network bridge", Spec{NetworkMode: "bridge"}, `"network.mode"`},
+		{"network unknown", Spec{NetworkMode: "host"}, `"network.mode"`},
+		{"relative target", Spec{Mounts: []Mount{{Source: "/tmp", Target: "data"}}}, `"mounts[0].target"`},
+		{"dotdot target", Spec{Mounts: []Mount{{Source: "/tmp", Target: "/a/../etc"}}}, `"mounts[0].target"`},
+		{"relative source", Spec{Mounts: []Mount{{Source: "/tmp", Target: "/a"}, {Source: "tmp", Target: "/b"}}}, `"mounts[1].source"`},
+		{"negative vcpus", Spec{Limits: Limits{VCPUs: -1}}, `"limits.vcpus"`},
+		{"tiny memory", Spec{Limits: Limits{MemoryMiB: 1}}, `"limits.memory_mib"`},
+		{"env name", Spec{Env: map[string]string{"A=B": "c"}}, `"env"`},
+		{"working dir", Spec{WorkingDir: "rel"}, `"working_dir"`},
+		{"user", Spec{User: "a b"}, `"user"`},
+		{"ttl", Spec{TTL: -time.Second}, `"ttl_seconds"`},
+		{"empty cmd", Spec{Cmd: []string{""}}, `"cmd"`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, _, err := h.m.Create(context.Background(), c.spec)
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "field "+c.field) {
+				t.Errorf("Create: err = %v, want ErrInvalid naming field %s", err, c.field)
+			}
+		})
+	}
+	if len(h.m.List(Filter{})) != 0 {
+		t.Errorf("invalid creates left sandboxes: %+v", h.m.List(Filter{}))
+	}
+	if _, err := h.m.Get("nosuch"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get unknown: %v, want ErrNotFound", err)
+	}
+	if _, err := h.m.Run(context.Background(), "nosuch", Process{Cmd: []string{"echo"}}, nil); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Run unknown: %v, want ErrNotFound", err)
+	}
+	if _, err := h.m.Stop(context.Background(), "nosuch", 0); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Stop unknown: %v, want ErrNotFound", err)
+	}
+	if err := h.m.Remove(context.Background(), "nosuch", false); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Remove unknown: %v, want ErrNotFound", err)
+	}
+	h.createReady(Spec{ID: "ok"})
+	for _, p := range []Process{{}, {Cmd: []string{"x"}, WorkingDir: "rel"}, {Cmd: []string{"x"}, Timeout: -1}} {
+		if _, err := h.m.Run(context.Background(), "ok", p, nil); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Run(%+v): %v, want ErrInvalid", p, err)
+		}
+	}
+}
+
+func TestStateMachine(t *testing.T) {
+	valid := map[[2]State]bool{}
+	for from, tos := range transitions {
+		for _, to := range tos {
+			valid[[2]State{from, to}] = true
+		}
+	}
+	for _, from := range States {
+		for _, to := range States {
+			err := checkTransition(from, to)
+			if valid[[2]State{from, to}] != (err == nil) {
+				t.Errorf("checkTransition(%s, %s) = %v", from, to, err)
+			}
+			if err != nil && !errors.Is(err, ErrConflict) {
+				t.Errorf("checkTransition(%s, %s) = %v, want ErrConflict", from, to, err)
+			}
+		}
+	}
+	for _, bad := range [][2]State{{StateStopped, StateReady}, {StateFailed, StateReady}, {StateStarting, StateRunning}, {StateReady, StateStopped}} {
+		if checkTransition(bad[0], bad[1]) == nil {
+			t.Errorf("%s -> %s allowed", bad[0], bad[1])
+		}
+	}
+}
+
+func TestRunOutputAndStates(t *testing.T) {
+	h := newHarness(t)
+	h.createReady(Spec{ID: "r"})
+	var c collect
+	code, err := h.m.Run(context.Background(), "r", Process{Cmd: []string{"echo", "hi"}}, c.out)
+	if err != nil || code != 0 || c.stdout.String() != "[hi]\n" {
+		t.Fatalf("Run echo = %d, %v, stdout %q; want 0, nil, [hi]", code, err, c.stdout.String())
+	}
+	evs := h.expect("r", ActionRunning, ActionIdle)
+	if evs[1].Attributes["exit_code"] != "0" {
+		t.Errorf("idle attributes = %v, want exit_code 0", evs[1].Attributes)
+	}
+	c = collect{}
+	code, err = h.m.Run(context.Background(), "r", Process{Cmd: []string{"fail", "3", "oops"}}, c.out)
+	if err != nil || code != 3 || c.stderr.String() != "oops" || c.stdout.Len() != 0 {
+		t.Fatalf("Run fail = %d, %v, stderr %q; want 3, nil, oops", code, err, c.stderr.String())
+	}
+	info, _ := h.m.Get("r")
+	if info.State != StateReady || info.LastExitCode == nil || *info.LastExitCode != 3 || !info.LastExitedAt.Equal(h.clock.Now()) {
+		t.Errorf("after run: %+v, want ready, last exit 3", info)
+	}
+	// A process that cannot start: an error, and the sandbox is ready again.
+	if _, err := h.m.Run(context.Background(), "r", Process{Cmd: []string{"nope"}}, c.out); err == nil {
+		t.Error("Run nope: no error")
+	}
+	if st := h.state("r"); st != StateReady {
+		t.Errorf("after a failed start: %s, want ready", st)
+	}
+}
+
+func TestRunConflict(t *testing.T) {
+	h := newHarness(t)
+	h.createReady(Spec{ID: "c"})
+	done := make(chan int)
+	go func() {
+		code, _ := h.m.Run(context.Background(), "c", Process{Cmd: []string{"block"}}, nil)
+		done <- code
+	}()
+	h.expect("c", ActionRunning)
+	if _, err := h.m.Run(context.Background(), "c", Process{Cmd: []string{"echo"}}, nil); !errors.Is(err, ErrConflict) {
+		t.Fatalf("concurrent Run: %v, want ErrConflict", err)
+	}
+	if err := h.m.Remove(context.Background(), "c", false); !errors.Is(err, ErrConflict) {
+		t.Fatalf("Remove running without force: %v, want ErrConflict", err)
+	}
+	if err := h.be.exec(t, 0).Signal(unix.SIGTERM, false); err != nil {
+		t.Fatal(err)
+	}
+	if code := <-done; code != 143 {
+		t.Errorf("exit code %d, want 143", code)
+	}
+}
+
+// TestRunOrderAndBackPressure pushes 8 MiB through a slow, checking
+// consumer: every byte arrives, in order, and out is never called twice at
+// once.
+func TestRunOrderAndBackPressure(t *testing.T) {
+	h := newHarness(t)
+	h.createReady(Spec{ID: "f"})
+	const n = 8 << 20
+	var got bytes.Buffer
+	var inside, calls atomic.Int32
+	out := func(o Output) error {
+		if inside.Add(1) != 1 {
+			t.Error("out called concurrently")
+		}
+		defer inside.Add(-1)
+		if calls.Add(1)%64 == 0 {
+			time.Sleep(time.Millisecond) // a slow client: back-pressure
+		}
+		got.Write(o.Data)
+		return nil
+	}
+	code, err := h.m.Run(context.Background(), "f", Process{Cmd: []string{"flood", "8388608"}}, out)
+	if err != nil || code != 0 {
+		t.Fatalf("Run flood = %d, %v", code, err)
+	}
+	if !bytes.Equal(got.Bytes(), floodPattern(n)) {
+		t.Fatalf("got %d bytes, not the %d written in order", got.Len(), n)
+	}
+}
+
+func TestRunClientGoneAndOutError(t *testing.T) {
+	h := newHarness(t)
+	h.createReady(Spec{ID: "g"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	var code int
+	go func() {
+		var err error
+		code, err = h.m.Run(ctx, "g", Process{Cmd: []string{"block"}}, nil)
+		done <- err
+	}()
+	h.expect("g", ActionRunning)
+	cancel()
+	err := <-done
+	if !errors.Is(err, context.Canceled) || code != ExitKilled {
+		t.Fatalf("Run after cancel = %d, %v; want 137, context.Canceled", code, err)
+	}
+	evs := h.expect("g", ActionIdle)
+	if evs[0].Attributes["exit_code"] != "137" {
+		t.Errorf("idle = %v, want exit_code 137", evs[0].Attributes)
+	}
+	if st := h.state("g"); st != StateReady {
+		t.Errorf("state %s, want ready", st)
+	}
+	// out failing (a broken connection) kills the process too.
+	boom := errors.New("broken pipe")
+	code, err = h.m.Run(context.Background(), "g", Process{Cmd: []string{"flood", "10000000"}}, func(Output) error { return boom })
+	if !errors.Is(err, boom) || code != ExitKilled {
+		t.Fatalf("Run with failing out = %d, %v; want 137, %v", code, err, boom)
+	}
+}
+
+func TestRunTimeout(t *testing.T) {
+	h := newHarness(t)
+	h.createReady(Spec{ID: "t"})
+	done := make(chan error)
+	var code int
+	go func() {
+		var err error
+		code, err = h.m.Run(context.Background(), "t", Process{Cmd: []string{"block"}, Timeout: 5 * time.Second}, nil)
+		done <- err
+	}()
+	h.expect("t", ActionRunning)
+	waitFor(t, "the timeout timer", func() bool { return h.clock.pending() > 0 })
+	h.clock.Advance(5 * time.Second)
+	if err := <-done; err != nil || code != ExitKilled {
+		t.Fatalf("Run past timeout = %d, %v; want 137, nil", code, err)
+	}
+	sigs := h.be.exec(t, 0).signals()
+	if len(sigs) == 0 || sigs[0] != unix.SIGKILL {
+		t.Errorf("signals %v, want SIGKILL", sigs)
+	}
+}
+
+func TestStopTermThenKill(t *testing.T) {
+	h := newHarness(t)
+	h.createReady(Spec{ID: "s"})
+	runDone := make(chan int)
+	go func() {
+		code, _ := h.m.Run(context.Background(), "s", Process{Cmd: []string{"stubborn"}}, nil)
+		runDone <- code
+	}()
+	h.expect("s", ActionRunning)
+	stopDone := make(chan Info)
+	go func() {
+		info, err := h.m.Stop(context.Background(), "s", 3*time.Second)
+		if err != nil {
+			t.Errorf("Stop: %v", err)
+		}
+		stopDone <- info
+	}()
+	h.expect("s", ActionStopping)
+	e := h.be.exec(t, 0)
+	waitFor(t, "SIGTERM", func() bool { return len(e.signals()) > 0 })
+	waitFor(t, "the grace timer", func() bool { return h.clock.pending() > 0 })
+	h.clock.Advance(3 * time.Second)
+	if code := <-runDone; code != 137 {
+		t.Errorf("workload exit %d, want 137", code)
+	}
+	info := <-stopDone
+	if info.State != StateStopped {
+		t.Errorf("after Stop: %s, want stopped", info.State)
+	}
+	if sigs := e.signals(); len(sigs) != 2 || sigs[0] != unix.SIGTERM || sigs[1] != unix.SIGKILL {
+		t.Errorf("signals %v, want SIGTERM then SIGKILL", sigs)
+	}
+	h.expect("s", ActionStopped)
+	// Stopping again changes nothing; runs are refused.
+	if info, err := h.m.Stop(context.Background(), "s", 0); err != nil || info.State != StateStopped {
+		t.Errorf("second Stop = %+v, %v", info, err)
+	}
+	if _, err := h.m.Run(context.Background(), "s", Process{Cmd: []string{"echo"}}, nil); !errors.Is(err, ErrConflict) {
+		t.Errorf("Run on stopped: %v, want ErrConflict", err)
+	}
+}
+
+func TestRemove(t *testing.T) {
+	h := newHarness(t)
+	h.createReady(Spec{ID: "x"})
+	go func() { _, _ = h.m.Run(context.Background(), "x", Process{Cmd: []string{"block"}}, nil) }()
+	h.expect("x", ActionRunning)
+	if err := h.m.Remove(context.Background(), "x", true); err != nil {
+		t.Fatalf("Remove force: %v", err)
+	}
+	h.expect("x", ActionStopping, ActionStopped, ActionRemoved)
+	if _, err := h.m.Get("x"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get after remove: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(h.dir, "sandboxes", "x")); !os.IsNotExist(err) {
+		t.Errorf("sandbox dir after remove: %v", err)
+	}
+	h.be.mu.Lock()
+	destroyed := strings.Join(h.be.destroys, ",")
+	h.be.mu.Unlock()
+	if destroyed != "x" {
+		t.Errorf("destroyed %q, want x", destroyed)
+	}
+	// A ready one needs no force; a starting one is cancelled.
+	h.createReady(Spec{ID: "y"})
+	if err := h.m.Remove(context.Background(), "y", false); err != nil {
+		t.Fatalf("Remove ready: %v", err)
+	}
+	gate := make(chan struct{})
+	h.be.mu.Lock()
+	h.be.startGate = gate
+	h.be.mu.Unlock()
+	h.create(Spec{ID: "z"})
+	if err := h.m.Remove(context.Background(), "z", false); err != nil {
+		t.Fatalf("Remove starting: %v", err)
+	}
+	h.expect("z", ActionStopping, ActionStopped, ActionRemoved)
+	if got := testutil.ToFloat64(h.m.metrics.sandboxes.WithLabelValues("stopped")); got != 0 {
+		t.Errorf("stopped gauge %v after removal, want 0", got)
+	}
+}
+
+func TestTTL(t *testing.T) {
+	h := newHarness(t)
+	h.createReady(Spec{ID: "ttl", TTL: time.Minute})
+	h.createReady(Spec{ID: "keep"})
+	h.clock.Advance(59 * time.Second)
+	if st := h.state("ttl"); st != StateReady {
+		t.Fatalf("before the TTL: %s", st)
+	}
+	h.clock.Advance(time.Second)
+	h.expect("ttl", ActionStopping, ActionStopped, ActionRemoved)
+	if _, err := h.m.Get("ttl"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("after TTL: %v, want ErrNotFound", err)
+	}
+	if st := h.state("keep"); st != StateReady {
+		t.Errorf("the sandbox without TTL is %s", st)
+	}
+}
+
+func TestListFilters(t *testing.T) {
+	h := newHarness(t)
+	h.createReady(Spec{ID: "a", Labels: map[string]string{"team": "x", "tier": "1"}})
+	h.clock.Advance(time.Second)
+	h.createReady(Spec{ID: "b", Labels: map[string]string{"team": "x"}})
+	h.clock.Advance(time.Second)
+	h.createReady(Spec{ID: "c", Labels: map[string]string{"team": "y"}})
+	if _, err := h.m.Stop(context.Background(), "c", 0); err != nil {
+		t.Fatal(err)
+	}
+	ids := func(infos []Info) string {
+		var s []string
+		for _, i := range infos {
+			s = append(s, i.ID)
+		}
+		return strings.Join(s, ",")
+	}
+	cases := []struct {
+		f    Filter
+		want string
+	}{
+		{Filter{}, "a,b,c"},
+		{Filter{Labels: map[string]string{"team": "x"}}, "a,b"},
+		{Filter{Labels: map[string]string{"team": "x", "tier": "1"}}, "a"},
+		{Filter{Labels: map[string]string{"team": "z"}}, ""},
+		{Filter{State: StateStopped}, "c"},
+		{Filter{State: StateReady, Labels: map[string]string{"team": "y"}}, ""},
+	}
+	for _, c := range cases {
+		if got := ids(h.m.List(c.f)); got != c.want {
+			t.Errorf("List(%+v) = %q, want %q", c.f, got, c.want)
+		}
+	}
+}
+
+func TestSlowSubscriberCutOff(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.EventBuffer = 4 })
+	slow := h.m.Subscribe(EventFilter{})
+	only := h.m.Subscribe(EventFilter{SandboxID: "s2", Action: ActionReady})
+	h.createReady(Spec{ID: "s1"})
+	h.createReady(Spec{ID: "s2"})
+	h.createReady(Spec{ID: "s3"})
+	// slow never read: 4 events fit, the 5th cut it off.
+	n := 0
+	for range slow.C() {
+		n++
+	}
+	if n != 4 || !errors.Is(slow.Err(), ErrSlowSubscriber) {
+		t.Errorf("slow subscriber got %d events, err %v; want 4, ErrSlowSubscriber", n, slow.Err())
+	}
+	if got := testutil.ToFloat64(h.m.metrics.eventsDropped); got != 1 {
+		t.Errorf("dropped counter %v, want 1", got)
+	}
+	// The filtered one and the harness's were not held up.
+	select {
+	case e := <-only.C():
+		if e.SandboxID != "s2" || e.Action != ActionReady {
+			t.Errorf("filtered subscriber got %+v", e)
+		}
+	default:
+		t.Error("filtered subscriber got nothing")
+	}
+	only.Close()
+	if _, ok := <-only.C(); ok || only.Err() != nil {
+		t.Errorf("after Close: channel open or err %v", only.Err())
+	}
+	only.Close() // twice is fine
+}
+
+func TestStartFailureAndInitDeath(t *testing.T) {
+	h := newHarness(t)
+	h.be.mu.Lock()
+	h.be.startErr = errors.New("runc run: exit status 1: oci runtime error")
+	h.be.mu.Unlock()
+	h.create(Spec{ID: "bad"})
+	evs := h.expect("bad", ActionFailed)
+	if !strings.Contains(evs[0].Attributes["error"], "oci runtime error") {
+		t.Errorf("failed event: %v", evs[0].Attributes)
+	}
+	info, _ := h.m.Get("bad")
+	if info.State != StateFailed || !strings.Contains(info.Error, "oci runtime error") {
+		t.Errorf("Get = %+v", info)
+	}
+	h.be.mu.Lock()
+	h.be.startErr = nil
+	h.be.mu.Unlock()
+	h.createReady(Spec{ID: "dies"})
+	h.be.killInit("dies")
+	evs = h.expect("dies", ActionFailed)
+	if !strings.Contains(evs[0].Attributes["error"], "init exited") {
+		t.Errorf("failed event: %v", evs[0].Attributes)
+	}
+	if err := h.m.Remove(context.Background(), "dies", false); err != nil {
+		t.Errorf("Remove failed sandbox: %v", err)
+	}
+}
+
+func TestCreateCmdRunsOnceReady(t *testing.T) {
+	h := newHarness(t)
+	h.create(Spec{ID: "cmd", Cmd: []string{"fail", "7", "x"}})
+	evs := h.expect("cmd", ActionReady, ActionRunning, ActionIdle)
+	if evs[2].Attributes["exit_code"] != "7" {
+		t.Errorf("idle = %v, want exit_code 7", evs[2].Attributes)
+	}
+	info, _ := h.m.Get("cmd")
+	if info.State != StateReady || info.LastExitCode == nil || *info.LastExitCode != 7 {
+		t.Errorf("after the create cmd: %+v", info)
+	}
+}
+
+// TestReadopt restarts the manager over records of every kind.
+func TestReadopt(t *testing.T) {
+	h := newHarness(t)
+	h.createReady(Spec{ID: "alive", TTL: time.Hour})
+	h.createReady(Spec{ID: "dead"})
+	h.createReady(Spec{ID: "busy"})
+	h.createReady(Spec{ID: "done"})
+	if _, err := h.m.Stop(context.Background(), "done", 0); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = h.m.Run(context.Background(), "busy", Process{Cmd: []string{"block"}}, nil) }()
+	h.expect("busy", ActionRunning)
+	waitFor(t, "the running record", func() bool {
+		rec, err := readRecord(filepath.Join(h.dir, "sandboxes", "busy"))
+		return err == nil && rec.State == StateRunning
+	})
+	// The agent dies: no Close, the records stay as they are. A second
+	// manager must not see the first one's goroutines, so copy the state
+	// dir as the crash left it.
+	crash := t.TempDir()
+	copyTree(t, filepath.Join(h.dir, "sandboxes"), filepath.Join(crash, "sandboxes"))
+	// A record caught mid-start, and debris without a record.
+	writeRecordForTest(t, filepath.Join(crash, "sandboxes", "half"), record{Spec: Spec{ID: "half"}, State: StateStarting, CreatedAt: h.clock.Now()})
+	if err := os.MkdirAll(filepath.Join(crash, "sandboxes", "debris", "upper"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.m.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h.be.killInit("dead")
+
+	h2 := &harness{t: t, be: h.be, clock: h.clock, dir: crash}
+	h2.start()
+	want := map[string]State{"alive": StateReady, "dead": StateFailed, "busy": StateReady, "done": StateStopped, "half": StateFailed}
+	for id, st := range want {
+		if got := h2.state(id); got != st {
+			t.Errorf("%s: %s after restart, want %s", id, got, st)
+		}
+	}
+	if info, _ := h2.m.Get("dead"); !strings.Contains(info.Error, "init exited while the agent was down") {
+		t.Errorf("dead: error %q", info.Error)
+	}
+	busy, _ := h2.m.Get("busy")
+	if busy.LastExitCode == nil || *busy.LastExitCode != ExitLost || !strings.Contains(busy.Error, "lost") {
+		t.Errorf("busy: %+v, want the run recorded as lost", busy)
+	}
+	h.be.mu.Lock()
+	killed := strings.Join(h.be.killed, ",")
+	h.be.mu.Unlock()
+	if killed != "busy" {
+		t.Errorf("KillWorkloads on %q, want busy", killed)
+	}
+	if _, err := os.Stat(filepath.Join(crash, "sandboxes", "debris")); !os.IsNotExist(err) {
+		t.Errorf("debris left: %v", err)
+	}
+	if got := testutil.ToFloat64(h2.m.metrics.sandboxes.WithLabelValues("failed")); got != 2 {
+		t.Errorf("failed gauge %v, want 2", got)
+	}
+	// The adopted sandbox runs, and its TTL still counts from creation.
+	if code, err := h2.m.Run(context.Background(), "alive", Process{Cmd: []string{"echo"}}, nil); err != nil || code != 0 {
+		t.Errorf("Run after restart = %d, %v", code, err)
+	}
+	h.clock.Advance(time.Hour)
+	h2.expect("alive", ActionStopping, ActionStopped, ActionRemoved)
+}
+
+func writeRecordForTest(t *testing.T, dir string, rec record) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeRecord(dir, rec); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	out, err := exec.Command("cp", "-a", src, dst).CombinedOutput()
+	if err != nil {
+		t.Fatalf("cp -a %s %s: %v: %s", src, dst, err, out)
+	}
+}
+
+func TestCloseKillsRunsAndEndsSubscriptions(t *testing.T) {
+	h := newHarness(t)
+	h.createReady(Spec{ID: "c", TTL: time.Minute})
+	done := make(chan int)
+	go func() {
+		code, _ := h.m.Run(context.Background(), "c", Process{Cmd: []string{"block"}}, nil)
+		done <- code
+	}()
+	h.expect("c", ActionRunning)
+	if err := h.m.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if code := <-done; code != 137 {
+		t.Errorf("run at close: exit %d, want 137", code)
+	}
+	for range h.events.C() {
+	}
+	if !errors.Is(h.events.Err(), ErrManagerClosed) {
+		t.Errorf("subscription err %v, want ErrManagerClosed", h.events.Err())
+	}
+	if _, _, err := h.m.Create(context.Background(), Spec{}); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Create after Close: %v, want ErrUnavailable", err)
+	}
+	if h.clock.pending() != 0 {
+		t.Errorf("%d timers armed after Close", h.clock.pending())
+	}
+	if s := h.m.Subscribe(EventFilter{}); s.Err() == nil {
+		t.Error("Subscribe after Close: open subscription")
+	}
+	// The record kept the sandbox ready for the next agent.
+	rec, err := readRecord(filepath.Join(h.dir, "sandboxes", "c"))
+	if err != nil || rec.State != StateReady || rec.Run != nil {
+		t.Errorf("record after Close = %+v, %v", rec, err)
+	}
+}
+
+func TestRecordAtomicWrite(t *testing.T) {
+	dir := t.TempDir()
+	code := 4
+	rec := record{Spec: Spec{ID: "r", Labels: map[string]string{"a": "b"}, TTL: time.Minute}, State: StateReady,
+		CreatedAt: time.Unix(100, 5).UTC(), LastExitCode: &code}
+	if err := writeRecord(dir, rec); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readRecord(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Spec.ID != "r" || got.Spec.TTL != time.Minute || *got.LastExitCode != 4 || !got.CreatedAt.Equal(rec.CreatedAt) {
+		t.Errorf("read back %+v", got)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Errorf("files left beside the record: %v", entries)
+	}
+	if err := os.WriteFile(filepath.Join(dir, recordFile), []byte(`{"version":1,"state":"bogus"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readRecord(dir); err == nil {
+		t.Error("a record with an unknown state was accepted")
+	}
+}
+
+func TestMetricsPromtool(t *testing.T) {
+	promtool := testenv.RequireBinary(t, "promtool")
+	h := newHarness(t)
+	h.createReady(Spec{ID: "m"})
+	if _, err := h.m.Run(context.Background(), "m", Process{Cmd: []string{"echo"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	families, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text bytes.Buffer
+	enc := expfmt.NewEncoder(&text, expfmt.NewFormat(expfmt.TypeTextPlain))
+	names := map[string]bool{}
+	for _, f := range families {
+		names[f.GetName()] = true
+		if err := enc.Encode(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range []string{"arcbox_agent_sandboxes", "arcbox_agent_sandbox_create_to_ready_seconds",
+		"arcbox_agent_sandbox_run_seconds", "arcbox_agent_sandbox_events_dropped_total"} {
+		if !names[n] {
+			t.Errorf("metric %s missing", n)
+		}
+	}
+	if got := testutil.ToFloat64(h.m.metrics.sandboxes.WithLabelValues("ready")); got != 1 {
+		t.Errorf("ready gauge %v, want 1", got)
+	}
+	for _, want := range []string{"arcbox_agent_sandbox_create_to_ready_seconds_count 1", "arcbox_agent_sandbox_run_seconds_count 1",
+		`arcbox_agent_sandboxes{state="ready"} 1`, "arcbox_agent_sandbox_events_dropped_total 0"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("metrics lack %q:\n%s", want, text.String())
+		}
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = &text
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("promtool check metrics: %v\n%s\n%s", err, out, text.String())
+	}
+}
+
+func TestResolveUser(t *testing.T) {
+	files := map[string]string{
+		"/etc/passwd": "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n# comment\nbad:line\n",
+		"/etc/group":  "root:x:0:\nalice:x:1000:\nstaff:x:50:alice,bob\nwheel:x:10:alice\n",
+	}
+	read := func(name string) ([]byte, error) {
+		if s, ok := files[name]; ok {
+			return []byte(s), nil
+		}
+		return nil, os.ErrNotExist
+	}
+	cases := []struct {
+		spec string
+		want execUser
+		err  bool
+	}{
+		{"", execUser{Home: "/root"}, false},
+		{"0", execUser{Home: "/root"}, false},
+		{"alice", execUser{UID: 1000, GID: 1000, AdditionalGIDs: []uint32{50, 10}, Home: "/home/alice"}, false},
+		{"alice:staff", execUser{UID: 1000, GID: 50, AdditionalGIDs: []uint32{10}, Home: "/home/alice"}, false},
+		{"1234", execUser{UID: 1234, Home: "/"}, false},
+		{"1234:99", execUser{UID: 1234, GID: 99, Home: "/"}, false},
+		{"1000:7", execUser{UID: 1000, GID: 7, AdditionalGIDs: []uint32{50, 10}, Home: "/home/alice"}, false},
+		{"mallory", execUser{}, true},
+		{"alice:nogroup", execUser{}, true},
+	}
+	for _, c := range cases {
+		got, err := resolveUser("user", c.spec, read)
+		if c.err {
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `field "user"`) {
+				t.Errorf("resolveUser(%q) err = %v, want ErrInvalid naming user", c.spec, err)
+			}
+			continue
+		}
+		if err != nil || got.UID != c.want.UID || got.GID != c.want.GID || got.Home != c.want.Home ||
+			len(got.AdditionalGIDs) != len(c.want.AdditionalGIDs) {
+			t.Errorf("resolveUser(%q) = %+v, %v; want %+v", c.spec, got, err, c.want)
+			continue
+		}
+		for i := range got.AdditionalGIDs {
+			if got.AdditionalGIDs[i] != c.want.AdditionalGIDs[i] {
+				t.Errorf("resolveUser(%q) groups %v, want %v", c.spec, got.AdditionalGIDs, c.want.AdditionalGIDs)
+			}
+		}
+	}
+	// Without /etc/passwd, numeric users still work.
+	none := func(string) ([]byte, error) { return nil, os.ErrNotExist }
+	if u, err := resolveUser("user", "5:6", none); err != nil || u.UID != 5 || u.GID != 6 {
+		t.Errorf("resolveUser without passwd = %+v, %v", u, err)
+	}
+}
+
+func TestProcessEnv(t *testing.T) {
+	got := strings.Join(processEnv([]string{"PATH=/img", "A=img", "B=img"}, map[string]string{"B": "sb", "C": "sb"},
+		map[string]string{"C": "p"}, "/home/x", true), " ")
+	want := "A=img B=sb C=p HOME=/home/x PATH=/img TERM=xterm"
+	if got != want {
+		t.Errorf("processEnv = %q, want %q", got, want)
+	}
+}
+
+func TestEnsureBusyboxRootfs(t *testing.T) {
+	bb := testenv.RequireBinary(t, "busybox")
+	dir := filepath.Join(t.TempDir(), "rootfs", "default")
+	if err := EnsureBusyboxRootfs(dir, bb); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"bin/busybox", "etc/passwd", "etc/group", "tmp", "proc", "sys", "dev"} {
+		if _, err := os.Lstat(filepath.Join(dir, p)); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+	if target, err := os.Readlink(filepath.Join(dir, "bin", "sh")); err != nil || target != "/bin/busybox" {
+		t.Errorf("bin/sh -> %q, %v; want /bin/busybox", target, err)
+	}
+	if err := EnsureBusyboxRootfs(dir, bb); err != nil {
+		t.Errorf("second call: %v", err)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(dir))
+	if len(entries) != 1 {
+		t.Errorf("temporary dirs left: %v", entries)
+	}
+}

@@ -1,0 +1,652 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	runc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
+)
+
+// How long the backend waits for a sandbox's init to end.
+const (
+	initTermTimeout = 5 * time.Second // after SIGTERM, before SIGKILL
+	initKillTimeout = 5 * time.Second // after SIGKILL
+	runtimeTimeout  = 60 * time.Second
+)
+
+// Files of a bundle directory the backend owns (the record is the manager's).
+const (
+	bundleMetaFile = "backend.json"
+	runtimeLogFile = "runtime.log"
+	initPidFile    = "init.pid"
+)
+
+// ociBackend runs sandboxes as OCI containers through runc or crun.
+type ociBackend struct {
+	log           *slog.Logger
+	rt            *runc.Runc
+	runtimeName   string // "runc" or "crun", for messages
+	boxesDir      string // StateDir/sandboxes: bundles live in <boxesDir>/<id>
+	initPath      string
+	defaultRootfs string
+	busybox       string
+	cgroupParent  string
+	cgroup2       bool
+	images        *imageStore
+
+	mu    sync.Mutex
+	boxes map[string]*ociBox
+	seq   uint64
+}
+
+var _ backend = (*ociBackend)(nil)
+
+// ociBox is what the backend knows of a running sandbox.
+type ociBox struct {
+	init *pidWatch
+	ns   string // the init's pid namespace
+	meta bundleMeta
+}
+
+// bundleMeta is what a sandbox was made from, kept in backend.json so
+// processes started after an agent restart get the same defaults.
+type bundleMeta struct {
+	Lower string      `json:"lower"` // the overlay's read-only layer
+	Image imageConfig `json:"image"`
+}
+
+func newOCIBackend(ctx context.Context, cfg Config) (backend, error) {
+	log := cfg.Logger.With("component", "sandbox-oci")
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("sandboxes need root (overlay mounts, the OCI runtime): %w", ErrUnavailable)
+	}
+	path, name, err := findRuntime(cfg.Runtime)
+	if err != nil {
+		return nil, err
+	}
+	vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(vctx, path, "--version").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("%s --version: %w: %s: %w", path, err, bytes.TrimSpace(out), ErrUnavailable)
+	}
+	initPath := cfg.InitPath
+	if initPath == "" {
+		if initPath, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("init binary: %w: %w", err, ErrUnavailable)
+		}
+	}
+	if err := checkStatic(initPath); err != nil {
+		return nil, fmt.Errorf("init binary: %w: %w", err, ErrUnavailable)
+	}
+	if strings.ContainsAny(cfg.StateDir, ",:\\") {
+		return nil, fmt.Errorf("state dir %q holds one of , : \\ (overlayfs options cannot): %w", cfg.StateDir, ErrUnavailable)
+	}
+	images, err := newImageStore(context.WithoutCancel(ctx), filepath.Join(cfg.StateDir, "images"), log)
+	if err != nil {
+		return nil, fmt.Errorf("image cache: %w: %w", err, ErrUnavailable)
+	}
+	rtRoot := filepath.Join(cfg.StateDir, "runtime")
+	if err := os.MkdirAll(rtRoot, 0o700); err != nil {
+		return nil, fmt.Errorf("runtime state dir: %w: %w", err, ErrUnavailable)
+	}
+	b := &ociBackend{
+		log:           log,
+		rt:            &runc.Runc{Command: path, Root: rtRoot},
+		runtimeName:   name,
+		boxesDir:      filepath.Join(cfg.StateDir, "sandboxes"),
+		initPath:      initPath,
+		defaultRootfs: cfg.DefaultRootfs,
+		busybox:       cfg.BusyboxPath,
+		cgroupParent:  cfg.CgroupParent,
+		cgroup2:       isCgroup2("/sys/fs/cgroup"),
+		images:        images,
+		boxes:         map[string]*ociBox{},
+	}
+	if n := markInheritedCloexec(); n > 0 {
+		log.Warn("marked inherited file descriptors close-on-exec, so no runtime or sandbox gets them", "count", n)
+	}
+	if err := EnsureBusyboxRootfs(b.defaultRootfs, b.busybox); err != nil {
+		// Only sandboxes without an image or rootfs need it: they fail
+		// to create, saying why; the others work.
+		log.Warn("no default root filesystem", "dir", b.defaultRootfs, "err", err)
+	}
+	log.Info("sandbox backend ready", "runtime", path, "cgroup2", b.cgroup2, "init", initPath)
+	return b, nil
+}
+
+// findRuntime resolves Config.Runtime to a binary and its kind.
+func findRuntime(want string) (path, name string, err error) {
+	switch want {
+	case "":
+		order := []string{"crun", "runc"}
+		if hybridCgroupRefusedByCrun() {
+			order = []string{"runc", "crun"}
+		}
+		for _, n := range order {
+			if p, err := exec.LookPath(n); err == nil {
+				return p, n, nil
+			}
+		}
+		return "", "", fmt.Errorf("no OCI runtime: neither crun nor runc is on PATH: %w", ErrUnavailable)
+	case "runc", "crun":
+		p, err := exec.LookPath(want)
+		if err != nil {
+			return "", "", fmt.Errorf("OCI runtime %s: %w: %w", want, err, ErrUnavailable)
+		}
+		return p, want, nil
+	default:
+		st, err := os.Stat(want)
+		if err != nil {
+			return "", "", fmt.Errorf("OCI runtime %s: %w: %w", want, err, ErrUnavailable)
+		}
+		if st.IsDir() || st.Mode()&0o111 == 0 {
+			return "", "", fmt.Errorf("OCI runtime %s is not an executable file: %w", want, ErrUnavailable)
+		}
+		return want, filepath.Base(want), nil
+	}
+}
+
+// isCgroup2 reports whether dir is a cgroup2 mount.
+func isCgroup2(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
+}
+
+// hybridCgroupRefusedByCrun reports a hybrid cgroup layout whose cgroup2
+// part has controllers: crun refuses to run there ("cgroups in hybrid mode
+// not supported"), runc does not.
+func hybridCgroupRefusedByCrun() bool {
+	if isCgroup2("/sys/fs/cgroup") || !isCgroup2("/sys/fs/cgroup/unified") {
+		return false
+	}
+	data, err := os.ReadFile("/sys/fs/cgroup/unified/cgroup.controllers")
+	return err == nil && len(bytes.TrimSpace(data)) > 0
+}
+
+func (b *ociBackend) bundle(id string) string { return filepath.Join(b.boxesDir, id) }
+
+// Validate rejects what a container cannot honour and paths that are not there.
+func (b *ociBackend) Validate(s Spec) error {
+	if s.Kernel != "" {
+		return invalidField("kernel", "not supported by the container backend")
+	}
+	if s.BootArgs != "" {
+		return invalidField("boot_args", "not supported by the container backend")
+	}
+	if s.SSHPublicKey != "" {
+		return invalidField("ssh_public_key", "not supported by the container backend (no sshd runs in a sandbox; use run or exec)")
+	}
+	switch {
+	case s.Image != "":
+		if _, err := parseImageRef(s.Image); err != nil {
+			return invalidField("image", "%v", err)
+		}
+	case s.Rootfs != "":
+		if err := checkRootfsDir(s.Rootfs); err != nil {
+			return invalidField("rootfs", "%v", err)
+		}
+	default:
+		if err := EnsureBusyboxRootfs(b.defaultRootfs, b.busybox); err != nil {
+			return fmt.Errorf("the default root filesystem %s is missing and cannot be made: %w: %w", b.defaultRootfs, err, ErrUnavailable)
+		}
+		if err := checkRootfsDir(b.defaultRootfs); err != nil {
+			return fmt.Errorf("the default root filesystem: %w: %w", err, ErrUnavailable)
+		}
+	}
+	for i, m := range s.Mounts {
+		if _, err := os.Stat(m.Source); err != nil {
+			return invalidField(fmt.Sprintf("mounts[%d].source", i), "%v", err)
+		}
+	}
+	return nil
+}
+
+func checkRootfsDir(dir string) error {
+	if !filepath.IsAbs(dir) {
+		return fmt.Errorf("%q is not an absolute path", dir)
+	}
+	if strings.ContainsAny(dir, ",:\\") {
+		return fmt.Errorf("%q holds one of , : \\ (overlayfs options cannot)", dir)
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	return nil
+}
+
+// Start makes the bundle (overlay root, config.json) and runs the init.
+func (b *ociBackend) Start(ctx context.Context, id string, s Spec) (exited <-chan struct{}, err error) {
+	dir := b.bundle(id)
+	meta := bundleMeta{Lower: s.Rootfs}
+	switch {
+	case s.Image != "":
+		img, err := b.images.get(ctx, s.Image)
+		if err != nil {
+			return nil, err
+		}
+		meta = bundleMeta{Lower: img.Rootfs, Image: img.Config}
+	case s.Rootfs == "":
+		meta.Lower = b.defaultRootfs
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(meta)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, bundleMetaFile), data, 0o600); err != nil {
+		return nil, err
+	}
+	rootfs, upper, work := filepath.Join(dir, "rootfs"), filepath.Join(dir, "upper"), filepath.Join(dir, "work")
+	for _, d := range []string{rootfs, upper, work} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	// The root of the merged tree takes the upper dir's owner and mode.
+	if err := copyOwnerMode(meta.Lower, upper); err != nil {
+		return nil, err
+	}
+	if err := mountOverlay(meta.Lower, upper, work, rootfs); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			b.cleanup(id)
+		}
+	}()
+	if wd := firstNonEmpty(s.WorkingDir, meta.Image.WorkingDir); wd != "" {
+		if err := mkdirAllInRoot(rootfs, wd, 0o755); err != nil {
+			return nil, fmt.Errorf("working dir %s: %w", wd, err)
+		}
+	}
+	spec := buildSpec(bundleParams{
+		ID:          id,
+		InitPath:    b.initPath,
+		Limits:      s.Limits,
+		Mounts:      s.Mounts,
+		CgroupsPath: filepath.Join(b.cgroupParent, id),
+		Cgroup2:     b.cgroup2,
+	})
+	if data, err = json.Marshal(spec); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
+		return nil, err
+	}
+	pidFile := filepath.Join(dir, initPidFile)
+	os.Remove(pidFile)
+	if err := b.runtimeRun(ctx, id, dir, pidFile); err != nil {
+		return nil, err
+	}
+	pid, err := readPidFile(pidFile)
+	if err != nil {
+		return nil, err
+	}
+	box, err := b.track(id, pid, meta)
+	if err != nil {
+		return nil, err
+	}
+	return box.init.exited, nil
+}
+
+// runtimeRun is `runc run --detach`: create and start in one call. The
+// runtime's output (its errors) goes to runtime.log; the init inherits
+// /dev/null and that log, and swaps the log for /dev/null when it starts.
+func (b *ociBackend) runtimeRun(ctx context.Context, id, dir, pidFile string) error {
+	logPath := filepath.Join(dir, runtimeLogFile)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return err
+	}
+	defer devnull.Close()
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runtimeTimeout)
+	defer cancel()
+	_, err = b.rt.Run(rctx, id, dir, &runc.CreateOpts{
+		IO:      &fileIO{stdin: devnull, stdout: logf, stderr: logf},
+		PidFile: pidFile,
+		Detach:  true,
+	})
+	if err != nil {
+		return fmt.Errorf("%s run: %w: %s", b.runtimeName, err, logTail(logPath))
+	}
+	return nil
+}
+
+// logTail is the end of a runtime log, for an error message.
+func logTail(p string) string {
+	data, _ := os.ReadFile(p)
+	data = bytes.TrimSpace(data)
+	if len(data) > 2048 {
+		data = data[len(data)-2048:]
+	}
+	return string(data)
+}
+
+func readPidFile(p string) (int, error) {
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return 0, fmt.Errorf("read pid file: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("pid file %s: bad pid %q", p, data)
+	}
+	return pid, nil
+}
+
+// track starts watching a sandbox's init.
+func (b *ociBackend) track(id string, pid int, meta bundleMeta) (*ociBox, error) {
+	w, err := watchPid(pid)
+	if err != nil {
+		return nil, err
+	}
+	ns, err := pidNamespace(pid)
+	if err != nil {
+		w.close()
+		return nil, fmt.Errorf("init %d: %w", pid, err)
+	}
+	box := &ociBox{init: w, ns: ns, meta: meta}
+	b.mu.Lock()
+	if old := b.boxes[id]; old != nil {
+		old.init.close()
+	}
+	b.boxes[id] = box
+	b.mu.Unlock()
+	return box, nil
+}
+
+func (b *ociBackend) box(id string) (*ociBox, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	box := b.boxes[id]
+	if box == nil {
+		return nil, fmt.Errorf("sandbox %q has no running container: %w", id, ErrConflict)
+	}
+	return box, nil
+}
+
+// Adopt finds a container made before an agent restart.
+func (b *ociBackend) Adopt(ctx context.Context, id string) (<-chan struct{}, bool, error) {
+	c, err := b.rt.State(ctx, id)
+	if err != nil {
+		if isNotExist(err) {
+			return nil, false, nil
+		}
+		return nil, false, err
+	}
+	if c.Status != "running" || c.Pid <= 0 {
+		return nil, false, nil
+	}
+	var meta bundleMeta
+	data, err := os.ReadFile(filepath.Join(b.bundle(id), bundleMetaFile))
+	if err != nil {
+		return nil, false, err
+	}
+	if err := json.Unmarshal(data, &meta); err != nil {
+		return nil, false, fmt.Errorf("%s: %w", bundleMetaFile, err)
+	}
+	box, err := b.track(id, c.Pid, meta)
+	if err != nil {
+		return nil, false, err
+	}
+	select {
+	case <-box.init.exited:
+		return nil, false, nil
+	default:
+	}
+	return box.init.exited, true, nil
+}
+
+// isNotExist recognises the runtimes' "no such container" errors.
+func isNotExist(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "does not exist") || strings.Contains(msg, "not found") ||
+		strings.Contains(msg, "No such file or directory")
+}
+
+// KillWorkloads kills every process of the sandbox but its init, and
+// waits (a few seconds at most) for them to be gone.
+func (b *ociBackend) KillWorkloads(ctx context.Context, id string) error {
+	box, err := b.box(id)
+	if err != nil {
+		return err
+	}
+	pids, err := b.rt.Ps(ctx, id)
+	if err != nil {
+		return fmt.Errorf("%s ps: %w", b.runtimeName, err)
+	}
+	var errs []error
+	var watches []*pidWatch
+	for _, pid := range pids {
+		if pid == box.init.pid {
+			continue
+		}
+		if w, err := watchPid(pid); err == nil {
+			watches = append(watches, w)
+			defer w.close()
+		}
+		errs = append(errs, signalInNamespace(pid, box.ns, unix.SIGKILL))
+	}
+	for _, w := range watches {
+		if !w.wait(initKillTimeout) {
+			errs = append(errs, fmt.Errorf("process %d outlived SIGKILL", w.pid))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Stop ends the init (SIGTERM: it exits at once, and the kernel kills the
+// rest of the sandbox with it), deletes the container, and unmounts its root.
+func (b *ociBackend) Stop(ctx context.Context, id string) error {
+	b.mu.Lock()
+	box := b.boxes[id]
+	delete(b.boxes, id)
+	b.mu.Unlock()
+	if box != nil {
+		defer box.init.close()
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runtimeTimeout)
+	defer cancel()
+
+	c, err := b.rt.State(ctx, id)
+	switch {
+	case err != nil && isNotExist(err):
+		// never made, or deleted already
+	case err != nil:
+		return fmt.Errorf("%s state: %w", b.runtimeName, err)
+	default:
+		if c.Status == "running" || c.Status == "created" || c.Status == "paused" {
+			w := box.initWatch()
+			if w == nil && c.Pid > 0 {
+				if w, err = watchPid(c.Pid); err != nil {
+					return err
+				}
+				defer w.close()
+			}
+			if err := b.rt.Kill(ctx, id, int(unix.SIGTERM), nil); err != nil && !isNotExist(err) {
+				b.log.Warn("SIGTERM the sandbox init", "id", id, "err", err)
+			}
+			if w != nil && !w.wait(initTermTimeout) {
+				if err := b.rt.Kill(ctx, id, int(unix.SIGKILL), &runc.KillOpts{All: true}); err != nil && !isNotExist(err) {
+					return fmt.Errorf("%s kill: %w", b.runtimeName, err)
+				}
+				if !w.wait(initKillTimeout) {
+					return fmt.Errorf("the init of sandbox %q outlived SIGKILL", id)
+				}
+			}
+		}
+		if err := b.rt.Delete(ctx, id, &runc.DeleteOpts{Force: true}); err != nil && !isNotExist(err) {
+			return fmt.Errorf("%s delete: %w", b.runtimeName, err)
+		}
+	}
+	b.removeCgroups(id)
+	return unmount(filepath.Join(b.bundle(id), "rootfs"))
+}
+
+func (box *ociBox) initWatch() *pidWatch {
+	if box == nil {
+		return nil
+	}
+	return box.init
+}
+
+// cleanup undoes a start that failed half way.
+func (b *ociBackend) cleanup(id string) {
+	if err := b.Stop(context.Background(), id); err != nil {
+		b.log.Error("clean up a failed start", "id", id, "err", err)
+	}
+}
+
+// Destroy removes the bundle's files, once nothing is mounted on its root.
+func (b *ociBackend) Destroy(ctx context.Context, id string) error {
+	if err := b.Stop(ctx, id); err != nil {
+		return err
+	}
+	dir := b.bundle(id)
+	rootfs := filepath.Join(dir, "rootfs")
+	mounted, err := isMountPoint(rootfs)
+	if err != nil {
+		return fmt.Errorf("sandbox %q: not removing its files: %w", id, err)
+	}
+	if mounted {
+		return fmt.Errorf("sandbox %q: its root %s is still mounted; not removing its files", id, rootfs)
+	}
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.Name() == recordFile {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close cancels image pulls and stops watching the inits; the sandboxes
+// keep running.
+func (b *ociBackend) Close() error {
+	b.images.close()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for id, box := range b.boxes {
+		box.init.close()
+		delete(b.boxes, id)
+	}
+	return nil
+}
+
+// copyOwnerMode gives dst the owner and permission bits of src.
+func copyOwnerMode(src, dst string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(src, &st); err != nil {
+		return &os.PathError{Op: "stat", Path: src, Err: err}
+	}
+	if err := unix.Chown(dst, int(st.Uid), int(st.Gid)); err != nil {
+		return &os.PathError{Op: "chown", Path: dst, Err: err}
+	}
+	if err := unix.Chmod(dst, st.Mode&0o7777); err != nil {
+		return &os.PathError{Op: "chmod", Path: dst, Err: err}
+	}
+	return nil
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// fileIO gives the runtime process the files it is to use as its stdio,
+// as they are: no copying goroutines, nothing else inherited. The files in
+// closeAfterStart (the child's ends of pipes) are closed in the agent once
+// the runtime has started, so the agent sees EOF when the process is done.
+type fileIO struct {
+	stdin, stdout, stderr *os.File
+	closeAfterStart       []*os.File
+}
+
+var (
+	_ runc.IO          = (*fileIO)(nil)
+	_ runc.StartCloser = (*fileIO)(nil)
+)
+
+func (f *fileIO) Close() error { return f.CloseAfterStart() }
+
+func (f *fileIO) Stdin() io.WriteCloser { return nil }
+func (f *fileIO) Stdout() io.ReadCloser { return nil }
+func (f *fileIO) Stderr() io.ReadCloser { return nil }
+func (f *fileIO) Set(cmd *exec.Cmd) {
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = f.stdin, f.stdout, f.stderr
+}
+
+// CloseAfterStart closes the child's ends.
+func (f *fileIO) CloseAfterStart() error {
+	var errs []error
+	for _, c := range f.closeAfterStart {
+		errs = append(errs, c.Close())
+	}
+	f.closeAfterStart = nil
+	return errors.Join(errs...)
+}
+
+// markInheritedCloexec sets close-on-exec on every descriptor past stdio.
+// Go opens its own that way, but descriptors inherited from whoever
+// started the agent are not, and os/exec would pass them on to the OCI
+// runtime, from where a runtime bug could let them into a sandbox
+// (CVE-2024-21626). It returns how many it changed.
+func markInheritedCloexec() int {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, ent := range entries {
+		fd, err := strconv.Atoi(ent.Name())
+		if err != nil || fd <= 2 {
+			continue
+		}
+		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		if err != nil || flags&unix.FD_CLOEXEC != 0 {
+			continue
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, flags|unix.FD_CLOEXEC); err == nil {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,166 @@
+package sandbox
+
+import (
+	"maps"
+	"slices"
+	"sort"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Where the init binary appears in a sandbox, and how it is called.
+const (
+	initMountPoint = "/.arcbox/init"
+	initArg        = "sandbox-init"
+)
+
+// defaultPath is PATH for processes whose image and request set none.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// cpuPeriod is the CFS period the vCPU quota is counted in (100 ms).
+const cpuPeriod = 100000
+
+// defaultCaps are the capabilities of root in a sandbox: Docker's default
+// set, without NET_RAW.
+var defaultCaps = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+	"CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+}
+
+// bundleParams is what a sandbox's OCI spec is made of.
+type bundleParams struct {
+	ID          string
+	InitPath    string // host path of the init binary
+	Limits      Limits
+	Mounts      []Mount
+	CgroupsPath string
+	Cgroup2     bool // the host runs cgroup v2: give the sandbox a cgroup namespace
+}
+
+// buildSpec makes the OCI spec of a sandbox whose root filesystem is the
+// bundle's "rootfs" directory and whose process 1 is the init.
+func buildSpec(p bundleParams) *specs.Spec {
+	// The init is a Go program: keep its runtime from holding the
+	// sandbox's cgroup files open to track GOMAXPROCS.
+	initEnv := []string{"PATH=" + defaultPath, "GODEBUG=cgroupgomaxprocs=0,updatemaxprocs=0"}
+	init := processSpec([]string{initMountPoint, initArg}, initEnv, "/", execUser{Home: "/root"}, false)
+	mounts := []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+		{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
+		{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+		{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
+		{Destination: initMountPoint, Type: "bind", Source: p.InitPath, Options: []string{"bind", "ro", "nosuid", "nodev"}},
+	}
+	for _, m := range p.Mounts {
+		opts := []string{"rbind", "rprivate"}
+		if m.ReadOnly {
+			opts = append(opts, "ro")
+		}
+		mounts = append(mounts, specs.Mount{Destination: m.Target, Type: "bind", Source: m.Source, Options: opts})
+	}
+	quota := int64(p.Limits.VCPUs) * cpuPeriod
+	period := uint64(cpuPeriod)
+	memory := p.Limits.MemoryMiB << 20
+	namespaces := []specs.LinuxNamespace{
+		{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.IPCNamespace},
+		{Type: specs.UTSNamespace}, {Type: specs.MountNamespace},
+	}
+	if p.Cgroup2 {
+		namespaces = append(namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
+	}
+	hostname := p.ID
+	if len(hostname) > 63 {
+		hostname = hostname[:63]
+	}
+	return &specs.Spec{
+		Version:  "1.0.2",
+		Process:  &init,
+		Root:     &specs.Root{Path: "rootfs"},
+		Hostname: hostname,
+		Mounts:   mounts,
+		Linux: &specs.Linux{
+			CgroupsPath: p.CgroupsPath,
+			Resources: &specs.LinuxResources{
+				Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
+				Memory:  &specs.LinuxMemory{Limit: &memory},
+				CPU:     &specs.LinuxCPU{Quota: &quota, Period: &period},
+			},
+			Namespaces: namespaces,
+			Seccomp:    seccompProfile(),
+			MaskedPaths: []string{
+				"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+				"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+				"/sys/firmware", "/sys/devices/virtual/powercap",
+			},
+			ReadonlyPaths: []string{
+				"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+			},
+		},
+	}
+}
+
+// processSpec is the OCI process for args run as u. Root gets the default
+// capabilities; another user only keeps them in its bounding set, as in
+// Docker. No process may gain privileges (setuid binaries, file caps).
+func processSpec(args, env []string, cwd string, u execUser, tty bool) specs.Process {
+	caps := &specs.LinuxCapabilities{Bounding: slices.Clone(defaultCaps)}
+	if u.UID == 0 {
+		caps.Effective = slices.Clone(defaultCaps)
+		caps.Permitted = slices.Clone(defaultCaps)
+	}
+	return specs.Process{
+		Terminal: tty,
+		User: specs.User{
+			UID:            u.UID,
+			GID:            u.GID,
+			AdditionalGids: slices.Clone(u.AdditionalGIDs),
+		},
+		Args:            args,
+		Env:             env,
+		Cwd:             cwd,
+		Capabilities:    caps,
+		NoNewPrivileges: true,
+		Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: nofile, Soft: nofile}},
+	}
+}
+
+// nofile is the open-file limit of sandbox processes: 65536, or the
+// agent's own hard limit when that is lower (raising it past that needs
+// CAP_SYS_RESOURCE, which the agent may lack).
+var nofile = nofileLimit(65536)
+
+// processEnv is a process's environment: PATH and HOME, then the image's,
+// the sandbox's and the process's variables, each over the one before.
+func processEnv(image []string, sandbox, process map[string]string, home string, tty bool) []string {
+	base := map[string]string{"PATH": defaultPath, "HOME": home}
+	if tty {
+		base["TERM"] = "xterm"
+	}
+	for _, kv := range image {
+		k, v, ok := cutEnv(kv)
+		if ok {
+			base[k] = v
+		}
+	}
+	all := mergeEnv(base, sandbox, process)
+	keys := slices.Collect(maps.Keys(all))
+	sort.Strings(keys)
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, k+"="+all[k])
+	}
+	return out
+}
+
+func cutEnv(kv string) (string, string, bool) {
+	for i := 0; i < len(kv); i++ {
+		if kv[i] == '=' {
+			return kv[:i], kv[i+1:], i > 0
+		}
+	}
+	return "", "", false
+}

@@ -1,0 +1,334 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// outBufSize is the read size of each output stream: large reads keep
+	// the per-call overhead small at high throughput.
+	outBufSize = 256 << 10
+	// drainIdle is how long output is still read after the process exited
+	// when nothing more arrives: a background child that kept the pipe
+	// open must not hold the run forever.
+	drainIdle = 250 * time.Millisecond
+)
+
+// outBufs recycles the output read buffers.
+var outBufs = sync.Pool{New: func() any {
+	b := make([]byte, outBufSize)
+	return &b
+}}
+
+// errTimeout is why a run past its Timeout is killed.
+var errTimeout = errors.New("timeout")
+
+// activeRun is the workload in progress in a sandbox.
+type activeRun struct {
+	cmd     []string
+	started time.Time
+
+	termOnce, killOnce sync.Once
+	termCh             chan struct{} // closed: send SIGTERM (a stop)
+	killCh             chan struct{} // closed: kill it; killWhy says why
+	killWhy            error
+	done               chan struct{} // closed once the run has ended and been recorded
+}
+
+func newActiveRun(cmd []string, started time.Time) *activeRun {
+	return &activeRun{
+		cmd:     cmd,
+		started: started,
+		termCh:  make(chan struct{}),
+		killCh:  make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+}
+
+// terminate asks the workload to end (SIGTERM) and kills it after grace.
+func (ar *activeRun) terminate(grace time.Duration, af afterFunc) {
+	if grace <= 0 {
+		ar.kill(errStopped)
+		return
+	}
+	ar.termOnce.Do(func() { close(ar.termCh) })
+	af(grace, func() { ar.kill(errStopped) })
+}
+
+// kill asks for the workload to be killed.
+func (ar *activeRun) kill(why error) {
+	ar.killOnce.Do(func() {
+		ar.killWhy = why
+		close(ar.killCh)
+	})
+}
+
+var errStopped = errors.New("the sandbox is being stopped")
+
+// procIO is where a process's input comes from and its output goes. Run
+// uses out alone; an interactive exec adds stdin and resize.
+type procIO struct {
+	stdin  io.Reader          // nil: /dev/null
+	out    func(Output) error // called sequentially, in order
+	resize <-chan ttySize     // terminal size changes
+}
+
+// ttySize is a terminal's size in characters.
+type ttySize struct{ Width, Height uint16 }
+
+// Run runs a workload in a ready sandbox and returns its exit code.
+//
+// The sandbox goes to running (event running) and back to ready when the
+// process ends (event idle, attribute exit_code); LastExitCode and
+// LastExitedAt record it. A sandbox that is not ready gives ErrConflict
+// (running: another workload runs).
+//
+// out is called sequentially, in order, as output is produced, with stdout
+// and stderr apart; with p.TTY all output comes as stdout. Output.Data is
+// only valid during the call. While out blocks, the process is held up
+// when it writes (back-pressure): no byte is dropped or reordered, and no
+// more than a pipe's worth is buffered. If out returns an error the process
+// is killed and Run returns that error.
+//
+// When ctx ends (the client went away) the process is killed (with its
+// descendants) and Run returns exit code 137 and ctx's error; the sandbox
+// is ready again. Past p.Timeout the process is killed the same way and
+// Run returns 137 with a nil error. A stop of the sandbox sends the process
+// SIGTERM, then SIGKILL. Output is read until the process has exited and
+// its pipes are closed, or until nothing arrived for 250 ms after its exit
+// (a background child that keeps them open).
+//
+// A process that cannot be started (no such program, say) ends with the
+// runtime's message on stderr and exit code 255 (runc) or 1/255 (crun).
+func (m *Manager) Run(ctx context.Context, id string, p Process, out func(Output) error) (exitCode int, err error) {
+	return m.execute(ctx, id, p, procIO{out: out})
+}
+
+// execute starts a workload and drives it to its end: the process-running
+// code Run and a later interactive Exec share.
+func (m *Manager) execute(ctx context.Context, id string, p Process, pio procIO) (int, error) {
+	if err := checkProcess(p); err != nil {
+		return -1, err
+	}
+	if pio.out == nil {
+		pio.out = discardOutput
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return -1, fmt.Errorf("run in sandbox %q: %w", id, errClosed)
+	}
+	sb, err := m.lookup(id)
+	if err != nil {
+		m.mu.Unlock()
+		return -1, err
+	}
+	ar, err := m.beginRunLocked(sb, p)
+	if err != nil {
+		m.mu.Unlock()
+		return -1, err
+	}
+	m.wg.Add(1)
+	m.mu.Unlock()
+	defer m.wg.Done()
+	return m.runWorkload(ctx, sb, ar, p, pio)
+}
+
+// beginRunLocked claims a ready sandbox for a workload; m.mu is held.
+func (m *Manager) beginRunLocked(sb *sandbox, p Process) (*activeRun, error) {
+	switch sb.rec.State {
+	case StateReady:
+	case StateRunning:
+		return nil, fmt.Errorf("sandbox %q is running another workload: %w", sb.id, ErrConflict)
+	default:
+		return nil, fmt.Errorf("sandbox %q is %s; a run needs it ready: %w", sb.id, sb.rec.State, ErrConflict)
+	}
+	ar := newActiveRun(p.Cmd, m.now())
+	sb.run = ar
+	sb.rec.Run = &runRecord{Cmd: p.Cmd, StartedAt: ar.started}
+	m.transition(sb, StateRunning, nil)
+	return ar, nil
+}
+
+// runWorkload runs p as the workload ar and records its end.
+func (m *Manager) runWorkload(ctx context.Context, sb *sandbox, ar *activeRun, p Process, pio procIO) (int, error) {
+	m.persistLogged(sb)
+	m.mu.Lock()
+	spec := sb.rec.Spec
+	m.mu.Unlock()
+
+	exe, err := m.be.Exec(ctx, sb.id, spec, p, pio.stdin)
+	if err != nil {
+		err = fmt.Errorf("run in sandbox %q: %w", sb.id, err)
+		m.endRun(sb, ar, nil, err)
+		return -1, err
+	}
+	code, killedBy, err := m.drive(ctx, exe, ar, p, pio)
+	if err != nil {
+		err = fmt.Errorf("run in sandbox %q: %w", sb.id, err)
+		m.endRun(sb, ar, nil, err)
+		return -1, err
+	}
+	m.endRun(sb, ar, &code, nil)
+	switch {
+	case killedBy == nil, errors.Is(killedBy, errTimeout), errors.Is(killedBy, errStopped), errors.Is(killedBy, ErrManagerClosed):
+		return code, nil
+	default: // the client went away, or out failed
+		return code, fmt.Errorf("run in sandbox %q: %w", sb.id, killedBy)
+	}
+}
+
+// drive pumps a started process's output to pio.out and enforces its
+// timeout, ctx, and the stop/kill requests on ar. killedBy is why the
+// manager killed it, if it did.
+func (m *Manager) drive(ctx context.Context, exe execution, ar *activeRun, p Process, pio procIO) (code int, killedBy error, err error) {
+	defer exe.Close()
+	var (
+		outMu    sync.Mutex
+		outErr   error
+		aborted  = make(chan struct{})
+		abortOne sync.Once
+		exited   atomic.Bool
+		pumps    sync.WaitGroup
+	)
+	pump := func(f *os.File, stream string) {
+		defer pumps.Done()
+		bufp := outBufs.Get().(*[]byte)
+		defer outBufs.Put(bufp)
+		buf := *bufp
+		for {
+			n, rerr := f.Read(buf)
+			if n > 0 {
+				outMu.Lock()
+				if outErr == nil {
+					if oerr := pio.out(Output{Stream: stream, Data: buf[:n]}); oerr != nil {
+						outErr = oerr
+						abortOne.Do(func() { close(aborted) })
+					}
+				}
+				outMu.Unlock()
+				if exited.Load() {
+					_ = f.SetReadDeadline(time.Now().Add(drainIdle))
+				}
+			}
+			if rerr != nil {
+				if errors.Is(rerr, os.ErrDeadlineExceeded) {
+					m.log.Warn("output still open after the process exited; stopped reading it", "stream", stream, "cmd", p.Cmd)
+				}
+				return
+			}
+		}
+	}
+	files := []*os.File{exe.Stdout()}
+	pumps.Add(1)
+	go pump(exe.Stdout(), StreamStdout)
+	if f := exe.Stderr(); f != nil {
+		files = append(files, f)
+		pumps.Add(1)
+		go pump(f, StreamStderr)
+	}
+
+	type result struct {
+		code int
+		err  error
+	}
+	waited := make(chan result, 1)
+	go func() {
+		c, err := exe.Wait()
+		waited <- result{c, err}
+	}()
+	var timeout chan struct{}
+	if p.Timeout > 0 {
+		timeout = make(chan struct{})
+		stop := m.afterFunc(p.Timeout, func() { close(timeout) })
+		defer stop()
+	}
+	kill := func(why error) {
+		if killedBy != nil {
+			return
+		}
+		killedBy = why
+		if err := exe.Signal(unix.SIGKILL, true); err != nil {
+			m.log.Warn("kill workload", "cmd", p.Cmd, "err", err)
+		}
+	}
+	done, term, killc := ctx.Done(), ar.termCh, ar.killCh
+	var res result
+wait:
+	for {
+		select {
+		case res = <-waited:
+			break wait
+		case <-done:
+			kill(fmt.Errorf("the client went away: %w", context.Cause(ctx)))
+			done = nil
+		case <-timeout:
+			kill(fmt.Errorf("%w after %s", errTimeout, p.Timeout))
+			timeout = nil
+		case <-aborted:
+			kill(fmt.Errorf("output: %w", outErr))
+			aborted = nil
+		case <-term:
+			if err := exe.Signal(unix.SIGTERM, false); err != nil {
+				m.log.Warn("terminate workload", "cmd", p.Cmd, "err", err)
+			}
+			term = nil
+		case <-killc:
+			kill(ar.killWhy)
+			killc = nil
+		case sz := <-pio.resize:
+			if err := exe.Resize(sz.Width, sz.Height); err != nil {
+				m.log.Warn("resize terminal", "err", err)
+			}
+		}
+	}
+	exited.Store(true)
+	for _, f := range files {
+		_ = f.SetReadDeadline(time.Now().Add(drainIdle))
+	}
+	pumps.Wait()
+	if res.err != nil {
+		return -1, killedBy, res.err
+	}
+	if killedBy != nil && !errors.Is(killedBy, errStopped) && !errors.Is(killedBy, ErrManagerClosed) {
+		res.code = ExitKilled
+	}
+	return res.code, killedBy, nil
+}
+
+// endRun records the end of a workload: its exit code, or the error that
+// kept it from running, and returns the sandbox to ready.
+func (m *Manager) endRun(sb *sandbox, ar *activeRun, code *int, runErr error) {
+	m.mu.Lock()
+	now := m.now()
+	sb.run = nil
+	sb.rec.Run = nil
+	var attrs map[string]string
+	if code != nil {
+		sb.rec.LastExitCode = code
+		sb.rec.LastExitedAt = now
+		if sb.rec.State == StateRunning {
+			sb.rec.Error = "" // a note on an earlier lost run; a failure stays
+		}
+		attrs = map[string]string{"exit_code": strconv.Itoa(*code)}
+	} else {
+		attrs = map[string]string{"exit_code": strconv.Itoa(ExitLost), "error": runErr.Error()}
+	}
+	if sb.rec.State == StateRunning {
+		m.transition(sb, StateReady, attrs, ActionIdle)
+	}
+	close(ar.done)
+	m.mu.Unlock()
+	m.persistLogged(sb)
+	m.metrics.runSeconds.Observe(now.Sub(ar.started).Seconds())
+}

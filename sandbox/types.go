@@ -1,0 +1,164 @@
+package sandbox
+
+import (
+	"time"
+)
+
+// State is where a sandbox is in its life:
+//
+//	starting → ready ⇄ running
+//	ready, running (and starting) → stopping → stopped
+//	any but stopped → failed
+type State string
+
+// The sandbox states.
+const (
+	StateStarting State = "starting" // created; its container is being made
+	StateReady    State = "ready"    // its init runs; no workload runs
+	StateRunning  State = "running"  // a workload runs (one at a time)
+	StateStopping State = "stopping" // being stopped
+	StateStopped  State = "stopped"  // its container is gone; files kept until removed
+	StateFailed   State = "failed"   // it could not start or its init died; see Info.Error
+)
+
+// States lists every state, in lifecycle order.
+var States = []State{StateStarting, StateReady, StateRunning, StateStopping, StateStopped, StateFailed}
+
+// Valid reports whether s is one of the states.
+func (s State) Valid() bool {
+	for _, v := range States {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// The event actions.
+const (
+	ActionCreated  = "created"
+	ActionReady    = "ready"
+	ActionRunning  = "running"
+	ActionIdle     = "idle" // attribute exit_code
+	ActionStopping = "stopping"
+	ActionStopped  = "stopped"
+	ActionFailed   = "failed" // attribute error
+	ActionRemoved  = "removed"
+)
+
+// Limits are a sandbox's resources. Zero fields take Config.DefaultLimits.
+type Limits struct {
+	VCPUs     int   `json:"vcpus,omitempty"`      // CPU quota, in whole CPUs
+	MemoryMiB int64 `json:"memory_mib,omitempty"` // memory limit
+}
+
+// Mount is a bind mount of a host path into the sandbox.
+type Mount struct {
+	Source   string `json:"source"` // absolute host path; must exist
+	Target   string `json:"target"` // absolute path in the sandbox, no ".."
+	ReadOnly bool   `json:"readonly,omitempty"`
+}
+
+// Network modes. Only NetworkNone is implemented: the sandbox gets a network
+// namespace of its own with only loopback, up.
+const (
+	NetworkNone = "none"
+)
+
+// Spec is a create request. The JSON tags are the form it takes in the
+// sandbox's record on disk.
+type Spec struct {
+	ID     string            `json:"id"` // empty: generated
+	Labels map[string]string `json:"labels,omitempty"`
+	// Kernel and BootArgs are for a VM backend; the container backend rejects them.
+	Kernel   string `json:"kernel,omitempty"`
+	Rootfs   string `json:"rootfs,omitempty"` // a root filesystem directory, used read-only
+	BootArgs string `json:"boot_args,omitempty"`
+	Image    string `json:"image,omitempty"` // an OCI reference; wins over Rootfs
+	Limits   Limits `json:"limits"`
+	// Cmd, when set, runs once the sandbox is ready, as a Run whose output is
+	// discarded; its exit returns the sandbox to ready.
+	Cmd         []string          `json:"cmd,omitempty"`
+	Env         map[string]string `json:"env,omitempty"`         // for every process; a Process's Env wins
+	WorkingDir  string            `json:"working_dir,omitempty"` // default for every process; created if missing
+	User        string            `json:"user,omitempty"`        // default for every process: uid[:gid] or a name
+	Mounts      []Mount           `json:"mounts,omitempty"`
+	NetworkMode string            `json:"network_mode,omitempty"` // "" or "none"
+	// TTL > 0: the sandbox is stopped and removed that long after creation.
+	TTL          time.Duration `json:"ttl,omitempty"`
+	SSHPublicKey string        `json:"ssh_public_key,omitempty"` // rejected: no sshd in a container sandbox
+}
+
+// Info is what a sandbox looks like from outside.
+type Info struct {
+	ID           string
+	State        State
+	Labels       map[string]string
+	Limits       Limits // the effective limits, defaults applied
+	NetworkMode  string // "none"
+	IPAddress    string // empty with network mode none
+	CreatedAt    time.Time
+	ReadyAt      time.Time // zero if never ready
+	LastExitedAt time.Time // zero if no workload ever ended
+	// LastExitCode is the last workload's exit code, nil if none ended. 137
+	// means killed (timeout, client gone, stop); -1 means the run was lost
+	// because the agent restarted while it ran (Error says so).
+	LastExitCode *int
+	Error        string // why it failed, or a note on the last run
+}
+
+// Process is a workload to run in a sandbox.
+type Process struct {
+	Cmd        []string
+	Env        map[string]string // on top of the sandbox's Env
+	WorkingDir string            // empty: the sandbox's WorkingDir, else /
+	User       string            // empty: the sandbox's User, else root
+	TTY        bool              // run on a terminal; output comes as "stdout"
+	// Timeout > 0: the process is killed (SIGKILL) after this long and the
+	// run ends with exit code 137.
+	Timeout time.Duration
+}
+
+// The output streams.
+const (
+	StreamStdout = "stdout"
+	StreamStderr = "stderr"
+)
+
+// Output is a piece of a process's output.
+type Output struct {
+	Stream string // StreamStdout or StreamStderr
+	// Data is only valid until the callback returns: the buffer is reused.
+	// Copy it to keep it.
+	Data []byte
+}
+
+// Event is a sandbox lifecycle event.
+type Event struct {
+	SandboxID  string
+	Action     string // one of the Action constants
+	Time       time.Time
+	Attributes map[string]string // exit_code for idle, error for failed
+}
+
+// Filter selects sandboxes; every set field must match.
+type Filter struct {
+	State  State             // empty: any
+	Labels map[string]string // each key must be present with this value
+}
+
+// EventFilter selects events; every set field must match.
+type EventFilter struct {
+	SandboxID string
+	Action    string
+}
+
+// Exit codes the Manager reports itself.
+const (
+	// ExitKilled is a workload killed by SIGKILL: on timeout, when the
+	// client went away, or when a stop's grace ran out (128 + 9).
+	ExitKilled = 137
+	// ExitLost is recorded for a run that was in progress while the agent
+	// restarted: its fate is unknown.
+	ExitLost = -1
+)
