@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -90,5 +91,30 @@ func TestReapOrphansLeavesOwnedChildren(t *testing.T) {
 	}
 	if _, ok := r.owned[11]; !ok {
 		t.Error("a live owned child was forgotten")
+	}
+}
+
+// TestReapGrace: a zombie nobody owns is left for a grace period, during
+// which a library's own Wait may collect it, and reaped after.
+func TestReapGrace(t *testing.T) {
+	fp := &fakeProc{
+		kids:   []int{20, 21},
+		states: map[int]byte{20: 'Z', 21: 'Z'},
+		starts: map[int]uint64{20: 1, 21: 2},
+	}
+	now := time.Unix(1000, 0)
+	r := &Reaper{logger: quiet, proc: fp, grace: time.Second, now: func() time.Time { return now }, owned: map[int]uint64{}}
+	if got := r.ReapOrphans(); len(got) != 0 || !r.Pending() {
+		t.Fatalf("first sight: reaped %v, pending %v; want nothing reaped, pending", got, r.Pending())
+	}
+	// 21 is collected by its owner's Wait meanwhile.
+	fp.kids = []int{20}
+	now = now.Add(500 * time.Millisecond)
+	if got := r.ReapOrphans(); len(got) != 0 {
+		t.Fatalf("within the grace: reaped %v", got)
+	}
+	now = now.Add(600 * time.Millisecond)
+	if got := r.ReapOrphans(); !reflect.DeepEqual(got, []int{20}) || r.Pending() {
+		t.Fatalf("after the grace: reaped %v, pending %v; want [20], none", got, r.Pending())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"os/exec"
 	"sync"
+	"time"
 )
 
 // Reaper reaps orphans that the kernel reparents to the agent (as init or
@@ -11,13 +12,30 @@ import (
 // started itself to that child's own Wait. Children the agent owns must be
 // started through Start, which records them under the same lock the reaper
 // holds while it scans, so no exit is ever stolen.
+//
+// Children started by libraries (go-runc, os/exec in other packages) cannot
+// all go through Start, so a zombie the reaper does not own is reaped only
+// once it has stayed a zombie for a grace period: an owner blocked in Wait
+// collects its child within microseconds, an orphan nobody waits for stays.
 type Reaper struct {
 	logger *slog.Logger
 	proc   procReader
+	grace  time.Duration // 0: reap at first sight
+	now    func() time.Time
 
 	mu    sync.Mutex
-	owned map[int]uint64 // pid -> start time, so a reused pid is not mistaken for ours
+	owned map[int]uint64     // pid -> start time, so a reused pid is not mistaken for ours
+	seen  map[int]zombieSeen // zombies not owned, waiting out the grace
 }
+
+type zombieSeen struct {
+	start uint64
+	at    time.Time
+}
+
+// DefaultReapGrace is how long a zombie the reaper does not own is left
+// for some other Wait before the reaper takes it.
+const DefaultReapGrace = time.Second
 
 // procReader is the seam over /proc and wait4.
 type procReader interface {
@@ -29,7 +47,7 @@ type procReader interface {
 
 // NewReaper returns a Reaper over the real /proc.
 func NewReaper(logger *slog.Logger) *Reaper {
-	return &Reaper{logger: logger, proc: sysProc{}, owned: map[int]uint64{}}
+	return &Reaper{logger: logger, proc: sysProc{}, grace: DefaultReapGrace, owned: map[int]uint64{}}
 }
 
 // Start starts cmd as a child the agent owns: its exit is left to cmd.Wait.
@@ -45,11 +63,19 @@ func (r *Reaper) Start(cmd *exec.Cmd) error {
 	return nil
 }
 
-// ReapOrphans reaps every child that has exited and is not owned, and
-// returns their pids.
+// ReapOrphans reaps every child that has exited, is not owned and has
+// waited out the grace, and returns their pids. Zombies still within the
+// grace are remembered; Pending says whether there are any.
 func (r *Reaper) ReapOrphans() []int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	now := time.Now()
+	if r.now != nil {
+		now = r.now()
+	}
+	if r.seen == nil {
+		r.seen = map[int]zombieSeen{}
+	}
 	pids, err := r.proc.children()
 	if err != nil {
 		r.logger.Warn("list children to reap", "err", err)
@@ -66,6 +92,17 @@ func (r *Reaper) ReapOrphans() []int {
 		if ownedStart, ok := r.owned[pid]; ok && ownedStart == start {
 			continue // its owner's Wait collects it
 		}
+		if r.grace > 0 {
+			first, ok := r.seen[pid]
+			if !ok || first.start != start {
+				r.seen[pid] = zombieSeen{start: start, at: now}
+				continue
+			}
+			if now.Sub(first.at) < r.grace {
+				continue
+			}
+		}
+		delete(r.seen, pid)
 		if ok, err := r.proc.reap(pid); err != nil {
 			r.logger.Debug("reap orphan", "pid", pid, "err", err)
 		} else if ok {
@@ -77,8 +114,20 @@ func (r *Reaper) ReapOrphans() []int {
 			delete(r.owned, pid) // waited for by its owner
 		}
 	}
+	for pid := range r.seen {
+		if !live[pid] {
+			delete(r.seen, pid) // some other Wait collected it
+		}
+	}
 	if len(reaped) > 0 {
 		r.logger.Debug("reaped orphans", "pids", reaped)
 	}
 	return reaped
+}
+
+// Pending reports whether zombies are waiting out the grace.
+func (r *Reaper) Pending() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.seen) > 0
 }

@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,13 +18,24 @@ func (r *Reaper) Run(ctx context.Context) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, unix.SIGCHLD)
 	defer signal.Stop(ch)
-	r.ReapOrphans()
+	// Zombies within the grace are looked at again once it has passed.
+	var retry <-chan time.Time
+	scan := func() {
+		r.ReapOrphans()
+		retry = nil
+		if r.Pending() {
+			retry = time.After(r.grace)
+		}
+	}
+	scan()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-ch:
-			r.ReapOrphans()
+			scan()
+		case <-retry:
+			scan()
 		}
 	}
 }
