@@ -125,7 +125,11 @@ type ClientInterface interface {
 	// StreamEvents Sandbox lifecycle events, as NDJSON or over a WebSocket.
 	//
 	// A WebSocket when the request asks to upgrade, else an
-	// `application/x-ndjson` stream of `Event`s that stays open.
+	// `application/x-ndjson` stream of `Event`s that stays open. The
+	// subscription starts before the response does, so no event after the
+	// status line is missed. A client that leaves too many events unread
+	// is cut off: the stream ends (the WebSocket closes with 4409 and the
+	// reason); at shutdown the WebSocket closes with 1001.
 	//
 	// Corresponds with GET /v1/events (the `StreamEvents` operationId).
 	StreamEvents(ctx context.Context, params *StreamEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -273,6 +277,11 @@ type ClientInterface interface {
 	//
 	// Upgrade to a WebSocket; the client's first message is a `RunRequest`,
 	// then the server sends `OutputMessage`s, the last with `done: true`.
+	// A sandbox that is unknown or not `ready` is answered before the
+	// upgrade (404, 409). A failure after it closes the socket with code
+	// 4000 + the HTTP status it would have had (4400 for a bad run request,
+	// 4409 for a lost race with another run) and the message as the reason.
+	// Closing the socket kills the command.
 	//
 	// Corresponds with GET /v1/sandboxes/{id}/run (the `RunInSandboxWebSocket` operationId).
 	RunInSandboxWebSocket(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -421,7 +430,11 @@ func (c *Client) GetReadyz(ctx context.Context, reqEditors ...RequestEditorFn) (
 // StreamEvents Sandbox lifecycle events, as NDJSON or over a WebSocket.
 //
 // A WebSocket when the request asks to upgrade, else an
-// `application/x-ndjson` stream of `Event`s that stays open.
+// `application/x-ndjson` stream of `Event`s that stays open. The
+// subscription starts before the response does, so no event after the
+// status line is missed. A client that leaves too many events unread
+// is cut off: the stream ends (the WebSocket closes with 4409 and the
+// reason); at shutdown the WebSocket closes with 1001.
 //
 // Corresponds with GET /v1/events (the `StreamEvents` operationId).
 func (c *Client) StreamEvents(ctx context.Context, params *StreamEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -739,6 +752,11 @@ func (c *Client) ExecInSandbox(ctx context.Context, id SandboxID, reqEditors ...
 //
 // Upgrade to a WebSocket; the client's first message is a `RunRequest`,
 // then the server sends `OutputMessage`s, the last with `done: true`.
+// A sandbox that is unknown or not `ready` is answered before the
+// upgrade (404, 409). A failure after it closes the socket with code
+// 4000 + the HTTP status it would have had (4400 for a bad run request,
+// 4409 for a lost race with another run) and the message as the reason.
+// Closing the socket kills the command.
 //
 // Corresponds with GET /v1/sandboxes/{id}/run (the `RunInSandboxWebSocket` operationId).
 func (c *Client) RunInSandboxWebSocket(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -1973,7 +1991,11 @@ type ClientWithResponsesInterface interface {
 	// StreamEventsWithResponse Sandbox lifecycle events, as NDJSON or over a WebSocket.
 	//
 	// A WebSocket when the request asks to upgrade, else an
-	// `application/x-ndjson` stream of `Event`s that stays open.
+	// `application/x-ndjson` stream of `Event`s that stays open. The
+	// subscription starts before the response does, so no event after the
+	// status line is missed. A client that leaves too many events unread
+	// is cut off: the stream ends (the WebSocket closes with 4409 and the
+	// reason); at shutdown the WebSocket closes with 1001.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2139,6 +2161,11 @@ type ClientWithResponsesInterface interface {
 	//
 	// Upgrade to a WebSocket; the client's first message is a `RunRequest`,
 	// then the server sends `OutputMessage`s, the last with `done: true`.
+	// A sandbox that is unknown or not `ready` is answered before the
+	// upgrade (404, 409). A failure after it closes the socket with code
+	// 4000 + the HTTP status it would have had (4400 for a bad run request,
+	// 4409 for a lost race with another run) and the message as the reason.
+	// Closing the socket kills the command.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -3575,7 +3602,11 @@ func (c *ClientWithResponses) GetReadyzWithResponse(ctx context.Context, reqEdit
 // StreamEventsWithResponse Sandbox lifecycle events, as NDJSON or over a WebSocket.
 //
 // A WebSocket when the request asks to upgrade, else an
-// `application/x-ndjson` stream of `Event`s that stays open.
+// `application/x-ndjson` stream of `Event`s that stays open. The
+// subscription starts before the response does, so no event after the
+// status line is missed. A client that leaves too many events unread
+// is cut off: the stream ends (the WebSocket closes with 4409 and the
+// reason); at shutdown the WebSocket closes with 1001.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3843,6 +3874,11 @@ func (c *ClientWithResponses) ExecInSandboxWithResponse(ctx context.Context, id 
 //
 // Upgrade to a WebSocket; the client's first message is a `RunRequest`,
 // then the server sends `OutputMessage`s, the last with `done: true`.
+// A sandbox that is unknown or not `ready` is answered before the
+// upgrade (404, 409). A failure after it closes the socket with code
+// 4000 + the HTTP status it would have had (4400 for a bad run request,
+// 4409 for a lost race with another run) and the message as the reason.
+// Closing the socket kills the command.
 //
 // Returns a wrapper object for the known response body format(s).
 //

@@ -105,13 +105,14 @@ func (f *fakeRuntime) Follow(ctx context.Context, _ string, w io.Writer, _ int64
 }
 
 type harness struct {
-	runtime *fakeRuntime
-	client  *api.ClientWithResponses
-	url     string
-	clock   *fakeClock
-	logs    *syncBuffer
-	ready   bool
-	infoErr error
+	runtime   *fakeRuntime
+	sandboxes *fakeSandboxes
+	client    *api.ClientWithResponses
+	url       string
+	clock     *fakeClock
+	logs      *syncBuffer
+	ready     bool
+	infoErr   error
 }
 
 type syncBuffer struct {
@@ -159,6 +160,12 @@ func newHarness(t *testing.T, setClock bool) *harness {
 		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		Spec:    arcboxagent.OpenAPI,
 		Runtime: h.runtime,
+		Sandboxes: func(context.Context) (handlers.Sandboxes, error) {
+			if h.sandboxes == nil {
+				return nil, errors.New("no OCI runtime: neither crun nor runc is on PATH")
+			}
+			return h.sandboxes, nil
+		},
 	})
 	srv := httptest.NewServer(httpapi.NewRouter(httpapi.RouterConfig{API: a, Logger: logger, Registerer: reg}))
 	t.Cleanup(srv.Close)
@@ -367,15 +374,15 @@ func TestInfo(t *testing.T) {
 func TestNotImplementedYet(t *testing.T) {
 	h := newHarness(t, true)
 	ctx := context.Background()
-	r, err := h.client.ListSandboxesWithResponse(ctx, &api.ListSandboxesParams{})
+	r, err := h.client.ListSnapshotsWithResponse(ctx, &api.ListSnapshotsParams{})
 	must(t, err)
-	if r.StatusCode() != 501 || r.JSONDefault == nil || !strings.Contains(r.JSONDefault.Message, "GET /v1/sandboxes") {
-		t.Errorf("list sandboxes: got %d %s, want 501 naming the operation", r.StatusCode(), r.Body)
+	if r.StatusCode() != 501 || r.JSONDefault == nil || !strings.Contains(r.JSONDefault.Message, "GET /v1/snapshots") {
+		t.Errorf("list snapshots: got %d %s, want 501 naming the operation", r.StatusCode(), r.Body)
 	}
-	g, err := h.client.GetSandboxWithResponse(ctx, "box-1")
+	g, err := h.client.DeleteSnapshotWithResponse(ctx, "snap-1")
 	must(t, err)
 	if g.StatusCode() != 501 {
-		t.Errorf("get sandbox: got %d %s, want 501", g.StatusCode(), g.Body)
+		t.Errorf("delete snapshot: got %d %s, want 501", g.StatusCode(), g.Body)
 	}
 }
 
@@ -436,7 +443,7 @@ func TestRequestMetricsUseRoutePatterns(t *testing.T) {
 	r, err := h.client.GetMetricsWithResponse(ctx)
 	must(t, err)
 	body := string(r.Body)
-	want := `arcbox_agent_http_request_duration_seconds_count{code="501",method="GET",route="/v1/sandboxes/{id}"} 3`
+	want := `arcbox_agent_http_request_duration_seconds_count{code="503",method="GET",route="/v1/sandboxes/{id}"} 3`
 	if !strings.Contains(body, want) {
 		t.Errorf("metrics lack %s:\n%s", want, body)
 	}

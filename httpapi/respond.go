@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,10 +56,16 @@ func DecodeJSON(r *http.Request, v any) error {
 		}
 		return fmt.Errorf("%w: read body: %w", ErrBadRequest, err)
 	}
-	if len(strings.TrimSpace(string(body))) == 0 {
+	return DecodeJSONBytes(body, v)
+}
+
+// DecodeJSONBytes decodes a JSON document (a WebSocket message, say) into v
+// as strictly as DecodeJSON does.
+func DecodeJSONBytes(body []byte, v any) error {
+	if len(bytes.TrimSpace(body)) == 0 {
 		return ErrEmptyBody
 	}
-	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("%w: %s", ErrBadRequest, describeJSONError(err))

@@ -43,6 +43,7 @@ type config struct {
 	NTPServer            string
 	OCIRuntime           string
 	SandboxRootfs        string
+	BusyboxPath          string
 	SandboxCIDR          string
 	LogLevel             string
 	LogFormat            string
@@ -191,6 +192,8 @@ var settings = []setting{
 	{name: "sandbox-rootfs", usage: "the default root filesystem directory of sandboxes",
 		def:   func(c *config) string { return filepath.Join(c.StateDir, "rootfs", "default") },
 		apply: str(func(c *config) *string { return &c.SandboxRootfs })},
+	{name: "sandbox-busybox", usage: "the static busybox the default root filesystem is made from when it does not exist", def: constant("/bin/busybox"),
+		apply: str(func(c *config) *string { return &c.BusyboxPath })},
 	{name: "sandbox-cidr", usage: "the sandbox bridge's address range; the gateway is its first address", def: constant("172.20.0.0/16"),
 		apply: str(func(c *config) *string { return &c.SandboxCIDR })},
 	{name: "log-level", usage: "debug, info, warn or error", def: constant("info"),

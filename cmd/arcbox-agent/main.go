@@ -31,6 +31,7 @@ import (
 	"github.com/arcbox/arcbox-agent/kmod"
 	"github.com/arcbox/arcbox-agent/netconf"
 	"github.com/arcbox/arcbox-agent/pid1"
+	"github.com/arcbox/arcbox-agent/sandbox"
 	"github.com/arcbox/arcbox-agent/startup"
 	"github.com/arcbox/arcbox-agent/sysinfo"
 )
@@ -39,6 +40,9 @@ import (
 var version = "dev"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "sandbox-init" {
+		sandbox.InitMain() // a sandbox's process 1; never returns
+	}
 	isInit := pid1.IsInit()
 	if isInit && os.Getenv("PATH") == "" {
 		// The kernel starts init with almost no environment.
@@ -156,6 +160,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	sandboxes := startSandboxes(ctx, cfg, logger, phases, reg)
 	proxy, err := dockerproxy.New(dockerproxy.Config{Socket: cfg.DockerSocket, Logger: logger.With("component", "dockerproxy"), Registerer: reg})
 	if err != nil {
 		return err
@@ -171,6 +176,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		Spec:       arcboxagent.OpenAPI,
 		Runtime:    rt,
+		Sandboxes:  sandboxes.get,
 		Stopping:   stopping,
 	})
 	srv := &http.Server{
@@ -229,6 +235,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	stopProxy()
 	proxyDone.Wait()
+	if err := sandboxes.close(shutdownCtx); err != nil {
+		logger.Warn("close the sandbox manager", "err", err)
+	}
 	if err := rt.Shutdown(shutdownCtx); err != nil {
 		logger.Warn("stop the runtime", "err", err)
 	}

@@ -7,11 +7,14 @@ import (
 	"net/url"
 	"os/exec"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/arcbox/arcbox-agent/disk"
+	"github.com/arcbox/arcbox-agent/handlers"
 	"github.com/arcbox/arcbox-agent/lifecycle"
+	"github.com/arcbox/arcbox-agent/sandbox"
 	"github.com/arcbox/arcbox-agent/startup"
 )
 
@@ -86,4 +89,58 @@ func (d dataVolume) Service() lifecycle.Service {
 		parts = append(parts, st.Detail)
 	}
 	return lifecycle.Service{Name: ss.Name, Status: ss.Status, Detail: strings.Join(parts, "; ")}
+}
+
+// sandboxes starts the sandbox manager in the background, so the
+// listeners need not wait for it; requests wait instead. When it cannot
+// start (no OCI runtime, say), the agent serves on and the sandbox
+// operations answer 503 with the reason, as the seed does.
+type sandboxes struct {
+	done chan struct{}
+	m    *sandbox.Manager
+	err  error
+}
+
+func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phases *startup.Phases, reg prometheus.Registerer) *sandboxes {
+	s := &sandboxes{done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		began := time.Now()
+		s.m, s.err = sandbox.NewManager(ctx, sandbox.Config{
+			StateDir:      cfg.StateDir,
+			Runtime:       cfg.OCIRuntime,
+			DefaultRootfs: cfg.SandboxRootfs,
+			BusyboxPath:   cfg.BusyboxPath,
+			Logger:        logger,
+			Registerer:    reg,
+		})
+		if s.err != nil {
+			logger.Warn("sandboxes are unavailable; the rest of the agent serves", "err", s.err)
+			return
+		}
+		phases.Observe("sandboxes", began)
+	}()
+	return s
+}
+
+// get waits for the manager.
+func (s *sandboxes) get(ctx context.Context) (handlers.Sandboxes, error) {
+	select {
+	case <-s.done:
+		if s.err != nil {
+			return nil, s.err
+		}
+		return s.m, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// close waits for the manager to have started, then closes it.
+func (s *sandboxes) close(ctx context.Context) error {
+	<-s.done
+	if s.m == nil {
+		return nil
+	}
+	return s.m.Close(ctx)
 }

@@ -1,0 +1,229 @@
+package handlers_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/apitest"
+	"github.com/arcbox/arcbox-agent/sandbox"
+)
+
+// fakeSandboxes stands in for the manager: the HTTP mapping is what these
+// tests check; the real manager is tested in e2e/sandbox.
+type fakeSandboxes struct {
+	created []sandbox.Spec
+	exists  bool
+	err     error
+	stops   []time.Duration
+	runs    []sandbox.Process
+	output  []sandbox.Output
+	code    int
+}
+
+func (f *fakeSandboxes) Create(_ context.Context, s sandbox.Spec) (sandbox.Info, bool, error) {
+	if f.err != nil {
+		return sandbox.Info{}, false, f.err
+	}
+	f.created = append(f.created, s)
+	return sandbox.Info{ID: s.ID, State: sandbox.StateStarting}, !f.exists, nil
+}
+
+func (f *fakeSandboxes) Get(id string) (sandbox.Info, error) {
+	if f.err != nil {
+		return sandbox.Info{}, f.err
+	}
+	code := 3
+	return sandbox.Info{ID: id, State: sandbox.StateReady, Limits: sandbox.Limits{VCPUs: 1, MemoryMiB: 512},
+		NetworkMode: "none", CreatedAt: time.Unix(100, 0), ReadyAt: time.Unix(101, 0), LastExitCode: &code, LastExitedAt: time.Unix(102, 0)}, nil
+}
+
+func (f *fakeSandboxes) List(sandbox.Filter) []sandbox.Info { return nil }
+
+func (f *fakeSandboxes) Stop(_ context.Context, id string, timeout time.Duration) (sandbox.Info, error) {
+	f.stops = append(f.stops, timeout)
+	return sandbox.Info{ID: id, State: sandbox.StateStopped, CreatedAt: time.Unix(100, 0)}, f.err
+}
+
+func (f *fakeSandboxes) Remove(context.Context, string, bool) error { return f.err }
+
+func (f *fakeSandboxes) Run(_ context.Context, _ string, p sandbox.Process, out func(sandbox.Output) error) (int, error) {
+	if f.err != nil {
+		return 0, f.err
+	}
+	f.runs = append(f.runs, p)
+	for _, o := range f.output {
+		if err := out(o); err != nil {
+			return 137, err
+		}
+	}
+	return f.code, nil
+}
+
+func (f *fakeSandboxes) Subscribe(sandbox.EventFilter) *sandbox.Subscription { return nil }
+
+func TestSandboxesUnavailable(t *testing.T) {
+	h := newHarness(t, true)
+	r, err := h.client.ListSandboxesWithResponse(context.Background(), &api.ListSandboxesParams{})
+	must(t, err)
+	if r.StatusCode() != 503 || !strings.Contains(string(r.Body), "neither crun nor runc") {
+		t.Fatalf("got %d %s, want 503 with the reason", r.StatusCode(), r.Body)
+	}
+}
+
+func TestCreateSandbox(t *testing.T) {
+	h := newHarness(t, true)
+	h.sandboxes = &fakeSandboxes{}
+	ctx := context.Background()
+	req := api.CreateSandboxRequest{Id: ptr("box-1"), Limits: &api.Limits{Vcpus: ptr(int32(2))}, TtlSeconds: ptr(int64(60)),
+		Mounts: &[]api.Mount{{Source: "/src", Target: "/dst", Readonly: ptr(true)}}, Cmd: &[]string{"sleep", "1"}}
+	r, err := h.client.CreateSandboxWithResponse(ctx, req)
+	must(t, err)
+	if r.StatusCode() != 202 || r.JSON202 == nil || r.JSON202.Id != "box-1" || r.JSON202.State != api.SandboxStateStarting {
+		t.Fatalf("create: %d %s", r.StatusCode(), r.Body)
+	}
+	got := h.sandboxes.created[0]
+	if got.TTL != time.Minute || got.Limits.VCPUs != 2 || !got.Mounts[0].ReadOnly || got.Cmd[1] != "1" {
+		t.Errorf("spec %+v", got)
+	}
+	h.sandboxes.exists = true
+	r, err = h.client.CreateSandboxWithResponse(ctx, req)
+	must(t, err)
+	if r.StatusCode() != 200 || r.JSON200 == nil {
+		t.Errorf("same id and request again: %d %s, want 200", r.StatusCode(), r.Body)
+	}
+
+	c := apitest.NewClientWith(t, h.url, &apitest.Transport{T: t, SkipRequestValidation: true})
+	for body, field := range map[string]string{
+		`{"ttl_seconds":-1}`:           `"ttl_seconds"`,
+		`{"limits":{"memory_mib":-5}}`: `"limits.memory_mib"`,
+		`{"limits":{"vcpus":-1}}`:      `"limits.vcpus"`,
+		`{"idd":"x"}`:                  `"idd"`,
+		`{"cmd":"echo hi"}`:            `"cmd"`,
+	} {
+		r, err := c.CreateSandboxWithBodyWithResponse(ctx, "application/json", strings.NewReader(body))
+		must(t, err)
+		if r.StatusCode() != 400 || r.JSON400 == nil || !strings.Contains(r.JSON400.Message, field) {
+			t.Errorf("%s: %d %s, want 400 naming %s", body, r.StatusCode(), r.Body, field)
+		}
+	}
+}
+
+// TestSandboxErrorClasses: each class of the manager's errors has its status.
+func TestSandboxErrorClasses(t *testing.T) {
+	h := newHarness(t, true)
+	h.sandboxes = &fakeSandboxes{}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		err  error
+		want int
+	}{
+		{fmt.Errorf("sandbox %q: %w", "x", sandbox.ErrNotFound), 404},
+		{fmt.Errorf(`field "kernel": not supported: %w`, sandbox.ErrInvalid), 400},
+		{fmt.Errorf("sandbox is stopped: %w", sandbox.ErrConflict), 409},
+		{fmt.Errorf("manager closed: %w", sandbox.ErrUnavailable), 503},
+	} {
+		h.sandboxes.err = tc.err
+		r, err := h.client.GetSandboxWithResponse(ctx, "x")
+		must(t, err)
+		if r.StatusCode() != tc.want || !strings.Contains(string(r.Body), strings.ReplaceAll(tc.err.Error(), `"`, `\"`)) {
+			t.Errorf("%v: got %d %s, want %d with the message", tc.err, r.StatusCode(), r.Body, tc.want)
+		}
+		run, err := h.client.RunInSandboxWithResponse(ctx, "x", api.RunRequest{Cmd: []string{"true"}})
+		must(t, err)
+		if run.StatusCode() != tc.want {
+			t.Errorf("run, %v: got %d %s, want %d", tc.err, run.StatusCode(), run.Body, tc.want)
+		}
+	}
+}
+
+func TestGetSandbox(t *testing.T) {
+	h := newHarness(t, true)
+	h.sandboxes = &fakeSandboxes{}
+	r, err := h.client.GetSandboxWithResponse(context.Background(), "box-1")
+	must(t, err)
+	s := r.JSON200
+	if r.StatusCode() != 200 || s == nil || s.CreatedAt != 100 || *s.ReadyAt != 101 || *s.LastExitCode != 3 || *s.LastExitedAt != 102 ||
+		*s.Limits.MemoryMib != 512 || *s.Network.Mode != "none" || s.Network.IpAddress != nil {
+		t.Fatalf("got %d %s", r.StatusCode(), r.Body)
+	}
+}
+
+func TestStopSandbox(t *testing.T) {
+	h := newHarness(t, true)
+	h.sandboxes = &fakeSandboxes{}
+	ctx := context.Background()
+	r, err := h.client.StopSandboxWithResponse(ctx, "box-1", api.StopSandboxRequest{TimeoutSeconds: ptr(int64(5))})
+	must(t, err)
+	if r.StatusCode() != 200 || r.JSON200.State != api.SandboxStateStopped || h.sandboxes.stops[0] != 5*time.Second {
+		t.Fatalf("stop: %d %s %v", r.StatusCode(), r.Body, h.sandboxes.stops)
+	}
+	r, err = h.client.StopSandboxWithBodyWithResponse(ctx, "box-1", "application/json", nil)
+	must(t, err)
+	if r.StatusCode() != 200 || h.sandboxes.stops[1] != 0 {
+		t.Errorf("stop without a body: %d %s", r.StatusCode(), r.Body)
+	}
+	c := apitest.NewClientWith(t, h.url, &apitest.Transport{T: t, SkipRequestValidation: true})
+	r, err = c.StopSandboxWithResponse(ctx, "box-1", api.StopSandboxRequest{TimeoutSeconds: ptr(int64(-1))})
+	must(t, err)
+	if r.StatusCode() != 400 || !strings.Contains(r.JSON400.Message, `"timeout_seconds"`) {
+		t.Errorf("negative timeout: %d %s", r.StatusCode(), r.Body)
+	}
+}
+
+func TestListSandboxesFilters(t *testing.T) {
+	h := newHarness(t, true)
+	h.sandboxes = &fakeSandboxes{}
+	ctx := context.Background()
+	r, err := h.client.ListSandboxesWithResponse(ctx, &api.ListSandboxesParams{Label: &[]string{"a=b", "c="}})
+	must(t, err)
+	if r.StatusCode() != 200 || r.JSON200 == nil || r.JSON200.Sandboxes == nil {
+		t.Fatalf("list: %d %s", r.StatusCode(), r.Body)
+	}
+	c := apitest.NewClientWith(t, h.url, &apitest.Transport{T: t, SkipRequestValidation: true})
+	r, err = c.ListSandboxesWithResponse(ctx, &api.ListSandboxesParams{Label: &[]string{"novalue"}})
+	must(t, err)
+	if r.StatusCode() != 400 || !strings.Contains(r.JSON400.Message, `"label"`) {
+		t.Errorf("bad label: %d %s", r.StatusCode(), r.Body)
+	}
+	r, err = c.ListSandboxesWithResponse(ctx, &api.ListSandboxesParams{State: ptr(api.SandboxState("sleeping"))})
+	must(t, err)
+	if r.StatusCode() != 400 || !strings.Contains(r.JSON400.Message, `"state"`) || !strings.Contains(r.JSON400.Message, "ready") {
+		t.Errorf("bad state: %d %s", r.StatusCode(), r.Body)
+	}
+}
+
+// TestRunStreamsNDJSON: output in order, streams apart, bytes exact
+// (base64), the exit code last.
+func TestRunStreamsNDJSON(t *testing.T) {
+	h := newHarness(t, true)
+	h.sandboxes = &fakeSandboxes{code: 3, output: []sandbox.Output{
+		{Stream: sandbox.StreamStdout, Data: []byte("out\x00\xff")},
+		{Stream: sandbox.StreamStderr, Data: []byte("err\n")},
+	}}
+	resp, err := h.client.RunInSandbox(context.Background(), "box-1",
+		api.RunRequest{Cmd: []string{"sh"}, TimeoutSeconds: ptr(int64(2)), Tty: ptr(true), Env: &map[string]string{"A": "1"}})
+	must(t, err)
+	body, err := io.ReadAll(resp.Body)
+	must(t, err)
+	resp.Body.Close()
+	want := `{"stream":"stdout","data":"b3V0AP8="}` + "\n" + `{"stream":"stderr","data":"ZXJyCg=="}` + "\n" + `{"stream":"exit","exit_code":3,"done":true}` + "\n"
+	if resp.StatusCode != 200 || string(body) != want || resp.Header.Get("Content-Type") != "application/x-ndjson" {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+	if p := h.sandboxes.runs[0]; p.Timeout != 2*time.Second || !p.TTY || p.Env["A"] != "1" {
+		t.Errorf("process %+v", p)
+	}
+	c := apitest.NewClientWith(t, h.url, &apitest.Transport{T: t, SkipRequestValidation: true})
+	for body, field := range map[string]string{`{"cmd":[]}`: `"cmd"`, `{"cmd":["x"],"timeout_seconds":-1}`: `"timeout_seconds"`} {
+		r, err := c.RunInSandboxWithBodyWithResponse(context.Background(), "box-1", "application/json", strings.NewReader(body))
+		must(t, err)
+		if r.StatusCode() != 400 || !strings.Contains(r.JSON400.Message, field) {
+			t.Errorf("%s: %d %s", body, r.StatusCode(), r.Body)
+		}
+	}
+}

@@ -1,0 +1,280 @@
+package handlers
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/sandbox"
+)
+
+// A WebSocket that fails after the upgrade closes with 4000 + the HTTP
+// status the same failure would have had (4400, 4404, 4409, 4503), and
+// the message as the close reason.
+const wsStatusBase = 4000
+
+// processFromRequest checks a run request and makes it a process.
+func processFromRequest(req api.RunRequest) (sandbox.Process, error) {
+	if len(req.Cmd) == 0 || req.Cmd[0] == "" {
+		return sandbox.Process{}, badRequest(`field "cmd" is required: the program and its arguments, such as ["echo", "hi"]`)
+	}
+	t := deref(req.TimeoutSeconds)
+	if t < 0 {
+		return sandbox.Process{}, badRequest(`field "timeout_seconds" must not be negative, got %d`, t)
+	}
+	return sandbox.Process{
+		Cmd:        req.Cmd,
+		Env:        deref(req.Env),
+		WorkingDir: deref(req.WorkingDir),
+		User:       deref(req.User),
+		TTY:        deref(req.Tty),
+		Timeout:    time.Duration(t) * time.Second,
+	}, nil
+}
+
+// outputEncoder writes OutputMessages as JSON into a buffer it reuses, so
+// streaming a gigabyte allocates nothing per chunk.
+type outputEncoder struct{ buf []byte }
+
+func (e *outputEncoder) data(stream string, p []byte, newline bool) []byte {
+	e.buf = append(e.buf[:0], `{"stream":"`...)
+	e.buf = append(e.buf, stream...) // stdout or stderr: nothing to escape
+	e.buf = append(e.buf, `","data":"`...)
+	e.buf = base64.StdEncoding.AppendEncode(e.buf, p)
+	e.buf = append(e.buf, `"}`...)
+	if newline {
+		e.buf = append(e.buf, '\n')
+	}
+	return e.buf
+}
+
+func (e *outputEncoder) exit(code int, newline bool) []byte {
+	e.buf = append(e.buf[:0], `{"stream":"exit","exit_code":`...)
+	e.buf = strconv.AppendInt(e.buf, int64(code), 10)
+	e.buf = append(e.buf, `,"done":true}`...)
+	if newline {
+		e.buf = append(e.buf, '\n')
+	}
+	return e.buf
+}
+
+// RunInSandbox runs a command and streams its output as NDJSON, each piece
+// as it is produced, the exit code last. The status line waits for the
+// first output, so a run that cannot start still gets its error status.
+func (a *API) RunInSandbox(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
+	m := a.sandboxes(w, r)
+	if m == nil {
+		return
+	}
+	var req api.RunRequest
+	if err := httpapi.DecodeJSON(r, &req); err != nil {
+		httpapi.WriteErr(w, err)
+		return
+	}
+	p, err := processFromRequest(req)
+	if err != nil {
+		httpapi.WriteErr(w, err)
+		return
+	}
+	ctx, cancel := a.streamContext(r)
+	defer cancel()
+	rc := http.NewResponseController(w)
+	started := false
+	start := func() {
+		if !started {
+			started = true
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			w.WriteHeader(http.StatusOK)
+		}
+	}
+	var enc outputEncoder
+	began := time.Now()
+	code, err := m.Run(ctx, id, p, func(o sandbox.Output) error {
+		start()
+		if _, err := w.Write(enc.data(o.Stream, o.Data, true)); err != nil {
+			return err
+		}
+		return rc.Flush()
+	})
+	if err != nil && !started && ctx.Err() == nil {
+		writeSandboxErr(w, err)
+		return
+	}
+	a.logRun(r, id, code, err, began)
+	start()
+	_, _ = w.Write(enc.exit(code, true))
+}
+
+func (a *API) logRun(r *http.Request, id string, code int, err error, began time.Time) {
+	log := a.log(r).With("sandbox", id, "exit_code", code, "took", time.Since(began))
+	if err != nil {
+		log.Info("run ended early", "err", err)
+		return
+	}
+	log.Info("run ended")
+}
+
+// RunInSandboxWebSocket runs a command over a WebSocket: the client's first
+// message is the run request, then every output message is one text
+// message. The client closing the socket kills the command.
+func (a *API) RunInSandboxWebSocket(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
+	m := a.sandboxes(w, r)
+	if m == nil {
+		return
+	}
+	// Answer what can be known before the upgrade with a plain status.
+	info, err := m.Get(id)
+	if err != nil {
+		writeSandboxErr(w, err)
+		return
+	}
+	if info.State != sandbox.StateReady {
+		httpapi.WriteError(w, http.StatusConflict, fmt.Sprintf("sandbox %q is %s; a run needs it ready", id, info.State))
+		return
+	}
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		return // Accept has answered
+	}
+	defer func() { _ = c.CloseNow() }()
+	c.SetReadLimit(httpapi.MaxBodyBytes)
+	ctx, cancel := a.streamContext(r)
+	defer cancel()
+
+	_, msg, err := c.Read(ctx)
+	if err != nil {
+		return
+	}
+	var req api.RunRequest
+	if err := httpapi.DecodeJSONBytes(msg, &req); err != nil {
+		closeWith(c, http.StatusBadRequest, "first message: "+err.Error())
+		return
+	}
+	p, err := processFromRequest(req)
+	if err != nil {
+		closeWith(c, http.StatusBadRequest, err.Error())
+		return
+	}
+	ctx = c.CloseRead(ctx) // a client that closes, or sends more, ends the run
+	var enc outputEncoder
+	started := false
+	began := time.Now()
+	code, err := m.Run(ctx, id, p, func(o sandbox.Output) error {
+		started = true
+		return c.Write(ctx, websocket.MessageText, enc.data(o.Stream, o.Data, false))
+	})
+	if err != nil && !started && ctx.Err() == nil {
+		closeWith(c, sandboxStatus(err), err.Error())
+		return
+	}
+	a.logRun(r, id, code, err, began)
+	if err := c.Write(ctx, websocket.MessageText, enc.exit(code, false)); err != nil {
+		return
+	}
+	_ = c.Close(websocket.StatusNormalClosure, "")
+}
+
+// closeWith closes a WebSocket with 4000 + status and as much of message
+// as a close frame holds.
+func closeWith(c *websocket.Conn, status int, message string) {
+	const maxReason = 123 // a close frame's payload is 125 bytes, 2 of them the code
+	if len(message) > maxReason {
+		message = message[:maxReason-3] + "..."
+	}
+	_ = c.Close(websocket.StatusCode(wsStatusBase+status), message)
+}
+
+// StreamEvents streams lifecycle events: over a WebSocket when the client
+// asks to upgrade, else as NDJSON that stays open. The subscription is made
+// before the response begins, so nothing after the status line is missed.
+func (a *API) StreamEvents(w http.ResponseWriter, r *http.Request, params api.StreamEventsParams) {
+	m := a.sandboxes(w, r)
+	if m == nil {
+		return
+	}
+	f := sandbox.EventFilter{SandboxID: deref(params.Id)}
+	if params.Action != nil {
+		if !params.Action.Valid() {
+			httpapi.WriteErr(w, badRequest(`query parameter "action": %q is not an event action`, *params.Action))
+			return
+		}
+		f.Action = string(*params.Action)
+	}
+	sub := m.Subscribe(f)
+	defer sub.Close()
+	ctx, cancel := a.streamContext(r)
+	defer cancel()
+
+	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		c, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+		if err != nil {
+			return
+		}
+		defer func() { _ = c.CloseNow() }()
+		ctx = c.CloseRead(ctx)
+		err = forwardEvents(ctx, sub, func(b []byte) error { return c.Write(ctx, websocket.MessageText, b) })
+		switch {
+		case errors.Is(err, sandbox.ErrSlowSubscriber):
+			closeWith(c, http.StatusConflict, err.Error())
+		case err != nil && ctx.Err() != nil:
+			_ = c.Close(websocket.StatusGoingAway, "the agent is shutting down")
+		case err != nil:
+			_ = c.Close(websocket.StatusInternalError, err.Error())
+		}
+		return
+	}
+
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	_ = rc.Flush()
+	err := forwardEvents(ctx, sub, func(b []byte) error {
+		if _, err := w.Write(append(b, '\n')); err != nil {
+			return err
+		}
+		return rc.Flush()
+	})
+	a.log(r).Debug("event stream ended", "err", err)
+}
+
+// forwardEvents sends each event of sub until the subscription or ctx ends.
+func forwardEvents(ctx context.Context, sub *sandbox.Subscription, send func([]byte) error) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case ev, ok := <-sub.C():
+			if !ok {
+				return sub.Err()
+			}
+			b, err := json.Marshal(apiEvent(ev))
+			if err != nil {
+				return err
+			}
+			if err := send(b); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func apiEvent(ev sandbox.Event) api.Event {
+	return api.Event{
+		SandboxId:  ev.SandboxID,
+		Action:     api.EventAction(ev.Action),
+		Timestamp:  ev.Time.UnixNano(),
+		Attributes: optMap(ev.Attributes),
+	}
+}
