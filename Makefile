@@ -5,6 +5,7 @@ BIN      := bin/arcbox-agent
 LINT     := .cache/bin/golangci-lint
 RUN_DIR  ?= $(CURDIR)/.run
 PORT     ?= 8080
+DOCKER_PORT ?= 2375
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 GO_FILES := $(shell git ls-files '*.go' 2>/dev/null)
 
@@ -24,9 +25,19 @@ build: ## Build the static agent binary into bin/.
 
 .PHONY: run
 run: deps build ## Run the agent on built-in defaults: loopback TCP, a unix socket, vsock where there is one.
-	@mkdir -p $(RUN_DIR)
+	@mkdir -p $(RUN_DIR)/bin
+	@# Debian's runtime binaries, where the agent looks for its bundled ones.
+	@for b in containerd containerd-shim-runc-v2 dockerd runc; do ln -sf "$$(command -v $$b)" $(RUN_DIR)/bin/$$b; done
+	@# A sparse image file as the data volume; the agent attaches it to a loop device.
+	@test -e $(RUN_DIR)/data.img || truncate -s 16G $(RUN_DIR)/data.img
 	$(BIN) --listen tcp://127.0.0.1:$(PORT) --listen unix://$(RUN_DIR)/agent.sock \
 		$(if $(wildcard /dev/vsock),--listen vsock://:1024) \
+		--docker-listen tcp://127.0.0.1:$(DOCKER_PORT) \
+		--runtime-bin-dir $(RUN_DIR)/bin --data-device $(RUN_DIR)/data.img \
+		--data-mount $(RUN_DIR)/data --docker-data-root $(RUN_DIR)/docker \
+		--containerd-root $(RUN_DIR)/containerd --containerd-state $(RUN_DIR)/containerd-state \
+		--containerd-config $(RUN_DIR)/containerd.toml --containerd-socket $(RUN_DIR)/containerd.sock \
+		--docker-socket $(RUN_DIR)/docker.sock --docker-exec-root $(RUN_DIR)/docker-exec \
 		--state-dir $(RUN_DIR)/state --log-dir $(RUN_DIR)/log \
 		--set-clock=$(or $(SET_CLOCK),false) --log-format text
 

@@ -161,7 +161,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	sandboxes := startSandboxes(ctx, cfg, logger, phases, reg)
-	proxy, err := dockerproxy.New(dockerproxy.Config{Socket: cfg.DockerSocket, Logger: logger.With("component", "dockerproxy"), Registerer: reg})
+	proxy, err := dockerproxy.New(dockerproxy.Config{Socket: cfg.DockerSocket, Logger: logger, Registerer: reg})
 	if err != nil {
 		return err
 	}

@@ -49,7 +49,7 @@ func newRuntime(cfg *config, logger *slog.Logger, phases *startup.Phases, reg pr
 		PrepareSystem:    cfg.PrepareSystem,
 		NTPServer:        cfg.NTPServer,
 		Volume:           dataVolume{vol},
-		Logger:           logger.With("component", "runtime"),
+		Logger:           logger,
 		Phases:           phases,
 		Registerer:       reg,
 		StartProcess:     start,
