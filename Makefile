@@ -38,7 +38,7 @@ run: deps build ## Run the agent on built-in defaults: loopback TCP, a unix sock
 		--containerd-root $(RUN_DIR)/containerd --containerd-state $(RUN_DIR)/containerd-state \
 		--containerd-config $(RUN_DIR)/containerd.toml --containerd-socket $(RUN_DIR)/containerd.sock \
 		--docker-socket $(RUN_DIR)/docker.sock --docker-exec-root $(RUN_DIR)/docker-exec \
-		--state-dir $(RUN_DIR)/state --log-dir $(RUN_DIR)/log \
+		--state-dir $(RUN_DIR)/state --disk-state-dir $(RUN_DIR)/disk --log-dir $(RUN_DIR)/log \
 		--set-clock=$(or $(SET_CLOCK),false) --log-format text
 
 .PHONY: test

@@ -35,6 +35,7 @@ type config struct {
 	DockerExecRoot       string
 	DataSubvolumes       []disk.Subvolume
 	StateDir             string
+	DiskStateDir         string
 	LogDir               string
 	CmdlineFile          string
 	AllowCIDs            []uint32
@@ -160,6 +161,8 @@ var settings = []setting{
 			}
 			return nil
 		}},
+	{name: "disk-state-dir", usage: "where the data volume keeps its format journal (on tmpfs by default, so a reboot forgets it)", def: constant("/run/arcbox/disk"),
+		apply: str(func(c *config) *string { return &c.DiskStateDir })},
 	{name: "state-dir", usage: "sandboxes, snapshots, image cache and agent records", def: constant("/var/lib/arcbox"),
 		apply: str(func(c *config) *string { return &c.StateDir })},
 	{name: "log-dir", usage: "where runtime daemons log (default /arcbox/log when /arcbox exists, else /var/log/arcbox)",

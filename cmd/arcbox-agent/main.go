@@ -39,6 +39,10 @@ import (
 // version is stamped at build time: -ldflags "-X main.version=...".
 var version = "dev"
 
+// runtimeStopTimeout bounds how long shutdown waits for dockerd and
+// containerd, SIGTERM grace and SIGKILL included.
+const runtimeStopTimeout = 30 * time.Second
+
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "sandbox-init" {
 		sandbox.InitMain() // a sandbox's process 1; never returns
@@ -235,10 +239,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	stopProxy()
 	proxyDone.Wait()
-	if err := sandboxes.close(shutdownCtx); err != nil {
+	// The requests may have used up shutdownCtx; the sandboxes and the
+	// daemons get their own time, so dockerd and containerd get SIGTERM
+	// and their grace rather than an immediate SIGKILL.
+	closeCtx, cancelClose := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancelClose()
+	if err := sandboxes.close(closeCtx); err != nil {
 		logger.Warn("close the sandbox manager", "err", err)
 	}
-	if err := rt.Shutdown(shutdownCtx); err != nil {
+	stopCtx, cancelStop := context.WithTimeout(context.Background(), runtimeStopTimeout)
+	defer cancelStop()
+	if err := rt.Shutdown(stopCtx); err != nil {
 		logger.Warn("stop the runtime", "err", err)
 	}
 	logger.Info("stopped")

@@ -44,6 +44,7 @@ func agentArgs(sock string, extra ...string) []string {
 		"--containerd-config", filepath.Join(dir, "containerd.toml"),
 		"--docker-exec-root", filepath.Join(dir, "docker-exec"),
 		"--state-dir", filepath.Join(dir, "state"),
+		"--disk-state-dir", filepath.Join(dir, "disk"),
 	}, extra...)
 }
 

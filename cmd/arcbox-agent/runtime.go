@@ -29,6 +29,7 @@ func newRuntime(cfg *config, logger *slog.Logger, phases *startup.Phases, reg pr
 		Device:     cfg.DataDevice,
 		Wipe:       cfg.WipeDataDevice,
 		MountPoint: cfg.DataMount,
+		StateDir:   cfg.DiskStateDir,
 		Subvolumes: subvols,
 		Logger:     logger,
 	})
