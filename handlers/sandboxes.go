@@ -21,6 +21,7 @@ type Sandboxes interface {
 	Stop(ctx context.Context, id string, timeout time.Duration) (sandbox.Info, error)
 	Remove(ctx context.Context, id string, force bool) error
 	Run(ctx context.Context, id string, p sandbox.Process, out func(sandbox.Output) error) (int, error)
+	Exec(ctx context.Context, id string, p sandbox.Process, eio sandbox.ExecIO, out func(sandbox.Output) error) (int, error)
 	Subscribe(f sandbox.EventFilter) *sandbox.Subscription
 }
 
@@ -263,11 +264,6 @@ func (a *API) RemoveSandbox(w http.ResponseWriter, r *http.Request, id api.Sandb
 	}
 	a.log(r).Info("sandbox removed", "sandbox", id)
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// ExecInSandbox is the interactive exec WebSocket.
-func (a *API) ExecInSandbox(w http.ResponseWriter, r *http.Request, _ api.SandboxID) {
-	notImplemented(w, r)
 }
 
 // CheckpointSandbox snapshots a sandbox.

@@ -2,11 +2,14 @@ package handlers_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/internal/apitest"
@@ -225,5 +228,106 @@ func TestRunStreamsNDJSON(t *testing.T) {
 		if r.StatusCode() != 400 || !strings.Contains(r.JSON400.Message, field) {
 			t.Errorf("%s: %d %s", body, r.StatusCode(), r.Body)
 		}
+	}
+}
+
+// Exec echoes stdin back as stdout until it ends, then reports the sizes
+// it saw as stderr, like a cat on a terminal that prints its resizes.
+func (f *fakeSandboxes) Exec(ctx context.Context, _ string, p sandbox.Process, eio sandbox.ExecIO, out func(sandbox.Output) error) (int, error) {
+	if f.err != nil {
+		return 0, f.err
+	}
+	f.runs = append(f.runs, p)
+	var sizes []string
+	if eio.Size != nil {
+		sizes = append(sizes, fmt.Sprintf("%dx%d", eio.Size.Width, eio.Size.Height))
+	}
+	buf := make([]byte, 64)
+	for {
+		n, err := eio.Stdin.Read(buf)
+		if n > 0 {
+			if err := out(sandbox.Output{Stream: sandbox.StreamStdout, Data: buf[:n]}); err != nil {
+				return 137, err
+			}
+		}
+		for drained := false; !drained; {
+			select {
+			case s := <-eio.Resize:
+				sizes = append(sizes, fmt.Sprintf("%dx%d", s.Width, s.Height))
+			default:
+				drained = true
+			}
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return 137, ctx.Err()
+			}
+			break
+		}
+	}
+	if err := out(sandbox.Output{Stream: sandbox.StreamStderr, Data: []byte(strings.Join(sizes, ","))}); err != nil {
+		return 137, err
+	}
+	return f.code, nil
+}
+
+// TestExecWebSocket drives the exec protocol over a real WebSocket: init,
+// stdin, resize, close_stdin in; output and the exit code out.
+func TestExecWebSocket(t *testing.T) {
+	h := newHarness(t, true)
+	h.sandboxes = &fakeSandboxes{code: 7}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(h.url, "http")+"/v1/sandboxes/box-1/exec", nil)
+	must(t, err)
+	defer func() { _ = c.CloseNow() }()
+	send := func(m string) {
+		t.Helper()
+		must(t, c.Write(ctx, websocket.MessageText, []byte(m)))
+	}
+	read := func() api.OutputMessage {
+		t.Helper()
+		_, b, err := c.Read(ctx)
+		must(t, err)
+		var m api.OutputMessage
+		must(t, json.Unmarshal(b, &m))
+		return m
+	}
+	send(`{"init":{"cmd":["cat"],"tty":true,"tty_size":{"width":80,"height":24}}}`)
+	send(`{"stdin":"aGVsbG8="}`) // hello
+	if m := read(); m.Stream != api.Stdout || string(*m.Data) != "hello" {
+		t.Fatalf("echo: %+v", m)
+	}
+	send(`{"resize":{"width":132,"height":43}}`)
+	send(`{"stdin":"IQ=="}`) // !
+	if m := read(); string(*m.Data) != "!" {
+		t.Fatalf("second echo: %+v", m)
+	}
+	send(`{"close_stdin":true}`)
+	if m := read(); m.Stream != api.Stderr || string(*m.Data) != "80x24,132x43" {
+		t.Errorf("sizes: %+v", m)
+	}
+	if m := read(); m.Stream != api.Exit || *m.ExitCode != 7 || !*m.Done {
+		t.Errorf("exit: %+v", m)
+	}
+	if p := h.sandboxes.runs[0]; !p.TTY || p.Cmd[0] != "cat" {
+		t.Errorf("process %+v", p)
+	}
+
+	// A first message that is not init closes with 4400 naming the rule.
+	c2, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(h.url, "http")+"/v1/sandboxes/box-1/exec", nil)
+	must(t, err)
+	defer func() { _ = c2.CloseNow() }()
+	must(t, c2.Write(ctx, websocket.MessageText, []byte(`{"stdin":"eA=="}`)))
+	_, _, err = c2.Read(ctx)
+	if websocket.CloseStatus(err) != 4400 || !strings.Contains(err.Error(), "first message must be") {
+		t.Errorf("not init first: %v", err)
+	}
+
+	// An unknown sandbox is a 404 before any upgrade.
+	h.sandboxes.err = fmt.Errorf("sandbox %q: %w", "nope", sandbox.ErrNotFound)
+	_, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(h.url, "http")+"/v1/sandboxes/nope/exec", nil)
+	if err == nil || resp == nil || resp.StatusCode != 404 {
+		t.Errorf("unknown sandbox: %v %v", err, resp)
 	}
 }

@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"io"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -22,8 +21,13 @@ type backend interface {
 	// Adopt finds the container an earlier agent made. alive is false when
 	// its init no longer runs.
 	Adopt(ctx context.Context, id string) (exited <-chan struct{}, alive bool, err error)
-	// Exec starts a process in a ready sandbox.
-	Exec(ctx context.Context, id string, s Spec, p Process, stdin io.Reader) (execution, error)
+	// CheckProcess checks what only the backend can of a process to run,
+	// before the sandbox is claimed for it. Errors wrap ErrInvalid.
+	CheckProcess(p Process) error
+	// Exec starts a process in a ready sandbox, with eio.Stdin as its
+	// input and, with p.TTY, a terminal of size eio.Size. (The Manager
+	// applies eio.Resize.)
+	Exec(ctx context.Context, id string, s Spec, p Process, eio ExecIO) (execution, error)
 	// KillWorkloads kills every process of the sandbox but its init: what
 	// is left of a run lost across an agent restart.
 	KillWorkloads(ctx context.Context, id string) error
@@ -37,8 +41,7 @@ type backend interface {
 	Close() error
 }
 
-// execution is a process started by backend.Exec. It is what a later
-// interactive Exec builds on too: stdin, a terminal, resize.
+// execution is a process started by backend.Exec.
 type execution interface {
 	// Stdout is the process's output (with a terminal, all of it).
 	Stdout() *os.File

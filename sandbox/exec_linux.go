@@ -8,11 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/containerd/console"
 	runc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,11 +26,22 @@ const pipeSize = 1 << 20
 // process's pid file.
 const pidFileWait = 10 * time.Second
 
+// CheckProcess refuses a terminal on runc: runc takes a console socket
+// only from an exec it detaches from, and then leaves nobody to collect
+// the process's exit status; crun takes one from an exec it waits for.
+func (b *ociBackend) CheckProcess(p Process) error {
+	if p.TTY && strings.HasPrefix(b.runtimeName, "runc") {
+		return invalidField("tty", "not supported with runc as the OCI runtime (use crun)")
+	}
+	return nil
+}
+
 // Exec starts p in the sandbox with `runc exec`. Without a terminal the
-// process writes straight into the agent's pipes (no copy in between);
+// process writes straight into the agent's pipes (no copy in between) and
+// reads stdin from a pipe the agent copies eio.Stdin into (or /dev/null);
 // with one, the runtime hands the agent the terminal's master through a
-// console socket.
-func (b *ociBackend) Exec(ctx context.Context, id string, s Spec, p Process, stdin io.Reader) (execution, error) {
+// console socket, and eio.Stdin is copied into the master.
+func (b *ociBackend) Exec(ctx context.Context, id string, s Spec, p Process, eio ExecIO) (execution, error) {
 	box, err := b.box(id)
 	if err != nil {
 		return nil, err
@@ -43,6 +56,18 @@ func (b *ociBackend) Exec(ctx context.Context, id string, s Spec, p Process, std
 	env := processEnv(box.meta.Image.Env, s.Env, p.Env, u.Home, p.TTY)
 	cwd := firstNonEmpty(p.WorkingDir, s.WorkingDir, box.meta.Image.WorkingDir, "/")
 	proc := processSpec(p.Cmd, env, cwd, u, p.TTY)
+	size := eio.Size
+	if size != nil && (size.Width == 0 || size.Height == 0) {
+		size = nil
+	}
+	if p.TTY && size != nil {
+		// runc and crun size the terminal before the process starts.
+		proc.ConsoleSize = &specs.Box{Width: uint(size.Width), Height: uint(size.Height)}
+	}
+	stdin := eio.Stdin
+	if p.TTY && stdin == nil {
+		stdin = eofReader{} // the terminal's EOF at once
+	}
 
 	b.mu.Lock()
 	b.seq++
@@ -125,6 +150,11 @@ func (b *ociBackend) Exec(ctx context.Context, id string, s Spec, p Process, std
 		if err := e.receiveTerminal(sock); err != nil {
 			return nil, err
 		}
+		if size != nil { // in case the runtime did not
+			if err := e.Resize(size.Width, size.Height); err != nil {
+				b.log.Warn("size the terminal", "id", id, "err", err)
+			}
+		}
 	}
 	if stdin != nil {
 		go e.copyStdin(stdin)
@@ -203,21 +233,76 @@ func (e *ociExec) receiveTerminal(sock *runc.Socket) error {
 		if e.err != nil {
 			return e.err
 		}
-		return fmt.Errorf("the process exited (code %d) before its terminal was set up", e.code)
+		return fmt.Errorf("the process exited (code %d) before its terminal was set up%s", e.code, e.runtimeMessage())
 	}
 }
 
+// copyStdin copies r into the process's stdin until r ends (EOF or an
+// error), then passes the end on: it closes the stdin pipe, or on a
+// terminal writes its EOF character (twice after an unfinished line: the
+// first only ends the line). It stops early when the process's stdin is
+// gone.
 func (e *ociExec) copyStdin(r io.Reader) {
-	w := e.stdinW
-	if e.term != nil {
-		w = e.stdout // the terminal's master, in the poller
-	}
-	if _, err := io.Copy(w, r); err != nil {
+	if e.term == nil {
+		_, _ = io.Copy(e.stdinW, r)
+		e.stdinW.Close()
 		return
 	}
-	if e.stdinW != nil {
-		e.stdinW.Close()
+	w := e.stdout // the terminal's master, in the poller
+	buf := make([]byte, 32<<10)
+	lineStart := true
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			c := buf[n-1]
+			lineStart = c == '\n' || c == '\r'
+		}
+		if err != nil {
+			break
+		}
 	}
+	eof := e.eofChar()
+	end := []byte{eof}
+	if !lineStart {
+		end = append(end, eof)
+	}
+	_, _ = w.Write(end)
+}
+
+// eofChar is the terminal's EOF character (VEOF), ^D unless it was changed.
+func (e *ociExec) eofChar() byte {
+	eof := byte(4)
+	if rc, err := e.stdout.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) {
+			if t, err := unix.IoctlGetTermios(int(fd), unix.TCGETS); err == nil && t.Cc[unix.VEOF] != 0 {
+				eof = t.Cc[unix.VEOF]
+			}
+		})
+	}
+	return eof
+}
+
+// eofReader is an input at its end at once.
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+// runtimeMessage is what the runtime wrote on stderr, once it has exited,
+// as ": message", or nothing.
+func (e *ociExec) runtimeMessage() string {
+	if e.stderr == nil {
+		return ""
+	}
+	_ = e.stderr.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	buf := make([]byte, 4096)
+	n, _ := io.ReadFull(e.stderr, buf)
+	if msg := strings.TrimSpace(string(buf[:n])); msg != "" {
+		return ": " + msg
+	}
+	return ""
 }
 
 func (e *ociExec) Stdout() *os.File { return e.stdout }

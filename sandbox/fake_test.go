@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"slices"
 	"sort"
@@ -125,7 +124,9 @@ func (f *fakeBackend) Destroy(ctx context.Context, id string) error {
 
 func (f *fakeBackend) Close() error { return nil }
 
-func (f *fakeBackend) Exec(ctx context.Context, id string, s Spec, p Process, stdin io.Reader) (execution, error) {
+func (f *fakeBackend) CheckProcess(p Process) error { return nil }
+
+func (f *fakeBackend) Exec(ctx context.Context, id string, s Spec, p Process, eio ExecIO) (execution, error) {
 	if p.Cmd[0] == "nope" {
 		return nil, fmt.Errorf("exec: %q: executable file not found", p.Cmd[0])
 	}

@@ -449,8 +449,7 @@ func TestOCILimitsAndNetwork(t *testing.T) {
 	}
 }
 
-// TestOCITerminalAndStdin: a run on a terminal, and the stdin path a later
-// interactive exec uses.
+// TestOCITerminalAndStdin: a run on a terminal, and stdin from a reader.
 func TestOCITerminalAndStdin(t *testing.T) {
 	e := newOCIEnv(t, "crun")
 	id := e.create(Spec{ID: "tty"}).ID
@@ -463,18 +462,18 @@ func TestOCITerminalAndStdin(t *testing.T) {
 		t.Errorf("without a terminal: %q", out)
 	}
 	var c collect
-	code, err := e.m.execute(context.Background(), id, Process{Cmd: []string{"sh", "-c", "cat; echo done"}}, procIO{stdin: strings.NewReader("from stdin\n"), out: c.out})
+	code, err := e.m.Exec(context.Background(), id, Process{Cmd: []string{"sh", "-c", "cat; echo done"}}, ExecIO{Stdin: strings.NewReader("from stdin\n")}, c.out)
 	if err != nil || code != 0 || c.stdout.String() != "from stdin\ndone\n" {
 		t.Errorf("stdin: %q, %d, %v", c.stdout.String(), code, err)
 	}
 	pr, pw := io.Pipe()
-	resize := make(chan ttySize, 1)
-	resize <- ttySize{Width: 123, Height: 45}
+	resize := make(chan TTYSize, 1)
+	resize <- TTYSize{Width: 123, Height: 45}
 	c = collect{}
 	go func() {
 		fmt.Fprintln(pw, "stty size; exit 5")
 	}()
-	code, err = e.m.execute(context.Background(), id, Process{Cmd: []string{"sh"}, TTY: true}, procIO{stdin: pr, out: c.out, resize: resize})
+	code, err = e.m.Exec(context.Background(), id, Process{Cmd: []string{"sh"}, TTY: true}, ExecIO{Stdin: pr, Resize: resize}, c.out)
 	pw.Close()
 	if err != nil || code != 5 || !strings.Contains(c.stdout.String(), "45 123") {
 		t.Errorf("terminal with stdin and resize: %q, %d, %v", c.stdout.String(), code, err)

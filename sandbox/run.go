@@ -75,49 +75,79 @@ func (ar *activeRun) kill(why error) {
 
 var errStopped = errors.New("the sandbox is being stopped")
 
-// procIO is where a process's input comes from and its output goes. Run
-// uses out alone; an interactive exec adds stdin and resize.
-type procIO struct {
-	stdin  io.Reader          // nil: /dev/null
-	out    func(Output) error // called sequentially, in order
-	resize <-chan ttySize     // terminal size changes
+// ExecIO is what an interactive exec reads besides its output callback.
+type ExecIO struct {
+	// Stdin is the process's input. nil: none, the process sees its end at
+	// once. Its end (EOF, or any error from Read) is passed on: without a
+	// terminal the process's stdin is closed; with one the terminal's EOF
+	// character (VEOF, ^D) is written, twice if a line was left unfinished,
+	// which ends a read in canonical mode. Exec does not wait for a Read
+	// in progress: once Exec returned, the caller should make Stdin return
+	// (close its pipe, say); what it reads from then on is dropped.
+	Stdin io.Reader
+	// Resize (with Process.TTY): each size received is applied to the
+	// terminal at once. nil: none. Closing it is fine; sizes sent without
+	// a terminal are dropped. It is read only until Exec returns.
+	Resize <-chan TTYSize
+	// Size (with Process.TTY): the terminal's size at start. nil, or a
+	// zero width or height: the runtime's default.
+	Size *TTYSize
 }
 
-// ttySize is a terminal's size in characters.
-type ttySize struct{ Width, Height uint16 }
+// TTYSize is a terminal's size in characters.
+type TTYSize struct{ Width, Height uint16 }
 
-// Run runs a workload in a ready sandbox and returns its exit code.
+// procIO is where a process's input comes from and its output goes.
+type procIO struct {
+	ExecIO
+	out func(Output) error // called sequentially, in order
+}
+
+// Run runs a workload in a ready sandbox and returns its exit code: an
+// Exec without input (the process's stdin is at its end at once).
+func (m *Manager) Run(ctx context.Context, id string, p Process, out func(Output) error) (exitCode int, err error) {
+	return m.Exec(ctx, id, p, ExecIO{}, out)
+}
+
+// Exec runs a workload in a ready sandbox, with the input eio gives it,
+// and returns its exit code.
 //
 // The sandbox goes to running (event running) and back to ready when the
 // process ends (event idle, attribute exit_code); LastExitCode and
 // LastExitedAt record it. A sandbox that is not ready gives ErrConflict
-// (running: another workload runs).
+// (running: another workload runs): one workload at a time.
 //
-// out is called sequentially, in order, as output is produced, with stdout
-// and stderr apart; with p.TTY all output comes as stdout. Output.Data is
-// only valid during the call. While out blocks, the process is held up
+// With p.TTY the process runs on a real pseudo-terminal (the runtime's
+// console socket) of size eio.Size, resized at once to each size on
+// eio.Resize; the terminal's echo and all output come as stdout. Without
+// it stdout and stderr come apart. See ExecIO for stdin.
+//
+// out is called sequentially, in order, as output is produced. Output.Data
+// is only valid during the call. While out blocks, the process is held up
 // when it writes (back-pressure): no byte is dropped or reordered, and no
 // more than a pipe's worth is buffered. If out returns an error the process
-// is killed and Run returns that error.
+// is killed and Exec returns that error.
 //
-// When ctx ends (the client went away) the process is killed (with its
-// descendants) and Run returns exit code 137 and ctx's error; the sandbox
-// is ready again. Past p.Timeout the process is killed the same way and
-// Run returns 137 with a nil error. A stop of the sandbox sends the process
-// SIGTERM, then SIGKILL. Output is read until the process has exited and
-// its pipes are closed, or until nothing arrived for 250 ms after its exit
-// (a background child that keeps them open).
+// When ctx ends (the client went away) the process is killed (SIGKILL,
+// with its descendants) and Exec returns exit code 137 and ctx's error;
+// the sandbox is ready again. Past p.Timeout the process is killed the
+// same way and Exec returns 137 with a nil error. A stop of the sandbox
+// sends the process SIGTERM, then SIGKILL. Output is read until the
+// process has exited and its pipes are closed, or until nothing arrived
+// for 250 ms after its exit (a background child that keeps them open).
 //
 // A process that cannot be started (no such program, say) ends with the
 // runtime's message on stderr and exit code 255 (runc) or 1/255 (crun).
-func (m *Manager) Run(ctx context.Context, id string, p Process, out func(Output) error) (exitCode int, err error) {
-	return m.execute(ctx, id, p, procIO{out: out})
+func (m *Manager) Exec(ctx context.Context, id string, p Process, eio ExecIO, out func(Output) error) (exitCode int, err error) {
+	return m.execute(ctx, id, p, procIO{ExecIO: eio, out: out})
 }
 
-// execute starts a workload and drives it to its end: the process-running
-// code Run and a later interactive Exec share.
+// execute starts a workload and drives it to its end.
 func (m *Manager) execute(ctx context.Context, id string, p Process, pio procIO) (int, error) {
 	if err := checkProcess(p); err != nil {
+		return -1, err
+	}
+	if err := m.be.CheckProcess(p); err != nil {
 		return -1, err
 	}
 	if pio.out == nil {
@@ -167,7 +197,7 @@ func (m *Manager) runWorkload(ctx context.Context, sb *sandbox, ar *activeRun, p
 	spec := sb.rec.Spec
 	m.mu.Unlock()
 
-	exe, err := m.be.Exec(ctx, sb.id, spec, p, pio.stdin)
+	exe, err := m.be.Exec(ctx, sb.id, spec, p, pio.ExecIO)
 	if err != nil {
 		err = fmt.Errorf("run in sandbox %q: %w", sb.id, err)
 		m.endRun(sb, ar, nil, err)
@@ -262,7 +292,7 @@ func (m *Manager) drive(ctx context.Context, exe execution, ar *activeRun, p Pro
 			m.log.Warn("kill workload", "cmd", p.Cmd, "err", err)
 		}
 	}
-	done, term, killc := ctx.Done(), ar.termCh, ar.killCh
+	done, term, killc, resize := ctx.Done(), ar.termCh, ar.killCh, pio.Resize
 	var res result
 wait:
 	for {
@@ -286,9 +316,15 @@ wait:
 		case <-killc:
 			kill(ar.killWhy)
 			killc = nil
-		case sz := <-pio.resize:
-			if err := exe.Resize(sz.Width, sz.Height); err != nil {
-				m.log.Warn("resize terminal", "err", err)
+		case sz, ok := <-resize:
+			switch {
+			case !ok:
+				resize = nil
+			case !p.TTY: // no terminal to resize
+			default:
+				if err := exe.Resize(sz.Width, sz.Height); err != nil {
+					m.log.Warn("resize terminal", "cmd", p.Cmd, "err", err)
+				}
 			}
 		}
 	}
