@@ -25,6 +25,10 @@ var modules = []string{"virtio_pci", "virtio_net", "virtio_blk", "vsock_loopback
 type vmImage struct {
 	kernel, initrd, release string
 	built                   time.Duration
+	// runtimeInitrd is initrd with the runtime layer appended: the
+	// daemons, mkfs.btrfs and their libraries.
+	runtimeInitrd string
+	runtimeBuilt  time.Duration
 }
 
 // repoRoot is the module root, for the cache directory git ignores.
@@ -150,7 +154,9 @@ exec /sbin/arcbox-agent
 `
 
 // guestScript reports to the host, on the serial console, what only the
-// guest can see, and takes the host's orders from it.
+// guest can see, and takes the host's orders from it, one a line:
+// "write PATH TOKEN" (then sync), "check PATH" (answers its content),
+// "mounts" (the btrfs and ext4 mounts), "shutdown" (SIGTERM to PID 1).
 const guestScript = `#!/bin/busybox sh
 export PATH=/bin:/sbin
 echo "E2E-GUEST: started"
@@ -159,13 +165,19 @@ if /sbin/arcbox-agent probe -timeout 60s vsock://1:1024 /v1/ping; then
 else
 	echo "E2E-VSOCK: refused"
 fi
-while read -r cmd arg; do
+while read -r cmd path token; do
 	case "$cmd" in
 	shutdown) echo "E2E-GUEST: SIGTERM to PID 1"; kill -TERM 1 ;;
-	write) echo "$arg" > "$arg.marker" && sync && echo "E2E-WROTE: $arg" ;;
-	check) if [ -f "$arg.marker" ]; then echo "E2E-FOUND: $arg"; else echo "E2E-MISSING: $arg"; fi ;;
+	write) echo "$token" > "$path" && sync && echo "E2E-WROTE: $path" ;;
+	check) if [ -f "$path" ]; then echo "E2E-FOUND: $path $(cat "$path")"; else echo "E2E-MISSING: $path"; fi ;;
+	mounts)
+		while read -r dev dir fs opts rest; do
+			case "$fs" in btrfs|ext4) echo "E2E-MOUNT: $dev $dir $fs $opts" ;; esac
+		done < /proc/mounts
+		echo "E2E-MOUNTS: end" ;;
 	esac
 done
+echo "E2E-GUEST: the console closed"
 `
 
 // buildImage builds the agent (static) and the initramfs, and fetches the
@@ -246,6 +258,17 @@ func buildImage(t *testing.T) vmImage {
 	must(w.close())
 	must(bw.Flush())
 	return vmImage{kernel: vmlinuz, initrd: initrd, release: release, built: time.Since(began)}
+}
+
+// addRuntime makes im.runtimeInitrd: the base initramfs with the runtime
+// layer (cached under .cache/vm) appended.
+func (im *vmImage) addRuntime(t *testing.T) {
+	t.Helper()
+	began := time.Now()
+	layer := runtimeLayer(t, filepath.Join(repoRoot(t), ".cache", "vm"))
+	im.runtimeInitrd = filepath.Join(filepath.Dir(im.initrd), "initrd-runtime.cpio")
+	concatFiles(t, im.runtimeInitrd, im.initrd, layer)
+	im.runtimeBuilt = time.Since(began)
 }
 
 func (im vmImage) String() string { return fmt.Sprintf("kernel %s, initrd %s", im.release, im.initrd) }

@@ -1,6 +1,10 @@
 // Package vm boots the agent as PID 1 of a real VM under QEMU and checks it
 // from the host: the listeners, the clock, the system facts, vsock inside
-// the guest, the startup metrics and a clean power-off.
+// the guest, the startup metrics and a clean power-off; then, with Debian's
+// containerd and dockerd in the image, the runtime on a virtio data disk:
+// formatted btrfs when blank, `docker` through the agent's proxy, a file
+// under the Docker data root that survives a reboot, and an ext4 disk
+// refused and left intact.
 package vm
 
 import (
@@ -22,9 +26,16 @@ import (
 )
 
 const (
-	guestCPUs   = 2
-	guestMemMiB = 1024
-	guestPort   = 8080
+	guestCPUs       = 2
+	guestMemMiB     = 1024
+	guestPort       = 8080
+	guestDockerPort = 2375 // the Docker proxy's TCP port, when a boot asks for it
+	// guestDockerVsockPort is given on the kernel command line; not the
+	// default, so the metrics show the key was read.
+	guestDockerVsockPort = 2377
+	// dataDevice is the kernel command line's data device: the second
+	// virtio disk, the first standing for a system disk it must not touch.
+	dataDevice = "/dev/vdb"
 )
 
 // console collects the serial console's lines and wakes waiters on each.
@@ -48,11 +59,30 @@ func (c *console) String() string {
 	return strings.Join(c.lines, "\n")
 }
 
+// len is how many lines the console has shown.
+func (c *console) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.lines)
+}
+
+// linesFrom returns the lines from the i-th on.
+func (c *console) linesFrom(i int) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.lines[min(i, len(c.lines)):]...)
+}
+
 // wait returns the first line matching re, waiting up to timeout for it.
 func (c *console) wait(re *regexp.Regexp, timeout time.Duration) (string, bool) {
+	return c.waitFrom(0, re, timeout)
+}
+
+// waitFrom is wait for the lines from the from-th on.
+func (c *console) waitFrom(from int, re *regexp.Regexp, timeout time.Duration) (string, bool) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	for i := 0; ; {
+	for i := from; ; {
 		c.mu.Lock()
 		for ; i < len(c.lines); i++ {
 			if re.MatchString(c.lines[i]) {
@@ -78,12 +108,19 @@ type guest struct {
 	client  *api.ClientWithResponses
 	started time.Time
 	exited  chan error
+	// dockerHost is the host's way to the agent's Docker API proxy
+	// (tcp://127.0.0.1:PORT), when the boot asked for it.
+	dockerHost string
 }
 
 type bootOptions struct {
-	dataDisk string
-	cmdline  []string
-	rtcBase  string
+	// drives are raw image files attached as virtio-blk disks, in order:
+	// /dev/vda, /dev/vdb.
+	drives  []string
+	initrd  string // default: the image's base initramfs
+	docker  bool   // serve the Docker API proxy on TCP, forwarded from the host
+	cmdline []string
+	rtcBase string
 }
 
 func freePort(t *testing.T) int {
@@ -105,24 +142,35 @@ func boot(t *testing.T, im vmImage, opt bootOptions) *guest {
 		"console=ttyS0", "panic=-1", "loglevel=4",
 		"arcbox.modules=" + strings.Join(modules, ","),
 		"arcbox.net_address=eth0=10.0.2.15/24",
-		"arcbox.docker_data_device=/dev/vda",
-		"arcbox.guest_docker_vsock_port=2375",
+		"arcbox.docker_data_device=" + dataDevice,
+		fmt.Sprintf("arcbox.guest_docker_vsock_port=%d", guestDockerVsockPort),
 		"ARCBOX_LOG_FORMAT=json",
 		fmt.Sprintf("ARCBOX_LISTEN=tcp://0.0.0.0:%d,vsock://:1024", guestPort),
 	}, opt.cmdline...)
+	hostfwd := fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d", port, guestPort)
+	g := &guest{console: &console{more: make(chan struct{})}, exited: make(chan error, 1)}
+	if opt.docker {
+		dport := freePort(t)
+		g.dockerHost = fmt.Sprintf("tcp://127.0.0.1:%d", dport)
+		hostfwd += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", dport, guestDockerPort)
+		cmdline = append(cmdline, fmt.Sprintf("ARCBOX_DOCKER_LISTEN=tcp://0.0.0.0:%d", guestDockerPort))
+	}
+	initrd := im.initrd
+	if opt.initrd != "" {
+		initrd = opt.initrd
+	}
 	args := []string{
 		"-machine", "q35,accel=tcg", "-cpu", "max", "-smp", fmt.Sprint(guestCPUs), "-m", fmt.Sprint(guestMemMiB),
-		"-kernel", im.kernel, "-initrd", im.initrd, "-append", strings.Join(cmdline, " "),
+		"-kernel", im.kernel, "-initrd", initrd, "-append", strings.Join(cmdline, " "),
 		"-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
-		"-nic", fmt.Sprintf("user,restrict=on,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:%d-:%d", port, guestPort),
+		"-nic", "user,restrict=on,model=virtio-net-pci," + hostfwd,
 	}
 	if opt.rtcBase != "" {
 		args = append(args, "-rtc", "base="+opt.rtcBase)
 	}
-	if opt.dataDisk != "" {
-		args = append(args, "-drive", "file="+opt.dataDisk+",if=virtio,format=raw")
+	for _, d := range opt.drives {
+		args = append(args, "-drive", "file="+d+",if=virtio,format=raw")
 	}
-	g := &guest{console: &console{more: make(chan struct{})}, exited: make(chan error, 1)}
 	g.cmd = exec.Command(qemu, args...)
 	var err error
 	if g.stdin, err = g.cmd.StdinPipe(); err != nil {
@@ -202,6 +250,7 @@ func (g *guest) expect(t *testing.T, pattern string, timeout time.Duration) stri
 // agent to power the machine off.
 func (g *guest) shutdown(t *testing.T) {
 	t.Helper()
+	began := time.Now()
 	g.send(t, "shutdown")
 	select {
 	case err := <-g.exited:
@@ -211,6 +260,7 @@ func (g *guest) shutdown(t *testing.T) {
 	case <-time.After(90 * time.Second):
 		t.Fatal("the VM did not power off")
 	}
+	t.Logf("powered off %v after the shutdown order", time.Since(began).Round(time.Millisecond))
 	log := g.console.String()
 	for _, want := range []string{`"msg":"shutting down"`, `"msg":"stopped"`, "reboot: Power down"} {
 		if !strings.Contains(log, want) {
@@ -226,11 +276,13 @@ func TestVM(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a VM")
 	}
+	began := time.Now()
+	defer func() { t.Logf("the VM test took %v", time.Since(began).Round(time.Millisecond)) }()
 	im := buildImage(t)
 	t.Logf("image built in %v (%s)", im.built, im)
 
 	t.Run("first boot", func(t *testing.T) {
-		g := boot(t, im, bootOptions{rtcBase: "2000-01-01"})
+		g := boot(t, im, bootOptions{rtcBase: "2000-01-01", cmdline: []string{"ARCBOX_LOG_LEVEL=debug"}})
 		ready := g.waitReady(t, 3*time.Minute)
 		t.Logf("boot to first answered request: %v", ready)
 		ctx := context.Background()
@@ -270,13 +322,19 @@ func TestVM(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, phase := range []string{"config", "init", "modules", "network", fmt.Sprintf("listen tcp://0.0.0.0:%d", guestPort), "listen vsock://:1024"} {
+		for _, phase := range []string{"config", "init", "modules", "network", fmt.Sprintf("listen tcp://0.0.0.0:%d", guestPort), "listen vsock://:1024",
+			fmt.Sprintf("listen vsock://:%d", guestDockerVsockPort)} {
 			re := regexp.MustCompile(`arcbox_agent_startup_phase_end_seconds\{phase="` + regexp.QuoteMeta(phase) + `"\} (\S+)`)
 			if mm := re.FindSubmatch(m.Body); mm == nil {
 				t.Errorf("metrics lack the startup phase %q", phase)
 			} else {
 				t.Logf("startup phase %-28s ended %ss after exec", phase, mm[1])
 			}
+		}
+
+		// The settings given on the kernel command line were read from it.
+		for setting, key := range map[string]string{"data-device": "arcbox.docker_data_device", "guest-docker-vsock-port": "arcbox.guest_docker_vsock_port"} {
+			g.expect(t, regexp.QuoteMeta(fmt.Sprintf("%q:%q", setting, "kernel command line "+key)), 10*time.Second)
 		}
 
 		// Without --allow-cid 1, the guest's own vsock client is refused.
@@ -292,4 +350,8 @@ func TestVM(t *testing.T) {
 		g.expect(t, `^E2E-VSOCK: ok`, 10*time.Second)
 		g.shutdown(t)
 	})
+
+	im.addRuntime(t)
+	t.Logf("runtime layer added in %v (%s)", im.runtimeBuilt, im.runtimeInitrd)
+	testDataVolume(t, im)
 }
