@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -109,7 +111,7 @@ func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phase
 		began := time.Now()
 		s.m, s.err = sandbox.NewManager(ctx, sandbox.Config{
 			StateDir:      cfg.StateDir,
-			Runtime:       cfg.OCIRuntime,
+			Runtime:       ociRuntime(cfg),
 			DefaultRootfs: cfg.SandboxRootfs,
 			BusyboxPath:   cfg.BusyboxPath,
 			Logger:        logger,
@@ -144,4 +146,25 @@ func (s *sandboxes) close(ctx context.Context) error {
 		return nil
 	}
 	return s.m.Close(ctx)
+}
+
+// ociRuntime is the configured OCI runtime; when none is configured and
+// neither crun nor runc is on PATH, the runtime directory's (a VM image
+// ships runc there for containerd).
+func ociRuntime(cfg *config) string {
+	if cfg.OCIRuntime != "" {
+		return cfg.OCIRuntime
+	}
+	for _, name := range []string{"crun", "runc"} {
+		if _, err := exec.LookPath(name); err == nil {
+			return ""
+		}
+	}
+	for _, name := range []string{"crun", "runc"} {
+		p := filepath.Join(cfg.RuntimeBinDir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return ""
 }
