@@ -36,6 +36,7 @@ type config struct {
 	DataSubvolumes       []disk.Subvolume
 	StateDir             string
 	DiskStateDir         string
+	DockerdArgs          []string
 	LogDir               string
 	CmdlineFile          string
 	AllowCIDs            []uint32
@@ -172,6 +173,11 @@ var settings = []setting{
 			}
 			return "/var/log/arcbox"
 		}, apply: str(func(c *config) *string { return &c.LogDir })},
+	{name: "dockerd-arg", repeatable: true, usage: "an extra flag for dockerd, such as --iptables=false for an image without iptables (repeatable)", def: constant(""),
+		apply: func(c *config, v string) error {
+			c.DockerdArgs = append(c.DockerdArgs, splitList(v)...)
+			return nil
+		}},
 	{name: "allow-cid", repeatable: true, usage: "a vsock peer CID accepted besides the host's 2 (repeatable)", def: constant(""),
 		apply: func(c *config, v string) error {
 			for _, s := range splitList(v) {

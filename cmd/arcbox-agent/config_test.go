@@ -122,13 +122,17 @@ func TestDockerPortIgnoresBadValues(t *testing.T) {
 
 func TestConfigListsAndBools(t *testing.T) {
 	c, err := loadConfig([]string{"--listen", "tcp://:8080", "--listen", "unix:///run/a.sock", "--allow-cid", "3",
-		"--set-clock=false", "--wipe-data-device", "--cmdline-file", "/nonexistent"},
+		"--set-clock=false", "--wipe-data-device", "--cmdline-file", "/nonexistent",
+		"--dockerd-arg", "--iptables=false", "--dockerd-arg", "--bridge=none"},
 		envOf(map[string]string{"ARCBOX_ALLOW_CID": "9", "ARCBOX_PREPARE_SYSTEM": "true"}), nil, func(string, ...any) {})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(c.Listen, []string{"tcp://:8080", "unix:///run/a.sock"}) {
 		t.Errorf("listen = %v", c.Listen)
+	}
+	if !reflect.DeepEqual(c.DockerdArgs, []string{"--iptables=false", "--bridge=none"}) {
+		t.Errorf("dockerd-arg = %v", c.DockerdArgs)
 	}
 	if !reflect.DeepEqual(c.AllowCIDs, []uint32{3}) {
 		t.Errorf("allow-cid = %v, want the flag's [3] over the environment's", c.AllowCIDs)

@@ -48,6 +48,7 @@ func newRuntime(cfg *config, logger *slog.Logger, phases *startup.Phases, reg pr
 		ContainerdConfig: cfg.ContainerdConfig,
 		DockerDataRoot:   cfg.DockerDataRoot,
 		DockerExecRoot:   cfg.DockerExecRoot,
+		ExtraDockerdArgs: cfg.DockerdArgs,
 		LogDir:           cfg.LogDir,
 		PrepareSystem:    cfg.PrepareSystem,
 		NTPServer:        cfg.NTPServer,
