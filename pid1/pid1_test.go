@@ -107,8 +107,9 @@ func TestReapGrace(t *testing.T) {
 	if got := r.ReapOrphans(); len(got) != 0 || !r.Pending() {
 		t.Fatalf("first sight: reaped %v, pending %v; want nothing reaped, pending", got, r.Pending())
 	}
-	// 21 is collected by its owner's Wait meanwhile.
+	// 21 is collected by its owner's Wait meanwhile: it is gone.
 	fp.kids = []int{20}
+	delete(fp.states, 21)
 	now = now.Add(500 * time.Millisecond)
 	if got := r.ReapOrphans(); len(got) != 0 {
 		t.Fatalf("within the grace: reaped %v", got)
@@ -116,5 +117,20 @@ func TestReapGrace(t *testing.T) {
 	now = now.Add(600 * time.Millisecond)
 	if got := r.ReapOrphans(); !reflect.DeepEqual(got, []int{20}) || r.Pending() {
 		t.Fatalf("after the grace: reaped %v, pending %v; want [20], none", got, r.Pending())
+	}
+}
+
+// TestReapGraceSurvivesAMissedListing: a scan of the children files may miss
+// a child moving between threads; a zombie waiting out the grace is still
+// reaped.
+func TestReapGraceSurvivesAMissedListing(t *testing.T) {
+	fp := &fakeProc{kids: []int{30}, states: map[int]byte{30: 'Z'}, starts: map[int]uint64{30: 5}}
+	now := time.Unix(1000, 0)
+	r := &Reaper{logger: quiet, proc: fp, grace: time.Second, now: func() time.Time { return now }, owned: map[int]uint64{}}
+	r.ReapOrphans()
+	fp.kids = nil // missed by the listing
+	now = now.Add(2 * time.Second)
+	if got := r.ReapOrphans(); !reflect.DeepEqual(got, []int{30}) {
+		t.Fatalf("reaped %v, want [30]", got)
 	}
 }

@@ -81,12 +81,26 @@ func (r *Reaper) ReapOrphans() []int {
 		r.logger.Warn("list children to reap", "err", err)
 		return nil
 	}
+	// A scan of the children files can miss a child that is moving between
+	// threads: look again at the zombies already waiting out the grace.
+	listed := map[int]bool{}
+	for _, pid := range pids {
+		listed[pid] = true
+	}
+	for pid := range r.seen {
+		if !listed[pid] {
+			pids = append(pids, pid)
+		}
+	}
 	var reaped []int
 	live := map[int]bool{}
 	for _, pid := range pids {
-		live[pid] = true
 		state, start, err := r.proc.stat(pid)
-		if err != nil || state != 'Z' {
+		if err != nil {
+			continue // gone
+		}
+		live[pid] = true
+		if state != 'Z' {
 			continue
 		}
 		if ownedStart, ok := r.owned[pid]; ok && ownedStart == start {
