@@ -1,0 +1,667 @@
+package sandbox
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/arcbox/arcbox-agent/api"
+)
+
+// The benchmarks measure the agent's sandbox paths against their peers in
+// the same run (go test -run '^$' -bench . ./e2e/sandbox/, or make bench):
+//
+//	BenchmarkCreateToReady  create until the ready event, against a bare
+//	                        `<runtime> run -d` of the same bundle and
+//	                        `docker run -d` of the same busybox
+//	BenchmarkRunTrue        a `true` run's round trip (NDJSON, WebSocket),
+//	                        against `<runtime> exec`, `docker exec` and
+//	                        qemu-guest-agent's guest-exec with status polling
+//	BenchmarkRunOutput      1 GiB of output over the WebSocket (and NDJSON),
+//	                        against `<runtime> exec` into a pipe
+//
+// <runtime> is the OCI runtime the agent picked (its "sandbox backend
+// ready" log line names it). The clients here do not validate responses
+// against openapi.yaml (the tests do): the figures are the agent's.
+
+// plainClient is the generated client without contract checks.
+func (a *agentProc) plainClient(b testing.TB) *api.ClientWithResponses {
+	b.Helper()
+	c, err := api.NewClientWithResponses("http://agent", api.WithHTTPClient(&http.Client{Transport: a.tr}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
+// benchSandbox creates a sandbox for a benchmark and removes it after.
+func benchSandbox(b *testing.B, a *agentProc, id string) {
+	b.Helper()
+	c := a.plainClient(b)
+	ready := a.readyEvents(b)
+	if r, err := c.CreateSandboxWithResponse(context.Background(), api.CreateSandboxRequest{Id: ptr(id)}); err != nil || r.JSON202 == nil {
+		b.Fatalf("create %s: %v %v", id, err, r)
+	}
+	ready.waitReady(b, id)
+	b.Cleanup(func() { a.remove(b, id, true) })
+}
+
+// readyStream is an NDJSON subscription to ready and failed events.
+type readyStream struct {
+	body io.ReadCloser
+	dec  *json.Decoder
+}
+
+func (a *agentProc) readyEvents(b testing.TB) *readyStream {
+	b.Helper()
+	resp, err := a.plainClient(b).StreamEvents(context.Background(), &api.StreamEventsParams{})
+	if err != nil || resp.StatusCode != http.StatusOK {
+		b.Fatalf("GET /v1/events: %v %v", err, statusOf(resp))
+	}
+	b.Cleanup(func() { resp.Body.Close() })
+	return &readyStream{body: resp.Body, dec: json.NewDecoder(resp.Body)}
+}
+
+// waitReady reads events until id's ready one.
+func (s *readyStream) waitReady(b testing.TB, id string) {
+	for {
+		var ev api.Event
+		if err := s.dec.Decode(&ev); err != nil {
+			b.Fatalf("event stream: %v", err)
+		}
+		if ev.SandboxId != id {
+			continue
+		}
+		switch ev.Action {
+		case "ready":
+			return
+		case "failed":
+			b.Fatalf("%s failed: %v", id, attrs(ev))
+		}
+	}
+}
+
+// BenchmarkCreateToReady: POST /v1/sandboxes until the sandbox's ready
+// event, against `<runtime> run -d` of a bundle with the agent's own
+// config.json, and `docker run -d` of a busybox image.
+func BenchmarkCreateToReady(b *testing.B) {
+	a := sharedAgent(b)
+	b.Run("api", func(b *testing.B) {
+		c := a.plainClient(b)
+		ready := a.readyEvents(b)
+		for i := 0; b.Loop(); i++ {
+			id := fmt.Sprintf("bench-ready-%d", i)
+			if r, err := c.CreateSandboxWithResponse(context.Background(), api.CreateSandboxRequest{Id: ptr(id)}); err != nil || r.JSON202 == nil {
+				b.Fatalf("create %s: %v %v", id, err, r)
+			}
+			ready.waitReady(b, id)
+			b.StopTimer()
+			a.remove(b, id, false)
+			b.StartTimer()
+		}
+	})
+	b.Run("bare-"+filepath.Base(a.runtime), func(b *testing.B) {
+		bb := newBareBundle(b, a)
+		for i := 0; b.Loop(); i++ {
+			id := fmt.Sprintf("bench-bare-%d", i)
+			bb.run(b, id)
+			b.StopTimer()
+			bb.remove(b, id)
+			b.StartTimer()
+		}
+	})
+	b.Run("docker", func(b *testing.B) {
+		d := dockerPeer(b)
+		for i := 0; b.Loop(); i++ {
+			name := fmt.Sprintf("bench-docker-%d", i)
+			d.cli(b, "run", "-d", "--network", "none", "--name", name, dockerImage, "sleep", "1000000")
+			b.StopTimer()
+			d.cli(b, "rm", "-f", name)
+			b.StartTimer()
+		}
+	})
+}
+
+// BenchmarkRunTrue: a `true` run's round trip, request to exit code, over
+// NDJSON and the WebSocket, against `<runtime> exec` into the same
+// sandbox, `docker exec` into a running container, and qemu-guest-agent's
+// guest-exec polled with guest-exec-status until it exited.
+func BenchmarkRunTrue(b *testing.B) {
+	a := sharedAgent(b)
+	const id = "bench-true"
+	benchSandbox(b, a, id)
+	b.Run("api-ndjson", func(b *testing.B) {
+		c := a.plainClient(b)
+		for b.Loop() {
+			if res := runOver(context.Background(), b, c, id, api.RunRequest{Cmd: []string{"true"}}, nil, true); res.Code != 0 || res.Cut {
+				b.Fatalf("run true: %+v", res)
+			}
+		}
+	})
+	b.Run("api-websocket", func(b *testing.B) {
+		for b.Loop() {
+			w, resp := a.runWS(context.Background(), b, id, api.RunRequest{Cmd: []string{"true"}})
+			if w == nil {
+				b.Fatalf("WebSocket run: %s", statusOf(resp))
+			}
+			if res := w.finish(context.Background()); res.Code != 0 {
+				b.Fatalf("run true: %+v", res)
+			}
+		}
+	})
+	b.Run("bare-"+filepath.Base(a.runtime)+"-exec", func(b *testing.B) {
+		root := filepath.Join(a.stateDir, "runtime")
+		for b.Loop() {
+			if out, err := exec.Command(a.runtime, "--root", root, "exec", id, "true").CombinedOutput(); err != nil {
+				b.Fatalf("%s exec: %v: %s", a.runtime, err, out)
+			}
+		}
+	})
+	b.Run("docker-exec", func(b *testing.B) {
+		d := dockerPeer(b)
+		name := d.container(b)
+		for b.Loop() {
+			d.cli(b, "exec", name, "true")
+		}
+	})
+	b.Run("qemu-ga-exec", func(b *testing.B) {
+		ga := qemuGAPeer(b)
+		for b.Loop() {
+			if code := ga.exec(b, "/bin/true"); code != 0 {
+				b.Fatalf("guest-exec true: exit %d", code)
+			}
+		}
+	})
+}
+
+// BenchmarkRunOutput: 1 GiB of zeros through a run (MB/s is the
+// throughput), from busybox `head -c 1G /dev/zero` (4 KiB writes) and
+// `dd bs=1M`; over the WebSocket and NDJSON, against `<runtime> exec` of
+// the same command into a pipe the benchmark drains. The client decodes
+// every message (the base64 costs it about a third more bytes).
+func BenchmarkRunOutput(b *testing.B) {
+	const size = 1 << 30
+	a := sharedAgent(b)
+	const id = "bench-output"
+	benchSandbox(b, a, id)
+	writers := []struct {
+		name string
+		cmd  []string
+	}{
+		{"head", []string{"head", "-c", "1073741824", "/dev/zero"}},
+		{"dd1M", []string{"dd", "if=/dev/zero", "bs=1048576", "count=1024", "status=none"}},
+	}
+	for _, w := range writers {
+		for _, decode := range []bool{true, false} {
+			name := w.name + "/websocket"
+			if !decode {
+				name += "-counted"
+			}
+			b.Run(name, func(b *testing.B) {
+				b.SetBytes(size)
+				var msgs int64
+				for b.Loop() {
+					n, m := wsOutput(b, a, id, w.cmd, decode)
+					if n != size {
+						b.Fatalf("%d bytes, want %d", n, size)
+					}
+					msgs += m
+				}
+				b.ReportMetric(float64(msgs)/float64(b.N), "msgs/op")
+			})
+		}
+		b.Run(w.name+"/ndjson", func(b *testing.B) {
+			b.SetBytes(size)
+			c := a.plainClient(b)
+			var msgs int64
+			for b.Loop() {
+				var n int64
+				res := runOver(context.Background(), b, c, id, api.RunRequest{Cmd: w.cmd}, func(_ string, data []byte) { n += int64(len(data)) }, true)
+				if res.Code != 0 || res.Cut || n != size {
+					b.Fatalf("%+v, %d bytes", res, n)
+				}
+				msgs += int64(res.Messages)
+			}
+			b.ReportMetric(float64(msgs)/float64(b.N), "msgs/op")
+		})
+		b.Run(w.name+"/bare-"+filepath.Base(a.runtime)+"-exec", func(b *testing.B) {
+			b.SetBytes(size)
+			root := filepath.Join(a.stateDir, "runtime")
+			buf := make([]byte, 256<<10)
+			for b.Loop() {
+				cmd := exec.Command(a.runtime, append([]string{"--root", root, "exec", id}, w.cmd...)...)
+				out, err := cmd.StdoutPipe()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := cmd.Start(); err != nil {
+					b.Fatal(err)
+				}
+				n, _ := io.CopyBuffer(io.Discard, out, buf)
+				if err := cmd.Wait(); err != nil || n != size {
+					b.Fatalf("%s exec: %v, %d bytes", a.runtime, err, n)
+				}
+			}
+		})
+	}
+}
+
+// wsOutput runs cmd over the WebSocket and returns how many bytes of
+// stdout it received. Each message is read into a buffer reused for the
+// next; with decode, its base64 is decoded too (as a host program must),
+// else only counted, so the figure is the agent's and the transport's
+// rather than the client's.
+func wsOutput(b *testing.B, a *agentProc, id string, cmd []string, decode bool) (n, msgs int64) {
+	ctx := context.Background()
+	w, resp := a.runWS(ctx, b, id, api.RunRequest{Cmd: cmd})
+	if w == nil {
+		b.Fatalf("WebSocket run: %s", statusOf(resp))
+	}
+	defer func() { _ = w.c.CloseNow() }()
+	msg := make([]byte, 0, 1<<20)
+	var data []byte
+	for {
+		_, r, err := w.c.Reader(ctx)
+		if err != nil {
+			b.Fatalf("after %d bytes: %v", n, err)
+		}
+		msg = msg[:0]
+		for {
+			if len(msg) == cap(msg) {
+				msg = append(msg, 0)[:len(msg)]
+			}
+			k, err := r.Read(msg[len(msg):cap(msg)])
+			msg = msg[:len(msg)+k]
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				b.Fatalf("after %d bytes: %v", n, err)
+			}
+		}
+		if stream, b64, ok := fastOutput(msg); ok && stream == "stdout" {
+			msgs++
+			if decode {
+				if data, err = base64.StdEncoding.AppendDecode(data[:0], b64); err != nil {
+					b.Fatal(err)
+				}
+				n += int64(len(data))
+			} else {
+				n += int64(base64.StdEncoding.DecodedLen(len(b64)) - bytes.Count(b64[max(0, len(b64)-2):], []byte("=")))
+			}
+			continue
+		}
+		var m api.OutputMessage
+		if err := json.Unmarshal(msg, &m); err != nil || m.Stream != "exit" || m.ExitCode == nil || *m.ExitCode != 0 {
+			b.Fatalf("message %.200s (%v), want the exit message with 0", msg, err)
+		}
+		return n, msgs
+	}
+}
+
+// bareBundle is a bundle with the agent's own config.json for a sandbox
+// (taken from one it made) and an overlay root like a sandbox's, mounted
+// once, for the bare runtime to run.
+type bareBundle struct {
+	runtime string
+	root    string // the runtime's --root
+	dir     string
+}
+
+func newBareBundle(b *testing.B, a *agentProc) *bareBundle {
+	b.Helper()
+	const template = "bench-template"
+	benchSandbox(b, a, template)
+	data, err := os.ReadFile(filepath.Join(a.stateDir, "sandboxes", template, "config.json"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		b.Fatal(err)
+	}
+	dir := filepath.Join(suite.dir, "bare")
+	bb := &bareBundle{runtime: a.runtime, root: filepath.Join(dir, "runtime"), dir: filepath.Join(dir, "bundle")}
+	rootfs, upper, work := filepath.Join(bb.dir, "rootfs"), filepath.Join(bb.dir, "upper"), filepath.Join(bb.dir, "work")
+	for _, d := range []string{bb.root, rootfs, upper, work} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			b.Fatal(err)
+		}
+	}
+	lower := filepath.Join(a.stateDir, "rootfs", "default")
+	if err := unix.Mount("overlay", rootfs, "overlay", 0, fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)); err != nil {
+		b.Fatalf("mount the overlay: %v", err)
+	}
+	b.Cleanup(func() {
+		if err := unix.Unmount(rootfs, 0); err != nil {
+			b.Errorf("unmount %s: %v", rootfs, err)
+		}
+	})
+	spec.Root.Path = rootfs
+	spec.Hostname = "bare"
+	if spec.Linux == nil {
+		b.Fatal("the agent's config.json has no linux section")
+	}
+	spec.Linux.CgroupsPath = filepath.Join(filepath.Dir(spec.Linux.CgroupsPath), "bench-bare")
+	out, err := json.Marshal(spec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bb.dir, "config.json"), out, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return bb
+}
+
+// run is the measured part: `<runtime> run -d`.
+func (bb *bareBundle) run(b *testing.B, id string) {
+	cmd := exec.Command(bb.runtime, "--root", bb.root, "run", "-d", "--bundle", bb.dir, id)
+	// Files, not pipes: the init inherits them, and Wait must not wait
+	// for it to close a pipe.
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer devnull.Close()
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
+	if err := cmd.Run(); err != nil {
+		b.Fatalf("%s run -d: %v", bb.runtime, err)
+	}
+}
+
+func (bb *bareBundle) remove(b *testing.B, id string) {
+	if out, err := exec.Command(bb.runtime, "--root", bb.root, "delete", "-f", id).CombinedOutput(); err != nil {
+		b.Fatalf("%s delete -f: %v: %s", bb.runtime, err, out)
+	}
+}
+
+// ---- docker ----
+
+// dockerImage is the busybox image the docker peer runs, loaded from the
+// test's own image (the one the registry test serves).
+const dockerImage = "arcbox-bench/busybox:1"
+
+// dockerd is a dockerd the benchmarks start in this network namespace,
+// with every path in the suite's directory: no bridge, no iptables, and
+// images only from `docker load`.
+type dockerd struct {
+	sock string
+	cmd  *exec.Cmd
+	seq  int
+}
+
+var docker struct {
+	d   *dockerd
+	err error
+}
+
+// dockerPeer starts dockerd once, or skips the benchmark (docker is a peer
+// to compare with, not something the agent needs) when it cannot.
+func dockerPeer(b *testing.B) *dockerd {
+	b.Helper()
+	suite.sharedMu.Lock()
+	defer suite.sharedMu.Unlock()
+	if docker.d == nil && docker.err == nil {
+		docker.d, docker.err = startDockerd(b)
+	}
+	if docker.err != nil {
+		b.Skipf("no dockerd to compare with: %v", docker.err)
+	}
+	return docker.d
+}
+
+func startDockerd(b *testing.B) (*dockerd, error) {
+	bin, err := exec.LookPath("dockerd")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := exec.LookPath("docker"); err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(suite.dir, "dockerd")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	conf := filepath.Join(dir, "daemon.json")
+	if err := os.WriteFile(conf, []byte("{}\n"), 0o600); err != nil {
+		return nil, err
+	}
+	d := &dockerd{sock: filepath.Join(dir, "docker.sock")}
+	logf, err := os.Create(filepath.Join(dir, "dockerd.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	d.cmd = exec.Command(bin, "--config-file", conf, "--host", "unix://"+d.sock,
+		"--data-root", filepath.Join(dir, "data"), "--exec-root", filepath.Join(dir, "exec"),
+		"--pidfile", filepath.Join(dir, "dockerd.pid"), "--bridge", "none",
+		"--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
+		"--userland-proxy=false", "--log-level", "warn")
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	d.cmd.SysProcAttr = &unix.SysProcAttr{Pdeathsig: unix.SIGKILL}
+	if err := d.cmd.Start(); err != nil {
+		return nil, err
+	}
+	exited := make(chan struct{})
+	go func() { _ = d.cmd.Wait(); close(exited) }()
+	stop := func() {
+		_ = d.cmd.Process.Signal(unix.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = d.cmd.Process.Kill()
+			<-exited
+		}
+	}
+	deadline := time.After(60 * time.Second)
+	for exec.Command("docker", "--host", "unix://"+d.sock, "version").Run() != nil {
+		select {
+		case <-exited:
+			log, _ := os.ReadFile(filepath.Join(dir, "dockerd.log"))
+			return nil, fmt.Errorf("dockerd exited: %s", lastBytes(log, 2048))
+		case <-deadline:
+			stop()
+			return nil, fmt.Errorf("dockerd did not answer within 60s")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	atSuiteEnd(func() {
+		if out, err := exec.Command("docker", "--host", "unix://"+d.sock, "ps", "-aq").Output(); err == nil {
+			if ids := strings.Fields(string(out)); len(ids) > 0 {
+				_ = exec.Command("docker", append([]string{"--host", "unix://" + d.sock, "rm", "-f"}, ids...)...).Run()
+			}
+		}
+		stop()
+	})
+	tarPath := filepath.Join(dir, "busybox.tar")
+	if err := writeImageTarball(b, dockerImage, tarPath); err != nil {
+		return nil, err
+	}
+	if out, err := exec.Command("docker", "--host", "unix://"+d.sock, "load", "-i", tarPath).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("docker load: %w: %s", err, out)
+	}
+	return d, nil
+}
+
+// cli runs the docker CLI against the benchmark's dockerd.
+func (d *dockerd) cli(b *testing.B, args ...string) {
+	b.Helper()
+	if out, err := exec.Command("docker", append([]string{"--host", "unix://" + d.sock}, args...)...).CombinedOutput(); err != nil {
+		b.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// container starts a long-running container for the benchmark and removes
+// it after.
+func (d *dockerd) container(b *testing.B) string {
+	b.Helper()
+	d.seq++
+	name := fmt.Sprintf("bench-exec-%d", d.seq)
+	d.cli(b, "run", "-d", "--network", "none", "--name", name, dockerImage, "sleep", "1000000")
+	b.Cleanup(func() { d.cli(b, "rm", "-f", name) })
+	return name
+}
+
+// ---- qemu-guest-agent ----
+
+// qemuGA is qemu-ga listening on a unix socket, as it would on the VM's
+// virtio-serial port, with a client connection.
+type qemuGA struct {
+	conn io.ReadWriteCloser
+	r    *bufio.Reader
+}
+
+var qga struct {
+	ga  *qemuGA
+	err error
+}
+
+// qemuGAPeer starts qemu-ga once, or skips the benchmark when it cannot.
+func qemuGAPeer(b *testing.B) *qemuGA {
+	b.Helper()
+	suite.sharedMu.Lock()
+	defer suite.sharedMu.Unlock()
+	if qga.ga == nil && qga.err == nil {
+		qga.ga, qga.err = startQemuGA()
+	}
+	if qga.err != nil {
+		b.Skipf("no qemu-ga to compare with: %v", qga.err)
+	}
+	return qga.ga
+}
+
+func startQemuGA() (*qemuGA, error) {
+	bin, err := exec.LookPath("qemu-ga")
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(suite.dir, "qemu-ga")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(dir, "qga.sock")
+	logf, err := os.Create(filepath.Join(dir, "qemu-ga.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, "--method", "unix-listen", "--path", sock,
+		"--pidfile", filepath.Join(dir, "qemu-ga.pid"), "--statedir", dir)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &unix.SysProcAttr{Pdeathsig: unix.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	atSuiteEnd(func() {
+		_ = cmd.Process.Signal(unix.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	deadline := time.After(10 * time.Second)
+	for {
+		conn, err := net.Dial("unix", sock)
+		if err == nil {
+			ga := &qemuGA{conn: conn, r: bufio.NewReader(conn)}
+			atSuiteEnd(func() { conn.Close() })
+			return ga, nil
+		}
+		select {
+		case <-exited:
+			log, _ := os.ReadFile(filepath.Join(dir, "qemu-ga.log"))
+			return nil, fmt.Errorf("qemu-ga exited: %s", lastBytes(log, 2048))
+		case <-deadline:
+			return nil, fmt.Errorf("qemu-ga did not listen within 10s: %w", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// call sends one QMP-style command and decodes its return value.
+func (ga *qemuGA) call(b *testing.B, command string, args, ret any) {
+	b.Helper()
+	req, err := json.Marshal(map[string]any{"execute": command, "arguments": args})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := ga.conn.Write(append(req, '\n')); err != nil {
+		b.Fatalf("qemu-ga %s: %v", command, err)
+	}
+	line, err := ga.r.ReadBytes('\n')
+	if err != nil {
+		b.Fatalf("qemu-ga %s: %v", command, err)
+	}
+	var resp struct {
+		Return json.RawMessage `json:"return"`
+		Error  *struct {
+			Desc string `json:"desc"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(line, &resp); err != nil || resp.Error != nil {
+		b.Fatalf("qemu-ga %s: %s (%v)", command, bytes.TrimSpace(line), err)
+	}
+	if err := json.Unmarshal(resp.Return, ret); err != nil {
+		b.Fatalf("qemu-ga %s: %s: %v", command, resp.Return, err)
+	}
+}
+
+// exec runs path with guest-exec and polls guest-exec-status (no pause
+// between polls, its fastest) until it exited; it returns the exit code.
+func (ga *qemuGA) exec(b *testing.B, path string) int {
+	b.Helper()
+	var started struct {
+		Pid int `json:"pid"`
+	}
+	ga.call(b, "guest-exec", map[string]any{"path": path, "capture-output": true}, &started)
+	for {
+		var st struct {
+			Exited   bool `json:"exited"`
+			ExitCode int  `json:"exitcode"`
+		}
+		ga.call(b, "guest-exec-status", map[string]any{"pid": started.Pid}, &st)
+		if st.Exited {
+			return st.ExitCode
+		}
+	}
+}
+
+// ---- small helpers ----
+
+func lastBytes(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(bytes.TrimSpace(b))
+}
+
+// writeImageTarball writes the test's busybox image as a `docker load`
+// tarball tagged tag.
+func writeImageTarball(b *testing.B, tag, path string) error {
+	ref, err := name.NewTag(tag)
+	if err != nil {
+		return err
+	}
+	return tarball.WriteToFile(path, ref, busyboxImage(b, "docker"))
+}

@@ -1,0 +1,229 @@
+// Package sandbox checks the agent's sandboxes end to end: the agent's
+// static binary runs as a process of its own, every path in a temporary
+// directory, inside the mount and network namespaces testenv.RunIsolated
+// made, and the tests drive it as the host would, through the generated
+// client (every response checked against openapi.yaml) and a real
+// WebSocket client, both over its unix socket. After each sandbox is
+// removed the tests check that nothing of it is left on the machine.
+//
+// The benchmarks in bench_test.go measure the same paths against their
+// peers (the bare OCI runtime, dockerd, qemu-guest-agent) in the same run.
+package sandbox
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/arcbox/arcbox-agent/internal/testenv"
+)
+
+// suite is what the tests share, set up by TestMain inside the namespaces.
+var suite struct {
+	dir string // everything the tests make lives under it
+	// cgroupsBefore are the parent cgroups of sandboxes and containers
+	// that existed before the suite: those it made are removed at its end.
+	cgroupsBefore map[string]bool
+	agentBin      string // the static agent binary
+	buildErr      error  // why the agent could not be built
+
+	sharedMu sync.Mutex // held while the shared agent starts
+	shared   *agentProc // the agent most tests use, started on first need
+	sharedE  error
+
+	mu     sync.Mutex
+	agents []*agentProc // every agent started
+	stops  []func()     // what the benchmarks started (dockerd, qemu-ga), stopped last
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv("ARCBOX_TEST_ISOLATED") != "1" || os.Geteuid() != 0 {
+		// As root: run again inside new namespaces, then come back
+		// through the branch below. Else the tests skip (fail in CI).
+		os.Exit(testenv.RunIsolated(m))
+	}
+	dir, err := os.MkdirTemp("", "arcbox-e2e-sandbox-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	suite.dir = dir
+	suite.cgroupsBefore = parentCgroups()
+	suite.agentBin = filepath.Join(dir, "arcbox-agent")
+	suite.buildErr = buildAgent(suite.agentBin)
+	code := m.Run()
+	if err := shutdownSuite(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/sandbox: cleanup:", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// buildAgent builds the agent without cgo: a static binary, since it is
+// also each sandbox's init.
+func buildAgent(out string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/arcbox/arcbox-agent/cmd/arcbox-agent")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build the agent: %w: %s", err, b)
+	}
+	return nil
+}
+
+// shutdownSuite removes what the tests left (there should be nothing),
+// stops the agents and whatever the benchmarks started, and removes the
+// temporary directory. It reports whatever it had to clean up.
+func shutdownSuite() error {
+	var problems []string
+	suite.sharedMu.Lock()
+	shared := suite.shared
+	suite.sharedMu.Unlock()
+	suite.mu.Lock()
+	agents, stops := suite.agents, suite.stops
+	suite.mu.Unlock()
+	if shared != nil {
+		if left := shared.removeAll(); len(left) > 0 {
+			problems = append(problems, fmt.Sprintf("sandboxes left by the tests, removed now: %v", left))
+		}
+	}
+	for _, a := range agents {
+		if !a.running() {
+			continue
+		}
+		if err := a.stop(); err != nil {
+			problems = append(problems, err.Error())
+		}
+	}
+	// A safety net: containers the agents' runtime still knows (a test
+	// that hung, say) are deleted with their processes.
+	for _, a := range agents {
+		if left := a.deleteContainers(); len(left) > 0 {
+			problems = append(problems, fmt.Sprintf("containers of %s left, deleted now: %v", a.dir, left))
+		}
+	}
+	for _, stop := range slices.Backward(stops) {
+		stop()
+	}
+	for d := range parentCgroups() {
+		if !suite.cgroupsBefore[d] {
+			if err := os.Remove(d); err != nil {
+				problems = append(problems, fmt.Sprintf("cgroup %s left: %v", d, err))
+			}
+		}
+	}
+	unmountUnder(suite.dir)
+	if err := os.RemoveAll(suite.dir); err != nil {
+		problems = append(problems, err.Error())
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%s", strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// parentCgroups lists the cgroups "arcbox" (the agent's parent of its
+// sandboxes' cgroups) and "docker" (dockerd's) at the root of each
+// hierarchy and under this process's own cgroups, where runc makes the
+// relative paths it is given.
+func parentCgroups() map[string]bool {
+	var own []string
+	if data, err := os.ReadFile("/proc/self/cgroup"); err == nil {
+		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			if parts := strings.SplitN(line, ":", 3); len(parts) == 3 {
+				own = append(own, parts[2])
+			}
+		}
+	}
+	mounts := []string{"/sys/fs/cgroup"}
+	if all, err := filepath.Glob("/sys/fs/cgroup/*"); err == nil {
+		for _, m := range all {
+			if st, err := os.Stat(filepath.Join(m, "cgroup.procs")); err == nil && !st.IsDir() {
+				mounts = append(mounts, m)
+			}
+		}
+	}
+	found := map[string]bool{}
+	for _, m := range mounts {
+		for _, base := range append([]string{"/"}, own...) {
+			for _, name := range []string{"arcbox", "docker"} {
+				d := filepath.Join(m, base, name)
+				if st, err := os.Stat(d); err == nil && st.IsDir() {
+					found[d] = true
+				}
+			}
+		}
+	}
+	return found
+}
+
+// unmountUnder detaches every mount below dir in this (private) mount
+// namespace, deepest first.
+func unmountUnder(dir string) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	var points []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && strings.HasPrefix(fields[4], dir+"/") {
+			points = append(points, fields[4])
+		}
+	}
+	for _, p := range slices.Backward(points) {
+		_ = unix.Unmount(p, unix.MNT_DETACH)
+	}
+}
+
+// requireSuite stops a test that cannot run here: it needs root, the
+// namespaces of RunIsolated, busybox and an OCI runtime (skipped on a
+// laptop, failed in CI), and an agent binary that built.
+func requireSuite(t testing.TB) {
+	t.Helper()
+	testenv.RequireIsolated(t)
+	testenv.RequireBinary(t, "busybox")
+	if _, err := exec.LookPath("runc"); err != nil {
+		testenv.RequireBinary(t, "crun")
+	}
+	if suite.buildErr != nil {
+		t.Fatal(suite.buildErr)
+	}
+}
+
+// sharedAgent returns the agent most tests share, starting it once.
+func sharedAgent(t testing.TB) *agentProc {
+	t.Helper()
+	requireSuite(t)
+	suite.sharedMu.Lock()
+	defer suite.sharedMu.Unlock()
+	if suite.shared == nil && suite.sharedE == nil {
+		suite.shared, suite.sharedE = startAgent(filepath.Join(suite.dir, "shared"))
+	}
+	if suite.sharedE != nil {
+		t.Fatalf("start the agent: %v", suite.sharedE)
+	}
+	return suite.shared
+}
+
+// atSuiteEnd runs stop when the test binary is done, after the agents.
+func atSuiteEnd(stop func()) {
+	suite.mu.Lock()
+	defer suite.mu.Unlock()
+	suite.stops = append(suite.stops, stop)
+}
