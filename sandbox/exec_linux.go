@@ -139,13 +139,15 @@ func (b *ociBackend) Exec(ctx context.Context, id string, s Spec, p Process, eio
 		}
 		_ = fio.CloseAfterStart() // if the start failed
 	}()
-	if _, ok := <-started; !ok {
+	runtimePid, ok := <-started
+	if !ok {
 		<-e.done
 		if e.err == nil {
 			e.err = fmt.Errorf("%s exec did not start", b.runtimeName)
 		}
 		return nil, e.err
 	}
+	e.runtimePid = runtimePid
 	if p.TTY {
 		if err := e.receiveTerminal(sock); err != nil {
 			return nil, err
@@ -195,6 +197,37 @@ type ociExec struct {
 
 	pidMu sync.Mutex
 	pid   int // the process, once known
+
+	runtimePid int       // the runtime's exec process, the agent's child
+	killOnce   sync.Once // arms killRuntimeLater once
+}
+
+// runtimeKillDelay is how long a killed process's runtime gets to exit
+// before it is killed too.
+const runtimeKillDelay = 500 * time.Millisecond
+
+// killRuntimeLater kills the runtime's own exec process when it has not
+// exited soon after the workload was killed. runc exec without a terminal
+// copies the output through pipes of its own and exits only when every
+// holder has closed them, so a background child of the workload (now the
+// sandbox init's) would hold the run, and a stop or remove behind it,
+// forever. The runtime is the agent's child and not yet waited for, so its
+// pid cannot have been reused.
+func (e *ociExec) killRuntimeLater() {
+	e.killOnce.Do(func() {
+		if e.runtimePid <= 0 {
+			return
+		}
+		go func() {
+			t := time.NewTimer(runtimeKillDelay)
+			defer t.Stop()
+			select {
+			case <-e.done:
+			case <-t.C:
+				_ = unix.Kill(e.runtimePid, unix.SIGKILL)
+			}
+		}()
+	})
 }
 
 var _ execution = (*ociExec)(nil)
@@ -337,6 +370,9 @@ func (e *ociExec) processPid() (int, error) {
 // Signal signals the process (with tree, its descendants too, see
 // signalTree) if it still runs in the sandbox.
 func (e *ociExec) Signal(sig unix.Signal, tree bool) error {
+	if sig == unix.SIGKILL {
+		e.killRuntimeLater()
+	}
 	pid, err := e.processPid()
 	if err != nil || pid == 0 {
 		return err

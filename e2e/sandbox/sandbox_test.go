@@ -402,6 +402,27 @@ func TestRunTimeout(t *testing.T) {
 	a.remove(t, id, false)
 }
 
+// TestRunTimeoutWithBackgroundChild: a command whose background child keeps
+// its output open (a daemon it started) is still ended by timeout_seconds,
+// the sandbox is ready for the next run, and it can be removed. Under runc,
+// whose exec copies output through pipes of its own, this used to wedge
+// the sandbox: the run, and any stop or remove behind it, never ended.
+func TestRunTimeoutWithBackgroundChild(t *testing.T) {
+	t.Parallel()
+	a := sharedAgent(t)
+	a.logOnFailure(t)
+	id := a.create(t, api.CreateSandboxRequest{Id: ptr("bgchild")})
+	res := a.run(t, id, api.RunRequest{Cmd: []string{"sh", "-c", "sleep 1008 & echo hi"}, TimeoutSeconds: ptr[int64](1)})
+	if string(res.Stdout) != "hi\n" || (res.Code != 137 && res.Code != 0) {
+		t.Errorf("stdout %q, exit %d; want hi, then 137 (or 0 where the runtime does not wait for the child)", res.Stdout, res.Code)
+	}
+	res = a.run(t, id, api.RunRequest{Cmd: []string{"echo", "next"}})
+	if string(res.Stdout) != "next\n" || res.Code != 0 {
+		t.Errorf("next run: stdout %q, exit %d", res.Stdout, res.Code)
+	}
+	a.remove(t, id, true)
+}
+
 // TestBadInput: what the API refuses and with which status. Malformed or
 // unsupported requests are 400 naming the field, unknown sandboxes 404,
 // and requests in the wrong state 409; none of them leaves a sandbox.
