@@ -22,7 +22,9 @@ func TestReaperRealProcesses(t *testing.T) {
 	if err := r.Start(owned); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("sh", "-c", "sh -c 'exit 7' & echo $!").Output()
+	// The orphan outlives its parent, so it is ours and not reaped by that
+	// shell (which may reap a child that ends before it does).
+	out, err := exec.Command("sh", "-c", "sh -c 'sleep 0.3; exit 7' >/dev/null & echo $!").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
