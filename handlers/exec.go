@@ -2,13 +2,8 @@ package handlers
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"net/http"
-	"time"
-
-	"github.com/coder/websocket"
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/httpapi"
@@ -24,21 +19,11 @@ func (a *API) ExecInSandbox(w http.ResponseWriter, r *http.Request, id api.Sandb
 	if m == nil {
 		return
 	}
-	info, err := m.Get(id)
-	if err != nil {
-		writeSandboxErr(w, err)
-		return
-	}
-	if info.State != sandbox.StateReady {
-		httpapi.WriteError(w, http.StatusConflict, fmt.Sprintf("sandbox %q is %s; an exec needs it ready", id, info.State))
-		return
-	}
-	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
-	if err != nil {
+	c := acceptWorkload(w, r, m, id, "an exec")
+	if c == nil {
 		return
 	}
 	defer func() { _ = c.CloseNow() }()
-	c.SetReadLimit(httpapi.MaxBodyBytes)
 	ctx, cancel := a.streamContext(r)
 	defer cancel()
 
@@ -122,22 +107,9 @@ func (a *API) ExecInSandbox(w http.ResponseWriter, r *http.Request, id api.Sandb
 		}
 	}()
 
-	var enc outputEncoder
-	started := false
-	began := time.Now()
-	code, err := m.Exec(runCtx, id, p, xio, func(o sandbox.Output) error {
-		started = true
-		return c.Write(ctx, websocket.MessageText, enc.data(o.Stream, o.Data, false))
+	a.streamWorkload(ctx, runCtx, c, r, id, func(out func(sandbox.Output) error) (int, error) {
+		return m.Exec(runCtx, id, p, xio, out)
 	})
-	if err != nil && !started && runCtx.Err() == nil {
-		closeWith(c, sandboxStatus(err), err.Error())
-		return
-	}
-	a.logRun(r, id, code, err, began)
-	if err := c.Write(ctx, websocket.MessageText, enc.exit(code, false)); err != nil && !errors.Is(err, context.Canceled) {
-		return
-	}
-	_ = c.Close(websocket.StatusNormalClosure, "")
 }
 
 func ttySize(s api.TTYSize, field string) (sandbox.TTYSize, error) {

@@ -133,22 +133,11 @@ func (a *API) RunInSandboxWebSocket(w http.ResponseWriter, r *http.Request, id a
 	if m == nil {
 		return
 	}
-	// Answer what can be known before the upgrade with a plain status.
-	info, err := m.Get(id)
-	if err != nil {
-		writeSandboxErr(w, err)
+	c := acceptWorkload(w, r, m, id, "a run")
+	if c == nil {
 		return
-	}
-	if info.State != sandbox.StateReady {
-		httpapi.WriteError(w, http.StatusConflict, fmt.Sprintf("sandbox %q is %s; a run needs it ready", id, info.State))
-		return
-	}
-	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
-	if err != nil {
-		return // Accept has answered
 	}
 	defer func() { _ = c.CloseNow() }()
-	c.SetReadLimit(httpapi.MaxBodyBytes)
 	ctx, cancel := a.streamContext(r)
 	defer cancel()
 
@@ -167,14 +156,45 @@ func (a *API) RunInSandboxWebSocket(w http.ResponseWriter, r *http.Request, id a
 		return
 	}
 	ctx = c.CloseRead(ctx) // a client that closes, or sends more, ends the run
+	a.streamWorkload(ctx, ctx, c, r, id, func(out func(sandbox.Output) error) (int, error) {
+		return m.Run(ctx, id, p, out)
+	})
+}
+
+// acceptWorkload answers what can be known before the upgrade with a plain
+// status (an unknown sandbox 404, one that is not ready 409), then upgrades
+// to a WebSocket; nil when it has answered instead.
+func acceptWorkload(w http.ResponseWriter, r *http.Request, m Sandboxes, id, what string) *websocket.Conn {
+	info, err := m.Get(id)
+	if err != nil {
+		writeSandboxErr(w, err)
+		return nil
+	}
+	if info.State != sandbox.StateReady {
+		httpapi.WriteError(w, http.StatusConflict, fmt.Sprintf("sandbox %q is %s; %s needs it ready", id, info.State, what))
+		return nil
+	}
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		return nil // Accept has answered
+	}
+	c.SetReadLimit(httpapi.MaxBodyBytes)
+	return c
+}
+
+// streamWorkload runs a workload (run or exec) whose output goes to c as
+// one message a piece, then the exit message and a normal close. A failure
+// before any output, not caused by runCtx ending, closes with 4000 + its
+// status instead. Writes use ctx.
+func (a *API) streamWorkload(ctx, runCtx context.Context, c *websocket.Conn, r *http.Request, id string, start func(out func(sandbox.Output) error) (int, error)) {
 	var enc outputEncoder
 	started := false
 	began := time.Now()
-	code, err := m.Run(ctx, id, p, func(o sandbox.Output) error {
+	code, err := start(func(o sandbox.Output) error {
 		started = true
 		return c.Write(ctx, websocket.MessageText, enc.data(o.Stream, o.Data, false))
 	})
-	if err != nil && !started && ctx.Err() == nil {
+	if err != nil && !started && runCtx.Err() == nil {
 		closeWith(c, sandboxStatus(err), err.Error())
 		return
 	}
