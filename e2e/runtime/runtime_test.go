@@ -26,6 +26,7 @@ import (
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
+	"github.com/arcbox/arcbox-agent/internal/testregistry"
 )
 
 // imageSize is the data volume's image file: sparse, and above
@@ -37,7 +38,7 @@ const imageSize = 1 << 30
 type env struct {
 	bins       map[string]string
 	agent      *agentProc
-	reg        *testRegistry
+	reg        *testregistry.Registry
 	ref        string // the test image in the registry
 	imageID    string // its config digest, which docker reports as its ID
 	dockerHost string // the endpoint ensure gave, as DOCKER_HOST
@@ -87,10 +88,10 @@ func setup(t testing.TB) *env {
 	e.agent = a
 	t.Cleanup(func() { e.cleanup(t) })
 
-	e.reg = newTestRegistry(t)
+	e.reg = testregistry.New(t)
 	img := busyboxImage(t, e.bins["busybox"])
-	e.ref = e.reg.host() + "/e2e/busybox:1"
-	e.reg.push(t, e.ref, img)
+	e.ref = e.reg.Host() + "/e2e/busybox:1"
+	e.reg.Push(t, e.ref, img)
 	cfg, err := img.ConfigName()
 	if err != nil {
 		t.Fatal(err)
@@ -345,9 +346,9 @@ func (e *env) dockerSession(t *testing.T) {
 
 	// Pull over plain HTTP from 127.0.0.1: dockerd needs no
 	// --insecure-registry for 127.0.0.0/8.
-	before := e.reg.manifests.Load()
+	before := e.reg.Gets("/manifests/")
 	e.docker(t, nil, "pull", "-q", e.ref)
-	if e.reg.manifests.Load() == before {
+	if e.reg.Gets("/manifests/") == before {
 		t.Error("docker pull did not fetch a manifest from the test registry")
 	}
 	if id := strings.TrimSpace(e.docker(t, nil, "image", "inspect", "--format", "{{.Id}}", e.ref)); id != e.imageID {
@@ -728,14 +729,14 @@ func (e *env) restart(t *testing.T, reboot bool) {
 	}
 	// dockerd's own state is on the volume too: the image is there, and
 	// runs, without asking the registry.
-	before := e.reg.manifests.Load()
+	before := e.reg.Gets("/manifests/")
 	if id := strings.TrimSpace(e.docker(t, nil, "image", "inspect", "--format", "{{.Id}}", e.ref)); id != e.imageID {
 		t.Errorf("image after the restart: %s, want %s", id, e.imageID)
 	}
 	if out := e.docker(t, nil, "run", "--rm", e.ref, "echo", "again"); out != "again\n" {
 		t.Errorf("docker run after the restart: %q", out)
 	}
-	if e.reg.manifests.Load() != before {
+	if e.reg.Gets("/manifests/") != before {
 		t.Error("the restarted dockerd asked the registry for an image it had")
 	}
 	st := a.status(t)

@@ -1,75 +1,16 @@
 package sandbox
 
 import (
-	"archive/tar"
-	"bytes"
-	"io"
-	"log"
-	"net/http"
-	"net/http/httptest"
-	"os"
-	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/testregistry"
 )
-
-// testRegistry is go-containerregistry's registry served on loopback,
-// counting the blob downloads.
-type testRegistry struct {
-	srv  *httptest.Server
-	mu   sync.Mutex
-	gets map[string]int // blob digest -> GETs
-}
-
-func newTestRegistry(t testing.TB) *testRegistry {
-	t.Helper()
-	r := &testRegistry{gets: map[string]int{}}
-	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if _, digest, ok := strings.Cut(req.URL.Path, "/blobs/"); ok && req.Method == http.MethodGet {
-			r.mu.Lock()
-			r.gets[digest]++
-			r.mu.Unlock()
-		}
-		h.ServeHTTP(w, req)
-	}))
-	t.Cleanup(r.srv.Close)
-	return r
-}
-
-// host is the registry's 127.0.0.1:port.
-func (r *testRegistry) host() string { return strings.TrimPrefix(r.srv.URL, "http://") }
-
-func (r *testRegistry) blobGets(digest string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.gets[digest]
-}
-
-// push uploads img as ref.
-func (r *testRegistry) push(t testing.TB, ref string, img v1.Image) {
-	t.Helper()
-	tag, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(tag, img); err != nil {
-		t.Fatalf("push %s: %v", ref, err)
-	}
-}
 
 // busyboxApplets are the commands the test image links to busybox.
 var busyboxApplets = []string{"sh", "echo", "cat", "pwd", "true", "sleep", "ps", "ls", "dd", "head"}
@@ -80,62 +21,16 @@ var busyboxApplets = []string{"sh", "echo", "cat", "pwd", "true", "sleep", "ps",
 // image); its config sets PATH, GREETING and the working directory /srv.
 func busyboxImage(t testing.TB, buildID string) v1.Image {
 	t.Helper()
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	add := func(h *tar.Header, data []byte) {
-		h.Format = tar.FormatPAX
-		if data != nil {
-			h.Size = int64(len(data))
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if data != nil {
-			if _, err := tw.Write(data); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	for _, d := range []string{"bin/", "etc/", "srv/"} {
-		add(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755}, nil)
-	}
-	add(&tar.Header{Name: "tmp/", Typeflag: tar.TypeDir, Mode: 0o1777}, nil)
-	add(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755}, bb)
-	for _, app := range busyboxApplets {
-		add(&tar.Header{Name: "bin/" + app, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}, nil)
-	}
-	add(&tar.Header{Name: "etc/passwd", Typeflag: tar.TypeReg, Mode: 0o644}, []byte("root:x:0:0:root:/root:/bin/sh\n"))
-	add(&tar.Header{Name: "etc/motd", Typeflag: tar.TypeReg, Mode: 0o644}, []byte("baked in\n"))
-	add(&tar.Header{Name: "etc/build-id", Typeflag: tar.TypeReg, Mode: 0o644}, []byte(buildID+"\n"))
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	data := buf.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	base, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{
-		OS:           "linux",
-		Architecture: runtime.GOARCH,
-		Config: v1.Config{
-			Env:        []string{"PATH=/bin", "GREETING=from-image"},
-			WorkingDir: "/srv",
-			Cmd:        []string{"/bin/sh"},
+	return testregistry.Busybox{
+		Applets: busyboxApplets,
+		Dirs:    []string{"srv"},
+		Files: map[string]string{
+			"etc/passwd":   "root:x:0:0:root:/root:/bin/sh\n",
+			"etc/motd":     "baked in\n",
+			"etc/build-id": buildID + "\n",
 		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(base, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
+		Config: v1.Config{Env: []string{"PATH=/bin", "GREETING=from-image"}, WorkingDir: "/srv", Cmd: []string{"/bin/sh"}},
+	}.Image(t)
 }
 
 // TestImageFromLoopbackRegistry: a sandbox made from an image the test
@@ -148,12 +43,12 @@ func TestImageFromLoopbackRegistry(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
 	a.logOnFailure(t)
-	reg := newTestRegistry(t)
+	reg := testregistry.New(t)
 	// A new image each time: the agent's cache, keyed by digest, must
 	// not have it already (go test -count=2).
 	img := busyboxImage(t, time.Now().Format(time.RFC3339Nano))
-	ref := reg.host() + "/test/busybox:1"
-	reg.push(t, ref, img)
+	ref := reg.Host() + "/test/busybox:1"
+	reg.Push(t, ref, img)
 	layers, err := img.Layers()
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +76,7 @@ func TestImageFromLoopbackRegistry(t *testing.T) {
 	if out := a.sh(t, second, "cat /etc/motd"); out != "baked in\n" {
 		t.Errorf("a second sandbox of the image reads /etc/motd %q, want the image's (the first sandbox's write leaked)", out)
 	}
-	if n := reg.blobGets(layerDigest.String()); n != 1 {
+	if n := reg.Gets("/blobs/" + layerDigest.String()); n != 1 {
 		t.Errorf("the layer was downloaded %d times for two sandboxes, want once", n)
 	}
 	a.remove(t, first, false)

@@ -1,0 +1,150 @@
+// Package testregistry serves OCI images to tests from go-containerregistry's
+// registry on 127.0.0.1, and builds small images from the machine's static
+// busybox, so no test pulls from a public registry.
+package testregistry
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// Registry is a registry on 127.0.0.1 over plain HTTP (which dockerd and
+// the agent allow for loopback without being told), remembering the paths
+// of the GET requests it served so a test can tell what was pulled.
+type Registry struct {
+	srv  *httptest.Server
+	mu   sync.Mutex
+	gets []string
+}
+
+// New starts a registry that stops when the test ends.
+func New(t testing.TB) *Registry {
+	t.Helper()
+	r := &Registry{}
+	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.Method == http.MethodGet {
+			r.mu.Lock()
+			r.gets = append(r.gets, req.URL.Path)
+			r.mu.Unlock()
+		}
+		h.ServeHTTP(w, req)
+	}))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+// Host is the registry's 127.0.0.1:port.
+func (r *Registry) Host() string { return strings.TrimPrefix(r.srv.URL, "http://") }
+
+// Gets counts the GET requests whose path contains part, such as
+// "/manifests/" or "/blobs/sha256:…".
+func (r *Registry) Gets(part string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, p := range r.gets {
+		if strings.Contains(p, part) {
+			n++
+		}
+	}
+	return n
+}
+
+// Push uploads img as ref (HOST/REPO:TAG).
+func (r *Registry) Push(t testing.TB, ref string, img v1.Image) {
+	t.Helper()
+	tag, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(tag, img); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+}
+
+// Busybox describes a one-layer image made from a static busybox.
+type Busybox struct {
+	Path    string            // the static busybox; "" is /bin/busybox
+	Applets []string          // links to busybox under /bin
+	Dirs    []string          // directories besides bin, etc and tmp (mode 1777)
+	Files   map[string]string // path in the image -> content
+	Config  v1.Config         // Env, Cmd, WorkingDir...
+}
+
+// Image builds the image.
+func (b Busybox) Image(t testing.TB) v1.Image {
+	t.Helper()
+	path := b.Path
+	if path == "" {
+		path = "/bin/busybox"
+	}
+	bb, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(h *tar.Header, data []byte) {
+		t.Helper()
+		h.Format = tar.FormatPAX
+		h.Size = int64(len(data))
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range append([]string{"bin", "etc"}, b.Dirs...) {
+		add(&tar.Header{Name: d + "/", Typeflag: tar.TypeDir, Mode: 0o755}, nil)
+	}
+	add(&tar.Header{Name: "tmp/", Typeflag: tar.TypeDir, Mode: 0o1777}, nil)
+	add(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755}, bb)
+	for _, a := range b.Applets {
+		add(&tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}, nil)
+	}
+	names := make([]string, 0, len(b.Files))
+	for n := range b.Files {
+		names = append(names, n)
+	}
+	sort.Strings(names) // the same files give the same digest
+	for _, n := range names {
+		add(&tar.Header{Name: n, Typeflag: tar.TypeReg, Mode: 0o644}, []byte(b.Files[n]))
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{OS: "linux", Architecture: runtime.GOARCH, Config: b.Config})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(base, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
