@@ -1,6 +1,7 @@
 package disk
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -14,8 +15,8 @@ import (
 // copySnapshotter is the fallback for filesystems without snapshots: a
 // volume is a directory and a snapshot is a copy of its tree, keeping
 // modes, ownership, timestamps, symbolic links, hard links within the tree,
-// device nodes and FIFOs; extended attributes, ACLs and file flags are not
-// copied. A copy is built beside its destination and renamed into place,
+// device nodes, FIFOs and extended attributes (so ACLs, file capabilities
+// and overlayfs' trusted.overlay.* marks); file flags are not copied. A copy is built beside its destination and renamed into place,
 // so a crash leaves at worst a hidden ".<name>.partial-*" directory, never
 // a half-made snapshot.
 type copySnapshotter struct{}
@@ -145,7 +146,7 @@ func (c *copier) dir(src, dst string, st *unix.Stat_t) error {
 			return err
 		}
 	}
-	return setAttrs(dst, st)
+	return setAttrs(src, dst, st)
 }
 
 // entry copies one file of any kind.
@@ -186,7 +187,7 @@ func (c *copier) entry(src, dst string) error {
 	if err != nil {
 		return err
 	}
-	return setAttrs(dst, &st)
+	return setAttrs(src, dst, &st)
 }
 
 // copyFile copies a regular file's content; on Linux io.Copy between files
@@ -208,11 +209,15 @@ func copyFile(src, dst string) error {
 	return out.Close()
 }
 
-// setAttrs gives path the owner, mode and timestamps in st: owner first,
-// since chown clears set-user-ID bits.
-func setAttrs(path string, st *unix.Stat_t) error {
+// setAttrs gives path the owner, extended attributes, mode and timestamps
+// of src (whose stat is st): owner first, since chown clears set-user-ID
+// bits and file capabilities.
+func setAttrs(src, path string, st *unix.Stat_t) error {
 	if err := unix.Lchown(path, int(st.Uid), int(st.Gid)); err != nil {
 		return &os.PathError{Op: "lchown", Path: path, Err: err}
+	}
+	if err := copyXattrs(src, path); err != nil {
+		return err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
 		if err := unix.Fchmodat(unix.AT_FDCWD, path, st.Mode&0o7777, 0); err != nil {
@@ -224,4 +229,71 @@ func setAttrs(path string, st *unix.Stat_t) error {
 		return &os.PathError{Op: "utimes", Path: path, Err: err}
 	}
 	return nil
+}
+
+// copyXattrs copies every extended attribute of src to dst, neither
+// followed if a symbolic link. A source filesystem without them has none
+// to copy.
+func copyXattrs(src, dst string) error {
+	names, err := listXattrs(src)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 4096) // never empty: an empty buffer asks for the size
+	for _, name := range names {
+		value, err := getXattr(src, name, &buf)
+		if errors.Is(err, unix.ENODATA) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return &os.PathError{Op: "getxattr " + name, Path: src, Err: err}
+		}
+		if err := unix.Lsetxattr(dst, name, value, 0); err != nil {
+			return &os.PathError{Op: "setxattr " + name, Path: dst, Err: err}
+		}
+	}
+	return nil
+}
+
+// getXattr reads one extended attribute into *buf, growing it as needed.
+func getXattr(path, name string, buf *[]byte) ([]byte, error) {
+	for {
+		n, err := unix.Lgetxattr(path, name, *buf)
+		if err == nil {
+			return (*buf)[:n], nil
+		}
+		if !errors.Is(err, unix.ERANGE) {
+			return nil, err
+		}
+		if n, err = unix.Lgetxattr(path, name, nil); err != nil {
+			return nil, err
+		}
+		*buf = make([]byte, n+64)
+	}
+}
+
+// listXattrs lists the names of path's extended attributes.
+func listXattrs(path string) ([]string, error) {
+	size, err := unix.Llistxattr(path, nil)
+	if errors.Is(err, unix.ENOTSUP) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "listxattr", Path: path, Err: err}
+	}
+	if size == 0 {
+		return nil, nil
+	}
+	buf := make([]byte, size+256)
+	n, err := unix.Llistxattr(path, buf)
+	if err != nil {
+		return nil, &os.PathError{Op: "listxattr", Path: path, Err: err}
+	}
+	var names []string
+	for _, name := range bytes.Split(buf[:n], []byte{0}) {
+		if len(name) > 0 {
+			names = append(names, string(name))
+		}
+	}
+	return names, nil
 }

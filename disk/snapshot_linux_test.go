@@ -93,6 +93,10 @@ func fillTree(t testing.TB, root string, chown bool) {
 	if chown {
 		must(os.Lchown(filepath.Join(root, "sub", "b.txt"), 1234, 5678))
 		must(os.Lchown(filepath.Join(root, "link"), 4321, 8765))
+		// What an overlayfs upper layer holds: an opaque directory and a
+		// whiteout (a 0/0 character device).
+		must(unix.Lsetxattr(filepath.Join(root, "sub"), "trusted.overlay.opaque", []byte("y"), 0))
+		must(unix.Mknod(filepath.Join(root, "whiteout"), unix.S_IFCHR, 0))
 	}
 }
 
@@ -114,6 +118,16 @@ func checkTree(t testing.TB, root string, chown bool) {
 	}
 	if m := lstat("sub").Mode & 0o7777; m != 0o750 {
 		t.Errorf("sub mode: got %o, want 750", m)
+	}
+	if chown {
+		buf := make([]byte, 16)
+		n, err := unix.Lgetxattr(filepath.Join(root, "sub"), "trusted.overlay.opaque", buf)
+		if err != nil || string(buf[:n]) != "y" {
+			t.Errorf("sub: trusted.overlay.opaque: got %q, %v; want \"y\"", buf[:n], err)
+		}
+		if st := lstat("whiteout"); st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != 0 {
+			t.Errorf("whiteout: mode %o rdev %d, want a 0/0 character device", st.Mode, st.Rdev)
+		}
 	}
 	if a, h := lstat("a.txt"), lstat("hard"); a.Ino != h.Ino {
 		t.Errorf("hard is not a hard link of a.txt (inodes %d, %d)", a.Ino, h.Ino)
