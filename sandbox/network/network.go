@@ -1,0 +1,200 @@
+// Package network gives sandboxes bridge networking: an IPv4 address from a
+// pool, a network namespace bind-mounted to a file, and a veth pair joining
+// that namespace to a host bridge whose address is the sandboxes' gateway.
+//
+// The Manager owns the address pool in memory; Setup and Teardown change the
+// machine (Linux only). The package never touches ip_forward, iptables or NAT:
+// what lies beyond the bridge is the caller's business.
+package network
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+)
+
+// The error classes the Manager returns. Every error it returns for a bad
+// argument or a conflict wraps one of them (test with errors.Is), with a
+// message naming the object.
+var (
+	// ErrInvalid: a malformed config, sandbox id or address.
+	ErrInvalid = errors.New("invalid input")
+	// ErrConflict: an address held by another sandbox, a sandbox that holds
+	// another address, or a name taken on the machine.
+	ErrConflict = errors.New("conflict")
+	// ErrExhausted: every address of the range is held.
+	ErrExhausted = errors.New("address range exhausted")
+)
+
+// Defaults for the optional Config fields.
+const (
+	DefaultBridge     = "arcbox0"
+	DefaultResolvConf = "/etc/resolv.conf"
+)
+
+// Config describes the sandbox network. CIDR and NetnsDir are required.
+type Config struct {
+	// CIDR is the sandbox range in its masked form, e.g. 172.20.0.0/16: IPv4,
+	// a prefix length from 8 to 30. Its first address (172.20.0.1) is the
+	// gateway, the bridge's address. A form with host bits set, such as
+	// 172.20.0.5/16, is rejected rather than guessed at.
+	CIDR netip.Prefix
+	// Bridge is the bridge's name; "" is DefaultBridge ("arcbox0").
+	Bridge string
+	// NetnsDir is the directory where each sandbox's network namespace is
+	// bind-mounted as a file named after the sandbox id. It must be absolute
+	// (it goes into OCI specs); Setup creates it 0700 when missing.
+	NetnsDir string
+	// ResolvConf is the host's resolv.conf; "" is DefaultResolvConf.
+	ResolvConf string
+}
+
+// Endpoint is a sandbox's network, as Setup made it.
+type Endpoint struct {
+	// NetnsPath is the bind-mounted network namespace, NetnsDir/<id>: the
+	// path for the OCI spec's network namespace.
+	NetnsPath string
+	// Address is eth0's address inside the namespace, e.g. 172.20.0.2/16.
+	Address netip.Prefix
+	// Gateway is the bridge's address, the namespace's default route.
+	Gateway netip.Addr
+	// HostIf is the name of the veth's host end, attached to the bridge.
+	HostIf string
+}
+
+// Manager hands out addresses and sets up and tears down sandbox networks.
+// Its methods are safe for concurrent use; calls for the same sandbox id must
+// not overlap (the sandbox manager serialises them).
+type Manager struct {
+	cfg     Config
+	prefix  netip.Prefix
+	gateway netip.Addr
+	first   uint32 // lowest address a sandbox may hold (gateway + 1)
+	last    uint32 // highest address a sandbox may hold (broadcast - 1)
+
+	mu     sync.Mutex
+	byID   map[string]netip.Addr
+	byAddr map[netip.Addr]string
+	// next is at most the lowest free address: all in [first, next) are held.
+	next uint32
+
+	bridgeMu sync.Mutex // serialises the bridge's creation and address check
+}
+
+// New validates cfg and returns a Manager with an empty address pool. It has
+// no side effects on the machine.
+func New(cfg Config) (*Manager, error) {
+	p := cfg.CIDR
+	switch {
+	case !p.IsValid():
+		return nil, fmt.Errorf("config CIDR: missing or malformed: %w", ErrInvalid)
+	case !p.Addr().Is4():
+		return nil, fmt.Errorf("config CIDR %s: not an IPv4 range: %w", p, ErrInvalid)
+	case p.Bits() < 8 || p.Bits() > 30:
+		return nil, fmt.Errorf("config CIDR %s: prefix length must be from /8 to /30: %w", p, ErrInvalid)
+	case p.Masked() != p:
+		return nil, fmt.Errorf("config CIDR %s: host bits set; the range is %s: %w", p, p.Masked(), ErrInvalid)
+	case !isUnicastRange(p):
+		return nil, fmt.Errorf("config CIDR %s: overlaps 0.0.0.0/8, loopback, multicast or reserved addresses: %w", p, ErrInvalid)
+	}
+	if cfg.Bridge == "" {
+		cfg.Bridge = DefaultBridge
+	}
+	if err := validIfName(cfg.Bridge); err != nil {
+		return nil, fmt.Errorf("config Bridge: %w", err)
+	}
+	if cfg.NetnsDir == "" {
+		return nil, fmt.Errorf("config NetnsDir: required: %w", ErrInvalid)
+	}
+	if !filepath.IsAbs(cfg.NetnsDir) {
+		return nil, fmt.Errorf("config NetnsDir %q: not an absolute path: %w", cfg.NetnsDir, ErrInvalid)
+	}
+	cfg.NetnsDir = filepath.Clean(cfg.NetnsDir)
+	if cfg.ResolvConf == "" {
+		cfg.ResolvConf = DefaultResolvConf
+	}
+
+	network := u32(p.Addr())
+	broadcast := network | (1<<(32-p.Bits()) - 1)
+	return &Manager{
+		cfg:     cfg,
+		prefix:  p,
+		gateway: addrOf(network + 1),
+		first:   network + 2,
+		last:    broadcast - 1,
+		next:    network + 2,
+		byID:    make(map[string]netip.Addr),
+		byAddr:  make(map[netip.Addr]string),
+	}, nil
+}
+
+// Gateway returns the bridge's address, the range's first address.
+func (m *Manager) Gateway() netip.Addr { return m.gateway }
+
+// Prefix returns the sandbox range.
+func (m *Manager) Prefix() netip.Prefix { return m.prefix }
+
+// Bridge returns the bridge's name.
+func (m *Manager) Bridge() string { return m.cfg.Bridge }
+
+// NetnsPath returns where Setup bind-mounts id's network namespace.
+func (m *Manager) NetnsPath(id string) string { return filepath.Join(m.cfg.NetnsDir, id) }
+
+// HostIfName returns the name of id's veth host end: "vsb" and the first 10
+// hex digits of sha256(id), within the kernel's 15 characters.
+func HostIfName(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return "vsb" + hex.EncodeToString(sum[:5])
+}
+
+// validID accepts ids usable as a file name in NetnsDir and as a link alias.
+func validID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("sandbox id: empty: %w", ErrInvalid)
+	case id == "." || id == "..", strings.ContainsAny(id, "/\x00"):
+		return fmt.Errorf("sandbox id %q: not usable as a file name: %w", id, ErrInvalid)
+	case len(id) > 255:
+		return fmt.Errorf("sandbox id %.20q...: longer than 255 bytes: %w", id, ErrInvalid)
+	}
+	return nil
+}
+
+// validIfName follows the kernel's dev_valid_name.
+func validIfName(name string) error {
+	switch {
+	case len(name) > 15:
+		return fmt.Errorf("interface name %q: longer than 15 bytes: %w", name, ErrInvalid)
+	case name == "." || name == "..", strings.ContainsAny(name, "/: \t\n\r\v\f\x00"):
+		return fmt.Errorf("interface name %q: not a valid name: %w", name, ErrInvalid)
+	}
+	return nil
+}
+
+// isUnicastRange reports whether p avoids the ranges no bridge may use.
+func isUnicastRange(p netip.Prefix) bool {
+	for _, bad := range []netip.Prefix{
+		netip.MustParsePrefix("0.0.0.0/8"),
+		netip.MustParsePrefix("127.0.0.0/8"),
+		netip.MustParsePrefix("224.0.0.0/3"), // multicast, reserved, broadcast
+	} {
+		if bad.Overlaps(p) {
+			return false
+		}
+	}
+	return true
+}
+
+func u32(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+func addrOf(v uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
