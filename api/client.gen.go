@@ -251,12 +251,16 @@ type ClientInterface interface {
 
 	// CheckpointSandboxWithBody Snapshots a ready sandbox's filesystem and request.
 	//
+	// The sandbox's writable layer is captured while the sandbox is frozen: a read-only btrfs snapshot when the state directory is on btrfs, else a copy. Process state is not captured. A sandbox that is not ready is a 409.
+	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/checkpoint (the `CheckpointSandbox` operationId).
 	CheckpointSandboxWithBody(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CheckpointSandbox Snapshots a ready sandbox's filesystem and request.
+	//
+	// The sandbox's writable layer is captured while the sandbox is frozen: a read-only btrfs snapshot when the state directory is on btrfs, else a copy. Process state is not captured. A sandbox that is not ready is a 409.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -329,10 +333,14 @@ type ClientInterface interface {
 
 	// DeleteSnapshot Deletes a snapshot and frees its space.
 	//
+	// Sandboxes restored from it are independent of it and stay. A restore from it in progress makes this a 409.
+	//
 	// Corresponds with DELETE /v1/snapshots/{id} (the `DeleteSnapshot` operationId).
 	DeleteSnapshot(ctx context.Context, id SnapshotID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RestoreSnapshotWithBody Makes a new sandbox from a snapshot, ready at once.
+	//
+	// The new sandbox has the snapshot's files and the original's request, but for what the body changes (absent fields keep the original's; the original's `cmd` is not run again). The answer comes once it is ready; a restore that fails leaves no sandbox.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -340,6 +348,8 @@ type ClientInterface interface {
 	RestoreSnapshotWithBody(ctx context.Context, id SnapshotID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RestoreSnapshot Makes a new sandbox from a snapshot, ready at once.
+	//
+	// The new sandbox has the snapshot's files and the original's request, but for what the body changes (absent fields keep the original's; the original's `cmd` is not run again). The answer comes once it is ready; a restore that fails leaves no sandbox.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -696,6 +706,8 @@ func (c *Client) GetSandbox(ctx context.Context, id SandboxID, reqEditors ...Req
 
 // CheckpointSandboxWithBody Snapshots a ready sandbox's filesystem and request.
 //
+// The sandbox's writable layer is captured while the sandbox is frozen: a read-only btrfs snapshot when the state directory is on btrfs, else a copy. Process state is not captured. A sandbox that is not ready is a 409.
+//
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/sandboxes/{id}/checkpoint (the `CheckpointSandbox` operationId).
@@ -712,6 +724,8 @@ func (c *Client) CheckpointSandboxWithBody(ctx context.Context, id SandboxID, co
 }
 
 // CheckpointSandbox Snapshots a ready sandbox's filesystem and request.
+//
+// The sandbox's writable layer is captured while the sandbox is frozen: a read-only btrfs snapshot when the state directory is on btrfs, else a copy. Process state is not captured. A sandbox that is not ready is a 409.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -864,6 +878,8 @@ func (c *Client) ListSnapshots(ctx context.Context, params *ListSnapshotsParams,
 
 // DeleteSnapshot Deletes a snapshot and frees its space.
 //
+// Sandboxes restored from it are independent of it and stay. A restore from it in progress makes this a 409.
+//
 // Corresponds with DELETE /v1/snapshots/{id} (the `DeleteSnapshot` operationId).
 func (c *Client) DeleteSnapshot(ctx context.Context, id SnapshotID, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewDeleteSnapshotRequest(c.Server, id)
@@ -878,6 +894,8 @@ func (c *Client) DeleteSnapshot(ctx context.Context, id SnapshotID, reqEditors .
 }
 
 // RestoreSnapshotWithBody Makes a new sandbox from a snapshot, ready at once.
+//
+// The new sandbox has the snapshot's files and the original's request, but for what the body changes (absent fields keep the original's; the original's `cmd` is not run again). The answer comes once it is ready; a restore that fails leaves no sandbox.
 //
 // Takes any type of body and a specified content type.
 //
@@ -895,6 +913,8 @@ func (c *Client) RestoreSnapshotWithBody(ctx context.Context, id SnapshotID, con
 }
 
 // RestoreSnapshot Makes a new sandbox from a snapshot, ready at once.
+//
+// The new sandbox has the snapshot's files and the original's request, but for what the body changes (absent fields keep the original's; the original's `cmd` is not run again). The answer comes once it is ready; a restore that fails leaves no sandbox.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -2133,12 +2153,16 @@ type ClientWithResponsesInterface interface {
 
 	// CheckpointSandboxWithBodyWithResponse Snapshots a ready sandbox's filesystem and request.
 	//
+	// The sandbox's writable layer is captured while the sandbox is frozen: a read-only btrfs snapshot when the state directory is on btrfs, else a copy. Process state is not captured. A sandbox that is not ready is a 409.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/checkpoint (the `CheckpointSandbox` operationId).
 	CheckpointSandboxWithBodyWithResponse(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CheckpointSandboxReply, error)
 
 	// CheckpointSandboxWithResponse Snapshots a ready sandbox's filesystem and request.
+	//
+	// The sandbox's writable layer is captured while the sandbox is frozen: a read-only btrfs snapshot when the state directory is on btrfs, else a copy. Process state is not captured. A sandbox that is not ready is a 409.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2217,6 +2241,8 @@ type ClientWithResponsesInterface interface {
 
 	// DeleteSnapshotWithResponse Deletes a snapshot and frees its space.
 	//
+	// Sandboxes restored from it are independent of it and stay. A restore from it in progress makes this a 409.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /v1/snapshots/{id} (the `DeleteSnapshot` operationId).
@@ -2224,12 +2250,16 @@ type ClientWithResponsesInterface interface {
 
 	// RestoreSnapshotWithBodyWithResponse Makes a new sandbox from a snapshot, ready at once.
 	//
+	// The new sandbox has the snapshot's files and the original's request, but for what the body changes (absent fields keep the original's; the original's `cmd` is not run again). The answer comes once it is ready; a restore that fails leaves no sandbox.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/snapshots/{id}/restore (the `RestoreSnapshot` operationId).
 	RestoreSnapshotWithBodyWithResponse(ctx context.Context, id SnapshotID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RestoreSnapshotReply, error)
 
 	// RestoreSnapshotWithResponse Makes a new sandbox from a snapshot, ready at once.
+	//
+	// The new sandbox has the snapshot's files and the original's request, but for what the body changes (absent fields keep the original's; the original's `cmd` is not run again). The answer comes once it is ready; a restore that fails leaves no sandbox.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -3417,6 +3447,8 @@ type DeleteSnapshotReply struct {
 	HTTPResponse *http.Response
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -3424,6 +3456,11 @@ type DeleteSnapshotReply struct {
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
 func (r DeleteSnapshotReply) GetJSON404() *NotFound {
 	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r DeleteSnapshotReply) GetJSON409() *Conflict {
+	return r.JSON409
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3828,6 +3865,8 @@ func (c *ClientWithResponses) GetSandboxWithResponse(ctx context.Context, id San
 
 // CheckpointSandboxWithBodyWithResponse Snapshots a ready sandbox's filesystem and request.
 //
+// The sandbox's writable layer is captured while the sandbox is frozen: a read-only btrfs snapshot when the state directory is on btrfs, else a copy. Process state is not captured. A sandbox that is not ready is a 409.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/sandboxes/{id}/checkpoint (the `CheckpointSandbox` operationId).
@@ -3840,6 +3879,8 @@ func (c *ClientWithResponses) CheckpointSandboxWithBodyWithResponse(ctx context.
 }
 
 // CheckpointSandboxWithResponse Snapshots a ready sandbox's filesystem and request.
+//
+// The sandbox's writable layer is captured while the sandbox is frozen: a read-only btrfs snapshot when the state directory is on btrfs, else a copy. Process state is not captured. A sandbox that is not ready is a 409.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3966,6 +4007,8 @@ func (c *ClientWithResponses) ListSnapshotsWithResponse(ctx context.Context, par
 
 // DeleteSnapshotWithResponse Deletes a snapshot and frees its space.
 //
+// Sandboxes restored from it are independent of it and stay. A restore from it in progress makes this a 409.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /v1/snapshots/{id} (the `DeleteSnapshot` operationId).
@@ -3979,6 +4022,8 @@ func (c *ClientWithResponses) DeleteSnapshotWithResponse(ctx context.Context, id
 
 // RestoreSnapshotWithBodyWithResponse Makes a new sandbox from a snapshot, ready at once.
 //
+// The new sandbox has the snapshot's files and the original's request, but for what the body changes (absent fields keep the original's; the original's `cmd` is not run again). The answer comes once it is ready; a restore that fails leaves no sandbox.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/snapshots/{id}/restore (the `RestoreSnapshot` operationId).
@@ -3991,6 +4036,8 @@ func (c *ClientWithResponses) RestoreSnapshotWithBodyWithResponse(ctx context.Co
 }
 
 // RestoreSnapshotWithResponse Makes a new sandbox from a snapshot, ready at once.
+//
+// The new sandbox has the snapshot's files and the original's request, but for what the body changes (absent fields keep the original's; the original's `cmd` is not run again). The answer comes once it is ready; a restore that fails leaves no sandbox.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -4880,6 +4927,13 @@ func ParseDeleteSnapshotReply(rsp *http.Response) (*DeleteSnapshotReply, error) 
 			return nil, err
 		}
 		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error

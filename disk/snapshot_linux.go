@@ -24,6 +24,10 @@ func NewSnapshotter(dir string) (Snapshotter, error) {
 	return copySnapshotter{}, nil
 }
 
+// NewCopySnapshotter returns the copying Snapshotter whatever the
+// filesystem: for trees that are not btrfs subvolumes even on btrfs.
+func NewCopySnapshotter() Snapshotter { return copySnapshotter{} }
+
 // btrfsSnapshotter keeps volumes as btrfs subvolumes.
 type btrfsSnapshotter struct{}
 

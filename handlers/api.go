@@ -5,7 +5,6 @@ package handlers
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net/http"
 
@@ -54,10 +53,4 @@ func New(cfg Config) *API {
 
 func (a *API) log(r *http.Request) *slog.Logger {
 	return httpapi.Logger(r.Context(), a.cfg.Logger)
-}
-
-// notImplemented answers an operation of the contract that this build does
-// not serve yet.
-func notImplemented(w http.ResponseWriter, r *http.Request) {
-	httpapi.WriteErr(w, fmt.Errorf("%s %s: %w in this build of the agent", r.Method, r.URL.Path, httpapi.ErrNotImplemented))
 }

@@ -371,21 +371,6 @@ func TestInfo(t *testing.T) {
 	}
 }
 
-func TestNotImplementedYet(t *testing.T) {
-	h := newHarness(t, true)
-	ctx := context.Background()
-	r, err := h.client.ListSnapshotsWithResponse(ctx, &api.ListSnapshotsParams{})
-	must(t, err)
-	if r.StatusCode() != 501 || r.JSONDefault == nil || !strings.Contains(r.JSONDefault.Message, "GET /v1/snapshots") {
-		t.Errorf("list snapshots: got %d %s, want 501 naming the operation", r.StatusCode(), r.Body)
-	}
-	g, err := h.client.DeleteSnapshotWithResponse(ctx, "snap-1")
-	must(t, err)
-	if g.StatusCode() != 501 {
-		t.Errorf("delete snapshot: got %d %s, want 501", g.StatusCode(), g.Body)
-	}
-}
-
 func TestUnknownRouteAndMethod(t *testing.T) {
 	h := newHarness(t, true)
 	resp, err := http.Get(h.url + "/v1/nope")

@@ -23,6 +23,10 @@ type Sandboxes interface {
 	Run(ctx context.Context, id string, p sandbox.Process, out func(sandbox.Output) error) (int, error)
 	Exec(ctx context.Context, id string, p sandbox.Process, eio sandbox.ExecIO, out func(sandbox.Output) error) (int, error)
 	Subscribe(f sandbox.EventFilter) *sandbox.Subscription
+	Checkpoint(ctx context.Context, id string, req sandbox.CheckpointRequest) (sandbox.Snapshot, error)
+	Snapshots(f sandbox.SnapshotFilter) []sandbox.Snapshot
+	DeleteSnapshot(ctx context.Context, id string) error
+	Restore(ctx context.Context, snapshotID string, req sandbox.RestoreRequest) (sandbox.Info, error)
 }
 
 var _ Sandboxes = (*sandbox.Manager)(nil)
@@ -214,7 +218,7 @@ func sandboxInfo(info sandbox.Info) api.SandboxInfo {
 		State:     api.SandboxState(info.State),
 		Labels:    optMap(info.Labels),
 		Limits:    &api.Limits{Vcpus: ptr(int32(info.Limits.VCPUs)), MemoryMib: ptr(info.Limits.MemoryMiB)},
-		Network:   &api.SandboxNetwork{Mode: optString(info.NetworkMode), IpAddress: optString(info.IPAddress)},
+		Network:   &api.SandboxNetwork{Mode: optString(info.NetworkMode), IpAddress: optString(info.IPAddress), Gateway: optString(info.Gateway)},
 		CreatedAt: info.CreatedAt.Unix(),
 		ReadyAt:   optUnix(info.ReadyAt),
 		Error:     optString(info.Error),
@@ -264,26 +268,6 @@ func (a *API) RemoveSandbox(w http.ResponseWriter, r *http.Request, id api.Sandb
 	}
 	a.log(r).Info("sandbox removed", "sandbox", id)
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// CheckpointSandbox snapshots a sandbox.
-func (a *API) CheckpointSandbox(w http.ResponseWriter, r *http.Request, _ api.SandboxID) {
-	notImplemented(w, r)
-}
-
-// ListSnapshots lists snapshots.
-func (a *API) ListSnapshots(w http.ResponseWriter, r *http.Request, _ api.ListSnapshotsParams) {
-	notImplemented(w, r)
-}
-
-// DeleteSnapshot deletes a snapshot.
-func (a *API) DeleteSnapshot(w http.ResponseWriter, r *http.Request, _ api.SnapshotID) {
-	notImplemented(w, r)
-}
-
-// RestoreSnapshot restores a snapshot into a new sandbox.
-func (a *API) RestoreSnapshot(w http.ResponseWriter, r *http.Request, _ api.SnapshotID) {
-	notImplemented(w, r)
 }
 
 func deref[T any](p *T) T {

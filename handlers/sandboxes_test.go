@@ -1,6 +1,7 @@
 package handlers_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -26,6 +27,10 @@ type fakeSandboxes struct {
 	runs    []sandbox.Process
 	output  []sandbox.Output
 	code    int
+
+	checkpoints []sandbox.CheckpointRequest
+	restores    []sandbox.RestoreRequest
+	snapFilters []sandbox.SnapshotFilter
 }
 
 func (f *fakeSandboxes) Create(_ context.Context, s sandbox.Spec) (sandbox.Info, bool, error) {
@@ -68,6 +73,103 @@ func (f *fakeSandboxes) Run(_ context.Context, _ string, p sandbox.Process, out 
 }
 
 func (f *fakeSandboxes) Subscribe(sandbox.EventFilter) *sandbox.Subscription { return nil }
+
+func (f *fakeSandboxes) Checkpoint(_ context.Context, id string, req sandbox.CheckpointRequest) (sandbox.Snapshot, error) {
+	if f.err != nil {
+		return sandbox.Snapshot{}, f.err
+	}
+	f.checkpoints = append(f.checkpoints, req)
+	return sandbox.Snapshot{ID: "snap-1", SandboxID: id, Name: req.Name, Labels: req.Labels,
+		Dir: "/state/snapshots/snap-1", CreatedAt: time.Date(2026, 11, 29, 8, 0, 0, 0, time.FixedZone("X", 3600))}, nil
+}
+
+func (f *fakeSandboxes) Snapshots(filter sandbox.SnapshotFilter) []sandbox.Snapshot {
+	f.snapFilters = append(f.snapFilters, filter)
+	return []sandbox.Snapshot{{ID: "snap-1", SandboxID: "box-1", Dir: "/state/snapshots/snap-1", CreatedAt: time.Unix(100, 0)}}
+}
+
+func (f *fakeSandboxes) DeleteSnapshot(context.Context, string) error { return f.err }
+
+func (f *fakeSandboxes) Restore(_ context.Context, _ string, req sandbox.RestoreRequest) (sandbox.Info, error) {
+	if f.err != nil {
+		return sandbox.Info{}, f.err
+	}
+	f.restores = append(f.restores, req)
+	return sandbox.Info{ID: cmp.Or(req.ID, "sb-new"), State: sandbox.StateReady, IPAddress: "172.20.0.9"}, nil
+}
+
+func TestSnapshotEndpoints(t *testing.T) {
+	h := newHarness(t, true)
+	h.sandboxes = &fakeSandboxes{}
+	ctx := context.Background()
+
+	c, err := h.client.CheckpointSandboxWithResponse(ctx, "box-1", api.CheckpointRequest{Name: ptr("before"), Labels: &map[string]string{"k": "v"}})
+	must(t, err)
+	if c.StatusCode() != 201 || c.JSON201.SnapshotId != "snap-1" || c.JSON201.SnapshotDir == "" ||
+		!strings.Contains(string(c.Body), `"created_at":"2026-11-29T07:00:00Z"`) {
+		t.Errorf("checkpoint: got %d %s, want 201 with the snapshot and an RFC 3339 UTC time", c.StatusCode(), c.Body)
+	}
+	if got := h.sandboxes.checkpoints; len(got) != 1 || got[0].Name != "before" || got[0].Labels["k"] != "v" {
+		t.Errorf("checkpoint request reached the manager as %+v", got)
+	}
+	// An empty body is a checkpoint with no name.
+	e, err := h.client.CheckpointSandboxWithBodyWithResponse(ctx, "box-1", "application/json", strings.NewReader(""))
+	must(t, err)
+	if e.StatusCode() != 201 {
+		t.Errorf("checkpoint without a body: got %d %s", e.StatusCode(), e.Body)
+	}
+
+	l, err := h.client.ListSnapshotsWithResponse(ctx, &api.ListSnapshotsParams{SandboxId: ptr("box-1"), Label: &[]string{"a=b", "c="}})
+	must(t, err)
+	if l.StatusCode() != 200 || len(l.JSON200.Snapshots) != 1 {
+		t.Errorf("list: got %d %s", l.StatusCode(), l.Body)
+	}
+	if f := h.sandboxes.snapFilters; len(f) != 1 || f[0].SandboxID != "box-1" || f[0].Labels["a"] != "b" || f[0].Labels["c"] != "" || len(f[0].Labels) != 2 {
+		t.Errorf("list filter reached the manager as %+v", f)
+	}
+	bad, err := h.client.ListSnapshotsWithResponse(ctx, &api.ListSnapshotsParams{Label: &[]string{"nokey"}})
+	must(t, err)
+	if bad.StatusCode() != 400 || !strings.Contains(string(bad.Body), `nokey`) {
+		t.Errorf("bad label filter: got %d %s, want 400 naming it", bad.StatusCode(), bad.Body)
+	}
+
+	r, err := h.client.RestoreSnapshotWithResponse(ctx, "snap-1", api.RestoreRequest{Id: ptr("copy"),
+		NetworkOverride: &api.NetworkSpec{Mode: ptr(api.Tap)}, TtlSeconds: ptr(int64(60))})
+	must(t, err)
+	if r.StatusCode() != 201 || r.JSON201.Id != "copy" || *r.JSON201.IpAddress != "172.20.0.9" {
+		t.Errorf("restore: got %d %s", r.StatusCode(), r.Body)
+	}
+	got := h.sandboxes.restores[0]
+	if got.ID != "copy" || got.NetworkMode != "tap" || got.TTL == nil || *got.TTL != time.Minute || got.Labels != nil {
+		t.Errorf("restore request reached the manager as %+v", got)
+	}
+	// Absent fields keep the original's; an explicit empty label set clears them.
+	r2, err := h.client.RestoreSnapshotWithBodyWithResponse(ctx, "snap-1", "application/json", strings.NewReader(`{"labels":{}}`))
+	must(t, err)
+	if r2.StatusCode() != 201 {
+		t.Fatalf("restore: got %d %s", r2.StatusCode(), r2.Body)
+	}
+	if got := h.sandboxes.restores[1]; got.TTL != nil || got.Labels == nil || len(got.Labels) != 0 {
+		t.Errorf("restore with empty labels reached the manager as %+v", got)
+	}
+	d, err := h.client.DeleteSnapshotWithResponse(ctx, "snap-1")
+	must(t, err)
+	if d.StatusCode() != 204 {
+		t.Errorf("delete: got %d %s", d.StatusCode(), d.Body)
+	}
+	h.sandboxes.err = fmt.Errorf("snapshot %q is being restored: %w", "snap-1", sandbox.ErrConflict)
+	d, err = h.client.DeleteSnapshotWithResponse(ctx, "snap-1")
+	must(t, err)
+	if d.StatusCode() != 409 {
+		t.Errorf("delete during a restore: got %d %s, want 409", d.StatusCode(), d.Body)
+	}
+	h.sandboxes.err = fmt.Errorf("sandbox %q is running; a checkpoint needs it ready: %w", "box-1", sandbox.ErrConflict)
+	c, err = h.client.CheckpointSandboxWithResponse(ctx, "box-1", api.CheckpointRequest{})
+	must(t, err)
+	if c.StatusCode() != 409 || c.JSON409 == nil {
+		t.Errorf("checkpoint of a running sandbox: got %d %s, want 409", c.StatusCode(), c.Body)
+	}
+}
 
 func TestSandboxesUnavailable(t *testing.T) {
 	h := newHarness(t, true)

@@ -14,10 +14,20 @@ type backend interface {
 	// Validate checks what only the backend can: fields it cannot honour
 	// and host paths that must exist. Errors wrap ErrInvalid.
 	Validate(s Spec) error
-	// Start makes the sandbox's container and starts its init. On error it
-	// leaves no container, mount or cgroup behind. exited is closed when
-	// the init exits.
-	Start(ctx context.Context, id string, s Spec) (exited <-chan struct{}, err error)
+	// Address gives a sandbox its network address, by its spec: for a
+	// bridged one an address of the bridge's range (the same one again for
+	// the same id), else none. It is held until Destroy or ReleaseAddress.
+	Address(id string, s Spec) (addr, gateway string, err error)
+	// ReserveAddress marks addr as held by id: for the records an earlier
+	// agent left.
+	ReserveAddress(id, addr string) error
+	// ReleaseAddress frees id's address, if it holds one.
+	ReleaseAddress(id string)
+	// Start makes the sandbox's container and starts its init. from, when
+	// set, is a snapshot directory made by Checkpoint: the sandbox starts
+	// with its files. On error it leaves no container, mount or cgroup
+	// behind. exited is closed when the init exits.
+	Start(ctx context.Context, id string, s Spec, from string) (exited <-chan struct{}, err error)
 	// Adopt finds the container an earlier agent made. alive is false when
 	// its init no longer runs.
 	Adopt(ctx context.Context, id string) (exited <-chan struct{}, alive bool, err error)
@@ -28,14 +38,20 @@ type backend interface {
 	// input and, with p.TTY, a terminal of size eio.Size. (The Manager
 	// applies eio.Resize.)
 	Exec(ctx context.Context, id string, s Spec, p Process, eio ExecIO) (execution, error)
+	// Checkpoint captures a ready sandbox's files into the existing,
+	// empty directory dir, consistently (the sandbox is frozen meanwhile).
+	Checkpoint(ctx context.Context, id, dir string) error
+	// DeleteSnapshot removes a snapshot directory made by Checkpoint, or
+	// what a failed one left. A missing directory is not an error.
+	DeleteSnapshot(ctx context.Context, dir string) error
 	// KillWorkloads kills every process of the sandbox but its init: what
 	// is left of a run lost across an agent restart.
 	KillWorkloads(ctx context.Context, id string) error
 	// Stop ends the init, so every process of the sandbox, and releases
 	// the container: runtime state, cgroup, mounts. Files stay. Idempotent.
 	Stop(ctx context.Context, id string) error
-	// Destroy removes what Stop left but the record: the bundle's files.
-	// Idempotent.
+	// Destroy removes what Stop left but the record: the bundle's files,
+	// and releases the sandbox's address. Idempotent.
 	Destroy(ctx context.Context, id string) error
 	// Close releases what the backend holds (watchers); containers keep running.
 	Close() error

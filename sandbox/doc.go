@@ -13,7 +13,11 @@
 //	sandboxes/<id>/record.json   the sandbox's record (spec, state, times, last exit)
 //	sandboxes/<id>/config.json   the OCI bundle's spec
 //	sandboxes/<id>/rootfs        the overlayfs root (lower: the image or rootfs dir)
-//	sandboxes/<id>/upper, work   the overlay's writable layer
+//	sandboxes/<id>/layer/        the writable layer: the overlay's upper and work
+//	                             directories (a btrfs subvolume when StateDir is on btrfs)
+//	snapshots/<id>/snapshot.json a checkpoint's record (the sandbox's spec, name, labels)
+//	snapshots/<id>/layer/        its copy of the layer (a read-only btrfs snapshot, or a copy)
+//	snapshots/<id>/backend.json  the lower layer and image config the layer goes over
 //	images/<digest>/             unpacked image root filesystems, by manifest digest
 //	runtime/                     the OCI runtime's --root
 package sandbox

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/arcbox/arcbox-agent/internal/testenv"
+	"github.com/arcbox/arcbox-agent/sandbox/network"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -217,6 +219,12 @@ func checkNothingLeft(t testing.TB, cfg Config, runtime, id string) {
 		if out, err := exec.Command(name, "list", "--format=json").CombinedOutput(); err == nil && bytes.Contains(out, []byte(`"`+id+`"`)) {
 			t.Errorf("sandbox %s: in the default %s list: %s", id, name, out)
 		}
+	}
+	if _, err := os.Lstat(filepath.Join(cfg.StateDir, "netns", id)); !os.IsNotExist(err) {
+		t.Errorf("sandbox %s: network namespace file left (%v)", id, err)
+	}
+	if _, err := net.InterfaceByName(network.HostIfName(id)); err == nil {
+		t.Errorf("sandbox %s: veth %s left", id, network.HostIfName(id))
 	}
 	rel := filepath.Join(cfg.CgroupParent, id)
 	for _, d := range cgroupDirs(rel) {

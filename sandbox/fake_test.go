@@ -35,12 +35,18 @@ type fakeBackend struct {
 	destroys    []string
 	killed      []string // KillWorkloads calls
 	execs       []*fakeExec
+	startedFrom map[string]string // Start's from, by id
+	// checkpointErr fails Checkpoint; checkpointGate, when set, holds it
+	// until closed.
+	checkpointErr  error
+	checkpointGate chan struct{}
+	addrs          map[string]string // held addresses, by id
 }
 
 var _ backend = (*fakeBackend)(nil)
 
 func newFakeBackend() *fakeBackend {
-	return &fakeBackend{alive: map[string]bool{}, boxes: map[string]chan struct{}{}}
+	return &fakeBackend{alive: map[string]bool{}, boxes: map[string]chan struct{}{}, startedFrom: map[string]string{}, addrs: map[string]string{}}
 }
 
 func (f *fakeBackend) Validate(s Spec) error {
@@ -52,9 +58,10 @@ func (f *fakeBackend) Validate(s Spec) error {
 	return f.validateErr
 }
 
-func (f *fakeBackend) Start(ctx context.Context, id string, s Spec) (<-chan struct{}, error) {
+func (f *fakeBackend) Start(ctx context.Context, id string, s Spec, from string) (<-chan struct{}, error) {
 	f.mu.Lock()
 	gate, err := f.startGate, f.startErr
+	f.startedFrom[id] = from
 	f.mu.Unlock()
 	if gate != nil {
 		select {
@@ -119,10 +126,79 @@ func (f *fakeBackend) Destroy(ctx context.Context, id string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.destroys = append(f.destroys, id)
+	delete(f.addrs, id)
 	return nil
 }
 
 func (f *fakeBackend) Close() error { return nil }
+
+// Checkpoint writes the sandbox's id into dir/layer/from, standing in for
+// its files.
+func (f *fakeBackend) Checkpoint(ctx context.Context, id, dir string) error {
+	f.mu.Lock()
+	gate, err := f.checkpointGate, f.checkpointErr
+	alive := f.alive[id]
+	f.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	if err != nil {
+		return err
+	}
+	if !alive {
+		return fmt.Errorf("checkpoint %s: no container", id)
+	}
+	if err := os.Mkdir(dir+"/layer", 0o700); err != nil {
+		return err
+	}
+	return os.WriteFile(dir+"/layer/from", []byte(id), 0o600)
+}
+
+// Address hands out 10.9.0.2 and up to bridged sandboxes, lowest free first.
+func (f *fakeBackend) Address(id string, s Spec) (string, string, error) {
+	if s.NetworkMode != NetworkBridge {
+		return "", "", nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if a, ok := f.addrs[id]; ok {
+		return a, "10.9.0.1", nil
+	}
+	held := map[string]bool{}
+	for _, a := range f.addrs {
+		held[a] = true
+	}
+	for i := 2; i < 255; i++ {
+		a := fmt.Sprintf("10.9.0.%d", i)
+		if !held[a] {
+			f.addrs[id] = a
+			return a, "10.9.0.1", nil
+		}
+	}
+	return "", "", fmt.Errorf("no free address in 10.9.0.0/24: %w", ErrConflict)
+}
+
+func (f *fakeBackend) ReserveAddress(id, addr string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for other, a := range f.addrs {
+		if a == addr && other != id {
+			return fmt.Errorf("%s is held by %s", addr, other)
+		}
+	}
+	f.addrs[id] = addr
+	return nil
+}
+
+func (f *fakeBackend) ReleaseAddress(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.addrs, id)
+}
+
+func (f *fakeBackend) DeleteSnapshot(ctx context.Context, dir string) error {
+	return os.RemoveAll(dir)
+}
 
 func (f *fakeBackend) CheckProcess(p Process) error { return nil }
 

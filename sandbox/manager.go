@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -31,6 +32,10 @@ const (
 // Config.DefaultLimits does not say: 1 vCPU, 512 MiB.
 var DefaultLimits = Limits{VCPUs: 1, MemoryMiB: 512}
 
+// DefaultBridgeCIDR is the bridged sandboxes' range when Config.BridgeCIDR
+// does not say: the original guest's.
+var DefaultBridgeCIDR = netip.MustParsePrefix("172.20.0.0/16")
+
 // Config configures a Manager. Only StateDir is required.
 type Config struct {
 	// StateDir holds the sandboxes' bundles and records, the image cache
@@ -48,6 +53,15 @@ type Config struct {
 	// BusyboxPath is the static busybox the default root filesystem is made
 	// from; "" is /bin/busybox.
 	BusyboxPath string
+	// BridgeCIDR is the range bridged sandboxes get their addresses from;
+	// its first address is the gateway, the bridge's own. The zero value
+	// is DefaultBridgeCIDR, 172.20.0.0/16.
+	BridgeCIDR netip.Prefix
+	// Bridge is the host bridge's name; "" is arcbox0.
+	Bridge string
+	// ResolvConf is the host file whose nameservers (but loopback ones)
+	// bridged sandboxes get; "" is /etc/resolv.conf.
+	ResolvConf string
 	// DefaultLimits fill the limits a create request leaves at zero; its
 	// own zero fields are DefaultLimits' (1 vCPU, 512 MiB).
 	DefaultLimits Limits
@@ -82,6 +96,7 @@ type Manager struct {
 	metrics   *metrics
 	bus       *bus
 	dir       string // StateDir/sandboxes
+	snapDir   string // StateDir/snapshots
 
 	baseCtx    context.Context // background work; cancelled by Close
 	cancelBase context.CancelFunc
@@ -89,6 +104,7 @@ type Manager struct {
 
 	mu     sync.Mutex
 	boxes  map[string]*sandbox
+	snaps  map[string]*snapshotEntry
 	seq    uint64
 	closed bool
 	wg     sync.WaitGroup // background goroutines
@@ -114,8 +130,11 @@ type sandbox struct {
 
 	startCancel context.CancelFunc // cancels the start in progress
 	run         *activeRun         // the workload in progress
-	stopTTL     func() bool        // disarms the TTL timer
-	removed     bool
+	// checkpointing is set while a checkpoint captures the sandbox: no
+	// workload may start.
+	checkpointing bool
+	stopTTL       func() bool // disarms the TTL timer
+	removed       bool
 }
 
 // NewManager builds the OCI backend and a Manager over it, and re-adopts
@@ -164,6 +183,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.DefaultLimits.MemoryMiB <= 0 {
 		cfg.DefaultLimits.MemoryMiB = DefaultLimits.MemoryMiB
 	}
+	if !cfg.BridgeCIDR.IsValid() {
+		cfg.BridgeCIDR = DefaultBridgeCIDR
+	}
 	if cfg.CgroupParent == "" {
 		cfg.CgroupParent = "arcbox"
 	}
@@ -196,16 +218,24 @@ func newManager(ctx context.Context, cfg Config, be backend, af afterFunc) (*Man
 		metrics:    met,
 		bus:        newBus(cfg.EventBuffer, met.eventsDropped.Inc),
 		dir:        filepath.Join(cfg.StateDir, "sandboxes"),
+		snapDir:    filepath.Join(cfg.StateDir, "snapshots"),
 		baseCtx:    baseCtx,
 		cancelBase: cancel,
 		closing:    make(chan struct{}),
 		boxes:      map[string]*sandbox{},
+		snaps:      map[string]*snapshotEntry{},
 	}
-	if err := os.MkdirAll(m.dir, 0o700); err != nil {
-		cancel()
-		return nil, fmt.Errorf("sandbox state dir: %w: %w", err, ErrUnavailable)
+	for _, dir := range []string{m.dir, m.snapDir} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			cancel()
+			return nil, fmt.Errorf("sandbox state dir: %w: %w", err, ErrUnavailable)
+		}
 	}
 	if err := m.readopt(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := m.loadSnapshots(ctx); err != nil {
 		cancel()
 		return nil, err
 	}
@@ -240,6 +270,13 @@ func (m *Manager) readopt(ctx context.Context) error {
 				m.log.Error("clear sandbox debris", "id", id, "err", err)
 			}
 			continue
+		}
+		if rec.IPAddress != "" {
+			if err := m.be.ReserveAddress(id, rec.IPAddress); err != nil {
+				// Two records with one address, or a range that changed:
+				// the sandbox keeps running but says so.
+				m.log.Error("sandbox address not reserved", "id", id, "addr", rec.IPAddress, "err", err)
+			}
 		}
 		recs = append(recs, &sandbox{id: id, dir: dir, rec: rec})
 	}
@@ -331,10 +368,31 @@ func (m *Manager) Create(ctx context.Context, s Spec) (info Info, created bool, 
 	if err := m.be.Validate(spec); err != nil {
 		return Info{}, false, err
 	}
+	sb, existing, err := m.admit(spec, nil)
+	if err != nil {
+		return Info{}, false, err
+	}
+	if existing != nil {
+		return *existing, false, nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if startCtx, ok := m.launchLocked(sb); ok {
+		go m.start(startCtx, sb)
+	}
+	return m.info(sb), true, nil
+}
+
+// admit takes a new sandbox in: it reserves its id (generating one if the
+// spec has none), writes its first record and returns it with its opMu
+// held, for launchLocked. When a sandbox with this id exists, made from the
+// same spec and source, it returns that one's Info instead; made otherwise,
+// ErrConflict. The spec is normalized and validated.
+func (m *Manager) admit(spec Spec, from *restoredFrom) (*sandbox, *Info, error) {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		return Info{}, false, fmt.Errorf("create sandbox: %w", errClosed)
+		return nil, nil, fmt.Errorf("create sandbox: %w", errClosed)
 	}
 	if spec.ID == "" {
 		for spec.ID == "" || m.boxes[spec.ID] != nil {
@@ -343,48 +401,64 @@ func (m *Manager) Create(ctx context.Context, s Spec) (info Info, created bool, 
 	}
 	if sb, ok := m.boxes[spec.ID]; ok {
 		defer m.mu.Unlock()
-		if specEqual(sb.rec.Spec, spec) {
-			return m.info(sb), false, nil
+		if specEqual(sb.rec.Spec, spec) && reflect.DeepEqual(sb.rec.Restored, from) {
+			info := m.info(sb)
+			return nil, &info, nil
 		}
-		return Info{}, false, fmt.Errorf("sandbox %q exists with a different spec: %w", spec.ID, ErrConflict)
+		return nil, nil, fmt.Errorf("sandbox %q exists with a different spec: %w", spec.ID, ErrConflict)
 	}
 	m.seq++
 	sb := &sandbox{
 		id:  spec.ID,
 		dir: filepath.Join(m.dir, spec.ID),
 		seq: m.seq,
-		rec: record{Spec: spec, State: StateStarting, CreatedAt: m.now()},
+		rec: record{Spec: spec, State: StateStarting, CreatedAt: m.now(), Restored: from},
 	}
-	// Reserve the id, then make the record durable outside the lock.
+	// Reserve the id, then take an address and make the record durable
+	// outside the lock.
 	m.boxes[sb.id] = sb
 	sb.opMu.Lock() // the start owns the sandbox until it ends
 	m.mu.Unlock()
 
+	addr, gw, err := m.be.Address(sb.id, spec)
+	if err != nil {
+		m.mu.Lock()
+		delete(m.boxes, sb.id)
+		m.mu.Unlock()
+		sb.opMu.Unlock()
+		return nil, nil, fmt.Errorf("create sandbox %q: %w", sb.id, err)
+	}
+	sb.rec.IPAddress, sb.rec.Gateway = addr, gw
 	if err := m.persistNew(sb); err != nil {
+		m.be.ReleaseAddress(sb.id)
 		m.mu.Lock()
 		delete(m.boxes, sb.id)
 		m.mu.Unlock()
 		sb.opMu.Unlock()
 		os.RemoveAll(sb.dir)
-		return Info{}, false, fmt.Errorf("create sandbox %q: record: %w: %w", sb.id, err, ErrUnavailable)
+		return nil, nil, fmt.Errorf("create sandbox %q: record: %w: %w", sb.id, err, ErrUnavailable)
 	}
+	return sb, nil, nil
+}
 
-	m.mu.Lock()
-	defer m.mu.Unlock()
+// launchLocked publishes the creation of a sandbox from admit and prepares
+// its start: it returns the start's context, the start counted in m.wg, for
+// m.start. It returns false, and releases opMu, when the sandbox is not to
+// start: the manager closed meanwhile (the record stays; the next agent
+// fails it), or a remove came first (it tears down what there is). m.mu is
+// held.
+func (m *Manager) launchLocked(sb *sandbox) (context.Context, bool) {
 	m.metrics.move("", StateStarting)
 	m.publish(sb, ActionCreated, nil)
 	if m.closed || sb.rec.State != StateStarting {
-		// Closed meanwhile (the record stays; the next agent fails it),
-		// or a remove came first: it tears down what there is.
 		sb.opMu.Unlock()
-		return m.info(sb), true, nil
+		return nil, false
 	}
 	startCtx, cancel := context.WithCancel(m.baseCtx)
 	sb.startCancel = cancel
 	m.armTTLLocked(sb)
 	m.wg.Add(1)
-	go m.start(startCtx, sb)
-	return m.info(sb), true, nil
+	return startCtx, true
 }
 
 // errClosed is the error of calls made after Close.
@@ -397,10 +471,17 @@ func specEqual(a, b Spec) bool { return reflect.DeepEqual(a, b) }
 func (m *Manager) start(ctx context.Context, sb *sandbox) {
 	defer m.wg.Done()
 	defer sb.opMu.Unlock()
-	exited, err := m.be.Start(ctx, sb.id, sb.rec.Spec)
+	from := ""
+	if sb.rec.Restored != nil {
+		from = filepath.Join(m.snapDir, sb.rec.Restored.SnapshotID)
+	}
+	exited, err := m.be.Start(ctx, sb.id, sb.rec.Spec, from)
 
 	m.mu.Lock()
-	sb.startCancel = nil
+	if sb.startCancel != nil {
+		sb.startCancel()
+		sb.startCancel = nil
+	}
 	if sb.rec.State != StateStarting {
 		// A stop or remove came meanwhile; it waits on opMu and tears down.
 		m.mu.Unlock()
@@ -417,7 +498,9 @@ func (m *Manager) start(ctx context.Context, sb *sandbox) {
 	}
 	sb.rec.ReadyAt = m.now()
 	m.transition(sb, StateReady, nil)
-	m.metrics.createToReady.Observe(sb.rec.ReadyAt.Sub(sb.rec.CreatedAt).Seconds())
+	if sb.rec.Restored == nil {
+		m.metrics.createToReady.Observe(sb.rec.ReadyAt.Sub(sb.rec.CreatedAt).Seconds())
+	}
 	var cmdRun *activeRun
 	cmd := Process{Cmd: sb.rec.Spec.Cmd}
 	if len(cmd.Cmd) > 0 {
@@ -505,14 +588,7 @@ func (m *Manager) List(f Filter) []Info {
 		if f.State != "" && sb.rec.State != f.State {
 			continue
 		}
-		match := true
-		for k, v := range f.Labels {
-			if got, ok := sb.rec.Spec.Labels[k]; !ok || got != v {
-				match = false
-				break
-			}
-		}
-		if match {
+		if labelsMatch(sb.rec.Spec.Labels, f.Labels) {
 			out = append(out, m.info(sb))
 		}
 	}
@@ -737,6 +813,8 @@ func (m *Manager) info(sb *sandbox) Info {
 		Labels:       maps.Clone(r.Spec.Labels),
 		Limits:       r.Spec.Limits,
 		NetworkMode:  r.Spec.NetworkMode,
+		IPAddress:    r.IPAddress,
+		Gateway:      r.Gateway,
 		CreatedAt:    r.CreatedAt,
 		ReadyAt:      r.ReadyAt,
 		LastExitedAt: r.LastExitedAt,

@@ -178,7 +178,6 @@ func TestInvalidInput(t *testing.T) {
 		{"bad id", Spec{ID: "-x"}, `"id"`},
 		{"long id", Spec{ID: strings.Repeat("a", 65)}, `"id"`},
 		{"kernel", Spec{Kernel: "/vmlinux"}, `"kernel"`},
-		{"network bridge", Spec{NetworkMode: "bridge"}, `"network.mode"`},
 		{"network unknown", Spec{NetworkMode: "host"}, `"network.mode"`},
 		{"relative target", Spec{Mounts: []Mount{{Source: "/tmp", Target: "data"}}}, `"mounts[0].target"`},
 		{"dotdot target", Spec{Mounts: []Mount{{Source: "/tmp", Target: "/a/../etc"}}}, `"mounts[0].target"`},

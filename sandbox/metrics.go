@@ -13,6 +13,10 @@ type metrics struct {
 	createToReady prometheus.Histogram
 	runSeconds    prometheus.Histogram
 	eventsDropped prometheus.Counter
+	// checkpointSeconds and restoreSeconds time checkpoints, and restores
+	// to ready.
+	checkpointSeconds prometheus.Histogram
+	restoreSeconds    prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -30,6 +34,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name:    "arcbox_agent_sandbox_run_seconds",
 			Help:    "Duration of workloads run in sandboxes, from start to exit.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600},
+		}),
+		checkpointSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "arcbox_agent_sandbox_checkpoint_seconds",
+			Help:    "Time to checkpoint a sandbox's files.",
+			Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}),
+		restoreSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "arcbox_agent_sandbox_restore_to_ready_seconds",
+			Help:    "Time from a restore request to the restored sandbox's ready state.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}),
 		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "arcbox_agent_sandbox_events_dropped_total",
@@ -54,6 +68,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.eventsDropped, err = register(reg, m.eventsDropped); err != nil {
+		return nil, err
+	}
+	if m.checkpointSeconds, err = register(reg, m.checkpointSeconds); err != nil {
+		return nil, err
+	}
+	if m.restoreSeconds, err = register(reg, m.restoreSeconds); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/arcbox/arcbox-agent/disk"
+	"github.com/arcbox/arcbox-agent/sandbox/network"
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 )
@@ -33,6 +36,9 @@ const (
 	bundleMetaFile = "backend.json"
 	runtimeLogFile = "runtime.log"
 	initPidFile    = "init.pid"
+	// layerDir holds the overlay's upper and work directories: the
+	// sandbox's writable layer, and what a snapshot keeps of it.
+	layerDir = "layer"
 )
 
 // ociBackend runs sandboxes as OCI containers through runc or crun.
@@ -47,6 +53,10 @@ type ociBackend struct {
 	cgroupParent  string
 	cgroup2       bool
 	images        *imageStore
+	// snap makes writable layers and snapshots: btrfs subvolumes when the
+	// state directory is on btrfs, directories and copies otherwise.
+	snap disk.Snapshotter
+	net  *network.Manager // bridge networking
 
 	mu    sync.Mutex
 	boxes map[string]*ociBox
@@ -100,8 +110,23 @@ func newOCIBackend(ctx context.Context, cfg Config) (backend, error) {
 		return nil, fmt.Errorf("image cache: %w: %w", err, ErrUnavailable)
 	}
 	rtRoot := filepath.Join(cfg.StateDir, "runtime")
-	if err := os.MkdirAll(rtRoot, 0o700); err != nil {
-		return nil, fmt.Errorf("runtime state dir: %w: %w", err, ErrUnavailable)
+	for _, d := range []string{rtRoot, filepath.Join(cfg.StateDir, "sandboxes"), filepath.Join(cfg.StateDir, "snapshots")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("state dir: %w: %w", err, ErrUnavailable)
+		}
+	}
+	snap, err := disk.NewSnapshotter(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, ErrUnavailable)
+	}
+	netMgr, err := network.New(network.Config{
+		CIDR:       cfg.BridgeCIDR,
+		Bridge:     cfg.Bridge,
+		NetnsDir:   filepath.Join(cfg.StateDir, "netns"),
+		ResolvConf: cfg.ResolvConf,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sandbox network: %w: %w", err, ErrUnavailable)
 	}
 	b := &ociBackend{
 		log:           log,
@@ -114,6 +139,8 @@ func newOCIBackend(ctx context.Context, cfg Config) (backend, error) {
 		cgroupParent:  cfg.CgroupParent,
 		cgroup2:       isCgroup2("/sys/fs/cgroup"),
 		images:        images,
+		snap:          snap,
+		net:           netMgr,
 		boxes:         map[string]*ociBox{},
 	}
 	if n := markInheritedCloexec(); n > 0 {
@@ -124,7 +151,7 @@ func newOCIBackend(ctx context.Context, cfg Config) (backend, error) {
 		// to create, saying why; the others work.
 		log.Warn("no default root filesystem", "dir", b.defaultRootfs, "err", err)
 	}
-	log.Info("sandbox backend ready", "runtime", path, "cgroup2", b.cgroup2, "init", initPath)
+	log.Info("sandbox backend ready", "runtime", path, "cgroup2", b.cgroup2, "init", initPath, "layers", snap)
 	return b, nil
 }
 
@@ -233,17 +260,28 @@ func checkRootfsDir(dir string) error {
 }
 
 // Start makes the bundle (overlay root, config.json) and runs the init.
-func (b *ociBackend) Start(ctx context.Context, id string, s Spec) (exited <-chan struct{}, err error) {
+// A sandbox restored from a snapshot gets a writable copy of the
+// snapshot's layer over the lower layer the snapshot was taken over.
+func (b *ociBackend) Start(ctx context.Context, id string, s Spec, from string) (exited <-chan struct{}, err error) {
 	dir := b.bundle(id)
-	meta := bundleMeta{Lower: s.Rootfs}
+	var meta bundleMeta
 	switch {
+	case from != "":
+		if meta, err = readBundleMeta(from); err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", from, err)
+		}
+		if _, err := os.Stat(meta.Lower); err != nil {
+			return nil, fmt.Errorf("the root filesystem the snapshot was taken over is gone: %w", err)
+		}
 	case s.Image != "":
 		img, err := b.images.get(ctx, s.Image)
 		if err != nil {
 			return nil, err
 		}
 		meta = bundleMeta{Lower: img.Rootfs, Image: img.Config}
-	case s.Rootfs == "":
+	case s.Rootfs != "":
+		meta.Lower = s.Rootfs
+	default:
 		meta.Lower = b.defaultRootfs
 	}
 	if err := ctx.Err(); err != nil {
@@ -256,17 +294,13 @@ func (b *ociBackend) Start(ctx context.Context, id string, s Spec) (exited <-cha
 	if err := writeFileAtomic(filepath.Join(dir, bundleMetaFile), data, 0o600); err != nil {
 		return nil, err
 	}
-	rootfs, upper, work := filepath.Join(dir, "rootfs"), filepath.Join(dir, "upper"), filepath.Join(dir, "work")
-	for _, d := range []string{rootfs, upper, work} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, err
-		}
-	}
-	// The root of the merged tree takes the upper dir's owner and mode.
-	if err := copyOwnerMode(meta.Lower, upper); err != nil {
-		return nil, err
-	}
-	if err := mountOverlay(meta.Lower, upper, work, rootfs); err != nil {
+	// The overlay's upper and work directories live in one layer
+	// directory, a btrfs subvolume where the state directory is on btrfs:
+	// overlayfs moves files between them, which btrfs refuses across
+	// subvolumes, and a snapshot of the layer takes both.
+	rootfs, layer := filepath.Join(dir, "rootfs"), filepath.Join(dir, layerDir)
+	upper, work := filepath.Join(layer, "upper"), filepath.Join(layer, "work")
+	if err := os.MkdirAll(rootfs, 0o700); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -274,19 +308,46 @@ func (b *ociBackend) Start(ctx context.Context, id string, s Spec) (exited <-cha
 			b.cleanup(id)
 		}
 	}()
+	if from != "" {
+		if err := b.snap.Snapshot(filepath.Join(from, layerDir), layer, false); err != nil {
+			return nil, fmt.Errorf("restore the snapshot's files: %w", err)
+		}
+	} else {
+		if err := b.snap.Create(layer); err != nil {
+			return nil, fmt.Errorf("writable layer: %w", err)
+		}
+		for _, d := range []string{upper, work} {
+			if err := os.Mkdir(d, 0o700); err != nil {
+				return nil, err
+			}
+		}
+		// The root of the merged tree takes the upper dir's owner and mode.
+		if err := copyOwnerMode(meta.Lower, upper); err != nil {
+			return nil, err
+		}
+	}
+	if err := mountOverlay(meta.Lower, upper, work, rootfs); err != nil {
+		return nil, err
+	}
 	if wd := firstNonEmpty(s.WorkingDir, meta.Image.WorkingDir); wd != "" {
 		if err := mkdirAllInRoot(rootfs, wd, 0o755); err != nil {
 			return nil, fmt.Errorf("working dir %s: %w", wd, err)
 		}
 	}
-	spec := buildSpec(bundleParams{
+	params := bundleParams{
 		ID:          id,
 		InitPath:    b.initPath,
 		Limits:      s.Limits,
 		Mounts:      s.Mounts,
 		CgroupsPath: filepath.Join(b.cgroupParent, id),
 		Cgroup2:     b.cgroup2,
-	})
+	}
+	if s.NetworkMode == NetworkBridge {
+		if params.NetnsPath, params.ResolvConf, err = b.setupNetwork(ctx, id, dir); err != nil {
+			return nil, err
+		}
+	}
+	spec := buildSpec(params)
 	if data, err = json.Marshal(spec); err != nil {
 		return nil, err
 	}
@@ -308,6 +369,59 @@ func (b *ociBackend) Start(ctx context.Context, id string, s Spec) (exited <-cha
 	}
 	return box.init.exited, nil
 }
+
+// setupNetwork gives a bridged sandbox its network namespace, veth and
+// resolv.conf (written into the bundle), clearing what an earlier start of
+// the same id may have left.
+func (b *ociBackend) setupNetwork(ctx context.Context, id, dir string) (netnsPath, resolvConf string, err error) {
+	addr, err := b.net.Allocate(id) // held since Address: the same one
+	if err != nil {
+		return "", "", fmt.Errorf("network: %w", err)
+	}
+	if err := b.net.Teardown(id); err != nil {
+		return "", "", err
+	}
+	ep, err := b.net.Setup(ctx, id, addr)
+	if err != nil {
+		return "", "", err
+	}
+	data, err := b.net.ResolvConf()
+	if err != nil {
+		return "", "", fmt.Errorf("network: %w", err)
+	}
+	resolvConf = filepath.Join(dir, "resolv.conf")
+	if err := os.WriteFile(resolvConf, data, 0o644); err != nil {
+		return "", "", err
+	}
+	return ep.NetnsPath, resolvConf, nil
+}
+
+// Address allocates a bridged sandbox's address.
+func (b *ociBackend) Address(id string, s Spec) (string, string, error) {
+	if s.NetworkMode != NetworkBridge {
+		return "", "", nil
+	}
+	addr, err := b.net.Allocate(id)
+	switch {
+	case errors.Is(err, network.ErrExhausted):
+		return "", "", fmt.Errorf("%w: %w", err, ErrConflict)
+	case err != nil:
+		return "", "", err
+	}
+	return addr.String(), b.net.Gateway().String(), nil
+}
+
+// ReserveAddress holds addr for id again after an agent restart.
+func (b *ociBackend) ReserveAddress(id, addr string) error {
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return err
+	}
+	return b.net.Reserve(id, a)
+}
+
+// ReleaseAddress frees id's address.
+func (b *ociBackend) ReleaseAddress(id string) { b.net.Release(id) }
 
 // runtimeRun is `runc run --detach`: create and start in one call. The
 // runtime's output (its errors) goes to runtime.log; the init inherits
@@ -402,13 +516,9 @@ func (b *ociBackend) Adopt(ctx context.Context, id string) (<-chan struct{}, boo
 	if c.Status != "running" || c.Pid <= 0 {
 		return nil, false, nil
 	}
-	var meta bundleMeta
-	data, err := os.ReadFile(filepath.Join(b.bundle(id), bundleMetaFile))
+	meta, err := readBundleMeta(b.bundle(id))
 	if err != nil {
 		return nil, false, err
-	}
-	if err := json.Unmarshal(data, &meta); err != nil {
-		return nil, false, fmt.Errorf("%s: %w", bundleMetaFile, err)
 	}
 	box, err := b.track(id, c.Pid, meta)
 	if err != nil {
@@ -505,6 +615,9 @@ func (b *ociBackend) Stop(ctx context.Context, id string) error {
 		}
 	}
 	b.removeCgroups(id)
+	if err := b.net.Teardown(id); err != nil {
+		return err
+	}
 	return unmount(filepath.Join(b.bundle(id), "rootfs"))
 }
 
@@ -544,14 +657,97 @@ func (b *ociBackend) Destroy(ctx context.Context, id string) error {
 		return err
 	}
 	for _, e := range entries {
-		if e.Name() == recordFile {
+		p := filepath.Join(dir, e.Name())
+		switch e.Name() {
+		case recordFile:
 			continue
+		case layerDir:
+			err = b.deleteLayer(p)
+		default:
+			err = os.RemoveAll(p)
 		}
-		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+		if err != nil {
+			return err
+		}
+	}
+	b.net.Release(id)
+	return nil
+}
+
+// deleteLayer removes a writable layer or a snapshot's copy of one: a
+// btrfs subvolume, or a plain tree (one made before the state directory
+// was on btrfs, or a copy with immutable files).
+func (b *ociBackend) deleteLayer(p string) error {
+	if err := b.snap.Delete(p); err != nil {
+		if cerr := disk.NewCopySnapshotter().Delete(p); cerr != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// readBundleMeta reads backend.json from a bundle or snapshot directory.
+func readBundleMeta(dir string) (bundleMeta, error) {
+	var meta bundleMeta
+	data, err := os.ReadFile(filepath.Join(dir, bundleMetaFile))
+	if err != nil {
+		return meta, err
+	}
+	if err := json.Unmarshal(data, &meta); err != nil {
+		return meta, fmt.Errorf("%s: %w", filepath.Join(dir, bundleMetaFile), err)
+	}
+	return meta, nil
+}
+
+// Checkpoint freezes the sandbox (its cgroup), snapshots its writable
+// layer into dir/layer, read-only, thaws it, and keeps the bundle's
+// backend.json beside it: the lower layer and image config a restore
+// needs. Where the sandbox cannot be frozen (no freezer), the files are
+// taken as they are, and a warning logged.
+func (b *ociBackend) Checkpoint(ctx context.Context, id, dir string) error {
+	if _, err := b.box(id); err != nil {
+		return err
+	}
+	bundle := b.bundle(id)
+	meta, err := os.ReadFile(filepath.Join(bundle, bundleMetaFile))
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runtimeTimeout)
+	defer cancel()
+	if err := b.rt.Pause(rctx, id); err != nil {
+		b.log.Warn("checkpoint without freezing the sandbox", "id", id, "err", err)
+	} else {
+		defer func() {
+			if err := b.rt.Resume(rctx, id); err != nil {
+				b.log.Error("thaw the sandbox after a checkpoint", "id", id, "err", err)
+			}
+		}()
+	}
+	src, dst := filepath.Join(bundle, layerDir), filepath.Join(dir, layerDir)
+	if _, err := os.Stat(src); err != nil {
+		return fmt.Errorf("sandbox %q has no layer directory (made by an older agent?); it cannot be checkpointed: %w", id, err)
+	}
+	err = b.snap.Snapshot(src, dst, true)
+	if err != nil {
+		// A layer made before the state directory was on btrfs is no
+		// subvolume; a filesystem without the immutable flag cannot keep
+		// a copy read-only. A writable copy is still a snapshot.
+		_ = b.deleteLayer(dst)
+		if cerr := disk.NewCopySnapshotter().Snapshot(src, dst, false); cerr != nil {
+			return fmt.Errorf("%w (then, copying: %w)", err, cerr)
+		}
+		b.log.Warn("snapshot taken as a writable copy", "id", id, "why", err)
+	}
+	return writeFileAtomic(filepath.Join(dir, bundleMetaFile), meta, 0o600)
+}
+
+// DeleteSnapshot removes a snapshot directory.
+func (b *ociBackend) DeleteSnapshot(ctx context.Context, dir string) error {
+	if err := b.deleteLayer(filepath.Join(dir, layerDir)); err != nil {
+		return err
+	}
+	return os.RemoveAll(dir)
 }
 
 // Close cancels image pulls and stops watching the inits; the sandboxes

@@ -36,6 +36,11 @@ type bundleParams struct {
 	Mounts      []Mount
 	CgroupsPath string
 	Cgroup2     bool // the host runs cgroup v2: give the sandbox a cgroup namespace
+	// NetnsPath, when set, is the network namespace to join (a bridged
+	// sandbox's); else the sandbox gets a new one with only loopback.
+	NetnsPath string
+	// ResolvConf, when set, is bound read-only on /etc/resolv.conf.
+	ResolvConf string
 }
 
 // buildSpec makes the OCI spec of a sandbox whose root filesystem is the
@@ -62,11 +67,14 @@ func buildSpec(p bundleParams) *specs.Spec {
 		}
 		mounts = append(mounts, specs.Mount{Destination: m.Target, Type: "bind", Source: m.Source, Options: opts})
 	}
+	if p.ResolvConf != "" {
+		mounts = append(mounts, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: p.ResolvConf, Options: []string{"bind", "ro", "nosuid", "nodev", "noexec"}})
+	}
 	quota := int64(p.Limits.VCPUs) * cpuPeriod
 	period := uint64(cpuPeriod)
 	memory := p.Limits.MemoryMiB << 20
 	namespaces := []specs.LinuxNamespace{
-		{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.IPCNamespace},
+		{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace, Path: p.NetnsPath}, {Type: specs.IPCNamespace},
 		{Type: specs.UTSNamespace}, {Type: specs.MountNamespace},
 	}
 	if p.Cgroup2 {

@@ -28,6 +28,17 @@ type record struct {
 	LastExitCode *int       `json:"last_exit_code,omitempty"`
 	Error        string     `json:"error,omitempty"`
 	Run          *runRecord `json:"run,omitempty"` // the workload in progress, if any
+	// IPAddress and Gateway are a bridged sandbox's address, held from
+	// its creation to its removal, and the bridge's.
+	IPAddress string `json:"ip_address,omitempty"`
+	Gateway   string `json:"gateway,omitempty"`
+	// Restored names the snapshot the sandbox was restored from, if it was.
+	Restored *restoredFrom `json:"restored_from,omitempty"`
+}
+
+// restoredFrom is the snapshot a sandbox was made from.
+type restoredFrom struct {
+	SnapshotID string `json:"snapshot_id"`
 }
 
 // runRecord is a workload in progress.
@@ -41,6 +52,10 @@ func (r record) clone() record {
 	if r.LastExitCode != nil {
 		code := *r.LastExitCode
 		c.LastExitCode = &code
+	}
+	if r.Restored != nil {
+		from := *r.Restored
+		c.Restored = &from
 	}
 	if r.Run != nil {
 		run := *r.Run

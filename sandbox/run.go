@@ -178,6 +178,9 @@ func (m *Manager) execute(ctx context.Context, id string, p Process, pio procIO)
 func (m *Manager) beginRunLocked(sb *sandbox, p Process) (*activeRun, error) {
 	switch sb.rec.State {
 	case StateReady:
+		if sb.checkpointing {
+			return nil, fmt.Errorf("sandbox %q is being checkpointed; run again when it is done: %w", sb.id, ErrConflict)
+		}
 	case StateRunning:
 		return nil, fmt.Errorf("sandbox %q is running another workload: %w", sb.id, ErrConflict)
 	default:

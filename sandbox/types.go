@@ -59,10 +59,17 @@ type Mount struct {
 	ReadOnly bool   `json:"readonly,omitempty"`
 }
 
-// Network modes. Only NetworkNone is implemented: the sandbox gets a network
-// namespace of its own with only loopback, up.
+// Network modes.
 const (
+	// NetworkNone: a network namespace of the sandbox's own with only
+	// loopback, up.
 	NetworkNone = "none"
+	// NetworkBridge: also an eth0 with an address of Config.BridgeCIDR,
+	// joined by a veth pair to the host bridge, whose address (the
+	// range's first) is its default route. Requests may say "tap", the
+	// original agent's name, for it.
+	NetworkBridge = "bridge"
+	networkTap    = "tap"
 )
 
 // Spec is a create request. The JSON tags are the form it takes in the
@@ -83,7 +90,7 @@ type Spec struct {
 	WorkingDir  string            `json:"working_dir,omitempty"` // default for every process; created if missing
 	User        string            `json:"user,omitempty"`        // default for every process: uid[:gid] or a name
 	Mounts      []Mount           `json:"mounts,omitempty"`
-	NetworkMode string            `json:"network_mode,omitempty"` // "" or "none"
+	NetworkMode string            `json:"network_mode,omitempty"` // "" (none), "none", "bridge" or "tap" (bridge)
 	// TTL > 0: the sandbox is stopped and removed that long after creation.
 	TTL          time.Duration `json:"ttl,omitempty"`
 	SSHPublicKey string        `json:"ssh_public_key,omitempty"` // rejected: no sshd in a container sandbox
@@ -95,8 +102,9 @@ type Info struct {
 	State        State
 	Labels       map[string]string
 	Limits       Limits // the effective limits, defaults applied
-	NetworkMode  string // "none"
-	IPAddress    string // empty with network mode none
+	NetworkMode  string // "none" or "bridge"
+	IPAddress    string // its address on the bridge; empty with network mode none
+	Gateway      string // the bridge's address; empty with network mode none
 	CreatedAt    time.Time
 	ReadyAt      time.Time // zero if never ready
 	LastExitedAt time.Time // zero if no workload ever ended

@@ -86,10 +86,11 @@ func normalize(s Spec, defaults Limits) (Spec, error) {
 	switch s.NetworkMode {
 	case "", NetworkNone:
 		s.NetworkMode = NetworkNone
-	case "bridge", "tap":
-		return s, invalidField("network.mode", "%q is not supported yet; only %q is", s.NetworkMode, NetworkNone)
+	case NetworkBridge, networkTap:
+		s.NetworkMode = NetworkBridge
 	default:
-		return s, invalidField("network.mode", "unknown mode %q; only %q is supported", s.NetworkMode, NetworkNone)
+		return s, invalidField("network.mode", "unknown mode %q; the modes are %q and %q (%q is an alias of %q)",
+			s.NetworkMode, NetworkNone, NetworkBridge, networkTap, NetworkBridge)
 	}
 	if s.TTL < 0 {
 		return s, invalidField("ttl_seconds", "%v is negative", s.TTL)

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -46,7 +47,7 @@ type config struct {
 	OCIRuntime           string
 	SandboxRootfs        string
 	BusyboxPath          string
-	SandboxCIDR          string
+	SandboxCIDR          netip.Prefix
 	LogLevel             string
 	LogFormat            string
 	ShutdownTimeout      time.Duration
@@ -203,8 +204,20 @@ var settings = []setting{
 		apply: str(func(c *config) *string { return &c.SandboxRootfs })},
 	{name: "sandbox-busybox", usage: "the static busybox the default root filesystem is made from when it does not exist", def: constant("/bin/busybox"),
 		apply: str(func(c *config) *string { return &c.BusyboxPath })},
-	{name: "sandbox-cidr", usage: "the sandbox bridge's address range; the gateway is its first address", def: constant("172.20.0.0/16"),
-		apply: str(func(c *config) *string { return &c.SandboxCIDR })},
+	{name: "sandbox-cidr", usage: "the address range of bridged sandboxes (IPv4, /8 to /30); its first address is the gateway, the bridge's own", def: constant("172.20.0.0/16"),
+		apply: func(c *config, v string) error {
+			p, err := netip.ParsePrefix(v)
+			switch {
+			case err != nil:
+				return fmt.Errorf("%q is not an address range such as 172.20.0.0/16", v)
+			case !p.Addr().Is4() || p.Bits() < 8 || p.Bits() > 30:
+				return fmt.Errorf("%q: want an IPv4 range from /8 to /30", v)
+			case p.Masked() != p:
+				return fmt.Errorf("%q has host bits set; the range is %s", v, p.Masked())
+			}
+			c.SandboxCIDR = p
+			return nil
+		}},
 	{name: "log-level", usage: "debug, info, warn or error", def: constant("info"),
 		apply: func(c *config, v string) error {
 			switch v {

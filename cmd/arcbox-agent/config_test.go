@@ -42,7 +42,7 @@ func TestConfigDefaults(t *testing.T) {
 		c.DataDevice != "/dev/vdb" || c.WipeDataDevice || c.DataMount != "/run/arcbox/data" ||
 		c.DockerDataRoot != "/var/lib/docker" || c.ContainerdRoot != "/var/lib/containerd" ||
 		c.StateDir != "/var/lib/arcbox" || c.SandboxRootfs != "/var/lib/arcbox/rootfs/default" ||
-		!c.SetClock || c.PrepareSystem || c.NTPServer != "" || c.SandboxCIDR != "172.20.0.0/16" || len(c.AllowCIDs) != 0 {
+		!c.SetClock || c.PrepareSystem || c.NTPServer != "" || c.SandboxCIDR.String() != "172.20.0.0/16" || len(c.AllowCIDs) != 0 {
 		t.Errorf("defaults: %+v", c)
 	}
 	if len(w) != 0 {
@@ -117,6 +117,16 @@ func TestDockerPortIgnoresBadValues(t *testing.T) {
 	// A bad flag is the operator's own typo: an error, not a fallback.
 	if _, err := loadConfig([]string{"--guest-docker-vsock-port", "0"}, envOf(nil), nil, func(string, ...any) {}); err == nil {
 		t.Error("a bad --guest-docker-vsock-port flag was accepted")
+	}
+	for _, cidr := range []string{"172.20.0.0", "172.20.0.5/16", "fd00::/64", "10.0.0.0/31"} {
+		_, err := loadConfig([]string{"--cmdline-file", cmdlineFile(t, ""), "--sandbox-cidr", cidr}, envOf(nil), nil, func(string, ...any) {})
+		if err == nil || !strings.Contains(err.Error(), "--sandbox-cidr") {
+			t.Errorf("--sandbox-cidr %s: %v, want an error naming the flag", cidr, err)
+		}
+	}
+	c, err := loadConfig([]string{"--cmdline-file", cmdlineFile(t, "")}, envOf(map[string]string{"ARCBOX_SANDBOX_CIDR": "10.88.0.0/24"}), nil, func(string, ...any) {})
+	if err != nil || c.SandboxCIDR.String() != "10.88.0.0/24" {
+		t.Errorf("ARCBOX_SANDBOX_CIDR: %v, %v", c, err)
 	}
 }
 

@@ -115,6 +115,7 @@ func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phase
 			Runtime:       ociRuntime(cfg),
 			DefaultRootfs: cfg.SandboxRootfs,
 			BusyboxPath:   cfg.BusyboxPath,
+			BridgeCIDR:    cfg.SandboxCIDR,
 			Logger:        logger,
 			Registerer:    reg,
 		})
