@@ -108,6 +108,13 @@ func (e *ociEnv) cleanup() {
 			t.Errorf("cleanup: Remove %s: %v", info.ID, err)
 		}
 	}
+	// Snapshots may be read-only (immutable files), which the temporary
+	// directory's own cleanup cannot remove.
+	for _, s := range e.m.Snapshots(SnapshotFilter{}) {
+		if err := e.m.DeleteSnapshot(ctx, s.ID); err != nil {
+			t.Errorf("cleanup: DeleteSnapshot %s: %v", s.ID, err)
+		}
+	}
 	if err := e.m.Close(ctx); err != nil {
 		t.Errorf("cleanup: Close: %v", err)
 	}

@@ -65,15 +65,19 @@ func (r record) clone() record {
 	return c
 }
 
-// writeRecord stores rec in dir atomically: a temporary file, fsynced, then
-// renamed over the old one, then the directory fsynced.
+// writeRecord stores rec in dir atomically, a temporary file renamed over
+// the old one, so that an agent that dies at any point leaves the old
+// record or the new one. It does not fsync: a record only has to survive
+// the agent, not the machine, since no sandbox survives a reboot (the next
+// agent finds the init gone and fails the sandbox, whatever the record
+// says), and two fsyncs per run were a tenth of a `true` run's time.
 func writeRecord(dir string, rec record) error {
 	rec.Version = recordVersion
 	data, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode record: %w", err)
 	}
-	return writeFileAtomic(filepath.Join(dir, recordFile), data, 0o600)
+	return replaceFile(filepath.Join(dir, recordFile), data, 0o600, false)
 }
 
 // readRecord loads the record in dir.
@@ -95,9 +99,15 @@ func readRecord(dir string) (record, error) {
 	return rec, nil
 }
 
-// writeFileAtomic replaces path with data so that a crash leaves either the
-// old content or the new, never a mix.
-func writeFileAtomic(path string, data []byte, perm fs.FileMode) (err error) {
+// writeFileAtomic replaces path with data so that a crash, of the agent or
+// of the machine, leaves either the old content or the new, never a mix.
+func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
+	return replaceFile(path, data, perm, true)
+}
+
+// replaceFile writes data to a temporary file and renames it over path;
+// durable fsyncs the file before the rename and the directory after.
+func replaceFile(path string, data []byte, perm fs.FileMode, durable bool) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -115,14 +125,19 @@ func writeFileAtomic(path string, data []byte, perm fs.FileMode) (err error) {
 	if err = f.Chmod(perm); err != nil {
 		return err
 	}
-	if err = f.Sync(); err != nil {
-		return err
+	if durable {
+		if err = f.Sync(); err != nil {
+			return err
+		}
 	}
 	if err = f.Close(); err != nil {
 		return err
 	}
 	if err = os.Rename(f.Name(), path); err != nil {
 		return err
+	}
+	if !durable {
+		return nil
 	}
 	return syncDir(dir)
 }

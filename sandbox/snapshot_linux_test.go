@@ -23,7 +23,8 @@ func btrfsStateDir(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Truncate(512 << 20); err != nil {
+	// Sparse; room for btrfs' lazy freeing of deleted subvolumes.
+	if err := f.Truncate(4 << 30); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()

@@ -1,0 +1,84 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"testing"
+)
+
+// BenchmarkRestoreToReady: a sandbox that has written 50 MiB, reached two
+// ways, with the state directory on btrfs (snapshots) and on the test's
+// temporary directory (copies): created and made to write them (Create
+// with a cmd, until its idle event), or restored from a checkpoint of one
+// (Restore, which answers once ready). Plain create to ready is there too,
+// for scale. Target: restore at most half of create-and-write.
+func BenchmarkRestoreToReady(b *testing.B) {
+	const write = "dd if=/dev/zero of=/blob bs=1048576 count=50 status=none"
+	for _, fsys := range []string{"copy", "btrfs"} {
+		stateDir := func(b *testing.B) []func(*Config) {
+			if fsys != "btrfs" {
+				return nil
+			}
+			dir := btrfsStateDir(b)
+			return []func(*Config){func(c *Config) { c.StateDir = dir }}
+		}
+		b.Run(fsys+"/create", func(b *testing.B) {
+			e := newOCIEnv(b, "runc", stateDir(b)...)
+			b.ResetTimer()
+			for i := range b.N {
+				id := fmt.Sprintf("c%d", i)
+				e.track(id)
+				if _, _, err := e.m.Create(context.Background(), Spec{ID: id}); err != nil {
+					b.Fatal(err)
+				}
+				e.expect(id, ActionReady)
+				b.StopTimer()
+				if err := e.m.Remove(context.Background(), id, true); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+		})
+		b.Run(fsys+"/create-and-write", func(b *testing.B) {
+			e := newOCIEnv(b, "runc", stateDir(b)...)
+			b.ResetTimer()
+			for i := range b.N {
+				id := fmt.Sprintf("w%d", i)
+				e.track(id)
+				if _, _, err := e.m.Create(context.Background(), Spec{ID: id, Cmd: []string{"sh", "-c", write}}); err != nil {
+					b.Fatal(err)
+				}
+				if ev := e.expect(id, ActionIdle); ev[0].Attributes["exit_code"] != "0" {
+					b.Fatalf("the write failed: %v", ev[0].Attributes)
+				}
+				b.StopTimer()
+				if err := e.m.Remove(context.Background(), id, true); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+		})
+		b.Run(fsys+"/restore", func(b *testing.B) {
+			e := newOCIEnv(b, "runc", stateDir(b)...)
+			e.create(Spec{ID: "orig"})
+			e.sh("orig", write)
+			snap, err := e.m.Checkpoint(context.Background(), "orig", CheckpointRequest{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				id := fmt.Sprintf("r%d", i)
+				e.track(id)
+				if _, err := e.m.Restore(context.Background(), snap.ID, RestoreRequest{ID: id}); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				if err := e.m.Remove(context.Background(), id, true); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+		})
+	}
+}
