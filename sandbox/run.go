@@ -22,6 +22,17 @@ const (
 	// when nothing more arrives: a background child that kept the pipe
 	// open must not hold the run forever.
 	drainIdle = 250 * time.Millisecond
+	// burstMin, burstGap and burstWait coalesce a stream of writes: a
+	// read of at least burstMin bytes that comes within burstGap of the
+	// one before is part of a stream, and the pump lets the pipe fill for
+	// burstWait before taking the rest in one read. Each write to a pipe
+	// the agent waits on costs a wake-up on both sides; a process writing
+	// 8 KiB at a time otherwise tops out near 300 MB/s however fast it
+	// is (over 700 with this). Small output (a prompt, a keystroke's
+	// echo) and output after a pause are sent at once.
+	burstMin  = 4 << 10
+	burstGap  = time.Millisecond
+	burstWait = 200 * time.Microsecond
 )
 
 // outBufs recycles the output read buffers.
@@ -29,6 +40,26 @@ var outBufs = sync.Pool{New: func() any {
 	b := make([]byte, outBufSize)
 	return &b
 }}
+
+// readAvailable reads what f holds now into p, without waiting.
+func readAvailable(f *os.File, p []byte) int {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	_ = rc.Read(func(fd uintptr) bool {
+		for n < len(p) {
+			k, err := unix.Read(int(fd), p[n:])
+			if k <= 0 || err != nil {
+				break
+			}
+			n += k
+		}
+		return true // done, whether or not there was anything
+	})
+	return n
+}
 
 // errTimeout is why a run past its Timeout is killed.
 var errTimeout = errors.New("timeout")
@@ -239,8 +270,17 @@ func (m *Manager) drive(ctx context.Context, exe execution, ar *activeRun, p Pro
 		bufp := outBufs.Get().(*[]byte)
 		defer outBufs.Put(bufp)
 		buf := *bufp
+		var last time.Time
 		for {
 			n, rerr := f.Read(buf)
+			if n >= burstMin && n < len(buf) && rerr == nil {
+				now := time.Now()
+				if now.Sub(last) < burstGap {
+					time.Sleep(burstWait)
+					n += readAvailable(f, buf[n:])
+				}
+				last = now
+			}
 			if n > 0 {
 				outMu.Lock()
 				if outErr == nil {
