@@ -477,6 +477,7 @@ func (m *Manager) start(ctx context.Context, sb *sandbox) {
 	}
 	exited, err := m.be.Start(ctx, sb.id, sb.rec.Spec, from)
 
+	cutShort := ctx.Err() != nil // before the cancel below makes it so
 	m.mu.Lock()
 	if sb.startCancel != nil {
 		sb.startCancel()
@@ -489,7 +490,7 @@ func (m *Manager) start(ctx context.Context, sb *sandbox) {
 	}
 	if err != nil {
 		m.mu.Unlock()
-		if ctx.Err() != nil {
+		if cutShort {
 			err = fmt.Errorf("%w (the agent shut down during the start)", err)
 		}
 		m.log.Error("sandbox start failed", "id", sb.id, "err", err)

@@ -558,7 +558,7 @@ func TestStartFailureAndInitDeath(t *testing.T) {
 	h.be.mu.Unlock()
 	h.create(Spec{ID: "bad"})
 	evs := h.expect("bad", ActionFailed)
-	if !strings.Contains(evs[0].Attributes["error"], "oci runtime error") {
+	if e := evs[0].Attributes["error"]; !strings.Contains(e, "oci runtime error") || strings.Contains(e, "shut down") {
 		t.Errorf("failed event: %v", evs[0].Attributes)
 	}
 	info, _ := h.m.Get("bad")

@@ -328,8 +328,13 @@ func (m *Manager) Restore(ctx context.Context, snapshotID string, req RestoreReq
 	if req.Labels != nil {
 		spec.Labels = req.Labels
 	}
-	if req.NetworkMode != "" {
+	switch req.NetworkMode {
+	case "":
+	case NetworkNone, NetworkBridge, networkTap:
 		spec.NetworkMode = req.NetworkMode
+	default:
+		return Info{}, invalidField("network_override.mode", "unknown mode %q; the modes are %q and %q (%q is an alias of %q)",
+			req.NetworkMode, NetworkNone, NetworkBridge, networkTap, NetworkBridge)
 	}
 	if req.TTL != nil {
 		spec.TTL = *req.TTL

@@ -212,8 +212,9 @@ func TestRestoreFailureLeavesNothing(t *testing.T) {
 	h.be.mu.Lock()
 	h.be.startErr = errors.New("the lower layer is gone")
 	h.be.mu.Unlock()
-	if _, err := h.m.Restore(ctx, snap.ID, RestoreRequest{ID: "doomed"}); err == nil || !strings.Contains(err.Error(), "the lower layer is gone") {
-		t.Errorf("failing restore: %v", err)
+	if _, err := h.m.Restore(ctx, snap.ID, RestoreRequest{ID: "doomed"}); err == nil || !strings.Contains(err.Error(), "the lower layer is gone") ||
+		strings.Contains(err.Error(), "shut down") {
+		t.Errorf("failing restore: %v, want the start's error and nothing about a shutdown", err)
 	}
 	if _, err := h.m.Get("doomed"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("a failed restore left its sandbox: %v", err)
@@ -224,7 +225,7 @@ func TestRestoreFailureLeavesNothing(t *testing.T) {
 	if _, err := h.m.Restore(ctx, snap.ID, RestoreRequest{ID: "../x"}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("bad id: %v", err)
 	}
-	if _, err := h.m.Restore(ctx, snap.ID, RestoreRequest{NetworkMode: "wormhole"}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "network.mode") {
+	if _, err := h.m.Restore(ctx, snap.ID, RestoreRequest{NetworkMode: "wormhole"}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `"network_override.mode"`) {
 		t.Errorf("bad network mode: %v", err)
 	}
 }
