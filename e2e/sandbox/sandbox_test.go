@@ -446,6 +446,7 @@ func TestBadInput(t *testing.T) {
 		{`{"id":"bi-vcpus","limits":{"vcpus":-1}}`, "limits.vcpus"},
 		{`{"id":"bi-ttl","ttl_seconds":-1}`, "ttl_seconds"},
 		{`{"id":"bi-image","image":"UPPER/Case:tag"}`, "image"},
+		{`{"id":"bi-network","network":{"mode":"wormhole"}}`, "network.mode"},
 	} {
 		r, err := raw.CreateSandboxWithBodyWithResponse(ctx, "application/json", strings.NewReader(tc.body))
 		if err != nil {
