@@ -13,6 +13,7 @@
 //	sandboxes/<id>/record.json   the sandbox's record (spec, state, times, last exit)
 //	sandboxes/<id>/config.json   the OCI bundle's spec
 //	sandboxes/<id>/rootfs        the overlayfs root (lower: the image or rootfs dir)
+//	sandboxes/<id>/init.sock     the socket through which the init starts processes
 //	sandboxes/<id>/layer/        the writable layer: the overlay's upper and work
 //	                             directories (a btrfs subvolume when StateDir is on btrfs)
 //	snapshots/<id>/snapshot.json a checkpoint's record (the sandbox's spec, name, labels)

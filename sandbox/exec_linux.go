@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,6 +17,8 @@ import (
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/arcbox/arcbox-agent/sandbox/initproc"
 )
 
 // pipeSize is the capacity asked of output pipes: fewer, larger reads
@@ -26,21 +29,19 @@ const pipeSize = 1 << 20
 // process's pid file.
 const pidFileWait = 10 * time.Second
 
-// CheckProcess refuses a terminal on runc: runc takes a console socket
-// only from an exec it detaches from, and then leaves nobody to collect
-// the process's exit status; crun takes one from an exec it waits for.
-func (b *ociBackend) CheckProcess(p Process) error {
-	if p.TTY && strings.HasPrefix(b.runtimeName, "runc") {
-		return invalidField("tty", "not supported with runc as the OCI runtime (use crun)")
-	}
-	return nil
-}
+// CheckProcess accepts every process: a terminal works on every runtime
+// through the sandbox's init (see Exec).
+func (b *ociBackend) CheckProcess(p Process) error { return nil }
 
-// Exec starts p in the sandbox with `runc exec`. Without a terminal the
-// process writes straight into the agent's pipes (no copy in between) and
-// reads stdin from a pipe the agent copies eio.Stdin into (or /dev/null);
-// with one, the runtime hands the agent the terminal's master through a
-// console socket, and eio.Stdin is copied into the master.
+// Exec starts p in the sandbox. The sandbox's init starts it, when the
+// init takes processes (every sandbox this agent made): the agent sends
+// it the process and its stdio, and it reports the exit (see execInit).
+// Otherwise `runc exec` does: without a terminal the process writes
+// straight into the agent's pipes (crun; runc copies through pipes of its
+// own) and reads stdin from a pipe the agent copies eio.Stdin into (or
+// /dev/null); with one, the runtime hands the agent the terminal's master
+// through a console socket (crun only: runc does so only for an exec it
+// detaches from), and eio.Stdin is copied into the master.
 func (b *ociBackend) Exec(ctx context.Context, id string, s Spec, p Process, eio ExecIO) (execution, error) {
 	box, err := b.box(id)
 	if err != nil {
@@ -67,6 +68,14 @@ func (b *ociBackend) Exec(ctx context.Context, id string, s Spec, p Process, eio
 	stdin := eio.Stdin
 	if p.TTY && stdin == nil {
 		stdin = eofReader{} // the terminal's EOF at once
+	}
+	if c := dialInit(dir); c != nil {
+		return b.execInit(c, box, initproc.Start{
+			Args: p.Cmd, Env: env, Dir: cwd, UID: u.UID, GID: u.GID, Groups: u.AdditionalGIDs, TTY: p.TTY,
+		}, size, stdin)
+	}
+	if p.TTY && strings.HasPrefix(b.runtimeName, "runc") {
+		return nil, invalidField("tty", "not supported under runc for sandbox %q, made by an earlier agent whose init takes no processes; recreate it", id)
 	}
 
 	b.mu.Lock()
@@ -200,6 +209,11 @@ type ociExec struct {
 
 	runtimePid int       // the runtime's exec process, the agent's child
 	killOnce   sync.Once // arms killRuntimeLater once
+
+	// ctl is the connection to the sandbox's init that started the
+	// process, when it did (no runtime process then).
+	ctl   *net.UnixConn
+	ctlMu sync.Mutex // serializes writes on ctl
 }
 
 // runtimeKillDelay is how long a killed process's runtime gets to exit
@@ -370,6 +384,9 @@ func (e *ociExec) processPid() (int, error) {
 // Signal signals the process (with tree, its descendants too, see
 // signalTree) if it still runs in the sandbox.
 func (e *ociExec) Signal(sig unix.Signal, tree bool) error {
+	if e.ctl != nil {
+		return e.signalInit(sig, tree)
+	}
 	if sig == unix.SIGKILL {
 		e.killRuntimeLater()
 	}
@@ -397,8 +414,11 @@ func (e *ociExec) Wait() (int, error) {
 	return e.code, e.err
 }
 
-// Close releases the pipes, terminal and pid file.
+// Close releases the pipes, terminal, pid file and init connection.
 func (e *ociExec) Close() error {
+	if e.ctl != nil {
+		e.ctl.Close()
+	}
 	for _, f := range []*os.File{e.stdout, e.stderr, e.stdinW} {
 		if f != nil {
 			f.Close()

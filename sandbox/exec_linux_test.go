@@ -118,9 +118,6 @@ func TestOCIExecStdin(t *testing.T) {
 			if code, err := e.m.Exec(context.Background(), id, Process{Cmd: []string{"true"}}, ExecIO{Resize: resize, Size: &TTYSize{Width: 1, Height: 1}}, nil); err != nil || code != 0 {
 				t.Errorf("true with a closed Resize = %d, %v", code, err)
 			}
-			if rt == "runc" { // no terminal there: TestOCIExecTerminal
-				return
-			}
 			// No stdin: cat ends at once, with or without a terminal.
 			for _, tty := range []bool{false, true} {
 				l = liveOut{}
@@ -144,19 +141,9 @@ func TestOCIExecStdin(t *testing.T) {
 
 // TestOCIExecTerminal: sh on a terminal reports the start size from
 // `stty size`, and after a resize the new one, and gets SIGWINCH; the end
-// of stdin ends it. runc refuses a terminal up front.
+// of stdin ends it. The sandbox's init makes it work on runc too.
 func TestOCIExecTerminal(t *testing.T) {
-	t.Run("runc", func(t *testing.T) {
-		e := newOCIEnv(t, "runc")
-		id := e.create(Spec{ID: "term-runc"}).ID
-		if _, err := e.m.Exec(context.Background(), id, Process{Cmd: []string{"sh"}, TTY: true}, ExecIO{}, nil); !errors.Is(err, ErrInvalid) {
-			t.Errorf("a terminal on runc: %v, want ErrInvalid", err)
-		}
-		if got, _ := e.m.Get(id); got.State != StateReady || got.LastExitCode != nil {
-			t.Errorf("after the refusal: %s, last exit %v; want ready, none", got.State, got.LastExitCode)
-		}
-	})
-	for _, rt := range []string{"crun"} {
+	for _, rt := range runtimes {
 		t.Run(rt, func(t *testing.T) {
 			e := newOCIEnv(t, rt)
 			id := e.create(Spec{ID: "term-" + rt}).ID

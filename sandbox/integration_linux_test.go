@@ -58,19 +58,36 @@ func TestOCILifecycle(t *testing.T) {
 			}
 
 			// No descriptor of the agent reaches the sandbox: the init has
-			// /dev/null as 0-2, and beyond them only what its Go runtime
-			// opens itself (the sandbox's own cgroup CPU files); a
-			// workload has its stdio and what ls opens (3, the directory
-			// it lists).
-			fds := e.sh(id, `for f in /proc/1/fd/*; do echo "$f $(readlink $f)"; done`)
-			for _, line := range strings.Split(strings.TrimSpace(fds), "\n") {
-				f := strings.Fields(line)
-				std := len(f) == 2 && slices.Contains([]string{"/proc/1/fd/0", "/proc/1/fd/1", "/proc/1/fd/2"}, f[0]) && f[1] == "/dev/null"
-				runtime := len(f) == 2 && strings.HasPrefix(f[1], "/sys/fs/cgroup/cpu")
-				if !std && !runtime {
-					t.Errorf("init fd: %q; want 0-2 on /dev/null, and the Go runtime's cgroup files", line)
-				}
+			// /dev/null as 0-2, the agent's listening socket, and beyond
+			// them only what its Go runtime opens itself (the netpoller's,
+			// the sandbox's own cgroup CPU files), seen from the host: the
+			// init is not dumpable, so nothing in the sandbox can look at
+			// them (or take the socket); a workload has its stdio and what
+			// ls opens (3, the directory it lists).
+			if out, _, code := e.run(id, Process{Cmd: []string{"readlink", "/proc/1/fd/0"}}); code == 0 {
+				t.Errorf("the sandbox can read its init's descriptors: %q", out)
 			}
+			initPid, _ := e.runtimeState(id)
+			initSockets := func() int {
+				entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", initPid))
+				if err != nil {
+					t.Fatal(err)
+				}
+				sockets := 0
+				for _, ent := range entries {
+					target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", initPid, ent.Name()))
+					std := slices.Contains([]string{"0", "1", "2"}, ent.Name()) && target == "/dev/null"
+					runtime := strings.HasPrefix(target, "/sys/fs/cgroup/cpu") || strings.HasPrefix(target, "anon_inode:") || strings.HasPrefix(target, "pipe:")
+					if strings.HasPrefix(target, "socket:") {
+						sockets++
+					} else if !std && !runtime {
+						t.Errorf("init fd %s: %q; want 0-2 on /dev/null, the agent's socket, and the Go runtime's own", ent.Name(), target)
+					}
+				}
+				return sockets
+			}
+			// The last run's connection may still be closing.
+			waitFor(t, "the init to hold only its listening socket", func() bool { return initSockets() == 1 })
 			own := strings.Fields(e.sh(id, "ls /proc/self/fd"))
 			if len(own) > 4 || !slices.Equal(own[:3], []string{"0", "1", "2"}) {
 				t.Errorf("workload fds %v; want 0 1 2 and ls's own 3", own)
@@ -334,8 +351,12 @@ func TestOCIBadInput(t *testing.T) {
 		t.Errorf("Run unknown: %v", err)
 	}
 	id := e.create(Spec{ID: "st"}).ID
-	if _, _, code := e.run(id, Process{Cmd: []string{"no-such-program"}}); code == 0 {
-		t.Errorf("a missing program exited 0")
+	// As a shell says it: 127 and why on stderr.
+	if _, errOut, code := e.run(id, Process{Cmd: []string{"no-such-program"}}); code != 127 || !strings.Contains(errOut, `"no-such-program": executable file not found`) {
+		t.Errorf("a missing program: exit %d, stderr %q; want 127 naming it", code, errOut)
+	}
+	if _, errOut, code := e.run(id, Process{Cmd: []string{"true"}, WorkingDir: "/etc/passwd"}); code != 127 || !strings.Contains(errOut, "not a directory") {
+		t.Errorf("a working dir that is a file: exit %d, stderr %q; want 127 saying why", code, errOut)
 	}
 	if _, err := e.m.Run(ctx, id, Process{Cmd: []string{"true"}, User: "nosuchuser"}, nil); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `"user"`) {
 		t.Errorf("Run as unknown user: %v", err)

@@ -425,7 +425,8 @@ func (b *ociBackend) ReleaseAddress(id string) { b.net.Release(id) }
 
 // runtimeRun is `runc run --detach`: create and start in one call. The
 // runtime's output (its errors) goes to runtime.log; the init inherits
-// /dev/null and that log, and swaps the log for /dev/null when it starts.
+// /dev/null and that log, and swaps the log for /dev/null when it starts,
+// and the listening init socket as its fd 3 (listenForInit).
 func (b *ociBackend) runtimeRun(ctx context.Context, id, dir, pidFile string) error {
 	logPath := filepath.Join(dir, runtimeLogFile)
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
@@ -438,13 +439,22 @@ func (b *ociBackend) runtimeRun(ctx context.Context, id, dir, pidFile string) er
 		return err
 	}
 	defer devnull.Close()
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runtimeTimeout)
-	defer cancel()
-	_, err = b.rt.Run(rctx, id, dir, &runc.CreateOpts{
+	sock, err := listenForInit(dir)
+	if err != nil {
+		return err
+	}
+	opts := &runc.CreateOpts{
 		IO:      &fileIO{stdin: devnull, stdout: logf, stderr: logf},
 		PidFile: pidFile,
 		Detach:  true,
-	})
+	}
+	if sock != nil {
+		defer sock.Close()
+		opts.ExtraFiles = []*os.File{sock} // the init's fd 3
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runtimeTimeout)
+	defer cancel()
+	_, err = b.rt.Run(rctx, id, dir, opts)
 	if err != nil {
 		return fmt.Errorf("%s run: %w: %s", b.runtimeName, err, logTail(logPath))
 	}

@@ -121,7 +121,7 @@ type Process struct {
 	Env        map[string]string // on top of the sandbox's Env
 	WorkingDir string            // empty: the sandbox's WorkingDir, else /
 	User       string            // empty: the sandbox's User, else root
-	TTY        bool              // run on a terminal; output comes as "stdout"; not on runc (ErrInvalid)
+	TTY        bool              // run on a terminal; output comes as "stdout"
 	// Timeout > 0: the process is killed (SIGKILL) after this long and the
 	// run ends with exit code 137.
 	Timeout time.Duration

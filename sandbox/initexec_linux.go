@@ -1,0 +1,224 @@
+package sandbox
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/console"
+	"golang.org/x/sys/unix"
+
+	"github.com/arcbox/arcbox-agent/sandbox/initproc"
+)
+
+// initSockFile is the socket in a bundle through which the sandbox's init
+// starts processes for the agent (see initproc/protocol.go).
+const initSockFile = "init.sock"
+
+// maxSockPath is the longest path a unix socket can be bound at, with its
+// terminating NUL (sun_path is 108 bytes).
+const maxSockPath = 107
+
+// listenForInit binds the bundle's init socket and returns the listening
+// descriptor, for the init as its fd 3. A bundle path too long for a
+// socket gets none (nil, nil): processes then start through the runtime.
+func listenForInit(dir string) (*os.File, error) {
+	path := filepath.Join(dir, initSockFile)
+	if len(path) > maxSockPath {
+		return nil, nil
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("init socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false) // the init keeps listening on it
+	f, err := ln.File()
+	ln.Close()
+	if err != nil {
+		os.Remove(path)
+		return nil, fmt.Errorf("init socket: %w", err)
+	}
+	return f, nil
+}
+
+// dialInit connects to a sandbox's init; nil when its init takes no
+// processes (one made by an earlier agent, or a bundle path too long).
+func dialInit(dir string) *net.UnixConn {
+	path := filepath.Join(dir, initSockFile)
+	if len(path) > maxSockPath {
+		return nil
+	}
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil
+	}
+	return c
+}
+
+// execInit starts a process through the sandbox's init on c: no runtime
+// process at all, so it starts in about a millisecond, its exit status
+// comes the moment it exits whatever its background children do with its
+// output, and a terminal works on every runtime (the agent makes the
+// terminal and passes its slave).
+func (b *ociBackend) execInit(c *net.UnixConn, box *ociBox, st initproc.Start, size *TTYSize, stdin ioReader) (_ *ociExec, err error) {
+	e := &ociExec{box: box, ctl: c, done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			e.Close()
+		}
+	}()
+	var child []*os.File // the process's stdin, stdout, stderr
+	defer func() {
+		for _, f := range child {
+			f.Close()
+		}
+	}()
+	if st.TTY {
+		master, slavePath, err := console.NewPty()
+		if err != nil {
+			return nil, fmt.Errorf("terminal: %w", err)
+		}
+		e.term = master
+		if size != nil {
+			if err := master.Resize(console.WinSize{Width: size.Width, Height: size.Height}); err != nil {
+				return nil, fmt.Errorf("size the terminal: %w", err)
+			}
+		}
+		slave, err := os.OpenFile(slavePath, os.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("terminal: %w", err)
+		}
+		child = []*os.File{slave, slave, slave}
+		if e.stdout, err = pollableDup(master.Fd()); err != nil {
+			return nil, err
+		}
+	} else {
+		devnull, err := os.Open(os.DevNull)
+		if err != nil {
+			return nil, err
+		}
+		in := devnull
+		if stdin != nil {
+			r, w, err := os.Pipe()
+			if err != nil {
+				devnull.Close()
+				return nil, err
+			}
+			devnull.Close()
+			in, e.stdinW = r, w
+		}
+		child = append(child, in)
+		var w *os.File
+		if e.stdout, w, err = outputPipe(); err != nil {
+			return nil, err
+		}
+		child = append(child, w)
+		if e.stderr, w, err = outputPipe(); err != nil {
+			return nil, err
+		}
+		child = append(child, w)
+	}
+	msg, err := json.Marshal(st)
+	if err != nil {
+		return nil, err
+	}
+	fds := make([]int, len(child))
+	for i, f := range child {
+		fds[i] = int(f.Fd())
+	}
+	if _, _, err := c.WriteMsgUnix(msg, unix.UnixRights(fds...), nil); err != nil {
+		return nil, fmt.Errorf("send the process to the sandbox's init: %w", err)
+	}
+	r, err := e.readReply()
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case r.Exited: // it could not start; it said why on its stderr
+		e.code = r.Code
+		close(e.done)
+	case r.Started:
+		e.pid = r.Pid
+		go e.waitInit()
+	default:
+		return nil, fmt.Errorf("the sandbox's init answered %+v", r)
+	}
+	if stdin != nil {
+		go e.copyStdin(stdin)
+	}
+	return e, nil
+}
+
+// ioReader is io.Reader, named here to keep execInit's signature short.
+type ioReader = interface{ Read([]byte) (int, error) }
+
+// readReply reads one message of the init.
+func (e *ociExec) readReply() (initproc.Reply, error) {
+	var r initproc.Reply
+	buf := make([]byte, 4096)
+	n, err := e.ctl.Read(buf)
+	if err != nil {
+		return r, fmt.Errorf("the sandbox's init hung up (has it died?): %w", err)
+	}
+	if err := json.Unmarshal(buf[:n], &r); err != nil {
+		return r, fmt.Errorf("the sandbox's init: %w", err)
+	}
+	return r, nil
+}
+
+// waitInit waits for the init's word of the exit.
+func (e *ociExec) waitInit() {
+	defer close(e.done)
+	for {
+		r, err := e.readReply()
+		if err != nil {
+			e.code, e.err = -1, err
+			return
+		}
+		if r.Exited {
+			e.code = r.Code
+			return
+		}
+	}
+}
+
+// signalInit asks the init to signal the process.
+func (e *ociExec) signalInit(sig unix.Signal, tree bool) error {
+	select {
+	case <-e.done:
+		return nil // gone already
+	default:
+	}
+	msg, _ := json.Marshal(initproc.Signal{Signal: int(sig), Tree: tree})
+	e.ctlMu.Lock()
+	defer e.ctlMu.Unlock()
+	if _, err := e.ctl.Write(msg); err != nil {
+		select {
+		case <-e.done:
+			return nil
+		default:
+		}
+		return fmt.Errorf("signal through the sandbox's init: %w", err)
+	}
+	return nil
+}
+
+// pollableDup duplicates fd as a non-blocking file in Go's poller, so reads
+// take deadlines like a pipe's.
+func pollableDup(fd uintptr) (*os.File, error) {
+	d, err := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup the terminal: %w", err)
+	}
+	if err := unix.SetNonblock(d, true); err != nil {
+		unix.Close(d)
+		return nil, err
+	}
+	return os.NewFile(uintptr(d), "pty"), nil
+}
