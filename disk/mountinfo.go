@@ -161,3 +161,20 @@ func findMount(mounts []MountInfo, path string) *MountInfo {
 	}
 	return nil
 }
+
+// RootIsInitramfs reports whether / is the kernel's initial root
+// filesystem (an initramfs never switched away from), where pivot_root
+// fails: container runtimes must then chroot instead (runc --no-pivot,
+// dockerd with DOCKER_RAMDISK=true).
+func RootIsInitramfs() bool {
+	mounts, err := readMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	return rootIsInitramfs(mounts)
+}
+
+func rootIsInitramfs(mounts []MountInfo) bool {
+	root := findMount(mounts, "/")
+	return root != nil && root.FSType == "rootfs"
+}

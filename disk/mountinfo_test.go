@@ -133,3 +133,28 @@ func FuzzParseMountInfo(f *testing.F) {
 		}
 	})
 }
+
+func TestRootIsInitramfs(t *testing.T) {
+	initramfs := "1 1 0:1 / / rw - rootfs rootfs rw,size=1000k\n" +
+		"20 1 0:20 / /proc rw,nosuid - proc proc rw\n"
+	disk := "22 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+	// An initramfs that mounted a real root over / (switch_root not run):
+	// the visible root is the later mount.
+	stacked := initramfs + "30 1 254:0 / / rw - ext4 /dev/vda rw\n"
+	for _, tt := range []struct {
+		name, info string
+		want       bool
+	}{
+		{"initramfs", initramfs, true},
+		{"disk", disk, false},
+		{"stacked", stacked, false},
+	} {
+		mounts, err := ParseMountInfo(strings.NewReader(tt.info))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := rootIsInitramfs(mounts); got != tt.want {
+			t.Errorf("%s: rootIsInitramfs = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/arcbox/arcbox-agent/disk"
 )
 
 // containerdConfig disables the CRI plugin, which Docker does not need;
@@ -111,6 +113,11 @@ func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure str
 		}
 	}
 	env := daemonEnv(cfg.RuntimeBinDir)
+	if disk.RootIsInitramfs() {
+		// pivot_root fails on an initramfs: dockerd then has its
+		// containers' runtime chroot instead (its documented switch).
+		env = append(env, "DOCKER_RAMDISK=true")
+	}
 
 	// containerd. A socket that does not come up in time is only a note:
 	// dockerd waits for containerd itself. An exit is the end of it.

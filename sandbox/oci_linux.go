@@ -57,6 +57,9 @@ type ociBackend struct {
 	// state directory is on btrfs, directories and copies otherwise.
 	snap disk.Snapshotter
 	net  *network.Manager // bridge networking
+	// noPivot: / is an initramfs, where pivot_root fails; the runtime
+	// chroots into a sandbox's root instead.
+	noPivot bool
 
 	mu    sync.Mutex
 	boxes map[string]*ociBox
@@ -141,6 +144,7 @@ func newOCIBackend(ctx context.Context, cfg Config) (backend, error) {
 		images:        images,
 		snap:          snap,
 		net:           netMgr,
+		noPivot:       disk.RootIsInitramfs(),
 		boxes:         map[string]*ociBox{},
 	}
 	if n := markInheritedCloexec(); n > 0 {
@@ -151,7 +155,7 @@ func newOCIBackend(ctx context.Context, cfg Config) (backend, error) {
 		// to create, saying why; the others work.
 		log.Warn("no default root filesystem", "dir", b.defaultRootfs, "err", err)
 	}
-	log.Info("sandbox backend ready", "runtime", path, "cgroup2", b.cgroup2, "init", initPath, "layers", snap)
+	log.Info("sandbox backend ready", "runtime", path, "cgroup2", b.cgroup2, "init", initPath, "layers", snap, "no_pivot", b.noPivot)
 	return b, nil
 }
 
@@ -447,6 +451,7 @@ func (b *ociBackend) runtimeRun(ctx context.Context, id, dir, pidFile string) er
 		IO:      &fileIO{stdin: devnull, stdout: logf, stderr: logf},
 		PidFile: pidFile,
 		Detach:  true,
+		NoPivot: b.noPivot,
 	}
 	if sock != nil {
 		defer sock.Close()

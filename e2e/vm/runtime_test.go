@@ -252,6 +252,8 @@ func testDataVolume(t *testing.T, im vmImage) {
 			t.Errorf("dockerd's log: %v %v", err, r)
 		}
 
+		g.checkSandbox(t)
+
 		g.send(t, "write "+marker+" "+token)
 		g.expect(t, `^E2E-WROTE: `+regexp.QuoteMeta(marker), 30*time.Second)
 		g.shutdown(t)

@@ -1,0 +1,88 @@
+package vm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/arcbox/arcbox-agent/api"
+)
+
+// checkSandbox makes a sandbox in the guest, where the agent is PID 1 and
+// runc comes from the runtime directory, and runs a command in it: the
+// default root filesystem is made from the guest's busybox, the sandbox's
+// init starts the command, and its output and exit code come back.
+func (g *guest) checkSandbox(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	began := time.Now()
+	c, err := g.client.CreateSandboxWithResponse(ctx, api.CreateSandboxRequest{Id: ptr("vm-box")})
+	if err != nil || c.JSON202 == nil {
+		t.Fatalf("create a sandbox in the guest: %v %s", err, c.Body)
+	}
+	for {
+		r, err := g.client.GetSandboxWithResponse(ctx, "vm-box")
+		if err != nil || r.JSON200 == nil {
+			t.Fatalf("sandbox in the guest: %v %s", err, r.Body)
+		}
+		if st := r.JSON200.State; st == api.SandboxStateReady {
+			break
+		} else if st != api.SandboxStateStarting {
+			t.Fatalf("the guest's sandbox is %s: %s", st, deref(r.JSON200.Error))
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the guest's sandbox did not become ready")
+		case <-time.After(20 * time.Millisecond): // a poll interval of a remote API, not a wait for a condition we could watch
+		}
+	}
+	t.Logf("sandbox create to ready in the guest: %v", time.Since(began).Round(time.Millisecond))
+
+	began = time.Now()
+	// The plain client: the answer is NDJSON, read here line by line.
+	r, err := g.client.RunInSandbox(ctx, "vm-box", api.RunRequest{Cmd: []string{"sh", "-c", "echo hi from $(hostname); exit 4"}})
+	if err != nil {
+		t.Fatalf("run in the guest's sandbox: %v", err)
+	}
+	defer r.Body.Close()
+	if r.StatusCode != 200 {
+		t.Fatalf("run in the guest's sandbox: %s", r.Status)
+	}
+	var stdout bytes.Buffer
+	code := -1
+	sc := bufio.NewScanner(r.Body)
+	for sc.Scan() {
+		var m api.OutputMessage
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("run output line %q: %v", sc.Text(), err)
+		}
+		switch m.Stream {
+		case api.Stdout:
+			stdout.Write(deref(m.Data))
+		case api.Exit:
+			code = int(deref(m.ExitCode))
+		}
+	}
+	t.Logf("run in the guest's sandbox took %v", time.Since(began).Round(time.Millisecond))
+	if stdout.String() != "hi from vm-box\n" || code != 4 {
+		t.Errorf("run in the guest's sandbox: stdout %q, exit %d; want hi from vm-box, 4", stdout.String(), code)
+	}
+	force := true
+	if d, err := g.client.RemoveSandboxWithResponse(ctx, "vm-box", &api.RemoveSandboxParams{Force: &force}); err != nil || d.StatusCode() != 204 {
+		t.Errorf("remove the guest's sandbox: %v %v", err, d)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
