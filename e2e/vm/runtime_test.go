@@ -253,6 +253,7 @@ func testDataVolume(t *testing.T, im vmImage) {
 		}
 
 		g.checkSandbox(t)
+		g.checkDockerRun(t)
 
 		g.send(t, "write "+marker+" "+token)
 		g.expect(t, `^E2E-WROTE: `+regexp.QuoteMeta(marker), 30*time.Second)

@@ -5,10 +5,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/testregistry"
 )
 
 // checkSandbox makes a sandbox in the guest, where the agent is PID 1 and
@@ -85,4 +90,28 @@ func deref[T any](p *T) T {
 		return zero
 	}
 	return *p
+}
+
+// checkDockerRun loads a busybox image into the guest's dockerd through
+// the agent's proxy and runs a container from it: on the guest's
+// initramfs root that works only when dockerd chroots instead of
+// pivot_root (DOCKER_RAMDISK, which the agent sets there).
+func (g *guest) checkDockerRun(t *testing.T) {
+	t.Helper()
+	img := testregistry.Busybox{Applets: []string{"sh", "echo", "cat"}}.Image(t)
+	tag, err := name.NewTag("e2e/busybox:vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "busybox.tar")
+	if err := tarball.WriteToFile(path, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	g.docker(t, "load", "-q", "-i", path)
+	began := time.Now()
+	out := g.docker(t, "run", "--rm", "--network", "none", "e2e/busybox:vm", "sh", "-c", "echo container says hi")
+	t.Logf("docker run --rm in the guest took %v", time.Since(began).Round(time.Millisecond))
+	if out != "container says hi" {
+		t.Errorf("docker run in the guest printed %q", out)
+	}
 }
