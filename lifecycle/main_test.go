@@ -3,7 +3,9 @@ package lifecycle
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -89,15 +91,19 @@ func fakeMain(role string, args []string) int {
 			return 2
 		}
 		defer ln.Close()
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
+		if role == "dockerd" {
+			go serveFakeDocker(ln)
+		} else {
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					c.Close()
 				}
-				c.Close()
-			}
-		}()
+			}()
+		}
 		fmt.Fprintf(os.Stderr, "fake %s serving %s\n", role, sock)
 	}
 	<-sigs // forever when SIGTERM is ignored: SIGKILL ends it
@@ -274,4 +280,15 @@ func processGone(pid int) bool {
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	return i > 0 && i+2 < len(s) && s[i+2] == 'Z'
+}
+
+// serveFakeDocker answers GET /_ping on ln as dockerd does.
+func serveFakeDocker(ln net.Listener) {
+	_ = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/_ping" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = io.WriteString(w, "OK")
+	}))
 }

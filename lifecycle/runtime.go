@@ -8,8 +8,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os/exec"
 	"sync"
 	"time"
@@ -138,8 +140,11 @@ type Config struct {
 	// (the default). The Runtime waits for it. Tests wrap it to count or
 	// replace what is started.
 	StartProcess func(cmd *exec.Cmd) error
-	// ProbeSocket reports whether a unix socket accepts connections: nil
-	// when it does. Default: a connect bounded by DefaultProbeTimeout.
+	// ProbeSocket reports whether a daemon answers on its unix socket: nil
+	// when it does. Default, bounded by DefaultProbeTimeout: for the
+	// Docker socket a GET /_ping that answers 200 (dockerd listens before
+	// its API serves, and may still fail in between), for any other
+	// socket a connect.
 	ProbeSocket func(ctx context.Context, path string) error
 }
 
@@ -175,8 +180,42 @@ func (c *Config) setDefaults() {
 		c.StartProcess = (*exec.Cmd).Start
 	}
 	if c.ProbeSocket == nil {
-		c.ProbeSocket = dialSocket
+		docker := c.DockerSocket
+		c.ProbeSocket = func(ctx context.Context, path string) error {
+			if path == docker {
+				return pingDocker(ctx, path)
+			}
+			return dialSocket(ctx, path)
+		}
 	}
+}
+
+// pingDocker asks dockerd's API for /_ping over its socket.
+func pingDocker(ctx context.Context, path string) error {
+	ctx, cancel := context.WithTimeout(ctx, DefaultProbeTimeout)
+	defer cancel()
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		DisableKeepAlives: true,
+	}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker/_ping", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET /_ping on %s: %s", path, resp.Status)
+	}
+	return nil
 }
 
 // dialSocket is the default ProbeSocket: a connect, closed at once.

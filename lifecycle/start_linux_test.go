@@ -295,6 +295,7 @@ func TestStartDockerAlreadyServed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	go serveFakeDocker(ln)
 	res := r.Ensure(context.Background(), true)
 	if !res.Ready || res.Status != StatusStarted || res.Message != "docker socket already ready; docker socket ready" {
 		t.Fatalf("got %+v, want the seed's answer for a dockerd someone else started", res)

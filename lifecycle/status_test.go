@@ -128,7 +128,9 @@ func TestStatusDetails(t *testing.T) {
 }
 
 // TestStatusRealSocketProbe uses the default probe: a socket file nobody
-// listens on is "exists but not reachable"; a listener is ready.
+// listens on is "exists but not reachable", and so is a listener that
+// does not answer /_ping (dockerd between binding its socket and serving
+// its API); one that answers is ready.
 func TestStatusRealSocketProbe(t *testing.T) {
 	dir := shortTempDir(t)
 	cfg := testConfig(t, dir)
@@ -154,6 +156,11 @@ func TestStatusRealSocketProbe(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	// Listening, connections queue, nothing answers: not ready.
+	if st := r.Status(context.Background()); st.DockerReady || st.Detail != "docker socket exists but not reachable: "+cfg.DockerSocket {
+		t.Fatalf("a socket that does not answer /_ping: %+v", st)
+	}
+	go serveFakeDocker(ln)
 	if st := r.Status(context.Background()); !st.DockerReady || st.Detail != "docker socket ready" {
 		t.Fatalf("listening socket: %+v", st)
 	}
