@@ -61,6 +61,23 @@ func startAgentWith(a *agentProc) (*agentProc, error) {
 	return a, a.start()
 }
 
+// ownAgent starts an agent of the test's own (see startAgentWith), which
+// logs on failure and is stopped when the test ends.
+func ownAgent(t *testing.T, a *agentProc) *agentProc {
+	t.Helper()
+	requireSuite(t)
+	if _, err := startAgentWith(a); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := a.stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	a.logOnFailure(t)
+	return a
+}
+
 func (a *agentProc) args() []string {
 	bb, _ := exec.LookPath("busybox")
 	return append([]string{

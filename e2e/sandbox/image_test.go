@@ -90,17 +90,7 @@ func TestImageFromLoopbackRegistry(t *testing.T) {
 // reason; both are removed without a trace.
 func TestAgentRestart(t *testing.T) {
 	t.Parallel()
-	requireSuite(t)
-	a, err := startAgent(suite.dir + "/restart")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := a.stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	a.logOnFailure(t)
+	a := ownAgent(t, &agentProc{dir: suite.dir + "/restart"})
 
 	const live, dead = "survivor", "casualty"
 	a.create(t, api.CreateSandboxRequest{Id: ptr(live), Labels: &map[string]string{"keep": "yes"}, Env: &map[string]string{"FROM_CREATE": "kept"}})

@@ -516,17 +516,7 @@ func TestBadInput(t *testing.T) {
 // the sandbox endpoints answer 503 with the reason, the rest 200.
 func TestBackendUnavailable(t *testing.T) {
 	t.Parallel()
-	requireSuite(t)
-	a, err := startAgentWith(&agentProc{dir: filepath.Join(suite.dir, "no-runtime"), extra: []string{"--oci-runtime", "/nonexistent/runc"}, noBox: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := a.stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	a.logOnFailure(t)
+	a := ownAgent(t, &agentProc{dir: filepath.Join(suite.dir, "no-runtime"), extra: []string{"--oci-runtime", "/nonexistent/runc"}, noBox: true})
 	c := a.client(t)
 	ctx := reqCtx(t)
 	if r, err := c.GetPingWithResponse(ctx); err != nil {

@@ -540,17 +540,7 @@ func TestSnapshotBadInput(t *testing.T) {
 // sandbox since removed, and restores them with their files.
 func TestSnapshotsSurviveRestart(t *testing.T) {
 	t.Parallel()
-	requireSuite(t)
-	a, err := startAgent(filepath.Join(suite.dir, "snapshot-restart"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := a.stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	a.logOnFailure(t)
+	a := ownAgent(t, &agentProc{dir: filepath.Join(suite.dir, "snapshot-restart")})
 
 	const id = "snap-src"
 	a.create(t, api.CreateSandboxRequest{Id: ptr(id), Env: &map[string]string{"FROM_CREATE": "kept"}})
