@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -69,10 +70,11 @@ func (b *ociBackend) Exec(ctx context.Context, id string, s Spec, p Process, eio
 	if p.TTY && stdin == nil {
 		stdin = eofReader{} // the terminal's EOF at once
 	}
-	if c := dialInit(dir); c != nil {
-		return b.execInit(c, box, initproc.Start{
-			Args: p.Cmd, Env: env, Dir: cwd, UID: u.UID, GID: u.GID, Groups: u.AdditionalGIDs, TTY: p.TTY,
-		}, size, stdin)
+	st := initproc.Start{Args: p.Cmd, Env: env, Dir: cwd, UID: u.UID, GID: u.GID, Groups: u.AdditionalGIDs, TTY: p.TTY}
+	if msg, err := json.Marshal(st); err == nil && len(msg) <= maxInitStart {
+		if c := dialInit(dir); c != nil {
+			return b.execInit(c, box, st, size, stdin)
+		}
 	}
 	if p.TTY && strings.HasPrefix(b.runtimeName, "runc") {
 		return nil, invalidField("tty", "not supported under runc for sandbox %q, made by an earlier agent whose init takes no processes; recreate it", id)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containerd/console"
 	"golang.org/x/sys/unix"
@@ -17,6 +18,14 @@ import (
 // initSockFile is the socket in a bundle through which the sandbox's init
 // starts processes for the agent (see initproc/protocol.go).
 const initSockFile = "init.sock"
+
+// initReplyTimeout bounds the wait for the init's answer to a Start.
+const initReplyTimeout = 30 * time.Second
+
+// maxInitStart is the largest Start the agent sends the init: a
+// SOCK_SEQPACKET message must fit the socket's send buffer (about 208 KiB
+// by default). A larger one (a huge environment) goes through the runtime.
+const maxInitStart = 128 << 10
 
 // maxSockPath is the longest path a unix socket can be bound at, with its
 // terminating NUL (sun_path is 108 bytes).
@@ -135,10 +144,14 @@ func (b *ociBackend) execInit(c *net.UnixConn, box *ociBox, st initproc.Start, s
 	if _, _, err := c.WriteMsgUnix(msg, unix.UnixRights(fds...), nil); err != nil {
 		return nil, fmt.Errorf("send the process to the sandbox's init: %w", err)
 	}
+	// The init answers at once; one that does not (frozen, or out of
+	// memory) must not hold the run, and the stop or shutdown behind it.
+	_ = c.SetReadDeadline(time.Now().Add(initReplyTimeout))
 	r, err := e.readReply()
 	if err != nil {
 		return nil, err
 	}
+	_ = c.SetReadDeadline(time.Time{})
 	switch {
 	case r.Exited: // it could not start; it said why on its stderr
 		e.code = r.Code

@@ -420,21 +420,28 @@ func (m *Manager) admit(spec Spec, from *restoredFrom) (*sandbox, *Info, error) 
 	sb.opMu.Lock() // the start owns the sandbox until it ends
 	m.mu.Unlock()
 
-	addr, gw, err := m.be.Address(sb.id, spec)
-	if err != nil {
+	undo := func() {
 		m.mu.Lock()
 		delete(m.boxes, sb.id)
 		m.mu.Unlock()
 		sb.opMu.Unlock()
+	}
+	// The directory first: clearing debris of an earlier sandbox of this
+	// id releases what that one held, its address included.
+	if err := m.makeDir(sb); err != nil {
+		undo()
+		return nil, nil, fmt.Errorf("create sandbox %q: its directory: %w: %w", sb.id, err, ErrUnavailable)
+	}
+	addr, gw, err := m.be.Address(sb.id, spec)
+	if err != nil {
+		undo()
+		os.RemoveAll(sb.dir)
 		return nil, nil, fmt.Errorf("create sandbox %q: %w", sb.id, err)
 	}
 	sb.rec.IPAddress, sb.rec.Gateway = addr, gw
-	if err := m.persistNew(sb); err != nil {
+	if err := m.persist(sb); err != nil {
 		m.be.ReleaseAddress(sb.id)
-		m.mu.Lock()
-		delete(m.boxes, sb.id)
-		m.mu.Unlock()
-		sb.opMu.Unlock()
+		undo()
 		os.RemoveAll(sb.dir)
 		return nil, nil, fmt.Errorf("create sandbox %q: record: %w: %w", sb.id, err, ErrUnavailable)
 	}
@@ -864,8 +871,9 @@ func (m *Manager) fail(sb *sandbox, why string) {
 	}
 }
 
-// persistNew writes the first record of a sandbox, making its directory.
-func (m *Manager) persistNew(sb *sandbox) error {
+// makeDir makes a new sandbox's directory, clearing what an earlier
+// sandbox of the same id left there.
+func (m *Manager) makeDir(sb *sandbox) error {
 	if err := os.Mkdir(sb.dir, 0o700); err != nil {
 		if !errors.Is(err, fs.ErrExist) {
 			return err
@@ -881,7 +889,7 @@ func (m *Manager) persistNew(sb *sandbox) error {
 			return err
 		}
 	}
-	return m.persist(sb)
+	return nil
 }
 
 // persist writes sb's record as it is now. Writes are ordered, so the last

@@ -313,8 +313,14 @@ func (b *ociBackend) Start(ctx context.Context, id string, s Spec, from string) 
 		}
 	}()
 	if from != "" {
-		if err := b.snap.Snapshot(filepath.Join(from, layerDir), layer, false); err != nil {
-			return nil, fmt.Errorf("restore the snapshot's files: %w", err)
+		src := filepath.Join(from, layerDir)
+		if err := b.snap.Snapshot(src, layer, false); err != nil {
+			// A snapshot taken as a copy (of a layer that was no
+			// subvolume) is no subvolume either: copy it in turn.
+			_ = b.deleteLayer(layer)
+			if cerr := disk.NewCopySnapshotter().Snapshot(src, layer, false); cerr != nil {
+				return nil, fmt.Errorf("restore the snapshot's files: %w (then, copying: %w)", err, cerr)
+			}
 		}
 	} else {
 		if err := b.snap.Create(layer); err != nil {
@@ -719,7 +725,7 @@ func readBundleMeta(dir string) (bundleMeta, error) {
 // backend.json beside it: the lower layer and image config a restore
 // needs. Where the sandbox cannot be frozen (no freezer), the files are
 // taken as they are, and a warning logged.
-func (b *ociBackend) Checkpoint(ctx context.Context, id, dir string) error {
+func (b *ociBackend) Checkpoint(ctx context.Context, id, dir string) (err error) {
 	if _, err := b.box(id); err != nil {
 		return err
 	}
@@ -734,8 +740,13 @@ func (b *ociBackend) Checkpoint(ctx context.Context, id, dir string) error {
 		b.log.Warn("checkpoint without freezing the sandbox", "id", id, "err", err)
 	} else {
 		defer func() {
-			if err := b.rt.Resume(rctx, id); err != nil {
-				b.log.Error("thaw the sandbox after a checkpoint", "id", id, "err", err)
+			// A context of its own: a long copy must not leave the
+			// sandbox frozen because the pause's deadline passed.
+			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runtimeTimeout)
+			defer cancel()
+			if rerr := b.rt.Resume(tctx, id); rerr != nil {
+				b.log.Error("thaw the sandbox after a checkpoint", "id", id, "err", rerr)
+				err = errors.Join(err, fmt.Errorf("thaw sandbox %q after the checkpoint: %w", id, rerr))
 			}
 		}()
 	}
@@ -762,7 +773,8 @@ func (b *ociBackend) DeleteSnapshot(ctx context.Context, dir string) error {
 	if err := b.deleteLayer(filepath.Join(dir, layerDir)); err != nil {
 		return err
 	}
-	return os.RemoveAll(dir)
+	// What is left may be a copy cut short, with immutable files.
+	return disk.NewCopySnapshotter().Delete(dir)
 }
 
 // Close cancels image pulls and stops watching the inits; the sandboxes

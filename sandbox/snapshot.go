@@ -107,11 +107,22 @@ func (m *Manager) loadSnapshots(ctx context.Context) error {
 		}
 		dir := filepath.Join(m.snapDir, e.Name())
 		rec, err := readSnapshotRecord(dir)
-		if err != nil || rec.ID != e.Name() {
-			m.log.Warn("removing a snapshot directory without a usable record (a checkpoint cut short?)", "dir", dir, "err", err)
+		if errors.Is(err, fs.ErrNotExist) {
+			// The record is written last and removed first: a
+			// checkpoint cut short, or a delete.
+			m.log.Warn("removing a snapshot directory without a record (a checkpoint or delete cut short)", "dir", dir)
 			if err := m.be.DeleteSnapshot(ctx, dir); err != nil {
 				m.log.Error("clear snapshot debris", "dir", dir, "err", err)
 			}
+			continue
+		}
+		if err == nil && rec.ID != e.Name() {
+			err = fmt.Errorf("its record names snapshot %q", rec.ID)
+		}
+		if err != nil {
+			// Unreadable (a newer agent's, a disk error): kept, not
+			// listed, for someone to look at.
+			m.log.Error("snapshot not loaded; its files are kept", "dir", dir, "err", err)
 			continue
 		}
 		m.snaps[rec.ID] = &snapshotEntry{rec: rec, dir: dir}
@@ -288,17 +299,21 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, id string) error {
 	m.mu.Unlock()
 	// The record goes first, so a crash half way leaves debris that the
 	// next agent clears, never a listed snapshot with missing files.
-	err = os.Remove(filepath.Join(e.dir, snapshotRecordFile))
-	if err == nil || errors.Is(err, fs.ErrNotExist) {
-		err = m.be.DeleteSnapshot(ctx, e.dir)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if err != nil {
-		e.deleting = false
+	if err := os.Remove(filepath.Join(e.dir, snapshotRecordFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		m.mu.Lock()
+		e.deleting = false // untouched: still a whole snapshot
+		m.mu.Unlock()
 		return fmt.Errorf("delete snapshot %q: %w", id, err)
 	}
+	err = m.be.DeleteSnapshot(ctx, e.dir)
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	delete(m.snaps, id)
+	if err != nil {
+		// Its record is gone: it is no snapshot any more, and the next
+		// agent clears what is left of its files.
+		return fmt.Errorf("delete snapshot %q: its files: %w", id, err)
+	}
 	return nil
 }
 

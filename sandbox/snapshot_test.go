@@ -285,3 +285,40 @@ func TestBridgeAddresses(t *testing.T) {
 		t.Errorf("c got %s, want a's freed %s", c.IPAddress, a.IPAddress)
 	}
 }
+
+// TestCreateOverDebrisKeepsItsAddress: clearing what an earlier sandbox of
+// the same id left must not free the address the new one was given.
+func TestCreateOverDebrisKeepsItsAddress(t *testing.T) {
+	h := newHarness(t)
+	if err := os.MkdirAll(filepath.Join(h.dir, "sandboxes", "d", "layer"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	d := h.createReady(Spec{ID: "d", NetworkMode: NetworkBridge})
+	e := h.createReady(Spec{ID: "e", NetworkMode: NetworkBridge})
+	if d.IPAddress == "" || d.IPAddress == e.IPAddress {
+		t.Errorf("d has %q, e has %q: want two addresses", d.IPAddress, e.IPAddress)
+	}
+}
+
+// TestUnreadableSnapshotKept: a snapshot whose record this agent cannot
+// read (a newer agent's, say) is not loaded, and not deleted either.
+func TestUnreadableSnapshotKept(t *testing.T) {
+	h := newHarness(t)
+	dir := filepath.Join(h.dir, "snapshots", "snap-future")
+	if err := os.MkdirAll(filepath.Join(dir, "layer"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, snapshotRecordFile), []byte(`{"version":99,"id":"snap-future"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.m.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h.start()
+	if got := h.m.Snapshots(SnapshotFilter{}); len(got) != 0 {
+		t.Errorf("loaded %+v", got)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "layer")); err != nil {
+		t.Errorf("an unreadable snapshot's files were removed: %v", err)
+	}
+}

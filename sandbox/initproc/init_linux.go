@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -133,14 +134,21 @@ func (c *conn) exited(code int) {
 }
 
 func (s *server) serve(ln *net.UnixListener) {
+	backoff := 5 * time.Millisecond
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
-			if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			// Out of descriptors or memory, say: try again later, as
+			// net/http does, rather than leave the agent's connections
+			// waiting in the backlog for ever.
+			time.Sleep(backoff)
+			backoff = min(2*backoff, time.Second)
+			continue
 		}
+		backoff = 5 * time.Millisecond
 		go s.handle(c)
 	}
 }
@@ -192,7 +200,7 @@ func (s *server) handle(uc *net.UnixConn) {
 		}
 		var sig Signal
 		if json.Unmarshal(buf[:n], &sig) == nil && sig.Signal > 0 {
-			signalProcess(c.pid, unix.Signal(sig.Signal), sig.Tree)
+			s.signal(c, unix.Signal(sig.Signal), sig.Tree)
 		}
 	}
 }
@@ -289,6 +297,16 @@ func fromOutside(uc *net.UnixConn) bool {
 		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	})
 	return err == nil && cred != nil && cred.Pid == 0
+}
+
+// signal signals c's process unless it has been reaped already (its pid
+// could then be another process's).
+func (s *server) signal(c *conn, sig unix.Signal, tree bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.procs[c.pid] == c {
+		signalProcess(c.pid, sig, tree)
+	}
 }
 
 // signalProcess signals pid; with tree, its process group (it leads one)
