@@ -169,8 +169,13 @@ func TestOCIExecTerminal(t *testing.T) {
 			l.waitCount(t, "trapped\r\n", 1)
 			resize <- TTYSize{Width: 60, Height: 20}
 			l.waitCount(t, "20 60\r\n", 1)
-			fmt.Fprint(pw, "test -t 0 && test -t 1 && test -t 2 && echo all-tty\n")
+			// (The quotes keep the terminal's echo of the line from
+			// matching what is waited for.)
+			fmt.Fprint(pw, "test -t 0 && test -t 1 && test -t 2 && echo all-\"\"tty\n")
 			l.waitCount(t, "all-tty\r\n", 1)
+			// The terminal is the sandbox's own: its name resolves there.
+			fmt.Fprint(pw, "tty && ls -l /proc/self/fd/0 | grep -q /dev/pts/ && echo nam\"\"ed\n")
+			l.waitCount(t, "named\r\n", 1)
 			pw.Close() // EOF on the terminal: sh exits
 			if r := e.wait(done); r.err != nil || r.code != 0 {
 				t.Errorf("sh on a terminal = %d, %v; output %q", r.code, r.err, l.String())

@@ -73,8 +73,8 @@ func dialInit(dir string) *net.UnixConn {
 // execInit starts a process through the sandbox's init on c: no runtime
 // process at all, so it starts in about a millisecond, its exit status
 // comes the moment it exits whatever its background children do with its
-// output, and a terminal works on every runtime (the agent makes the
-// terminal and passes its slave).
+// output, and a terminal works on every runtime (the init makes it in the
+// sandbox's devpts and passes the agent its master).
 func (b *ociBackend) execInit(c *net.UnixConn, box *ociBox, st initproc.Start, size *TTYSize, stdin ioReader) (_ *ociExec, err error) {
 	e := &ociExec{box: box, ctl: c, done: make(chan struct{})}
 	defer func() {
@@ -89,23 +89,8 @@ func (b *ociBackend) execInit(c *net.UnixConn, box *ociBox, st initproc.Start, s
 		}
 	}()
 	if st.TTY {
-		master, slavePath, err := console.NewPty()
-		if err != nil {
-			return nil, fmt.Errorf("terminal: %w", err)
-		}
-		e.term = master
 		if size != nil {
-			if err := master.Resize(console.WinSize{Width: size.Width, Height: size.Height}); err != nil {
-				return nil, fmt.Errorf("size the terminal: %w", err)
-			}
-		}
-		slave, err := os.OpenFile(slavePath, os.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return nil, fmt.Errorf("terminal: %w", err)
-		}
-		child = []*os.File{slave, slave, slave}
-		if e.stdout, err = pollableDup(master.Fd()); err != nil {
-			return nil, err
+			st.Width, st.Height = size.Width, size.Height
 		}
 	} else {
 		devnull, err := os.Open(os.DevNull)
@@ -137,21 +122,39 @@ func (b *ociBackend) execInit(c *net.UnixConn, box *ociBox, st initproc.Start, s
 	if err != nil {
 		return nil, err
 	}
-	fds := make([]int, len(child))
-	for i, f := range child {
-		fds[i] = int(f.Fd())
+	var oob []byte
+	if len(child) > 0 {
+		fds := make([]int, len(child))
+		for i, f := range child {
+			fds[i] = int(f.Fd())
+		}
+		oob = unix.UnixRights(fds...)
 	}
-	if _, _, err := c.WriteMsgUnix(msg, unix.UnixRights(fds...), nil); err != nil {
+	if _, _, err := c.WriteMsgUnix(msg, oob, nil); err != nil {
 		return nil, fmt.Errorf("send the process to the sandbox's init: %w", err)
 	}
 	// The init answers at once; one that does not (frozen, or out of
 	// memory) must not hold the run, and the stop or shutdown behind it.
 	_ = c.SetReadDeadline(time.Now().Add(initReplyTimeout))
-	r, err := e.readReply()
+	r, master, err := e.readFirstReply()
 	if err != nil {
 		return nil, err
 	}
 	_ = c.SetReadDeadline(time.Time{})
+	if st.TTY {
+		if master == nil {
+			return nil, fmt.Errorf("the sandbox's init could not make a terminal (answered %+v)", r)
+		}
+		if e.term, err = console.ConsoleFromFile(master); err != nil {
+			master.Close()
+			return nil, fmt.Errorf("terminal: %w", err)
+		}
+		if e.stdout, err = pollableDup(master.Fd()); err != nil {
+			return nil, err
+		}
+	} else if master != nil {
+		master.Close()
+	}
 	switch {
 	case r.Exited: // it could not start; it said why on its stderr
 		e.code = r.Code
@@ -170,6 +173,39 @@ func (b *ociBackend) execInit(c *net.UnixConn, box *ociBox, st initproc.Start, s
 
 // ioReader is io.Reader, named here to keep execInit's signature short.
 type ioReader = interface{ Read([]byte) (int, error) }
+
+// readFirstReply reads the init's answer to a Start, with the terminal's
+// master when it made one.
+func (e *ociExec) readFirstReply() (initproc.Reply, *os.File, error) {
+	var r initproc.Reply
+	buf := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := e.ctl.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return r, nil, fmt.Errorf("the sandbox's init hung up (has it died?): %w", err)
+	}
+	var master *os.File
+	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+		for _, m := range msgs {
+			if fds, err := unix.ParseUnixRights(&m); err == nil {
+				for _, fd := range fds {
+					if master == nil {
+						master = os.NewFile(uintptr(fd), "ptmx")
+					} else {
+						unix.Close(fd)
+					}
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal(buf[:n], &r); err != nil {
+		if master != nil {
+			master.Close()
+		}
+		return r, nil, fmt.Errorf("the sandbox's init: %w", err)
+	}
+	return r, master, nil
+}
 
 // readReply reads one message of the init.
 func (e *ociExec) readReply() (initproc.Reply, error) {

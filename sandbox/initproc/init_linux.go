@@ -82,16 +82,24 @@ type server struct {
 
 // conn is one agent connection: one process.
 type conn struct {
-	c    *net.UnixConn
-	wmu  sync.Mutex
-	pid  int
-	done bool
+	c      *net.UnixConn
+	wmu    sync.Mutex
+	pid    int
+	done   bool
+	master *os.File // a terminal's master, until the first reply takes it to the agent
 }
 
 func (c *conn) send(r Reply) {
 	data, _ := json.Marshal(r)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if c.master != nil {
+		// The first reply hands the agent the terminal's master.
+		_, _, _ = c.c.WriteMsgUnix(data, unix.UnixRights(int(c.master.Fd())), nil)
+		c.master.Close()
+		c.master = nil
+		return
+	}
 	_, _ = c.c.Write(data)
 }
 
@@ -177,10 +185,21 @@ func (s *server) handle(uc *net.UnixConn) {
 		}
 	}
 	var st Start
-	if err := json.Unmarshal(buf[:n], &st); err != nil || len(st.Args) == 0 || len(files) != 3 {
+	if err := json.Unmarshal(buf[:n], &st); err != nil || len(st.Args) == 0 || len(files) != 3 && !st.TTY || len(files) != 0 && st.TTY {
 		closeFiles()
 		uc.Close()
 		return
+	}
+	if st.TTY {
+		// The terminal is made here, in the sandbox's own devpts, so
+		// that ttyname, tty, sudo and the like find it.
+		master, slave, err := openPty(st.Width, st.Height)
+		if err != nil {
+			c.exited(ExitNotStarted) // no terminal to say why on; the agent does
+			return
+		}
+		c.master = master
+		files = []*os.File{slave, slave, slave}
 	}
 	err = s.start(c, st, files)
 	if err != nil {
@@ -240,6 +259,38 @@ func unwrapPathError(err error) error {
 		return pe.Err
 	}
 	return err
+}
+
+// openPty opens a new terminal in the sandbox's devpts, of the size given
+// (when not zero).
+func openPty(width, height uint16) (master, slave *os.File, err error) {
+	fd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	master = os.NewFile(uintptr(fd), "ptmx")
+	defer func() {
+		if err != nil {
+			master.Close()
+		}
+	}()
+	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
+		return nil, nil, err
+	}
+	n, err := unix.IoctlGetInt(fd, unix.TIOCGPTN)
+	if err != nil {
+		return nil, nil, err
+	}
+	if width > 0 && height > 0 {
+		if err := unix.IoctlSetWinsize(fd, unix.TIOCSWINSZ, &unix.Winsize{Col: width, Row: height}); err != nil {
+			return nil, nil, err
+		}
+	}
+	sfd, err := unix.Open("/dev/pts/"+strconv.Itoa(n), unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	return master, os.NewFile(uintptr(sfd), "pts"), nil
 }
 
 // lookPath finds file as a shell would, in the process's own PATH.

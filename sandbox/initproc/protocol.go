@@ -6,11 +6,13 @@ package initproc
 // the host; nothing of it is visible in the sandbox) and hands the
 // listening descriptor to the init as its fd 3 (`runc run --preserve-fds
 // 1`). For each process it connects and sends a Start, with the process's
-// stdin, stdout and stderr as SCM_RIGHTS (the same terminal slave three
-// times for a terminal). The init answers Started (or Exited at once, when
-// the program cannot be started: it has then written why on the process's
-// stderr), later Exited; meanwhile the agent may send Signal. One process
-// per connection; the init closes it after Exited.
+// stdin, stdout and stderr as SCM_RIGHTS; for a terminal none: the init
+// makes the terminal in the sandbox's own devpts (so the process can find
+// its name) and passes its master back with its first reply. The init
+// answers Started (or Exited at once, when the program cannot be started:
+// it has then written why on the process's stderr, or terminal), later
+// Exited; meanwhile the agent may send Signal. One process per
+// connection; the init closes it after Exited.
 //
 // The init starts the process as its own child, in its own session, with
 // the init's namespaces, cgroup, seccomp filter, no-new-privileges and
@@ -33,9 +35,11 @@ type Start struct {
 	UID    uint32   `json:"uid"`
 	GID    uint32   `json:"gid"`
 	Groups []uint32 `json:"groups,omitempty"`
-	// TTY: the three descriptors are a terminal's slave, to become the
-	// process's controlling terminal.
-	TTY bool `json:"tty,omitempty"`
+	// TTY: the process runs on a new terminal, its controlling one, of
+	// Width x Height (when not zero); no descriptors come with the Start.
+	TTY    bool   `json:"tty,omitempty"`
+	Width  uint16 `json:"width,omitempty"`
+	Height uint16 `json:"height,omitempty"`
 }
 
 // Signal asks the init to signal the process; Tree also signals its
