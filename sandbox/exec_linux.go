@@ -71,9 +71,12 @@ func (b *ociBackend) Exec(ctx context.Context, id string, s Spec, p Process, eio
 		stdin = eofReader{} // the terminal's EOF at once
 	}
 	st := initproc.Start{Args: p.Cmd, Env: env, Dir: cwd, UID: u.UID, GID: u.GID, Groups: u.AdditionalGIDs, TTY: p.TTY}
+	if p.TTY && size != nil {
+		st.Width, st.Height = size.Width, size.Height
+	}
 	if msg, err := json.Marshal(st); err == nil && len(msg) <= maxInitStart {
 		if c := dialInit(dir); c != nil {
-			return b.execInit(c, box, st, size, stdin)
+			return b.execInit(c, box, msg, p.TTY, stdin)
 		}
 	}
 	if p.TTY && strings.HasPrefix(b.runtimeName, "runc") {
@@ -216,6 +219,7 @@ type ociExec struct {
 	// process, when it did (no runtime process then).
 	ctl   *net.UnixConn
 	ctlMu sync.Mutex // serializes writes on ctl
+	nsPid int        // its pid in the sandbox, as the init said
 }
 
 // runtimeKillDelay is how long a killed process's runtime gets to exit
@@ -265,18 +269,9 @@ func (e *ociExec) receiveTerminal(sock *runc.Socket) error {
 			return fmt.Errorf("receive the terminal: %w", r.err)
 		}
 		e.term = r.c
-		// Read through a non-blocking duplicate, in Go's poller, so reads
-		// take deadlines like a pipe's.
-		fd, err := unix.FcntlInt(r.c.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("dup the terminal: %w", err)
-		}
-		if err := unix.SetNonblock(fd, true); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		e.stdout = os.NewFile(uintptr(fd), "pty")
-		return nil
+		var err error
+		e.stdout, err = pollableDup(r.c.Fd())
+		return err
 	case <-e.done:
 		sock.Close() // unblocks ReceiveMaster
 		if e.err != nil {
@@ -357,12 +352,18 @@ func (e *ociExec) runtimeMessage() string {
 func (e *ociExec) Stdout() *os.File { return e.stdout }
 func (e *ociExec) Stderr() *os.File { return e.stderr }
 
-// processPid is the process's pid, read from the runtime's pid file. It
-// waits for the file while the runtime runs; 0 means the process is gone.
+// processPid is the process's pid on the host: for one the init started,
+// the init's child with its pid in the sandbox; else read from the
+// runtime's pid file, waited for while the runtime runs. 0 means the
+// process is gone.
 func (e *ociExec) processPid() (int, error) {
 	e.pidMu.Lock()
 	defer e.pidMu.Unlock()
 	if e.pid != 0 {
+		return e.pid, nil
+	}
+	if e.ctl != nil {
+		e.pid = initChild(e.box.init.pid, e.nsPid)
 		return e.pid, nil
 	}
 	deadline := time.Now().Add(pidFileWait)
@@ -386,8 +387,8 @@ func (e *ociExec) processPid() (int, error) {
 // Signal signals the process (with tree, its descendants too, see
 // signalTree) if it still runs in the sandbox.
 func (e *ociExec) Signal(sig unix.Signal, tree bool) error {
-	if e.ctl != nil {
-		return e.signalInit(sig, tree)
+	if e.ctl != nil && !tree {
+		return e.signalInit(sig) // the init knows whether its child still runs
 	}
 	if sig == unix.SIGKILL {
 		e.killRuntimeLater()

@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/containerd/console"
@@ -75,7 +77,10 @@ func dialInit(dir string) *net.UnixConn {
 // comes the moment it exits whatever its background children do with its
 // output, and a terminal works on every runtime (the init makes it in the
 // sandbox's devpts and passes the agent its master).
-func (b *ociBackend) execInit(c *net.UnixConn, box *ociBox, st initproc.Start, size *TTYSize, stdin ioReader) (_ *ociExec, err error) {
+//
+// msg is the encoded initproc.Start; tty says whether it asks for a
+// terminal.
+func (b *ociBackend) execInit(c *net.UnixConn, box *ociBox, msg []byte, tty bool, stdin ioReader) (_ *ociExec, err error) {
 	e := &ociExec{box: box, ctl: c, done: make(chan struct{})}
 	defer func() {
 		if err != nil {
@@ -88,11 +93,7 @@ func (b *ociBackend) execInit(c *net.UnixConn, box *ociBox, st initproc.Start, s
 			f.Close()
 		}
 	}()
-	if st.TTY {
-		if size != nil {
-			st.Width, st.Height = size.Width, size.Height
-		}
-	} else {
+	if !tty {
 		devnull, err := os.Open(os.DevNull)
 		if err != nil {
 			return nil, err
@@ -118,10 +119,6 @@ func (b *ociBackend) execInit(c *net.UnixConn, box *ociBox, st initproc.Start, s
 		}
 		child = append(child, w)
 	}
-	msg, err := json.Marshal(st)
-	if err != nil {
-		return nil, err
-	}
 	var oob []byte
 	if len(child) > 0 {
 		fds := make([]int, len(child))
@@ -141,7 +138,7 @@ func (b *ociBackend) execInit(c *net.UnixConn, box *ociBox, st initproc.Start, s
 		return nil, err
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	if st.TTY {
+	if tty {
 		if master == nil {
 			return nil, fmt.Errorf("the sandbox's init could not make a terminal (answered %+v)", r)
 		}
@@ -160,7 +157,7 @@ func (b *ociBackend) execInit(c *net.UnixConn, box *ociBox, st initproc.Start, s
 		e.code = r.Code
 		close(e.done)
 	case r.Started:
-		e.pid = r.Pid
+		e.nsPid = r.Pid
 		go e.waitInit()
 	default:
 		return nil, fmt.Errorf("the sandbox's init answered %+v", r)
@@ -185,17 +182,11 @@ func (e *ociExec) readFirstReply() (initproc.Reply, *os.File, error) {
 		return r, nil, fmt.Errorf("the sandbox's init hung up (has it died?): %w", err)
 	}
 	var master *os.File
-	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
-		for _, m := range msgs {
-			if fds, err := unix.ParseUnixRights(&m); err == nil {
-				for _, fd := range fds {
-					if master == nil {
-						master = os.NewFile(uintptr(fd), "ptmx")
-					} else {
-						unix.Close(fd)
-					}
-				}
-			}
+	for i, f := range initproc.ReceivedFiles(oob[:oobn]) {
+		if i == 0 {
+			master = f
+		} else {
+			f.Close()
 		}
 	}
 	if err := json.Unmarshal(buf[:n], &r); err != nil {
@@ -237,14 +228,15 @@ func (e *ociExec) waitInit() {
 	}
 }
 
-// signalInit asks the init to signal the process.
-func (e *ociExec) signalInit(sig unix.Signal, tree bool) error {
+// signalInit asks the init to signal the process (a tree kill is
+// signalTree's, from the host: see Signal).
+func (e *ociExec) signalInit(sig unix.Signal) error {
 	select {
 	case <-e.done:
 		return nil // gone already
 	default:
 	}
-	msg, _ := json.Marshal(initproc.Signal{Signal: int(sig), Tree: tree})
+	msg, _ := json.Marshal(initproc.Signal{Signal: int(sig)})
 	e.ctlMu.Lock()
 	defer e.ctlMu.Unlock()
 	if _, err := e.ctl.Write(msg); err != nil {
@@ -256,6 +248,27 @@ func (e *ociExec) signalInit(sig unix.Signal, tree bool) error {
 		return fmt.Errorf("signal through the sandbox's init: %w", err)
 	}
 	return nil
+}
+
+// initChild finds the host pid of the sandbox init's child whose pid in
+// the sandbox is nsPid; 0 when there is none (it has exited).
+func initChild(initPid, nsPid int) int {
+	for _, c := range children(initPid) {
+		data, err := os.ReadFile("/proc/" + strconv.Itoa(c) + "/status")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
+				f := strings.Fields(rest)
+				if len(f) > 0 && f[len(f)-1] == strconv.Itoa(nsPid) {
+					return c
+				}
+				break
+			}
+		}
+	}
+	return 0
 }
 
 // pollableDup duplicates fd as a non-blocking file in Go's poller, so reads

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -41,12 +42,8 @@ var outBufs = sync.Pool{New: func() any {
 	return &b
 }}
 
-// readAvailable reads what f holds now into p, without waiting.
-func readAvailable(f *os.File, p []byte) int {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return 0
-	}
+// readAvailable reads what rc's file holds now into p, without waiting.
+func readAvailable(rc syscall.RawConn, p []byte) int {
 	n := 0
 	_ = rc.Read(func(fd uintptr) bool {
 		for n < len(p) {
@@ -270,14 +267,15 @@ func (m *Manager) drive(ctx context.Context, exe execution, ar *activeRun, p Pro
 		bufp := outBufs.Get().(*[]byte)
 		defer outBufs.Put(bufp)
 		buf := *bufp
+		rc, rcErr := f.SyscallConn()
 		var last time.Time
 		for {
 			n, rerr := f.Read(buf)
 			if n >= burstMin && n < len(buf) && rerr == nil {
 				now := time.Now()
-				if now.Sub(last) < burstGap {
+				if now.Sub(last) < burstGap && rcErr == nil {
 					time.Sleep(burstWait)
-					n += readAvailable(f, buf[n:])
+					n += readAvailable(rc, buf[n:])
 				}
 				last = now
 			}

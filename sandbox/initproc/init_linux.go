@@ -178,7 +178,7 @@ func (s *server) handle(uc *net.UnixConn) {
 		uc.Close()
 		return
 	}
-	files := receivedFiles(oob[:oobn])
+	files := ReceivedFiles(oob[:oobn])
 	closeFiles := func() {
 		for _, f := range files {
 			f.Close()
@@ -219,7 +219,7 @@ func (s *server) handle(uc *net.UnixConn) {
 		}
 		var sig Signal
 		if json.Unmarshal(buf[:n], &sig) == nil && sig.Signal > 0 {
-			s.signal(c, unix.Signal(sig.Signal), sig.Tree)
+			s.signal(c, unix.Signal(sig.Signal))
 		}
 	}
 }
@@ -249,8 +249,8 @@ func (s *server) start(c *conn, st Start, files []*os.File) error {
 	}
 	c.pid = p.Pid
 	s.procs[p.Pid] = c
-	_ = p.Release() // the reaper waits for it, not os.Process
 	c.send(Reply{Started: true, Pid: p.Pid})
+	_ = p.Release() // the reaper waits for it, not os.Process (Release also sets p.Pid to -1)
 	return nil
 }
 
@@ -316,8 +316,9 @@ func lookPath(file string, env []string) (string, error) {
 	return "", fmt.Errorf("exec %q: executable file not found in $PATH", file)
 }
 
-// receivedFiles takes the descriptors passed with a message.
-func receivedFiles(oob []byte) []*os.File {
+// ReceivedFiles takes the descriptors passed with a message (SCM_RIGHTS),
+// close-on-exec.
+func ReceivedFiles(oob []byte) []*os.File {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
 		return nil
@@ -352,70 +353,10 @@ func fromOutside(uc *net.UnixConn) bool {
 
 // signal signals c's process unless it has been reaped already (its pid
 // could then be another process's).
-func (s *server) signal(c *conn, sig unix.Signal, tree bool) {
+func (s *server) signal(c *conn, sig unix.Signal) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.procs[c.pid] == c {
-		signalProcess(c.pid, sig, tree)
+		_ = unix.Kill(c.pid, sig)
 	}
-}
-
-// signalProcess signals pid; with tree, its process group (it leads one)
-// and every descendant, found in /proc, too.
-func signalProcess(pid int, sig unix.Signal, tree bool) {
-	if pid <= 0 {
-		return
-	}
-	if !tree {
-		_ = unix.Kill(pid, sig)
-		return
-	}
-	_ = unix.Kill(-pid, sig)
-	for _, p := range descendants(pid) {
-		_ = unix.Kill(p, sig)
-	}
-	_ = unix.Kill(pid, sig)
-}
-
-// descendants lists the processes below pid, from /proc.
-func descendants(pid int) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	children := map[int][]int{}
-	for _, e := range entries {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// The command name, in parentheses, may hold anything: parse
-		// after its closing one. Then: state, ppid.
-		i := strings.LastIndexByte(string(data), ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(data[i+1:]))
-		if len(f) < 2 {
-			continue
-		}
-		if ppid, err := strconv.Atoi(f[1]); err == nil {
-			children[ppid] = append(children[ppid], p)
-		}
-	}
-	var out []int
-	queue := []int{pid}
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
-		for _, c := range children[p] {
-			out = append(out, c)
-			queue = append(queue, c)
-		}
-	}
-	return out
 }

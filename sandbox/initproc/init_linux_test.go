@@ -1,11 +1,8 @@
 package initproc
 
 import (
-	"bufio"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 )
@@ -38,33 +35,5 @@ func TestLookPath(t *testing.T) {
 	// No PATH in the process's environment: the standard one.
 	if got, err := lookPath("sh", nil); err != nil || !strings.HasSuffix(got, "/sh") {
 		t.Errorf("lookPath(sh) without PATH = %q, %v", got, err)
-	}
-}
-
-func TestDescendants(t *testing.T) {
-	// sh, its child sh, and that one's sleep: both below the first. The
-	// inner sh says so once it has forked the sleep.
-	cmd := exec.Command("sh", "-c", "sh -c 'sleep 60 & echo forked; wait' & wait")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		for _, p := range descendants(cmd.Process.Pid) {
-			_ = (&os.Process{Pid: p}).Kill()
-		}
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	}()
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || line != "forked\n" {
-		t.Fatalf("read %q, %v", line, err)
-	}
-	got := descendants(cmd.Process.Pid)
-	if len(got) != 2 || slices.Contains(got, cmd.Process.Pid) {
-		t.Errorf("descendants = %v, want the inner sh and its sleep", got)
 	}
 }

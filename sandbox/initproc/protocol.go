@@ -42,11 +42,11 @@ type Start struct {
 	Height uint16 `json:"height,omitempty"`
 }
 
-// Signal asks the init to signal the process; Tree also signals its
-// process group and every descendant.
+// Signal asks the init to signal the process (only it knows whether the
+// pid is still its child's). The agent kills a process's whole tree
+// itself, from the host.
 type Signal struct {
-	Signal int  `json:"signal"`
-	Tree   bool `json:"tree,omitempty"`
+	Signal int `json:"signal"`
 }
 
 // Reply is what the init sends: Started with the process's pid (in the
