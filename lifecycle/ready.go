@@ -15,16 +15,17 @@ var (
 	errNotReady = errors.New("not ready in time")
 )
 
-// waitSocket waits until the unix socket at path accepts a connection. It
+// waitSocket waits until service answers on the unix socket at path
+// (Config.Probe). It
 // returns errNotReady when timeout passes first, errExited as soon as
 // exited (the daemon's exit channel; nil for none) is closed, or ctx's error.
-func (r *Runtime) waitSocket(ctx context.Context, path string, timeout time.Duration, exited <-chan struct{}) error {
+func (r *Runtime) waitSocket(ctx context.Context, service, path string, timeout time.Duration, exited <-chan struct{}) error {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(probeInterval)
 	defer tick.Stop()
 	for {
-		if r.cfg.ProbeSocket(ctx, path) == nil {
+		if r.cfg.Probe(ctx, service, path) == nil {
 			return nil
 		}
 		select {

@@ -140,12 +140,12 @@ type Config struct {
 	// (the default). The Runtime waits for it. Tests wrap it to count or
 	// replace what is started.
 	StartProcess func(cmd *exec.Cmd) error
-	// ProbeSocket reports whether a daemon answers on its unix socket: nil
-	// when it does. Default, bounded by DefaultProbeTimeout: for the
-	// Docker socket a GET /_ping that answers 200 (dockerd listens before
-	// its API serves, and may still fail in between), for any other
-	// socket a connect.
-	ProbeSocket func(ctx context.Context, path string) error
+	// Probe reports whether a daemon (Containerd or Dockerd) answers on
+	// its unix socket: nil when it does. Default (probe), bounded by
+	// DefaultProbeTimeout: dockerd must answer GET /_ping with 200 (it
+	// listens before its API serves, and may still fail in between);
+	// containerd's socket must accept a connection.
+	Probe func(ctx context.Context, service, path string) error
 }
 
 func (c *Config) setDefaults() {
@@ -179,15 +179,17 @@ func (c *Config) setDefaults() {
 	if c.StartProcess == nil {
 		c.StartProcess = (*exec.Cmd).Start
 	}
-	if c.ProbeSocket == nil {
-		docker := c.DockerSocket
-		c.ProbeSocket = func(ctx context.Context, path string) error {
-			if path == docker {
-				return pingDocker(ctx, path)
-			}
-			return dialSocket(ctx, path)
-		}
+	if c.Probe == nil {
+		c.Probe = probe
 	}
+}
+
+// probe is the default Config.Probe.
+func probe(ctx context.Context, service, path string) error {
+	if service == Dockerd {
+		return pingDocker(ctx, path)
+	}
+	return dialSocket(ctx, path)
 }
 
 // pingDocker asks dockerd's API for /_ping over its socket.
@@ -218,7 +220,7 @@ func pingDocker(ctx context.Context, path string) error {
 	return nil
 }
 
-// dialSocket is the default ProbeSocket: a connect, closed at once.
+// dialSocket is a connect, closed at once.
 func dialSocket(ctx context.Context, path string) error {
 	ctx, cancel := context.WithTimeout(ctx, DefaultProbeTimeout)
 	defer cancel()

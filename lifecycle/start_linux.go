@@ -70,10 +70,10 @@ func (r *Runtime) start(ctx context.Context) EnsureResult {
 // be spawned or exited) instead of waiting out a deadline that cannot help.
 func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure string) {
 	cfg := &r.cfg
-	if cfg.ProbeSocket(ctx, cfg.DockerSocket) == nil {
+	if cfg.Probe(ctx, Dockerd, cfg.DockerSocket) == nil {
 		// Unless the containerd we started has died under a live dockerd:
 		// then it is started again below, and dockerd left alone.
-		if r.crashed(Containerd) == nil || cfg.ProbeSocket(ctx, cfg.ContainerdSocket) == nil {
+		if r.crashed(Containerd) == nil || cfg.Probe(ctx, Containerd, cfg.ContainerdSocket) == nil {
 			return []string{"docker socket already ready"}, ""
 		}
 	}
@@ -187,7 +187,7 @@ func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure str
 // that runs but does not answer yet is waited for, not doubled). c is nil
 // when the socket already answers.
 func (r *Runtime) ensureDaemon(ctx context.Context, name, socket string, command func() (string, []string), env []string) (note string, c *child, err error) {
-	if r.cfg.ProbeSocket(ctx, socket) == nil {
+	if r.cfg.Probe(ctx, name, socket) == nil {
 		return "", nil, nil
 	}
 	r.mu.Lock()
@@ -211,7 +211,7 @@ func (r *Runtime) waitDaemon(ctx context.Context, c *child, socket string, timeo
 	if c == nil {
 		return "", nil
 	}
-	err := r.waitSocket(ctx, socket, timeout, c.exited)
+	err := r.waitSocket(ctx, c.name, socket, timeout, c.exited)
 	switch {
 	case err == nil:
 		return "", nil

@@ -42,8 +42,8 @@ type Status struct {
 func (r *Runtime) Status(ctx context.Context) Status {
 	cfg := &r.cfg
 	st := Status{
-		ContainerdReady: cfg.ProbeSocket(ctx, cfg.ContainerdSocket) == nil,
-		DockerReady:     cfg.ProbeSocket(ctx, cfg.DockerSocket) == nil,
+		ContainerdReady: cfg.Probe(ctx, Containerd, cfg.ContainerdSocket) == nil,
+		DockerReady:     cfg.Probe(ctx, Dockerd, cfg.DockerSocket) == nil,
 		Endpoint:        cfg.Endpoint,
 	}
 	containerdExit := r.crashed(Containerd)

@@ -11,9 +11,9 @@ import (
 	"testing"
 )
 
-// probeSet is a ProbeSocket answering from a set of reachable paths.
-func probeSet(reachable ...string) func(context.Context, string) error {
-	return func(_ context.Context, path string) error {
+// probeSet is a Probe answering from a set of reachable paths.
+func probeSet(reachable ...string) func(context.Context, string, string) error {
+	return func(_ context.Context, _, path string) error {
 		if slices.Contains(reachable, path) {
 			return nil
 		}
@@ -105,7 +105,7 @@ func TestStatusDetails(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			cfg.ProbeSocket = probeSet(tt.reachable...)
+			cfg.Probe = probeSet(tt.reachable...)
 			r, err := New(cfg)
 			if err != nil {
 				t.Fatal(err)
@@ -169,7 +169,7 @@ func TestStatusRealSocketProbe(t *testing.T) {
 func TestProbeOnlyEnsureReportsStatus(t *testing.T) {
 	cfg := testConfig(t, shortTempDir(t))
 	cfg.StartProcess = nil
-	cfg.ProbeSocket = probeSet()
+	cfg.Probe = probeSet()
 	r, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -178,7 +178,7 @@ func TestProbeOnlyEnsureReportsStatus(t *testing.T) {
 	if res.Ready || res.Status != StatusFailed || res.Message != "docker socket missing: "+cfg.DockerSocket || res.Endpoint != "vsock:2375" {
 		t.Fatalf("probe: %+v", res)
 	}
-	r.cfg.ProbeSocket = probeSet(cfg.DockerSocket)
+	r.cfg.Probe = probeSet(cfg.DockerSocket)
 	res = r.Ensure(context.Background(), false)
 	if !res.Ready || res.Status != StatusReused || res.Message != "docker socket ready" {
 		t.Fatalf("probe with dockerd up: %+v, want reused", res)
