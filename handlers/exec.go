@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 
+	"github.com/coder/websocket"
+
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/httpapi"
 	"github.com/arcbox/arcbox-agent/sandbox"
@@ -15,27 +17,14 @@ import (
 // output messages out, the exit code last. The client closing the socket
 // hangs up the process.
 func (a *API) ExecInSandbox(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
-	m := a.sandboxes(w, r)
-	if m == nil {
-		return
-	}
-	c := acceptWorkload(w, r, m, id, "an exec")
-	if c == nil {
-		return
-	}
-	defer func() { _ = c.CloseNow() }()
-	ctx, cancel := a.streamContext(r)
-	defer cancel()
-
-	_, msg, err := c.Read(ctx)
-	if err != nil {
-		return
-	}
 	var first api.ExecClientMessage
-	if err := httpapi.DecodeJSONBytes(msg, &first); err != nil {
-		closeWith(c, http.StatusBadRequest, "first message: "+err.Error())
-		return
-	}
+	a.serveWorkload(w, r, id, "an exec", &first, func(ctx context.Context, m Sandboxes, c *websocket.Conn) {
+		a.exec(ctx, m, c, r, id, first)
+	})
+}
+
+// exec serves an exec WebSocket once its first message is read.
+func (a *API) exec(ctx context.Context, m Sandboxes, c *websocket.Conn, r *http.Request, id string, first api.ExecClientMessage) {
 	if first.Init == nil || first.Stdin != nil || first.Resize != nil || first.CloseStdin != nil {
 		closeWith(c, http.StatusBadRequest, `the first message must be {"init": {...}} and nothing else`)
 		return

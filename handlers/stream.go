@@ -129,36 +129,46 @@ func (a *API) logRun(r *http.Request, id string, code int, err error, began time
 // message is the run request, then every output message is one text
 // message. The client closing the socket kills the command.
 func (a *API) RunInSandboxWebSocket(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
+	var req api.RunRequest
+	a.serveWorkload(w, r, id, "a run", &req, func(ctx context.Context, m Sandboxes, c *websocket.Conn) {
+		p, err := processFromRequest(req)
+		if err != nil {
+			closeWith(c, http.StatusBadRequest, err.Error())
+			return
+		}
+		ctx = c.CloseRead(ctx) // a client that closes, or sends more, ends the run
+		a.streamWorkload(ctx, ctx, c, r, id, func(out func(sandbox.Output) error) (int, error) {
+			return m.Run(ctx, id, p, out)
+		})
+	})
+}
+
+// serveWorkload answers a run or exec WebSocket up to its first message:
+// the sandbox's checks (acceptWorkload), the upgrade, and the first
+// message decoded into first (a 4400 close naming what is wrong with it).
+// Then serve runs with the request's stream context; the socket is closed
+// when it returns.
+func (a *API) serveWorkload(w http.ResponseWriter, r *http.Request, id, what string, first any, serve func(ctx context.Context, m Sandboxes, c *websocket.Conn)) {
 	m := a.sandboxes(w, r)
 	if m == nil {
 		return
 	}
-	c := acceptWorkload(w, r, m, id, "a run")
+	c := acceptWorkload(w, r, m, id, what)
 	if c == nil {
 		return
 	}
 	defer func() { _ = c.CloseNow() }()
 	ctx, cancel := a.streamContext(r)
 	defer cancel()
-
 	_, msg, err := c.Read(ctx)
 	if err != nil {
 		return
 	}
-	var req api.RunRequest
-	if err := httpapi.DecodeJSONBytes(msg, &req); err != nil {
+	if err := httpapi.DecodeJSONBytes(msg, first); err != nil {
 		closeWith(c, http.StatusBadRequest, "first message: "+err.Error())
 		return
 	}
-	p, err := processFromRequest(req)
-	if err != nil {
-		closeWith(c, http.StatusBadRequest, err.Error())
-		return
-	}
-	ctx = c.CloseRead(ctx) // a client that closes, or sends more, ends the run
-	a.streamWorkload(ctx, ctx, c, r, id, func(out func(sandbox.Output) error) (int, error) {
-		return m.Run(ctx, id, p, out)
-	})
+	serve(ctx, m, c)
 }
 
 // acceptWorkload answers what can be known before the upgrade with a plain
