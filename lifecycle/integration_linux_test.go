@@ -54,7 +54,7 @@ func setupReal(t testing.TB) *realEnv {
 	for _, b := range []string{"containerd", "dockerd", "containerd-shim-runc-v2", "runc", "docker", "busybox"} {
 		e.bins[b] = testenv.RequireBinary(t, b)
 	}
-	hideHostState(t)
+	testenv.HideDaemonState(t)
 	e.dir = shortTempDir(t)
 	// dockerd leaves mounts in its roots (overlay2 makes its home a
 	// private bind mount): unmount them before the directory goes.
@@ -82,61 +82,8 @@ func setupReal(t testing.TB) *realEnv {
 		e.mu.Unlock()
 		return cmd.Start()
 	}
-	cleanupCgroups(t)
+	testenv.RemoveNewDockerCgroups(t)
 	return e
-}
-
-// hideHostState mounts empty tmpfs over the few places containerd and
-// dockerd write whatever their flags say (/run/containerd/s for shim
-// sockets, /run/docker/plugins, /etc/docker/key.json, /opt/containerd),
-// inside the test's private mount namespace, so the machine keeps none of
-// it. A directory the test had to create is removed afterwards.
-func hideHostState(t testing.TB) {
-	t.Helper()
-	for _, d := range []string{"/run", "/opt", "/etc/docker"} {
-		created := false
-		if _, err := os.Stat(d); os.IsNotExist(err) {
-			if err := os.Mkdir(d, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			created = true
-		}
-		if err := unix.Mount("tmpfs", d, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
-			t.Fatalf("mount tmpfs on %s: %v", d, err)
-		}
-		t.Cleanup(func() {
-			if err := unix.Unmount(d, unix.MNT_DETACH); err != nil {
-				t.Errorf("unmount %s: %v", d, err)
-			}
-			if created {
-				os.Remove(d)
-			}
-		})
-	}
-}
-
-// cleanupCgroups removes, after the test, the empty "docker" cgroups that
-// dockerd creates in a cgroup v1 hierarchy (not namespaced) when they did
-// not exist before.
-func cleanupCgroups(t testing.TB) {
-	before, _ := filepath.Glob("/sys/fs/cgroup/*/docker")
-	t.Cleanup(func() {
-		after, _ := filepath.Glob("/sys/fs/cgroup/*/docker")
-		for _, d := range after {
-			if !contains(before, d) {
-				os.Remove(d) // rmdir of a cgroup: only when empty
-			}
-		}
-	})
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // busyboxImage is a root filesystem tarball: a static busybox and its

@@ -60,8 +60,8 @@ func setup(t testing.TB) *env {
 		t.Fatal(suite.buildErr)
 	}
 	t.Logf("agent built in %s (race detector: %v)", suite.built.Round(time.Millisecond), raceEnabled)
-	hideHostState(t)
-	cleanupCgroups(t)
+	testenv.HideDaemonState(t)
+	testenv.RemoveNewDockerCgroups(t)
 
 	dir, err := os.MkdirTemp(suite.dir, "a")
 	if err != nil {

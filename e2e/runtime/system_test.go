@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -221,48 +220,4 @@ func waitFor(timeout time.Duration, cond func() bool) bool {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return true
-}
-
-// hideHostState mounts empty tmpfs over the few places containerd and
-// dockerd write whatever their flags say (/run/containerd/s for shim
-// sockets, /run/docker, /etc/docker/key.json, /opt/containerd), in the
-// test's private mount namespace, so the machine keeps none of it.
-func hideHostState(t testing.TB) {
-	t.Helper()
-	for _, d := range []string{"/run", "/opt", "/etc/docker"} {
-		created := false
-		if _, err := os.Stat(d); os.IsNotExist(err) {
-			if err := os.Mkdir(d, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			created = true
-		}
-		if err := unix.Mount("tmpfs", d, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
-			t.Fatalf("mount tmpfs on %s: %v", d, err)
-		}
-		t.Cleanup(func() {
-			if err := unix.Unmount(d, unix.MNT_DETACH); err != nil {
-				t.Errorf("unmount %s: %v", d, err)
-			}
-			if created {
-				os.Remove(d)
-			}
-		})
-	}
-}
-
-// cleanupCgroups removes, after the test, the empty "docker" cgroups that
-// dockerd creates in cgroup v1 hierarchies (which no namespace hides) when
-// they were not there before.
-func cleanupCgroups(t testing.TB) {
-	t.Helper()
-	before, _ := filepath.Glob("/sys/fs/cgroup/*/docker")
-	t.Cleanup(func() {
-		after, _ := filepath.Glob("/sys/fs/cgroup/*/docker")
-		for _, d := range after {
-			if !slices.Contains(before, d) {
-				os.Remove(d) // rmdir of a cgroup: only when empty
-			}
-		}
-	})
 }
