@@ -27,20 +27,12 @@ func BenchmarkCreateToReady(b *testing.B) {
 	for _, rt := range runtimes {
 		b.Run("sandbox/"+rt, func(b *testing.B) {
 			e := newOCIEnv(b, rt)
-			b.ResetTimer()
-			for i := range b.N {
-				id := fmt.Sprintf("bench%d", i)
-				e.track(id)
+			e.timeEach(b, "bench", func(id string) {
 				if _, _, err := e.m.Create(context.Background(), Spec{ID: id}); err != nil {
 					b.Fatal(err)
 				}
 				e.expect(id, ActionReady)
-				b.StopTimer()
-				if err := e.m.Remove(context.Background(), id, true); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-			}
+			})
 		})
 		b.Run("bare/"+rt, func(b *testing.B) {
 			bb := newBareBundle(b, rt)

@@ -24,39 +24,23 @@ func BenchmarkRestoreToReady(b *testing.B) {
 		}
 		b.Run(fsys+"/create", func(b *testing.B) {
 			e := newOCIEnv(b, "runc", stateDir(b)...)
-			b.ResetTimer()
-			for i := range b.N {
-				id := fmt.Sprintf("c%d", i)
-				e.track(id)
+			e.timeEach(b, "c", func(id string) {
 				if _, _, err := e.m.Create(context.Background(), Spec{ID: id}); err != nil {
 					b.Fatal(err)
 				}
 				e.expect(id, ActionReady)
-				b.StopTimer()
-				if err := e.m.Remove(context.Background(), id, true); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-			}
+			})
 		})
 		b.Run(fsys+"/create-and-write", func(b *testing.B) {
 			e := newOCIEnv(b, "runc", stateDir(b)...)
-			b.ResetTimer()
-			for i := range b.N {
-				id := fmt.Sprintf("w%d", i)
-				e.track(id)
+			e.timeEach(b, "w", func(id string) {
 				if _, _, err := e.m.Create(context.Background(), Spec{ID: id, Cmd: []string{"sh", "-c", write}}); err != nil {
 					b.Fatal(err)
 				}
 				if ev := e.expect(id, ActionIdle); ev[0].Attributes["exit_code"] != "0" {
 					b.Fatalf("the write failed: %v", ev[0].Attributes)
 				}
-				b.StopTimer()
-				if err := e.m.Remove(context.Background(), id, true); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-			}
+			})
 		})
 		b.Run(fsys+"/restore", func(b *testing.B) {
 			e := newOCIEnv(b, "runc", stateDir(b)...)
@@ -66,19 +50,27 @@ func BenchmarkRestoreToReady(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			b.ResetTimer()
-			for i := range b.N {
-				id := fmt.Sprintf("r%d", i)
-				e.track(id)
+			e.timeEach(b, "r", func(id string) {
 				if _, err := e.m.Restore(context.Background(), snap.ID, RestoreRequest{ID: id}); err != nil {
 					b.Fatal(err)
 				}
-				b.StopTimer()
-				if err := e.m.Remove(context.Background(), id, true); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-			}
+			})
 		})
+	}
+}
+
+// timeEach times start(id) for b.N new sandboxes named prefix0, prefix1,
+// ...; each is removed, untimed, before the next.
+func (e *ociEnv) timeEach(b *testing.B, prefix string, start func(id string)) {
+	b.ResetTimer()
+	for i := range b.N {
+		id := fmt.Sprintf("%s%d", prefix, i)
+		e.track(id)
+		start(id)
+		b.StopTimer()
+		if err := e.m.Remove(context.Background(), id, true); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
 	}
 }
