@@ -5,7 +5,7 @@ import "errors"
 // The error classes the Manager returns. Every error it returns wraps one of
 // them (test with errors.Is) with a message that names the field or object,
 // e.g. `field "kernel": not supported by the container backend: invalid input`.
-// The HTTP layer maps them to 404, 400, 409 and 503.
+// The HTTP layer maps them to 404, 400, 409, 503, 507 and 429.
 var (
 	// ErrNotFound: the sandbox does not exist.
 	ErrNotFound = errors.New("not found")
@@ -17,6 +17,13 @@ var (
 	// ErrUnavailable: the sandbox subsystem cannot serve (no runtime binary,
 	// the manager is closed).
 	ErrUnavailable = errors.New("unavailable")
+	// ErrNoSpace: a record or a file the operation needs could not be
+	// written for lack of space (ENOSPC, EDQUOT) on the state dir. The
+	// operation was rolled back: nothing it began is left behind.
+	ErrNoSpace = errors.New("no space left on the state dir")
+	// ErrBusy: too many operations of this kind are queued already; try
+	// again later (the HTTP layer answers 429 with Retry-After).
+	ErrBusy = errors.New("busy")
 )
 
 // Why a Subscription was cut off (Subscription.Err).

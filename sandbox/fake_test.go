@@ -23,6 +23,12 @@ import (
 //	block               waits for a signal; exits 128+signal
 //	stubborn            ignores SIGTERM; exits 137 on SIGKILL
 //	flood N             writes N bytes (a counter pattern) to stdout
+//	burst N             writes N bytes (a counter pattern) to stdout and to
+//	                    stderr, and exits; with burstGate set, it writes
+//	                    the first byte of stdout, then waits for the gate
+//	                    to close before the rest
+//	holder              writes "x" to stdout and exits, leaving stdout open
+//	                    (held until Close) as a background child would
 //	nope                cannot start
 type fakeBackend struct {
 	mu          sync.Mutex
@@ -41,6 +47,7 @@ type fakeBackend struct {
 	checkpointErr  error
 	checkpointGate chan struct{}
 	addrs          map[string]string // held addresses, by id
+	burstGate      chan struct{}
 }
 
 var _ backend = (*fakeBackend)(nil)
@@ -212,6 +219,7 @@ func (f *fakeBackend) Exec(ctx context.Context, id string, s Spec, p Process, ei
 	}
 	f.mu.Lock()
 	f.execs = append(f.execs, e)
+	e.gate = f.burstGate
 	f.mu.Unlock()
 	go e.run(p)
 	return e, nil
@@ -223,6 +231,7 @@ type fakeExec struct {
 	stderrR, stderrW *os.File
 	sigs             chan unix.Signal
 	done             chan struct{}
+	gate             chan struct{} // see burst
 	code             int
 
 	mu       sync.Mutex
@@ -243,9 +252,25 @@ func newFakeExec(p Process) (*fakeExec, error) {
 
 func (e *fakeExec) run(p Process) {
 	defer close(e.done)
+	if p.Cmd[0] == "holder" {
+		fmt.Fprint(e.stdoutW, "x")
+		e.stderrW.Close()
+		return // stdoutW stays open until Close
+	}
 	defer e.stdoutW.Close()
 	defer e.stderrW.Close()
 	switch p.Cmd[0] {
+	case "burst":
+		n, _ := strconv.Atoi(p.Cmd[1])
+		data := floodPattern(n)
+		if e.gate != nil {
+			_, _ = e.stdoutW.Write(data[:1])
+			<-e.gate
+			_, _ = e.stdoutW.Write(data[1:])
+		} else {
+			_, _ = e.stdoutW.Write(data)
+		}
+		_, _ = e.stderrW.Write(data)
 	case "echo":
 		fmt.Fprintln(e.stdoutW, p.Cmd[1:])
 	case "fail":
@@ -310,6 +335,7 @@ func (e *fakeExec) Wait() (int, error) {
 	return e.code, nil
 }
 func (e *fakeExec) Close() error {
+	e.stdoutW.Close() // a holder's end
 	e.stdoutR.Close()
 	e.stderrR.Close()
 	return nil

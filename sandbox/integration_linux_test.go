@@ -503,13 +503,20 @@ func TestOCITerminalAndStdin(t *testing.T) {
 
 // TestOCIRestart: after an agent restart a live sandbox is still there and
 // runs commands; one whose init was killed meanwhile is failed with the
-// reason; one caught mid-run is ready with the run recorded as lost.
+// reason; one caught mid-run is ready with the run recorded as lost; one
+// left frozen by a checkpoint cut short is thawed and ready.
 func TestOCIRestart(t *testing.T) {
 	e := newOCIEnv(t, "crun")
 	e.create(Spec{ID: "live"})
 	e.create(Spec{ID: "victim"})
 	e.create(Spec{ID: "midrun"})
+	e.create(Spec{ID: "frozen"})
 	e.restart(func() {
+		// The agent died while a checkpoint had the sandbox frozen.
+		pause := exec.Command(e.runtime, "--root", filepath.Join(e.cfg.StateDir, "runtime"), "pause", "frozen")
+		if out, err := pause.CombinedOutput(); err != nil {
+			t.Fatalf("pause: %v: %s", err, out)
+		}
 		pid, _ := e.runtimeState("victim")
 		w, err := watchPid(pid)
 		if err != nil {
@@ -525,13 +532,13 @@ func TestOCIRestart(t *testing.T) {
 		// The agent died during a run: the record says running and a
 		// process of that run is still there.
 		dir := filepath.Join(e.cfg.StateDir, "sandboxes", "midrun")
-		rec, err := readRecord(dir)
+		rec, store, err := readRecord(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
 		rec.State = StateRunning
 		rec.Run = &runRecord{Cmd: []string{"sleep", "1004"}, StartedAt: time.Now()}
-		if err := writeRecord(dir, rec); err != nil {
+		if err := store.write(rec); err != nil {
 			t.Fatal(err)
 		}
 		// Detached: the sleep must not hold a pipe of the test open.
@@ -545,6 +552,12 @@ func TestOCIRestart(t *testing.T) {
 	}
 	if out := e.sh("live", "echo still here"); out != "still here\n" {
 		t.Errorf("live after restart: %q", out)
+	}
+	if info, err := e.m.Get("frozen"); err != nil || info.State != StateReady {
+		t.Errorf("frozen after restart: %+v, %v", info, err)
+	}
+	if out := e.sh("frozen", "echo thawed"); out != "thawed\n" {
+		t.Errorf("frozen after restart: %q", out)
 	}
 	victim, _ := e.m.Get("victim")
 	if victim.State != StateFailed || !strings.Contains(victim.Error, "init exited while the agent was down") {

@@ -74,6 +74,13 @@ type Config struct {
 	// <CgroupParent>/<id>; "" is "arcbox". A relative path is taken by runc
 	// relative to the agent's own cgroup and by crun relative to the root.
 	CgroupParent string
+	// Workers is how many container starts (creates and restores), how
+	// many removals, and how many checkpoints run at once; 0 is 4 (2 for
+	// checkpoints). QueueDepth is how many more of each may wait their
+	// turn, past which they are refused with ErrBusy; 0 is 64 (16 for
+	// checkpoints). See workQueue.
+	Workers    int
+	QueueDepth int
 	// EventBuffer is how many events a subscriber may leave unread before
 	// it is cut off; 0 is DefaultEventBuffer.
 	EventBuffer int
@@ -97,6 +104,9 @@ type Manager struct {
 	bus       *bus
 	dir       string // StateDir/sandboxes
 	snapDir   string // StateDir/snapshots
+
+	// The bounds of the heavy operations (workQueue).
+	starts, removals, checkpoints *workQueue
 
 	baseCtx    context.Context // background work; cancelled by Close
 	cancelBase context.CancelFunc
@@ -125,10 +135,13 @@ type sandbox struct {
 
 	// opMu serializes lifecycle operations: start, stop, remove.
 	opMu sync.Mutex
-	// persistMu orders record writes, and record writes with removal.
+	// persistMu orders record writes, and record writes with removal;
+	// it guards store.
 	persistMu sync.Mutex
+	store     recordStore
 
 	startCancel context.CancelFunc // cancels the start in progress
+	startErr    error              // why the start failed, if it did
 	run         *activeRun         // the workload in progress
 	// checkpointing is set while a checkpoint captures the sandbox: no
 	// workload may start.
@@ -189,6 +202,12 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.CgroupParent == "" {
 		cfg.CgroupParent = "arcbox"
 	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 4
+	}
+	if cfg.QueueDepth <= 0 {
+		cfg.QueueDepth = 64
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -210,20 +229,23 @@ func newManager(ctx context.Context, cfg Config, be backend, af afterFunc) (*Man
 	}
 	baseCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m := &Manager{
-		cfg:        cfg,
-		log:        cfg.Logger.With("component", "sandbox"),
-		be:         be,
-		now:        cfg.Now,
-		afterFunc:  af,
-		metrics:    met,
-		bus:        newBus(cfg.EventBuffer, met.eventsDropped.Inc),
-		dir:        filepath.Join(cfg.StateDir, "sandboxes"),
-		snapDir:    filepath.Join(cfg.StateDir, "snapshots"),
-		baseCtx:    baseCtx,
-		cancelBase: cancel,
-		closing:    make(chan struct{}),
-		boxes:      map[string]*sandbox{},
-		snaps:      map[string]*snapshotEntry{},
+		cfg:         cfg,
+		log:         cfg.Logger.With("component", "sandbox"),
+		be:          be,
+		now:         cfg.Now,
+		afterFunc:   af,
+		metrics:     met,
+		bus:         newBus(cfg.EventBuffer, met.eventsDropped.Inc),
+		dir:         filepath.Join(cfg.StateDir, "sandboxes"),
+		snapDir:     filepath.Join(cfg.StateDir, "snapshots"),
+		starts:      newWorkQueue("sandbox starts", cfg.Workers, cfg.QueueDepth),
+		removals:    newWorkQueue("sandbox removals", cfg.Workers, cfg.QueueDepth),
+		checkpoints: newWorkQueue("checkpoints", cfg.Workers/2, cfg.QueueDepth/4),
+		baseCtx:     baseCtx,
+		cancelBase:  cancel,
+		closing:     make(chan struct{}),
+		boxes:       map[string]*sandbox{},
+		snaps:       map[string]*snapshotEntry{},
 	}
 	for _, dir := range []string{m.dir, m.snapDir} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -255,7 +277,7 @@ func (m *Manager) readopt(ctx context.Context) error {
 		}
 		id := e.Name()
 		dir := filepath.Join(m.dir, id)
-		rec, err := readRecord(dir)
+		rec, store, err := readRecord(dir)
 		if err != nil {
 			// A directory without a record is a create that never got
 			// far, or debris: nothing refers to it, so clear it.
@@ -278,7 +300,7 @@ func (m *Manager) readopt(ctx context.Context) error {
 				m.log.Error("sandbox address not reserved", "id", id, "addr", rec.IPAddress, "err", err)
 			}
 		}
-		recs = append(recs, &sandbox{id: id, dir: dir, rec: rec})
+		recs = append(recs, &sandbox{id: id, dir: dir, rec: rec, store: store})
 	}
 	slices.SortFunc(recs, func(a, b *sandbox) int {
 		return cmp.Or(a.rec.CreatedAt.Compare(b.rec.CreatedAt), cmp.Compare(a.id, b.id))
@@ -321,7 +343,7 @@ func (m *Manager) adopt(ctx context.Context, sb *sandbox) {
 	if err != nil || !alive {
 		why := "init exited while the agent was down"
 		if err != nil {
-			why = fmt.Sprintf("cannot find the container after an agent restart: %v", err)
+			why = fmt.Sprintf("cannot take the container back after an agent restart: %v", err)
 		}
 		log.Warn("sandbox lost while the agent was down", "reason", why)
 		if err := m.be.Stop(ctx, sb.id); err != nil {
@@ -347,7 +369,7 @@ func (m *Manager) adopt(ctx context.Context, sb *sandbox) {
 		sb.rec.Run = nil
 		sb.rec.LastExitCode = &code
 		sb.rec.LastExitedAt = m.now()
-		sb.rec.Error = note
+		sb.rec.Error = recordText(note)
 		m.transition(sb, StateReady, map[string]string{"exit_code": strconv.Itoa(code), "error": note}, ActionIdle)
 		m.mu.Unlock()
 		m.persistLogged(sb)
@@ -368,17 +390,27 @@ func (m *Manager) Create(ctx context.Context, s Spec) (info Info, created bool, 
 	if err := m.be.Validate(spec); err != nil {
 		return Info{}, false, err
 	}
-	sb, existing, err := m.admit(spec, nil)
+	place, err := m.starts.reserve()
 	if err != nil {
-		return Info{}, false, err
+		if info, ok := m.existing(spec, nil); ok {
+			return info, false, nil // the same request again is no new work
+		}
+		return Info{}, false, fmt.Errorf("create sandbox: %w", err)
 	}
-	if existing != nil {
+	sb, existing, err := m.admit(spec, nil)
+	if err != nil || existing != nil {
+		place.cancel()
+		if err != nil {
+			return Info{}, false, err
+		}
 		return *existing, false, nil
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if startCtx, ok := m.launchLocked(sb); ok {
-		go m.start(startCtx, sb)
+		go m.start(startCtx, sb, place)
+	} else {
+		place.cancel()
 	}
 	return m.info(sb), true, nil
 }
@@ -414,6 +446,7 @@ func (m *Manager) admit(spec Spec, from *restoredFrom) (*sandbox, *Info, error) 
 		seq: m.seq,
 		rec: record{Spec: spec, State: StateStarting, CreatedAt: m.now(), Restored: from},
 	}
+	sb.store.dir = sb.dir
 	// Reserve the id, then take an address and make the record durable
 	// outside the lock.
 	m.boxes[sb.id] = sb
@@ -430,7 +463,7 @@ func (m *Manager) admit(spec Spec, from *restoredFrom) (*sandbox, *Info, error) 
 	// id releases what that one held, its address included.
 	if err := m.makeDir(sb); err != nil {
 		undo()
-		return nil, nil, fmt.Errorf("create sandbox %q: its directory: %w: %w", sb.id, err, ErrUnavailable)
+		return nil, nil, fmt.Errorf("create sandbox %q: its directory: %w", sb.id, storageErr(err))
 	}
 	addr, gw, err := m.be.Address(sb.id, spec)
 	if err != nil {
@@ -439,13 +472,28 @@ func (m *Manager) admit(spec Spec, from *restoredFrom) (*sandbox, *Info, error) 
 		return nil, nil, fmt.Errorf("create sandbox %q: %w", sb.id, err)
 	}
 	sb.rec.IPAddress, sb.rec.Gateway = addr, gw
+	// The record file is made here with room for every later state, so
+	// that a full state dir refuses the create now rather than lose a
+	// state the sandbox reaches later (recordStore).
 	if err := m.persist(sb); err != nil {
 		m.be.ReleaseAddress(sb.id)
 		undo()
 		os.RemoveAll(sb.dir)
-		return nil, nil, fmt.Errorf("create sandbox %q: record: %w: %w", sb.id, err, ErrUnavailable)
+		return nil, nil, fmt.Errorf("create sandbox %q: its record: %w", sb.id, storageErr(err))
 	}
 	return sb, nil, nil
+}
+
+// existing returns the Info of the sandbox that spec (made from `from`)
+// would create again, if there is one.
+func (m *Manager) existing(spec Spec, from *restoredFrom) (Info, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sb, ok := m.boxes[spec.ID]
+	if spec.ID == "" || !ok || !specEqual(sb.rec.Spec, spec) || !reflect.DeepEqual(sb.rec.Restored, from) {
+		return Info{}, false
+	}
+	return m.info(sb), true
 }
 
 // launchLocked publishes the creation of a sandbox from admit and prepares
@@ -474,15 +522,21 @@ var errClosed = fmt.Errorf("%w: %w", ErrManagerClosed, ErrUnavailable)
 // specEqual compares two normalized specs.
 func specEqual(a, b Spec) bool { return reflect.DeepEqual(a, b) }
 
-// start makes the container of a new sandbox; it owns sb.opMu.
-func (m *Manager) start(ctx context.Context, sb *sandbox) {
+// start makes the container of a new sandbox, when place's turn comes in
+// the starts' queue; it owns sb.opMu.
+func (m *Manager) start(ctx context.Context, sb *sandbox, place *queuePlace) {
 	defer m.wg.Done()
 	defer sb.opMu.Unlock()
 	from := ""
 	if sb.rec.Restored != nil {
 		from = filepath.Join(m.snapDir, sb.rec.Restored.SnapshotID)
 	}
-	exited, err := m.be.Start(ctx, sb.id, sb.rec.Spec, from)
+	var exited <-chan struct{}
+	release, err := place.wait(ctx)
+	if err == nil {
+		exited, err = m.be.Start(ctx, sb.id, sb.rec.Spec, from)
+		release()
+	}
 
 	cutShort := ctx.Err() != nil // before the cancel below makes it so
 	m.mu.Lock()
@@ -496,6 +550,7 @@ func (m *Manager) start(ctx context.Context, sb *sandbox) {
 		return
 	}
 	if err != nil {
+		sb.startErr = err
 		m.mu.Unlock()
 		if cutShort {
 			err = fmt.Errorf("%w (the agent shut down during the start)", err)
@@ -517,7 +572,20 @@ func (m *Manager) start(ctx context.Context, sb *sandbox) {
 		}
 	}
 	m.mu.Unlock()
-	m.persistLogged(sb)
+	if err := m.persist(sb); err != nil {
+		// The record still says starting, so the next agent would fail
+		// the sandbox: it is not ready. (The record file was made with
+		// room for every state, so only an I/O error gets here.)
+		m.log.Error("record a ready sandbox", "id", sb.id, "err", err)
+		if cmdRun != nil {
+			m.endRun(sb, cmdRun, nil, err)
+		}
+		m.fail(sb, fmt.Sprintf("start: its record could not be written: %v", err))
+		if err := m.be.Stop(m.baseCtx, sb.id); err != nil {
+			m.log.Error("release the container of a failed sandbox", "id", sb.id, "err", err)
+		}
+		return
+	}
 	m.watch(sb, exited)
 	if cmdRun != nil {
 		m.wg.Add(1)
@@ -624,16 +692,18 @@ func (m *Manager) Stop(ctx context.Context, id string, timeout time.Duration) (I
 	}
 	m.wg.Add(1)
 	m.mu.Unlock()
-	done := make(chan struct{})
+	done := make(chan error, 1)
 	go func() {
 		defer m.wg.Done()
-		defer close(done)
-		m.stop(sb, timeout)
+		done <- m.stop(sb, timeout)
 	}()
 	select {
-	case <-done:
+	case err = <-done:
 	case <-ctx.Done():
 		return Info{}, fmt.Errorf("stop sandbox %q: %w", id, ctx.Err())
+	}
+	if err != nil {
+		return Info{}, fmt.Errorf("stop sandbox %q: %w", id, err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -641,7 +711,9 @@ func (m *Manager) Stop(ctx context.Context, id string, timeout time.Duration) (I
 }
 
 // stop takes a sandbox to stopped; grace is the workload's, after SIGTERM.
-func (m *Manager) stop(sb *sandbox, grace time.Duration) {
+// The error is that of the stopped state's record: the sandbox is stopped,
+// but the next agent would not know it.
+func (m *Manager) stop(sb *sandbox, grace time.Duration) error {
 	m.mu.Lock()
 	ar := sb.run
 	switch sb.rec.State {
@@ -664,7 +736,7 @@ func (m *Manager) stop(sb *sandbox, grace time.Duration) {
 	st := sb.rec.State
 	m.mu.Unlock()
 	if st != StateStopping {
-		return // stopped by another call meanwhile, or never live
+		return nil // stopped by another call meanwhile, or never live
 	}
 	if ar != nil {
 		<-ar.done
@@ -672,12 +744,16 @@ func (m *Manager) stop(sb *sandbox, grace time.Duration) {
 	if err := m.be.Stop(m.baseCtx, sb.id); err != nil {
 		m.log.Error("stop sandbox", "id", sb.id, "err", err)
 		m.fail(sb, fmt.Sprintf("stop: %v", err))
-		return
+		return nil
 	}
 	m.mu.Lock()
 	m.transition(sb, StateStopped, nil)
 	m.mu.Unlock()
-	m.persistLogged(sb)
+	if err := m.persist(sb); err != nil {
+		m.log.Error("write sandbox record", "id", sb.id, "err", err)
+		return fmt.Errorf("it is stopped, but its record could not be written: %w", err)
+	}
+	return nil
 }
 
 // Remove removes a sandbox and everything it left on the machine: its
@@ -699,11 +775,22 @@ func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 		m.mu.Unlock()
 		return fmt.Errorf("sandbox %q is running a workload; stop it or remove with force: %w", id, ErrConflict)
 	}
+	place, err := m.removals.reserve()
+	if err != nil {
+		m.mu.Unlock()
+		return fmt.Errorf("remove sandbox %q: %w", id, err)
+	}
 	m.wg.Add(1)
 	m.mu.Unlock()
 	done := make(chan error, 1)
 	go func() {
 		defer m.wg.Done()
+		release, err := place.wait(m.baseCtx)
+		if err != nil {
+			done <- fmt.Errorf("remove sandbox %q: %w", id, errClosed)
+			return
+		}
+		defer release()
 		done <- m.remove(sb)
 	}()
 	select {
@@ -719,7 +806,7 @@ func (m *Manager) remove(sb *sandbox) error {
 	live := sb.rec.State.live()
 	m.mu.Unlock()
 	if live {
-		m.stop(sb, 0) // grace 0: a workload is killed at once
+		_ = m.stop(sb, 0) // grace 0: a workload is killed at once; its record goes
 	}
 	sb.opMu.Lock()
 	defer sb.opMu.Unlock()
@@ -863,8 +950,8 @@ func (m *Manager) publish(sb *sandbox, action string, attrs map[string]string) {
 // fail moves sb to failed with why, and records it.
 func (m *Manager) fail(sb *sandbox, why string) {
 	m.mu.Lock()
-	sb.rec.Error = why
-	ok := m.transition(sb, StateFailed, map[string]string{"error": why})
+	sb.rec.Error = recordText(why)
+	ok := m.transition(sb, StateFailed, map[string]string{"error": sb.rec.Error})
 	m.mu.Unlock()
 	if ok {
 		m.persistLogged(sb)
@@ -904,7 +991,7 @@ func (m *Manager) persist(sb *sandbox) error {
 	}
 	rec := sb.rec.clone()
 	m.mu.Unlock()
-	return writeRecord(sb.dir, rec)
+	return sb.store.write(rec)
 }
 
 func (m *Manager) persistLogged(sb *sandbox) {
@@ -945,8 +1032,13 @@ func (m *Manager) expire(sb *sandbox) {
 	live := sb.rec.State.live()
 	m.mu.Unlock()
 	if live {
-		m.stop(sb, ttlStopTimeout)
+		_ = m.stop(sb, ttlStopTimeout) // logged; the remove below clears the record
 	}
+	release, err := m.removals.turn(m.baseCtx)
+	if err != nil {
+		return // the agent is shutting down; the next one expires it
+	}
+	defer release()
 	if err := m.remove(sb); err != nil {
 		m.log.Error("remove expired sandbox", "id", sb.id, "err", err)
 	}

@@ -534,6 +534,15 @@ func (b *ociBackend) Adopt(ctx context.Context, id string) (<-chan struct{}, boo
 		}
 		return nil, false, err
 	}
+	if c.Status == "paused" && c.Pid > 0 {
+		// Frozen by a checkpoint that an agent killed half way never
+		// thawed: the sandbox is whole, only stopped in its tracks.
+		if err := b.rt.Resume(ctx, id); err != nil {
+			return nil, false, fmt.Errorf("thaw it (left frozen by a checkpoint the agent did not finish): %w", err)
+		}
+		b.log.Warn("thawed a sandbox left frozen by a checkpoint the agent did not finish", "id", id)
+		c.Status = "running"
+	}
 	if c.Status != "running" || c.Pid <= 0 {
 		return nil, false, nil
 	}
@@ -680,7 +689,7 @@ func (b *ociBackend) Destroy(ctx context.Context, id string) error {
 	for _, e := range entries {
 		p := filepath.Join(dir, e.Name())
 		switch e.Name() {
-		case recordFile:
+		case recordFile, legacyRecordFile:
 			continue
 		case layerDir:
 			err = b.deleteLayer(p)

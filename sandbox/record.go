@@ -4,20 +4,28 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"time"
+	"unicode/utf8"
 )
 
-// recordVersion is the version of record.json's layout.
+// recordVersion is the version of a record's JSON layout.
 const recordVersion = 1
 
-const recordFile = "record.json"
+// recordFile holds a sandbox's record; legacyRecordFile is where an agent
+// before the two-slot layout kept it (plain JSON, replaced by rename).
+const (
+	recordFile       = "record"
+	legacyRecordFile = "record.json"
+)
 
 // record is what the agent keeps of a sandbox across restarts, in
-// StateDir/sandboxes/<id>/record.json.
+// StateDir/sandboxes/<id>/record (see recordStore).
 type record struct {
 	Version      int        `json:"version"`
 	Spec         Spec       `json:"spec"`
@@ -65,38 +73,251 @@ func (r record) clone() record {
 	return c
 }
 
-// writeRecord stores rec in dir atomically, a temporary file renamed over
-// the old one, so that an agent that dies at any point leaves the old
-// record or the new one. It does not fsync: a record only has to survive
-// the agent, not the machine, since no sandbox survives a reboot (the next
-// agent finds the init gone and fails the sandbox, whatever the record
-// says), and two fsyncs per run were a tenth of a `true` run's time.
-func writeRecord(dir string, rec record) error {
+// A record file has two slots of the same size, written in turn, so that
+// the record of a sandbox can be rewritten in place for the whole of its
+// life: the file's blocks are all written when the sandbox is admitted,
+// and a later write overwrites them, which needs no new space on tmpfs
+// (where the state dir of a VM lives), ext4 or xfs, and none on btrfs for
+// a file marked no-copy-on-write. So a full state dir can refuse a create
+// (507), but can never keep a sandbox's later states (ready, stopped,
+// failed) from its record: the record never lies for lack of space.
+//
+// Each slot is a header line and the record's JSON:
+//
+//	arcbox-record <seq, 16 hex digits> <length, 8 hex> <crc32c, 8 hex>\n{...}
+//
+// A write goes to the slot the newest record is not in, so an agent killed
+// half way through a write leaves the newest whole record in the other;
+// the reader takes the valid slot with the highest sequence number. Records
+// are not fsynced: a record only has to survive the agent, not the machine,
+// since no sandbox survives a reboot (the next agent finds the init gone
+// and fails the sandbox, whatever the record says), and two fsyncs per run
+// were a tenth of a `true` run's time.
+
+const (
+	recordMagic     = "arcbox-record"
+	recordHeaderLen = len(recordMagic) + 1 + 16 + 1 + 8 + 1 + 8 + 1
+	// recordHeadroom is how much a record may grow past its first write:
+	// ready_at, the exit fields, an error and a run (both shortened to
+	// fit, see recordError and runSummary), with their JSON escaping.
+	recordHeadroom = 8 << 10
+	recordBlock    = 4 << 10
+)
+
+var crc32c = crc32.MakeTable(crc32.Castagnoli)
+
+// recordStore is where a sandbox's record is written: its file, the slot
+// size and the sequence number of the newest record. The zero value has
+// no file yet (a new sandbox, or one an earlier agent recorded as
+// record.json): the first write makes it. Not safe for concurrent use
+// (the sandbox's persistMu serializes it).
+type recordStore struct {
+	dir  string
+	slot int64
+	seq  uint64
+}
+
+// write stores rec. An error wraps ErrNoSpace when the state dir was
+// full, which can happen only while the file is made (or grown, for a
+// record that no longer fits: a bug, since its fields are bounded).
+func (s *recordStore) write(rec record) error {
 	rec.Version = recordVersion
 	data, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode record: %w", err)
 	}
-	return replaceFile(filepath.Join(dir, recordFile), data, 0o600, false)
+	if s.slot == 0 || int64(recordHeaderLen+len(data)) > s.slot {
+		return s.create(data)
+	}
+	f, err := os.OpenFile(filepath.Join(s.dir, recordFile), os.O_WRONLY, 0)
+	if err != nil {
+		return storageErr(err)
+	}
+	defer f.Close()
+	seq := s.seq + 1
+	if _, err := f.WriteAt(slotBytes(seq, data), int64(seq%2)*s.slot); err != nil {
+		return storageErr(err)
+	}
+	s.seq = seq
+	return nil
 }
 
-// readRecord loads the record in dir.
-func readRecord(dir string) (record, error) {
-	var rec record
-	data, err := os.ReadFile(filepath.Join(dir, recordFile))
+// create makes a new record file with data in its first slot and every
+// block of both slots written, a temporary file renamed into place.
+func (s *recordStore) create(data []byte) (err error) {
+	slot := int64(recordHeaderLen+len(data)+recordHeadroom+recordBlock-1) / recordBlock * recordBlock
+	seq := s.seq + 1
+	buf := make([]byte, 2*slot)
+	copy(buf[int64(seq%2)*slot:], slotBytes(seq, data))
+	f, err := os.CreateTemp(s.dir, "."+recordFile+".tmp-*")
 	if err != nil {
-		return rec, err
+		return storageErr(err)
 	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	setNoCOW(f) // before any data: btrfs takes the flag only on an empty file
+	if _, err = f.Write(buf); err != nil {
+		return storageErr(err)
+	}
+	if err = f.Close(); err != nil {
+		return storageErr(err)
+	}
+	if err = os.Rename(f.Name(), filepath.Join(s.dir, recordFile)); err != nil {
+		return storageErr(err)
+	}
+	s.slot, s.seq = slot, seq
+	// Made from a record.json of an earlier agent: that one is stale now.
+	if err := os.Remove(filepath.Join(s.dir, legacyRecordFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// slotBytes is a slot's content: the header and the JSON.
+func slotBytes(seq uint64, data []byte) []byte {
+	b := make([]byte, 0, recordHeaderLen+len(data))
+	b = fmt.Appendf(b, "%s %016x %08x %08x\n", recordMagic, seq, len(data), crc32.Checksum(data, crc32c))
+	return append(b, data...)
+}
+
+// readRecord loads the record in dir, and the store that goes on writing
+// it.
+func readRecord(dir string) (record, recordStore, error) {
+	store := recordStore{dir: dir}
+	path := filepath.Join(dir, recordFile)
+	content, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		// An earlier agent's record.json: read it; the next write makes
+		// the two-slot file.
+		legacy := filepath.Join(dir, legacyRecordFile)
+		if content, err = os.ReadFile(legacy); err != nil {
+			return record{}, store, err
+		}
+		rec, err := decodeRecord(legacy, content)
+		return rec, store, err
+	}
+	if err != nil {
+		return record{}, store, err
+	}
+	data, seq, slot, err := newestSlot(content)
+	if err != nil {
+		return record{}, store, fmt.Errorf("%s: %w", path, err)
+	}
+	rec, err := decodeRecord(path, data)
+	if err != nil {
+		return record{}, store, err
+	}
+	store.slot, store.seq = slot, seq
+	return rec, store, nil
+}
+
+// newestSlot finds the valid slot with the highest sequence number.
+func newestSlot(content []byte) (data []byte, seq uint64, slot int64, err error) {
+	if len(content) == 0 || len(content)%(2*recordBlock) != 0 {
+		return nil, 0, 0, fmt.Errorf("%d bytes long: not a record file (two slots of a multiple of %d bytes)", len(content), recordBlock)
+	}
+	slot = int64(len(content) / 2)
+	found := false
+	for i := range int64(2) {
+		d, s, ok := parseSlot(content[i*slot : (i+1)*slot])
+		if ok && (!found || s > seq) {
+			data, seq, found = d, s, true
+		}
+	}
+	if !found {
+		return nil, 0, 0, errors.New("no whole record in either slot")
+	}
+	return data, seq, slot, nil
+}
+
+// parseSlot checks a slot's header and checksum and returns its JSON.
+func parseSlot(b []byte) (data []byte, seq uint64, ok bool) {
+	if len(b) < recordHeaderLen {
+		return nil, 0, false
+	}
+	var n, sum uint32
+	k, err := fmt.Sscanf(string(b[:recordHeaderLen]), recordMagic+" %016x %08x %08x\n", &seq, &n, &sum)
+	if err != nil || k != 3 || b[recordHeaderLen-1] != '\n' || int64(n) > int64(len(b)-recordHeaderLen) {
+		return nil, 0, false
+	}
+	data = b[recordHeaderLen : recordHeaderLen+int(n)]
+	if crc32.Checksum(data, crc32c) != sum {
+		return nil, 0, false
+	}
+	return data, seq, true
+}
+
+// decodeRecord decodes and checks a record's JSON; path is for messages.
+func decodeRecord(path string, data []byte) (record, error) {
+	var rec record
 	if err := json.Unmarshal(data, &rec); err != nil {
-		return rec, fmt.Errorf("decode %s: %w", filepath.Join(dir, recordFile), err)
+		return rec, fmt.Errorf("decode %s: %w", path, err)
 	}
 	if rec.Version != recordVersion {
-		return rec, fmt.Errorf("%s: record version %d, want %d", filepath.Join(dir, recordFile), rec.Version, recordVersion)
+		return rec, fmt.Errorf("%s: record version %d, want %d", path, rec.Version, recordVersion)
 	}
 	if !rec.State.Valid() {
-		return rec, fmt.Errorf("%s: unknown state %q", filepath.Join(dir, recordFile), rec.State)
+		return rec, fmt.Errorf("%s: unknown state %q", path, rec.State)
 	}
 	return rec, nil
+}
+
+// maxRecordText bounds the free text a record keeps (an error, a run's
+// command), so that a record always fits its slots.
+const maxRecordText = 512
+
+// recordText shortens s to maxRecordText bytes, on a rune boundary.
+func recordText(s string) string {
+	if len(s) <= maxRecordText {
+		return s
+	}
+	cut := maxRecordText - len("...")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
+}
+
+// runSummary is a run's command as a record keeps it: the first arguments,
+// each shortened, at most maxRecordText bytes in all.
+func runSummary(cmd []string) []string {
+	var out []string
+	total := 0
+	for _, a := range cmd {
+		a = recordText(a)
+		if total+len(a) > maxRecordText {
+			out = append(out, "...")
+			break
+		}
+		out = append(out, a)
+		total += len(a)
+	}
+	return out
+}
+
+// noSpace marks err ErrNoSpace when it comes of a full filesystem (ENOSPC,
+// or a quota), and leaves it as it is otherwise.
+func noSpace(err error) error {
+	if err == nil || errors.Is(err, ErrNoSpace) {
+		return err
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %w", err, ErrNoSpace)
+	}
+	return err
+}
+
+// storageErr classes an error of the state dir: no space (ENOSPC, or a
+// quota) is ErrNoSpace, anything else ErrUnavailable.
+func storageErr(err error) error {
+	if err = noSpace(err); errors.Is(err, ErrNoSpace) || errors.Is(err, ErrUnavailable) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", err, ErrUnavailable)
 }
 
 // writeFileAtomic replaces path with data so that a crash, of the agent or

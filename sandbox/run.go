@@ -19,10 +19,17 @@ const (
 	// outBufSize is the read size of each output stream: large reads keep
 	// the per-call overhead small at high throughput.
 	outBufSize = 256 << 10
-	// drainIdle is how long output is still read after the process exited
-	// when nothing more arrives: a background child that kept the pipe
-	// open must not hold the run forever.
-	drainIdle = 250 * time.Millisecond
+	// holderIdle is how long a stream is still followed after the process
+	// exited and everything it wrote was read, when something it left
+	// behind (a background child) still holds the stream open: while that
+	// one keeps writing, its output is passed on; once it is quiet this
+	// long, the stream is cut and the run's end says so. It never decides
+	// whether the process's own output is delivered: that is all read
+	// before this wait begins.
+	holderIdle = 250 * time.Millisecond
+	// holderMax bounds how long a holder's output is followed at all, so
+	// that one that never stops writing (`yes &`) cannot hold the run.
+	holderMax = 2 * time.Second
 	// burstMin, burstGap and burstWait coalesce a stream of writes: a
 	// read of at least burstMin bytes that comes within burstGap of the
 	// one before is part of a stream, and the pump lets the pipe fill for
@@ -43,19 +50,31 @@ var outBufs = sync.Pool{New: func() any {
 }}
 
 // readAvailable reads what rc's file holds now into p, without waiting.
-func readAvailable(rc syscall.RawConn, p []byte) int {
-	n := 0
-	_ = rc.Read(func(fd uintptr) bool {
+// eof is true when the file is at its end: every writer closed it (or, for
+// a terminal, the last process on it is gone, EIO); any other error counts
+// as an end too, since nothing more can be read.
+func readAvailable(rc syscall.RawConn, p []byte) (n int, eof bool) {
+	err := rc.Read(func(fd uintptr) bool {
 		for n < len(p) {
 			k, err := unix.Read(int(fd), p[n:])
+			if err == unix.EINTR {
+				continue
+			}
+			if err == unix.EAGAIN {
+				break
+			}
 			if k <= 0 || err != nil {
+				eof = true
 				break
 			}
 			n += k
 		}
 		return true // done, whether or not there was anything
 	})
-	return n
+	if err != nil {
+		eof = true
+	}
+	return n, eof
 }
 
 // errTimeout is why a run past its Timeout is killed.
@@ -160,9 +179,11 @@ func (m *Manager) Run(ctx context.Context, id string, p Process, out func(Output
 // with its descendants) and Exec returns exit code 137 and ctx's error;
 // the sandbox is ready again. Past p.Timeout the process is killed the
 // same way and Exec returns 137 with a nil error. A stop of the sandbox
-// sends the process SIGTERM, then SIGKILL. Output is read until the
-// process has exited and its pipes are closed, or until nothing arrived
-// for 250 ms after its exit (a background child that keeps them open).
+// sends the process SIGTERM, then SIGKILL. Everything the process wrote
+// is delivered before Exec returns. When something it left behind (a
+// background child) still holds a stream open after its exit, that one's
+// output is followed while it keeps coming (until a 250 ms pause, 2 s at
+// most), and then the stream is cut: its last Output has Truncated set.
 //
 // A process that cannot be started (no such program, say) ends with the
 // runtime's message on stderr and exit code 255 (runc) or 1/255 (crun).
@@ -216,14 +237,20 @@ func (m *Manager) beginRunLocked(sb *sandbox, p Process) (*activeRun, error) {
 	}
 	ar := newActiveRun(p.Cmd, m.now())
 	sb.run = ar
-	sb.rec.Run = &runRecord{Cmd: p.Cmd, StartedAt: ar.started}
+	sb.rec.Run = &runRecord{Cmd: runSummary(p.Cmd), StartedAt: ar.started}
 	m.transition(sb, StateRunning, nil)
 	return ar, nil
 }
 
 // runWorkload runs p as the workload ar and records its end.
 func (m *Manager) runWorkload(ctx context.Context, sb *sandbox, ar *activeRun, p Process, pio procIO) (int, error) {
-	m.persistLogged(sb)
+	if err := m.persist(sb); err != nil {
+		// Not started: a run the record does not know of could not be
+		// told apart from the sandbox's own processes after a restart.
+		err = fmt.Errorf("run in sandbox %q: its record: %w", sb.id, err)
+		m.endRun(sb, ar, nil, err)
+		return -1, err
+	}
 	m.mu.Lock()
 	spec := sb.rec.Spec
 	m.mu.Unlock()
@@ -262,6 +289,19 @@ func (m *Manager) drive(ctx context.Context, exe execution, ar *activeRun, p Pro
 		exited   atomic.Bool
 		pumps    sync.WaitGroup
 	)
+	send := func(stream string, p []byte) bool {
+		outMu.Lock()
+		defer outMu.Unlock()
+		if outErr != nil {
+			return false
+		}
+		if oerr := pio.out(Output{Stream: stream, Data: p}); oerr != nil {
+			outErr = oerr
+			abortOne.Do(func() { close(aborted) })
+			return false
+		}
+		return true
+	}
 	pump := func(f *os.File, stream string) {
 		defer pumps.Done()
 		bufp := outBufs.Get().(*[]byte)
@@ -271,33 +311,33 @@ func (m *Manager) drive(ctx context.Context, exe execution, ar *activeRun, p Pro
 		var last time.Time
 		for {
 			n, rerr := f.Read(buf)
-			if n >= burstMin && n < len(buf) && rerr == nil {
+			if n >= burstMin && n < len(buf) && rerr == nil && rcErr == nil {
 				now := time.Now()
-				if now.Sub(last) < burstGap && rcErr == nil {
+				if now.Sub(last) < burstGap {
 					time.Sleep(burstWait)
-					n += readAvailable(rc, buf[n:])
+					k, _ := readAvailable(rc, buf[n:])
+					n += k
 				}
 				last = now
 			}
-			if n > 0 {
-				outMu.Lock()
-				if outErr == nil {
-					if oerr := pio.out(Output{Stream: stream, Data: buf[:n]}); oerr != nil {
-						outErr = oerr
-						abortOne.Do(func() { close(aborted) })
-					}
-				}
-				outMu.Unlock()
-				if exited.Load() {
-					_ = f.SetReadDeadline(time.Now().Add(drainIdle))
-				}
-			}
-			if rerr != nil {
-				if errors.Is(rerr, os.ErrDeadlineExceeded) {
-					m.log.Warn("output still open after the process exited; stopped reading it", "stream", stream, "cmd", p.Cmd)
-				}
+			if n > 0 && !send(stream, buf[:n]) {
 				return
 			}
+			if rerr == nil {
+				continue
+			}
+			if errors.Is(rerr, os.ErrDeadlineExceeded) && exited.Load() && rcErr == nil {
+				// drive woke this read: the process has exited.
+				if why := m.drainExited(f, rc, buf, func(p []byte) bool { return send(stream, p) }); why != "" {
+					m.log.Warn("output cut: still open after the process exited", "stream", stream, "cmd", p.Cmd)
+					outMu.Lock()
+					if outErr == nil {
+						_ = pio.out(Output{Stream: stream, Truncated: why})
+					}
+					outMu.Unlock()
+				}
+			}
+			return // EOF: every writer closed the stream; or it failed
 		}
 	}
 	files := []*os.File{exe.Stdout()}
@@ -369,9 +409,11 @@ wait:
 			}
 		}
 	}
+	// Wake the pumps: each reads what is left of the process's output,
+	// however late it runs (drainExited).
 	exited.Store(true)
 	for _, f := range files {
-		_ = f.SetReadDeadline(time.Now().Add(drainIdle))
+		_ = f.SetReadDeadline(time.Now())
 	}
 	pumps.Wait()
 	if res.err != nil {
@@ -381,6 +423,59 @@ wait:
 		res.code = ExitKilled
 	}
 	return res.code, killedBy, nil
+}
+
+// drainExited reads what is left of a stream once its process has exited,
+// passing it to send, and returns why the stream was cut, or "" when it
+// was read to its end. The process's writes all happened before its exit
+// was known, so whatever it wrote is in the pipe now and is read without
+// waiting, however late this runs. Only when the pipe is then empty and
+// still open (something the process left behind holds it) does time
+// matter: that holder's output is followed until it is quiet for
+// holderIdle (holderMax at most), and then the stream is cut.
+func (m *Manager) drainExited(f *os.File, rc syscall.RawConn, buf []byte, send func([]byte) bool) (cut string) {
+	_ = f.SetReadDeadline(time.Time{})
+	until := time.Now().Add(holderMax)
+	for {
+		n, eof := readAvailable(rc, buf)
+		if n > 0 && !send(buf[:n]) {
+			return ""
+		}
+		if eof {
+			return ""
+		}
+		if n < len(buf) {
+			break // empty, and still open
+		}
+	}
+	for {
+		deadline := time.Now().Add(holderIdle)
+		if deadline.After(until) {
+			deadline = until
+		}
+		_ = f.SetReadDeadline(deadline)
+		n, err := f.Read(buf)
+		if n > 0 && !send(buf[:n]) {
+			return ""
+		}
+		switch {
+		case err == nil:
+			continue
+		case !errors.Is(err, os.ErrDeadlineExceeded):
+			return "" // the holder closed it too
+		}
+		// Quiet for holderIdle, or followed for holderMax: take what
+		// is there, and cut.
+		_ = f.SetReadDeadline(time.Time{})
+		n, eof := readAvailable(rc, buf)
+		if n > 0 && !send(buf[:n]) {
+			return ""
+		}
+		if eof {
+			return ""
+		}
+		return "the process exited and everything it wrote was delivered, but a process it left behind still holds the stream open: stopped reading it"
+	}
 }
 
 // endRun records the end of a workload: its exit code, or the error that

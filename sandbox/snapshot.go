@@ -174,6 +174,11 @@ func (m *Manager) Checkpoint(ctx context.Context, id string, req CheckpointReque
 	m.wg.Add(1)
 	defer m.wg.Done()
 	m.mu.Unlock()
+	release, err := m.checkpoints.run(ctx)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("checkpoint sandbox %q: %w", id, err)
+	}
+	defer release()
 
 	// opMu keeps a stop or remove from tearing the container down under
 	// the checkpoint; the state is checked again once it is held.
@@ -208,7 +213,7 @@ func (m *Manager) Checkpoint(ctx context.Context, id string, req CheckpointReque
 	}
 	dir := filepath.Join(m.snapDir, rec.ID)
 	if err := os.Mkdir(dir, 0o700); err != nil {
-		return Snapshot{}, fmt.Errorf("checkpoint sandbox %q: %w", id, err)
+		return Snapshot{}, fmt.Errorf("checkpoint sandbox %q: %w", id, noSpace(err))
 	}
 	err = m.be.Checkpoint(ctx, id, dir)
 	if err == nil {
@@ -221,7 +226,7 @@ func (m *Manager) Checkpoint(ctx context.Context, id string, req CheckpointReque
 		if derr := m.be.DeleteSnapshot(context.WithoutCancel(ctx), dir); derr != nil {
 			m.log.Error("clear a failed checkpoint", "dir", dir, "err", derr)
 		}
-		return Snapshot{}, fmt.Errorf("checkpoint sandbox %q: %w", id, err)
+		return Snapshot{}, fmt.Errorf("checkpoint sandbox %q: %w", id, noSpace(err))
 	}
 	e := &snapshotEntry{rec: rec, dir: dir}
 	m.mu.Lock()
@@ -375,20 +380,30 @@ func (m *Manager) Restore(ctx context.Context, snapshotID string, req RestoreReq
 		m.mu.Unlock()
 	}()
 
-	sb, existing, err := m.admit(spec, &restoredFrom{SnapshotID: snapshotID})
+	from := &restoredFrom{SnapshotID: snapshotID}
+	place, err := m.starts.reserve()
 	if err != nil {
-		return Info{}, err
+		if info, ok := m.existing(spec, from); ok {
+			return info, nil
+		}
+		return Info{}, fmt.Errorf("restore snapshot %q: %w", snapshotID, err)
 	}
-	if existing != nil {
+	sb, existing, err := m.admit(spec, from)
+	if err != nil || existing != nil {
+		place.cancel()
+		if err != nil {
+			return Info{}, err
+		}
 		return *existing, nil
 	}
 	m.mu.Lock()
 	startCtx, ok := m.launchLocked(sb)
 	m.mu.Unlock()
 	if !ok {
+		place.cancel()
 		return Info{}, fmt.Errorf("restore snapshot %q: %w", snapshotID, errClosed)
 	}
-	m.start(startCtx, sb) // synchronous: ready at once means ready when we answer
+	m.start(startCtx, sb, place) // synchronous: ready at once means ready when we answer
 
 	m.mu.Lock()
 	info := m.info(sb)
@@ -397,12 +412,18 @@ func (m *Manager) Restore(ctx context.Context, snapshotID string, req RestoreReq
 		m.metrics.restoreSeconds.Observe(info.ReadyAt.Sub(info.CreatedAt).Seconds())
 		return info, nil
 	}
+	m.mu.Lock()
+	startErr := sb.startErr
+	m.mu.Unlock()
+	if err := m.Remove(context.WithoutCancel(ctx), sb.id, true); err != nil {
+		m.log.Error("remove a sandbox whose restore failed", "id", sb.id, "err", err)
+	}
+	if startErr != nil {
+		return Info{}, fmt.Errorf("restore snapshot %q as sandbox %q: %w", snapshotID, sb.id, noSpace(startErr))
+	}
 	why := info.Error
 	if why == "" {
 		why = fmt.Sprintf("it is %s", info.State)
-	}
-	if err := m.Remove(context.WithoutCancel(ctx), sb.id, true); err != nil {
-		m.log.Error("remove a sandbox whose restore failed", "id", sb.id, "err", err)
 	}
 	return Info{}, fmt.Errorf("restore snapshot %q as sandbox %q: %s", snapshotID, sb.id, why)
 }

@@ -139,6 +139,12 @@ type Output struct {
 	// Data is only valid until the callback returns: the buffer is reused.
 	// Copy it to keep it.
 	Data []byte
+	// Truncated, set on an Output with no Data, says the rest of Stream
+	// was not read, and why: the workload had exited and everything it
+	// wrote was delivered, but something it left behind (a background
+	// child) kept the stream open and kept writing. It is the stream's
+	// last Output.
+	Truncated string
 }
 
 // Event is a sandbox lifecycle event.

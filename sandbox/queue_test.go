@@ -1,0 +1,94 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"testing"
+)
+
+func TestWorkQueueBounds(t *testing.T) {
+	q := newWorkQueue("things", 1, 1)
+	first, err := q.run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiter, err := q.reserve()
+	if err != nil {
+		t.Fatalf("a place while one runs: %v", err)
+	}
+	if _, err := q.reserve(); !errors.Is(err, ErrBusy) {
+		t.Fatalf("past the depth: %v, want ErrBusy", err)
+	}
+	// A place given up is free again; giving it up twice changes nothing.
+	waiter.cancel()
+	waiter.cancel()
+	waiter, err = q.reserve()
+	if err != nil {
+		t.Fatalf("after a cancel: %v", err)
+	}
+	// Its turn comes when the first one releases its own.
+	turn := make(chan func())
+	go func() {
+		release, err := waiter.wait(context.Background())
+		if err != nil {
+			t.Error(err)
+		}
+		turn <- release
+	}()
+	first()
+	(<-turn)()
+	// A wait whose context ends gives the place up.
+	hold, _ := q.run(context.Background())
+	p, err := q.reserve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := p.wait(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("wait with an ended context: %v", err)
+	}
+	if _, err := q.reserve(); err != nil {
+		t.Fatalf("the cancelled wait kept its place: %v", err)
+	}
+	hold()
+	// The agent's own work is never refused, only made to wait.
+	q2 := newWorkQueue("chores", 1, 0)
+	r1, _ := q2.run(context.Background())
+	got := make(chan struct{})
+	go func() {
+		r2, err := q2.turn(context.Background())
+		if err == nil {
+			r2()
+		}
+		close(got)
+	}()
+	r1()
+	<-got
+}
+
+// TestCreateBusy: past the starts' queue a create is refused with ErrBusy
+// and leaves nothing; the ones queued all start.
+func TestCreateBusy(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.Workers, c.QueueDepth = 1, 1 })
+	gate := make(chan struct{})
+	h.be.mu.Lock()
+	h.be.startGate = gate
+	h.be.mu.Unlock()
+	h.create(Spec{ID: "one"})
+	h.create(Spec{ID: "two"})
+	if _, _, err := h.m.Create(context.Background(), Spec{ID: "three"}); !errors.Is(err, ErrBusy) {
+		t.Fatalf("a third create: %v, want ErrBusy", err)
+	}
+	if _, err := h.m.Get("three"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the refused sandbox is there: %v", err)
+	}
+	// The same request again for a sandbox that exists is no new work.
+	if _, created, err := h.m.Create(context.Background(), Spec{ID: "two"}); err != nil || created {
+		t.Errorf("an idempotent create while full: %v, created %v", err, created)
+	}
+	close(gate)
+	h.expect("one", ActionReady)
+	h.expect("two", ActionReady)
+	h.createReady(Spec{ID: "three"})
+}
