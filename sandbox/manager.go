@@ -293,6 +293,17 @@ func (m *Manager) readopt(ctx context.Context) error {
 			}
 			continue
 		}
+		if rec.State == StateStarting && rec.Restored != nil {
+			// A restore the agent died in: a restore leaves a ready
+			// sandbox or none, so clear it.
+			m.log.Warn("removing a sandbox whose restore an agent restart cut short", "id", id, "snapshot", rec.Restored.SnapshotID)
+			if err := m.be.Destroy(ctx, id); err != nil {
+				m.log.Error("clear a restore cut short", "id", id, "err", err)
+			} else if err := os.RemoveAll(dir); err != nil {
+				m.log.Error("clear a restore cut short", "id", id, "err", err)
+			}
+			continue
+		}
 		if rec.IPAddress != "" {
 			if err := m.be.ReserveAddress(id, rec.IPAddress); err != nil {
 				// Two records with one address, or a range that changed:

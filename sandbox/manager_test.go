@@ -684,8 +684,11 @@ func TestReadopt(t *testing.T) {
 	// dir as the crash left it.
 	crash := t.TempDir()
 	copyTree(t, filepath.Join(h.dir, "sandboxes"), filepath.Join(crash, "sandboxes"))
-	// A record caught mid-start, and debris without a record.
+	// A record caught mid-start, one caught mid-restore, and debris
+	// without a record.
 	writeRecordForTest(t, filepath.Join(crash, "sandboxes", "half"), record{Spec: Spec{ID: "half"}, State: StateStarting, CreatedAt: h.clock.Now()})
+	writeRecordForTest(t, filepath.Join(crash, "sandboxes", "restoring"), record{Spec: Spec{ID: "restoring"}, State: StateStarting,
+		CreatedAt: h.clock.Now(), Restored: &restoredFrom{SnapshotID: "snap"}})
 	if err := os.MkdirAll(filepath.Join(crash, "sandboxes", "debris", "upper"), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -717,6 +720,13 @@ func TestReadopt(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(crash, "sandboxes", "debris")); !os.IsNotExist(err) {
 		t.Errorf("debris left: %v", err)
+	}
+	// A restore leaves a ready sandbox or none.
+	if _, err := h2.m.Get("restoring"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a restore cut short is listed: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(crash, "sandboxes", "restoring")); !os.IsNotExist(err) {
+		t.Errorf("a restore cut short left its files: %v", err)
 	}
 	if got := testutil.ToFloat64(h2.m.metrics.sandboxes.WithLabelValues("failed")); got != 2 {
 		t.Errorf("failed gauge %v, want 2", got)
