@@ -117,7 +117,7 @@ func BenchmarkHandStart(b *testing.B) {
 		d := spawn(cfg, "dockerd", "--host=unix://"+cfg.DockerSocket, "--containerd="+cfg.ContainerdSocket,
 			"--exec-root="+cfg.DockerExecRoot, "--data-root="+cfg.DockerDataRoot, "--userland-proxy=false",
 			"--pidfile="+filepath.Join(cfg.DockerExecRoot, "docker.pid"))
-		for deadline := time.Now().Add(30 * time.Second); pingDocker(context.Background(), cfg.DockerSocket) != nil; {
+		for deadline := time.Now().Add(30 * time.Second); cfg.Probe(context.Background(), Dockerd, cfg.DockerSocket) != nil; {
 			if time.Now().After(deadline) {
 				b.Fatalf("dockerd never answered /_ping")
 			}

@@ -19,22 +19,24 @@ import (
 // reports carry.
 const exitTailLines = 20
 
-// child is one daemon process the Runtime started. One goroutine
+// child is one daemon process the Runtime supervises: one it started
+// (cmd), or one it adopted from an earlier agent (adopted). One goroutine
 // (supervise) waits for it and closes exited when it has ended; the fields
 // below exited are set before that and read only after it.
 type child struct {
 	name     string
 	pid      int
-	started  time.Time
-	logPath  string // "" when the output is discarded
-	logStart int64  // the log's size when the child started
-	cmd      *exec.Cmd
-	cancel   context.CancelFunc // SIGTERM, then SIGKILL after the grace
-	stopping atomic.Bool        // the Runtime is stopping it on purpose
+	started  time.Time // when it was started, or adopted
+	logPath  string    // "" when the output is discarded
+	logStart int64     // the log's size when the child started
+	cmd      *exec.Cmd // the Runtime's own child; nil when adopted
+	adopted  *pidfd    // a daemon left by an earlier agent; nil when cmd is set
+	stopping atomic.Bool
+	killed   atomic.Bool // stop had to SIGKILL it
 
 	exited chan struct{}
-	state  *os.ProcessState
-	tail   string // the last lines it logged
+	state  *os.ProcessState // how cmd ended; nil for an adopted daemon
+	tail   string           // the last lines it logged
 }
 
 func (c *child) hasExited() bool {
@@ -47,12 +49,29 @@ func (c *child) hasExited() bool {
 }
 
 // exitStatus says how the child ended ("exit status 1", "signal: killed").
-// Call it only after exited is closed.
+// Call it only after exited is closed. An adopted daemon is not the
+// agent's child: its exit status goes to its parent, so only what the
+// agent did to it is known.
 func (c *child) exitStatus() string {
-	if c.state == nil {
+	switch {
+	case c.state != nil:
+		return c.state.String()
+	case c.adopted == nil:
 		return "exit status unknown"
+	case c.killed.Load():
+		return "killed (adopted: exit status unknown)"
+	case c.stopping.Load():
+		return "exited after SIGTERM (adopted: exit status unknown)"
 	}
-	return c.state.String()
+	return "exited (adopted: exit status unknown)"
+}
+
+// signal sends sig to the child; os.ErrProcessDone once it has ended.
+func (c *child) signal(sig unix.Signal) error {
+	if c.adopted != nil {
+		return c.adopted.signal(sig)
+	}
+	return c.cmd.Process.Signal(sig)
 }
 
 // logTail says where the child's last lines are and what they are.
@@ -84,7 +103,8 @@ func (c *child) liveTail() string {
 }
 
 // spawn starts a daemon as a child of the Runtime, its output appended to
-// <LogDir>/<name>.log, and supervises it. It refuses once Shutdown began.
+// <LogDir>/<name>.log, records its pid when the daemon does not, and
+// supervises it. It refuses once Shutdown began.
 func (r *Runtime) spawn(name, path string, args, env []string) (*child, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -95,21 +115,17 @@ func (r *Runtime) spawn(name, path string, args, env []string) (*child, error) {
 	if err != nil {
 		r.log.Warn("daemon log unavailable; output discarded", "service", name, "error", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, path, args...)
+	cmd := exec.Command(path, args...)
 	cmd.Env = env
 	if logf != nil {
 		cmd.Stdout, cmd.Stderr = logf, logf
 	}
-	cmd.Cancel = func() error { return cmd.Process.Signal(unix.SIGTERM) }
-	cmd.WaitDelay = r.cfg.StopGrace
 	setProcAttr(cmd)
 	err = r.cfg.StartProcess(cmd)
 	if logf != nil {
 		logf.Close() // the child holds its own descriptor
 	}
 	if err != nil {
-		cancel()
 		return nil, err
 	}
 	c := &child{
@@ -118,7 +134,6 @@ func (r *Runtime) spawn(name, path string, args, env []string) (*child, error) {
 		started:  time.Now(),
 		logStart: logStart,
 		cmd:      cmd,
-		cancel:   cancel,
 		exited:   make(chan struct{}),
 	}
 	if logf != nil {
@@ -126,6 +141,13 @@ func (r *Runtime) spawn(name, path string, args, env []string) (*child, error) {
 	}
 	r.children[name] = c
 	r.log.Info("spawned daemon", "service", name, "pid", c.pid, "path", path, "args", args)
+	if name == Containerd {
+		// containerd writes no pid file: the agent's lets the next agent
+		// find it even while it does not serve its socket.
+		if err := writePIDFile(r.pidFile(name), c.pid); err != nil {
+			r.log.Warn("write pid file", "service", name, "error", err)
+		}
+	}
 	go r.supervise(c)
 	return c, nil
 }
@@ -154,50 +176,67 @@ func (r *Runtime) logPath(name string) string {
 // supervise waits for the child and delivers its exit: it records how the
 // child ended and its last log lines, and, unless the Runtime was stopping
 // it, sends the ensure state machine back so the next Ensure restarts it.
+// It forgets the child's pid file, which names a process that is gone.
 func (r *Runtime) supervise(c *child) {
-	_ = c.cmd.Wait() // the outcome is in ProcessState
-	c.state = c.cmd.ProcessState
+	if c.adopted != nil {
+		c.adopted.wait()
+		c.adopted.close()
+	} else {
+		_ = c.cmd.Wait() // the outcome is in ProcessState
+		c.state = c.cmd.ProcessState
+	}
 	if c.logPath != "" {
 		c.tail = strings.TrimRight(readTail(c.logPath, c.logStart, exitTailLines), "\n")
 	}
+	removePIDFileOf(r.pidFile(c.name), c.pid)
 	r.mu.Lock()
 	current := r.children[c.name] == c
 	r.mu.Unlock()
 	if !c.stopping.Load() {
 		r.exitsTotal.WithLabelValues(c.name).Inc()
-		r.log.Warn("daemon exited", "service", c.name, "pid", c.pid, "status", c.exitStatus(),
+		r.log.Warn("daemon exited", "service", c.name, "pid", c.pid, "adopted", c.adopted != nil, "status", c.exitStatus(),
 			"ran", time.Since(c.started).Round(time.Millisecond).String(), "log_tail", c.tail)
 		if current {
 			r.ens.invalidate()
 		}
 	} else {
-		r.log.Info("daemon stopped", "service", c.name, "pid", c.pid, "status", c.exitStatus())
+		r.log.Info("daemon stopped", "service", c.name, "pid", c.pid, "adopted", c.adopted != nil, "status", c.exitStatus())
 	}
 	close(c.exited)
-	c.cancel()
 }
 
-// stop ends the child: SIGTERM, then SIGKILL after grace (exec's
-// WaitDelay does that), or at once when ctx ends first.
-func (c *child) stop(ctx context.Context, grace time.Duration) error {
+// killWait bounds the wait for a child's end after SIGKILL, which only a
+// process stuck in the kernel outlives.
+const killWait = 30 * time.Second
+
+// stop ends the child: SIGTERM, then SIGKILL when grace fires or ctx ends
+// first. An error says it had to be killed because ctx ended, or that it
+// outlived SIGKILL.
+func (c *child) stop(ctx context.Context, grace <-chan time.Time) error {
 	c.stopping.Store(true)
-	c.cancel()
+	if err := c.signal(unix.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("stop %s (pid %d): %w", c.name, c.pid, err)
+	}
 	select {
 	case <-c.exited:
 		return nil
+	case <-grace:
 	case <-ctx.Done():
 	}
-	// The shutdown's deadline came first: do not wait out the grace.
-	if err := c.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	c.killed.Store(true)
+	if err := c.signal(unix.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return fmt.Errorf("kill %s (pid %d): %w", c.name, c.pid, err)
 	}
-	t := time.NewTimer(grace)
+	t := time.NewTimer(killWait)
 	defer t.Stop()
 	select {
 	case <-c.exited:
-		return fmt.Errorf("%s (pid %d) killed: %w", c.name, c.pid, ctx.Err())
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s (pid %d) killed: %w", c.name, c.pid, ctx.Err())
+		}
+		return nil
 	case <-t.C:
-		return fmt.Errorf("%s (pid %d) still running after SIGKILL", c.name, c.pid)
+		return fmt.Errorf("%s (pid %d) still running %s after SIGKILL", c.name, c.pid, killWait)
 	}
 }
 

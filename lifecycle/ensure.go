@@ -9,10 +9,12 @@ import (
 // Ensure statuses, as the API reports them.
 const (
 	// StatusStarted is answered to the caller whose call drove a start that
-	// ended with dockerd ready.
+	// started a daemon and ended with dockerd ready.
 	StatusStarted = "started"
 	// StatusReused is answered once the runtime is ready, to every caller
-	// but the one that drove the start.
+	// but the one that drove the start, and to that one when its start
+	// found every daemon serving already (adopted from an earlier agent,
+	// or not the agent's) and started nothing.
 	StatusReused = "reused"
 	// StatusFailed is answered when the runtime is not ready; Message says why.
 	StatusFailed = "failed"

@@ -155,7 +155,7 @@ func concurrentCallers(t *testing.T, n int, outcome EnsureResult) ([]EnsureResul
 	}
 	close(gate)
 	// Every caller, driver included, is waiting on the one attempt.
-	waitUntil(t, 10*time.Second, "every caller to wait", func() bool { return e.waiters() == n })
+	waitUntil(t, time.Minute, "every caller to wait", func() bool { return e.waiters() == n })
 	close(release)
 	wg.Wait()
 	return results, starts.Load()
@@ -223,7 +223,7 @@ func TestEnsureNoLostWakeupWhenDriverFinishesFast(t *testing.T) {
 				if !r.Ready || r.Status != want {
 					t.Fatalf("%s: got %+v, want ready, %s", name, r, want)
 				}
-			case <-time.After(10 * time.Second):
+			case <-time.After(time.Minute):
 				t.Fatalf("%s hung: lost wake-up", name)
 			}
 		}
@@ -291,7 +291,7 @@ func TestEnsureProbeOnlyNeverStartsEvenWhileStarting(t *testing.T) {
 			return readyResponse()
 		}, mustNotProbe(t))
 	}()
-	waitUntil(t, 10*time.Second, "the start to run", func() bool { return e.snapshot() == stateStarting })
+	waitUntil(t, time.Minute, "the start to run", func() bool { return e.snapshot() == stateStarting })
 	probed := false
 	r := e.ensure(context.Background(), false, mustNotStart(t), func(context.Context) EnsureResult {
 		probed = true
@@ -328,7 +328,7 @@ func TestEnsureWaiterContextEndsStartGoesOn(t *testing.T) {
 	defer cancelWaiter()
 	results := make(chan EnsureResult, 2)
 	go func() { results <- e.ensure(driverCtx, true, start, mustNotProbe(t)) }()
-	waitUntil(t, 10*time.Second, "the driver to wait", func() bool { return e.waiters() == 1 })
+	waitUntil(t, time.Minute, "the driver to wait", func() bool { return e.waiters() == 1 })
 	go func() { results <- e.ensure(waiterCtx, true, mustNotStart(t), mustNotProbe(t)) }()
 	cancelDriver()
 	for range 2 {

@@ -75,7 +75,10 @@ func setupReal(t testing.TB) *realEnv {
 			t.Fatal(err)
 		}
 	}
-	e.cfg.StopGrace = 20 * time.Second
+	e.cfg.StopGrace = time.Minute
+	// Only a hang reaches these on a loaded machine.
+	e.cfg.ContainerdTimeout = time.Minute
+	e.cfg.DockerdTimeout = 2 * time.Minute
 	e.cfg.StartProcess = func(cmd *exec.Cmd) error {
 		e.mu.Lock()
 		e.starts[filepath.Base(cmd.Path)]++
@@ -142,6 +145,25 @@ func docker(t testing.TB, e *realEnv, host string, stdin []byte, args ...string)
 		t.Fatalf("docker %s: %v\nstderr: %s", strings.Join(args, " "), err, errb.String())
 	}
 	return out.String()
+}
+
+// dockerEventually runs the docker CLI until it succeeds with want on its
+// standard output, or fails the test after a minute with its last
+// answer: dockerd answers /_ping at once after containerd was started
+// again, but reconnects to it only after its gRPC back-off (seconds).
+func dockerEventually(t testing.TB, e *realEnv, host, want string, args ...string) {
+	t.Helper()
+	var last string
+	waitUntil(t, time.Minute, "docker "+strings.Join(args, " ")+" to answer "+strings.TrimSpace(want), func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, e.bins["docker"], args...)
+		cmd.Env = append(os.Environ(), "DOCKER_HOST="+host, "DOCKER_CONFIG="+filepath.Join(e.dir, "docker-config"))
+		out, err := cmd.CombinedOutput()
+		last = fmt.Sprintf("%v: %s", err, out)
+		return err == nil && string(out) == want
+	})
+	t.Logf("docker %s: %s", strings.Join(args, " "), last)
 }
 
 // ourProcesses lists the processes whose command line names dir: the
@@ -291,7 +313,7 @@ func TestIntegrationRealRuntime(t *testing.T) {
 		if err := unix.Kill(pid, unix.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		waitUntil(t, 30*time.Second, "dockerd's exit in Status", func() bool {
+		waitUntil(t, time.Minute, "dockerd's exit in Status", func() bool {
 			return strings.HasPrefix(r.Status(context.Background()).Services[1].Detail, "exited: ")
 		})
 		st := r.Status(context.Background())
@@ -311,6 +333,35 @@ func TestIntegrationRealRuntime(t *testing.T) {
 		if out := docker(t, e, "unix://"+e.cfg.DockerSocket, nil, "run", "--rm", "arcbox-test/busybox:1", "echo", "back"); out != "back\n" {
 			t.Fatalf("docker run after the restart: %q", out)
 		}
+	})
+
+	t.Run("containerd killed, restarted alone", func(t *testing.T) {
+		pid, ok := r.PID(Containerd)
+		if !ok {
+			t.Fatal("no containerd pid")
+		}
+		if err := unix.Kill(pid, unix.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, time.Minute, "containerd's exit in Status", func() bool {
+			return strings.HasPrefix(r.Status(context.Background()).Services[0].Detail, "exited: ")
+		})
+		st := r.Status(context.Background())
+		if s := st.Services[0]; s.Status != ServiceError || !strings.Contains(s.Detail, "signal: killed") {
+			t.Fatalf("containerd service after SIGKILL: %+v", s)
+		}
+		if !st.DockerReady || !strings.Contains(st.Detail, "containerd exited (signal: killed)") {
+			t.Fatalf("status after containerd died: %+v, want dockerd still answering and the exit named", st)
+		}
+		res := r.Ensure(context.Background(), true)
+		if !res.Ready || res.Status != StatusStarted || !strings.Contains(res.Message, "spawned bundled containerd") || strings.Contains(res.Message, "spawned bundled dockerd") {
+			t.Fatalf("Ensure after the kill: %+v, want started, containerd alone", res)
+		}
+		if e.started("containerd") != 2 || e.started("dockerd") != 2 {
+			t.Fatalf("spawned containerd %d times and dockerd %d, want 2 and 2", e.started("containerd"), e.started("dockerd"))
+		}
+		// dockerd finds the new containerd by itself.
+		dockerEventually(t, e, "unix://"+e.cfg.DockerSocket, "again\n", "run", "--rm", "arcbox-test/busybox:1", "echo", "again")
 	})
 
 	t.Run("shutdown leaves nothing", func(t *testing.T) {
@@ -334,4 +385,82 @@ func TestIntegrationRealRuntime(t *testing.T) {
 			t.Fatalf("status after Shutdown: %+v", st)
 		}
 	})
+}
+
+// TestIntegrationAdoptRealDaemons: a Runtime abandoned with its daemons
+// running and a container in them (as a killed agent leaves them); a new
+// Runtime adopts both, the container goes on running, a kill -9 of the
+// adopted containerd is noticed and repaired, and Shutdown stops them all.
+func TestIntegrationAdoptRealDaemons(t *testing.T) {
+	e := setupReal(t)
+	old, err := New(e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := old.Ensure(context.Background(), true); res.Status != StatusStarted {
+		t.Fatalf("the earlier Runtime's Ensure: %+v", res)
+	}
+	cpid, _ := old.PID(Containerd)
+	dpid, _ := old.PID(Dockerd)
+	t.Cleanup(func() {
+		if left := ourProcesses(e.dir); len(left) > 0 {
+			t.Errorf("processes left behind, killed:\n%s", strings.Join(left, "\n"))
+			for _, l := range left {
+				if pid, err := strconv.Atoi(strings.SplitN(l, ":", 2)[0]); err == nil {
+					_ = unix.Kill(pid, unix.SIGKILL)
+				}
+			}
+		}
+	})
+	host := "unix://" + e.cfg.DockerSocket
+	docker(t, e, host, busyboxImage(t, e.bins["busybox"]), "import", "-", "arcbox-test/busybox:1")
+	id := strings.TrimSpace(docker(t, e, host, nil, "run", "-d", "--stop-timeout", "1", "arcbox-test/busybox:1", "sleep", "600"))
+
+	r := startRuntime(t, e.cfg)
+	for name, want := range map[string]int{Containerd: cpid, Dockerd: dpid} {
+		if pid, ok := r.PID(name); !ok || pid != want {
+			t.Fatalf("PID(%s): %d, %v; want the adopted %d", name, pid, ok, want)
+		}
+	}
+	res := r.Ensure(context.Background(), true)
+	if !res.Ready || res.Status != StatusReused || !strings.Contains(res.Message, fmt.Sprintf("adopted dockerd (pid=%d)", dpid)) {
+		t.Fatalf("Ensure beside the adopted daemons: %+v, want reused, naming them", res)
+	}
+	if e.started("containerd") != 1 || e.started("dockerd") != 1 {
+		t.Fatalf("spawned containerd %d times and dockerd %d, want the earlier Runtime's only", e.started("containerd"), e.started("dockerd"))
+	}
+	if running := strings.TrimSpace(docker(t, e, host, nil, "inspect", "-f", "{{.State.Running}}", id)); running != "true" {
+		t.Fatalf("the container after the adoption: running %s", running)
+	}
+
+	// The adopted containerd killed: seen through its pidfd, started again.
+	if err := unix.Kill(cpid, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, time.Minute, "the adopted containerd's exit in Status", func() bool {
+		return strings.HasPrefix(r.Status(context.Background()).Services[0].Detail, "exited: ")
+	})
+	res = r.Ensure(context.Background(), true)
+	if !res.Ready || res.Status != StatusStarted || !strings.Contains(res.Message, "spawned bundled containerd") || strings.Contains(res.Message, "spawned bundled dockerd") {
+		t.Fatalf("Ensure after the kill: %+v, want containerd alone started beside the adopted dockerd", res)
+	}
+	dockerEventually(t, e, host, "still here\n", "exec", id, "echo", "still here")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := r.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if !processGone(dpid) {
+		t.Error("the adopted dockerd outlived Shutdown")
+	}
+	r.mu.Lock()
+	how := r.children[Dockerd].exitStatus()
+	r.mu.Unlock()
+	if how != "exited after SIGTERM (adopted: exit status unknown)" {
+		t.Errorf("the adopted dockerd's end: %q, want a stop by SIGTERM", how)
+	}
+	if left := ourProcesses(e.dir); len(left) > 0 {
+		t.Fatalf("processes left behind:\n%s", strings.Join(left, "\n"))
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -39,7 +40,8 @@ func TestMain(m *testing.M) {
 }
 
 // fakeMain plays a daemon or a tool. A fake daemon logs fakeLogLines lines,
-// records its arguments and PATH, then, as its behaviour says: serves its
+// records its arguments and PATH, writes its --pidfile as dockerd does,
+// then, as its behaviour says: serves its
 // socket until SIGTERM (serve), exits 3 (exit), never listens (hang), or
 // serves and ignores SIGTERM (ignore-term). On SIGTERM it records the fact
 // in the events file, so tests can see the order of a shutdown. Fakes write
@@ -68,6 +70,14 @@ func fakeMain(role string, args []string) int {
 		fmt.Fprintf(os.Stderr, "fake %s: giving up\n", role)
 		return 3
 	}
+	for _, a := range args {
+		// dockerd writes its pid file early, before it serves.
+		if path, ok := strings.CutPrefix(a, "--pidfile="); ok {
+			if err := os.WriteFile(path, []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+				fmt.Fprintln(os.Stderr, "fake:", err)
+			}
+		}
+	}
 	sigs := make(chan os.Signal, 1)
 	if behavior == "ignore-term" {
 		signal.Ignore(unix.SIGTERM)
@@ -82,6 +92,9 @@ func fakeMain(role string, args []string) int {
 			}
 			if v, ok := strings.CutPrefix(a, "--host=unix://"); ok {
 				sock = v
+			}
+			if a == "-H" && i+1 < len(args) {
+				sock = strings.TrimPrefix(args[i+1], "unix://")
 			}
 		}
 		os.Remove(sock)
@@ -196,6 +209,23 @@ func (f *fakes) args(t *testing.T, role string, pid int) ([]string, string) {
 	return strings.Split(lines[0], "\x00"), lines[1]
 }
 
+// recorded reports whether the fake daemon with pid has logged its lines
+// and recorded its arguments.
+func (f *fakes) recorded(role string, pid int) bool {
+	_, err := os.Stat(filepath.Join(f.record, fmt.Sprintf("%s.%d.args", role, pid)))
+	return err == nil
+}
+
+// pid returns the pid of the n-th fake of role started, once it is.
+func (f *fakes) pid(role string, n int) (int, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.started[role]) <= n {
+		return 0, false
+	}
+	return f.started[role][n], true
+}
+
 func (f *fakes) events(t *testing.T) []string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(f.record, "events"))
@@ -242,6 +272,9 @@ func testConfig(t testing.TB, dir string) Config {
 		DockerExecRoot:   filepath.Join(dir, "run/docker"),
 		LogDir:           filepath.Join(dir, "log"),
 		SystemRoot:       filepath.Join(dir, "root"),
+		// Only a hang: a fake (the race-enabled test binary) on a loaded
+		// machine may take seconds to answer.
+		ProbeTimeout: time.Minute,
 	}
 }
 
@@ -254,7 +287,7 @@ func startRuntime(t testing.TB, cfg Config) *Runtime {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		if err := r.Shutdown(ctx); err != nil {
 			t.Errorf("Shutdown: %v", err)
@@ -268,6 +301,22 @@ func startRuntime(t testing.TB, cfg Config) *Runtime {
 		}
 	})
 	return r
+}
+
+// controlTimer makes the Runtime's waits of kind k for service fire when
+// the test closes the returned channel, not after their duration: the
+// test decides when such a wait gives up, which a loaded machine then
+// cannot make early or late. Call it before the Runtime's first Ensure.
+func controlTimer(r *Runtime, service string, k waitKind) chan time.Time {
+	fire := make(chan time.Time)
+	real := r.timer
+	r.timer = func(s string, kind waitKind, d time.Duration) (<-chan time.Time, func() bool) {
+		if s == service && kind == k {
+			return fire, func() bool { return true }
+		}
+		return real(s, kind, d)
+	}
+	return fire
 }
 
 // processGone reports whether pid no longer names a live process (a zombie

@@ -8,13 +8,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
-
-// ntpTimeout bounds the one-shot NTP sync: no answer is only a note.
-const ntpTimeout = 10 * time.Second
 
 // prepareSystem is the seed agent's ensure_runtime_prerequisites: what
 // dockerd and containerd need from a bare guest (cgroup2, devpts, /dev/shm,
@@ -68,7 +64,7 @@ func (r *Runtime) prepareSystem(ctx context.Context) []string {
 	}
 	// A one-shot clock sync: TLS fails with a clock at the epoch.
 	if r.cfg.NTPServer != "" {
-		nctx, cancel := context.WithTimeout(ctx, ntpTimeout)
+		nctx, cancel := context.WithTimeout(ctx, r.ntpTimeout)
 		err := r.runTool(nctx, "busybox", "ntpd", "-q", "-n", "-p", r.cfg.NTPServer)
 		cancel()
 		if err != nil {

@@ -94,6 +94,7 @@ func TestPrepareSystem(t *testing.T) {
 	cfg.StartProcess = f.exec
 	cfg.Phases = phases
 	r := startRuntime(t, cfg)
+	r.ntpTimeout = time.Minute // the fake ntpd may start slowly on a loaded machine
 
 	notes := r.prepareSystem(context.Background())
 	for _, want := range []string{

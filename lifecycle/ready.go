@@ -20,8 +20,8 @@ var (
 // returns errNotReady when timeout passes first, errExited as soon as
 // exited (the daemon's exit channel; nil for none) is closed, or ctx's error.
 func (r *Runtime) waitSocket(ctx context.Context, service, path string, timeout time.Duration, exited <-chan struct{}) error {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
+	deadline, stop := r.timer(service, waitReady, timeout)
+	defer stop()
 	tick := time.NewTicker(probeInterval)
 	defer tick.Stop()
 	for {
@@ -33,7 +33,7 @@ func (r *Runtime) waitSocket(ctx context.Context, service, path string, timeout 
 			return errExited
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-deadline.C:
+		case <-deadline:
 			return errNotReady
 		case <-tick.C:
 		}

@@ -1,7 +1,8 @@
 // Package lifecycle runs the guest's container runtime: it starts containerd
 // and dockerd on demand (at most one start at a time, shared by every caller
-// that asks meanwhile), reports their state, supervises them as their
-// parent, serves their logs, and stops them when the agent shuts down.
+// that asks meanwhile), adopts the ones an earlier agent left running,
+// reports their state, supervises them, serves their logs, and stops them
+// when the agent shuts down.
 package lifecycle
 
 import (
@@ -40,6 +41,9 @@ const (
 	DefaultStopGrace         = 10 * time.Second
 	DefaultProbeTimeout      = 300 * time.Millisecond
 )
+
+// ntpTimeout bounds the one-shot NTP sync: no answer is only a note.
+const ntpTimeout = 10 * time.Second
 
 // Service names, as Status, OpenLog and PID know them.
 const (
@@ -142,10 +146,13 @@ type Config struct {
 	StartProcess func(cmd *exec.Cmd) error
 	// Probe reports whether a daemon (Containerd or Dockerd) answers on
 	// its unix socket: nil when it does. Default (probe), bounded by
-	// DefaultProbeTimeout: dockerd must answer GET /_ping with 200 (it
-	// listens before its API serves, and may still fail in between);
-	// containerd's socket must accept a connection.
+	// ProbeTimeout: dockerd must answer GET /_ping with 200 (it listens
+	// before its API serves, and may still fail in between); containerd's
+	// socket must accept a connection.
 	Probe func(ctx context.Context, service, path string) error
+	// ProbeTimeout bounds each probe of the default Probe, and the look
+	// for who serves a socket. Default DefaultProbeTimeout.
+	ProbeTimeout time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -173,6 +180,7 @@ func (c *Config) setDefaults() {
 	dur(&c.ContainerdTimeout, DefaultContainerdTimeout)
 	dur(&c.DockerdTimeout, DefaultDockerdTimeout)
 	dur(&c.StopGrace, DefaultStopGrace)
+	dur(&c.ProbeTimeout, DefaultProbeTimeout)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -180,11 +188,16 @@ func (c *Config) setDefaults() {
 		c.StartProcess = (*exec.Cmd).Start
 	}
 	if c.Probe == nil {
-		c.Probe = probe
+		timeout := c.ProbeTimeout
+		c.Probe = func(ctx context.Context, service, path string) error {
+			ctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			return probe(ctx, service, path)
+		}
 	}
 }
 
-// probe is the default Config.Probe.
+// probe is the default Config.Probe, bounded by ctx.
 func probe(ctx context.Context, service, path string) error {
 	if service == Dockerd {
 		return pingDocker(ctx, path)
@@ -194,8 +207,6 @@ func probe(ctx context.Context, service, path string) error {
 
 // pingDocker asks dockerd's API for /_ping over its socket.
 func pingDocker(ctx context.Context, path string) error {
-	ctx, cancel := context.WithTimeout(ctx, DefaultProbeTimeout)
-	defer cancel()
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -222,8 +233,6 @@ func pingDocker(ctx context.Context, path string) error {
 
 // dialSocket is a connect, closed at once.
 func dialSocket(ctx context.Context, path string) error {
-	ctx, cancel := context.WithTimeout(ctx, DefaultProbeTimeout)
-	defer cancel()
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
@@ -246,22 +255,51 @@ type Runtime struct {
 	ensureTotal *prometheus.CounterVec
 	exitsTotal  *prometheus.CounterVec
 
+	// timer makes the timers of the waits that give up: newTimer, unless
+	// a test decides when they fire.
+	timer timerFunc
+	// ntpTimeout bounds the one-shot NTP sync (ntpTimeout; tests that
+	// run a fake ntpd lengthen it to bound only a hang).
+	ntpTimeout time.Duration
+
 	mu       sync.Mutex
 	children map[string]*child // the latest child of each service
 	closed   bool              // Shutdown began: nothing is spawned any more
 }
 
-// New builds a Runtime. It starts nothing: Ensure does.
+// waitKind names a wait of the Runtime that gives up after a while.
+type waitKind int
+
+const (
+	waitReady waitKind = iota // a daemon's socket to answer (the start timeouts)
+	waitGrace                 // a daemon to exit after SIGTERM (StopGrace)
+)
+
+// timerFunc makes the timer of a service's wait of kind k, due after d:
+// the channel fires when the wait gives up; stop releases the timer.
+type timerFunc func(service string, k waitKind, d time.Duration) (fire <-chan time.Time, stop func() bool)
+
+// newTimer is the real timerFunc.
+func newTimer(_ string, _ waitKind, d time.Duration) (<-chan time.Time, func() bool) {
+	t := time.NewTimer(d)
+	return t.C, t.Stop
+}
+
+// New builds a Runtime. It starts nothing (Ensure does), but adopts the
+// daemons an earlier agent left running, so that Status reports them and
+// Shutdown stops them from the first moment.
 func New(cfg Config) (*Runtime, error) {
 	cfg.setDefaults()
 	lifetime, cancel := context.WithCancel(context.Background())
 	r := &Runtime{
-		cfg:      cfg,
-		log:      cfg.Logger.With("component", "lifecycle"),
-		ens:      newEnsurer(lifetime),
-		lifetime: lifetime,
-		cancel:   cancel,
-		children: map[string]*child{},
+		cfg:        cfg,
+		log:        cfg.Logger.With("component", "lifecycle"),
+		ens:        newEnsurer(lifetime),
+		lifetime:   lifetime,
+		cancel:     cancel,
+		timer:      newTimer,
+		ntpTimeout: ntpTimeout,
+		children:   map[string]*child{},
 		ensureTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "arcbox_agent",
 			Name:      "runtime_ensure_total",
@@ -281,6 +319,7 @@ func New(cfg Config) (*Runtime, error) {
 			}
 		}
 	}
+	r.adoptStrays(lifetime)
 	return r, nil
 }
 
@@ -308,12 +347,10 @@ func (r *Runtime) probe(ctx context.Context) EnsureResult {
 }
 
 // PID returns the process id of the service's daemon ("containerd" or
-// "dockerd") while the Runtime's child runs.
+// "dockerd") while the Runtime's child, or the daemon it adopted, runs.
 func (r *Runtime) PID(service string) (int, bool) {
-	r.mu.Lock()
-	c := r.children[service]
-	r.mu.Unlock()
-	if c == nil || c.hasExited() {
+	c := r.running(service)
+	if c == nil {
 		return 0, false
 	}
 	return c.pid, true
@@ -322,7 +359,7 @@ func (r *Runtime) PID(service string) (int, bool) {
 // Shutdown stops the runtime: no start begins any more, a running start is
 // abandoned, then dockerd and containerd, in that order, get SIGTERM and,
 // if still alive after Config.StopGrace (or when ctx ends), SIGKILL. Only
-// the processes the Runtime started are signalled.
+// the processes the Runtime started or adopted are signalled.
 func (r *Runtime) Shutdown(ctx context.Context) error {
 	r.mu.Lock()
 	r.closed = true
@@ -339,9 +376,11 @@ func (r *Runtime) Shutdown(ctx context.Context) error {
 		if c == nil {
 			continue
 		}
-		if err := c.stop(ctx, r.cfg.StopGrace); err != nil {
+		grace, stop := r.timer(name, waitGrace, r.cfg.StopGrace)
+		if err := c.stop(ctx, grace); err != nil {
 			errs = append(errs, err)
 		}
+		stop()
 	}
 	return errors.Join(errs...)
 }

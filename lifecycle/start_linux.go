@@ -34,7 +34,7 @@ func setProcAttr(cmd *exec.Cmd) {
 func (r *Runtime) start(ctx context.Context) EnsureResult {
 	began := time.Now()
 	r.log.Info("runtime start")
-	notes, failure := r.startDaemons(ctx)
+	notes, failure, spawned := r.startDaemons(ctx)
 	st := r.Status(ctx)
 
 	var parts []string
@@ -54,7 +54,12 @@ func (r *Runtime) start(ctx context.Context) EnsureResult {
 		Status:   StatusFailed,
 	}
 	if st.DockerReady {
-		res.Status = StatusStarted
+		// What really happened: a start that found every daemon serving
+		// (adopted, or not the agent's) started nothing.
+		res.Status = StatusReused
+		if spawned {
+			res.Status = StatusStarted
+		}
 		r.observe("ensure_total", began)
 		r.log.Info("runtime ready", "took", time.Since(began).Round(time.Millisecond).String(), "message", res.Message)
 	} else {
@@ -64,21 +69,27 @@ func (r *Runtime) start(ctx context.Context) EnsureResult {
 }
 
 // startDaemons is the seed agent's try_start_bundled_runtime followed by
-// its wait for dockerd. It returns notes on what it did and, when a daemon
-// did not come up, why, ending with that daemon's last log lines. It stops
-// early (missing binaries, a failed data volume, a daemon that could not
-// be spawned or exited) instead of waiting out a deadline that cannot help.
-func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure string) {
+// its wait for dockerd, after adopting what an earlier agent left running.
+// It returns notes on what it did, whether it spawned a daemon and, when
+// a daemon did not come up, why, ending with that daemon's last log lines.
+// It stops early (missing binaries, a failed data volume, a daemon that
+// could not be spawned or exited) instead of waiting out a deadline that
+// cannot help.
+func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure string, spawned bool) {
 	cfg := &r.cfg
+	r.adoptStrays(ctx)
+	notes = r.adoptedNotes()
 	if cfg.Probe(ctx, Dockerd, cfg.DockerSocket) == nil {
-		// Unless the containerd we started has died under a live dockerd:
-		// then it is started again below, and dockerd left alone.
-		if r.crashed(Containerd) == nil || cfg.Probe(ctx, Containerd, cfg.ContainerdSocket) == nil {
-			return []string{"docker socket already ready"}, ""
+		// Unless containerd is down under a dockerd of the agent's (its
+		// child or adopted), or a containerd of its own died: then
+		// containerd is started again below, and dockerd left alone.
+		ours := r.running(Dockerd) != nil || r.crashed(Containerd) != nil
+		if !ours || cfg.Probe(ctx, Containerd, cfg.ContainerdSocket) == nil {
+			return append(notes, "docker socket already ready"), "", false
 		}
 	}
 	if missing := r.missingBinaries(); len(missing) > 0 {
-		return []string{r.missingDetail(missing)}, ""
+		return append(notes, r.missingDetail(missing)), "", false
 	}
 	r.log.Info("starting bundled runtime", "runtime_bin_dir", cfg.RuntimeBinDir)
 
@@ -96,7 +107,7 @@ func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure str
 		t := time.Now()
 		note, err := cfg.Volume.Ensure(ctx)
 		if err != nil {
-			return append(notes, fmt.Sprintf("data volume setup failed: %v", err)), ""
+			return append(notes, fmt.Sprintf("data volume setup failed: %v", err)), "", false
 		}
 		if note != "" {
 			notes = append(notes, note)
@@ -121,22 +132,20 @@ func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure str
 
 	// containerd. A socket that does not come up in time is only a note:
 	// dockerd waits for containerd itself. An exit is the end of it.
-	note, c, err := r.ensureDaemon(ctx, Containerd, cfg.ContainerdSocket, func() (string, []string) {
+	note, c, fresh, err := r.ensureDaemon(ctx, Containerd, cfg.ContainerdSocket, func() (string, []string) {
 		if err := os.WriteFile(cfg.ContainerdConfig, []byte(containerdConfig), 0o644); err != nil {
 			notes = append(notes, fmt.Sprintf("write containerd config failed(%v)", err))
 		}
-		return filepath.Join(cfg.RuntimeBinDir, "containerd"), []string{
-			"--config", cfg.ContainerdConfig,
-			"--address", cfg.ContainerdSocket,
-			"--state", cfg.ContainerdState,
-			"--root", cfg.ContainerdRoot,
-		}
+		binary, socketArgs := r.identity(Containerd) // "--address", the socket
+		args := append([]string{"--config", cfg.ContainerdConfig}, socketArgs...)
+		return binary, append(args, "--state", cfg.ContainerdState, "--root", cfg.ContainerdRoot)
 	}, env)
+	spawned = fresh
 	if note != "" {
 		notes = append(notes, note)
 	}
 	if err != nil {
-		return append(notes, err.Error()), ""
+		return append(notes, err.Error()), "", spawned
 	}
 	switch msg, kind := r.waitDaemon(ctx, c, cfg.ContainerdSocket, cfg.ContainerdTimeout); {
 	case kind == nil:
@@ -146,62 +155,58 @@ func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure str
 	case errors.Is(kind, errNotReady):
 		notes = append(notes, fmt.Sprintf("containerd socket not ready after %s", cfg.ContainerdTimeout))
 	default:
-		return notes, msg
+		return notes, msg, spawned
 	}
 
 	// dockerd.
-	pidfile := filepath.Join(cfg.DockerExecRoot, "docker.pid")
-	note, d, err := r.ensureDaemon(ctx, Dockerd, cfg.DockerSocket, func() (string, []string) {
-		// A dockerd of ours that died left its pid file; should the pid be
-		// reused meanwhile, the next dockerd would refuse to start.
-		if r.crashed(Dockerd) != nil {
-			os.Remove(pidfile)
-		}
-		args := []string{
-			"--host=unix://" + cfg.DockerSocket,
-			"--containerd=" + cfg.ContainerdSocket,
-			"--exec-root=" + cfg.DockerExecRoot,
-			"--data-root=" + cfg.DockerDataRoot,
+	note, d, fresh, err := r.ensureDaemon(ctx, Dockerd, cfg.DockerSocket, func() (string, []string) {
+		binary, socketArgs := r.identity(Dockerd) // "--host=unix://" and the socket
+		args := append(socketArgs,
+			"--containerd="+cfg.ContainerdSocket,
+			"--exec-root="+cfg.DockerExecRoot,
+			"--data-root="+cfg.DockerDataRoot,
 			"--userland-proxy=false",
-			"--pidfile=" + pidfile,
-		}
-		return filepath.Join(cfg.RuntimeBinDir, "dockerd"), append(args, cfg.ExtraDockerdArgs...)
+			"--pidfile="+r.pidFile(Dockerd),
+		)
+		return binary, append(args, cfg.ExtraDockerdArgs...)
 	}, env)
+	spawned = spawned || fresh
 	if note != "" {
 		notes = append(notes, note)
 	}
 	if err != nil {
-		return append(notes, err.Error()), ""
+		return append(notes, err.Error()), "", spawned
 	}
 	if msg, kind := r.waitDaemon(ctx, d, cfg.DockerSocket, cfg.DockerdTimeout); kind != nil {
-		return notes, msg
+		return notes, msg, spawned
 	}
 	if d != nil {
 		r.observe("dockerd_ready", d.started)
 	}
-	return notes, ""
+	return notes, "", spawned
 }
 
 // ensureDaemon returns the running child that serves socket, spawning one
-// when the socket does not answer and no child of the service runs (one
-// that runs but does not answer yet is waited for, not doubled). c is nil
-// when the socket already answers.
-func (r *Runtime) ensureDaemon(ctx context.Context, name, socket string, command func() (string, []string), env []string) (note string, c *child, err error) {
+// (fresh) when the socket does not answer and no child of the service
+// runs (one that runs but does not answer yet, started or adopted, is
+// waited for, not doubled). c is nil when the socket already answers.
+func (r *Runtime) ensureDaemon(ctx context.Context, name, socket string, command func() (string, []string), env []string) (note string, c *child, fresh bool, err error) {
 	if r.cfg.Probe(ctx, name, socket) == nil {
-		return "", nil, nil
+		return "", nil, false, nil
 	}
-	r.mu.Lock()
-	c = r.children[name]
-	r.mu.Unlock()
-	if c != nil && !c.hasExited() {
-		return fmt.Sprintf("waiting for bundled %s (pid=%d)", name, c.pid), c, nil
+	if c := r.running(name); c != nil {
+		how := "bundled"
+		if c.adopted != nil {
+			how = "adopted"
+		}
+		return fmt.Sprintf("waiting for %s %s (pid=%d)", how, name, c.pid), c, false, nil
 	}
 	path, args := command()
 	c, err = r.spawn(name, path, args, env)
 	if err != nil {
-		return "", nil, fmt.Errorf("failed to spawn bundled %s: %w", name, err)
+		return "", nil, false, fmt.Errorf("failed to spawn bundled %s: %w", name, err)
 	}
-	return fmt.Sprintf("spawned bundled %s (pid=%d)", name, c.pid), c, nil
+	return fmt.Sprintf("spawned bundled %s (pid=%d)", name, c.pid), c, true, nil
 }
 
 // waitDaemon waits for c's socket (nil c: it already answered). When it

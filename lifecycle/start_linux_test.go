@@ -48,7 +48,11 @@ func fakeRuntime(t *testing.T, f *fakes, tweak func(*Config)) (*Runtime, Config)
 	t.Helper()
 	cfg := testConfig(t, shortTempDir(t))
 	cfg.StartProcess = f.exec
-	cfg.StopGrace = 5 * time.Second
+	// Long enough that only a hang reaches them: a test that needs a wait
+	// to give up says when (controlTimer).
+	cfg.StopGrace = time.Minute
+	cfg.ContainerdTimeout = 2 * time.Minute
+	cfg.DockerdTimeout = 2 * time.Minute
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -252,10 +256,13 @@ func TestStartContainerdExitAborts(t *testing.T) {
 	}
 }
 
+// TestStartContainerdSlowIsANote: containerd's wait gives up (when the
+// test says), and dockerd is started anyway.
 func TestStartContainerdSlowIsANote(t *testing.T) {
 	f := newFakes(t)
 	f.set(Containerd, "hang")
 	r, _ := fakeRuntime(t, f, func(c *Config) { c.ContainerdTimeout = 50 * time.Millisecond })
+	close(controlTimer(r, Containerd, waitReady))
 	res := r.Ensure(context.Background(), true)
 	if !res.Ready || res.Status != StatusStarted || !strings.Contains(res.Message, "containerd socket not ready after 50ms") {
 		t.Fatalf("got %+v, want started with a note on containerd", res)
@@ -266,11 +273,23 @@ func TestStartContainerdSlowIsANote(t *testing.T) {
 	}
 }
 
+// TestStartDockerdTimeoutThenWaitsForTheSameProcess: dockerd's wait gives
+// up once the fake has logged all its lines (the test decides when, so a
+// slow start of the fake cannot cut its log short), and the message ends
+// with them; the next Ensure waits for the same process.
 func TestStartDockerdTimeoutThenWaitsForTheSameProcess(t *testing.T) {
 	f := newFakes(t)
 	f.set(Dockerd, "hang")
 	r, cfg := fakeRuntime(t, f, func(c *Config) { c.DockerdTimeout = 50 * time.Millisecond })
-	res := r.Ensure(context.Background(), true)
+	fire := controlTimer(r, Dockerd, waitReady)
+	done := make(chan EnsureResult, 1)
+	go func() { done <- r.Ensure(context.Background(), true) }()
+	waitUntil(t, time.Minute, "the fake dockerd to log its lines", func() bool {
+		pid, ok := f.pid(Dockerd, 0)
+		return ok && f.recorded(Dockerd, pid)
+	})
+	close(fire)
+	res := <-done
 	if res.Ready || !strings.Contains(res.Message, "dockerd socket "+cfg.DockerSocket+" not ready after 50ms (pid ") ||
 		!strings.HasSuffix(res.Message, "fake dockerd line 24") {
 		t.Fatalf("got %+v, want failed naming dockerd and ending with its log", res)
@@ -297,8 +316,8 @@ func TestStartDockerAlreadyServed(t *testing.T) {
 	defer ln.Close()
 	go serveFakeDocker(ln)
 	res := r.Ensure(context.Background(), true)
-	if !res.Ready || res.Status != StatusStarted || res.Message != "docker socket already ready; docker socket ready" {
-		t.Fatalf("got %+v, want the seed's answer for a dockerd someone else started", res)
+	if !res.Ready || res.Status != StatusReused || res.Message != "docker socket already ready; docker socket ready" {
+		t.Fatalf("got %+v, want reused (nothing was started) with the seed's message for a dockerd someone else started", res)
 	}
 	if len(f.commands) != 0 {
 		t.Fatalf("started %v, want nothing", f.commands)
@@ -318,7 +337,7 @@ func TestSupervisionRestartsOnlyWhatIsDown(t *testing.T) {
 	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "dockerd's exit in Status", func() bool {
+	waitUntil(t, time.Minute, "dockerd's exit in Status", func() bool {
 		return strings.HasPrefix(r.Status(context.Background()).Services[1].Detail, "exited: ")
 	})
 	st := r.Status(context.Background())
@@ -364,7 +383,7 @@ func TestSupervisionRestartsContainerdUnderLiveDockerd(t *testing.T) {
 	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "containerd's exit in Status", func() bool {
+	waitUntil(t, time.Minute, "containerd's exit in Status", func() bool {
 		return strings.HasPrefix(r.Status(context.Background()).Services[0].Detail, "exited: ")
 	})
 	st := r.Status(context.Background())
@@ -395,10 +414,14 @@ func TestStartSpawnFailureIsReported(t *testing.T) {
 	}
 }
 
+// TestShutdownKillsWhatIgnoresSIGTERMAfterTheGrace: dockerd's grace ends
+// (when the test says: at once) and it is killed; containerd, whose grace
+// never ends, stops by itself on SIGTERM however slowly.
 func TestShutdownKillsWhatIgnoresSIGTERMAfterTheGrace(t *testing.T) {
 	f := newFakes(t)
 	f.set(Dockerd, "ignore-term")
-	r, _ := fakeRuntime(t, f, func(c *Config) { c.StopGrace = 100 * time.Millisecond })
+	r, _ := fakeRuntime(t, f, func(c *Config) { c.StopGrace = time.Hour })
+	close(controlTimer(r, Dockerd, waitGrace))
 	if res := r.Ensure(context.Background(), true); res.Status != StatusStarted {
 		t.Fatalf("Ensure: %+v", res)
 	}
@@ -449,7 +472,7 @@ func TestShutdownAbandonsARunningStart(t *testing.T) {
 	r, _ := fakeRuntime(t, f, func(c *Config) { c.DockerdTimeout = time.Hour })
 	done := make(chan EnsureResult, 1)
 	go func() { done <- r.Ensure(context.Background(), true) }()
-	waitUntil(t, 10*time.Second, "dockerd to be spawned", func() bool { return f.starts(Dockerd) == 1 })
+	waitUntil(t, time.Minute, "dockerd to be spawned", func() bool { return f.starts(Dockerd) == 1 })
 	if err := r.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}

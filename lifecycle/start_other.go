@@ -11,7 +11,7 @@ import (
 func (r *Runtime) start(ctx context.Context) EnsureResult {
 	st := r.Status(ctx)
 	if st.DockerReady {
-		return EnsureResult{Ready: true, Endpoint: st.Endpoint, Message: "docker socket already ready; " + st.Detail, Status: StatusStarted}
+		return EnsureResult{Ready: true, Endpoint: st.Endpoint, Message: "docker socket already ready; " + st.Detail, Status: StatusReused}
 	}
 	return EnsureResult{
 		Endpoint: st.Endpoint,

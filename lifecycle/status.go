@@ -36,9 +36,10 @@ type Status struct {
 }
 
 // Status probes the daemons' sockets and reports, with the seed agent's
-// detail strings. A daemon the Runtime started that exited without being
-// asked to is in ServiceError, with its exit status and last log lines,
-// until it is started again.
+// detail strings; a ready daemon that was adopted from an earlier agent
+// says so. A daemon the Runtime started or adopted that exited without
+// being asked to is in ServiceError, with its exit status and last log
+// lines, until it is started again.
 func (r *Runtime) Status(ctx context.Context) Status {
 	cfg := &r.cfg
 	st := Status{
@@ -78,6 +79,11 @@ func (r *Runtime) Status(ctx context.Context) Status {
 		dockerd.Status = ServiceNotReady
 		dockerd.Detail = "socket missing: " + cfg.DockerSocket
 	}
+	for _, s := range []*Service{&containerd, &dockerd} {
+		if c := r.running(s.Name); c != nil && c.adopted != nil && s.Status == ServiceReady {
+			s.Detail += fmt.Sprintf("; adopted from an earlier agent (pid %d)", c.pid)
+		}
+	}
 	st.Services = []Service{containerd, dockerd}
 	if cfg.Volume != nil {
 		st.Services = append(st.Services, cfg.Volume.Service())
@@ -100,6 +106,17 @@ func (r *Runtime) Status(ctx context.Context) Status {
 		st.Detail += fmt.Sprintf("; dockerd exited (%s)", dockerdExit.exitStatus())
 	}
 	return st
+}
+
+// running returns the service's latest child while it runs, else nil.
+func (r *Runtime) running(service string) *child {
+	r.mu.Lock()
+	c := r.children[service]
+	r.mu.Unlock()
+	if c == nil || c.hasExited() {
+		return nil
+	}
+	return c
 }
 
 // crashed returns the service's latest child if it exited without being

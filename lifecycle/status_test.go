@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // probeSet is a Probe answering from a set of reachable paths.
@@ -134,6 +135,9 @@ func TestStatusDetails(t *testing.T) {
 func TestStatusRealSocketProbe(t *testing.T) {
 	dir := shortTempDir(t)
 	cfg := testConfig(t, dir)
+	// A listener that never answers is waited for this long (whatever
+	// the load: it never answers).
+	cfg.ProbeTimeout = 100 * time.Millisecond
 	if err := os.MkdirAll(filepath.Dir(cfg.DockerSocket), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -161,6 +165,11 @@ func TestStatusRealSocketProbe(t *testing.T) {
 		t.Fatalf("a socket that does not answer /_ping: %+v", st)
 	}
 	go serveFakeDocker(ln)
+	// Answering: ready, however long a loaded machine takes to answer.
+	cfg.ProbeTimeout = time.Minute
+	if r, err = New(cfg); err != nil {
+		t.Fatal(err)
+	}
 	if st := r.Status(context.Background()); !st.DockerReady || st.Detail != "docker socket ready" {
 		t.Fatalf("listening socket: %+v", st)
 	}
@@ -201,8 +210,8 @@ func TestNewDefaults(t *testing.T) {
 			t.Errorf("default: got %q, want %q", got, want)
 		}
 	}
-	if c.ContainerdTimeout != DefaultContainerdTimeout || c.DockerdTimeout != DefaultDockerdTimeout || c.StopGrace != DefaultStopGrace {
-		t.Errorf("default durations: %v %v %v", c.ContainerdTimeout, c.DockerdTimeout, c.StopGrace)
+	if c.ContainerdTimeout != DefaultContainerdTimeout || c.DockerdTimeout != DefaultDockerdTimeout || c.StopGrace != DefaultStopGrace || c.ProbeTimeout != DefaultProbeTimeout {
+		t.Errorf("default durations: %v %v %v %v", c.ContainerdTimeout, c.DockerdTimeout, c.StopGrace, c.ProbeTimeout)
 	}
 	if err := r.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
