@@ -1,6 +1,8 @@
 // Package dockerproxy joins connections from the host, byte for byte, to
 // dockerd's unix socket: both directions, half-close passed through, so
 // that attach, run -i, exec and logs -f work as on the socket itself.
+// While dockerd cannot be reached, it answers each request with a 502 in
+// dockerd's own error shape.
 package dockerproxy
 
 import (
@@ -49,6 +51,7 @@ type Config struct {
 type Proxy struct {
 	socket      string
 	dialTimeout time.Duration
+	headTimeout time.Duration // for a request answered 502 (tests shorten it)
 	log         *slog.Logger
 	bufs        sync.Pool
 
@@ -78,6 +81,7 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{
 		socket:      cfg.Socket,
 		dialTimeout: cfg.DialTimeout,
+		headTimeout: defaultHeadTimeout,
 		log:         cfg.Logger.With("component", "dockerproxy"),
 		bufs: sync.Pool{New: func() any {
 			b := make([]byte, copyBufferSize)
@@ -96,7 +100,7 @@ func New(cfg Config) (*Proxy, error) {
 		dialFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "arcbox_agent",
 			Name:      "docker_proxy_dial_failures_total",
-			Help:      "Accepted connections closed because dockerd's socket could not be reached.",
+			Help:      "Accepted connections answered 502 because dockerd's socket could not be reached.",
 		}),
 		toDocker:   bytesTotal.WithLabelValues("to_docker"),
 		fromDocker: bytesTotal.WithLabelValues("from_docker"),
@@ -201,7 +205,8 @@ func retryable(err error) bool {
 	return false
 }
 
-// handle joins client to a fresh connection to the socket.
+// handle joins client to a fresh connection to the socket, or answers
+// 502 when the socket cannot be dialled.
 func (p *Proxy) handle(ctx context.Context, client net.Conn, track func(net.Conn) bool, untrack func(net.Conn)) {
 	defer client.Close()
 	d := net.Dialer{Timeout: p.dialTimeout}
@@ -211,7 +216,8 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn, track func(net.Conn
 			return // shutting down
 		}
 		p.dialFailures.Inc()
-		p.log.Warn("dockerd socket unreachable; connection closed", "socket", p.socket, "remote", remote(client), "error", err)
+		p.log.Warn("dockerd socket unreachable; answering 502", "socket", p.socket, "remote", remote(client), "error", err)
+		p.answerUnavailable(client, err)
 		return
 	}
 	defer up.Close()

@@ -92,13 +92,17 @@ type harness struct {
 	served chan error
 }
 
-// startProxy serves a Proxy to socket on a fresh unix (or tcp) listener.
-func startProxy(t testing.TB, network, socket string) *harness {
+// startProxy serves a Proxy to socket on a fresh unix (or tcp) listener,
+// after tweaks change it.
+func startProxy(t testing.TB, network, socket string, tweaks ...func(*Proxy)) *harness {
 	t.Helper()
 	h := &harness{socket: socket, reg: prometheus.NewRegistry(), served: make(chan error, 1)}
-	p, err := New(Config{Socket: socket, Registerer: h.reg, DialTimeout: time.Second})
+	p, err := New(Config{Socket: socket, Registerer: h.reg, DialTimeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, tweak := range tweaks {
+		tweak(p)
 	}
 	h.proxy = p
 	switch network {
@@ -124,7 +128,7 @@ func startProxy(t testing.TB, network, socket string) *harness {
 			if err != nil {
 				t.Errorf("Serve: %v", err)
 			}
-		case <-time.After(10 * time.Second):
+		case <-time.After(time.Minute):
 			t.Error("Serve did not return after its context ended")
 		}
 	})
@@ -144,7 +148,7 @@ func (h *harness) dial(t testing.TB) net.Conn {
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(time.Minute)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -273,7 +277,7 @@ func TestHalfCloseFromServer(t *testing.T) {
 		if s != "input after the server's EOF" {
 			t.Fatalf("server read %q", s)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(time.Minute):
 		t.Fatal("server never saw the client's EOF")
 	}
 }
@@ -377,38 +381,6 @@ func TestBufferedCopyWithoutSplice(t *testing.T) {
 	}
 }
 
-func TestSocketMissingClosesAndGoesOn(t *testing.T) {
-	dir := shortDir(t)
-	sock := filepath.Join(dir, "docker.sock")
-	h := startProxy(t, "unix", sock)
-
-	c := h.dial(t)
-	if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	b, err := io.ReadAll(c)
-	if err != nil || len(b) != 0 {
-		t.Fatalf("read with dockerd missing: got %q, %v; want EOF", b, err)
-	}
-	waitFor(t, "the dial failure to be counted", func() bool { return testutil.ToFloat64(h.proxy.dialFailures) == 1 })
-	if got := testutil.ToFloat64(h.proxy.open); got != 0 {
-		t.Errorf("connections_open: got %v, want 0", got)
-	}
-
-	fakeServer(t, sock, echo)
-	c = h.dial(t)
-	if _, err := c.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, 4)
-	if _, err := io.ReadFull(c, got); err != nil || string(got) != "ping" {
-		t.Fatalf("after dockerd came up: got %q, %v", got, err)
-	}
-	if got := testutil.ToFloat64(h.proxy.total); got != 2 {
-		t.Errorf("connections_total: got %v, want 2", got)
-	}
-}
-
 func TestServeEndsWithContextAndClosesConnections(t *testing.T) {
 	dir := shortDir(t)
 	sock := filepath.Join(dir, "docker.sock")
@@ -429,10 +401,10 @@ func TestServeEndsWithContextAndClosesConnections(t *testing.T) {
 			t.Fatalf("Serve: %v", err)
 		}
 		h.served <- nil // for the cleanup
-	case <-time.After(10 * time.Second):
+	case <-time.After(time.Minute):
 		t.Fatal("Serve did not return after its context ended")
 	}
-	if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+	if err := c.SetReadDeadline(time.Now().Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
@@ -475,7 +447,7 @@ func TestServeWaitsForConnectionsWhenListenerClosed(t *testing.T) {
 			t.Fatalf("Serve: %v", err)
 		}
 		h.served <- nil
-	case <-time.After(10 * time.Second):
+	case <-time.After(time.Minute):
 		t.Fatal("Serve did not return after its last connection ended")
 	}
 }
@@ -504,7 +476,7 @@ func TestClientGoneClosesUpstream(t *testing.T) {
 	select {
 	case err := <-upstreamDone:
 		t.Logf("dockerd's side: %v", err)
-	case <-time.After(10 * time.Second):
+	case <-time.After(time.Minute):
 		t.Fatal("dockerd's side was not closed after the client went away")
 	}
 	waitFor(t, "the connection to end", func() bool { return testutil.ToFloat64(h.proxy.open) == 0 })
