@@ -95,8 +95,8 @@ func (a *agentProc) start(t testing.TB, extra ...string) {
 	a.tr = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", a.sock())
 	}}
-	hc := &http.Client{Transport: a.tr, Timeout: 5 * time.Second}
-	deadline := time.Now().Add(30 * time.Second)
+	hc := &http.Client{Transport: a.tr, Timeout: 30 * time.Second}
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		select {
 		case <-a.exited:
@@ -110,7 +110,7 @@ func (a *agentProc) start(t testing.TB, extra ...string) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the agent was not ready within 30s:\n%s", a.logTail())
+			t.Fatalf("the agent was not ready within 2 minutes:\n%s", a.logTail())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -171,7 +171,7 @@ func (a *agentProc) ensure(t testing.TB, start bool) *api.RuntimeEnsureResponse 
 
 // tryEnsure is ensure for goroutines other than the test's.
 func (a *agentProc) tryEnsure(t testing.TB, start bool) (*api.RuntimeEnsureResponse, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	r, err := a.client(t).EnsureRuntimeWithResponse(ctx, api.RuntimeEnsureRequest{StartIfNeeded: &start})
 	if err != nil || r.JSON200 == nil {
@@ -240,7 +240,7 @@ func (a *agentProc) logTail() string {
 // stdin when it is not nil, and returns its standard output.
 func (e *env) docker(t testing.TB, stdin io.Reader, args ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := e.dockerCmd(ctx, args...)
 	cmd.Stdin = stdin

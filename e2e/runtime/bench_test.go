@@ -25,13 +25,13 @@ func BenchmarkBootToDockerReady(b *testing.B) {
 		toDocker += time.Since(began)
 	}
 	halt := func() {
-		if _, err := a.terminate(b, time.Minute); err != nil {
+		if _, err := a.terminate(b, 2*time.Minute); err != nil {
 			b.Fatalf("the agent's exit after SIGTERM: %v", err)
 		}
 		if failed := unmountUnder(a.dir); len(failed) > 0 {
 			b.Fatalf("unmount: %v", failed)
 		}
-		if !waitFor(5*time.Second, func() bool { return len(loopsBacking(a.image)) == 0 }) {
+		if !waitFor(time.Minute, func() bool { return len(loopsBacking(a.image)) == 0 }) {
 			b.Fatalf("%v still attached to %s", loopsBacking(a.image), a.image)
 		}
 	}

@@ -127,14 +127,14 @@ func (e *env) cleanup(t testing.TB) {
 		for _, p := range left {
 			_ = unix.Kill(p.pid, unix.SIGKILL)
 		}
-		waitFor(10*time.Second, func() bool { return len(processesOf(suite.dir)) == 0 })
+		waitFor(time.Minute, func() bool { return len(processesOf(suite.dir)) == 0 })
 	}
 	if failed := unmountUnder(a.dir); len(failed) > 0 {
 		t.Errorf("could not unmount: %v", failed)
 	}
 	// The agent's loop devices are autoclear: with nothing mounted from
 	// them and no agent holding them open, the kernel detaches them.
-	if !waitFor(5*time.Second, func() bool { return len(loopsBacking(a.image)) == 0 }) {
+	if !waitFor(time.Minute, func() bool { return len(loopsBacking(a.image)) == 0 }) {
 		loops := loopsBacking(a.image)
 		t.Errorf("%v still attached to %s with nothing mounted from it: not autoclear; detaching", loops, a.image)
 		for _, l := range loops {
@@ -170,6 +170,8 @@ func TestAgentRuntime(t *testing.T) {
 		{"docker CLI through the proxy", e.dockerSession},
 		{"daemon logs", e.daemonLogs},
 		{"metrics", e.metrics},
+		{"dockerd killed", e.dockerdKilled},
+		{"containerd killed", e.containerdKilled},
 		{"SIGTERM", e.shutdown},
 		{"restart with the volume mounted", func(t *testing.T) { e.restart(t, false) }},
 		{"restart after a reboot", func(t *testing.T) { e.restart(t, true) }},
@@ -378,7 +380,7 @@ func (e *env) dockerSession(t *testing.T) {
 	name := "e2e-logs"
 	e.docker(t, nil, "run", "-d", "--name", name, e.ref, "sh", "-c",
 		"echo first; while [ ! -e /tmp/go ]; do sleep 0.02; done; echo second")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	logs := e.dockerCmd(ctx, "logs", "-f", name)
 	stdout, err := logs.StdoutPipe()
@@ -582,7 +584,7 @@ func (e *env) shutdown(t *testing.T) {
 	defer resp.Body.Close()
 	stream := readAsItComes(resp.Body)
 
-	took, exit := a.terminate(t, time.Minute)
+	took, exit := a.terminate(t, 2*time.Minute)
 	t.Logf("exit %v, %s after SIGTERM", exit, took.Round(time.Millisecond))
 	if exit != nil {
 		t.Errorf("the agent's exit after SIGTERM: %v, want status 0", exit)
@@ -594,7 +596,7 @@ func (e *env) shutdown(t *testing.T) {
 		if err := stream.ended(); err != io.EOF {
 			t.Logf("the followed log ended with %v", err)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(time.Minute):
 		t.Error("a followed log is still open after the agent exited")
 	}
 	for name, pid := range kids {
@@ -695,7 +697,7 @@ func (e *env) restart(t *testing.T, reboot bool) {
 		if failed := unmountUnder(a.dir); len(failed) > 0 {
 			t.Fatalf("unmount: %v", failed)
 		}
-		if !waitFor(5*time.Second, func() bool { return len(loopsBacking(a.image)) == 0 }) {
+		if !waitFor(time.Minute, func() bool { return len(loopsBacking(a.image)) == 0 }) {
 			t.Errorf("the loop device %v stayed attached with nothing mounted: not autoclear", loopsBacking(a.image))
 		}
 	}
@@ -760,7 +762,7 @@ func (e *env) restart(t *testing.T, reboot bool) {
 			t.Fatalf("livez: %v %v", err, r)
 		}
 	}
-	took, exit := a.terminate(t, time.Minute)
+	took, exit := a.terminate(t, 2*time.Minute)
 	t.Logf("exit %v, %s after SIGTERM", exit, took.Round(time.Millisecond))
 	if exit != nil {
 		t.Errorf("the agent's exit after SIGTERM: %v, want status 0", exit)
