@@ -53,6 +53,7 @@ const (
 	extSuperOffset   = 0x400
 	mbrSigOffset     = 510
 	mbrTableOffset   = 446
+	extFeaturesEnd   = extSuperOffset + 0x68 // end of the ext feature flags extKind reads
 )
 
 var (
@@ -102,7 +103,9 @@ func knownSignature(head []byte) (Signature, bool) {
 		return Signature{KindBtrfs, btrfsMagicOffset}, true
 	case hasAt(head, btrfsMagicOffset, btrfsMagicTemporary):
 		return Signature{KindBtrfsIncomplete, btrfsMagicOffset}, true
-	case hasAt(head, extMagicOffset, []byte{0x53, 0xef}):
+	case hasAt(head, extMagicOffset, []byte{0x53, 0xef}) && len(head) >= extFeaturesEnd:
+		// A superblock cut short by the device's end is not ext: its
+		// bytes are unknown data.
 		return Signature{extKind(head), extMagicOffset}, true
 	case hasAt(head, 0, xfsMagic):
 		return Signature{KindXFS, 0}, true

@@ -56,6 +56,7 @@ func TestDetectCrafted(t *testing.T) {
 		{"ext3", extImage(0x3c, 0x2, 0x3), Signature{KindExt3, 0x438}},
 		{"ext4 extents", extImage(0x3c, 0x2|0x40, 0x3), Signature{KindExt4, 0x438}},
 		{"ext4 metadata_csum", extImage(0x3c, 0x2, 0x3|0x400), Signature{KindExt4, 0x438}},
+		{"ext superblock cut short", image(0x440, map[int][]byte{0x438: {0x53, 0xef}}), Signature{KindUnknown, 0x438}},
 		{"xfs", image(MiB, map[int][]byte{0: []byte("XFSB")}), Signature{KindXFS, 0}},
 		{"swap 4k", image(MiB, map[int][]byte{4086: []byte("SWAPSPACE2")}), Signature{KindSwap, 4086}},
 		{"swap old", image(MiB, map[int][]byte{4086: []byte("SWAP-SPACE")}), Signature{KindSwap, 4086}},

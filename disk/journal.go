@@ -28,9 +28,9 @@ type formatIntent struct {
 // record writes the intent to format the device with identity id, durably:
 // temporary file, fsync, rename, fsync of the directory.
 func (j journal) record(device, id string) error {
-	data, err := json.Marshal(formatIntent{Device: device, ID: id, Started: time.Now().UTC()})
+	data, err := encodeIntent(formatIntent{Device: device, ID: id, Started: time.Now().UTC()})
 	if err != nil {
-		return err
+		return fmt.Errorf("format journal: %w", err)
 	}
 	dir := filepath.Dir(j.path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -41,7 +41,7 @@ func (j journal) record(device, id string) error {
 		return fmt.Errorf("format journal: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
+	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return fmt.Errorf("format journal: %w", err)
 	}
@@ -68,11 +68,27 @@ func (j journal) pending(id string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("format journal: %w", err)
 	}
-	var in formatIntent
-	if err := json.Unmarshal(data, &in); err != nil {
+	in, err := decodeIntent(data)
+	if err != nil {
 		return false, fmt.Errorf("format journal %s: %w", j.path, err)
 	}
 	return in.ID == id, nil
+}
+
+// encodeIntent is the journal's content for in: one line of JSON.
+func encodeIntent(in formatIntent) ([]byte, error) {
+	data, err := json.Marshal(in)
+	if err != nil {
+		return nil, err
+	}
+	return append(data, '\n'), nil
+}
+
+// decodeIntent reads what encodeIntent wrote.
+func decodeIntent(data []byte) (formatIntent, error) {
+	var in formatIntent
+	err := json.Unmarshal(data, &in)
+	return in, err
 }
 
 // clear removes the journal once the format it records is complete.

@@ -114,14 +114,24 @@ func formatMountInfo(mounts []MountInfo) string {
 	return b.String()
 }
 
-// FuzzParseMountInfo checks the parser never panics, and that what it
-// parses, written back the kernel's way, parses to the same thing.
+// FuzzParseMountInfo checks the parser never panics, that it rejects a
+// line with an error naming the line, and that what it parses, written back
+// the kernel's way, parses to the same thing. More seeds are in
+// testdata/fuzz/FuzzParseMountInfo.
 func FuzzParseMountInfo(f *testing.F) {
 	f.Add("36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n")
 	f.Add(`100 27 0:60 / /mnt/a\040b rw shared:1 - tmpfs a\134b rw`)
+	f.Add("1 0 0:1 / / rw - - - -\n")                        // a dash as type, source and options
+	f.Add("1 0 0:1 / /- rw - tmpfs - rw\n2 1 0:2 / /a rw -") // a line cut short
+	f.Add("4294967296 1 4294967295:4294967296 / / rw - x y z")
+	f.Add("-1 +2 0:0 / / rw - x y z")
+	f.Add("1 0 0:1 / / rw - x y " + strings.Repeat("o,", 40000)) // longer than the scanner's first buffer
 	f.Fuzz(func(t *testing.T, in string) {
 		mounts, err := ParseMountInfo(strings.NewReader(in))
 		if err != nil {
+			if msg := err.Error(); !strings.HasPrefix(msg, "mountinfo line ") && !strings.HasPrefix(msg, "read mountinfo: ") {
+				t.Fatalf("error %q names neither the line nor the read", msg)
+			}
 			return
 		}
 		again, err := ParseMountInfo(strings.NewReader(formatMountInfo(mounts)))
