@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,6 +31,12 @@ func (l Loader) Load(names ...string) ([]string, error) {
 		return nil, err
 	}
 	builtin := readBuiltin(filepath.Join(l.Dir, "modules.builtin"))
+	return l.load(deps, builtin, names)
+}
+
+// load is Load once modules.dep (a module's path to its dependencies'
+// paths) and modules.builtin (the names built in) are read.
+func (l Loader) load(deps map[string][]string, builtin map[string]bool, names []string) ([]string, error) {
 	byName := map[string]string{}
 	for path := range deps {
 		byName[moduleName(path)] = path
@@ -65,6 +72,10 @@ func (l Loader) Load(names ...string) ([]string, error) {
 	var errs []error
 	for _, n := range names {
 		name := normalize(n)
+		if !validName(name) {
+			errs = append(errs, fmt.Errorf("module %q: not a module name", n))
+			continue
+		}
 		if builtin[name] || l.loaded(name) {
 			continue
 		}
@@ -81,19 +92,39 @@ func (l Loader) Load(names ...string) ([]string, error) {
 }
 
 func (l Loader) loaded(name string) bool {
+	if !validName(name) {
+		return false
+	}
 	_, err := os.Stat(filepath.Join(l.SysModule, name))
 	return err == nil
 }
 
-// readDeps parses modules.dep: "path: dep dep ...".
+// validName reports whether name can be a module's. Module names are file
+// names: never empty, "." or "..", and without '/'; any other would make
+// loaded look at /sys/module itself or beyond it.
+func validName(name string) bool {
+	return name != "" && name != "." && name != ".." && !strings.Contains(name, "/")
+}
+
+// readDeps reads modules.dep.
 func readDeps(path string) (map[string][]string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("module dependencies: %w (run depmod for this kernel)", err)
 	}
 	defer f.Close()
+	deps, err := parseDeps(f)
+	if err != nil {
+		return nil, fmt.Errorf("module dependencies %s: %w", path, err)
+	}
+	return deps, nil
+}
+
+// parseDeps parses modules.dep: "path: dep dep ..."; a line without a
+// colon is skipped.
+func parseDeps(r io.Reader) (map[string][]string, error) {
 	deps := map[string][]string{}
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
 		mod, rest, ok := strings.Cut(sc.Text(), ":")
@@ -105,12 +136,16 @@ func readDeps(path string) (map[string][]string, error) {
 	return deps, sc.Err()
 }
 
+// readBuiltin reads modules.builtin; without one, nothing is built in.
 func readBuiltin(path string) map[string]bool {
+	data, _ := os.ReadFile(path)
+	return parseBuiltin(data)
+}
+
+// parseBuiltin returns the names of the modules modules.builtin lists, one
+// path a line.
+func parseBuiltin(data []byte) map[string]bool {
 	out := map[string]bool{}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return out
-	}
 	for _, line := range strings.Fields(string(data)) {
 		out[moduleName(line)] = true
 	}

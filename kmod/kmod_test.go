@@ -85,3 +85,21 @@ func TestLoadWithoutDepmod(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func TestLoadNamesABadModulesDep(t *testing.T) {
+	l := tree(t, "kernel/"+strings.Repeat("m", 1<<20)+".ko:\n", "")
+	_, err := l.Load("m")
+	if err == nil || !strings.Contains(err.Error(), filepath.Join(l.Dir, "modules.dep")) {
+		t.Fatalf("a line past the scanner's limit: err = %v, want one naming modules.dep", err)
+	}
+}
+
+func TestLoadRefusesWhatIsNotAModuleName(t *testing.T) {
+	l := tree(t, dep, "", "btrfs")
+	l.Insert = func(path string) error { t.Errorf("inserted %s", path); return nil }
+	for _, n := range []string{".", "..", "../module", "fs/btrfs"} {
+		if _, err := l.Load(n); err == nil || !strings.Contains(err.Error(), "not a module name") {
+			t.Errorf("Load(%q) = %v, want not a module name", n, err)
+		}
+	}
+}
