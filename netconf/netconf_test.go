@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,8 +21,9 @@ func TestParseAddress(t *testing.T) {
 	if err != nil || a.Interface != "eth0" || a.Prefix != netip.MustParsePrefix("10.0.2.15/24") {
 		t.Errorf("got %v %v", a, err)
 	}
-	for _, bad := range []string{"eth0", "=10.0.0.1/8", "eth0=10.0.0.1", "eth0=fd00::1/64", "a very long interface=1.2.3.4/8"} {
-		if _, err := ParseAddress(bad); err == nil || !strings.Contains(err.Error(), bad) {
+	for _, bad := range []string{"eth0", "=10.0.0.1/8", "eth0=10.0.0.1", "eth0=fd00::1/64", "a very long interface=1.2.3.4/8",
+		".=1.2.3.4/8", "eth0:1=1.2.3.4/8", "eth\t0=1.2.3.4/8", "eth\x000=1.2.3.4/8"} {
+		if _, err := ParseAddress(bad); err == nil || !strings.Contains(err.Error(), strconv.Quote(bad)) {
 			t.Errorf("ParseAddress(%q) = %v, want an error naming it", bad, err)
 		}
 	}
