@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -121,32 +122,46 @@ func readMeminfo(path string, info *Info) error {
 	if err != nil {
 		return err
 	}
+	if info.TotalMemory, info.AvailableMemory, err = parseMeminfo(data); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// parseMeminfo returns MemTotal and MemAvailable, in bytes, from
+// /proc/meminfo's "Key:   N kB" lines. Other lines are not looked at, so a
+// field the agent does not report cannot fail it.
+func parseMeminfo(data []byte) (total, avail uint64, err error) {
 	var haveTotal, haveAvail bool
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
-		key, rest, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
+		key, rest, _ := strings.Cut(sc.Text(), ":")
+		var dst *uint64
+		switch key {
+		case "MemTotal":
+			dst, haveTotal = &total, true
+		case "MemAvailable":
+			dst, haveAvail = &avail, true
+		default:
 			continue
 		}
 		fields := strings.Fields(rest)
-		if len(fields) == 0 {
-			continue
+		if len(fields) != 2 || fields[1] != "kB" {
+			return 0, 0, fmt.Errorf("%s: %q is not a size in kB", key, strings.TrimSpace(rest))
 		}
 		kb, err := strconv.ParseUint(fields[0], 10, 64)
-		if err != nil {
-			return fmt.Errorf("%s: %s: %w", path, key, err)
+		if err != nil || kb > math.MaxInt64/1024 { // the API's sizes are int64 bytes
+			return 0, 0, fmt.Errorf("%s: %q is not a size in kB", key, fields[0])
 		}
-		switch key {
-		case "MemTotal":
-			info.TotalMemory, haveTotal = kb*1024, true
-		case "MemAvailable":
-			info.AvailableMemory, haveAvail = kb*1024, true
-		}
+		*dst = kb * 1024
+	}
+	if err := sc.Err(); err != nil {
+		return 0, 0, err
 	}
 	if !haveTotal || !haveAvail {
-		return fmt.Errorf("%s: no MemTotal or MemAvailable line", path)
+		return 0, 0, errors.New("no MemTotal or MemAvailable line")
 	}
-	return nil
+	return total, avail, nil
 }
 
 func readLoadavg(path string, info *Info) error {
@@ -154,18 +169,29 @@ func readLoadavg(path string, info *Info) error {
 	if err != nil {
 		return err
 	}
-	fields := strings.Fields(string(data))
-	if len(fields) < 3 {
-		return fmt.Errorf("%s: want 3 load averages, got %q", path, data)
-	}
-	for i := range 3 {
-		v, err := strconv.ParseFloat(fields[i], 64)
-		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-		info.LoadAverage[i] = v
+	if info.LoadAverage, err = parseLoadavg(data); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
+}
+
+// parseLoadavg returns the 1, 5 and 15 minute load averages of
+// /proc/loadavg ("0.52 0.25 0.10 1/234 5678"): finite and not negative,
+// as JSON can carry and a load can be.
+func parseLoadavg(data []byte) ([3]float64, error) {
+	var loads [3]float64
+	fields := strings.Fields(string(data))
+	if len(fields) < 3 {
+		return loads, fmt.Errorf("want 3 load averages, got %q", data)
+	}
+	for i, name := range []string{"1", "5", "15"} {
+		v, err := strconv.ParseFloat(fields[i], 64)
+		if err != nil || math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+			return loads, fmt.Errorf("%s minute load average %q is not a non-negative number", name, fields[i])
+		}
+		loads[i] = v
+	}
+	return loads, nil
 }
 
 func readUptime(path string, info *Info) error {
@@ -173,14 +199,25 @@ func readUptime(path string, info *Info) error {
 	if err != nil {
 		return err
 	}
-	fields := strings.Fields(string(data))
-	if len(fields) == 0 {
-		return fmt.Errorf("%s: empty", path)
-	}
-	secs, err := strconv.ParseFloat(fields[0], 64)
-	if err != nil {
+	if info.Uptime, err = parseUptime(data); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	info.Uptime = time.Duration(secs * float64(time.Second))
 	return nil
+}
+
+// parseUptime returns the first number of /proc/uptime ("12345.67
+// 2345.00"), the seconds since boot.
+func parseUptime(data []byte) (time.Duration, error) {
+	fields := strings.Fields(string(data))
+	if len(fields) == 0 {
+		return 0, errors.New("empty")
+	}
+	secs, err := strconv.ParseFloat(fields[0], 64)
+	// NaN fails both comparisons. A Duration holds 292 years; the bound,
+	// 272, keeps the conversion below clear of float rounding.
+	const maxSecs = 1 << 33
+	if err != nil || !(secs >= 0 && secs < maxSecs) {
+		return 0, fmt.Errorf("uptime %q is not a number of seconds", fields[0])
+	}
+	return time.Duration(secs * float64(time.Second)), nil
 }

@@ -85,3 +85,30 @@ func TestCollectRealMachine(t *testing.T) {
 		}
 	}
 }
+
+func TestParsersRejectWhatTheAPICannotCarry(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"NaN load", second(parseLoadavg([]byte("NaN 0 0 1/1 1"))), "1 minute load average"},
+		{"infinite load", second(parseLoadavg([]byte("0 +Inf 0 1/1 1"))), "5 minute load average"},
+		{"negative load", second(parseLoadavg([]byte("0 0 -1 1/1 1"))), "15 minute load average"},
+		{"NaN uptime", second(parseUptime([]byte("NaN 0"))), "uptime"},
+		{"uptime past a Duration", second(parseUptime([]byte("92233720368.55 0"))), "uptime"},
+		{"memory past int64", third(parseMeminfo([]byte("MemTotal: 9007199254740992 kB\nMemAvailable: 1 kB\n"))), "MemTotal"},
+		{"memory not in kB", third(parseMeminfo([]byte("MemTotal: 1 kB\nMemAvailable: 1 MB\n"))), "MemAvailable"},
+	} {
+		if tt.err == nil || !strings.Contains(tt.err.Error(), tt.want) {
+			t.Errorf("%s: error %v, want one naming %q", tt.name, tt.err, tt.want)
+		}
+	}
+	if _, _, err := parseMeminfo([]byte("Odd: x\nMemTotal: 2 kB\nMemAvailable: 1 kB\n")); err != nil {
+		t.Errorf("a line the agent does not report failed the parse: %v", err)
+	}
+}
+
+func second[T any](_ T, err error) error { return err }
+
+func third[T, U any](_ T, _ U, err error) error { return err }
