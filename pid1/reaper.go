@@ -1,8 +1,12 @@
 package pid1
 
 import (
+	"bytes"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os/exec"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -144,4 +148,40 @@ func (r *Reaper) Pending() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.seen) > 0
+}
+
+// parseChildren parses a /proc/<pid>/task/<tid>/children file, pids
+// separated by spaces. Only positive pids are kept: wait4 of 0 or of a
+// negative pid would reap a process group.
+func parseChildren(data []byte) []int {
+	var pids []int
+	for _, field := range bytes.Fields(data) {
+		if pid, err := strconv.Atoi(string(field)); err == nil && pid > 0 {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// parseStat returns a process's state letter and start time (field 22, in
+// clock ticks after boot) from its /proc/<pid>/stat, "pid (comm) state
+// ...". The command name may hold anything, spaces and parentheses
+// included: the fields after it follow the last ')'.
+func parseStat(data []byte) (state byte, start uint64, err error) {
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, 0, errors.New("no ')' after the command name")
+	}
+	fields := bytes.Fields(data[i+1:])
+	if len(fields) < 20 {
+		return 0, 0, fmt.Errorf("%d fields after the command name, want at least 20", len(fields))
+	}
+	if len(fields[0]) != 1 {
+		return 0, 0, fmt.Errorf("state %q is not one letter", fields[0])
+	}
+	start, err = strconv.ParseUint(string(fields[19]), 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("start time %q: %w", fields[19], err)
+	}
+	return fields[0][0], start, nil
 }

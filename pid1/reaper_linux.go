@@ -1,13 +1,11 @@
 package pid1
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -61,33 +59,22 @@ func (sysProc) children() ([]int, error) {
 		if err != nil {
 			continue // the thread exited
 		}
-		for _, field := range bytes.Fields(data) {
-			if pid, err := strconv.Atoi(string(field)); err == nil {
-				pids = append(pids, pid)
-			}
-		}
+		pids = append(pids, parseChildren(data)...)
 	}
 	return pids, nil
 }
 
 func (sysProc) stat(pid int) (byte, uint64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	path := fmt.Sprintf("/proc/%d/stat", pid)
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return 0, 0, err
 	}
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
-	fields := bytes.Fields(data[i+1:])
-	if len(fields) < 20 {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(fields))
-	}
-	start, err := strconv.ParseUint(string(fields[19]), 10, 64)
+	state, start, err := parseStat(data)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, fmt.Errorf("%s: %w", path, err)
 	}
-	return fields[0][0], start, nil
+	return state, start, nil
 }
 
 func (sysProc) reap(pid int) (bool, error) {
