@@ -59,6 +59,12 @@ e2e-vm: deps ## Boot the agent as PID 1 of a QEMU VM and check it from the host.
 bench: deps build ## Run the benchmarks against their peers.
 	go test -run '^$$' -bench . -benchtime 2s -timeout 30m ./...
 
+FUZZTIME ?= 20s
+
+.PHONY: fuzz
+fuzz: deps ## Fuzz every target for FUZZTIME (default 20s) each; a failing input is left in testdata/fuzz/.
+	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
+
 .PHONY: generate
 generate: ## Regenerate the server interface and client from openapi.yaml.
 	go generate ./api/

@@ -3,6 +3,8 @@ package sandbox
 import (
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/arcbox/arcbox-agent/internal/testenv"
@@ -19,6 +21,11 @@ var (
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == initArg {
 		InitMain()
+	}
+	if slices.ContainsFunc(os.Args, func(a string) bool { return strings.HasPrefix(a, "-test.fuzzworker") }) {
+		// A fuzzing worker runs fuzz targets only, which need neither
+		// root nor the init and root filesystem the setup builds.
+		os.Exit(m.Run())
 	}
 	if os.Getenv("ARCBOX_TEST_ISOLATED") == "1" && os.Geteuid() == 0 {
 		dir, err := os.MkdirTemp("", "sandbox-test-")

@@ -86,9 +86,12 @@ func (r record) clone() record {
 //
 //	arcbox-record <seq, 16 hex digits> <length, 8 hex> <crc32c, 8 hex>\n{...}
 //
-// A write goes to the slot the newest record is not in, so an agent killed
-// half way through a write leaves the newest whole record in the other;
-// the reader takes the valid slot with the highest sequence number. Records
+// Record number seq is written in slot seq%2, so a write goes to the slot
+// the newest record is not in, and an agent killed half way through a
+// write leaves the newest whole record in the other; the reader takes the
+// valid slot with the highest sequence number. The checksum covers the
+// header before it and the JSON, so a damaged sequence number cannot make
+// an old record win. Records
 // are not fsynced: a record only has to survive the agent, not the machine,
 // since no sandbox survives a reboot (the next agent finds the init gone
 // and fails the sandbox, whatever the record says), and two fsyncs per run
@@ -102,6 +105,9 @@ const (
 	// fit, see recordError and runSummary), with their JSON escaping.
 	recordHeadroom = 8 << 10
 	recordBlock    = 4 << 10
+	// maxRecordSeq bounds the sequence numbers, so they never wrap: the
+	// write that would reach it makes a new file, starting again at 1.
+	maxRecordSeq = 1 << 62
 )
 
 var crc32c = crc32.MakeTable(crc32.Castagnoli)
@@ -126,7 +132,7 @@ func (s *recordStore) write(rec record) error {
 	if err != nil {
 		return fmt.Errorf("encode record: %w", err)
 	}
-	if s.slot == 0 || int64(recordHeaderLen+len(data)) > s.slot {
+	if s.slot == 0 || int64(recordHeaderLen+len(data)) > s.slot || s.seq+1 >= maxRecordSeq {
 		return s.create(data)
 	}
 	f, err := os.OpenFile(filepath.Join(s.dir, recordFile), os.O_WRONLY, 0)
@@ -147,6 +153,9 @@ func (s *recordStore) write(rec record) error {
 func (s *recordStore) create(data []byte) (err error) {
 	slot := int64(recordHeaderLen+len(data)+recordHeadroom+recordBlock-1) / recordBlock * recordBlock
 	seq := s.seq + 1
+	if seq >= maxRecordSeq {
+		seq = 1
+	}
 	buf := make([]byte, 2*slot)
 	copy(buf[int64(seq%2)*slot:], slotBytes(seq, data))
 	f, err := os.CreateTemp(s.dir, "."+recordFile+".tmp-*")
@@ -180,8 +189,15 @@ func (s *recordStore) create(data []byte) (err error) {
 // slotBytes is a slot's content: the header and the JSON.
 func slotBytes(seq uint64, data []byte) []byte {
 	b := make([]byte, 0, recordHeaderLen+len(data))
-	b = fmt.Appendf(b, "%s %016x %08x %08x\n", recordMagic, seq, len(data), crc32.Checksum(data, crc32c))
+	b = fmt.Appendf(b, "%s %016x %08x ", recordMagic, seq, len(data))
+	b = fmt.Appendf(b, "%08x\n", slotSum(b, data))
 	return append(b, data...)
+}
+
+// slotSum is the checksum of a slot: its header up to the checksum, and
+// its JSON.
+func slotSum(head, data []byte) uint32 {
+	return crc32.Update(crc32.Checksum(head, crc32c), crc32c, data)
 }
 
 // readRecord loads the record in dir, and the store that goes on writing
@@ -223,7 +239,7 @@ func newestSlot(content []byte) (data []byte, seq uint64, slot int64, err error)
 	slot = int64(len(content) / 2)
 	found := false
 	for i := range int64(2) {
-		d, s, ok := parseSlot(content[i*slot : (i+1)*slot])
+		d, s, ok := parseSlot(content[i*slot:(i+1)*slot], uint64(i))
 		if ok && (!found || s > seq) {
 			data, seq, found = d, s, true
 		}
@@ -234,18 +250,20 @@ func newestSlot(content []byte) (data []byte, seq uint64, slot int64, err error)
 	return data, seq, slot, nil
 }
 
-// parseSlot checks a slot's header and checksum and returns its JSON.
-func parseSlot(b []byte) (data []byte, seq uint64, ok bool) {
+// parseSlot checks the header and checksum of slot number index and
+// returns its JSON.
+func parseSlot(b []byte, index uint64) (data []byte, seq uint64, ok bool) {
 	if len(b) < recordHeaderLen {
 		return nil, 0, false
 	}
 	var n, sum uint32
 	k, err := fmt.Sscanf(string(b[:recordHeaderLen]), recordMagic+" %016x %08x %08x\n", &seq, &n, &sum)
-	if err != nil || k != 3 || b[recordHeaderLen-1] != '\n' || int64(n) > int64(len(b)-recordHeaderLen) {
+	if err != nil || k != 3 || b[recordHeaderLen-1] != '\n' || int64(n) > int64(len(b)-recordHeaderLen) ||
+		seq == 0 || seq >= maxRecordSeq || seq%2 != index {
 		return nil, 0, false
 	}
 	data = b[recordHeaderLen : recordHeaderLen+int(n)]
-	if crc32.Checksum(data, crc32c) != sum {
+	if slotSum(b[:recordHeaderLen-len("00000000\n")], data) != sum {
 		return nil, 0, false
 	}
 	return data, seq, true

@@ -106,7 +106,8 @@ func FuzzRecordFile(f *testing.F) {
 			f.Add(torn)
 		}
 	}
-	f.Add(recordFileOf(1<<62, []byte(recordSeeds[0])))
+	f.Add(recordFileOf(maxRecordSeq-1, []byte(recordSeeds[0])))
+	f.Add(recordFileOf(1<<64-1, []byte(recordSeeds[0]))) // refused: past maxRecordSeq
 	f.Add(recordFileOf(2, []byte(recordSeeds[1]))[:recordBlock]) // cut short
 	f.Add(make([]byte, 2*recordBlock))
 	f.Add([]byte("arcbox-record 0000000000000001 00000002 00000000\n{}"))
@@ -194,8 +195,12 @@ func checkRecordRewrite(t *testing.T, dir string, store recordStore, rec record)
 	if err != nil {
 		t.Fatalf("read back: %v", err)
 	}
-	if again.seq != seq+1 || again != store {
-		t.Fatalf("store after the write %+v, read back %+v; want seq %d", store, again, seq+1)
+	want := seq + 1
+	if want >= maxRecordSeq {
+		want = 1 // a new file, rather than a sequence that wraps
+	}
+	if again.seq != want || again != store {
+		t.Fatalf("store after the write %+v, read back %+v; want seq %d", store, again, want)
 	}
 	if !reflect.DeepEqual(canonicalRecord(got), canonicalRecord(rec)) {
 		t.Fatalf("read back\n%+v\nwant\n%+v", got, rec)
