@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/arcbox/arcbox-agent/disk"
 	"github.com/arcbox/arcbox-agent/httpapi"
@@ -367,7 +368,7 @@ func readCmdline(path string) map[string]string {
 	if err != nil {
 		return out
 	}
-	for _, tok := range strings.Fields(string(data)) {
+	for _, tok := range cmdlineArgs(string(data)) {
 		k, v, ok := strings.Cut(tok, "=")
 		if !ok || v == "" || !strings.HasPrefix(k, "arcbox.") {
 			continue
@@ -377,6 +378,43 @@ func readCmdline(path string) map[string]string {
 		}
 	}
 	return out
+}
+
+// cmdlineArgs splits a kernel command line as the kernel does (next_arg
+// in lib/cmdline.c): at white space outside double quotes, with the quotes
+// around a value (or a whole argument) taken off, so that
+// arcbox.docker_data_device="/dev/my disk" is one argument. A "--" ends
+// the kernel's arguments: what follows is init's, not ours.
+func cmdlineArgs(s string) []string {
+	var out []string
+	for {
+		s = strings.TrimLeftFunc(s, unicode.IsSpace)
+		if s == "" {
+			return out
+		}
+		end, inQuote := len(s), false
+		for i, r := range s {
+			if unicode.IsSpace(r) && !inQuote {
+				end = i
+				break
+			}
+			if r == '"' {
+				inQuote = !inQuote
+			}
+		}
+		arg := s[:end]
+		s = s[end:]
+		if arg == "--" {
+			return out
+		}
+		if k, v, ok := strings.Cut(arg, "="); ok && strings.HasPrefix(v, `"`) {
+			v = strings.TrimPrefix(v, `"`)
+			arg = k + "=" + strings.TrimSuffix(v, `"`)
+		} else if strings.HasPrefix(arg, `"`) {
+			arg = strings.TrimSuffix(strings.TrimPrefix(arg, `"`), `"`)
+		}
+		out = append(out, arg)
+	}
 }
 
 func splitList(v string) []string {

@@ -200,3 +200,21 @@ func TestHelpNamesEachEnvironmentVariable(t *testing.T) {
 		t.Errorf("--version: err = %v", err)
 	}
 }
+
+// TestCmdlineQuotesAndInitArgs: the kernel's own rules for its command
+// line: double quotes hold white space in a value and are taken off, and
+// what follows "--" is init's.
+func TestCmdlineQuotesAndInitArgs(t *testing.T) {
+	for _, tt := range []struct{ cmdline, key, want string }{
+		{`arcbox.docker_data_device="/dev/my disk" quiet`, "arcbox.docker_data_device", "/dev/my disk"},
+		{`arcbox.modules="virtio_pci"`, "arcbox.modules", "virtio_pci"},
+		{`"arcbox.modules=a b"`, "arcbox.modules", "a b"},
+		{`arcbox.modules=x -- arcbox.modules=y`, "arcbox.modules", "x"},
+		{`-- arcbox.modules=y`, "arcbox.modules", ""},
+	} {
+		got := readCmdline(cmdlineFile(t, tt.cmdline))[tt.key]
+		if got != tt.want {
+			t.Errorf("%s: %s = %q, want %q", tt.cmdline, tt.key, got, tt.want)
+		}
+	}
+}
