@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -30,9 +31,18 @@ import (
 // the agent allow for loopback without being told), remembering the paths
 // of the GET requests it served so a test can tell what was pulled.
 type Registry struct {
-	srv  *httptest.Server
-	mu   sync.Mutex
-	gets []string
+	srv   *httptest.Server
+	mu    sync.Mutex
+	gets  []string
+	holds []*hold
+}
+
+// hold is a Hold in force: the GET requests whose path contains part wait
+// until released is closed.
+type hold struct {
+	part     string
+	arrived  chan string
+	released chan struct{}
 }
 
 // New starts a registry that stops when the test ends.
@@ -41,10 +51,27 @@ func New(t testing.TB) *Registry {
 	r := &Registry{}
 	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		var held *hold
 		if req.Method == http.MethodGet {
 			r.mu.Lock()
 			r.gets = append(r.gets, req.URL.Path)
+			for _, hd := range r.holds {
+				if strings.Contains(req.URL.Path, hd.part) {
+					held = hd
+				}
+			}
 			r.mu.Unlock()
+		}
+		if held != nil {
+			select {
+			case held.arrived <- req.URL.Path:
+			default: // nobody is told twice; the request waits all the same
+			}
+			select {
+			case <-held.released:
+			case <-req.Context().Done(): // the client went away (a killed agent)
+				return
+			}
 		}
 		h.ServeHTTP(w, req)
 	}))
@@ -67,6 +94,33 @@ func (r *Registry) Gets(part string) int {
 		}
 	}
 	return n
+}
+
+// Hold makes the GET requests whose path contains part (such as
+// "/blobs/") wait, so a test can act while a client is in the middle of a
+// pull. The path of the first request held is sent on arrived (it has room
+// for one). release lets the held requests and those to come through; the
+// end of the test releases them too. A push is not held: it sends no GET
+// for blobs.
+func (r *Registry) Hold(t testing.TB, part string) (arrived <-chan string, release func()) {
+	t.Helper()
+	hd := &hold{part: part, arrived: make(chan string, 1), released: make(chan struct{})}
+	r.mu.Lock()
+	r.holds = append(r.holds, hd)
+	r.mu.Unlock()
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			r.mu.Lock()
+			r.holds = slices.DeleteFunc(r.holds, func(h *hold) bool { return h == hd })
+			r.mu.Unlock()
+			close(hd.released)
+		})
+	}
+	// Registered after New's, so it runs before the server is closed,
+	// which waits for the requests in progress.
+	t.Cleanup(release)
+	return hd.arrived, release
 }
 
 // Push uploads img as ref (HOST/REPO:TAG).
