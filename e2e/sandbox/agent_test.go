@@ -37,6 +37,7 @@ type agentProc struct {
 
 	runtime string   // the OCI runtime binary the agent picked, from its log
 	extra   []string // flags beyond args'
+	env     []string // environment beyond the test's
 	noBox   bool     // the sandbox backend is meant not to start
 }
 
@@ -46,7 +47,7 @@ func startAgent(dir string) (*agentProc, error) {
 	return startAgentWith(&agentProc{dir: dir})
 }
 
-// startAgentWith starts the agent a describes (dir, extra, noBox).
+// startAgentWith starts the agent a describes (dir, extra, env, noBox).
 func startAgentWith(a *agentProc) (*agentProc, error) {
 	dir := a.dir
 	a.sock = filepath.Join(dir, "agent.sock")
@@ -63,7 +64,7 @@ func startAgentWith(a *agentProc) (*agentProc, error) {
 
 // ownAgent starts an agent of the test's own (see startAgentWith), which
 // logs on failure and is stopped when the test ends.
-func ownAgent(t *testing.T, a *agentProc) *agentProc {
+func ownAgent(t testing.TB, a *agentProc) *agentProc {
 	t.Helper()
 	requireSuite(t)
 	if _, err := startAgentWith(a); err != nil {
@@ -113,6 +114,7 @@ func (a *agentProc) start() error {
 	}
 	defer logf.Close()
 	cmd := exec.Command(suite.agentBin, a.args()...)
+	cmd.Env = append(os.Environ(), a.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = a.dir
 	// Should the test binary die (a timeout's panic), the agent goes too.

@@ -14,6 +14,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,6 +38,9 @@ import (
 //	                        qemu-guest-agent's guest-exec with status polling
 //	BenchmarkRunOutput      1 GiB of output over the WebSocket (and NDJSON),
 //	                        against `<runtime> exec` into a pipe
+//	BenchmarkPingUnderChurn ping's latency while 50 clients churn
+//	                        sandboxes; the churn's own latencies and the
+//	                        agent's memory before, at peak and after
 //
 // <runtime> is the OCI runtime the agent picked (its "sandbox backend
 // ready" log line names it). The clients here do not validate responses
@@ -261,6 +266,111 @@ func BenchmarkRunOutput(b *testing.B) {
 			}
 		})
 	}
+}
+
+// Churn for BenchmarkPingUnderChurn: how many clients, how many cycles
+// at least (the percentiles need them), and for how long at most.
+const (
+	churnClients   = 50
+	churnMinCycles = 250
+	churnMaxTime   = 2 * time.Minute
+	// rssSettle is when the agent's memory is read after the churn.
+	rssSettle = 30 * time.Second
+)
+
+// BenchmarkPingUnderChurn: GET /v1/ping's round trip (the op) while 50
+// clients churn sandboxes on an agent of its own (create, ready, run
+// `true`, force-remove; a client told 429 waits its Retry-After). Besides
+// ns/op it reports ping's p50 and p99, the churn's create (request to
+// 202), ready (request to the ready event), run and delete p50 and p99,
+// in milliseconds, and the agent's resident memory in MiB: before, at its
+// peak (VmHWM), and 30 s after the churn ended.
+func BenchmarkPingUnderChurn(b *testing.B) {
+	a := ownAgent(b, &agentProc{dir: filepath.Join(suite.dir, "bench-churn")})
+	rssBefore, _, err := a.memory()
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := a.followReady(b)
+	st := &churnStats{}
+	ctx, cancel := context.WithTimeout(context.Background(), churnMaxTime+time.Minute)
+	defer cancel()
+	stop := make(chan struct{})
+	var cycles atomic.Int64
+	var wg sync.WaitGroup
+	for client := range churnClients {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := fmt.Sprintf("churn-%02d-%d", client, i)
+				if err := a.cycle(ctx, b, w, st, id, runJob{script: "true"}); err != nil {
+					st.fail("client %d: %v", client, err)
+					return
+				}
+				cycles.Add(1)
+			}
+		})
+	}
+	ending := func() { close(stop); wg.Wait(); w.close() }
+
+	c := a.plainClient(b)
+	var pings []time.Duration
+	ping := func() {
+		start := time.Now()
+		r, err := c.GetPingWithResponse(ctx)
+		if err != nil || r.JSON200 == nil {
+			ending()
+			b.Fatalf("ping: %v %v", err, r)
+		}
+		pings = append(pings, time.Since(start))
+	}
+	// The churn in its stride: a cycle per client done.
+	started := time.Now()
+	for cycles.Load() < churnClients && time.Since(started) < churnMaxTime {
+		ping()
+	}
+	pings = pings[:0]
+	b.ResetTimer()
+	for b.Loop() {
+		ping()
+	}
+	b.StopTimer()
+	for cycles.Load() < churnMinCycles && time.Since(started) < churnMaxTime {
+		ping() // more churn for its percentiles; ping is measured all along
+	}
+	ending()
+	for _, e := range st.errs {
+		b.Error(e)
+	}
+	_, peak, err := a.memory()
+	if err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(rssSettle) // the figure is the memory this long after the churn
+	rssAfter, _, err := a.memory()
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	report := func(name string, ds []time.Duration) {
+		p50, p99 := percentiles(ds)
+		b.ReportMetric(ms(p50), name+"-p50-ms")
+		b.ReportMetric(ms(p99), name+"-p99-ms")
+	}
+	report("ping", pings)
+	report("create", st.create)
+	report("ready", st.ready)
+	report("run", st.run)
+	report("delete", st.remove)
+	b.ReportMetric(float64(cycles.Load()), "churn-cycles")
+	b.ReportMetric(float64(rssBefore)/(1<<20), "rss-before-MiB")
+	b.ReportMetric(float64(peak)/(1<<20), "rss-peak-MiB")
+	b.ReportMetric(float64(rssAfter)/(1<<20), "rss-after-30s-MiB")
 }
 
 // wsOutput runs cmd over the WebSocket and returns how many bytes of

@@ -423,6 +423,29 @@ func TestRunTimeoutWithBackgroundChild(t *testing.T) {
 	a.remove(t, id, true)
 }
 
+// TestRunOutputCutAfterExit: a command whose background child keeps
+// writing to its output after it exited. Everything the command wrote
+// arrives, the run ends with its exit code all the same (the child is not
+// followed for ever), and the exit message says the stream was cut and
+// why; the sandbox is ready for the next run.
+func TestRunOutputCutAfterExit(t *testing.T) {
+	t.Parallel()
+	a := sharedAgent(t)
+	a.logOnFailure(t)
+	id := a.create(t, api.CreateSandboxRequest{Id: ptr("holder")})
+	res := a.run(t, id, api.RunRequest{Cmd: []string{"sh", "-c", "echo first; (while :; do echo more; sleep 0.1; done) & exit 5"}})
+	if !strings.HasPrefix(string(res.Stdout), "first\n") || res.Code != 5 {
+		t.Errorf("stdout %q, exit %d; want first (then maybe some of the child's), 5", res.Stdout, res.Code)
+	}
+	if !res.Truncated || res.Note == "" {
+		t.Errorf("exit message: truncated %v, message %q; want the cut stream named, and why", res.Truncated, res.Note)
+	}
+	if out := a.sh(t, id, "echo next"); out != "next\n" {
+		t.Errorf("the next run: %q", out)
+	}
+	a.remove(t, id, true)
+}
+
 // TestBadInput: what the API refuses and with which status. Malformed or
 // unsupported requests are 400 naming the field, unknown sandboxes 404,
 // and requests in the wrong state 409; none of them leaves a sandbox.
