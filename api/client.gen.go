@@ -272,7 +272,9 @@ type ClientInterface interface {
 	// The client's first message is `{"init": ExecInit}`, then any of
 	// `{"stdin": "<base64>"}`, `{"resize": {"width","height"}}` and
 	// `{"close_stdin": true}` (see `ExecClientMessage`); the server sends
-	// `OutputMessage`s, the last with `done: true` and the exit code.
+	// `OutputMessage`s, the last with `done: true` and the exit code. What
+	// is answered before the upgrade, and the close codes after it, are as
+	// for the run WebSocket.
 	//
 	// Corresponds with GET /v1/sandboxes/{id}/exec (the `ExecInSandbox` operationId).
 	ExecInSandbox(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -282,10 +284,12 @@ type ClientInterface interface {
 	// Upgrade to a WebSocket; the client's first message is a `RunRequest`,
 	// then the server sends `OutputMessage`s, the last with `done: true`.
 	// A sandbox that is unknown or not `ready` is answered before the
-	// upgrade (404, 409). A failure after it closes the socket with code
-	// 4000 + the HTTP status it would have had (4400 for a bad run request,
-	// 4409 for a lost race with another run) and the message as the reason.
-	// Closing the socket kills the command.
+	// upgrade (404, 409), and so is a request without a WebSocket handshake
+	// (426) or with a broken one (400). A failure after it closes the socket
+	// with code 4000 + the HTTP status it would have had (4400 for a bad run
+	// request, 4409 for a lost race with another run, 4507 when the state
+	// directory is out of space) and the message as the reason. Closing the
+	// socket kills the command.
 	//
 	// Corresponds with GET /v1/sandboxes/{id}/run (the `RunInSandboxWebSocket` operationId).
 	RunInSandboxWebSocket(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -293,8 +297,9 @@ type ClientInterface interface {
 	// RunInSandboxWithBody Runs a command, streaming its output as NDJSON.
 	//
 	// Each line is an `OutputMessage`; stdout and stderr arrive as they are
-	// produced; the last line has `done: true` and the exit code. A client that
-	// goes away kills the command. Only one workload runs at a time (409).
+	// produced; the last line has `done: true` and the exit code, and names
+	// in `truncated` any stream that was cut (see `OutputMessage`). A client
+	// that goes away kills the command. Only one workload runs at a time (409).
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -304,8 +309,9 @@ type ClientInterface interface {
 	// RunInSandbox Runs a command, streaming its output as NDJSON.
 	//
 	// Each line is an `OutputMessage`; stdout and stderr arrive as they are
-	// produced; the last line has `done: true` and the exit code. A client that
-	// goes away kills the command. Only one workload runs at a time (409).
+	// produced; the last line has `done: true` and the exit code, and names
+	// in `truncated` any stream that was cut (see `OutputMessage`). A client
+	// that goes away kills the command. Only one workload runs at a time (409).
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -747,7 +753,9 @@ func (c *Client) CheckpointSandbox(ctx context.Context, id SandboxID, body Check
 // The client's first message is `{"init": ExecInit}`, then any of
 // `{"stdin": "<base64>"}`, `{"resize": {"width","height"}}` and
 // `{"close_stdin": true}` (see `ExecClientMessage`); the server sends
-// `OutputMessage`s, the last with `done: true` and the exit code.
+// `OutputMessage`s, the last with `done: true` and the exit code. What
+// is answered before the upgrade, and the close codes after it, are as
+// for the run WebSocket.
 //
 // Corresponds with GET /v1/sandboxes/{id}/exec (the `ExecInSandbox` operationId).
 func (c *Client) ExecInSandbox(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -767,10 +775,12 @@ func (c *Client) ExecInSandbox(ctx context.Context, id SandboxID, reqEditors ...
 // Upgrade to a WebSocket; the client's first message is a `RunRequest`,
 // then the server sends `OutputMessage`s, the last with `done: true`.
 // A sandbox that is unknown or not `ready` is answered before the
-// upgrade (404, 409). A failure after it closes the socket with code
-// 4000 + the HTTP status it would have had (4400 for a bad run request,
-// 4409 for a lost race with another run) and the message as the reason.
-// Closing the socket kills the command.
+// upgrade (404, 409), and so is a request without a WebSocket handshake
+// (426) or with a broken one (400). A failure after it closes the socket
+// with code 4000 + the HTTP status it would have had (4400 for a bad run
+// request, 4409 for a lost race with another run, 4507 when the state
+// directory is out of space) and the message as the reason. Closing the
+// socket kills the command.
 //
 // Corresponds with GET /v1/sandboxes/{id}/run (the `RunInSandboxWebSocket` operationId).
 func (c *Client) RunInSandboxWebSocket(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -788,8 +798,9 @@ func (c *Client) RunInSandboxWebSocket(ctx context.Context, id SandboxID, reqEdi
 // RunInSandboxWithBody Runs a command, streaming its output as NDJSON.
 //
 // Each line is an `OutputMessage`; stdout and stderr arrive as they are
-// produced; the last line has `done: true` and the exit code. A client that
-// goes away kills the command. Only one workload runs at a time (409).
+// produced; the last line has `done: true` and the exit code, and names
+// in `truncated` any stream that was cut (see `OutputMessage`). A client
+// that goes away kills the command. Only one workload runs at a time (409).
 //
 // Takes any type of body and a specified content type.
 //
@@ -809,8 +820,9 @@ func (c *Client) RunInSandboxWithBody(ctx context.Context, id SandboxID, content
 // RunInSandbox Runs a command, streaming its output as NDJSON.
 //
 // Each line is an `OutputMessage`; stdout and stderr arrive as they are
-// produced; the last line has `done: true` and the exit code. A client that
-// goes away kills the command. Only one workload runs at a time (409).
+// produced; the last line has `done: true` and the exit code, and names
+// in `truncated` any stream that was cut (see `OutputMessage`). A client
+// that goes away kills the command. Only one workload runs at a time (409).
 //
 // Takes a body of the `application/json` content type.
 //
@@ -2174,7 +2186,9 @@ type ClientWithResponsesInterface interface {
 	// The client's first message is `{"init": ExecInit}`, then any of
 	// `{"stdin": "<base64>"}`, `{"resize": {"width","height"}}` and
 	// `{"close_stdin": true}` (see `ExecClientMessage`); the server sends
-	// `OutputMessage`s, the last with `done: true` and the exit code.
+	// `OutputMessage`s, the last with `done: true` and the exit code. What
+	// is answered before the upgrade, and the close codes after it, are as
+	// for the run WebSocket.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2186,10 +2200,12 @@ type ClientWithResponsesInterface interface {
 	// Upgrade to a WebSocket; the client's first message is a `RunRequest`,
 	// then the server sends `OutputMessage`s, the last with `done: true`.
 	// A sandbox that is unknown or not `ready` is answered before the
-	// upgrade (404, 409). A failure after it closes the socket with code
-	// 4000 + the HTTP status it would have had (4400 for a bad run request,
-	// 4409 for a lost race with another run) and the message as the reason.
-	// Closing the socket kills the command.
+	// upgrade (404, 409), and so is a request without a WebSocket handshake
+	// (426) or with a broken one (400). A failure after it closes the socket
+	// with code 4000 + the HTTP status it would have had (4400 for a bad run
+	// request, 4409 for a lost race with another run, 4507 when the state
+	// directory is out of space) and the message as the reason. Closing the
+	// socket kills the command.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2199,8 +2215,9 @@ type ClientWithResponsesInterface interface {
 	// RunInSandboxWithBodyWithResponse Runs a command, streaming its output as NDJSON.
 	//
 	// Each line is an `OutputMessage`; stdout and stderr arrive as they are
-	// produced; the last line has `done: true` and the exit code. A client that
-	// goes away kills the command. Only one workload runs at a time (409).
+	// produced; the last line has `done: true` and the exit code, and names
+	// in `truncated` any stream that was cut (see `OutputMessage`). A client
+	// that goes away kills the command. Only one workload runs at a time (409).
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2210,8 +2227,9 @@ type ClientWithResponsesInterface interface {
 	// RunInSandboxWithResponse Runs a command, streaming its output as NDJSON.
 	//
 	// Each line is an `OutputMessage`; stdout and stderr arrive as they are
-	// produced; the last line has `done: true` and the exit code. A client that
-	// goes away kills the command. Only one workload runs at a time (409).
+	// produced; the last line has `done: true` and the exit code, and names
+	// in `truncated` any stream that was cut (see `OutputMessage`). A client
+	// that goes away kills the command. Only one workload runs at a time (409).
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2618,6 +2636,8 @@ type PostPingReply struct {
 	JSON400 *BadRequest
 	// JSON413 the response for an HTTP 413 `application/json` response
 	JSON413 *TooLarge
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *UnsupportedMediaType
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -2635,6 +2655,11 @@ func (r PostPingReply) GetJSON400() *BadRequest {
 // GetJSON413 returns the response for an HTTP 413 `application/json` response
 func (r PostPingReply) GetJSON413() *TooLarge {
 	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r PostPingReply) GetJSON415() *UnsupportedMediaType {
+	return r.JSON415
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2678,6 +2703,10 @@ type EnsureRuntimeReply struct {
 	JSON200 *RuntimeEnsureResponse
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *UnsupportedMediaType
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -2690,6 +2719,16 @@ func (r EnsureRuntimeReply) GetJSON200() *RuntimeEnsureResponse {
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r EnsureRuntimeReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r EnsureRuntimeReply) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r EnsureRuntimeReply) GetJSON415() *UnsupportedMediaType {
+	return r.JSON415
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2891,6 +2930,11 @@ func (r ListSandboxesReply) ContentType() string {
 	return ""
 }
 
+// CreateSandboxReply429Headers the declared response headers of an HTTP 429 response for CreateSandbox
+type CreateSandboxReply429Headers struct {
+	RetryAfter int
+}
+
 type CreateSandboxReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -2902,10 +2946,20 @@ type CreateSandboxReply struct {
 	JSON400 *BadRequest
 	// JSON409 the response for an HTTP 409 `application/json` response
 	JSON409 *Conflict
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *UnsupportedMediaType
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *TooManyRequests
 	// JSON503 the response for an HTTP 503 `application/json` response
 	JSON503 *Unavailable
+	// JSON507 the response for an HTTP 507 `application/json` response
+	JSON507 *InsufficientStorage
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *CreateSandboxReply429Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -2928,9 +2982,29 @@ func (r CreateSandboxReply) GetJSON409() *Conflict {
 	return r.JSON409
 }
 
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r CreateSandboxReply) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r CreateSandboxReply) GetJSON415() *UnsupportedMediaType {
+	return r.JSON415
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r CreateSandboxReply) GetJSON429() *TooManyRequests {
+	return r.JSON429
+}
+
 // GetJSON503 returns the response for an HTTP 503 `application/json` response
 func (r CreateSandboxReply) GetJSON503() *Unavailable {
 	return r.JSON503
+}
+
+// GetJSON507 returns the response for an HTTP 507 `application/json` response
+func (r CreateSandboxReply) GetJSON507() *InsufficientStorage {
+	return r.JSON507
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2967,15 +3041,33 @@ func (r CreateSandboxReply) ContentType() string {
 	return ""
 }
 
+// RemoveSandboxReply429Headers the declared response headers of an HTTP 429 response for RemoveSandbox
+type RemoveSandboxReply429Headers struct {
+	RetryAfter int
+}
+
 type RemoveSandboxReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
 	JSON409 *Conflict
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *TooManyRequests
+	// JSON507 the response for an HTTP 507 `application/json` response
+	JSON507 *InsufficientStorage
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *RemoveSandboxReply429Headers
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r RemoveSandboxReply) GetJSON400() *BadRequest {
+	return r.JSON400
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
@@ -2986,6 +3078,16 @@ func (r RemoveSandboxReply) GetJSON404() *NotFound {
 // GetJSON409 returns the response for an HTTP 409 `application/json` response
 func (r RemoveSandboxReply) GetJSON409() *Conflict {
 	return r.JSON409
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r RemoveSandboxReply) GetJSON429() *TooManyRequests {
+	return r.JSON429
+}
+
+// GetJSON507 returns the response for an HTTP 507 `application/json` response
+func (r RemoveSandboxReply) GetJSON507() *InsufficientStorage {
+	return r.JSON507
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3027,6 +3129,8 @@ type GetSandboxReply struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *SandboxInfo
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
@@ -3036,6 +3140,11 @@ type GetSandboxReply struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r GetSandboxReply) GetJSON200() *SandboxInfo {
 	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r GetSandboxReply) GetJSON400() *BadRequest {
+	return r.JSON400
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
@@ -3077,6 +3186,11 @@ func (r GetSandboxReply) ContentType() string {
 	return ""
 }
 
+// CheckpointSandboxReply429Headers the declared response headers of an HTTP 429 response for CheckpointSandbox
+type CheckpointSandboxReply429Headers struct {
+	RetryAfter int
+}
+
 type CheckpointSandboxReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -3088,8 +3202,18 @@ type CheckpointSandboxReply struct {
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
 	JSON409 *Conflict
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *UnsupportedMediaType
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *TooManyRequests
+	// JSON507 the response for an HTTP 507 `application/json` response
+	JSON507 *InsufficientStorage
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *CheckpointSandboxReply429Headers
 }
 
 // GetJSON201 returns the response for an HTTP 201 `application/json` response
@@ -3110,6 +3234,26 @@ func (r CheckpointSandboxReply) GetJSON404() *NotFound {
 // GetJSON409 returns the response for an HTTP 409 `application/json` response
 func (r CheckpointSandboxReply) GetJSON409() *Conflict {
 	return r.JSON409
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r CheckpointSandboxReply) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r CheckpointSandboxReply) GetJSON415() *UnsupportedMediaType {
+	return r.JSON415
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r CheckpointSandboxReply) GetJSON429() *TooManyRequests {
+	return r.JSON429
+}
+
+// GetJSON507 returns the response for an HTTP 507 `application/json` response
+func (r CheckpointSandboxReply) GetJSON507() *InsufficientStorage {
+	return r.JSON507
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3146,15 +3290,31 @@ func (r CheckpointSandboxReply) ContentType() string {
 	return ""
 }
 
+// ExecInSandboxReply426Headers the declared response headers of an HTTP 426 response for ExecInSandbox
+type ExecInSandboxReply426Headers struct {
+	Upgrade *string
+}
+
 type ExecInSandboxReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
 	JSON409 *Conflict
+	// JSON426 the response for an HTTP 426 `application/json` response
+	JSON426 *UpgradeRequired
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers426 the parsed response headers for an HTTP 426 response
+	Headers426 *ExecInSandboxReply426Headers
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ExecInSandboxReply) GetJSON400() *BadRequest {
+	return r.JSON400
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
@@ -3165,6 +3325,11 @@ func (r ExecInSandboxReply) GetJSON404() *NotFound {
 // GetJSON409 returns the response for an HTTP 409 `application/json` response
 func (r ExecInSandboxReply) GetJSON409() *Conflict {
 	return r.JSON409
+}
+
+// GetJSON426 returns the response for an HTTP 426 `application/json` response
+func (r ExecInSandboxReply) GetJSON426() *UpgradeRequired {
+	return r.JSON426
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3201,15 +3366,31 @@ func (r ExecInSandboxReply) ContentType() string {
 	return ""
 }
 
+// RunInSandboxWebSocketReply426Headers the declared response headers of an HTTP 426 response for RunInSandboxWebSocket
+type RunInSandboxWebSocketReply426Headers struct {
+	Upgrade *string
+}
+
 type RunInSandboxWebSocketReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
 	JSON409 *Conflict
+	// JSON426 the response for an HTTP 426 `application/json` response
+	JSON426 *UpgradeRequired
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers426 the parsed response headers for an HTTP 426 response
+	Headers426 *RunInSandboxWebSocketReply426Headers
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r RunInSandboxWebSocketReply) GetJSON400() *BadRequest {
+	return r.JSON400
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
@@ -3220,6 +3401,11 @@ func (r RunInSandboxWebSocketReply) GetJSON404() *NotFound {
 // GetJSON409 returns the response for an HTTP 409 `application/json` response
 func (r RunInSandboxWebSocketReply) GetJSON409() *Conflict {
 	return r.JSON409
+}
+
+// GetJSON426 returns the response for an HTTP 426 `application/json` response
+func (r RunInSandboxWebSocketReply) GetJSON426() *UpgradeRequired {
+	return r.JSON426
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3265,6 +3451,12 @@ type RunInSandboxReply struct {
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
 	JSON409 *Conflict
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *UnsupportedMediaType
+	// JSON507 the response for an HTTP 507 `application/json` response
+	JSON507 *InsufficientStorage
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -3282,6 +3474,21 @@ func (r RunInSandboxReply) GetJSON404() *NotFound {
 // GetJSON409 returns the response for an HTTP 409 `application/json` response
 func (r RunInSandboxReply) GetJSON409() *Conflict {
 	return r.JSON409
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r RunInSandboxReply) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r RunInSandboxReply) GetJSON415() *UnsupportedMediaType {
+	return r.JSON415
+}
+
+// GetJSON507 returns the response for an HTTP 507 `application/json` response
+func (r RunInSandboxReply) GetJSON507() *InsufficientStorage {
+	return r.JSON507
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3329,6 +3536,12 @@ type StopSandboxReply struct {
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
 	JSON409 *Conflict
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *UnsupportedMediaType
+	// JSON507 the response for an HTTP 507 `application/json` response
+	JSON507 *InsufficientStorage
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -3351,6 +3564,21 @@ func (r StopSandboxReply) GetJSON404() *NotFound {
 // GetJSON409 returns the response for an HTTP 409 `application/json` response
 func (r StopSandboxReply) GetJSON409() *Conflict {
 	return r.JSON409
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r StopSandboxReply) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r StopSandboxReply) GetJSON415() *UnsupportedMediaType {
+	return r.JSON415
+}
+
+// GetJSON507 returns the response for an HTTP 507 `application/json` response
+func (r StopSandboxReply) GetJSON507() *InsufficientStorage {
+	return r.JSON507
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3445,12 +3673,21 @@ func (r ListSnapshotsReply) ContentType() string {
 type DeleteSnapshotReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
 	JSON409 *Conflict
+	// JSON507 the response for an HTTP 507 `application/json` response
+	JSON507 *InsufficientStorage
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r DeleteSnapshotReply) GetJSON400() *BadRequest {
+	return r.JSON400
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
@@ -3461,6 +3698,11 @@ func (r DeleteSnapshotReply) GetJSON404() *NotFound {
 // GetJSON409 returns the response for an HTTP 409 `application/json` response
 func (r DeleteSnapshotReply) GetJSON409() *Conflict {
 	return r.JSON409
+}
+
+// GetJSON507 returns the response for an HTTP 507 `application/json` response
+func (r DeleteSnapshotReply) GetJSON507() *InsufficientStorage {
+	return r.JSON507
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3497,6 +3739,11 @@ func (r DeleteSnapshotReply) ContentType() string {
 	return ""
 }
 
+// RestoreSnapshotReply429Headers the declared response headers of an HTTP 429 response for RestoreSnapshot
+type RestoreSnapshotReply429Headers struct {
+	RetryAfter int
+}
+
 type RestoreSnapshotReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -3508,8 +3755,18 @@ type RestoreSnapshotReply struct {
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
 	JSON409 *Conflict
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *UnsupportedMediaType
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *TooManyRequests
+	// JSON507 the response for an HTTP 507 `application/json` response
+	JSON507 *InsufficientStorage
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *RestoreSnapshotReply429Headers
 }
 
 // GetJSON201 returns the response for an HTTP 201 `application/json` response
@@ -3530,6 +3787,26 @@ func (r RestoreSnapshotReply) GetJSON404() *NotFound {
 // GetJSON409 returns the response for an HTTP 409 `application/json` response
 func (r RestoreSnapshotReply) GetJSON409() *Conflict {
 	return r.JSON409
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r RestoreSnapshotReply) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r RestoreSnapshotReply) GetJSON415() *UnsupportedMediaType {
+	return r.JSON415
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r RestoreSnapshotReply) GetJSON429() *TooManyRequests {
+	return r.JSON429
+}
+
+// GetJSON507 returns the response for an HTTP 507 `application/json` response
+func (r RestoreSnapshotReply) GetJSON507() *InsufficientStorage {
+	return r.JSON507
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3898,7 +4175,9 @@ func (c *ClientWithResponses) CheckpointSandboxWithResponse(ctx context.Context,
 // The client's first message is `{"init": ExecInit}`, then any of
 // `{"stdin": "<base64>"}`, `{"resize": {"width","height"}}` and
 // `{"close_stdin": true}` (see `ExecClientMessage`); the server sends
-// `OutputMessage`s, the last with `done: true` and the exit code.
+// `OutputMessage`s, the last with `done: true` and the exit code. What
+// is answered before the upgrade, and the close codes after it, are as
+// for the run WebSocket.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3916,10 +4195,12 @@ func (c *ClientWithResponses) ExecInSandboxWithResponse(ctx context.Context, id 
 // Upgrade to a WebSocket; the client's first message is a `RunRequest`,
 // then the server sends `OutputMessage`s, the last with `done: true`.
 // A sandbox that is unknown or not `ready` is answered before the
-// upgrade (404, 409). A failure after it closes the socket with code
-// 4000 + the HTTP status it would have had (4400 for a bad run request,
-// 4409 for a lost race with another run) and the message as the reason.
-// Closing the socket kills the command.
+// upgrade (404, 409), and so is a request without a WebSocket handshake
+// (426) or with a broken one (400). A failure after it closes the socket
+// with code 4000 + the HTTP status it would have had (4400 for a bad run
+// request, 4409 for a lost race with another run, 4507 when the state
+// directory is out of space) and the message as the reason. Closing the
+// socket kills the command.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3935,8 +4216,9 @@ func (c *ClientWithResponses) RunInSandboxWebSocketWithResponse(ctx context.Cont
 // RunInSandboxWithBodyWithResponse Runs a command, streaming its output as NDJSON.
 //
 // Each line is an `OutputMessage`; stdout and stderr arrive as they are
-// produced; the last line has `done: true` and the exit code. A client that
-// goes away kills the command. Only one workload runs at a time (409).
+// produced; the last line has `done: true` and the exit code, and names
+// in `truncated` any stream that was cut (see `OutputMessage`). A client
+// that goes away kills the command. Only one workload runs at a time (409).
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3952,8 +4234,9 @@ func (c *ClientWithResponses) RunInSandboxWithBodyWithResponse(ctx context.Conte
 // RunInSandboxWithResponse Runs a command, streaming its output as NDJSON.
 //
 // Each line is an `OutputMessage`; stdout and stderr arrive as they are
-// produced; the last line has `done: true` and the exit code. A client that
-// goes away kills the command. Only one workload runs at a time (409).
+// produced; the last line has `done: true` and the exit code, and names
+// in `truncated` any stream that was cut (see `OutputMessage`). A client
+// that goes away kills the command. Only one workload runs at a time (409).
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -4307,6 +4590,13 @@ func ParsePostPingReply(rsp *http.Response) (*PostPingReply, error) {
 		}
 		response.JSON413 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4346,6 +4636,20 @@ func ParseEnsureRuntimeReply(rsp *http.Response) (*EnsureRuntimeReply, error) {
 			return nil, err
 		}
 		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -4521,12 +4825,40 @@ func ParseCreateSandboxReply(rsp *http.Response) (*CreateSandboxReply, error) {
 		}
 		response.JSON409 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest TooManyRequests
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.JSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 507:
+		var dest InsufficientStorage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON507 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -4535,6 +4867,19 @@ func ParseCreateSandboxReply(rsp *http.Response) (*CreateSandboxReply, error) {
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers CreateSandboxReply429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
 	}
 
 	return response, nil
@@ -4557,6 +4902,13 @@ func ParseRemoveSandboxReply(rsp *http.Response) (*RemoveSandboxReply, error) {
 	case rsp.StatusCode == 204:
 		break // No content-type
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest NotFound
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4571,6 +4923,20 @@ func ParseRemoveSandboxReply(rsp *http.Response) (*RemoveSandboxReply, error) {
 		}
 		response.JSON409 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest TooManyRequests
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 507:
+		var dest InsufficientStorage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON507 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4578,6 +4944,19 @@ func ParseRemoveSandboxReply(rsp *http.Response) (*RemoveSandboxReply, error) {
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers RemoveSandboxReply429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
 	}
 
 	return response, nil
@@ -4603,6 +4982,13 @@ func ParseGetSandboxReply(rsp *http.Response) (*GetSandboxReply, error) {
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest NotFound
@@ -4665,6 +5051,34 @@ func ParseCheckpointSandboxReply(rsp *http.Response) (*CheckpointSandboxReply, e
 		}
 		response.JSON409 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest TooManyRequests
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 507:
+		var dest InsufficientStorage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON507 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4672,6 +5086,19 @@ func ParseCheckpointSandboxReply(rsp *http.Response) (*CheckpointSandboxReply, e
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers CheckpointSandboxReply429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
 	}
 
 	return response, nil
@@ -4694,6 +5121,13 @@ func ParseExecInSandboxReply(rsp *http.Response) (*ExecInSandboxReply, error) {
 	case rsp.StatusCode == 101:
 		break // No content-type
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest NotFound
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4708,6 +5142,13 @@ func ParseExecInSandboxReply(rsp *http.Response) (*ExecInSandboxReply, error) {
 		}
 		response.JSON409 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 426:
+		var dest UpgradeRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON426 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4715,6 +5156,19 @@ func ParseExecInSandboxReply(rsp *http.Response) (*ExecInSandboxReply, error) {
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 426:
+		var headers ExecInSandboxReply426Headers
+		if values := rsp.Header.Values("Upgrade"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Upgrade", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Upgrade = &value
+		}
+		response.Headers426 = &headers
 	}
 
 	return response, nil
@@ -4737,6 +5191,13 @@ func ParseRunInSandboxWebSocketReply(rsp *http.Response) (*RunInSandboxWebSocket
 	case rsp.StatusCode == 101:
 		break // No content-type
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest NotFound
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4751,6 +5212,13 @@ func ParseRunInSandboxWebSocketReply(rsp *http.Response) (*RunInSandboxWebSocket
 		}
 		response.JSON409 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 426:
+		var dest UpgradeRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON426 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4758,6 +5226,19 @@ func ParseRunInSandboxWebSocketReply(rsp *http.Response) (*RunInSandboxWebSocket
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 426:
+		var headers RunInSandboxWebSocketReply426Headers
+		if values := rsp.Header.Values("Upgrade"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Upgrade", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Upgrade = &value
+		}
+		response.Headers426 = &headers
 	}
 
 	return response, nil
@@ -4797,6 +5278,27 @@ func ParseRunInSandboxReply(rsp *http.Response) (*RunInSandboxReply, error) {
 			return nil, err
 		}
 		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 507:
+		var dest InsufficientStorage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON507 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -4851,6 +5353,27 @@ func ParseStopSandboxReply(rsp *http.Response) (*StopSandboxReply, error) {
 			return nil, err
 		}
 		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 507:
+		var dest InsufficientStorage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON507 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -4921,6 +5444,13 @@ func ParseDeleteSnapshotReply(rsp *http.Response) (*DeleteSnapshotReply, error) 
 	case rsp.StatusCode == 204:
 		break // No content-type
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest NotFound
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4934,6 +5464,13 @@ func ParseDeleteSnapshotReply(rsp *http.Response) (*DeleteSnapshotReply, error) 
 			return nil, err
 		}
 		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 507:
+		var dest InsufficientStorage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON507 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -4989,6 +5526,34 @@ func ParseRestoreSnapshotReply(rsp *http.Response) (*RestoreSnapshotReply, error
 		}
 		response.JSON409 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest TooManyRequests
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 507:
+		var dest InsufficientStorage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON507 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4996,6 +5561,19 @@ func ParseRestoreSnapshotReply(rsp *http.Response) (*RestoreSnapshotReply, error
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers RestoreSnapshotReply429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
 	}
 
 	return response, nil

@@ -130,6 +130,24 @@ func (e OutputMessageStream) Valid() bool {
 	}
 }
 
+// Defines values for OutputMessageTruncated.
+const (
+	TruncatedStderr OutputMessageTruncated = "stderr"
+	TruncatedStdout OutputMessageTruncated = "stdout"
+)
+
+// Valid indicates whether the value is a known member of the OutputMessageTruncated enum.
+func (e OutputMessageTruncated) Valid() bool {
+	switch e {
+	case TruncatedStderr:
+		return true
+	case TruncatedStdout:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for RuntimeEnsureResponseStatus.
 const (
 	RuntimeEnsureResponseStatusFailed  RuntimeEnsureResponseStatus = "failed"
@@ -202,10 +220,13 @@ func (e ServiceStatusStatus) Valid() bool {
 	}
 }
 
-// CheckpointRequest defines model for CheckpointRequest.
+// CheckpointRequest Examples: {}, {"labels":{"team":"ci"},"name":"before-upgrade"}
 type CheckpointRequest struct {
+	// Labels Keys are not empty.
 	Labels *map[string]string `json:"labels,omitempty"`
-	Name   *string            `json:"name,omitempty"`
+
+	// Name For people; at most 256 characters.
+	Name *string `json:"name,omitempty"`
 }
 
 // CheckpointResponse defines model for CheckpointResponse.
@@ -215,37 +236,47 @@ type CheckpointResponse struct {
 	SnapshotId  string    `json:"snapshot_id"`
 }
 
-// CreateSandboxRequest defines model for CreateSandboxRequest.
+// CreateSandboxRequest Examples: {}, {"cmd":["sleep","3600"],"env":{"LANG":"C.UTF-8"},"id":"box-1","image":"docker.io/library/alpine:3.20","labels":{"team":"ci"},"limits":{"memory_mib":512,"vcpus":2},"mounts":[{"readonly":true,"source":"/srv/data","target":"/data"}],"network":{"mode":"bridge"},"ttl_seconds":3600,"user":"1000:1000","working_dir":"/work"}, {"network":{"mode":"none"},"rootfs":"/var/lib/arcbox/rootfs/default"}
 type CreateSandboxRequest struct {
 	// BootArgs Not honoured by the container backend (400).
 	BootArgs *string `json:"boot_args,omitempty"`
 
-	// Cmd Started once the sandbox is ready.
-	Cmd *[]string          `json:"cmd,omitempty"`
+	// Cmd Started once the sandbox is ready: the program (not empty) and its
+	// arguments, none holding a NUL.
+	Cmd *[]string `json:"cmd,omitempty"`
+
+	// Env Names are not empty and hold no `=` or NUL; values hold no NUL.
 	Env *map[string]string `json:"env,omitempty"`
 
-	// Id Caller-chosen, `^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`; generated when absent.
+	// Id Caller-chosen; generated when absent.
 	Id *string `json:"id,omitempty"`
 
 	// Image An OCI image reference, pulled once and cached.
 	Image *string `json:"image,omitempty"`
 
 	// Kernel Not honoured by the container backend (400).
-	Kernel  *string            `json:"kernel,omitempty"`
+	Kernel *string `json:"kernel,omitempty"`
+
+	// Labels Keys are not empty.
 	Labels  *map[string]string `json:"labels,omitempty"`
 	Limits  *Limits            `json:"limits,omitempty"`
 	Mounts  *[]Mount           `json:"mounts,omitempty"`
 	Network *NetworkSpec       `json:"network,omitempty"`
 
-	// Rootfs A root filesystem directory, used read-only.
-	Rootfs       *string `json:"rootfs,omitempty"`
+	// Rootfs A root filesystem directory, used read-only: an absolute path without `,`, `:` or `\` (overlayfs options cannot hold them).
+	Rootfs *string `json:"rootfs,omitempty"`
+
+	// SshPublicKey Not honoured by the container backend (400).
 	SshPublicKey *string `json:"ssh_public_key,omitempty"`
 
-	// TtlSeconds Stopped and removed this long after creation (0: never).
+	// TtlSeconds Stopped and removed this long after creation (0: never); at most
+	// 30 days: a sandbox meant to outlive that has no TTL.
 	TtlSeconds *int64 `json:"ttl_seconds,omitempty"`
 
-	// User `uid[:gid]` or a name from the root filesystem's /etc/passwd.
-	User       *string `json:"user,omitempty"`
+	// User `uid[:gid]` or `name[:group]` from the root filesystem's /etc/passwd and /etc/group (empty: the default).
+	User *string `json:"user,omitempty"`
+
+	// WorkingDir An absolute path (empty: the default).
 	WorkingDir *string `json:"working_dir,omitempty"`
 }
 
@@ -278,23 +309,39 @@ type Event struct {
 // EventAction defines model for EventAction.
 type EventAction string
 
-// ExecClientMessage One message from the client of an exec WebSocket; exactly one field is set.
+// ExecClientMessage One message from the client of an exec WebSocket; exactly one field is
+// set. `init` comes first and only first.
+//
+// Examples: {"init":{"cmd":["sh"],"tty":true,"tty_size":{"height":24,"width":80}}}, {"init":{"cmd":["cat"],"env":{"A":"1"},"timeout_seconds":60}}, {"stdin":"aGVsbG8K"}, {"resize":{"height":43,"width":132}}, {"close_stdin":true}
 type ExecClientMessage struct {
+	// CloseStdin `true` closes the process's stdin; `false` does nothing.
 	CloseStdin *bool     `json:"close_stdin,omitempty"`
 	Init       *ExecInit `json:"init,omitempty"`
 	Resize     *TTYSize  `json:"resize,omitempty"`
-	Stdin      *[]byte   `json:"stdin,omitempty"`
+
+	// Stdin Bytes for the process's stdin, base64 with padding.
+	Stdin *[]byte `json:"stdin,omitempty"`
 }
 
 // ExecInit defines model for ExecInit.
 type ExecInit struct {
-	Cmd            []string           `json:"cmd"`
-	Env            *map[string]string `json:"env,omitempty"`
-	TimeoutSeconds *int64             `json:"timeout_seconds,omitempty"`
-	Tty            *bool              `json:"tty,omitempty"`
-	TtySize        *TTYSize           `json:"tty_size,omitempty"`
-	User           *string            `json:"user,omitempty"`
-	WorkingDir     *string            `json:"working_dir,omitempty"`
+	// Cmd The program (not empty) and its arguments, none holding a NUL.
+	Cmd []string `json:"cmd"`
+
+	// Env Names are not empty and hold no `=` or NUL; values hold no NUL.
+	Env *map[string]string `json:"env,omitempty"`
+
+	// TimeoutSeconds Kill the command (SIGKILL, exit code 137) after this long (0: no
+	// limit); at most 7 days: a workload meant to outlive that has none.
+	TimeoutSeconds *int64   `json:"timeout_seconds,omitempty"`
+	Tty            *bool    `json:"tty,omitempty"`
+	TtySize        *TTYSize `json:"tty_size,omitempty"`
+
+	// User `uid[:gid]` or `name[:group]` from the root filesystem's /etc/passwd and /etc/group (empty: the default).
+	User *string `json:"user,omitempty"`
+
+	// WorkingDir An absolute path (empty: the default).
+	WorkingDir *string `json:"working_dir,omitempty"`
 }
 
 // Health defines model for Health.
@@ -307,10 +354,13 @@ type HealthStatus string
 
 // Limits defines model for Limits.
 type Limits struct {
-	// MemoryMib Memory in MiB (0: the configured default).
+	// MemoryMib Memory in MiB: 0 for the configured default, else from 8 (a
+	// sandbox's init alone needs a few MiB) to 1048576 (1 TiB, more
+	// than any VM this agent runs in has).
 	MemoryMib *int64 `json:"memory_mib,omitempty"`
 
-	// Vcpus CPUs (0: the configured default).
+	// Vcpus CPUs (0: the configured default); at most 1024, more than any VM
+	// this agent runs in has.
 	Vcpus *int32 `json:"vcpus,omitempty"`
 }
 
@@ -341,10 +391,11 @@ type ListenerStateState string
 type Mount struct {
 	Readonly *bool `json:"readonly,omitempty"`
 
-	// Source An existing path in the guest.
+	// Source An existing absolute path in the guest.
 	Source string `json:"source"`
 
-	// Target An absolute path in the sandbox, without `..`.
+	// Target An absolute path in the sandbox: no `..` element, and not the root
+	// itself (`/`, `/.` or `//`); the pattern says just that.
 	Target string `json:"target"`
 }
 
@@ -360,16 +411,31 @@ type NetworkSpecMode string
 // OutputMessage defines model for OutputMessage.
 type OutputMessage struct {
 	// Data Output bytes, base64.
-	Data     *[]byte             `json:"data,omitempty"`
-	Done     *bool               `json:"done,omitempty"`
-	ExitCode *int32              `json:"exit_code,omitempty"`
-	Stream   OutputMessageStream `json:"stream"`
+	Data     *[]byte `json:"data,omitempty"`
+	Done     *bool   `json:"done,omitempty"`
+	ExitCode *int32  `json:"exit_code,omitempty"`
+
+	// Message On the exit message, for people, why a stream in `truncated` was cut.
+	Message *string             `json:"message,omitempty"`
+	Stream  OutputMessageStream `json:"stream"`
+
+	// Truncated On the exit message: the streams whose output was cut. Everything
+	// the command wrote before it exited is always sent; a stream is cut
+	// only when something it left behind (a background child holding the
+	// pipe) kept writing after it exited. `message` says why.
+	Truncated *[]OutputMessageTruncated `json:"truncated,omitempty"`
 }
 
 // OutputMessageStream defines model for OutputMessage.Stream.
 type OutputMessageStream string
 
-// PingRequest defines model for PingRequest.
+// OutputMessageTruncated defines model for OutputMessage.Truncated.
+type OutputMessageTruncated string
+
+// PingRequest A `timestamp_nanos` under 1e9 is the fraction of `timestamp_secs`, so
+// it needs one: alone it would be a time in 1970, and is refused.
+//
+// Examples: {"message":"hello"}, {"timestamp_secs":1764331200}, {"timestamp_nanos":1764331200250000000}, {"timestamp_nanos":250000000,"timestamp_secs":1764331200}
 type PingRequest struct {
 	Message *string `json:"message,omitempty"`
 
@@ -379,7 +445,8 @@ type PingRequest struct {
 	// Timestamp does.
 	TimestampNanos *int64 `json:"timestamp_nanos,omitempty"`
 
-	// TimestampSecs The host's time, in whole Unix seconds (0 or absent: none).
+	// TimestampSecs The host's time, in whole Unix seconds (0 or absent: none); at most
+	// 9223372036 (2262-04-11), the last second Unix nanoseconds can hold.
 	TimestampSecs *int64 `json:"timestamp_secs,omitempty"`
 }
 
@@ -405,13 +472,17 @@ type Readiness struct {
 	Ready     bool            `json:"ready"`
 }
 
-// RestoreRequest defines model for RestoreRequest.
+// RestoreRequest Examples: {}, {"id":"box-2","labels":{"team":"ci"},"network_override":{"mode":"bridge"},"ttl_seconds":600}, {"labels":{}}
 type RestoreRequest struct {
 	// Id The new sandbox's id (generated when absent).
-	Id              *string            `json:"id,omitempty"`
+	Id *string `json:"id,omitempty"`
+
+	// Labels Keys are not empty. Absent: the original's labels; `{}`: none.
 	Labels          *map[string]string `json:"labels,omitempty"`
 	NetworkOverride *NetworkSpec       `json:"network_override,omitempty"`
-	TtlSeconds      *int64             `json:"ttl_seconds,omitempty"`
+
+	// TtlSeconds As the create request's (absent: the original's; 0: none).
+	TtlSeconds *int64 `json:"ttl_seconds,omitempty"`
 }
 
 // RestoreResponse defines model for RestoreResponse.
@@ -420,19 +491,27 @@ type RestoreResponse struct {
 	IpAddress *string `json:"ip_address,omitempty"`
 }
 
-// RunRequest defines model for RunRequest.
+// RunRequest Examples: {"cmd":["echo","hello"]}, {"cmd":["sh","-c","echo out; echo err \u003e\u00262"],"env":{"A":"1"},"timeout_seconds":60,"user":"nobody","working_dir":"/tmp"}, {"cmd":["top","-b","-n","1"],"tty":true}
 type RunRequest struct {
-	Cmd []string           `json:"cmd"`
+	// Cmd The program (not empty) and its arguments, none holding a NUL.
+	Cmd []string `json:"cmd"`
+
+	// Env Names are not empty and hold no `=` or NUL; values hold no NUL.
 	Env *map[string]string `json:"env,omitempty"`
 
-	// TimeoutSeconds Kill the command after this long (0: no limit).
-	TimeoutSeconds *int64  `json:"timeout_seconds,omitempty"`
-	Tty            *bool   `json:"tty,omitempty"`
-	User           *string `json:"user,omitempty"`
-	WorkingDir     *string `json:"working_dir,omitempty"`
+	// TimeoutSeconds Kill the command (SIGKILL, exit code 137) after this long (0: no
+	// limit); at most 7 days: a workload meant to outlive that has none.
+	TimeoutSeconds *int64 `json:"timeout_seconds,omitempty"`
+	Tty            *bool  `json:"tty,omitempty"`
+
+	// User `uid[:gid]` or `name[:group]` from the root filesystem's /etc/passwd and /etc/group (empty: the default).
+	User *string `json:"user,omitempty"`
+
+	// WorkingDir An absolute path (empty: the default).
+	WorkingDir *string `json:"working_dir,omitempty"`
 }
 
-// RuntimeEnsureRequest defines model for RuntimeEnsureRequest.
+// RuntimeEnsureRequest Examples: {"start_if_needed":true}, {"start_if_needed":false}
 type RuntimeEnsureRequest struct {
 	// StartIfNeeded Start the runtime when it is not ready (absent: true).
 	StartIfNeeded *bool `json:"start_if_needed,omitempty"`
@@ -524,9 +603,10 @@ type SnapshotList struct {
 	Snapshots []Snapshot `json:"snapshots"`
 }
 
-// StopSandboxRequest defines model for StopSandboxRequest.
+// StopSandboxRequest Examples: {}, {"timeout_seconds":10}
 type StopSandboxRequest struct {
-	// TimeoutSeconds How long to wait for the workload (0: 30 s).
+	// TimeoutSeconds How long to wait for the workload after SIGTERM before SIGKILL (0:
+	// 30 s); at most an hour, since the stop holds the sandbox meanwhile.
 	TimeoutSeconds *int64 `json:"timeout_seconds,omitempty"`
 }
 
@@ -557,8 +637,11 @@ type SystemInfo struct {
 
 // TTYSize defines model for TTYSize.
 type TTYSize struct {
+	// Height Rows; a terminal's size is 16 bits.
 	Height int32 `json:"height"`
-	Width  int32 `json:"width"`
+
+	// Width Columns; a terminal's size is 16 bits.
+	Width int32 `json:"width"`
 }
 
 // SandboxID defines model for SandboxID.
@@ -573,14 +656,26 @@ type BadRequest = Error
 // Conflict defines model for Conflict.
 type Conflict = Error
 
+// InsufficientStorage defines model for InsufficientStorage.
+type InsufficientStorage = Error
+
 // NotFound defines model for NotFound.
 type NotFound = Error
 
 // TooLarge defines model for TooLarge.
 type TooLarge = Error
 
+// TooManyRequests defines model for TooManyRequests.
+type TooManyRequests = Error
+
 // Unavailable defines model for Unavailable.
 type Unavailable = Error
+
+// UnsupportedMediaType defines model for UnsupportedMediaType.
+type UnsupportedMediaType = Error
+
+// UpgradeRequired defines model for UpgradeRequired.
+type UpgradeRequired = Error
 
 // StreamEventsParams defines parameters for StreamEvents.
 type StreamEventsParams struct {
@@ -596,7 +691,8 @@ type GetRuntimeLogsParams struct {
 	// Service `containerd` or `dockerd`; any other name is 404.
 	Service string `form:"service" json:"service"`
 
-	// Tail Only the last N lines (0 or absent: the whole log).
+	// Tail Only the last N lines (0 or absent: the whole log), at most a
+	// million of them and at most 4 MiB however long the lines are.
 	Tail *int `form:"tail,omitempty" json:"tail,omitempty"`
 
 	// Follow Keep the response open and send lines as they are written.
@@ -607,7 +703,7 @@ type GetRuntimeLogsParams struct {
 type ListSandboxesParams struct {
 	State *SandboxState `form:"state,omitempty" json:"state,omitempty"`
 
-	// Label `key=value`; repeat it, and every one must match.
+	// Label `key=value` (the key not empty, the value may be); repeat it, and every one must match.
 	Label *[]string `form:"label,omitempty" json:"label,omitempty"`
 }
 
@@ -619,9 +715,10 @@ type RemoveSandboxParams struct {
 
 // ListSnapshotsParams defines parameters for ListSnapshots.
 type ListSnapshotsParams struct {
+	// SandboxId Only this sandbox's snapshots.
 	SandboxId *string `form:"sandbox_id,omitempty" json:"sandbox_id,omitempty"`
 
-	// Label `key=value`; repeat it, and every one must match.
+	// Label `key=value` (the key not empty, the value may be); repeat it, and every one must match.
 	Label *[]string `form:"label,omitempty" json:"label,omitempty"`
 }
 

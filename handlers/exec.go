@@ -25,25 +25,15 @@ func (a *API) ExecInSandbox(w http.ResponseWriter, r *http.Request, id api.Sandb
 
 // exec serves an exec WebSocket once its first message is read.
 func (a *API) exec(ctx context.Context, m Sandboxes, c *websocket.Conn, r *http.Request, id string, first api.ExecClientMessage) {
-	if first.Init == nil || first.Stdin != nil || first.Resize != nil || first.CloseStdin != nil {
-		closeWith(c, http.StatusBadRequest, `the first message must be {"init": {...}} and nothing else`)
-		return
+	p, size, err := checkClientMessage(first)
+	if err == nil && first.Init == nil {
+		err = badRequest(`the first message must be {"init": {...}}`)
 	}
-	in := first.Init
-	p, err := processFromRequest(api.RunRequest{Cmd: in.Cmd, Env: in.Env, TimeoutSeconds: in.TimeoutSeconds, Tty: in.Tty, User: in.User, WorkingDir: in.WorkingDir})
 	if err != nil {
 		closeWith(c, http.StatusBadRequest, err.Error())
 		return
 	}
-	xio := sandbox.ExecIO{}
-	if in.TtySize != nil {
-		size, err := ttySize(*in.TtySize, "init.tty_size")
-		if err != nil {
-			closeWith(c, http.StatusBadRequest, err.Error())
-			return
-		}
-		xio.Size = &size
-	}
+	xio := sandbox.ExecIO{Size: size}
 	stdinR, stdinW := io.Pipe()
 	defer stdinR.Close()
 	resize := make(chan sandbox.TTYSize, 1)
@@ -62,31 +52,31 @@ func (a *API) exec(ctx context.Context, m Sandboxes, c *websocket.Conn, r *http.
 				return
 			}
 			var cm api.ExecClientMessage
-			if err := httpapi.DecodeJSONBytes(msg, &cm); err != nil {
+			err = httpapi.DecodeJSONBytes(msg, &cm)
+			var size *sandbox.TTYSize
+			if err == nil {
+				_, size, err = checkClientMessage(cm)
+			}
+			if err == nil && cm.Init != nil {
+				err = badRequest(`"init" is only for the first message`)
+			}
+			if err != nil {
 				_ = stdinW.CloseWithError(err)
 				closeWith(c, http.StatusBadRequest, err.Error())
 				return
 			}
 			switch {
-			case cm.Init != nil:
-				closeWith(c, http.StatusBadRequest, `"init" is only for the first message`)
-				return
 			case cm.Stdin != nil:
 				if _, err := stdinW.Write(*cm.Stdin); err != nil {
 					continue // the process no longer reads; its exit ends the exec
 				}
 			case cm.Resize != nil:
-				size, err := ttySize(*cm.Resize, "resize")
-				if err != nil {
-					closeWith(c, http.StatusBadRequest, err.Error())
-					return
-				}
 				select { // only the latest size matters
 				case <-resize:
 				default:
 				}
 				select {
-				case resize <- size:
+				case resize <- *size:
 				case <-runCtx.Done():
 					return
 				}
@@ -101,9 +91,51 @@ func (a *API) exec(ctx context.Context, m Sandboxes, c *websocket.Conn, r *http.
 	})
 }
 
+// checkClientMessage checks a client message against the contract: one
+// field set, an init's or a resize's fields within their bounds. It
+// returns an init's process and terminal size, or a resize's size. Which
+// message may come when (init first, and only first) is exec's business.
+func checkClientMessage(cm api.ExecClientMessage) (sandbox.Process, *sandbox.TTYSize, error) {
+	if err := checkOneField(cm); err != nil {
+		return sandbox.Process{}, nil, err
+	}
+	switch {
+	case cm.Resize != nil:
+		size, err := ttySize(*cm.Resize, "resize")
+		return sandbox.Process{}, &size, err
+	case cm.Init == nil:
+		return sandbox.Process{}, nil, nil
+	}
+	in := cm.Init
+	p, err := processFromRequest(api.RunRequest{Cmd: in.Cmd, Env: in.Env, TimeoutSeconds: in.TimeoutSeconds, Tty: in.Tty, User: in.User, WorkingDir: in.WorkingDir}, "init.")
+	if err != nil || in.TtySize == nil {
+		return p, nil, err
+	}
+	size, err := ttySize(*in.TtySize, "init.tty_size")
+	return p, &size, err
+}
+
+// checkOneField refuses a client message that sets no field or several:
+// each says one thing.
+func checkOneField(cm api.ExecClientMessage) error {
+	n := 0
+	for _, set := range []bool{cm.Init != nil, cm.Stdin != nil, cm.Resize != nil, cm.CloseStdin != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return badRequest("a message sets exactly one of init, stdin, resize and close_stdin; this one sets %d", n)
+	}
+	return nil
+}
+
 func ttySize(s api.TTYSize, field string) (sandbox.TTYSize, error) {
-	if s.Width <= 0 || s.Height <= 0 || s.Width > 65535 || s.Height > 65535 {
-		return sandbox.TTYSize{}, badRequest("field %q: width and height must be between 1 and 65535, got %dx%d", field, s.Width, s.Height)
+	if err := checkRange(fieldName(field+".width"), int64(s.Width), 1, maxTTYSide, "a terminal's size is 16 bits"); err != nil {
+		return sandbox.TTYSize{}, err
+	}
+	if err := checkRange(fieldName(field+".height"), int64(s.Height), 1, maxTTYSide, "a terminal's size is 16 bits"); err != nil {
+		return sandbox.TTYSize{}, err
 	}
 	return sandbox.TTYSize{Width: uint16(s.Width), Height: uint16(s.Height)}, nil
 }

@@ -54,10 +54,11 @@ func (f *fakeClock) Set(t time.Time) error {
 
 // fakeRuntime answers for containerd and dockerd; its logs are real files.
 type fakeRuntime struct {
-	mu       sync.Mutex
-	ensures  []bool
-	logDir   string
-	followed chan struct{}
+	mu         sync.Mutex
+	ensures    []bool
+	logDir     string
+	followed   chan struct{}
+	followOnce sync.Once
 }
 
 func (f *fakeRuntime) Ensure(_ context.Context, start bool) lifecycle.EnsureResult {
@@ -99,7 +100,7 @@ func (f *fakeRuntime) Follow(ctx context.Context, _ string, w io.Writer, _ int64
 	if _, err := io.WriteString(w, "appended later\n"); err != nil {
 		return err
 	}
-	close(f.followed)
+	f.followOnce.Do(func() { close(f.followed) })
 	<-ctx.Done()
 	return nil
 }
@@ -253,6 +254,8 @@ func TestPostPingClock(t *testing.T) {
 			req: api.PingRequest{TimestampNanos: ptr(host.UnixNano())}, wantMsg: "pong", wantDrift: ptr(int64(-70)), wantStep: true},
 		{name: "proto-style fraction", guest: host.Add(500*time.Millisecond + 80*time.Millisecond), setClock: true,
 			req: api.PingRequest{TimestampSecs: ptr(host.Unix()), TimestampNanos: ptr(int64(500_000_000))}, wantMsg: "pong", wantDrift: ptr(int64(80)), wantStep: true},
+		{name: "whole nanos win over secs", guest: host.Add(30 * time.Millisecond), setClock: true,
+			req: api.PingRequest{TimestampSecs: ptr(int64(1000)), TimestampNanos: ptr(host.UnixNano())}, wantMsg: "pong", wantDrift: ptr(int64(30))},
 		{name: "guest at year 2000 is stepped", guest: time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC), setClock: true,
 			req: api.PingRequest{TimestampSecs: ptr(host.Unix())}, wantMsg: "pong",
 			wantDrift: ptr(time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC).Sub(host).Milliseconds()), wantStep: true},
@@ -310,10 +313,10 @@ func TestPostPingRejectsBadInput(t *testing.T) {
 		{"wrong type", `{"timestamp_secs":"soon"}`, 400, `field "timestamp_secs" must be an integer`},
 		{"negative secs", `{"timestamp_secs":-1}`, 400, `"timestamp_secs" must not be negative`},
 		{"nanos too small alone", `{"timestamp_nanos":5}`, 400, `"timestamp_nanos"`},
-		{"secs and nanos disagree", `{"timestamp_secs":1000,"timestamp_nanos":1764331200000000000}`, 400, `"timestamp_secs" (1000) and "timestamp_nanos"`},
+		{"secs past what nanoseconds hold", `{"timestamp_secs":9223372037}`, 400, `"timestamp_secs" must be at most 9223372036`},
 		{"malformed", `{"message":`, 400, "malformed JSON"},
 		{"trailing data", `{"message":"a"} {"message":"b"}`, 400, "after the JSON value"},
-		{"not an object", `[1,2]`, 400, "must be a JSON an object"},
+		{"not an object", `[1,2]`, 400, "the body must be an object, not array"},
 	}
 	tr := &apitest.Transport{T: t, SkipRequestValidation: true}
 	c := apitest.NewClientWith(t, h.url, tr)

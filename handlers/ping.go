@@ -51,7 +51,8 @@ func (a *API) PostPing(w http.ResponseWriter, r *http.Request) {
 }
 
 // hostTime reads the host's time from a ping, and the drift threshold its
-// precision allows. A zero time means the ping carried none.
+// precision allows. A zero time means the ping carried none. Its checks
+// are the contract's (PingRequest's bounds and its if/then).
 func hostTime(req api.PingRequest) (time.Time, time.Duration, error) {
 	var secs, nanos int64
 	if req.TimestampSecs != nil {
@@ -61,20 +62,17 @@ func hostTime(req api.PingRequest) (time.Time, time.Duration, error) {
 		nanos = *req.TimestampNanos
 	}
 	switch {
-	case secs < 0:
-		return time.Time{}, 0, fmt.Errorf("%w: field \"timestamp_secs\" must not be negative", httpapi.ErrBadRequest)
+	case secs < 0 || secs > maxTimestampSecs:
+		return time.Time{}, 0, checkRange(fieldName("timestamp_secs"), secs, 0, maxTimestampSecs, "2262-04-11, the last second Unix nanoseconds hold")
 	case nanos < 0:
 		return time.Time{}, 0, fmt.Errorf("%w: field \"timestamp_nanos\" must not be negative", httpapi.ErrBadRequest)
 	case nanos > 0 && nanos < int64(time.Second) && secs > 0:
 		// proto3 Timestamp style: nanos is the fraction of secs.
 		return time.Unix(secs, nanos), clock.PreciseThreshold, nil
 	case nanos >= int64(time.Second):
-		t := time.Unix(0, nanos)
-		if secs > 0 && (t.Unix()-secs > 1 || secs-t.Unix() > 1) {
-			return time.Time{}, 0, fmt.Errorf("%w: fields \"timestamp_secs\" (%d) and \"timestamp_nanos\" (%d) name different times; send one, or nanos as the fraction of secs",
-				httpapi.ErrBadRequest, secs, nanos)
-		}
-		return t, clock.PreciseThreshold, nil
+		// A whole time in nanoseconds wins over timestamp_secs, as the
+		// contract says.
+		return time.Unix(0, nanos), clock.PreciseThreshold, nil
 	case nanos > 0:
 		return time.Time{}, 0, fmt.Errorf("%w: field \"timestamp_nanos\" (%d) is under one second since 1970; send Unix nanoseconds, or it with \"timestamp_secs\" as its fraction",
 			httpapi.ErrBadRequest, nanos)

@@ -68,9 +68,11 @@ func (a *API) GetRuntimeStatus(w http.ResponseWriter, r *http.Request) {
 // GetRuntimeLogs serves a daemon's log as text: all of it, or its last
 // tail lines, then what is appended while follow holds the response open.
 func (a *API) GetRuntimeLogs(w http.ResponseWriter, r *http.Request, params api.GetRuntimeLogsParams) {
-	if params.Tail != nil && *params.Tail < 0 {
-		httpapi.WriteErr(w, fmt.Errorf("%w: query parameter \"tail\" must not be negative", httpapi.ErrBadRequest))
-		return
+	if params.Tail != nil {
+		if err := checkRange(`query parameter "tail"`, int64(*params.Tail), 0, maxLogTail, "a million lines"); err != nil {
+			httpapi.WriteErr(w, err)
+			return
+		}
 	}
 	f, err := a.cfg.Runtime.OpenLog(params.Service)
 	switch {

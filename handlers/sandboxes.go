@@ -45,12 +45,22 @@ func (a *API) sandboxes(w http.ResponseWriter, r *http.Request) Sandboxes {
 	return nil
 }
 
+// retryAfterBusy is the Retry-After, in seconds, of a 429: the queues
+// drain in about that long.
+const retryAfterBusy = "1"
+
 // writeSandboxErr answers an error of the sandbox manager with the status
-// of its class.
+// of its class, and a 429 with when to retry.
 func writeSandboxErr(w http.ResponseWriter, err error) {
-	httpapi.WriteError(w, sandboxStatus(err), err.Error())
+	status := sandboxStatus(err)
+	if status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", retryAfterBusy)
+	}
+	httpapi.WriteError(w, status, err.Error())
 }
 
+// sandboxStatus maps the sandbox manager's error classes to statuses, the
+// same on every endpoint.
 func sandboxStatus(err error) int {
 	switch {
 	case errors.Is(err, sandbox.ErrNotFound):
@@ -59,6 +69,10 @@ func sandboxStatus(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, sandbox.ErrConflict):
 		return http.StatusConflict
+	case errors.Is(err, sandbox.ErrNoSpace):
+		return http.StatusInsufficientStorage
+	case errors.Is(err, sandbox.ErrBusy):
+		return http.StatusTooManyRequests
 	case errors.Is(err, sandbox.ErrUnavailable):
 		return http.StatusServiceUnavailable
 	}
@@ -72,18 +86,18 @@ func badRequest(format string, args ...any) error {
 // CreateSandbox creates a sandbox: 202 while it starts, 200 when one with
 // this id and this request exists already.
 func (a *API) CreateSandbox(w http.ResponseWriter, r *http.Request) {
-	m := a.sandboxes(w, r)
-	if m == nil {
-		return
-	}
 	var req api.CreateSandboxRequest
-	if err := httpapi.DecodeJSON(r, &req); err != nil {
+	if err := httpapi.DecodeRequiredJSON(r, &req); err != nil {
 		httpapi.WriteErr(w, err)
 		return
 	}
 	spec, err := specFromRequest(req)
 	if err != nil {
 		httpapi.WriteErr(w, err)
+		return
+	}
+	m := a.sandboxes(w, r)
+	if m == nil {
 		return
 	}
 	info, created, err := m.Create(r.Context(), spec)
@@ -104,6 +118,8 @@ func (a *API) CreateSandbox(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// specFromRequest checks a create request against the contract and makes
+// it a spec.
 func specFromRequest(req api.CreateSandboxRequest) (sandbox.Spec, error) {
 	s := sandbox.Spec{
 		ID:           deref(req.Id),
@@ -118,35 +134,87 @@ func specFromRequest(req api.CreateSandboxRequest) (sandbox.Spec, error) {
 		User:         deref(req.User),
 		SSHPublicKey: deref(req.SshPublicKey),
 	}
-	if req.Limits != nil {
-		if v := deref(req.Limits.Vcpus); v < 0 {
-			return s, badRequest(`field "limits.vcpus" must not be negative, got %d`, v)
+	if req.Id != nil {
+		if err := idRule.check(fieldName("id"), s.ID); err != nil {
+			return s, err
 		}
-		if v := deref(req.Limits.MemoryMib); v < 0 {
-			return s, badRequest(`field "limits.memory_mib" must not be negative, got %d`, v)
-		}
-		s.Limits = sandbox.Limits{VCPUs: int(deref(req.Limits.Vcpus)), MemoryMiB: deref(req.Limits.MemoryMib)}
 	}
-	for _, m := range deref(req.Mounts) {
+	if err := checkLabels(fieldName("labels"), s.Labels); err != nil {
+		return s, err
+	}
+	if err := rootfsRule.check(fieldName("rootfs"), s.Rootfs); err != nil {
+		return s, err
+	}
+	if req.Limits != nil {
+		l, err := limitsFromRequest(*req.Limits)
+		if err != nil {
+			return s, err
+		}
+		s.Limits = l
+	}
+	if err := checkCmd("cmd", s.Cmd, false); err != nil {
+		return s, err
+	}
+	if err := checkEnv("env", s.Env); err != nil {
+		return s, err
+	}
+	if err := dirRule.check(fieldName("working_dir"), s.WorkingDir); err != nil {
+		return s, err
+	}
+	if err := userRule.check(fieldName("user"), s.User); err != nil {
+		return s, err
+	}
+	for i, m := range deref(req.Mounts) {
+		if err := mountSourceRule.check(fieldName(fmt.Sprintf("mounts[%d].source", i)), m.Source); err != nil {
+			return s, err
+		}
+		if err := mountTargetRule.check(fieldName(fmt.Sprintf("mounts[%d].target", i)), m.Target); err != nil {
+			return s, err
+		}
 		s.Mounts = append(s.Mounts, sandbox.Mount{Source: m.Source, Target: m.Target, ReadOnly: deref(m.Readonly)})
 	}
-	if req.Network != nil && req.Network.Mode != nil {
-		s.NetworkMode = string(*req.Network.Mode)
+	if req.Network != nil {
+		mode, err := networkMode("network.mode", *req.Network)
+		if err != nil {
+			return s, err
+		}
+		s.NetworkMode = mode
 	}
-	if ttl := deref(req.TtlSeconds); ttl < 0 {
-		return s, badRequest(`field "ttl_seconds" must not be negative, got %d`, ttl)
-	} else if ttl > 0 {
-		s.TTL = time.Duration(ttl) * time.Second
+	ttl, err := checkSeconds(fieldName("ttl_seconds"), deref(req.TtlSeconds), maxTTLSeconds, "30 days")
+	if err != nil {
+		return s, err
 	}
+	s.TTL = ttl
 	return s, nil
+}
+
+func limitsFromRequest(l api.Limits) (sandbox.Limits, error) {
+	vcpus, mem := deref(l.Vcpus), deref(l.MemoryMib)
+	if err := checkRange(fieldName("limits.vcpus"), int64(vcpus), 0, maxVCPUs, "1024 CPUs"); err != nil {
+		return sandbox.Limits{}, err
+	}
+	if err := checkRange(fieldName("limits.memory_mib"), mem, 0, maxMemoryMiB, "1 TiB"); err != nil {
+		return sandbox.Limits{}, err
+	}
+	if mem > 0 && mem < minMemoryMiB {
+		return sandbox.Limits{}, badRequest(`field "limits.memory_mib" must be 0 (the default) or at least %d, got %d`, minMemoryMiB, mem)
+	}
+	return sandbox.Limits{VCPUs: int(vcpus), MemoryMiB: mem}, nil
+}
+
+// networkMode checks a network mode against the contract's enum.
+func networkMode(field string, n api.NetworkSpec) (string, error) {
+	if n.Mode == nil {
+		return "", nil
+	}
+	if !n.Mode.Valid() {
+		return "", badRequest("field %q: %s is not a mode; the modes are none, bridge and tap (bridge's alias)", field, quoteShort(string(*n.Mode)))
+	}
+	return string(*n.Mode), nil
 }
 
 // ListSandboxes lists the sandboxes that match every filter, oldest first.
 func (a *API) ListSandboxes(w http.ResponseWriter, r *http.Request, params api.ListSandboxesParams) {
-	m := a.sandboxes(w, r)
-	if m == nil {
-		return
-	}
 	var f sandbox.Filter
 	if params.State != nil {
 		f.State = sandbox.State(*params.State)
@@ -161,6 +229,10 @@ func (a *API) ListSandboxes(w http.ResponseWriter, r *http.Request, params api.L
 		return
 	}
 	f.Labels = labels
+	m := a.sandboxes(w, r)
+	if m == nil {
+		return
+	}
 	out := api.SandboxList{Sandboxes: []api.SandboxSummary{}}
 	for _, info := range m.List(f) {
 		out.Sandboxes = append(out.Sandboxes, api.SandboxSummary{
@@ -189,17 +261,30 @@ func parseLabels(in *[]string) (map[string]string, error) {
 	}
 	out := make(map[string]string, len(*in))
 	for _, l := range *in {
-		k, v, ok := strings.Cut(l, "=")
-		if !ok || k == "" {
-			return nil, badRequest(`query parameter "label": %q is not key=value`, l)
+		if err := labelFilterRule.check(`query parameter "label"`, l); err != nil {
+			return nil, err
 		}
+		k, v, _ := strings.Cut(l, "=")
 		out[k] = v
 	}
 	return out, nil
 }
 
+// checkPathID answers a 400 naming the path parameter when id is no id,
+// and reports whether it did.
+func checkPathID(w http.ResponseWriter, id string) bool {
+	if err := idRule.check(`path parameter "id"`, id); err != nil {
+		httpapi.WriteErr(w, err)
+		return false
+	}
+	return true
+}
+
 // GetSandbox inspects a sandbox.
 func (a *API) GetSandbox(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
+	if !checkPathID(w, id) {
+		return
+	}
 	m := a.sandboxes(w, r)
 	if m == nil {
 		return
@@ -233,8 +318,7 @@ func sandboxInfo(info sandbox.Info) api.SandboxInfo {
 // StopSandbox stops a sandbox: its workload gets timeout_seconds (0: 30 s)
 // to end after SIGTERM, then SIGKILL.
 func (a *API) StopSandbox(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
-	m := a.sandboxes(w, r)
-	if m == nil {
+	if !checkPathID(w, id) {
 		return
 	}
 	var req api.StopSandboxRequest
@@ -242,12 +326,16 @@ func (a *API) StopSandbox(w http.ResponseWriter, r *http.Request, id api.Sandbox
 		httpapi.WriteErr(w, err)
 		return
 	}
-	t := deref(req.TimeoutSeconds)
-	if t < 0 {
-		httpapi.WriteErr(w, badRequest(`field "timeout_seconds" must not be negative, got %d`, t))
+	timeout, err := checkSeconds(fieldName("timeout_seconds"), deref(req.TimeoutSeconds), maxStopTimeoutSeconds, "an hour")
+	if err != nil {
+		httpapi.WriteErr(w, err)
 		return
 	}
-	info, err := m.Stop(r.Context(), id, time.Duration(t)*time.Second)
+	m := a.sandboxes(w, r)
+	if m == nil {
+		return
+	}
+	info, err := m.Stop(r.Context(), id, timeout)
 	if err != nil {
 		writeSandboxErr(w, err)
 		return
@@ -258,6 +346,9 @@ func (a *API) StopSandbox(w http.ResponseWriter, r *http.Request, id api.Sandbox
 
 // RemoveSandbox removes a sandbox and all it left on the machine.
 func (a *API) RemoveSandbox(w http.ResponseWriter, r *http.Request, id api.SandboxID, params api.RemoveSandboxParams) {
+	if !checkPathID(w, id) {
+		return
+	}
 	m := a.sandboxes(w, r)
 	if m == nil {
 		return

@@ -3,7 +3,6 @@ package handlers
 import (
 	"errors"
 	"net/http"
-	"time"
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/httpapi"
@@ -13,8 +12,7 @@ import (
 // CheckpointSandbox snapshots a ready sandbox's files and request: 201
 // with the snapshot.
 func (a *API) CheckpointSandbox(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
-	m := a.sandboxes(w, r)
-	if m == nil {
+	if !checkPathID(w, id) {
 		return
 	}
 	var req api.CheckpointRequest
@@ -22,7 +20,16 @@ func (a *API) CheckpointSandbox(w http.ResponseWriter, r *http.Request, id api.S
 		httpapi.WriteErr(w, err)
 		return
 	}
-	snap, err := m.Checkpoint(r.Context(), id, sandbox.CheckpointRequest{Name: deref(req.Name), Labels: deref(req.Labels)})
+	cr, err := checkpointFromRequest(req)
+	if err != nil {
+		httpapi.WriteErr(w, err)
+		return
+	}
+	m := a.sandboxes(w, r)
+	if m == nil {
+		return
+	}
+	snap, err := m.Checkpoint(r.Context(), id, cr)
 	if err != nil {
 		writeSandboxErr(w, err)
 		return
@@ -35,15 +42,30 @@ func (a *API) CheckpointSandbox(w http.ResponseWriter, r *http.Request, id api.S
 	})
 }
 
+// checkpointFromRequest checks a checkpoint request against the contract.
+func checkpointFromRequest(req api.CheckpointRequest) (sandbox.CheckpointRequest, error) {
+	cr := sandbox.CheckpointRequest{Name: deref(req.Name), Labels: deref(req.Labels)}
+	if err := checkName("name", cr.Name, maxSnapshotName); err != nil {
+		return cr, err
+	}
+	return cr, checkLabels(fieldName("labels"), cr.Labels)
+}
+
 // ListSnapshots lists the snapshots that match every filter, oldest first.
 func (a *API) ListSnapshots(w http.ResponseWriter, r *http.Request, params api.ListSnapshotsParams) {
-	m := a.sandboxes(w, r)
-	if m == nil {
-		return
+	if params.SandboxId != nil {
+		if err := idRule.check(`query parameter "sandbox_id"`, *params.SandboxId); err != nil {
+			httpapi.WriteErr(w, err)
+			return
+		}
 	}
 	labels, err := parseLabels(params.Label)
 	if err != nil {
 		httpapi.WriteErr(w, err)
+		return
+	}
+	m := a.sandboxes(w, r)
+	if m == nil {
 		return
 	}
 	out := api.SnapshotList{Snapshots: []api.Snapshot{}}
@@ -62,6 +84,9 @@ func (a *API) ListSnapshots(w http.ResponseWriter, r *http.Request, params api.L
 
 // DeleteSnapshot deletes a snapshot and its files.
 func (a *API) DeleteSnapshot(w http.ResponseWriter, r *http.Request, id api.SnapshotID) {
+	if !checkPathID(w, id) {
+		return
+	}
 	m := a.sandboxes(w, r)
 	if m == nil {
 		return
@@ -76,8 +101,7 @@ func (a *API) DeleteSnapshot(w http.ResponseWriter, r *http.Request, id api.Snap
 
 // RestoreSnapshot makes a new sandbox from a snapshot: 201 once it is ready.
 func (a *API) RestoreSnapshot(w http.ResponseWriter, r *http.Request, id api.SnapshotID) {
-	m := a.sandboxes(w, r)
-	if m == nil {
+	if !checkPathID(w, id) {
 		return
 	}
 	var req api.RestoreRequest
@@ -85,22 +109,14 @@ func (a *API) RestoreSnapshot(w http.ResponseWriter, r *http.Request, id api.Sna
 		httpapi.WriteErr(w, err)
 		return
 	}
-	rr := sandbox.RestoreRequest{ID: deref(req.Id)}
-	if req.Labels != nil {
-		rr.Labels = *req.Labels
-		if rr.Labels == nil {
-			rr.Labels = map[string]string{} // "labels": null clears them too
-		}
+	rr, err := restoreFromRequest(req)
+	if err != nil {
+		httpapi.WriteErr(w, err)
+		return
 	}
-	if req.NetworkOverride != nil && req.NetworkOverride.Mode != nil {
-		rr.NetworkMode = string(*req.NetworkOverride.Mode)
-	}
-	if req.TtlSeconds != nil {
-		if *req.TtlSeconds < 0 {
-			httpapi.WriteErr(w, badRequest(`field "ttl_seconds" must not be negative, got %d`, *req.TtlSeconds))
-			return
-		}
-		rr.TTL = ptr(time.Duration(*req.TtlSeconds) * time.Second)
+	m := a.sandboxes(w, r)
+	if m == nil {
+		return
 	}
 	info, err := m.Restore(r.Context(), id, rr)
 	if err != nil {
@@ -109,4 +125,36 @@ func (a *API) RestoreSnapshot(w http.ResponseWriter, r *http.Request, id api.Sna
 	}
 	a.log(r).Info("snapshot restored", "snapshot", id, "sandbox", info.ID)
 	httpapi.WriteJSON(w, http.StatusCreated, api.RestoreResponse{Id: info.ID, IpAddress: optString(info.IPAddress)})
+}
+
+// restoreFromRequest checks a restore request against the contract. An
+// absent field keeps the original's; labels {} clear them.
+func restoreFromRequest(req api.RestoreRequest) (sandbox.RestoreRequest, error) {
+	rr := sandbox.RestoreRequest{ID: deref(req.Id)}
+	if req.Id != nil {
+		if err := idRule.check(fieldName("id"), rr.ID); err != nil {
+			return rr, err
+		}
+	}
+	if req.Labels != nil {
+		if err := checkLabels(fieldName("labels"), *req.Labels); err != nil {
+			return rr, err
+		}
+		rr.Labels = *req.Labels // present, even {}: replaces the original's
+	}
+	if req.NetworkOverride != nil {
+		mode, err := networkMode("network_override.mode", *req.NetworkOverride)
+		if err != nil {
+			return rr, err
+		}
+		rr.NetworkMode = mode
+	}
+	if req.TtlSeconds != nil {
+		ttl, err := checkSeconds(fieldName("ttl_seconds"), *req.TtlSeconds, maxTTLSeconds, "30 days")
+		if err != nil {
+			return rr, err
+		}
+		rr.TTL = &ttl
+	}
+	return rr, nil
 }

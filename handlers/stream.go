@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,23 +24,52 @@ import (
 // the message as the close reason.
 const wsStatusBase = 4000
 
-// processFromRequest checks a run request and makes it a process.
-func processFromRequest(req api.RunRequest) (sandbox.Process, error) {
-	if len(req.Cmd) == 0 || req.Cmd[0] == "" {
-		return sandbox.Process{}, badRequest(`field "cmd" is required: the program and its arguments, such as ["echo", "hi"]`)
-	}
-	t := deref(req.TimeoutSeconds)
-	if t < 0 {
-		return sandbox.Process{}, badRequest(`field "timeout_seconds" must not be negative, got %d`, t)
-	}
-	return sandbox.Process{
+// processFromRequest checks a run request against the contract and makes
+// it a process. prefix is put before the fields' names in errors ("init."
+// for an exec's).
+func processFromRequest(req api.RunRequest, prefix string) (sandbox.Process, error) {
+	p := sandbox.Process{
 		Cmd:        req.Cmd,
 		Env:        deref(req.Env),
 		WorkingDir: deref(req.WorkingDir),
 		User:       deref(req.User),
 		TTY:        deref(req.Tty),
-		Timeout:    time.Duration(t) * time.Second,
-	}, nil
+	}
+	if err := checkCmd(prefix+"cmd", p.Cmd, true); err != nil {
+		return p, err
+	}
+	if err := checkEnv(prefix+"env", p.Env); err != nil {
+		return p, err
+	}
+	if err := dirRule.check(fieldName(prefix+"working_dir"), p.WorkingDir); err != nil {
+		return p, err
+	}
+	if err := userRule.check(fieldName(prefix+"user"), p.User); err != nil {
+		return p, err
+	}
+	timeout, err := checkSeconds(fieldName(prefix+"timeout_seconds"), deref(req.TimeoutSeconds), maxRunTimeoutSeconds, "7 days")
+	p.Timeout = timeout
+	return p, err
+}
+
+// cutStreams remembers the streams that were cut (sandbox.Output's
+// Truncated notices), and why, for the exit message.
+type cutStreams struct {
+	streams []string
+	why     []string
+}
+
+// note records o when it says its stream was cut, and reports whether o
+// is only that notice, with no data to send.
+func (c *cutStreams) note(o sandbox.Output) bool {
+	if o.Truncated == "" {
+		return false
+	}
+	if !slices.Contains(c.streams, o.Stream) {
+		c.streams = append(c.streams, o.Stream)
+		c.why = append(c.why, o.Stream+" was cut: "+o.Truncated)
+	}
+	return len(o.Data) == 0
 }
 
 // outputEncoder writes OutputMessages as JSON into a buffer it reuses, so
@@ -58,10 +88,20 @@ func (e *outputEncoder) data(stream string, p []byte, newline bool) []byte {
 	return e.buf
 }
 
-func (e *outputEncoder) exit(code int, newline bool) []byte {
+// exit writes the exit message, which names the streams that were cut.
+func (e *outputEncoder) exit(code int, cut *cutStreams, newline bool) []byte {
 	e.buf = append(e.buf[:0], `{"stream":"exit","exit_code":`...)
 	e.buf = strconv.AppendInt(e.buf, int64(code), 10)
-	e.buf = append(e.buf, `,"done":true}`...)
+	e.buf = append(e.buf, `,"done":true`...)
+	if len(cut.streams) > 0 {
+		streams, _ := json.Marshal(cut.streams)
+		message, _ := json.Marshal(strings.Join(cut.why, "; "))
+		e.buf = append(e.buf, `,"truncated":`...)
+		e.buf = append(e.buf, streams...)
+		e.buf = append(e.buf, `,"message":`...)
+		e.buf = append(e.buf, message...)
+	}
+	e.buf = append(e.buf, '}')
 	if newline {
 		e.buf = append(e.buf, '\n')
 	}
@@ -72,18 +112,21 @@ func (e *outputEncoder) exit(code int, newline bool) []byte {
 // as it is produced, the exit code last. The status line waits for the
 // first output, so a run that cannot start still gets its error status.
 func (a *API) RunInSandbox(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
-	m := a.sandboxes(w, r)
-	if m == nil {
+	if !checkPathID(w, id) {
 		return
 	}
 	var req api.RunRequest
-	if err := httpapi.DecodeJSON(r, &req); err != nil {
+	if err := httpapi.DecodeRequiredJSON(r, &req); err != nil {
 		httpapi.WriteErr(w, err)
 		return
 	}
-	p, err := processFromRequest(req)
+	p, err := processFromRequest(req, "")
 	if err != nil {
 		httpapi.WriteErr(w, err)
+		return
+	}
+	m := a.sandboxes(w, r)
+	if m == nil {
 		return
 	}
 	ctx, cancel := a.streamContext(r)
@@ -99,8 +142,12 @@ func (a *API) RunInSandbox(w http.ResponseWriter, r *http.Request, id api.Sandbo
 		}
 	}
 	var enc outputEncoder
+	var cut cutStreams
 	began := time.Now()
 	code, err := m.Run(ctx, id, p, func(o sandbox.Output) error {
+		if cut.note(o) {
+			return nil
+		}
 		start()
 		if _, err := w.Write(enc.data(o.Stream, o.Data, true)); err != nil {
 			return err
@@ -111,13 +158,16 @@ func (a *API) RunInSandbox(w http.ResponseWriter, r *http.Request, id api.Sandbo
 		writeSandboxErr(w, err)
 		return
 	}
-	a.logRun(r, id, code, err, began)
+	a.logRun(r, id, code, err, began, &cut)
 	start()
-	_, _ = w.Write(enc.exit(code, true))
+	_, _ = w.Write(enc.exit(code, &cut, true))
 }
 
-func (a *API) logRun(r *http.Request, id string, code int, err error, began time.Time) {
+func (a *API) logRun(r *http.Request, id string, code int, err error, began time.Time, cut *cutStreams) {
 	log := a.log(r).With("sandbox", id, "exit_code", code, "took", time.Since(began))
+	if len(cut.why) > 0 {
+		log = log.With("truncated", strings.Join(cut.why, "; "))
+	}
 	if err != nil {
 		log.Info("run ended early", "err", err)
 		return
@@ -131,7 +181,7 @@ func (a *API) logRun(r *http.Request, id string, code int, err error, began time
 func (a *API) RunInSandboxWebSocket(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
 	var req api.RunRequest
 	a.serveWorkload(w, r, id, "a run", &req, func(ctx context.Context, m Sandboxes, c *websocket.Conn) {
-		p, err := processFromRequest(req)
+		p, err := processFromRequest(req, "")
 		if err != nil {
 			closeWith(c, http.StatusBadRequest, err.Error())
 			return
@@ -149,6 +199,9 @@ func (a *API) RunInSandboxWebSocket(w http.ResponseWriter, r *http.Request, id a
 // Then serve runs with the request's stream context; the socket is closed
 // when it returns.
 func (a *API) serveWorkload(w http.ResponseWriter, r *http.Request, id, what string, first any, serve func(ctx context.Context, m Sandboxes, c *websocket.Conn)) {
+	if !checkPathID(w, id) {
+		return
+	}
 	m := a.sandboxes(w, r)
 	if m == nil {
 		return
@@ -173,7 +226,8 @@ func (a *API) serveWorkload(w http.ResponseWriter, r *http.Request, id, what str
 
 // acceptWorkload answers what can be known before the upgrade with a plain
 // status (an unknown sandbox 404, one that is not ready 409), then upgrades
-// to a WebSocket; nil when it has answered instead.
+// to a WebSocket (a request that is no handshake is a 426); nil when it
+// has answered instead.
 func acceptWorkload(w http.ResponseWriter, r *http.Request, m Sandboxes, id, what string) *websocket.Conn {
 	info, err := m.Get(id)
 	if err != nil {
@@ -184,12 +238,7 @@ func acceptWorkload(w http.ResponseWriter, r *http.Request, m Sandboxes, id, wha
 		httpapi.WriteError(w, http.StatusConflict, fmt.Sprintf("sandbox %q is %s; %s needs it ready", id, info.State, what))
 		return nil
 	}
-	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
-	if err != nil {
-		return nil // Accept has answered
-	}
-	c.SetReadLimit(httpapi.MaxBodyBytes)
-	return c
+	return httpapi.AcceptWebSocket(w, r)
 }
 
 // streamWorkload runs a workload (run or exec) whose output goes to c as
@@ -198,9 +247,13 @@ func acceptWorkload(w http.ResponseWriter, r *http.Request, m Sandboxes, id, wha
 // status instead. Writes use ctx.
 func (a *API) streamWorkload(ctx, runCtx context.Context, c *websocket.Conn, r *http.Request, id string, start func(out func(sandbox.Output) error) (int, error)) {
 	var enc outputEncoder
+	var cut cutStreams
 	started := false
 	began := time.Now()
 	code, err := start(func(o sandbox.Output) error {
+		if cut.note(o) {
+			return nil
+		}
 		started = true
 		return c.Write(ctx, websocket.MessageText, enc.data(o.Stream, o.Data, false))
 	})
@@ -208,8 +261,8 @@ func (a *API) streamWorkload(ctx, runCtx context.Context, c *websocket.Conn, r *
 		closeWith(c, sandboxStatus(err), err.Error())
 		return
 	}
-	a.logRun(r, id, code, err, began)
-	if err := c.Write(ctx, websocket.MessageText, enc.exit(code, false)); err != nil {
+	a.logRun(r, id, code, err, began, &cut)
+	if err := c.Write(ctx, websocket.MessageText, enc.exit(code, &cut, false)); err != nil {
 		return
 	}
 	_ = c.Close(websocket.StatusNormalClosure, "")
@@ -229,17 +282,23 @@ func closeWith(c *websocket.Conn, status int, message string) {
 // asks to upgrade, else as NDJSON that stays open. The subscription is made
 // before the response begins, so nothing after the status line is missed.
 func (a *API) StreamEvents(w http.ResponseWriter, r *http.Request, params api.StreamEventsParams) {
-	m := a.sandboxes(w, r)
-	if m == nil {
-		return
-	}
 	f := sandbox.EventFilter{SandboxID: deref(params.Id)}
+	if params.Id != nil {
+		if err := idRule.check(`query parameter "id"`, f.SandboxID); err != nil {
+			httpapi.WriteErr(w, err)
+			return
+		}
+	}
 	if params.Action != nil {
 		if !params.Action.Valid() {
-			httpapi.WriteErr(w, badRequest(`query parameter "action": %q is not an event action`, *params.Action))
+			httpapi.WriteErr(w, badRequest(`query parameter "action": %s is not an event action`, quoteShort(string(*params.Action))))
 			return
 		}
 		f.Action = string(*params.Action)
+	}
+	m := a.sandboxes(w, r)
+	if m == nil {
+		return
 	}
 	sub := m.Subscribe(f)
 	defer sub.Close()
@@ -247,13 +306,13 @@ func (a *API) StreamEvents(w http.ResponseWriter, r *http.Request, params api.St
 	defer cancel()
 
 	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
-		c, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
-		if err != nil {
+		c := httpapi.AcceptWebSocket(w, r)
+		if c == nil {
 			return
 		}
 		defer func() { _ = c.CloseNow() }()
 		ctx = c.CloseRead(ctx)
-		err = forwardEvents(ctx, sub, func(b []byte) error { return c.Write(ctx, websocket.MessageText, b) })
+		err := forwardEvents(ctx, sub, func(b []byte) error { return c.Write(ctx, websocket.MessageText, b) })
 		switch {
 		case errors.Is(err, sandbox.ErrSlowSubscriber):
 			closeWith(c, http.StatusConflict, err.Error())

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/mdlayher/vsock"
@@ -33,6 +35,9 @@ func ParseEndpoint(raw string) (Endpoint, error) {
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("listener %q: %w", raw, err)
 	}
+	if u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.Opaque != "" {
+		return Endpoint{}, fmt.Errorf("listener %q: want scheme://address alone, without a user, a query or a fragment", raw)
+	}
 	ep := Endpoint{URL: raw, Scheme: u.Scheme}
 	switch u.Scheme {
 	case "tcp":
@@ -43,13 +48,16 @@ func ParseEndpoint(raw string) (Endpoint, error) {
 		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 			return Endpoint{}, fmt.Errorf("listener %q: port %q is not a number from 0 to 65535", raw, port)
 		}
+		if host != "" && !validHost(host) {
+			return Endpoint{}, fmt.Errorf("listener %q: host %q is neither an IP address (IPv6 in brackets) nor a host name", raw, host)
+		}
 		if host == "" {
 			host = "127.0.0.1"
 		}
 		ep.Address = net.JoinHostPort(host, port)
 	case "unix":
 		path := u.Path
-		if u.Host != "" || !filepath.IsAbs(path) {
+		if u.Host != "" || !filepath.IsAbs(path) || strings.ContainsRune(path, 0) {
 			return Endpoint{}, fmt.Errorf("listener %q: want unix:///absolute/path", raw)
 		}
 		ep.Address = filepath.Clean(path)
@@ -73,6 +81,22 @@ func ParseEndpoint(raw string) (Endpoint, error) {
 		return Endpoint{}, fmt.Errorf("listener %q: scheme must be vsock, unix or tcp", raw)
 	}
 	return ep, nil
+}
+
+// validHost reports whether h is an IP address or a DNS name.
+func validHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	for label := range strings.SplitSeq(h, ".") {
+		if label == "" || len(label) > 63 || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") {
+			return false
+		}
+		if strings.Trim(label, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "" {
+			return false
+		}
+	}
+	return len(h) <= 253
 }
 
 // errNoVsock says the machine has no vsock support at all, so retrying a

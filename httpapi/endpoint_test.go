@@ -29,6 +29,13 @@ func TestParseEndpoint(t *testing.T) {
 		{raw: "vsock://1024", wantErr: "want vsock://[CID]:PORT"},
 		{raw: "http://:80", wantErr: "scheme must be vsock, unix or tcp"},
 		{raw: ":8080", wantErr: "listener"},
+		{raw: "unix:///run/a.sock?mode=0600", wantErr: "without a user, a query or a fragment"},
+		{raw: "tcp://user@:8080", wantErr: "without a user"},
+		{raw: "vsock://:1024#x", wantErr: "fragment"},
+		{raw: "unix:///run/a%00.sock", wantErr: "want unix:///absolute/path"},
+		{raw: "tcp://::0", wantErr: "neither an IP address"},
+		{raw: "tcp://a_b:80", wantErr: "neither an IP address"},
+		{raw: "tcp://localhost:8080", want: Endpoint{Scheme: "tcp", Address: "localhost:8080"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.raw, func(t *testing.T) {

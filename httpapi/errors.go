@@ -8,13 +8,15 @@ import (
 // The error classes handlers and domain packages wrap with %w; Status maps
 // each to its HTTP status in one place.
 var (
-	ErrBadRequest     = errors.New("invalid request")
-	ErrEmptyBody      = errors.New("empty request body")
-	ErrTooLarge       = errors.New("request body is over 1 MiB")
-	ErrNotFound       = errors.New("not found")
-	ErrConflict       = errors.New("conflict")
-	ErrUnavailable    = errors.New("unavailable")
-	ErrNotImplemented = errors.New("not implemented")
+	ErrBadRequest           = errors.New("invalid request")
+	ErrEmptyBody            = errors.New("empty request body")
+	ErrTooLarge             = errors.New("request body is over 1 MiB")
+	ErrUnsupportedMediaType = errors.New("request body is not application/json")
+	ErrBodyTimeout          = errors.New("the request body did not arrive in time")
+	ErrNotFound             = errors.New("not found")
+	ErrConflict             = errors.New("conflict")
+	ErrUnavailable          = errors.New("unavailable")
+	ErrNotImplemented       = errors.New("not implemented")
 )
 
 // Status returns the HTTP status for err by its class; 500 when it has none.
@@ -24,6 +26,10 @@ func Status(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, ErrTooLarge):
 		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, ErrUnsupportedMediaType):
+		return http.StatusUnsupportedMediaType
+	case errors.Is(err, ErrBodyTimeout):
+		return http.StatusRequestTimeout
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound
 	case errors.Is(err, ErrConflict):

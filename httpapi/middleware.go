@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"regexp"
@@ -150,18 +151,44 @@ func recoverer(next http.Handler) http.Handler {
 	})
 }
 
-// limitBody refuses bodies over MaxBodyBytes: at once when the length is
-// declared, else when the handler reads past the limit.
-func limitBody(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ContentLength > MaxBodyBytes {
-			WriteError(w, http.StatusRequestEntityTooLarge,
-				fmt.Sprintf("request body is %d bytes; the limit is %d (1 MiB)", r.ContentLength, MaxBodyBytes))
-			return
-		}
-		if r.Body != nil {
-			r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
-		}
-		next.ServeHTTP(w, r)
-	})
+// limitBody refuses bodies over MaxBodyBytes (at once when the length is
+// declared, else when the handler reads past the limit) and gives a body
+// timeout to arrive: the connection's read deadline is set while the body
+// is read, and cleared once it has all been read, so what follows (a
+// stream, the next request's idle wait) is not cut by it.
+func limitBody(timeout time.Duration) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.ContentLength > MaxBodyBytes {
+				WriteError(w, http.StatusRequestEntityTooLarge,
+					fmt.Sprintf("request body is %d bytes; the limit is %d (1 MiB)", r.ContentLength, MaxBodyBytes))
+				return
+			}
+			if r.Body != nil && r.Body != http.NoBody {
+				rc := http.NewResponseController(w)
+				if rc.SetReadDeadline(time.Now().Add(timeout)) == nil {
+					r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc}
+				}
+				r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// deadlineBody clears the connection's read deadline once the body has
+// been read to its end.
+type deadlineBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	done bool
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF && !b.done {
+		b.done = true
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }

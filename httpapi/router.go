@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,18 +17,26 @@ import (
 	"github.com/arcbox/arcbox-agent/api"
 )
 
-// RouterConfig is what NewRouter needs; every field is required.
+// RouterConfig is what NewRouter needs; every field is required but
+// BodyReadTimeout.
 type RouterConfig struct {
 	API        api.ServerInterface
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+	// BodyReadTimeout is how long a request body may take to arrive (0:
+	// the agent's BodyReadTimeout); tests shorten it.
+	BodyReadTimeout time.Duration
 }
 
 // NewRouter returns the agent's HTTP handler: the routes of openapi.yaml,
 // served by cfg.API, behind the middleware every request goes through.
 func NewRouter(cfg RouterConfig) http.Handler {
+	bodyTimeout := cfg.BodyReadTimeout
+	if bodyTimeout <= 0 {
+		bodyTimeout = BodyReadTimeout
+	}
 	r := chi.NewRouter()
-	r.Use(withTrace(cfg.Logger), accessLog(newRequestMetrics(cfg.Registerer)), recoverer, limitBody)
+	r.Use(withTrace(cfg.Logger), accessLog(newRequestMetrics(cfg.Registerer)), recoverer, limitBody(bodyTimeout))
 	r.NotFound(func(w http.ResponseWriter, req *http.Request) {
 		WriteError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", req.Method, req.URL.Path))
 	})

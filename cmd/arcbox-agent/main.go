@@ -185,7 +185,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	})
 	srv := &http.Server{
 		Handler:           httpapi.NewRouter(httpapi.RouterConfig{API: api, Logger: logger, Registerer: reg}),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: httpapi.ReadHeaderTimeout,
+		IdleTimeout:       httpapi.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(logger.With("component", "http").Handler(), slog.LevelWarn),
 	}
 	srv.RegisterOnShutdown(beginStopping)

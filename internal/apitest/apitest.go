@@ -1,6 +1,8 @@
 // Package apitest checks, in tests, that the agent keeps its contract: it
 // wraps the generated client's transport so that every request and
-// response is validated against openapi.yaml.
+// response is validated against openapi.yaml, validates what the
+// transport does not see (WebSocket messages), and makes values from the
+// contract's schemas (Gen, Examples) for contract and fuzz tests.
 package apitest
 
 import (

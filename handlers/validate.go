@@ -1,0 +1,164 @@
+package handlers
+
+import (
+	"fmt"
+	"math"
+	"regexp"
+	"time"
+	"unicode/utf8"
+)
+
+// The contract's bounds on numbers and lengths. openapi.yaml states each as
+// a maximum, minimum or maxLength, with the reason; TestContractBounds
+// checks the two agree.
+const (
+	// maxTTLSeconds is 30 days: a sandbox meant to outlive that has no TTL.
+	maxTTLSeconds = 30 * 24 * 60 * 60
+	// maxRunTimeoutSeconds is 7 days: a workload meant to outlive that
+	// has no timeout.
+	maxRunTimeoutSeconds = 7 * 24 * 60 * 60
+	// maxStopTimeoutSeconds is an hour: the stop holds the sandbox while
+	// it waits.
+	maxStopTimeoutSeconds = 60 * 60
+	// maxVCPUs and maxMemoryMiB (1 TiB) are more than any VM this agent
+	// runs in has.
+	maxVCPUs     = 1024
+	maxMemoryMiB = 1 << 20
+	// minMemoryMiB is the least memory a sandbox may be given: its init
+	// alone needs a few MiB (the sandbox package refuses less).
+	minMemoryMiB = 8
+	// maxTTYSide is the largest terminal side: a winsize is 16 bits.
+	maxTTYSide = math.MaxUint16
+	// maxSnapshotName is in characters (Unicode code points), as JSON
+	// Schema's maxLength counts.
+	maxSnapshotName = 256
+	// maxLogTail is the most lines a log tail asks for; lifecycle.Tail
+	// also stops at 4 MiB.
+	maxLogTail = 1_000_000
+	// maxTimestampSecs is the last whole second Unix nanoseconds in an
+	// int64 hold (2262-04-11), so timestamp_secs and timestamp_nanos span
+	// the same times.
+	maxTimestampSecs = math.MaxInt64 / int64(time.Second)
+)
+
+// rule is one of the contract's string patterns, with what a value that
+// matches it is, for the error. The patterns are written exactly as in
+// openapi.yaml (TestContractBounds checks), in the syntax that Go's regexp
+// and ECMA-262, JSON Schema's, read alike.
+type rule struct {
+	re   *regexp.Regexp
+	what string
+}
+
+var (
+	idRule = rule{regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`),
+		"an id: 1 to 64 letters, digits, '_', '.' or '-', the first a letter or digit"}
+	userRule = rule{regexp.MustCompile(`^(?:[a-zA-Z0-9_][a-zA-Z0-9_.-]*(?::[a-zA-Z0-9_][a-zA-Z0-9_.-]*)?)?$`),
+		"uid[:gid] or name[:group]"}
+	dirRule = rule{regexp.MustCompile(`^(?:/[^\x00]*)?$`),
+		"an absolute path without NUL"}
+	rootfsRule = rule{regexp.MustCompile(`^(?:/[^,:\\\x00]*)?$`),
+		`an absolute path without ',', ':', '\' or NUL (overlayfs options cannot hold them)`}
+	mountSourceRule = rule{regexp.MustCompile(`^/[^\x00]*$`),
+		"an absolute path without NUL"}
+	mountTargetRule = rule{regexp.MustCompile(`^(?:/(?:|\.|\.\.[^/\x00]+|\.[^./\x00][^/\x00]*|[^./\x00][^/\x00]*))*/(?:\.\.[^/\x00]+|\.[^./\x00][^/\x00]*|[^./\x00][^/\x00]*)(?:/(?:|\.|\.\.[^/\x00]+|\.[^./\x00][^/\x00]*|[^./\x00][^/\x00]*))*$`),
+		`an absolute path without a ".." element or NUL, and not the root`}
+	noNULRule = rule{regexp.MustCompile(`^[^\x00]*$`),
+		"a string without NUL"}
+	envNameRule = rule{regexp.MustCompile(`^[^=\x00]+$`),
+		"a variable name: not empty, without '=' or NUL"}
+	labelFilterRule = rule{regexp.MustCompile(`^[^=]+=`),
+		"key=value with a key"}
+)
+
+// check returns an ErrBadRequest naming where (`field "x"`, `path
+// parameter "id"`) when v does not match.
+func (r rule) check(where, v string) error {
+	if r.re.MatchString(v) {
+		return nil
+	}
+	return badRequest("%s: %s is not %s", where, quoteShort(v), r.what)
+}
+
+// checkRange returns an ErrBadRequest naming where when v is outside
+// [lo, hi]; why says what the maximum is for.
+func checkRange(where string, v, lo, hi int64, why string) error {
+	switch {
+	case v < lo && lo == 0:
+		return badRequest("%s must not be negative, got %d", where, v)
+	case v < lo:
+		return badRequest("%s must be at least %d, got %d", where, lo, v)
+	case v > hi:
+		return badRequest("%s must be at most %d (%s), got %d", where, hi, why, v)
+	}
+	return nil
+}
+
+// checkSeconds checks a *_seconds field against [0, hi] and makes it a
+// duration, which cannot overflow within the bound.
+func checkSeconds(where string, v, hi int64, why string) (time.Duration, error) {
+	if err := checkRange(where, v, 0, hi, why); err != nil {
+		return 0, err
+	}
+	return time.Duration(v) * time.Second, nil
+}
+
+// checkLabels refuses an empty key, as the contract's propertyNames does.
+func checkLabels(where string, labels map[string]string) error {
+	if _, ok := labels[""]; ok {
+		return badRequest("%s: a key is empty", where)
+	}
+	return nil
+}
+
+// checkEnv checks variable names and values.
+func checkEnv(field string, env map[string]string) error {
+	for k, v := range env {
+		if err := envNameRule.check(fieldName(field), k); err != nil {
+			return err
+		}
+		if err := noNULRule.check(fieldName(field+"."+k), v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkCmd checks a command: its program not empty, no argument holding
+// NUL; required says whether it must be given.
+func checkCmd(field string, cmd []string, required bool) error {
+	if len(cmd) == 0 {
+		if required {
+			return badRequest(`field %q is required: the program and its arguments, such as ["echo", "hi"]`, field)
+		}
+		return nil
+	}
+	if cmd[0] == "" {
+		return badRequest("field %q: the program (%s[0]) is empty", field, field)
+	}
+	for i, arg := range cmd {
+		if err := noNULRule.check(fieldName(fmt.Sprintf("%s[%d]", field, i)), arg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkName refuses a name longer than max characters.
+func checkName(field, name string, maxChars int) error {
+	if n := utf8.RuneCountInString(name); n > maxChars {
+		return badRequest("field %q is %d characters long; at most %d", field, n, maxChars)
+	}
+	return nil
+}
+
+func fieldName(f string) string { return fmt.Sprintf("field %q", f) }
+
+// quoteShort quotes v for an error, cut to a readable length.
+func quoteShort(v string) string {
+	const max = 80
+	if len(v) > max {
+		return fmt.Sprintf("%q (%d bytes)", v[:max]+"...", len(v))
+	}
+	return fmt.Sprintf("%q", v)
+}

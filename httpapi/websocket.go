@@ -1,0 +1,58 @@
+package httpapi
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/coder/websocket"
+)
+
+// AcceptWebSocket upgrades r to a WebSocket whose messages are at most
+// MaxBodyBytes. A request that is no WebSocket handshake, or a broken one,
+// is answered with the status coder/websocket chose for it (426 without
+// the Upgrade headers, 400 for a bad key or version, 403 for a foreign
+// Origin) in the API's JSON error shape, not its plain text; then it
+// returns nil.
+func AcceptWebSocket(w http.ResponseWriter, r *http.Request) *websocket.Conn {
+	ew := &acceptErrors{ResponseWriter: w}
+	c, err := websocket.Accept(ew, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		if ew.status != 0 {
+			msg := strings.TrimSpace(string(ew.body))
+			if ew.status == http.StatusUpgradeRequired {
+				msg += "; this endpoint is a WebSocket: connect with a WebSocket client"
+			}
+			WriteError(w, ew.status, msg)
+		}
+		return nil
+	}
+	c.SetReadLimit(MaxBodyBytes)
+	return c
+}
+
+// acceptErrors holds back the plain-text error websocket.Accept writes,
+// so that AcceptWebSocket can answer it as JSON; a successful handshake
+// (101) passes through, and Unwrap lets Accept hijack the connection.
+type acceptErrors struct {
+	http.ResponseWriter
+	status int
+	body   []byte
+}
+
+func (w *acceptErrors) WriteHeader(code int) {
+	if code >= http.StatusBadRequest {
+		w.status = code
+		return
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *acceptErrors) Write(p []byte) (int, error) {
+	if w.status != 0 {
+		w.body = append(w.body, p...)
+		return len(p), nil
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *acceptErrors) Unwrap() http.ResponseWriter { return w.ResponseWriter }
