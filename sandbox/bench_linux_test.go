@@ -48,6 +48,37 @@ func BenchmarkCreateToReady(b *testing.B) {
 	}
 }
 
+// BenchmarkRemove: removing a ready sandbox (its init ended, the container
+// deleted, its root unmounted, its files gone), against a bare
+// `<runtime> kill` and `delete -f` of a container run from the same bundle.
+func BenchmarkRemove(b *testing.B) {
+	for _, rt := range runtimes {
+		b.Run("sandbox/"+rt, func(b *testing.B) {
+			e := newOCIEnv(b, rt)
+			b.ResetTimer()
+			for i := range b.N {
+				b.StopTimer()
+				id := e.create(Spec{ID: fmt.Sprintf("rm%d", i)}).ID
+				b.StartTimer()
+				if err := e.m.Remove(context.Background(), id, true); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("bare/"+rt, func(b *testing.B) {
+			bb := newBareBundle(b, rt)
+			b.ResetTimer()
+			for i := range b.N {
+				id := fmt.Sprintf("bare%d", i)
+				b.StopTimer()
+				bb.run(id)
+				b.StartTimer()
+				bb.remove(id)
+			}
+		})
+	}
+}
+
 // BenchmarkRunTrue: a `true` run's round trip, against a bare
 // `<runtime> exec <id> true` into the same sandbox.
 func BenchmarkRunTrue(b *testing.B) {
