@@ -10,7 +10,8 @@
 //
 // On disk, under Config.StateDir:
 //
-//	sandboxes/<id>/record.json   the sandbox's record (spec, state, times, last exit)
+//	sandboxes/<id>/record        the sandbox's record (spec, state, times, last
+//	                             exit), two slots written in turn (recordStore)
 //	sandboxes/<id>/config.json   the OCI bundle's spec
 //	sandboxes/<id>/rootfs        the overlayfs root (lower: the image or rootfs dir)
 //	sandboxes/<id>/init.sock     the socket through which the init starts processes

@@ -152,7 +152,7 @@ func (e *ociEnv) create(s Spec) Info {
 func (e *ociEnv) expect(id string, actions ...string) []Event {
 	e.t.Helper()
 	var got []Event
-	timer := time.NewTimer(30 * time.Second)
+	timer := time.NewTimer(2 * time.Minute) // bounds a hang only
 	defer timer.Stop()
 	for len(actions) > 0 {
 		select {

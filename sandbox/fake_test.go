@@ -28,7 +28,9 @@ import (
 //	                    the first byte of stdout, then waits for the gate
 //	                    to close before the rest
 //	holder              writes "x" to stdout and exits, leaving stdout open
-//	                    (held until Close) as a background child would
+//	                    (until Close) to a background writer of "y"s
+//	silent              writes "x" to stdout and exits, leaving stdout open
+//	                    (until Close) to nobody that writes
 //	nope                cannot start
 type fakeBackend struct {
 	mu          sync.Mutex
@@ -252,9 +254,19 @@ func newFakeExec(p Process) (*fakeExec, error) {
 
 func (e *fakeExec) run(p Process) {
 	defer close(e.done)
-	if p.Cmd[0] == "holder" {
+	if p.Cmd[0] == "holder" || p.Cmd[0] == "silent" {
 		fmt.Fprint(e.stdoutW, "x")
 		e.stderrW.Close()
+		if p.Cmd[0] == "holder" {
+			go func() {
+				for {
+					if _, err := e.stdoutW.Write([]byte("y")); err != nil {
+						return // closed
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}()
+		}
 		return // stdoutW stays open until Close
 	}
 	defer e.stdoutW.Close()
@@ -420,7 +432,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 // The fakes act in goroutines: this waits on the condition, not a time.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(time.Minute) // bounds a hang only
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

@@ -526,7 +526,7 @@ func TestOCIRestart(t *testing.T) {
 		if err := unix.Kill(pid, unix.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		if !w.wait(10 * time.Second) {
+		if !w.wait(time.Minute) {
 			t.Fatal("the victim's init outlived SIGKILL")
 		}
 		// The agent died during a run: the record says running and a
@@ -593,7 +593,7 @@ func TestOCIConcurrentCreates(t *testing.T) {
 	}
 	wg.Wait()
 	ready := map[string]bool{}
-	timer := time.NewTimer(30 * time.Second)
+	timer := time.NewTimer(2 * time.Minute)
 	defer timer.Stop()
 	for len(ready) < 6 {
 		select {

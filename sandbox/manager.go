@@ -140,9 +140,9 @@ type sandbox struct {
 	persistMu sync.Mutex
 	store     recordStore
 
-	startCancel context.CancelFunc // cancels the start in progress
-	startErr    error              // why the start failed, if it did
-	run         *activeRun         // the workload in progress
+	startCancel context.CancelCauseFunc // cancels the start in progress
+	startErr    error                   // why the start failed, if it did
+	run         *activeRun              // the workload in progress
 	// checkpointing is set while a checkpoint captures the sandbox: no
 	// workload may start.
 	checkpointing bool
@@ -228,6 +228,7 @@ func newManager(ctx context.Context, cfg Config, be backend, af afterFunc) (*Man
 		return nil, err
 	}
 	baseCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	closing := make(chan struct{})
 	m := &Manager{
 		cfg:         cfg,
 		log:         cfg.Logger.With("component", "sandbox"),
@@ -238,12 +239,12 @@ func newManager(ctx context.Context, cfg Config, be backend, af afterFunc) (*Man
 		bus:         newBus(cfg.EventBuffer, met.eventsDropped.Inc),
 		dir:         filepath.Join(cfg.StateDir, "sandboxes"),
 		snapDir:     filepath.Join(cfg.StateDir, "snapshots"),
-		starts:      newWorkQueue("sandbox starts", cfg.Workers, cfg.QueueDepth),
-		removals:    newWorkQueue("sandbox removals", cfg.Workers, cfg.QueueDepth),
-		checkpoints: newWorkQueue("checkpoints", cfg.Workers/2, cfg.QueueDepth/4),
+		starts:      newWorkQueue("sandbox starts", cfg.Workers, cfg.QueueDepth, closing),
+		removals:    newWorkQueue("sandbox removals", cfg.Workers, cfg.QueueDepth, closing),
+		checkpoints: newWorkQueue("checkpoints", cfg.Workers/2, cfg.QueueDepth/4, closing),
 		baseCtx:     baseCtx,
 		cancelBase:  cancel,
-		closing:     make(chan struct{}),
+		closing:     closing,
 		boxes:       map[string]*sandbox{},
 		snaps:       map[string]*snapshotEntry{},
 	}
@@ -293,16 +294,20 @@ func (m *Manager) readopt(ctx context.Context) error {
 			}
 			continue
 		}
-		if rec.State == StateStarting && rec.Restored != nil {
-			// A restore the agent died in: a restore leaves a ready
-			// sandbox or none, so clear it.
-			m.log.Warn("removing a sandbox whose restore an agent restart cut short", "id", id, "snapshot", rec.Restored.SnapshotID)
-			if err := m.be.Destroy(ctx, id); err != nil {
-				m.log.Error("clear a restore cut short", "id", id, "err", err)
-			} else if err := os.RemoveAll(dir); err != nil {
-				m.log.Error("clear a restore cut short", "id", id, "err", err)
+		if rec.Restored != nil && rec.ReadyAt.IsZero() {
+			// A restore that never got its sandbox ready (the agent died
+			// in it, or in cleaning up after it): a restore leaves a ready
+			// sandbox or none, so clear it. Should that fail, it is
+			// listed (failed) rather than hidden with its address.
+			m.log.Warn("removing a sandbox whose restore did not finish", "id", id, "snapshot", rec.Restored.SnapshotID)
+			err := m.be.Destroy(ctx, id)
+			if err == nil {
+				err = os.RemoveAll(dir)
 			}
-			continue
+			if err == nil {
+				continue
+			}
+			m.log.Error("clear a restore that did not finish", "id", id, "err", err)
 		}
 		if rec.IPAddress != "" {
 			if err := m.be.ReserveAddress(id, rec.IPAddress); err != nil {
@@ -403,8 +408,8 @@ func (m *Manager) Create(ctx context.Context, s Spec) (info Info, created bool, 
 	}
 	place, err := m.starts.reserve()
 	if err != nil {
-		if info, ok := m.existing(spec, nil); ok {
-			return info, false, nil // the same request again is no new work
+		if info, ok, cerr := m.existing(spec, nil); ok || cerr != nil {
+			return info, false, cerr // the same request again is no new work
 		}
 		return Info{}, false, fmt.Errorf("create sandbox: %w", err)
 	}
@@ -482,7 +487,9 @@ func (m *Manager) admit(spec Spec, from *restoredFrom) (*sandbox, *Info, error) 
 		os.RemoveAll(sb.dir)
 		return nil, nil, fmt.Errorf("create sandbox %q: %w", sb.id, err)
 	}
+	m.mu.Lock() // the sandbox is listed already: Get reads its record
 	sb.rec.IPAddress, sb.rec.Gateway = addr, gw
+	m.mu.Unlock()
 	// The record file is made here with room for every later state, so
 	// that a full state dir refuses the create now rather than lose a
 	// state the sandbox reaches later (recordStore).
@@ -496,15 +503,32 @@ func (m *Manager) admit(spec Spec, from *restoredFrom) (*sandbox, *Info, error) 
 }
 
 // existing returns the Info of the sandbox that spec (made from `from`)
-// would create again, if there is one.
-func (m *Manager) existing(spec Spec, from *restoredFrom) (Info, bool) {
+// would create again, if there is one, or ErrConflict when its id is
+// taken by another.
+func (m *Manager) existing(spec Spec, from *restoredFrom) (Info, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	sb, ok := m.boxes[spec.ID]
-	if spec.ID == "" || !ok || !specEqual(sb.rec.Spec, spec) || !reflect.DeepEqual(sb.rec.Restored, from) {
-		return Info{}, false
+	switch {
+	case spec.ID == "" || !ok:
+		return Info{}, false, nil
+	case !specEqual(sb.rec.Spec, spec) || !reflect.DeepEqual(sb.rec.Restored, from):
+		return Info{}, false, fmt.Errorf("sandbox %q exists with a different spec: %w", spec.ID, ErrConflict)
 	}
-	return m.info(sb), true
+	return m.info(sb), true, nil
+}
+
+// discard removes a sandbox the agent made and does not keep (a restore
+// that failed). It waits its turn among the removals but is never
+// refused, whatever the queue or a shutdown: a restore leaves a ready
+// sandbox or none.
+func (m *Manager) discard(sb *sandbox) {
+	if release, err := m.removals.turn(m.baseCtx); err == nil {
+		defer release()
+	}
+	if err := m.remove(sb); err != nil {
+		m.log.Error("remove a sandbox whose restore failed", "id", sb.id, "err", err)
+	}
 }
 
 // launchLocked publishes the creation of a sandbox from admit and prepares
@@ -520,7 +544,7 @@ func (m *Manager) launchLocked(sb *sandbox) (context.Context, bool) {
 		sb.opMu.Unlock()
 		return nil, false
 	}
-	startCtx, cancel := context.WithCancel(m.baseCtx)
+	startCtx, cancel := context.WithCancelCause(m.baseCtx)
 	sb.startCancel = cancel
 	m.armTTLLocked(sb)
 	m.wg.Add(1)
@@ -552,7 +576,7 @@ func (m *Manager) start(ctx context.Context, sb *sandbox, place *queuePlace) {
 	cutShort := ctx.Err() != nil // before the cancel below makes it so
 	m.mu.Lock()
 	if sb.startCancel != nil {
-		sb.startCancel()
+		sb.startCancel(nil)
 		sb.startCancel = nil
 	}
 	if sb.rec.State != StateStarting {
@@ -561,11 +585,14 @@ func (m *Manager) start(ctx context.Context, sb *sandbox, place *queuePlace) {
 		return
 	}
 	if err != nil {
-		sb.startErr = err
-		m.mu.Unlock()
-		if cutShort {
+		switch cause := context.Cause(ctx); {
+		case cutShort && cause != nil && !errors.Is(cause, context.Canceled):
+			err = fmt.Errorf("%w (%v)", err, cause)
+		case cutShort, errors.Is(err, ErrManagerClosed):
 			err = fmt.Errorf("%w (the agent shut down during the start)", err)
 		}
+		sb.startErr = err
+		m.mu.Unlock()
 		m.log.Error("sandbox start failed", "id", sb.id, "err", err)
 		m.fail(sb, fmt.Sprintf("start: %v", err))
 		return
@@ -731,7 +758,7 @@ func (m *Manager) stop(sb *sandbox, grace time.Duration) error {
 	case StateStarting, StateReady, StateRunning:
 		m.transition(sb, StateStopping, nil)
 		if sb.startCancel != nil {
-			sb.startCancel()
+			sb.startCancel(nil)
 		}
 	}
 	m.mu.Unlock()

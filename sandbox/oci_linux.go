@@ -620,6 +620,13 @@ func (b *ociBackend) Stop(ctx context.Context, id string) error {
 	case err != nil:
 		return fmt.Errorf("%s state: %w", b.runtimeName, err)
 	default:
+		if c.Status == "paused" {
+			// Frozen (a checkpoint cut short): a frozen init cannot act
+			// on SIGTERM, and on a cgroup v1 freezer not even on SIGKILL.
+			if err := b.rt.Resume(ctx, id); err != nil {
+				b.log.Warn("thaw the sandbox to stop it", "id", id, "err", err)
+			}
+		}
 		if c.Status == "running" || c.Status == "created" || c.Status == "paused" {
 			w := box.initWatch()
 			if w == nil && c.Pid > 0 {

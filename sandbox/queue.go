@@ -17,14 +17,15 @@ import (
 type workQueue struct {
 	what  string // for messages: "sandbox starts"
 	slots chan struct{}
+	stop  <-chan struct{} // closed: the agent is shutting down, no more turns
 
 	mu      sync.Mutex
 	depth   int // how many may wait
 	waiting int
 }
 
-func newWorkQueue(what string, workers, depth int) *workQueue {
-	return &workQueue{what: what, slots: make(chan struct{}, max(workers, 1)), depth: max(depth, 0)}
+func newWorkQueue(what string, workers, depth int, stop <-chan struct{}) *workQueue {
+	return &workQueue{what: what, slots: make(chan struct{}, max(workers, 1)), depth: max(depth, 0), stop: stop}
 }
 
 // reserve takes a place in the queue, or says it is full (ErrBusy); the
@@ -47,7 +48,8 @@ type queuePlace struct {
 }
 
 // wait waits for a turn; release gives it back. When ctx ends first the
-// place is given up and the error is ctx's.
+// place is given up and the error is ctx's; when the agent shuts down
+// first, errClosed.
 func (p *queuePlace) wait(ctx context.Context) (release func(), err error) {
 	select {
 	case p.q.slots <- struct{}{}:
@@ -55,6 +57,9 @@ func (p *queuePlace) wait(ctx context.Context) (release func(), err error) {
 	case <-ctx.Done():
 		p.cancel()
 		return nil, ctx.Err()
+	case <-p.q.stop:
+		p.cancel()
+		return nil, errClosed
 	}
 }
 

@@ -7,7 +7,7 @@ import (
 )
 
 func TestWorkQueueBounds(t *testing.T) {
-	q := newWorkQueue("things", 1, 1)
+	q := newWorkQueue("things", 1, 1, nil)
 	first, err := q.run(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +53,7 @@ func TestWorkQueueBounds(t *testing.T) {
 	}
 	hold()
 	// The agent's own work is never refused, only made to wait.
-	q2 := newWorkQueue("chores", 1, 0)
+	q2 := newWorkQueue("chores", 1, 0, nil)
 	r1, _ := q2.run(context.Background())
 	got := make(chan struct{})
 	go func() {
@@ -88,7 +88,11 @@ func TestCreateBusy(t *testing.T) {
 		t.Errorf("an idempotent create while full: %v, created %v", err, created)
 	}
 	close(gate)
-	h.expect("one", ActionReady)
-	h.expect("two", ActionReady)
-	h.createReady(Spec{ID: "three"})
+	// Either may take the one worker first.
+	waitFor(t, "both ready", func() bool { return h.state("one") == StateReady && h.state("two") == StateReady })
+	info, created, err := h.m.Create(context.Background(), Spec{ID: "three"})
+	if err != nil || !created {
+		t.Fatalf("a create once the queue has room: %+v, %v, %v", info, created, err)
+	}
+	waitFor(t, "three ready", func() bool { return h.state("three") == StateReady })
 }

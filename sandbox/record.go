@@ -101,8 +101,8 @@ const (
 	recordMagic     = "arcbox-record"
 	recordHeaderLen = len(recordMagic) + 1 + 16 + 1 + 8 + 1 + 8 + 1
 	// recordHeadroom is how much a record may grow past its first write:
-	// ready_at, the exit fields, an error and a run (both shortened to
-	// fit, see recordError and runSummary), with their JSON escaping.
+	// ready_at, the exit fields, an error (recordText: 512 bytes, six
+	// times that escaped) and a run (runSummary: 512 bytes of JSON).
 	recordHeadroom = 8 << 10
 	recordBlock    = 4 << 10
 	// maxRecordSeq bounds the sequence numbers, so they never wrap: the
@@ -180,9 +180,8 @@ func (s *recordStore) create(data []byte) (err error) {
 	}
 	s.slot, s.seq = slot, seq
 	// Made from a record.json of an earlier agent: that one is stale now.
-	if err := os.Remove(filepath.Join(s.dir, legacyRecordFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
+	// Should it stay, it does no harm: it is read only without a record.
+	_ = os.Remove(filepath.Join(s.dir, legacyRecordFile))
 	return nil
 }
 
@@ -300,22 +299,32 @@ func recordText(s string) string {
 	return s[:cut] + "..."
 }
 
-// runSummary is a run's command as a record keeps it: the first arguments,
-// each shortened, at most maxRecordText bytes in all.
+// runSummary is a run's command as a record keeps it: at most
+// maxSummaryArgs arguments, each shortened, in at most maxRecordText
+// bytes of JSON (escapes and indentation counted), "..." for the rest.
 func runSummary(cmd []string) []string {
 	var out []string
 	total := 0
-	for _, a := range cmd {
+	for i, a := range cmd {
 		a = recordText(a)
-		if total+len(a) > maxRecordText {
-			out = append(out, "...")
-			break
+		enc, _ := json.Marshal(a)
+		cost := len(enc) + summaryArgOverhead
+		if i == maxSummaryArgs || total+cost > maxRecordText {
+			return append(out, "...")
 		}
 		out = append(out, a)
-		total += len(a)
+		total += cost
 	}
 	return out
 }
+
+const (
+	// maxSummaryArgs bounds the arguments runSummary keeps.
+	maxSummaryArgs = 32
+	// summaryArgOverhead is what an argument costs in an indented JSON
+	// list besides its own encoding: the indentation, a comma, a newline.
+	summaryArgOverhead = 8
+)
 
 // noSpace marks err ErrNoSpace when it comes of a full filesystem (ENOSPC,
 // or a quota), and leaves it as it is otherwise.

@@ -107,7 +107,7 @@ func FuzzRecordFile(f *testing.F) {
 		}
 	}
 	f.Add(recordFileOf(maxRecordSeq-1, []byte(recordSeeds[0])))
-	f.Add(recordFileOf(1<<64-1, []byte(recordSeeds[0]))) // refused: past maxRecordSeq
+	f.Add(recordFileOf(1<<64-1, []byte(recordSeeds[0])))         // refused: past maxRecordSeq
 	f.Add(recordFileOf(2, []byte(recordSeeds[1]))[:recordBlock]) // cut short
 	f.Add(make([]byte, 2*recordBlock))
 	f.Add([]byte("arcbox-record 0000000000000001 00000002 00000000\n{}"))

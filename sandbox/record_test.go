@@ -2,18 +2,15 @@ package sandbox
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
-
-	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
 
 func testRecord(id string) record {
@@ -147,6 +144,16 @@ func TestRecordTextBounded(t *testing.T) {
 	if n := len(strings.Join(sum, "")); n > maxRecordText+len("...") || sum[0] != "sh" || sum[len(sum)-1] != "..." {
 		t.Errorf("runSummary: %q (%d bytes)", sum, n)
 	}
+	// Many empty arguments, and arguments that JSON escapes, are counted
+	// as they are written.
+	if sum := runSummary(append([]string{"sh"}, make([]string, 100000)...)); len(sum) > maxSummaryArgs+1 {
+		t.Errorf("runSummary kept %d empty arguments", len(sum))
+	}
+	escaped := runSummary(slices.Repeat([]string{strings.Repeat("<", 100)}, 50))
+	enc, _ := json.MarshalIndent(escaped, "", "  ")
+	if len(enc) > maxRecordText+64 {
+		t.Errorf("runSummary of escaped arguments: %d bytes of JSON", len(enc))
+	}
 	dir := t.TempDir()
 	store := recordStore{dir: dir}
 	rec := testRecord("big")
@@ -155,77 +162,12 @@ func TestRecordTextBounded(t *testing.T) {
 	}
 	slot := store.slot
 	rec.Error = recordText(strings.Repeat("\x01", 10000)) // escaped six times over in JSON
-	rec.Run = &runRecord{Cmd: runSummary([]string{strings.Repeat("\x02", 10000)}), StartedAt: time.Now()}
+	rec.Run = &runRecord{Cmd: runSummary(slices.Repeat([]string{strings.Repeat("\x02", 10000)}, 100)), StartedAt: time.Now()}
 	rec.ReadyAt, rec.LastExitedAt = time.Now(), time.Now()
 	if err := store.write(rec); err != nil {
 		t.Fatal(err)
 	}
 	if store.slot != slot {
 		t.Errorf("the record outgrew its slots (%d bytes, then %d)", slot, store.slot)
-	}
-}
-
-// TestRecordFullStateDir: once its file is made, a record is rewritten
-// however full the state dir is; making a new one there fails with
-// ErrNoSpace and leaves nothing behind.
-func TestRecordFullStateDir(t *testing.T) {
-	testenv.RequireRoot(t)
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount a small tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
-	old := filepath.Join(dir, "old")
-	if err := os.Mkdir(old, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	store := recordStore{dir: old}
-	rec := testRecord("old")
-	if err := store.write(rec); err != nil {
-		t.Fatal(err)
-	}
-	fillUp(t, dir)
-
-	for _, st := range []State{StateRunning, StateReady, StateStopping, StateStopped, StateFailed} {
-		rec.State = st
-		rec.Error = recordText(strings.Repeat("why ", 500))
-		if err := store.write(rec); err != nil {
-			t.Fatalf("write %s on a full state dir: %v", st, err)
-		}
-	}
-	if got, _, err := readRecord(old); err != nil || got.State != StateFailed {
-		t.Fatalf("read back %+v, %v", got, err)
-	}
-
-	fresh := filepath.Join(dir, "old", "..", "fresh")
-	if err := os.Mkdir(fresh, 0o700); err != nil && !errors.Is(err, unix.ENOSPC) {
-		t.Fatal(err)
-	} else if err == nil {
-		s := recordStore{dir: fresh}
-		if err := s.write(testRecord("fresh")); !errors.Is(err, ErrNoSpace) {
-			t.Errorf("a new record on a full state dir: %v, want ErrNoSpace", err)
-		}
-		if entries, _ := os.ReadDir(fresh); len(entries) != 0 {
-			t.Errorf("left behind: %v", entries)
-		}
-	}
-}
-
-// fillUp fills the filesystem of dir.
-func fillUp(t *testing.T, dir string) {
-	t.Helper()
-	f, err := os.Create(filepath.Join(dir, "filler"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	chunk := make([]byte, 4096)
-	for {
-		if _, err := f.Write(chunk); err != nil {
-			if !errors.Is(err, unix.ENOSPC) {
-				t.Fatal(err)
-			}
-			return
-		}
 	}
 }

@@ -320,8 +320,11 @@ func (m *Manager) drive(ctx context.Context, exe execution, ar *activeRun, p Pro
 				}
 				last = now
 			}
-			if n > 0 && !send(stream, buf[:n]) {
-				return
+			if n > 0 {
+				// Once out has failed, what is read is dropped: the
+				// process is being killed, and must not block on a
+				// pipe nobody reads meanwhile.
+				send(stream, buf[:n])
 			}
 			if rerr == nil {
 				continue
@@ -422,32 +425,46 @@ wait:
 	if killedBy != nil && !errors.Is(killedBy, errStopped) && !errors.Is(killedBy, ErrManagerClosed) {
 		res.code = ExitKilled
 	}
+	if killedBy == nil && outErr != nil {
+		// out failed on what was left after the exit: the process ended
+		// on its own (its code stands), but its output did not all go.
+		killedBy = fmt.Errorf("output: %w", outErr)
+	}
 	return res.code, killedBy, nil
 }
 
 // drainExited reads what is left of a stream once its process has exited,
-// passing it to send, and returns why the stream was cut, or "" when it
-// was read to its end. The process's writes all happened before its exit
-// was known, so whatever it wrote is in the pipe now and is read without
-// waiting, however late this runs. Only when the pipe is then empty and
-// still open (something the process left behind holds it) does time
-// matter: that holder's output is followed until it is quiet for
-// holderIdle (holderMax at most), and then the stream is cut.
+// passing it to send, and returns why the stream was cut, or "" when
+// nothing was lost. The process's writes all happened before its exit was
+// known, so everything it wrote is in the pipe now: that many bytes
+// (FIONREAD) are read without waiting, however late this runs. Only when
+// the stream is still open then (something the process left behind holds
+// it) does time matter: that holder's output is followed until it is
+// quiet for holderIdle (holderMax at most), and the stream is cut, and
+// reported cut if the holder was writing; one that holds it silently lost
+// nothing.
 func (m *Manager) drainExited(f *os.File, rc syscall.RawConn, buf []byte, send func([]byte) bool) (cut string) {
 	_ = f.SetReadDeadline(time.Time{})
 	until := time.Now().Add(holderMax)
-	for {
-		n, eof := readAvailable(rc, buf)
-		if n > 0 && !send(buf[:n]) {
+	left, known := pendingBytes(rc)
+	for !known || left > 0 {
+		p := buf
+		if known {
+			p = buf[:min(len(buf), left)]
+		}
+		n, eof := readAvailable(rc, p)
+		if n > 0 && !send(p[:n]) {
 			return ""
 		}
 		if eof {
 			return ""
 		}
-		if n < len(buf) {
+		left -= n
+		if n < len(p) || (!known && time.Now().After(until)) {
 			break // empty, and still open
 		}
 	}
+	wrote := false // by the holder, since the exit
 	for {
 		deadline := time.Now().Add(holderIdle)
 		if deadline.After(until) {
@@ -455,8 +472,11 @@ func (m *Manager) drainExited(f *os.File, rc syscall.RawConn, buf []byte, send f
 		}
 		_ = f.SetReadDeadline(deadline)
 		n, err := f.Read(buf)
-		if n > 0 && !send(buf[:n]) {
-			return ""
+		if n > 0 {
+			wrote = true
+			if !send(buf[:n]) {
+				return ""
+			}
 		}
 		switch {
 		case err == nil:
@@ -468,13 +488,16 @@ func (m *Manager) drainExited(f *os.File, rc syscall.RawConn, buf []byte, send f
 		// is there, and cut.
 		_ = f.SetReadDeadline(time.Time{})
 		n, eof := readAvailable(rc, buf)
-		if n > 0 && !send(buf[:n]) {
+		if n > 0 {
+			wrote = true
+			if !send(buf[:n]) {
+				return ""
+			}
+		}
+		if eof || !wrote {
 			return ""
 		}
-		if eof {
-			return ""
-		}
-		return "the process exited and everything it wrote was delivered, but a process it left behind still holds the stream open: stopped reading it"
+		return "the process exited and everything it wrote was delivered, but a process it left behind kept writing to the stream: stopped reading it"
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+	"unicode/utf8"
 )
 
 // Snapshot is a checkpoint of a sandbox: its files and its create request.
@@ -151,8 +152,8 @@ func readSnapshotRecord(dir string) (snapshotRecord, error) {
 // snapshot is consistent even if something in it still writes; no run or
 // exec can start meanwhile (ErrConflict). Process state is not captured.
 func (m *Manager) Checkpoint(ctx context.Context, id string, req CheckpointRequest) (Snapshot, error) {
-	if len(req.Name) > maxSnapshotName {
-		return Snapshot{}, invalidField("name", "%d bytes long; at most %d", len(req.Name), maxSnapshotName)
+	if n := utf8.RuneCountInString(req.Name); n > maxSnapshotName {
+		return Snapshot{}, invalidField("name", "%d characters long; at most %d", n, maxSnapshotName)
 	}
 	for k := range req.Labels {
 		if k == "" {
@@ -383,8 +384,8 @@ func (m *Manager) Restore(ctx context.Context, snapshotID string, req RestoreReq
 	from := &restoredFrom{SnapshotID: snapshotID}
 	place, err := m.starts.reserve()
 	if err != nil {
-		if info, ok := m.existing(spec, from); ok {
-			return info, nil
+		if info, ok, cerr := m.existing(spec, from); ok || cerr != nil {
+			return info, cerr
 		}
 		return Info{}, fmt.Errorf("restore snapshot %q: %w", snapshotID, err)
 	}
@@ -403,7 +404,17 @@ func (m *Manager) Restore(ctx context.Context, snapshotID string, req RestoreReq
 		place.cancel()
 		return Info{}, fmt.Errorf("restore snapshot %q: %w", snapshotID, errClosed)
 	}
+	// A client that goes away before the sandbox is ready (while its start
+	// waits its turn, say) gets none: the start is called off.
+	stopOnGone := context.AfterFunc(ctx, func() {
+		m.mu.Lock()
+		if sb.startCancel != nil {
+			sb.startCancel(errors.New("the client of the restore went away"))
+		}
+		m.mu.Unlock()
+	})
 	m.start(startCtx, sb, place) // synchronous: ready at once means ready when we answer
+	stopOnGone()
 
 	m.mu.Lock()
 	info := m.info(sb)
@@ -415,9 +426,7 @@ func (m *Manager) Restore(ctx context.Context, snapshotID string, req RestoreReq
 	m.mu.Lock()
 	startErr := sb.startErr
 	m.mu.Unlock()
-	if err := m.Remove(context.WithoutCancel(ctx), sb.id, true); err != nil {
-		m.log.Error("remove a sandbox whose restore failed", "id", sb.id, "err", err)
-	}
+	m.discard(sb)
 	if startErr != nil {
 		return Info{}, fmt.Errorf("restore snapshot %q as sandbox %q: %w", snapshotID, sb.id, noSpace(startErr))
 	}

@@ -230,6 +230,112 @@ func TestRestoreFailureLeavesNothing(t *testing.T) {
 	}
 }
 
+// TestRestoreFailureLeavesNothingWhenRemovalsAreFull: the cleanup of a
+// failed restore is not a client's remove: a full removal queue does not
+// keep it from leaving nothing behind.
+func TestRestoreFailureLeavesNothingWhenRemovalsAreFull(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.Workers, c.QueueDepth = 1, 1 })
+	ctx := context.Background()
+	h.createReady(Spec{ID: "orig"})
+	snap, err := h.m.Checkpoint(ctx, "orig", CheckpointRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two removals hold the queue: one running (its stop waits on a
+	// checkpoint's opMu), one waiting.
+	h.createReady(Spec{ID: "a"})
+	h.createReady(Spec{ID: "b"})
+	gate := make(chan struct{})
+	h.be.mu.Lock()
+	h.be.checkpointGate = gate
+	h.be.mu.Unlock()
+	checkpointed := make(chan error, 1)
+	go func() { _, err := h.m.Checkpoint(ctx, "a", CheckpointRequest{}); checkpointed <- err }()
+	waitFor(t, "the checkpoint to hold a", func() bool {
+		h.m.mu.Lock()
+		defer h.m.mu.Unlock()
+		return h.m.boxes["a"].checkpointing
+	})
+	removed := make(chan error, 2)
+	go func() { removed <- h.m.Remove(ctx, "a", true) }()
+	waitFor(t, "a's removal to take its turn", func() bool { return len(h.m.removals.slots) == 1 })
+	go func() { removed <- h.m.Remove(ctx, "b", true) }()
+	waitFor(t, "b's removal to wait", func() bool {
+		h.m.removals.mu.Lock()
+		defer h.m.removals.mu.Unlock()
+		return h.m.removals.waiting == 2
+	})
+	if err := h.m.Remove(ctx, "orig", true); !errors.Is(err, ErrBusy) {
+		t.Fatalf("a third removal: %v, want ErrBusy", err)
+	}
+
+	h.be.mu.Lock()
+	h.be.startErr = errors.New("boom")
+	h.be.mu.Unlock()
+	restored := make(chan error, 1)
+	go func() { _, err := h.m.Restore(ctx, snap.ID, RestoreRequest{ID: "r"}); restored <- err }()
+	waitFor(t, "the failed restore to wait for its cleanup", func() bool {
+		h.m.removals.mu.Lock()
+		defer h.m.removals.mu.Unlock()
+		return h.m.removals.waiting == 3
+	})
+	close(gate)
+	if err := <-checkpointed; err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := <-removed; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-restored; err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Fatalf("restore: %v, want the start's error", err)
+	}
+	if _, err := h.m.Get("r"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a failed restore left its sandbox: %v", err)
+	}
+}
+
+// TestRestoreClientGoneWhileQueued: a restore whose client goes away
+// while its start waits its turn makes no sandbox.
+func TestRestoreClientGoneWhileQueued(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.Workers = 1 })
+	h.createReady(Spec{ID: "orig"})
+	snap, err := h.m.Checkpoint(context.Background(), "orig", CheckpointRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := make(chan struct{})
+	h.be.mu.Lock()
+	h.be.startGate = gate
+	h.be.mu.Unlock()
+	opened := false
+	defer func() {
+		if !opened {
+			close(gate)
+		}
+	}()
+	h.create(Spec{ID: "hog"}) // takes the one worker until the gate opens
+	waitFor(t, "hog to start", func() bool { return len(h.m.starts.slots) == 1 })
+	ctx, cancel := context.WithCancel(context.Background())
+	restored := make(chan error, 1)
+	go func() { _, err := h.m.Restore(ctx, snap.ID, RestoreRequest{ID: "late"}); restored <- err }()
+	waitFor(t, "the restore to queue", func() bool {
+		_, err := h.m.Get("late")
+		return err == nil
+	})
+	cancel()
+	if err := <-restored; err == nil || !strings.Contains(err.Error(), "went away") {
+		t.Fatalf("restore after its client went: %v, want an error saying so", err)
+	}
+	if _, err := h.m.Get("late"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the restore left a sandbox: %v", err)
+	}
+	close(gate)
+	opened = true
+	h.expect("hog", ActionReady)
+}
+
 // TestBridgeAddresses checks the manager's side of bridge networking: an
 // address from creation (in the first answer) to removal, "tap" taken as
 // "bridge", addresses held again after a restart, and a restore with a

@@ -142,8 +142,9 @@ type Output struct {
 	// Truncated, set on an Output with no Data, says the rest of Stream
 	// was not read, and why: the workload had exited and everything it
 	// wrote was delivered, but something it left behind (a background
-	// child) kept the stream open and kept writing. It is the stream's
-	// last Output.
+	// child) kept the stream open and kept writing to it. It is the
+	// stream's last Output. A leftover that holds a stream without
+	// writing is not reported: nothing of it was lost.
 	Truncated string
 }
 
