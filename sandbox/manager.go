@@ -587,7 +587,7 @@ func (m *Manager) start(ctx context.Context, sb *sandbox, place *queuePlace) {
 	if err != nil {
 		switch cause := context.Cause(ctx); {
 		case cutShort && cause != nil && !errors.Is(cause, context.Canceled):
-			err = fmt.Errorf("%w (%v)", err, cause)
+			err = fmt.Errorf("%w (%w)", err, cause)
 		case cutShort, errors.Is(err, ErrManagerClosed):
 			err = fmt.Errorf("%w (the agent shut down during the start)", err)
 		}
