@@ -460,6 +460,11 @@ func TestOCILimitsAndNetwork(t *testing.T) {
 			if out := e.sh(id, "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status | tr -s '\t ' ' '"); out != "NoNewPrivs: 1\nSeccomp: 2\n" {
 				t.Errorf("process status: %q, want NoNewPrivs 1 and Seccomp 2", out)
 			}
+			// The runtime, and so the workloads, run niced: the agent's
+			// API comes first on a busy machine.
+			if out := e.sh(id, "cut -d' ' -f19 /proc/self/stat"); out != "10\n" {
+				t.Errorf("niceness in the sandbox: %q, want 10", out)
+			}
 			if _, errOut, code := e.run(id, Process{Cmd: []string{"unshare", "-U", "-r", "true"}}); code == 0 {
 				t.Errorf("unshare -U succeeded in a sandbox (stderr %q)", errOut)
 			}

@@ -81,6 +81,12 @@ type Config struct {
 	// checkpoints). See workQueue.
 	Workers    int
 	QueueDepth int
+	// OnIdle, when set, is called once the manager has been quiet for
+	// idleAfter after a burst of work (starts, removals, runs, snapshots):
+	// main hands the memory a burst used back to the system then, rather
+	// than keep it until the runtime's next forced collection minutes
+	// later.
+	OnIdle func()
 	// EventBuffer is how many events a subscriber may leave unread before
 	// it is cut off; 0 is DefaultEventBuffer.
 	EventBuffer int
@@ -112,12 +118,32 @@ type Manager struct {
 	cancelBase context.CancelFunc
 	closing    chan struct{} // closed by Close: watchers end
 
+	idleMu   sync.Mutex  // guards idleStop and cfg.OnIdle
+	idleStop func() bool // disarms the OnIdle timer
+
 	mu     sync.Mutex
 	boxes  map[string]*sandbox
 	snaps  map[string]*snapshotEntry
 	seq    uint64
 	closed bool
 	wg     sync.WaitGroup // background goroutines
+}
+
+// idleAfter is how long the manager is quiet before Config.OnIdle.
+const idleAfter = 5 * time.Second
+
+// worked notes that a piece of work ended: Config.OnIdle is called once
+// nothing else ends for idleAfter.
+func (m *Manager) worked() {
+	m.idleMu.Lock()
+	defer m.idleMu.Unlock()
+	if m.cfg.OnIdle == nil {
+		return
+	}
+	if m.idleStop != nil {
+		m.idleStop()
+	}
+	m.idleStop = m.afterFunc(idleAfter, m.cfg.OnIdle)
 }
 
 // afterFunc calls f after d, unless stop is called first (time.AfterFunc).
@@ -562,6 +588,7 @@ func specEqual(a, b Spec) bool { return reflect.DeepEqual(a, b) }
 func (m *Manager) start(ctx context.Context, sb *sandbox, place *queuePlace) {
 	defer m.wg.Done()
 	defer sb.opMu.Unlock()
+	defer m.worked()
 	from := ""
 	if sb.rec.Restored != nil {
 		from = filepath.Join(m.snapDir, sb.rec.Restored.SnapshotID)
@@ -840,6 +867,7 @@ func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 }
 
 func (m *Manager) remove(sb *sandbox) error {
+	defer m.worked()
 	m.mu.Lock()
 	live := sb.rec.State.live()
 	m.mu.Unlock()
@@ -909,6 +937,12 @@ func (m *Manager) Close(ctx context.Context) error {
 	}
 	close(m.closing)
 	m.mu.Unlock()
+	m.idleMu.Lock()
+	if m.idleStop != nil {
+		m.idleStop()
+	}
+	m.cfg.OnIdle = nil // no more after Close
+	m.idleMu.Unlock()
 
 	done := make(chan struct{})
 	go func() { m.wg.Wait(); close(done) }()

@@ -108,6 +108,7 @@ func newOCIBackend(ctx context.Context, cfg Config) (backend, error) {
 	if strings.ContainsAny(cfg.StateDir, ",:\\") {
 		return nil, fmt.Errorf("state dir %q holds one of , : \\ (overlayfs options cannot): %w", cfg.StateDir, ErrUnavailable)
 	}
+	niceRuntime()
 	images, err := newImageStore(context.WithoutCancel(ctx), filepath.Join(cfg.StateDir, "images"), log)
 	if err != nil {
 		return nil, fmt.Errorf("image cache: %w: %w", err, ErrUnavailable)

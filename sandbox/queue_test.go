@@ -3,7 +3,9 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestWorkQueueBounds(t *testing.T) {
@@ -95,4 +97,34 @@ func TestCreateBusy(t *testing.T) {
 		t.Fatalf("a create once the queue has room: %+v, %v, %v", info, created, err)
 	}
 	waitFor(t, "three ready", func() bool { return h.state("three") == StateReady })
+}
+
+// TestOnIdleAfterABurst: OnIdle is called once work has stopped for
+// idleAfter, once per quiet spell, and never after Close.
+func TestOnIdleAfterABurst(t *testing.T) {
+	var idle atomic.Int32
+	h := newHarness(t, func(c *Config) { c.OnIdle = func() { idle.Add(1) } })
+	for _, id := range []string{"a", "b"} {
+		h.createReady(Spec{ID: id})
+		if _, err := h.m.Run(context.Background(), id, Process{Cmd: []string{"echo"}}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.clock.Advance(idleAfter - time.Millisecond)
+	if n := idle.Load(); n != 0 {
+		t.Fatalf("OnIdle called %d times before the manager was quiet", n)
+	}
+	h.clock.Advance(time.Millisecond)
+	waitFor(t, "OnIdle", func() bool { return idle.Load() == 1 })
+	h.clock.Advance(time.Hour)
+	if err := h.m.Remove(context.Background(), "a", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.m.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Advance(time.Hour)
+	if n := idle.Load(); n != 1 {
+		t.Errorf("OnIdle called %d times, want once (the remove's was disarmed by Close)", n)
+	}
 }

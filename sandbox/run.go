@@ -526,4 +526,5 @@ func (m *Manager) endRun(sb *sandbox, ar *activeRun, code *int, runErr error) {
 	m.mu.Unlock()
 	m.persistLogged(sb)
 	m.metrics.runSeconds.Observe(now.Sub(ar.started).Seconds())
+	m.worked()
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -118,6 +119,10 @@ func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phase
 			BridgeCIDR:    cfg.SandboxCIDR,
 			Logger:        logger,
 			Registerer:    reg,
+			// After a burst of sandboxes, give its memory back now: Go
+			// would keep the garbage until its forced collection two
+			// minutes on, and the pages after that.
+			OnIdle: debug.FreeOSMemory,
 		})
 		if s.err != nil {
 			logger.Warn("sandboxes are unavailable; the rest of the agent serves", "err", s.err)
