@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -119,10 +120,7 @@ func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phase
 			BridgeCIDR:    cfg.SandboxCIDR,
 			Logger:        logger,
 			Registerer:    reg,
-			// After a burst of sandboxes, give its memory back now: Go
-			// would keep the garbage until its forced collection two
-			// minutes on, and the pages after that.
-			OnIdle: debug.FreeOSMemory,
+			OnIdle:        freeMemory,
 		})
 		if s.err != nil {
 			logger.Warn("sandboxes are unavailable; the rest of the agent serves", "err", s.err)
@@ -131,6 +129,15 @@ func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phase
 		phases.Observe("sandboxes", began)
 	}()
 	return s
+}
+
+// freeMemory gives the memory a burst of sandboxes used back to the system
+// now: Go would keep the garbage until its forced collection two minutes
+// on, and its pages after that. Two collections, since what sync.Pools
+// hold (the output buffers, 256 KiB each) survives one.
+func freeMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }
 
 // get waits for the manager.

@@ -284,10 +284,15 @@ const (
 // ns/op it reports ping's p50 and p99, the churn's create (request to
 // 202), ready (request to the ready event), run and delete p50 and p99,
 // in milliseconds, and the agent's resident memory in MiB: before, at its
-// peak (VmHWM), and 30 s after the churn ended.
+// peak (VmHWM), and 30 s after the churn ended, and of that the anonymous
+// part (heap, stacks) before and after.
 func BenchmarkPingUnderChurn(b *testing.B) {
 	a := ownAgent(b, &agentProc{dir: filepath.Join(suite.dir, "bench-churn")})
 	rssBefore, _, err := a.memory()
+	if err != nil {
+		b.Fatal(err)
+	}
+	anonBefore, err := a.anonMemory()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -355,6 +360,11 @@ func BenchmarkPingUnderChurn(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	anonAfter, err := a.anonMemory()
+	if err != nil {
+		b.Fatal(err)
+	}
+	threads, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", a.cmd.Process.Pid))
 
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	report := func(name string, ds []time.Duration) {
@@ -371,6 +381,9 @@ func BenchmarkPingUnderChurn(b *testing.B) {
 	b.ReportMetric(float64(rssBefore)/(1<<20), "rss-before-MiB")
 	b.ReportMetric(float64(peak)/(1<<20), "rss-peak-MiB")
 	b.ReportMetric(float64(rssAfter)/(1<<20), "rss-after-30s-MiB")
+	b.ReportMetric(float64(anonBefore)/(1<<10), "anon-before-MiB")
+	b.ReportMetric(float64(anonAfter)/(1<<10), "anon-after-30s-MiB")
+	b.ReportMetric(float64(len(threads)), "threads-after")
 }
 
 // wsOutput runs cmd over the WebSocket and returns how many bytes of

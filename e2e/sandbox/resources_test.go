@@ -192,6 +192,22 @@ func (a *agentProc) memory() (rss, peak int64, err error) {
 	return rss, peak, nil
 }
 
+// anonMemory is the agent's anonymous resident memory (RssAnon): its heap,
+// stacks and runtime, without the pages of its binary, which stay
+// resident once a code path has run.
+func (a *agentProc) anonMemory() (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", a.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if val, ok := strings.CutPrefix(line, "RssAnon:"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(val), " kB"), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status: no RssAnon", a.cmd.Process.Pid)
+}
+
 // waitResources polls the agent's resources until ok accepts them, and
 // returns the last read; false when timeout passed first.
 func (a *agentProc) waitResources(t testing.TB, prefix string, timeout time.Duration, ok func(agentResources) bool) (agentResources, bool) {
