@@ -432,19 +432,11 @@ func (m *Manager) Create(ctx context.Context, s Spec) (info Info, created bool, 
 	if err := m.be.Validate(spec); err != nil {
 		return Info{}, false, err
 	}
-	place, err := m.starts.reserve()
+	sb, place, existing, err := m.admit(spec, nil)
 	if err != nil {
-		if info, ok, cerr := m.existing(spec, nil); ok || cerr != nil {
-			return info, false, cerr // the same request again is no new work
-		}
-		return Info{}, false, fmt.Errorf("create sandbox: %w", err)
+		return Info{}, false, err
 	}
-	sb, existing, err := m.admit(spec, nil)
-	if err != nil || existing != nil {
-		place.cancel()
-		if err != nil {
-			return Info{}, false, err
-		}
+	if existing != nil {
 		return *existing, false, nil
 	}
 	m.mu.Lock()
@@ -458,15 +450,17 @@ func (m *Manager) Create(ctx context.Context, s Spec) (info Info, created bool, 
 }
 
 // admit takes a new sandbox in: it reserves its id (generating one if the
-// spec has none), writes its first record and returns it with its opMu
-// held, for launchLocked. When a sandbox with this id exists, made from the
-// same spec and source, it returns that one's Info instead; made otherwise,
-// ErrConflict. The spec is normalized and validated.
-func (m *Manager) admit(spec Spec, from *restoredFrom) (*sandbox, *Info, error) {
+// spec has none) and a place in the starts' queue, writes its first record
+// and returns it with its opMu held, for launchLocked, and the place for
+// its start. When a sandbox with this id exists, made from the same spec
+// and source, it returns that one's Info instead (no new work, so no
+// place is needed); made otherwise, ErrConflict. A full queue is ErrBusy.
+// The spec is normalized and validated.
+func (m *Manager) admit(spec Spec, from *restoredFrom) (*sandbox, *queuePlace, *Info, error) {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		return nil, nil, fmt.Errorf("create sandbox: %w", errClosed)
+		return nil, nil, nil, fmt.Errorf("create sandbox: %w", errClosed)
 	}
 	if spec.ID == "" {
 		for spec.ID == "" || m.boxes[spec.ID] != nil {
@@ -477,9 +471,14 @@ func (m *Manager) admit(spec Spec, from *restoredFrom) (*sandbox, *Info, error) 
 		defer m.mu.Unlock()
 		if specEqual(sb.rec.Spec, spec) && reflect.DeepEqual(sb.rec.Restored, from) {
 			info := m.info(sb)
-			return nil, &info, nil
+			return nil, nil, &info, nil
 		}
-		return nil, nil, fmt.Errorf("sandbox %q exists with a different spec: %w", spec.ID, ErrConflict)
+		return nil, nil, nil, fmt.Errorf("sandbox %q exists with a different spec: %w", spec.ID, ErrConflict)
+	}
+	place, err := m.starts.reserve()
+	if err != nil {
+		m.mu.Unlock()
+		return nil, nil, nil, fmt.Errorf("create sandbox %q: %w", spec.ID, err)
 	}
 	m.seq++
 	sb := &sandbox{
@@ -500,18 +499,19 @@ func (m *Manager) admit(spec Spec, from *restoredFrom) (*sandbox, *Info, error) 
 		delete(m.boxes, sb.id)
 		m.mu.Unlock()
 		sb.opMu.Unlock()
+		place.cancel()
 	}
 	// The directory first: clearing debris of an earlier sandbox of this
 	// id releases what that one held, its address included.
 	if err := m.makeDir(sb); err != nil {
 		undo()
-		return nil, nil, fmt.Errorf("create sandbox %q: its directory: %w", sb.id, storageErr(err))
+		return nil, nil, nil, fmt.Errorf("create sandbox %q: its directory: %w", sb.id, storageErr(err))
 	}
 	addr, gw, err := m.be.Address(sb.id, spec)
 	if err != nil {
 		undo()
 		os.RemoveAll(sb.dir)
-		return nil, nil, fmt.Errorf("create sandbox %q: %w", sb.id, err)
+		return nil, nil, nil, fmt.Errorf("create sandbox %q: %w", sb.id, err)
 	}
 	m.mu.Lock() // the sandbox is listed already: Get reads its record
 	sb.rec.IPAddress, sb.rec.Gateway = addr, gw
@@ -523,25 +523,9 @@ func (m *Manager) admit(spec Spec, from *restoredFrom) (*sandbox, *Info, error) 
 		m.be.ReleaseAddress(sb.id)
 		undo()
 		os.RemoveAll(sb.dir)
-		return nil, nil, fmt.Errorf("create sandbox %q: its record: %w", sb.id, storageErr(err))
+		return nil, nil, nil, fmt.Errorf("create sandbox %q: its record: %w", sb.id, storageErr(err))
 	}
-	return sb, nil, nil
-}
-
-// existing returns the Info of the sandbox that spec (made from `from`)
-// would create again, if there is one, or ErrConflict when its id is
-// taken by another.
-func (m *Manager) existing(spec Spec, from *restoredFrom) (Info, bool, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	sb, ok := m.boxes[spec.ID]
-	switch {
-	case spec.ID == "" || !ok:
-		return Info{}, false, nil
-	case !specEqual(sb.rec.Spec, spec) || !reflect.DeepEqual(sb.rec.Restored, from):
-		return Info{}, false, fmt.Errorf("sandbox %q exists with a different spec: %w", spec.ID, ErrConflict)
-	}
-	return m.info(sb), true, nil
+	return sb, place, nil, nil
 }
 
 // discard removes a sandbox the agent made and does not keep (a restore

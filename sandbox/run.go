@@ -289,13 +289,13 @@ func (m *Manager) drive(ctx context.Context, exe execution, ar *activeRun, p Pro
 		exited   atomic.Bool
 		pumps    sync.WaitGroup
 	)
-	send := func(stream string, p []byte) bool {
+	send := func(o Output) bool {
 		outMu.Lock()
 		defer outMu.Unlock()
 		if outErr != nil {
 			return false
 		}
-		if oerr := pio.out(Output{Stream: stream, Data: p}); oerr != nil {
+		if oerr := pio.out(o); oerr != nil {
 			outErr = oerr
 			abortOne.Do(func() { close(aborted) })
 			return false
@@ -324,20 +324,16 @@ func (m *Manager) drive(ctx context.Context, exe execution, ar *activeRun, p Pro
 				// Once out has failed, what is read is dropped: the
 				// process is being killed, and must not block on a
 				// pipe nobody reads meanwhile.
-				send(stream, buf[:n])
+				send(Output{Stream: stream, Data: buf[:n]})
 			}
 			if rerr == nil {
 				continue
 			}
 			if errors.Is(rerr, os.ErrDeadlineExceeded) && exited.Load() && rcErr == nil {
 				// drive woke this read: the process has exited.
-				if why := m.drainExited(f, rc, buf, func(p []byte) bool { return send(stream, p) }); why != "" {
+				if why := drainExited(f, rc, buf, func(p []byte) bool { return send(Output{Stream: stream, Data: p}) }); why != "" {
 					m.log.Warn("output cut: still open after the process exited", "stream", stream, "cmd", p.Cmd)
-					outMu.Lock()
-					if outErr == nil {
-						_ = pio.out(Output{Stream: stream, Truncated: why})
-					}
-					outMu.Unlock()
+					send(Output{Stream: stream, Truncated: why})
 				}
 			}
 			return // EOF: every writer closed the stream; or it failed
@@ -443,7 +439,7 @@ wait:
 // quiet for holderIdle (holderMax at most), and the stream is cut, and
 // reported cut if the holder was writing; one that holds it silently lost
 // nothing.
-func (m *Manager) drainExited(f *os.File, rc syscall.RawConn, buf []byte, send func([]byte) bool) (cut string) {
+func drainExited(f *os.File, rc syscall.RawConn, buf []byte, send func([]byte) bool) (cut string) {
 	_ = f.SetReadDeadline(time.Time{})
 	until := time.Now().Add(holderMax)
 	left, known := pendingBytes(rc)

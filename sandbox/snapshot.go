@@ -381,20 +381,11 @@ func (m *Manager) Restore(ctx context.Context, snapshotID string, req RestoreReq
 		m.mu.Unlock()
 	}()
 
-	from := &restoredFrom{SnapshotID: snapshotID}
-	place, err := m.starts.reserve()
+	sb, place, existing, err := m.admit(spec, &restoredFrom{SnapshotID: snapshotID})
 	if err != nil {
-		if info, ok, cerr := m.existing(spec, from); ok || cerr != nil {
-			return info, cerr
-		}
 		return Info{}, fmt.Errorf("restore snapshot %q: %w", snapshotID, err)
 	}
-	sb, existing, err := m.admit(spec, from)
-	if err != nil || existing != nil {
-		place.cancel()
-		if err != nil {
-			return Info{}, err
-		}
+	if existing != nil {
 		return *existing, nil
 	}
 	m.mu.Lock()
