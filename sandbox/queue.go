@@ -19,9 +19,9 @@ type workQueue struct {
 	slots chan struct{}
 	stop  <-chan struct{} // closed: the agent is shutting down, no more turns
 
-	mu      sync.Mutex
-	depth   int // how many may wait
-	waiting int
+	mu    sync.Mutex
+	depth int // how many may wait besides those running
+	held  int // places held: running or waiting
 }
 
 func newWorkQueue(what string, workers, depth int, stop <-chan struct{}) *workQueue {
@@ -32,12 +32,17 @@ func newWorkQueue(what string, workers, depth int, stop <-chan struct{}) *workQu
 // place is given back by the release of the turn it leads to, or by
 // cancel when the operation is not going ahead after all.
 func (q *workQueue) reserve() (*queuePlace, error) {
+	return q.place(true)
+}
+
+// place takes a place, within the bound when bounded.
+func (q *workQueue) place(bounded bool) (*queuePlace, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.waiting >= q.depth+cap(q.slots) {
+	if bounded && q.held >= q.depth+cap(q.slots) {
 		return nil, fmt.Errorf("too many %s in progress (%d at a time, and %d more waiting); try again shortly: %w", q.what, cap(q.slots), q.depth, ErrBusy)
 	}
-	q.waiting++
+	q.held++
 	return &queuePlace{q: q}, nil
 }
 
@@ -67,7 +72,7 @@ func (p *queuePlace) wait(ctx context.Context) (release func(), err error) {
 func (p *queuePlace) cancel() {
 	p.once.Do(func() {
 		p.q.mu.Lock()
-		p.q.waiting--
+		p.q.held--
 		p.q.mu.Unlock()
 	})
 }
@@ -85,9 +90,6 @@ func (q *workQueue) run(ctx context.Context) (release func(), err error) {
 // turn waits for a turn without the depth bound, for work the agent gives
 // itself (a TTL's removal) that must be done, only not all at once.
 func (q *workQueue) turn(ctx context.Context) (release func(), err error) {
-	q.mu.Lock()
-	q.waiting++
-	q.mu.Unlock()
-	p := &queuePlace{q: q}
+	p, _ := q.place(false)
 	return p.wait(ctx)
 }

@@ -263,7 +263,7 @@ func TestRestoreFailureLeavesNothingWhenRemovalsAreFull(t *testing.T) {
 	waitFor(t, "b's removal to wait", func() bool {
 		h.m.removals.mu.Lock()
 		defer h.m.removals.mu.Unlock()
-		return h.m.removals.waiting == 2
+		return h.m.removals.held == 2
 	})
 	if err := h.m.Remove(ctx, "orig", true); !errors.Is(err, ErrBusy) {
 		t.Fatalf("a third removal: %v, want ErrBusy", err)
@@ -277,7 +277,7 @@ func TestRestoreFailureLeavesNothingWhenRemovalsAreFull(t *testing.T) {
 	waitFor(t, "the failed restore to wait for its cleanup", func() bool {
 		h.m.removals.mu.Lock()
 		defer h.m.removals.mu.Unlock()
-		return h.m.removals.waiting == 3
+		return h.m.removals.held == 3
 	})
 	close(gate)
 	if err := <-checkpointed; err != nil {
