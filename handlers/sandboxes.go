@@ -79,6 +79,28 @@ func sandboxStatus(err error) int {
 	return httpapi.Status(err)
 }
 
+// decodeBody decodes a request's body into a Req, an absent one being the
+// zero Req unless required, and checks it into what the domain takes with
+// check; false when it has answered with the error.
+func decodeBody[Req, Out any](w http.ResponseWriter, r *http.Request, required bool, check func(Req) (Out, error)) (Out, bool) {
+	var req Req
+	var err error
+	if required {
+		err = httpapi.DecodeRequiredJSON(r, &req)
+	} else if err = httpapi.DecodeJSON(r, &req); errors.Is(err, httpapi.ErrEmptyBody) {
+		err = nil
+	}
+	var out Out
+	if err == nil {
+		out, err = check(req)
+	}
+	if err != nil {
+		httpapi.WriteErr(w, err)
+		return out, false
+	}
+	return out, true
+}
+
 func badRequest(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", httpapi.ErrBadRequest, fmt.Sprintf(format, args...))
 }
@@ -86,14 +108,8 @@ func badRequest(format string, args ...any) error {
 // CreateSandbox creates a sandbox: 202 while it starts, 200 when one with
 // this id and this request exists already.
 func (a *API) CreateSandbox(w http.ResponseWriter, r *http.Request) {
-	var req api.CreateSandboxRequest
-	if err := httpapi.DecodeRequiredJSON(r, &req); err != nil {
-		httpapi.WriteErr(w, err)
-		return
-	}
-	spec, err := specFromRequest(req)
-	if err != nil {
-		httpapi.WriteErr(w, err)
+	spec, ok := decodeBody(w, r, true, specFromRequest)
+	if !ok {
 		return
 	}
 	m := a.sandboxes(w, r)
@@ -321,14 +337,10 @@ func (a *API) StopSandbox(w http.ResponseWriter, r *http.Request, id api.Sandbox
 	if !checkPathID(w, id) {
 		return
 	}
-	var req api.StopSandboxRequest
-	if err := httpapi.DecodeJSON(r, &req); err != nil && !errors.Is(err, httpapi.ErrEmptyBody) {
-		httpapi.WriteErr(w, err)
-		return
-	}
-	timeout, err := checkSeconds(fieldName("timeout_seconds"), deref(req.TimeoutSeconds), maxStopTimeoutSeconds, "an hour")
-	if err != nil {
-		httpapi.WriteErr(w, err)
+	timeout, ok := decodeBody(w, r, false, func(req api.StopSandboxRequest) (time.Duration, error) {
+		return checkSeconds(fieldName("timeout_seconds"), deref(req.TimeoutSeconds), maxStopTimeoutSeconds, "an hour")
+	})
+	if !ok {
 		return
 	}
 	m := a.sandboxes(w, r)

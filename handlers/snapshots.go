@@ -1,7 +1,6 @@
 package handlers
 
 import (
-	"errors"
 	"net/http"
 
 	"github.com/arcbox/arcbox-agent/api"
@@ -15,14 +14,8 @@ func (a *API) CheckpointSandbox(w http.ResponseWriter, r *http.Request, id api.S
 	if !checkPathID(w, id) {
 		return
 	}
-	var req api.CheckpointRequest
-	if err := httpapi.DecodeJSON(r, &req); err != nil && !errors.Is(err, httpapi.ErrEmptyBody) {
-		httpapi.WriteErr(w, err)
-		return
-	}
-	cr, err := checkpointFromRequest(req)
-	if err != nil {
-		httpapi.WriteErr(w, err)
+	cr, ok := decodeBody(w, r, false, checkpointFromRequest)
+	if !ok {
 		return
 	}
 	m := a.sandboxes(w, r)
@@ -104,14 +97,8 @@ func (a *API) RestoreSnapshot(w http.ResponseWriter, r *http.Request, id api.Sna
 	if !checkPathID(w, id) {
 		return
 	}
-	var req api.RestoreRequest
-	if err := httpapi.DecodeJSON(r, &req); err != nil && !errors.Is(err, httpapi.ErrEmptyBody) {
-		httpapi.WriteErr(w, err)
-		return
-	}
-	rr, err := restoreFromRequest(req)
-	if err != nil {
-		httpapi.WriteErr(w, err)
+	rr, ok := decodeBody(w, r, false, restoreFromRequest)
+	if !ok {
 		return
 	}
 	m := a.sandboxes(w, r)

@@ -115,14 +115,8 @@ func (a *API) RunInSandbox(w http.ResponseWriter, r *http.Request, id api.Sandbo
 	if !checkPathID(w, id) {
 		return
 	}
-	var req api.RunRequest
-	if err := httpapi.DecodeRequiredJSON(r, &req); err != nil {
-		httpapi.WriteErr(w, err)
-		return
-	}
-	p, err := processFromRequest(req, "")
-	if err != nil {
-		httpapi.WriteErr(w, err)
+	p, ok := decodeBody(w, r, true, func(req api.RunRequest) (sandbox.Process, error) { return processFromRequest(req, "") })
+	if !ok {
 		return
 	}
 	m := a.sandboxes(w, r)
