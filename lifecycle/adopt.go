@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Daemons left by an earlier agent. An agent that dies without stopping
@@ -70,15 +72,9 @@ func runsBinary(pid int, binary string) error {
 }
 
 // verifyDaemon checks that pid is a live process that is the service's
-// daemon (identity); the error says why not.
+// daemon (identity); the error says why not. A process that has ended
+// (a zombie too: it has no executable left) fails runsBinary.
 func (r *Runtime) verifyDaemon(service string, pid int) error {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return fmt.Errorf("pid %d: not running", pid)
-	}
-	if _, err := parseProcState(stat); err != nil {
-		return fmt.Errorf("pid %d: %w", pid, err)
-	}
 	binary, want := r.identity(service)
 	if err := runsBinary(pid, binary); err != nil {
 		return err
@@ -134,18 +130,21 @@ func (r *Runtime) adoptStray(ctx context.Context, service string) {
 		if pid == os.Getpid() {
 			continue
 		}
-		if err := r.verifyDaemon(service, pid); err != nil {
-			r.log.Info("not adopting a process", "service", service, "pid", pid, "reason", err.Error())
-			continue
-		}
+		// The pidfd pins the process that has pid now, so proving it
+		// after the open proves the process held: a pid reused before the
+		// open is proven as what it is now, and cannot be reused after.
 		h, err := openPidfd(pid)
+		if errors.Is(err, unix.ESRCH) {
+			continue // gone
+		}
 		if err != nil {
 			r.log.Warn("cannot adopt daemon; left alone", "service", service, "pid", pid, "error", err)
 			continue
 		}
-		// The pidfd is the process that had pid when it was opened. Proven
-		// again afterwards, and still running, it is the one proven.
 		if err := r.verifyDaemon(service, pid); err != nil || h.exited() {
+			if err != nil {
+				r.log.Info("not adopting a process", "service", service, "pid", pid, "reason", err.Error())
+			}
 			h.close()
 			continue
 		}
@@ -165,23 +164,17 @@ func (r *Runtime) adoptStray(ctx context.Context, service string) {
 }
 
 // stalePID reports whether a pid file's pid names no daemon of the
-// service: no live process, or one that runs neither the configured
-// binary nor one of the daemon's name (a reused pid). A daemon of the
-// service that is not provably the agent's keeps its pid file.
+// service: no process with an executable (none at all, a zombie, a kernel
+// thread), or one that runs neither the configured binary nor one of the
+// daemon's name (a reused pid). A daemon of the service that is not
+// provably the agent's keeps its pid file.
 func (r *Runtime) stalePID(service string, pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	if _, err := parseProcState(stat); err != nil {
-		return true
-	}
 	binary, _ := r.identity(service)
 	if runsBinary(pid, binary) == nil {
 		return false
 	}
 	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-	return err == nil && filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != filepath.Base(binary)
+	return err != nil || filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != filepath.Base(binary)
 }
 
 // adopt makes the process behind h the service's child, supervised as

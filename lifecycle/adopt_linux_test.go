@@ -323,3 +323,23 @@ func TestAdoptRemovesAStalePidFile(t *testing.T) {
 		}
 	}
 }
+
+// TestStalePIDWithoutAnExecutable: a pid file whose pid now names a
+// process with no executable (a kernel thread, here kthreadd, pid 2; a
+// zombie is the same) names no daemon: the file is stale. Kept, it would
+// make the next dockerd refuse to start.
+func TestStalePIDWithoutAnExecutable(t *testing.T) {
+	comm, err := os.ReadFile("/proc/2/comm")
+	if err != nil || strings.TrimSpace(string(comm)) != "kthreadd" {
+		t.Fatalf("pid 2 is not kthreadd here (%q, %v): no kernel thread at a known pid", comm, err)
+	}
+	r := startRuntime(t, adoptConfig(t, newFakes(t)))
+	for _, service := range []string{Containerd, Dockerd} {
+		if !r.stalePID(service, 2) {
+			t.Errorf("%s: a pid file naming a kernel thread is not stale", service)
+		}
+	}
+	if r.stalePID(Dockerd, os.Getpid()) {
+		t.Error("a pid file naming a live dockerd (this test binary stands in for it) is stale")
+	}
+}

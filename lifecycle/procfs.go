@@ -2,7 +2,6 @@ package lifecycle
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -62,28 +61,6 @@ func removePIDFileOf(path string, pid int) {
 	if got, err := readPIDFile(path); err == nil && got == pid {
 		os.Remove(path)
 	}
-}
-
-// errZombie is parseProcState's answer for a process that has ended and
-// not been reaped yet.
-var errZombie = errors.New("exited (a zombie)")
-
-// parseProcState reads the state letter of /proc/PID/stat ("R", "S",
-// "Z"...). The command name in parentheses may hold anything, spaces and
-// parentheses included, so the state is found after the last ')'.
-func parseProcState(b []byte) (byte, error) {
-	end := bytes.LastIndexByte(b, ')')
-	if bytes.IndexByte(b, '(') < 0 || end < 0 || end+2 >= len(b) || b[end+1] != ' ' {
-		return 0, errors.New("malformed /proc stat line")
-	}
-	state := b[end+2]
-	if state < 'A' || state > 'z' || (end+3 < len(b) && b[end+3] != ' ' && b[end+3] != '\n') {
-		return 0, errors.New("malformed /proc stat line")
-	}
-	if state == 'Z' || state == 'X' {
-		return state, errZombie
-	}
-	return state, nil
 }
 
 // splitCmdline splits /proc/PID/cmdline into its arguments.

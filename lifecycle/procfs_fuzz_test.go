@@ -35,42 +35,6 @@ func FuzzParsePID(f *testing.F) {
 	})
 }
 
-// FuzzParseProcState checks the /proc/PID/stat reader never panics and
-// finds the state after the last ')', whatever the command name holds.
-func FuzzParseProcState(f *testing.F) {
-	if b, err := os.ReadFile("/proc/self/stat"); err == nil {
-		f.Add(b)
-	}
-	for _, s := range []string{
-		"1 (init) S 0 1 1 0 -1 4194560 1000 0",
-		"42 (a) b) c) R 1 42",
-		"7 (sp ace) Z 1 7",
-		"8 (x) X 1",
-		"9 ()) D 1",
-		"10 (x)",
-		"10 (x) ",
-		"10 (x)S",
-		"10 x) S",
-		"10 (x) 5 1",
-		"",
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		state, err := parseProcState(b)
-		if err != nil && err != errZombie {
-			return
-		}
-		end := bytes.LastIndexByte(b, ')')
-		if end < 0 || end+2 >= len(b) || b[end+2] != state {
-			t.Fatalf("state %q is not the letter after the last ')' of %q", state, b)
-		}
-		if (err == errZombie) != (state == 'Z' || state == 'X') {
-			t.Fatalf("state %q with error %v", state, err)
-		}
-	})
-}
-
 // FuzzCmdline checks that arguments joined as /proc/PID/cmdline shows
 // them split back to themselves, and that hasArgs finds what they hold.
 func FuzzCmdline(f *testing.F) {
