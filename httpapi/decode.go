@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,20 +60,14 @@ func DecodeJSONBytes(body []byte, v any) error {
 		}
 		return err
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	// The scan has checked the syntax, the field names (unknown ones
+	// included) and that nothing follows the value; what is left is the
+	// types, which encoding/json checks as it decodes.
+	if err := json.Unmarshal(body, v); err != nil {
 		return fmt.Errorf("%w: %s", ErrBadRequest, describeJSONError(err))
-	}
-	if len(bytes.Trim(body[dec.InputOffset():], jsonSpace)) > 0 {
-		return fmt.Errorf("%w: the body has data after the JSON value", ErrBadRequest)
 	}
 	return nil
 }
-
-// jsonSpace is what JSON counts as white space (RFC 8259), less than
-// Unicode does.
-const jsonSpace = " \t\r\n"
 
 // readBody reads the whole body; limitBody bounds its size and how long it
 // may take.

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // maxJSONDepth bounds how deep a body may nest. No request of the contract
@@ -30,6 +31,9 @@ func scanJSON(body []byte, t reflect.Type) ([]byte, error) {
 	s.dec.UseNumber()
 	if err := s.value(t, "", 0); err != nil {
 		return nil, err
+	}
+	if _, err := s.dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: the body has data after the JSON value", ErrBadRequest)
 	}
 	if len(s.edits) == 0 {
 		return body, nil
@@ -219,14 +223,22 @@ func isPaddedBase64(s string) bool {
 	if pad > 2 {
 		return false
 	}
-	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 	for i := range len(s) - pad {
-		if strings.IndexByte(alphabet, s[i]) < 0 {
+		if !base64Alphabet[s[i]] {
 			return false
 		}
 	}
 	return true
 }
+
+// base64Alphabet marks the bytes of standard base64's alphabet: a table,
+// since every stdin message of an exec passes through isPaddedBase64.
+var base64Alphabet = func() (t [256]bool) {
+	for _, c := range "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/" {
+		t[c] = true
+	}
+	return t
+}()
 
 func unknownField(path, key string, fields map[string]reflect.Type) error {
 	for name := range fields {
@@ -245,8 +257,21 @@ func malformed(err error) error {
 }
 
 // jsonFields maps the JSON names of a struct's fields, exactly as spelled,
-// to their types.
+// to their types; made once per type.
 func jsonFields(t reflect.Type) map[string]reflect.Type {
+	if m, ok := fieldCache.Load(t); ok {
+		return m.(map[string]reflect.Type)
+	}
+	m := structFields(t)
+	fieldCache.Store(t, m)
+	return m
+}
+
+// fieldCache holds jsonFields' maps, by type. The types are the
+// contract's, a fixed few.
+var fieldCache sync.Map
+
+func structFields(t reflect.Type) map[string]reflect.Type {
 	m := make(map[string]reflect.Type, t.NumField())
 	for i := range t.NumField() {
 		f := t.Field(i)
