@@ -22,7 +22,7 @@ func (a Address) String() string { return a.Interface + "=" + a.Prefix.String() 
 // ParseAddress parses IFACE=ADDRESS/BITS, IPv4 only.
 func ParseAddress(s string) (Address, error) {
 	name, cidr, ok := strings.Cut(s, "=")
-	if !ok || !validInterfaceName(name) {
+	if !ok || !ValidInterfaceName(name) {
 		return Address{}, fmt.Errorf("%q: want INTERFACE=ADDRESS/BITS, such as eth0=10.0.2.15/24", s)
 	}
 	p, err := netip.ParsePrefix(cidr)
@@ -32,11 +32,11 @@ func ParseAddress(s string) (Address, error) {
 	return Address{Interface: name, Prefix: p}, nil
 }
 
-// validInterfaceName applies the kernel's rule for a network interface
+// ValidInterfaceName applies the kernel's rule for a network interface
 // name (dev_valid_name): 1 to 15 bytes, not "." or "..", no '/', ':' or
 // white space (its isspace: also 0xa0, Latin-1's no-break space); and no
 // NUL, which would end the name early in the ioctl's C string.
-func validInterfaceName(name string) bool {
+func ValidInterfaceName(name string) bool {
 	if name == "" || len(name) >= 16 || name == "." || name == ".." {
 		return false
 	}

@@ -29,7 +29,7 @@ func FuzzParseAddress(f *testing.F) {
 			}
 			return
 		}
-		if !validInterfaceName(a.Interface) || strings.Contains(a.Interface, "=") {
+		if !ValidInterfaceName(a.Interface) || strings.Contains(a.Interface, "=") {
 			t.Fatalf("%q: accepted interface name %q", s, a.Interface)
 		}
 		if !a.Prefix.IsValid() || !a.Prefix.Addr().Is4() {

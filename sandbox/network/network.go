@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/arcbox/arcbox-agent/netconf"
 )
 
 // The error classes the Manager returns. Every error it returns for a bad
@@ -165,13 +167,13 @@ func validID(id string) error {
 	return nil
 }
 
-// validIfName follows the kernel's dev_valid_name.
+// validIfName follows the kernel's dev_valid_name (netconf's rule).
 func validIfName(name string) error {
-	switch {
-	case len(name) > 15:
+	if len(name) > 15 {
 		return fmt.Errorf("interface name %q: longer than 15 bytes: %w", name, ErrInvalid)
-	case name == "." || name == "..", strings.ContainsAny(name, "/: \t\n\r\v\f\x00"):
-		return fmt.Errorf("interface name %q: not a valid name: %w", name, ErrInvalid)
+	}
+	if !netconf.ValidInterfaceName(name) {
+		return fmt.Errorf("interface name %q: not a valid name (1 to 15 bytes, not . or .., no /, :, white space or NUL): %w", name, ErrInvalid)
 	}
 	return nil
 }
