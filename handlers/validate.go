@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"time"
 	"unicode/utf8"
+
+	"github.com/arcbox/arcbox-agent/sandbox"
 )
 
 // The contract's bounds on numbers and lengths. openapi.yaml states each as
@@ -24,9 +26,9 @@ const (
 	// runs in has.
 	maxVCPUs     = 1024
 	maxMemoryMiB = 1 << 20
-	// minMemoryMiB is the least memory a sandbox may be given: its init
-	// alone needs a few MiB (the sandbox package refuses less).
-	minMemoryMiB = 8
+	// minMemoryMiB is the least memory a sandbox may be given (its init
+	// alone needs a few MiB): the sandbox package's.
+	minMemoryMiB = sandbox.MinMemoryMiB
 	// maxTTYSide is the largest terminal side: a winsize is 16 bits.
 	maxTTYSide = math.MaxUint16
 	// maxSnapshotName is in characters (Unicode code points), as JSON
@@ -51,7 +53,7 @@ type rule struct {
 }
 
 var (
-	idRule = rule{regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`),
+	idRule = rule{regexp.MustCompile(sandbox.IDPattern),
 		"an id: 1 to 64 letters, digits, '_', '.' or '-', the first a letter or digit"}
 	userRule = rule{regexp.MustCompile(`^(?:[a-zA-Z0-9_][a-zA-Z0-9_.-]*(?::[a-zA-Z0-9_][a-zA-Z0-9_.-]*)?)?$`),
 		"uid[:gid] or name[:group]"}

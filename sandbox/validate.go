@@ -11,14 +11,18 @@ import (
 	"strings"
 )
 
-var idPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
+// IDPattern is what a sandbox id (and a snapshot's) looks like: 1 to 64
+// letters, digits, '_', '.' or '-', the first a letter or digit.
+const IDPattern = `^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`
+
+var idPattern = regexp.MustCompile(IDPattern)
 
 // userPattern is uid[:gid] or name[:group].
 var userPattern = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9_.-]*(:[a-zA-Z0-9_][a-zA-Z0-9_.-]*)?$`)
 
-// minMemoryMiB is the least memory a sandbox may have: its init alone needs
-// a few MiB.
-const minMemoryMiB = 8
+// MinMemoryMiB is the least memory a sandbox may have: its init alone
+// needs a few MiB.
+const MinMemoryMiB = 8
 
 // invalidField is the error for a bad field, named as the API names it.
 func invalidField(field, format string, args ...any) error {
@@ -57,8 +61,8 @@ func normalize(s Spec, defaults Limits) (Spec, error) {
 	if s.Limits.VCPUs < 0 {
 		return s, invalidField("limits.vcpus", "%d is negative", s.Limits.VCPUs)
 	}
-	if s.Limits.MemoryMiB < 0 || (s.Limits.MemoryMiB > 0 && s.Limits.MemoryMiB < minMemoryMiB) {
-		return s, invalidField("limits.memory_mib", "%d is below the minimum of %d", s.Limits.MemoryMiB, minMemoryMiB)
+	if s.Limits.MemoryMiB < 0 || (s.Limits.MemoryMiB > 0 && s.Limits.MemoryMiB < MinMemoryMiB) {
+		return s, invalidField("limits.memory_mib", "%d is below the minimum of %d", s.Limits.MemoryMiB, MinMemoryMiB)
 	}
 	if s.Limits.VCPUs == 0 {
 		s.Limits.VCPUs = defaults.VCPUs
