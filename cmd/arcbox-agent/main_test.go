@@ -98,45 +98,37 @@ func TestRunFinishesRequestsInFlight(t *testing.T) {
 	}()
 	waitDial(t, sock)
 
-	tr := unixTransport(sock)
-	tr.DisableKeepAlives = true
-	c := apitest.NewClient(t, "http://agent", tr)
-	r, err := c.GetReadyzWithResponse(ctx)
-	if err != nil || r.StatusCode() != 200 {
-		t.Fatalf("readyz: %v %v", err, r)
-	}
-
 	conn, err := net.Dial("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	// Expect: 100-continue makes the server say when its handler has
+	// begun to read the body: from then on the request is in flight, and
+	// shutdown must wait for it. (net/http drops a connection whose
+	// headers it has not read when shutdown begins, answered or not.)
 	body := `{"message":"late"}`
-	fmt.Fprintf(conn, "POST /v1/ping HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body[:5])
-
-	// The listener accepts in order: once a later connection is answered,
-	// the server holds ours too, and shutdown must wait for it.
-	if r, err := c.GetLivezWithResponse(context.Background()); err != nil || r.StatusCode() != 200 {
-		t.Fatalf("livez: %v %v", err, r)
+	fmt.Fprintf(conn, "POST /v1/ping HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n", len(body))
+	br := bufio.NewReader(conn)
+	if cont, err := http.ReadResponse(br, nil); err != nil || cont.StatusCode != http.StatusContinue {
+		t.Fatalf("want 100 Continue once the handler reads the body: %v %v", cont, err)
 	}
 	cancel()
-	// Shutdown has begun once the listener refuses new connections.
-	deadline := time.Now().Add(10 * time.Second)
+	// Shutdown has begun once the listener refuses new connections (a
+	// listener that never stops accepting hangs here until go test's
+	// -timeout, which prints where).
 	for {
 		c, err := net.Dial("unix", sock)
 		if err != nil {
 			break
 		}
 		c.Close()
-		if time.Now().After(deadline) {
-			t.Fatal("the listener still accepts after shutdown began")
-		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	if _, err := io.WriteString(conn, body[5:]); err != nil {
+	if _, err := io.WriteString(conn, body); err != nil {
 		t.Fatalf("%v\n%s", err, logs.String())
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatalf("in-flight request got no answer: %v", err)
 	}
@@ -144,13 +136,8 @@ func TestRunFinishesRequestsInFlight(t *testing.T) {
 	if err := json.NewDecoder(resp.Body).Decode(&pong); err != nil || resp.StatusCode != 200 || pong.Message != "pong: late" {
 		t.Fatalf("in-flight request: %d %+v %v", resp.StatusCode, pong, err)
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("run did not return after shutdown")
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
 	}
 	if !strings.Contains(logs.String(), `"msg":"stopped"`) {
 		t.Errorf("no stopped line in the log:\n%s", logs.String())
