@@ -23,11 +23,12 @@ type backend interface {
 	ReserveAddress(id, addr string) error
 	// ReleaseAddress frees id's address, if it holds one.
 	ReleaseAddress(id string)
-	// Start makes the sandbox's container and starts its init. from, when
-	// set, is a snapshot directory made by Checkpoint: the sandbox starts
-	// with its files. On error it leaves no container, mount or cgroup
-	// behind. exited is closed when the init exits.
-	Start(ctx context.Context, id string, s Spec, from string) (exited <-chan struct{}, err error)
+	// Start makes the sandbox's container and starts its init. idmap,
+	// unless its Size is 0, is the range of host ids its user namespace
+	// maps. from, when set, is a snapshot directory made by Checkpoint:
+	// the sandbox starts with its files. On error it leaves no container,
+	// mount or cgroup behind. exited is closed when the init exits.
+	Start(ctx context.Context, id string, s Spec, idmap IDMap, from string) (exited <-chan struct{}, err error)
 	// Adopt finds the container an earlier agent made. alive is false when
 	// its init no longer runs.
 	Adopt(ctx context.Context, id string) (exited <-chan struct{}, alive bool, err error)

@@ -127,7 +127,7 @@ func BenchmarkRunOutput(b *testing.B) {
 		for _, rt := range runtimes {
 			b.Run(w.name+"/sandbox/"+rt, func(b *testing.B) {
 				e := newOCIEnv(b, rt)
-				id := e.create(Spec{ID: "out", Limits: Limits{VCPUs: 2}, Rootfs: gnuHeadRootfs(b)}).ID
+				id := e.create(Spec{ID: "out", Limits: Limits{VCPUs: 2}, Rootfs: gnuHeadRootfs(b, e.rootfsDir("gnuhead"))}).ID
 				b.SetBytes(size)
 				b.ResetTimer()
 				for range b.N {
@@ -141,7 +141,7 @@ func BenchmarkRunOutput(b *testing.B) {
 			})
 			b.Run(w.name+"/bare/"+rt, func(b *testing.B) {
 				e := newOCIEnv(b, rt)
-				id := e.create(Spec{ID: "out", Limits: Limits{VCPUs: 2}, Rootfs: gnuHeadRootfs(b)}).ID
+				id := e.create(Spec{ID: "out", Limits: Limits{VCPUs: 2}, Rootfs: gnuHeadRootfs(b, e.rootfsDir("gnuhead"))}).ID
 				root := filepath.Join(e.cfg.StateDir, "runtime")
 				b.SetBytes(size)
 				b.ResetTimer()
@@ -171,9 +171,8 @@ const gnuHead = "/opt/gnu/head"
 
 // gnuHeadRootfs is a busybox root filesystem with the host's GNU head and
 // the libraries it loads.
-func gnuHeadRootfs(b testing.TB) string {
+func gnuHeadRootfs(b testing.TB, root string) string {
 	b.Helper()
-	root := filepath.Join(b.TempDir(), "root")
 	if err := EnsureBusyboxRootfs(root, testenv.RequireBinary(b, "busybox")); err != nil {
 		b.Fatal(err)
 	}
@@ -225,7 +224,7 @@ func newBareBundle(b testing.TB, rt string) *bareBundle {
 			b.Fatal(err)
 		}
 	}
-	if err := copyOwnerMode(testRootfs, filepath.Join(bb.dir, "upper")); err != nil {
+	if err := copyOwnerMode(testRootfs, filepath.Join(bb.dir, "upper"), 0); err != nil {
 		b.Fatal(err)
 	}
 	if err := mountOverlay(testRootfs, filepath.Join(bb.dir, "upper"), filepath.Join(bb.dir, "work"), rootfs); err != nil {
@@ -240,10 +239,13 @@ func newBareBundle(b testing.TB, rt string) *bareBundle {
 			os.Remove(d)
 		}
 	})
-	spec := buildSpec(bundleParams{
+	spec, err := buildSpec(bundleParams{
 		ID: "bare", InitPath: testInitPath, Limits: DefaultLimits,
 		CgroupsPath: filepath.Join(testCgroupParent, "bare"), Cgroup2: isCgroup2("/sys/fs/cgroup"),
 	})
+	if err != nil {
+		b.Fatal(err)
+	}
 	data, err := json.Marshal(spec)
 	if err != nil {
 		b.Fatal(err)

@@ -28,6 +28,7 @@ type ociEnv struct {
 	m       *Manager
 	cfg     Config
 	runtime string // the runtime binary's path
+	shared  string // the mount root: what sandboxes may mount is under it
 	events  *Subscription
 	mu      sync.Mutex
 	ids     map[string]bool
@@ -48,8 +49,13 @@ func requirePrivileged(t testing.TB, runtime string) string {
 func newOCIEnv(t testing.TB, runtime string, tweak ...func(*Config)) *ociEnv {
 	t.Helper()
 	rt := requirePrivileged(t, runtime)
+	shared := t.TempDir()
+	if err := os.Chmod(shared, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	cfg := Config{
-		StateDir:      t.TempDir(),
+		MountRoots:    []string{shared},
+		StateDir:      searchableTempDir(t),
 		Runtime:       runtime,
 		DefaultRootfs: testRootfs,
 		InitPath:      testInitPath,
@@ -60,10 +66,46 @@ func newOCIEnv(t testing.TB, runtime string, tweak ...func(*Config)) *ociEnv {
 	for _, f := range tweak {
 		f(&cfg)
 	}
-	e := &ociEnv{t: t, cfg: cfg, runtime: rt, ids: map[string]bool{}}
+	e := &ociEnv{t: t, cfg: cfg, runtime: rt, shared: shared, ids: map[string]bool{}}
 	e.open()
 	t.Cleanup(e.cleanup)
 	return e
+}
+
+// rootfsDir is where a test's root filesystem name goes: the agent's
+// store, the only place a create's rootfs may name.
+func (e *ociEnv) rootfsDir(name string) string {
+	return storeRootfsDir(e.t, e.cfg.StateDir, name)
+}
+
+func storeRootfsDir(t testing.TB, stateDir, name string) string {
+	t.Helper()
+	store := filepath.Join(stateDir, "rootfs")
+	if err := os.MkdirAll(store, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(store, name)
+}
+
+// sharedDir makes a directory under the mount root, readable by all.
+func (e *ociEnv) sharedDir(name string) string {
+	e.t.Helper()
+	dir := filepath.Join(e.shared, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	return dir
+}
+
+// searchableTempDir is a t.TempDir that every user may pass through (not
+// list), as the state dir of sandboxes with a user namespace must be.
+func searchableTempDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Chmod(filepath.Dir(dir), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // testLogger logs to stderr with ARCBOX_TEST_LOG=1, else nowhere.

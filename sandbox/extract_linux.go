@@ -36,7 +36,7 @@ func extractTar(r io.Reader, root string) error {
 			continue // the root itself
 		}
 		dir, base := path.Split(rel)
-		if err := mkdirAllAt(rootFD, root, dir, 0o755); err != nil {
+		if err := mkdirAllAt(rootFD, root, dir, 0o755, -1, -1); err != nil {
 			return err
 		}
 		parent, err := openat2(rootFD, root, dir, unix.O_PATH|unix.O_DIRECTORY)

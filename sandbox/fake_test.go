@@ -44,6 +44,7 @@ type fakeBackend struct {
 	killed      []string // KillWorkloads calls
 	execs       []*fakeExec
 	startedFrom map[string]string // Start's from, by id
+	idmaps      map[string]IDMap  // Start's idmap, by id
 	// checkpointErr fails Checkpoint; checkpointGate, when set, holds it
 	// until closed.
 	checkpointErr  error
@@ -55,7 +56,7 @@ type fakeBackend struct {
 var _ backend = (*fakeBackend)(nil)
 
 func newFakeBackend() *fakeBackend {
-	return &fakeBackend{alive: map[string]bool{}, boxes: map[string]chan struct{}{}, startedFrom: map[string]string{}, addrs: map[string]string{}}
+	return &fakeBackend{alive: map[string]bool{}, boxes: map[string]chan struct{}{}, startedFrom: map[string]string{}, idmaps: map[string]IDMap{}, addrs: map[string]string{}}
 }
 
 func (f *fakeBackend) Validate(s Spec) error {
@@ -67,8 +68,9 @@ func (f *fakeBackend) Validate(s Spec) error {
 	return f.validateErr
 }
 
-func (f *fakeBackend) Start(ctx context.Context, id string, s Spec, from string) (<-chan struct{}, error) {
+func (f *fakeBackend) Start(ctx context.Context, id string, s Spec, idmap IDMap, from string) (<-chan struct{}, error) {
 	f.mu.Lock()
+	f.idmaps[id] = idmap
 	gate, err := f.startGate, f.startErr
 	f.startedFrom[id] = from
 	f.mu.Unlock()

@@ -114,8 +114,9 @@ func isLoopbackRegistry(hostport string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// get returns the unpacked image ref, pulling it if the cache lacks it.
-func (s *imageStore) get(ctx context.Context, ref string) (pulledImage, error) {
+// get returns the unpacked image ref, pulling it if the cache lacks it;
+// auth, when set, authenticates the pull.
+func (s *imageStore) get(ctx context.Context, ref string, auth *RegistryAuth) (pulledImage, error) {
 	r, err := parseImageRef(ref)
 	if err != nil {
 		return pulledImage{}, invalidField("image", "%v", err)
@@ -138,7 +139,7 @@ func (s *imageStore) get(ctx context.Context, ref string) (pulledImage, error) {
 		s.pulls.Add(1)
 		go func() {
 			defer s.pulls.Done()
-			f.img, f.err = s.pull(r)
+			f.img, f.err = s.pull(r, auth)
 			s.mu.Lock()
 			delete(s.flights, r.Name())
 			s.mu.Unlock()
@@ -181,7 +182,7 @@ func (s *imageStore) cached(key string) (pulledImage, bool) {
 
 // pull fetches and unpacks an image: into a temporary directory, renamed
 // into place once complete, so the cache never holds half an image.
-func (s *imageStore) pull(r name.Reference) (pulledImage, error) {
+func (s *imageStore) pull(r name.Reference, auth *RegistryAuth) (pulledImage, error) {
 	ctx := s.ctx
 	log := s.log.With("image", r.Name())
 	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithPlatform(s.platform))

@@ -64,18 +64,18 @@ func readFileInRoot(root, name string) ([]byte, error) {
 }
 
 // mkdirAllInRoot makes dir (a path as the sandbox sees it) and its parents
-// under root, root-owned with mode perm.
-func mkdirAllInRoot(root, dir string, perm uint32) error {
+// under root, with mode perm, owned by uid and gid (-1: the agent's).
+func mkdirAllInRoot(root, dir string, perm uint32, uid, gid int) error {
 	rootFD, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return &os.PathError{Op: "open", Path: root, Err: err}
 	}
 	defer unix.Close(rootFD)
-	return mkdirAllAt(rootFD, root, dir, perm)
+	return mkdirAllAt(rootFD, root, dir, perm, uid, gid)
 }
 
 // mkdirAllAt is mkdirAllInRoot under an open root.
-func mkdirAllAt(rootFD int, root, dir string, perm uint32) error {
+func mkdirAllAt(rootFD int, root, dir string, perm uint32, uid, gid int) error {
 	parts := strings.Split(strings.Trim(path.Clean("/"+dir), "/"), "/")
 	for i := range parts {
 		if parts[i] == "" {
@@ -91,6 +91,9 @@ func mkdirAllAt(rootFD int, root, dir string, perm uint32) error {
 			return err
 		}
 		err = unix.Mkdirat(int(parent.Fd()), parts[i], perm)
+		if err == nil && (uid >= 0 || gid >= 0) {
+			err = unix.Fchownat(int(parent.Fd()), parts[i], uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+		}
 		parent.Close()
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return &os.PathError{Op: "mkdir", Path: path.Join(root, prefix), Err: err}

@@ -374,13 +374,15 @@ func TestOCIBadInput(t *testing.T) {
 // mounts; the rootfs itself is never written.
 func TestOCIUserMountsRootfs(t *testing.T) {
 	e := newOCIEnv(t, "crun")
-	rootfs := filepath.Join(t.TempDir(), "rootfs")
+	rootfs := e.rootfsDir("users")
 	if out, err := exec.Command("cp", "-a", testRootfs, rootfs).CombinedOutput(); err != nil {
 		t.Fatalf("cp: %v: %s", err, out)
 	}
 	appendFile(t, filepath.Join(rootfs, "etc/passwd"), "alice:x:1000:1000:Alice:/home/alice:/bin/sh\n")
 	appendFile(t, filepath.Join(rootfs, "etc/group"), "alice:x:1000:\nstaff:x:50:alice\n")
-	ro, rw := t.TempDir(), t.TempDir()
+	// rw is the sandbox's own volume directory: made for it, owned by
+	// its root.
+	ro, rw := e.sharedDir("ro"), filepath.Join(e.cfg.StateDir, "volumes", "users", "rw")
 	if err := os.WriteFile(filepath.Join(ro, "in.txt"), []byte("host data\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}

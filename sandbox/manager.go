@@ -29,8 +29,8 @@ const (
 )
 
 // DefaultLimits are the limits of a sandbox that asks for none, when
-// Config.DefaultLimits does not say: 1 vCPU, 512 MiB.
-var DefaultLimits = Limits{VCPUs: 1, MemoryMiB: 512}
+// Config.DefaultLimits does not say: 1 vCPU, 512 MiB, 1024 processes.
+var DefaultLimits = Limits{VCPUs: 1, MemoryMiB: 512, Pids: 1024}
 
 // DefaultBridgeCIDR is the bridged sandboxes' range when Config.BridgeCIDR
 // does not say: the original guest's.
@@ -74,6 +74,25 @@ type Config struct {
 	// <CgroupParent>/<id>; "" is "arcbox". A relative path is taken by runc
 	// relative to the agent's own cgroup and by crun relative to the root.
 	CgroupParent string
+	// MountRoots are the host directories whose contents a create may
+	// bind-mount (each source must lie under one, resolved without leaving
+	// it through a symlink); nil is DefaultMountRoots. Whatever the roots,
+	// the agent's sockets, the runtime's, the state dir and the data
+	// volume's internals are refused (ForbiddenPaths). Each sandbox may
+	// also mount from its own volume directory, StateDir/volumes/<id>.
+	MountRoots []string
+	// ForbiddenPaths are host paths no mount may reach into or hold, on
+	// top of StateDir and the runtime sockets the package knows of: main
+	// passes the agent's own sockets and the data volume's mount point.
+	ForbiddenPaths []string
+	// Registries, when set, are the only registries images may come from
+	// (host or host:port, as in an image reference). Unset, any registry
+	// may be used but loopback, link-local and unspecified addresses,
+	// which are refused unless listed, whatever a name resolves to.
+	Registries []string
+	// RegistryAuthFile is a Docker config.json ("auths") whose
+	// credentials pulls use when a create brings none; "" is none.
+	RegistryAuthFile string
 	// Workers is how many container starts (creates and restores), how
 	// many removals, and how many checkpoints run at once; 0 is 4 (2 for
 	// checkpoints). QueueDepth is how many more of each may wait their
@@ -121,12 +140,15 @@ type Manager struct {
 	idleMu   sync.Mutex  // guards idleStop and cfg.OnIdle
 	idleStop func() bool // disarms the OnIdle timer
 
-	mu     sync.Mutex
-	boxes  map[string]*sandbox
-	snaps  map[string]*snapshotEntry
-	seq    uint64
-	closed bool
-	wg     sync.WaitGroup // background goroutines
+	mu    sync.Mutex
+	boxes map[string]*sandbox
+	// idSlot is the id range given last (allocIDMapLocked).
+	idSlot    uint32
+	idSlotSet bool
+	snaps     map[string]*snapshotEntry
+	seq       uint64
+	closed    bool
+	wg        sync.WaitGroup // background goroutines
 }
 
 // idleAfter is how long the manager is quiet before Config.OnIdle.
@@ -488,6 +510,15 @@ func (m *Manager) admit(spec Spec, from *restoredFrom) (*sandbox, *queuePlace, *
 		rec: record{Spec: spec, State: StateStarting, CreatedAt: m.now(), Restored: from},
 	}
 	sb.store.dir = sb.dir
+	if !spec.Security.HostUsers {
+		idmap, err := m.allocIDMapLocked()
+		if err != nil {
+			m.mu.Unlock()
+			place.cancel()
+			return nil, nil, nil, fmt.Errorf("create sandbox %q: %w", spec.ID, err)
+		}
+		sb.rec.IDMap = &idmap
+	}
 	// Reserve the id, then take an address and make the record durable
 	// outside the lock.
 	m.boxes[sb.id] = sb
@@ -580,7 +611,11 @@ func (m *Manager) start(ctx context.Context, sb *sandbox, place *queuePlace) {
 	var exited <-chan struct{}
 	release, err := place.wait(ctx)
 	if err == nil {
-		exited, err = m.be.Start(ctx, sb.id, sb.rec.Spec, from)
+		var idmap IDMap
+		if sb.rec.IDMap != nil {
+			idmap = *sb.rec.IDMap
+		}
+		exited, err = m.be.Start(ctx, sb.id, sb.rec.Spec, idmap, from)
 		release()
 	}
 
@@ -970,6 +1005,16 @@ func (m *Manager) info(sb *sandbox) Info {
 		ReadyAt:      r.ReadyAt,
 		LastExitedAt: r.LastExitedAt,
 		Error:        r.Error,
+		Security: SecurityInfo{
+			UserNamespace:   r.IDMap != nil,
+			ReadOnlyRootfs:  r.Spec.Security.ReadOnlyRootfs,
+			NoNewPrivileges: true,
+			Seccomp:         true,
+			Capabilities:    DefaultCapabilities(),
+		},
+	}
+	if r.IDMap != nil {
+		info.Security.IDMap = *r.IDMap
 	}
 	if r.LastExitCode != nil {
 		code := *r.LastExitCode

@@ -57,6 +57,16 @@ type ociBackend struct {
 	// state directory is on btrfs, directories and copies otherwise.
 	snap disk.Snapshotter
 	net  *network.Manager // bridge networking
+	// mounts says which host paths sandboxes may bind-mount.
+	mounts *mountPolicy
+	// rootfsStore is the only directory a create's rootfs may name a
+	// directory of (StateDir/rootfs).
+	rootfsStore string
+	// noIDMapOnce logs once that the state dir cannot be idmapped.
+	noIDMapOnce sync.Once
+	// usernsErr says why sandboxes with a user namespace cannot start
+	// here, if they cannot.
+	usernsErr error
 	// noPivot: / is an initramfs, where pivot_root fails; the runtime
 	// chroots into a sandbox's root instead.
 	noPivot bool
@@ -80,6 +90,9 @@ type ociBox struct {
 type bundleMeta struct {
 	Lower string      `json:"lower"` // the overlay's read-only layer
 	Image imageConfig `json:"image"`
+	// IDMap is the range of the sandbox's user namespace, which its
+	// writable layer's files are owned in; zero without one.
+	IDMap IDMap `json:"id_map,omitzero"`
 }
 
 func newOCIBackend(ctx context.Context, cfg Config) (backend, error) {
@@ -119,6 +132,10 @@ func newOCIBackend(ctx context.Context, cfg Config) (backend, error) {
 			return nil, fmt.Errorf("state dir: %w: %w", err, ErrUnavailable)
 		}
 	}
+	usernsErr := searchableByAll(filepath.Join(cfg.StateDir, "sandboxes"), cfg.StateDir)
+	if usernsErr != nil {
+		log.Error("sandboxes with a user namespace cannot start", "err", usernsErr)
+	}
 	snap, err := disk.NewSnapshotter(cfg.StateDir)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, ErrUnavailable)
@@ -145,6 +162,9 @@ func newOCIBackend(ctx context.Context, cfg Config) (backend, error) {
 		images:        images,
 		snap:          snap,
 		net:           netMgr,
+		mounts:        newMountPolicy(cfg),
+		usernsErr:     usernsErr,
+		rootfsStore:   filepath.Join(cfg.StateDir, "rootfs"),
 		noPivot:       disk.RootIsInitramfs(),
 		boxes:         map[string]*ociBox{},
 	}
@@ -158,6 +178,32 @@ func newOCIBackend(ctx context.Context, cfg Config) (backend, error) {
 	}
 	log.Info("sandbox backend ready", "runtime", path, "cgroup2", b.cgroup2, "init", initPath, "layers", snap, "no_pivot", b.noPivot)
 	return b, nil
+}
+
+// searchableByAll makes the agent's own directories from dir up to top
+// searchable by every user (0711: passable, not listable), and checks that
+// the directories above top are too: the root of a sandbox with a user
+// namespace is no user the host knows, and the runtime makes its mounts
+// as that root, through this path.
+func searchableByAll(dir, top string) error {
+	for d := dir; ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		mode := st.Mode().Perm()
+		if mode&0o001 == 0 {
+			if !within(d, top) {
+				return fmt.Errorf("%s (mode %#o) is not searchable by other users, so a sandbox's root could not reach its root filesystem below it; make it so (chmod o+x) or move the state dir", d, mode)
+			}
+			if err := os.Chmod(d, mode|0o011); err != nil {
+				return err
+			}
+		}
+		if d == "/" || d == "." {
+			return nil
+		}
+	}
 }
 
 // findRuntime resolves Config.Runtime to a binary and its kind.
@@ -222,13 +268,16 @@ func (b *ociBackend) Validate(s Spec) error {
 	if s.SSHPublicKey != "" {
 		return invalidField("ssh_public_key", "not supported by the container backend (no sshd runs in a sandbox; use run or exec)")
 	}
+	if !s.Security.HostUsers && b.usernsErr != nil {
+		return fmt.Errorf("a sandbox with a user namespace: %w: %w", b.usernsErr, ErrUnavailable)
+	}
 	switch {
 	case s.Image != "":
 		if _, err := parseImageRef(s.Image); err != nil {
 			return invalidField("image", "%v", err)
 		}
 	case s.Rootfs != "":
-		if err := checkRootfsDir(s.Rootfs); err != nil {
+		if _, err := checkRootfs(b.rootfsStore, s.Rootfs); err != nil {
 			return invalidField("rootfs", "%v", err)
 		}
 	default:
@@ -240,7 +289,10 @@ func (b *ociBackend) Validate(s Spec) error {
 		}
 	}
 	for i, m := range s.Mounts {
-		if _, err := os.Stat(m.Source); err != nil {
+		if err := b.mounts.check(i, s.ID, m); err != nil {
+			return err
+		}
+		if _, err := os.Stat(m.Source); err != nil && !within(filepath.Clean(m.Source), filepath.Join(b.mounts.volumes, s.ID)) {
 			return invalidField(fmt.Sprintf("mounts[%d].source", i), "%v", err)
 		}
 	}
@@ -267,9 +319,18 @@ func checkRootfsDir(dir string) error {
 // Start makes the bundle (overlay root, config.json) and runs the init.
 // A sandbox restored from a snapshot gets a writable copy of the
 // snapshot's layer over the lower layer the snapshot was taken over.
-func (b *ociBackend) Start(ctx context.Context, id string, s Spec, from string) (exited <-chan struct{}, err error) {
+//
+// With a user namespace (idmap.Size > 0) the lower layer is seen through
+// an idmapped mount, so its files, owned by root and the image's users,
+// belong to the sandbox's range without a byte of it changing; where the
+// file system has no idmapped mounts the sandbox gets a copy of it with
+// shifted owners instead. The writable layer's files are stored in the
+// range, as the sandbox makes them; a snapshot restored into another range
+// is shifted to it.
+func (b *ociBackend) Start(ctx context.Context, id string, s Spec, idmap IDMap, from string) (exited <-chan struct{}, err error) {
 	dir := b.bundle(id)
 	var meta bundleMeta
+	var layerMap IDMap // the range the restored layer's files are in
 	switch {
 	case from != "":
 		if meta, err = readBundleMeta(from); err != nil {
@@ -278,25 +339,39 @@ func (b *ociBackend) Start(ctx context.Context, id string, s Spec, from string) 
 		if _, err := os.Stat(meta.Lower); err != nil {
 			return nil, fmt.Errorf("the root filesystem the snapshot was taken over is gone: %w", err)
 		}
+		layerMap = meta.IDMap
 	case s.Image != "":
-		img, err := b.images.get(ctx, s.Image)
+		img, err := b.images.get(ctx, s.Image, s.RegistryAuth)
 		if err != nil {
 			return nil, err
 		}
 		meta = bundleMeta{Lower: img.Rootfs, Image: img.Config}
 	case s.Rootfs != "":
-		meta.Lower = s.Rootfs
+		if meta.Lower, err = checkRootfs(b.rootfsStore, s.Rootfs); err != nil {
+			return nil, invalidField("rootfs", "%v", err)
+		}
 	default:
 		meta.Lower = b.defaultRootfs
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	meta.IDMap = idmap
 	data, err := json.Marshal(meta)
 	if err != nil {
 		return nil, err
 	}
 	if err := writeFileAtomic(filepath.Join(dir, bundleMetaFile), data, 0o600); err != nil {
+		return nil, err
+	}
+	// The sandbox's root (its range's first id) makes the runtime's
+	// mounts from inside its user namespace: it must be able to pass
+	// through the bundle, and no other user may.
+	root := int(idmap.HostID)
+	if err := os.Chown(dir, 0, root); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o710); err != nil {
 		return nil, err
 	}
 	// The overlay's upper and work directories live in one layer
@@ -323,6 +398,9 @@ func (b *ociBackend) Start(ctx context.Context, id string, s Spec, from string) 
 				return nil, fmt.Errorf("restore the snapshot's files: %w (then, copying: %w)", err, cerr)
 			}
 		}
+		if err := shiftOwners(layer, layerMap.HostID, idmap.HostID, idRangeSize); err != nil {
+			return nil, fmt.Errorf("restore the snapshot's files into the sandbox's id range: %w", err)
+		}
 	} else {
 		if err := b.snap.Create(layer); err != nil {
 			return nil, fmt.Errorf("writable layer: %w", err)
@@ -333,32 +411,59 @@ func (b *ociBackend) Start(ctx context.Context, id string, s Spec, from string) 
 			}
 		}
 		// The root of the merged tree takes the upper dir's owner and mode.
-		if err := copyOwnerMode(meta.Lower, upper); err != nil {
+		if err := copyOwnerMode(meta.Lower, upper, idmap.HostID); err != nil {
 			return nil, err
 		}
 	}
-	if err := mountOverlay(meta.Lower, upper, work, rootfs); err != nil {
+	lower, idmapped, err := b.lowerLayer(dir, meta.Lower, idmap)
+	if err != nil {
+		return nil, err
+	}
+	err = mountOverlay(lower, upper, work, rootfs)
+	if idmapped {
+		// The overlay holds its own clone of the idmapped mount.
+		if uerr := unmount(lower); uerr != nil && err == nil {
+			err = uerr
+		}
+	}
+	if err != nil {
 		return nil, err
 	}
 	if wd := firstNonEmpty(s.WorkingDir, meta.Image.WorkingDir); wd != "" {
-		if err := mkdirAllInRoot(rootfs, wd, 0o755); err != nil {
+		if err := mkdirAllInRoot(rootfs, wd, 0o755, root, root); err != nil {
 			return nil, fmt.Errorf("working dir %s: %w", wd, err)
 		}
 	}
 	params := bundleParams{
-		ID:          id,
-		InitPath:    b.initPath,
-		Limits:      s.Limits,
-		Mounts:      s.Mounts,
-		CgroupsPath: filepath.Join(b.cgroupParent, id),
-		Cgroup2:     b.cgroup2,
+		ID:             id,
+		InitPath:       b.initPath,
+		Limits:         s.Limits,
+		CgroupsPath:    filepath.Join(b.cgroupParent, id),
+		Cgroup2:        b.cgroup2,
+		IDMap:          idmap,
+		ReadOnlyRootfs: s.Security.ReadOnlyRootfs,
+	}
+	// Each mount source is opened and checked here, and the runtime
+	// binds what was opened: /proc/<agent>/fd/<n> until it has.
+	for i, m := range s.Mounts {
+		f, err := b.mounts.open(i, id, m, root, root)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		params.Mounts = append(params.Mounts, Mount{
+			Source: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd()), Target: m.Target, ReadOnly: m.ReadOnly,
+		})
 	}
 	if s.NetworkMode == NetworkBridge {
 		if params.NetnsPath, params.ResolvConf, err = b.setupNetwork(ctx, id, dir); err != nil {
 			return nil, err
 		}
 	}
-	spec := buildSpec(params)
+	spec, err := buildSpec(params)
+	if err != nil {
+		return nil, err
+	}
 	if data, err = json.Marshal(spec); err != nil {
 		return nil, err
 	}
@@ -379,6 +484,60 @@ func (b *ociBackend) Start(ctx context.Context, id string, s Spec, from string) 
 		return nil, err
 	}
 	return box.init.exited, nil
+}
+
+// idRangeSize is how many ids a sandbox's user namespace maps: 0 to 65535,
+// every id an image's files and users use.
+const idRangeSize = 1 << 16
+
+// lowerDir is where a sandbox with a user namespace sees its lower layer:
+// an idmapped mount while the overlay is made, else a shifted copy.
+const lowerDir = "lower"
+
+// lowerLayer is the overlay's lower layer for a sandbox of range idmap:
+// lower itself without a user namespace, else lower seen through an
+// idmapped mount on the bundle's lower directory (idmapped is true: the
+// caller unmounts it once the overlay holds it), or, where the file system
+// cannot idmap, a copy of lower there with the owners shifted.
+func (b *ociBackend) lowerLayer(dir, lower string, idmap IDMap) (path string, idmapped bool, err error) {
+	if idmap.Size == 0 {
+		return lower, false, nil
+	}
+	target := filepath.Join(dir, lowerDir)
+	if err := unmount(target); err != nil {
+		return "", false, err
+	}
+	if err := os.RemoveAll(target); err != nil {
+		return "", false, err
+	}
+	if err := os.Mkdir(target, 0o700); err != nil {
+		return "", false, err
+	}
+	ns, err := usernsFile(idmap)
+	if err != nil {
+		return "", false, err
+	}
+	defer ns.Close()
+	err = mountIDMapped(lower, target, ns)
+	if err == nil {
+		return target, true, nil
+	}
+	if !errors.Is(err, errNoIDMap) {
+		return "", false, err
+	}
+	b.noIDMapOnce.Do(func() {
+		b.log.Warn("the state dir's file system has no idmapped mounts: each sandbox with a user namespace gets a copy of its root filesystem, owned by its range", "err", err)
+	})
+	if err := os.Remove(target); err != nil {
+		return "", false, err
+	}
+	if err := disk.NewCopySnapshotter().Snapshot(lower, target, false); err != nil {
+		return "", false, err
+	}
+	if err := shiftOwners(target, 0, idmap.HostID, idmap.Size); err != nil {
+		return "", false, err
+	}
+	return target, false, nil
 }
 
 // setupNetwork gives a bridged sandbox its network namespace, veth and
@@ -656,6 +815,12 @@ func (b *ociBackend) Stop(ctx context.Context, id string) error {
 	if err := b.net.Teardown(id); err != nil {
 		return err
 	}
+	// The lower directory is an idmapped mount only if an agent died
+	// between making it and the overlay: before the files are removed,
+	// make sure it is none, or they would be the image's.
+	if err := unmount(filepath.Join(b.bundle(id), lowerDir)); err != nil {
+		return err
+	}
 	return unmount(filepath.Join(b.bundle(id), "rootfs"))
 }
 
@@ -807,13 +972,14 @@ func (b *ociBackend) Close() error {
 	return nil
 }
 
-// copyOwnerMode gives dst the owner and permission bits of src.
-func copyOwnerMode(src, dst string) error {
+// copyOwnerMode gives dst the owner of src, its ids plus shift (the
+// sandbox's range), and its permission bits.
+func copyOwnerMode(src, dst string, shift uint32) error {
 	var st unix.Stat_t
 	if err := unix.Stat(src, &st); err != nil {
 		return &os.PathError{Op: "stat", Path: src, Err: err}
 	}
-	if err := unix.Chown(dst, int(st.Uid), int(st.Gid)); err != nil {
+	if err := unix.Chown(dst, int(st.Uid+shift), int(st.Gid+shift)); err != nil {
 		return &os.PathError{Op: "chown", Path: dst, Err: err}
 	}
 	if err := unix.Chmod(dst, st.Mode&0o7777); err != nil {

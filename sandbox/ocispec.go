@@ -20,13 +20,19 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // cpuPeriod is the CFS period the vCPU quota is counted in (100 ms).
 const cpuPeriod = 100000
 
-// defaultCaps are the capabilities of root in a sandbox: Docker's default
-// set, without NET_RAW.
+// defaultCaps are the capabilities of root in a sandbox: what package
+// managers, servers and build tools need of root (owning and reading any
+// file, switching users, binding low ports, signalling, chroot). Docker's
+// default set less NET_RAW, MKNOD (the device cgroup refuses every
+// device anyway), SETFCAP, SETPCAP and AUDIT_WRITE. With a user namespace
+// they hold only over the sandbox's own files and namespaces.
 var defaultCaps = []string{
-	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
-	"CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
-	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+	"CAP_NET_BIND_SERVICE", "CAP_SETGID", "CAP_SETUID", "CAP_SYS_CHROOT",
 }
+
+// DefaultCapabilities are the capabilities root has in a sandbox.
+func DefaultCapabilities() []string { return slices.Clone(defaultCaps) }
 
 // bundleParams is what a sandbox's OCI spec is made of.
 type bundleParams struct {
@@ -41,22 +47,38 @@ type bundleParams struct {
 	NetnsPath string
 	// ResolvConf, when set, is bound read-only on /etc/resolv.conf.
 	ResolvConf string
+	// IDMap, when its Size is not 0, gives the sandbox a user namespace
+	// of that mapping.
+	IDMap IDMap
+	// ReadOnlyRootfs mounts the root read-only, with a tmpfs on /tmp.
+	ReadOnlyRootfs bool
 }
 
 // buildSpec makes the OCI spec of a sandbox whose root filesystem is the
-// bundle's "rootfs" directory and whose process 1 is the init.
-func buildSpec(p bundleParams) *specs.Spec {
+// bundle's "rootfs" directory and whose process 1 is the init. Each
+// Mounts' Source is what the runtime binds: the caller's checked open
+// file of it (a /proc/<pid>/fd/<n> path), never a path that could change.
+func buildSpec(p bundleParams) (*specs.Spec, error) {
 	// The init is a Go program: keep its runtime from holding the
 	// sandbox's cgroup files open to track GOMAXPROCS.
 	initEnv := []string{"PATH=" + defaultPath, "GODEBUG=cgroupgomaxprocs=0,updatemaxprocs=0"}
 	init := processSpec([]string{initMountPoint, initArg}, initEnv, "/", execUser{Home: "/root"}, false)
+	sysfs := specs.Mount{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}}
+	if p.IDMap.Size > 0 && p.NetnsPath != "" {
+		// A user namespace may mount sysfs only in a network namespace
+		// it owns, and a bridged sandbox's is made by the agent: bind
+		// the guest's instead, with what is mounted below it (the kernel
+		// binds those along, as a user namespace may not uncover what
+		// they hide), all read-only, masked as a sysfs of its own would be.
+		sysfs = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "rro", "nosuid", "noexec", "nodev"}}
+	}
 	mounts := []specs.Mount{
 		{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
 		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
 		{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
 		{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
 		{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
-		{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		sysfs,
 		{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
 		{Destination: initMountPoint, Type: "bind", Source: p.InitPath, Options: []string{"bind", "ro", "nosuid", "nodev"}},
 	}
@@ -67,15 +89,28 @@ func buildSpec(p bundleParams) *specs.Spec {
 		}
 		mounts = append(mounts, specs.Mount{Destination: m.Target, Type: "bind", Source: m.Source, Options: opts})
 	}
+	if p.ReadOnlyRootfs {
+		mounts = append(mounts, specs.Mount{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777", "size=65536k"}})
+	}
 	if p.ResolvConf != "" {
 		mounts = append(mounts, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: p.ResolvConf, Options: []string{"bind", "ro", "nosuid", "nodev", "noexec"}})
 	}
 	quota := int64(p.Limits.VCPUs) * cpuPeriod
 	period := uint64(cpuPeriod)
 	memory := p.Limits.MemoryMiB << 20
+	pids := p.Limits.Pids
 	namespaces := []specs.LinuxNamespace{
 		{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace, Path: p.NetnsPath}, {Type: specs.IPCNamespace},
 		{Type: specs.UTSNamespace}, {Type: specs.MountNamespace},
+	}
+	var idmaps []specs.LinuxIDMapping
+	if p.IDMap.Size > 0 {
+		namespaces = append(namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+		idmaps = []specs.LinuxIDMapping{{ContainerID: 0, HostID: p.IDMap.HostID, Size: p.IDMap.Size}}
+	}
+	seccomp, err := seccompProfile(init.Capabilities.Bounding)
+	if err != nil {
+		return nil, err
 	}
 	if p.Cgroup2 {
 		namespaces = append(namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
@@ -87,18 +122,21 @@ func buildSpec(p bundleParams) *specs.Spec {
 	return &specs.Spec{
 		Version:  "1.0.2",
 		Process:  &init,
-		Root:     &specs.Root{Path: "rootfs"},
+		Root:     &specs.Root{Path: "rootfs", Readonly: p.ReadOnlyRootfs},
 		Hostname: hostname,
 		Mounts:   mounts,
 		Linux: &specs.Linux{
 			CgroupsPath: p.CgroupsPath,
+			UIDMappings: idmaps,
+			GIDMappings: idmaps,
 			Resources: &specs.LinuxResources{
 				Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
 				Memory:  &specs.LinuxMemory{Limit: &memory},
 				CPU:     &specs.LinuxCPU{Quota: &quota, Period: &period},
+				Pids:    &specs.LinuxPids{Limit: &pids},
 			},
 			Namespaces: namespaces,
-			Seccomp:    seccompProfile(),
+			Seccomp:    seccomp,
 			MaskedPaths: []string{
 				"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
 				"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
@@ -108,7 +146,7 @@ func buildSpec(p bundleParams) *specs.Spec {
 				"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
 			},
 		},
-	}
+	}, nil
 }
 
 // processSpec is the OCI process for args run as u. Root gets the default

@@ -42,6 +42,10 @@ type record struct {
 	Gateway   string `json:"gateway,omitempty"`
 	// Restored names the snapshot the sandbox was restored from, if it was.
 	Restored *restoredFrom `json:"restored_from,omitempty"`
+	// IDMap is the range of host ids the sandbox's user namespace maps,
+	// held from its creation to its removal; nil without one (created
+	// with Security.HostUsers, or by an agent without user namespaces).
+	IDMap *IDMap `json:"id_map,omitempty"`
 }
 
 // restoredFrom is the snapshot a sandbox was made from.

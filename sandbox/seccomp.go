@@ -1,69 +1,69 @@
 package sandbox
 
 import (
-	"runtime"
+	"fmt"
+	"slices"
+	"sync"
 
+	mobyseccomp "github.com/moby/profiles/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// Errno values the seccomp profile returns; the numbers are the same on
-// every Linux architecture the agent runs on.
-const (
-	errnoEPERM   = 1
-	errnoENOSYS  = 38
-	cloneNewUser = 0x10000000
-)
+// errnoEPERM is what the seccomp profile returns for a denied call; the
+// number is the same on every Linux architecture the agent runs on.
+const errnoEPERM = 1
 
-// seccompDenied are the system calls a sandbox may not make: kernel
-// surfaces that workloads do not need and that have a record of privilege
-// escalations (keyrings, bpf, perf, userfaultfd, io_uring, new user
-// namespaces), plus what needs capabilities a sandbox lacks anyway
-// (mounts, modules, clocks, reboot), denied here as defence in depth.
-// Unknown names on an architecture are skipped by the runtimes.
+// seccompDenied are system calls Docker's default profile allows that a
+// sandbox may not make: kernel surfaces ordinary workloads do not need and
+// that have a record of privilege escalations (keyrings, userfaultfd,
+// io_uring), and reading or writing another process's memory by pid.
 var seccompDenied = []string{
 	"add_key", "keyctl", "request_key",
-	"bpf", "perf_event_open", "userfaultfd",
+	"userfaultfd",
 	"io_uring_setup", "io_uring_enter", "io_uring_register",
-	"unshare", "setns",
-	"mount", "umount", "umount2", "pivot_root", "open_tree", "move_mount",
-	"fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
-	"kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-	"create_module", "get_kernel_syms", "query_module",
-	"iopl", "ioperm", "swapon", "swapoff", "reboot", "acct",
-	"settimeofday", "stime", "clock_settime", "clock_adjtime",
-	"syslog", "lookup_dcookie", "quotactl", "quotactl_fd", "vhangup", "nfsservctl",
-	"name_to_handle_at", "open_by_handle_at", "uselib", "_sysctl",
+	"process_vm_readv", "process_vm_writev",
 }
 
-// seccompProfile allows every system call but the denied ones (EPERM),
-// clone with CLONE_NEWUSER (EPERM), and clone3 (ENOSYS, so the C library
-// falls back to clone, whose flags a filter can see).
-func seccompProfile() *specs.LinuxSeccomp {
-	eperm, enosys := uint(errnoEPERM), uint(errnoENOSYS)
-	return &specs.LinuxSeccomp{
-		DefaultAction: specs.ActAllow,
-		Architectures: seccompArches(),
-		Syscalls: []specs.LinuxSyscall{
-			{Names: seccompDenied, Action: specs.ActErrno, ErrnoRet: &eperm},
-			{
-				Names: []string{"clone"}, Action: specs.ActErrno, ErrnoRet: &eperm,
-				Args: []specs.LinuxSeccompArg{{Index: 0, Value: cloneNewUser, ValueTwo: cloneNewUser, Op: specs.OpMaskedEqual}},
-			},
-			{Names: []string{"clone3"}, Action: specs.ActErrno, ErrnoRet: &enosys},
-		},
+// seccompProfile is Docker's default profile for a process with caps in
+// its bounding set (an allow-list: everything else is EPERM, or ENOSYS for
+// calls newer than the list, clone3 among them, so the C library falls back
+// to clone, whose flags it can see; clone may not make namespaces), with
+// seccompDenied taken out of it. It is made once per capability set.
+func seccompProfile(caps []string) (*specs.LinuxSeccomp, error) {
+	key := fmt.Sprint(caps)
+	seccompCache.Lock()
+	defer seccompCache.Unlock()
+	if p, ok := seccompCache.m[key]; ok {
+		return p, nil
 	}
+	p, err := mobyseccomp.GetDefaultProfile(&specs.Spec{
+		Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{Bounding: slices.Clone(caps)}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("seccomp profile: %w", err)
+	}
+	kept := p.Syscalls[:0]
+	for _, sc := range p.Syscalls {
+		if sc.Action == specs.ActAllow {
+			sc.Names = slices.DeleteFunc(slices.Clone(sc.Names), func(n string) bool { return slices.Contains(seccompDenied, n) })
+			if len(sc.Names) == 0 {
+				continue
+			}
+		}
+		kept = append(kept, sc)
+	}
+	eperm := uint(errnoEPERM)
+	p.Syscalls = append(kept, specs.LinuxSyscall{Names: seccompDenied, Action: specs.ActErrno, ErrnoRet: &eperm})
+	if seccompCache.m == nil {
+		seccompCache.m = map[string]*specs.LinuxSeccomp{}
+	}
+	seccompCache.m[key] = p
+	return p, nil
 }
 
-// seccompArches are the architectures a process on this machine can call
-// the kernel as: without the compat ones, their calls would bypass the
-// filter's names.
-func seccompArches() []specs.Arch {
-	switch runtime.GOARCH {
-	case "amd64":
-		return []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32}
-	case "arm64":
-		return []specs.Arch{specs.ArchAARCH64, specs.ArchARM}
-	default:
-		return nil
-	}
+// seccompCache holds the profiles made (there is one capability set per
+// kind of process: root's, and a user's bounding set, which is the same).
+var seccompCache struct {
+	sync.Mutex
+	m map[string]*specs.LinuxSeccomp
 }

@@ -60,7 +60,7 @@ func TestOCICheckpointRestore(t *testing.T) {
 			}
 			e := newOCIEnv(t, "runc", tweak...)
 			ctx := context.Background()
-			lower := filepath.Join(t.TempDir(), "root")
+			lower := e.rootfsDir("root")
 			if err := EnsureBusyboxRootfs(lower, testenv.RequireBinary(t, "busybox")); err != nil {
 				t.Fatal(err)
 			}

@@ -50,6 +50,32 @@ const (
 type Limits struct {
 	VCPUs     int   `json:"vcpus,omitempty"`      // CPU quota, in whole CPUs
 	MemoryMiB int64 `json:"memory_mib,omitempty"` // memory limit
+	Pids      int64 `json:"pids,omitempty"`       // how many processes and threads at once
+}
+
+// Security is how a sandbox is confined. The zero value is the default and
+// the strictest that still runs ordinary workloads: a user namespace of its
+// own, no new privileges, a minimal capability set, the seccomp profile,
+// masked /proc and /sys paths. Each field that loosens it is reported back
+// in Info.Security.
+type Security struct {
+	// HostUsers runs the sandbox without a user namespace: its root is the
+	// guest's root (with the same capabilities, seccomp and masks). Only
+	// for workloads that need it.
+	HostUsers bool `json:"host_users,omitempty"`
+	// ReadOnlyRootfs mounts the root filesystem read-only; /tmp, /run and
+	// the mounts stay as asked.
+	ReadOnlyRootfs bool `json:"read_only_rootfs,omitempty"`
+}
+
+// RegistryAuth is the credentials of a create's image pull: a username and
+// password, or an identity (refresh) token, or a registry token. They are
+// used for that pull only: never logged, recorded or returned.
+type RegistryAuth struct {
+	Username      string
+	Password      string
+	IdentityToken string
+	RegistryToken string
 }
 
 // Mount is a bind mount of a host path into the sandbox.
@@ -94,6 +120,29 @@ type Spec struct {
 	// TTL > 0: the sandbox is stopped and removed that long after creation.
 	TTL          time.Duration `json:"ttl,omitempty"`
 	SSHPublicKey string        `json:"ssh_public_key,omitempty"` // rejected: no sshd in a container sandbox
+	Security     Security      `json:"security"`
+	// RegistryAuth, when set, authenticates the pull of Image; it is
+	// not part of the sandbox (not recorded, not compared).
+	RegistryAuth *RegistryAuth `json:"-"`
+}
+
+// IDMap is a user namespace's mapping: IDs 0 to Size-1 inside are
+// HostID to HostID+Size-1 on the guest, for users and groups alike.
+type IDMap struct {
+	HostID uint32 `json:"host_id"`
+	Size   uint32 `json:"size"`
+}
+
+// SecurityInfo is how a sandbox is confined, as it runs.
+type SecurityInfo struct {
+	// UserNamespace is false for a sandbox created with HostUsers: its
+	// root is the guest's root.
+	UserNamespace   bool
+	IDMap           IDMap // zero without a user namespace
+	ReadOnlyRootfs  bool
+	NoNewPrivileges bool
+	Seccomp         bool
+	Capabilities    []string // root's capabilities inside
 }
 
 // Info is what a sandbox looks like from outside.
@@ -113,6 +162,7 @@ type Info struct {
 	// because the agent restarted while it ran (Error says so).
 	LastExitCode *int
 	Error        string // why it failed, or a note on the last run
+	Security     SecurityInfo
 }
 
 // Process is a workload to run in a sandbox.
