@@ -1,9 +1,23 @@
 package sandbox
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"hash/fnv"
+	"path/filepath"
 )
+
+// defaultCgroupParent is the sandboxes' parent cgroup of the agent whose
+// state dir is stateDir: one per agent instance.
+func defaultCgroupParent(stateDir string) string {
+	abs, err := filepath.Abs(stateDir)
+	if err != nil {
+		abs = stateDir
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return "arcbox-" + hex.EncodeToString(sum[:4])
+}
 
 // The host ids sandboxes' user namespaces map: idSlots ranges of
 // idRangeSize ids each, from idPoolStart (2^30) up to 2^31, far above the

@@ -470,7 +470,7 @@ func TestOCILimitsAndNetwork(t *testing.T) {
 			if _, errOut, code := e.run(id, Process{Cmd: []string{"unshare", "-U", "-r", "true"}}); code == 0 {
 				t.Errorf("unshare -U succeeded in a sandbox (stderr %q)", errOut)
 			}
-			if info, _ := e.m.Get(id); info.NetworkMode != NetworkNone || info.IPAddress != "" || info.Limits != (Limits{VCPUs: 2, MemoryMiB: 64}) {
+			if info, _ := e.m.Get(id); info.NetworkMode != NetworkNone || info.IPAddress != "" || info.Limits != (Limits{VCPUs: 2, MemoryMiB: 64, Pids: DefaultLimits.Pids}) {
 				t.Errorf("Get = %+v", info)
 			}
 		})

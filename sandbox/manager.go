@@ -63,7 +63,7 @@ type Config struct {
 	// bridged sandboxes get; "" is /etc/resolv.conf.
 	ResolvConf string
 	// DefaultLimits fill the limits a create request leaves at zero; its
-	// own zero fields are DefaultLimits' (1 vCPU, 512 MiB).
+	// own zero fields are DefaultLimits' (1 vCPU, 512 MiB, 1024 pids).
 	DefaultLimits Limits
 	// InitPath is the static binary each sandbox runs as its process 1,
 	// bind-mounted read-only at /.arcbox/init and run as
@@ -71,7 +71,9 @@ type Config struct {
 	// running executable.
 	InitPath string
 	// CgroupParent is the cgroup the sandboxes' cgroups are made under, as
-	// <CgroupParent>/<id>; "" is "arcbox". A relative path is taken by runc
+	// <CgroupParent>/<id>; "" is "arcbox-<8 hex digits of the state dir's
+	// hash>", one per agent instance, so two agents on a machine never
+	// share a sandbox's cgroup. A relative path is taken by runc
 	// relative to the agent's own cgroup and by crun relative to the root.
 	CgroupParent string
 	// MountRoots are the host directories whose contents a create may
@@ -241,6 +243,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.DefaultLimits.VCPUs <= 0 {
 		cfg.DefaultLimits.VCPUs = DefaultLimits.VCPUs
 	}
+	if cfg.DefaultLimits.Pids <= 0 {
+		cfg.DefaultLimits.Pids = DefaultLimits.Pids
+	}
 	if cfg.DefaultLimits.MemoryMiB <= 0 {
 		cfg.DefaultLimits.MemoryMiB = DefaultLimits.MemoryMiB
 	}
@@ -248,7 +253,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.BridgeCIDR = DefaultBridgeCIDR
 	}
 	if cfg.CgroupParent == "" {
-		cfg.CgroupParent = "arcbox"
+		cfg.CgroupParent = defaultCgroupParent(cfg.StateDir)
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4
@@ -595,8 +600,12 @@ func (m *Manager) launchLocked(sb *sandbox) (context.Context, bool) {
 // errClosed is the error of calls made after Close.
 var errClosed = fmt.Errorf("%w: %w", ErrManagerClosed, ErrUnavailable)
 
-// specEqual compares two normalized specs.
-func specEqual(a, b Spec) bool { return reflect.DeepEqual(a, b) }
+// specEqual compares two normalized specs: what they make, so not the
+// credentials of the image's pull.
+func specEqual(a, b Spec) bool {
+	a.RegistryAuth, b.RegistryAuth = nil, nil
+	return reflect.DeepEqual(a, b)
+}
 
 // start makes the container of a new sandbox, when place's turn comes in
 // the starts' queue; it owns sb.opMu.
@@ -618,6 +627,9 @@ func (m *Manager) start(ctx context.Context, sb *sandbox, place *queuePlace) {
 		exited, err = m.be.Start(ctx, sb.id, sb.rec.Spec, idmap, from)
 		release()
 	}
+	m.mu.Lock()
+	sb.rec.Spec.RegistryAuth = nil // used by the pull, kept no longer
+	m.mu.Unlock()
 
 	cutShort := ctx.Err() != nil // before the cancel below makes it so
 	m.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -136,15 +137,65 @@ func TestCreateReadyAndInfo(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Info{ID: "box1", State: StateReady, Labels: map[string]string{"a": "1"},
-		Limits: Limits{VCPUs: 1, MemoryMiB: 512}, NetworkMode: "none",
+		Limits: Limits{VCPUs: 1, MemoryMiB: 512, Pids: 1024}, NetworkMode: "none",
 		CreatedAt: h.clock.Now(), ReadyAt: h.clock.Now()}
 	if got.ID != want.ID || got.State != want.State || got.Labels["a"] != "1" || got.Limits != want.Limits ||
 		got.NetworkMode != want.NetworkMode || !got.CreatedAt.Equal(want.CreatedAt) || !got.ReadyAt.Equal(want.ReadyAt) ||
 		got.LastExitCode != nil || !got.LastExitedAt.IsZero() || got.Error != "" {
 		t.Errorf("Get = %+v, want %+v", got, want)
 	}
+	if sec := got.Security; !sec.UserNamespace || sec.IDMap.HostID < idPoolStart || sec.IDMap.Size != idRangeSize ||
+		!sec.NoNewPrivileges || !sec.Seccomp || len(sec.Capabilities) == 0 {
+		t.Errorf("Security = %+v", sec)
+	}
 	if _, err := os.Stat(filepath.Join(h.dir, "sandboxes", "box1", recordFile)); err != nil {
 		t.Errorf("record: %v", err)
+	}
+}
+
+// TestIDMapRanges: each sandbox gets a range no other holds, kept across
+// a restart and given to the backend; a host-users sandbox gets none.
+func TestIDMapRanges(t *testing.T) {
+	h := newHarness(t)
+	seen := map[uint32]string{}
+	for _, id := range []string{"a", "b", "c"} {
+		info := h.createReady(Spec{ID: id})
+		host := info.Security.IDMap.HostID
+		if other, ok := seen[host]; ok {
+			t.Fatalf("%s and %s share the range at %d", id, other, host)
+		}
+		seen[host] = id
+		h.be.mu.Lock()
+		given := h.be.idmaps[id]
+		h.be.mu.Unlock()
+		if given != info.Security.IDMap {
+			t.Errorf("%s: backend got %+v, Info says %+v", id, given, info.Security.IDMap)
+		}
+	}
+	hu := h.createReady(Spec{ID: "hu", Security: Security{HostUsers: true}})
+	h.be.mu.Lock()
+	given := h.be.idmaps["hu"]
+	h.be.mu.Unlock()
+	if hu.Security.UserNamespace || given != (IDMap{}) {
+		t.Errorf("host users: %+v, backend got %+v", hu.Security, given)
+	}
+	before, _ := h.m.Get("b")
+	if err := h.m.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h.start()
+	after, err := h.m.Get("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Security.IDMap != before.Security.IDMap {
+		t.Errorf("range across a restart: %+v, was %+v", after.Security.IDMap, before.Security.IDMap)
+	}
+	for i := range 5 {
+		info := h.createReady(Spec{ID: fmt.Sprintf("n%d", i)})
+		if other, ok := seen[info.Security.IDMap.HostID]; ok {
+			t.Errorf("after a restart n%d got %s's range", i, other)
+		}
 	}
 }
 

@@ -443,18 +443,18 @@ func (b *ociBackend) Start(ctx context.Context, id string, s Spec, idmap IDMap, 
 		IDMap:          idmap,
 		ReadOnlyRootfs: s.Security.ReadOnlyRootfs,
 	}
-	// Each mount source is opened and checked here, and the runtime
-	// binds what was opened: /proc/<agent>/fd/<n> until it has.
-	for i, m := range s.Mounts {
-		f, err := b.mounts.open(i, id, m, root, root)
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close()
-		params.Mounts = append(params.Mounts, Mount{
-			Source: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd()), Target: m.Target, ReadOnly: m.ReadOnly,
-		})
+	// Each mount source is opened and checked here, and the runtime binds
+	// a mount of what was opened, attached in the bundle until it has.
+	if params.Mounts, err = b.attachMounts(dir, id, s.Mounts, root); err != nil {
+		return nil, err
 	}
+	defer func() {
+		// The runtime has bound them (or failed): the sandbox holds its
+		// own copies. One left behind is removed by Stop.
+		if err := b.detachMounts(id); err != nil {
+			b.log.Warn("detach the mount sources from the bundle", "id", id, "err", err)
+		}
+	}()
 	if s.NetworkMode == NetworkBridge {
 		if params.NetnsPath, params.ResolvConf, err = b.setupNetwork(ctx, id, dir); err != nil {
 			return nil, err
@@ -484,6 +484,88 @@ func (b *ociBackend) Start(ctx context.Context, id string, s Spec, idmap IDMap, 
 		return nil, err
 	}
 	return box.init.exited, nil
+}
+
+// mountsDir is the bundle directory where a sandbox's bind-mount sources
+// are attached while the runtime makes its mounts.
+const mountsDir = "mounts"
+
+// attachMounts opens and checks each mount's source (mountPolicy.open)
+// and attaches a bind mount of exactly what it opened at <dir>/mounts/<i>,
+// which only root can reach: the runtime binds from there, so nothing
+// swapped into the source path after the check can be what it mounts.
+// The sources come back rewritten to those places; detachMounts removes
+// them once the runtime is done.
+func (b *ociBackend) attachMounts(dir, id string, mounts []Mount, root int) ([]Mount, error) {
+	if len(mounts) == 0 {
+		return nil, nil
+	}
+	base := filepath.Join(dir, mountsDir)
+	if err := os.Mkdir(base, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, err
+	}
+	out := make([]Mount, 0, len(mounts))
+	for i, m := range mounts {
+		f, err := b.mounts.open(i, id, m, root, root)
+		if err != nil {
+			return nil, err
+		}
+		at := filepath.Join(base, strconv.Itoa(i))
+		err = bindOpenFile(f, at)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("mounts[%d]: %w", i, err)
+		}
+		out = append(out, Mount{Source: at, Target: m.Target, ReadOnly: m.ReadOnly})
+	}
+	return out, nil
+}
+
+// detachMounts unmounts and removes what attachMounts left of sandbox id.
+func (b *ociBackend) detachMounts(id string) error {
+	base := filepath.Join(b.bundle(id), mountsDir)
+	entries, err := os.ReadDir(base)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		p := filepath.Join(base, e.Name())
+		if err := unmount(p); err != nil {
+			return err
+		}
+		if err := os.Remove(p); err != nil {
+			return err
+		}
+	}
+	return os.Remove(base)
+}
+
+// bindOpenFile attaches a bind mount of f (an O_PATH file, a directory or
+// a regular file; not what is mounted below it) at path, made for it.
+func bindOpenFile(f *os.File, path string) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		if err := os.Mkdir(path, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+	} else if err := os.WriteFile(path, nil, 0o600); err != nil {
+		return err
+	}
+	fd, err := unix.OpenTree(int(f.Fd()), "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	if err != nil {
+		return fmt.Errorf("clone the mount of %s: %w", f.Name(), err)
+	}
+	defer unix.Close(fd)
+	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, path, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("attach %s on %s: %w", f.Name(), path, err)
+	}
+	return nil
 }
 
 // idRangeSize is how many ids a sandbox's user namespace maps: 0 to 65535,
@@ -815,10 +897,14 @@ func (b *ociBackend) Stop(ctx context.Context, id string) error {
 	if err := b.net.Teardown(id); err != nil {
 		return err
 	}
-	// The lower directory is an idmapped mount only if an agent died
-	// between making it and the overlay: before the files are removed,
-	// make sure it is none, or they would be the image's.
+	// The lower directory is an idmapped mount, and the mounts directory
+	// holds mounts of the sources, only if an agent died while it made
+	// them: before the files are removed, make sure they are none, or
+	// they would be the image's and the mounted directories'.
 	if err := unmount(filepath.Join(b.bundle(id), lowerDir)); err != nil {
+		return err
+	}
+	if err := b.detachMounts(id); err != nil {
 		return err
 	}
 	return unmount(filepath.Join(b.bundle(id), "rootfs"))
@@ -872,6 +958,10 @@ func (b *ociBackend) Destroy(ctx context.Context, id string) error {
 		if err != nil {
 			return err
 		}
+	}
+	// Its volume directory goes with it: nothing is ever mounted there.
+	if err := os.RemoveAll(filepath.Join(b.mounts.volumes, id)); err != nil {
+		return err
 	}
 	b.net.Release(id)
 	return nil

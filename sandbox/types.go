@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"log/slog"
 	"time"
 )
 
@@ -77,6 +78,18 @@ type RegistryAuth struct {
 	IdentityToken string
 	RegistryToken string
 }
+
+// String, GoString and LogValue never show the secrets, so a stray %v or
+// log attribute cannot leak them.
+func (a RegistryAuth) String() string {
+	return "RegistryAuth{username: " + a.Username + ", secrets redacted}"
+}
+
+// GoString is String, for %#v.
+func (a RegistryAuth) GoString() string { return a.String() }
+
+// LogValue is String, for slog.
+func (a RegistryAuth) LogValue() slog.Value { return slog.StringValue(a.String()) }
 
 // Mount is a bind mount of a host path into the sandbox.
 type Mount struct {

@@ -24,6 +24,10 @@ var userPattern = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9_.-]*(:[a-zA-Z0-9_]
 // needs a few MiB.
 const MinMemoryMiB = 8
 
+// MinPids is the lowest pids limit a sandbox may have: its init and a
+// runtime's exec take a few.
+const MinPids = 8
+
 // invalidField is the error for a bad field, named as the API names it.
 func invalidField(field, format string, args ...any) error {
 	return fmt.Errorf("field %q: %s: %w", field, fmt.Sprintf(format, args...), ErrInvalid)
@@ -63,6 +67,15 @@ func normalize(s Spec, defaults Limits) (Spec, error) {
 	}
 	if s.Limits.MemoryMiB < 0 || (s.Limits.MemoryMiB > 0 && s.Limits.MemoryMiB < MinMemoryMiB) {
 		return s, invalidField("limits.memory_mib", "%d is below the minimum of %d", s.Limits.MemoryMiB, MinMemoryMiB)
+	}
+	if s.Limits.Pids < 0 || (s.Limits.Pids > 0 && s.Limits.Pids < MinPids) {
+		return s, invalidField("limits.pids", "%d is below the minimum of %d", s.Limits.Pids, MinPids)
+	}
+	if s.Limits.Pids == 0 {
+		s.Limits.Pids = defaults.Pids
+	}
+	if s.RegistryAuth != nil && s.Image == "" {
+		return s, invalidField("registry_auth", "credentials are for pulling an image, and there is no image")
 	}
 	if s.Limits.VCPUs == 0 {
 		s.Limits.VCPUs = defaults.VCPUs
