@@ -2285,16 +2285,30 @@ type ClientWithResponsesInterface interface {
 	RestoreSnapshotWithResponse(ctx context.Context, id SnapshotID, body RestoreSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*RestoreSnapshotReply, error)
 }
 
+// GetHealthzReply401Headers the declared response headers of an HTTP 401 response for GetHealthz
+type GetHealthzReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type GetHealthzReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *Health
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetHealthzReply401Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r GetHealthzReply) GetJSON200() *Health {
 	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetHealthzReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetBody returns the raw response body bytes
@@ -2326,16 +2340,30 @@ func (r GetHealthzReply) ContentType() string {
 	return ""
 }
 
+// GetLivezReply401Headers the declared response headers of an HTTP 401 response for GetLivez
+type GetLivezReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type GetLivezReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *Health
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetLivezReply401Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r GetLivezReply) GetJSON200() *Health {
 	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetLivezReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetBody returns the raw response body bytes
@@ -2367,9 +2395,23 @@ func (r GetLivezReply) ContentType() string {
 	return ""
 }
 
+// GetMetricsReply401Headers the declared response headers of an HTTP 401 response for GetMetrics
+type GetMetricsReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type GetMetricsReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetMetricsReply401Headers
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetMetricsReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetBody returns the raw response body bytes
@@ -2401,16 +2443,30 @@ func (r GetMetricsReply) ContentType() string {
 	return ""
 }
 
+// GetOpenAPIReply401Headers the declared response headers of an HTTP 401 response for GetOpenAPI
+type GetOpenAPIReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type GetOpenAPIReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// YAML200 the response for an HTTP 200 `application/yaml` response
 	YAML200 *map[string]interface{}
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetOpenAPIReply401Headers
 }
 
 // GetYAML200 returns the response for an HTTP 200 `application/yaml` response
 func (r GetOpenAPIReply) GetYAML200() *map[string]interface{} {
 	return r.YAML200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetOpenAPIReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetBody returns the raw response body bytes
@@ -2442,18 +2498,32 @@ func (r GetOpenAPIReply) ContentType() string {
 	return ""
 }
 
+// GetReadyzReply401Headers the declared response headers of an HTTP 401 response for GetReadyz
+type GetReadyzReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type GetReadyzReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *Readiness
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSON503 the response for an HTTP 503 `application/json` response
 	JSON503 *Readiness
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetReadyzReply401Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r GetReadyzReply) GetJSON200() *Readiness {
 	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetReadyzReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSON503 returns the response for an HTTP 503 `application/json` response
@@ -2490,18 +2560,32 @@ func (r GetReadyzReply) ContentType() string {
 	return ""
 }
 
+// StreamEventsReply401Headers the declared response headers of an HTTP 401 response for StreamEvents
+type StreamEventsReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type StreamEventsReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *StreamEventsReply401Headers
 }
 
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r StreamEventsReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r StreamEventsReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2538,18 +2622,32 @@ func (r StreamEventsReply) ContentType() string {
 	return ""
 }
 
+// GetInfoReply401Headers the declared response headers of an HTTP 401 response for GetInfo
+type GetInfoReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type GetInfoReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *SystemInfo
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetInfoReply401Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r GetInfoReply) GetJSON200() *SystemInfo {
 	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetInfoReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2586,16 +2684,30 @@ func (r GetInfoReply) ContentType() string {
 	return ""
 }
 
+// GetPingReply401Headers the declared response headers of an HTTP 401 response for GetPing
+type GetPingReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type GetPingReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *PingResponse
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetPingReply401Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r GetPingReply) GetJSON200() *PingResponse {
 	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetPingReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetBody returns the raw response body bytes
@@ -2627,6 +2739,11 @@ func (r GetPingReply) ContentType() string {
 	return ""
 }
 
+// PostPingReply401Headers the declared response headers of an HTTP 401 response for PostPing
+type PostPingReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type PostPingReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -2634,12 +2751,16 @@ type PostPingReply struct {
 	JSON200 *PingResponse
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSON413 the response for an HTTP 413 `application/json` response
 	JSON413 *TooLarge
 	// JSON415 the response for an HTTP 415 `application/json` response
 	JSON415 *UnsupportedMediaType
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *PostPingReply401Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -2650,6 +2771,11 @@ func (r PostPingReply) GetJSON200() *PingResponse {
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r PostPingReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r PostPingReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSON413 returns the response for an HTTP 413 `application/json` response
@@ -2696,6 +2822,11 @@ func (r PostPingReply) ContentType() string {
 	return ""
 }
 
+// EnsureRuntimeReply401Headers the declared response headers of an HTTP 401 response for EnsureRuntime
+type EnsureRuntimeReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type EnsureRuntimeReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -2703,12 +2834,16 @@ type EnsureRuntimeReply struct {
 	JSON200 *RuntimeEnsureResponse
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSON413 the response for an HTTP 413 `application/json` response
 	JSON413 *TooLarge
 	// JSON415 the response for an HTTP 415 `application/json` response
 	JSON415 *UnsupportedMediaType
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *EnsureRuntimeReply401Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -2719,6 +2854,11 @@ func (r EnsureRuntimeReply) GetJSON200() *RuntimeEnsureResponse {
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r EnsureRuntimeReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r EnsureRuntimeReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSON413 returns the response for an HTTP 413 `application/json` response
@@ -2765,20 +2905,34 @@ func (r EnsureRuntimeReply) ContentType() string {
 	return ""
 }
 
+// GetRuntimeLogsReply401Headers the declared response headers of an HTTP 401 response for GetRuntimeLogs
+type GetRuntimeLogsReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type GetRuntimeLogsReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetRuntimeLogsReply401Headers
 }
 
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r GetRuntimeLogsReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetRuntimeLogsReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
@@ -2820,18 +2974,32 @@ func (r GetRuntimeLogsReply) ContentType() string {
 	return ""
 }
 
+// GetRuntimeStatusReply401Headers the declared response headers of an HTTP 401 response for GetRuntimeStatus
+type GetRuntimeStatusReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type GetRuntimeStatusReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *RuntimeStatus
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetRuntimeStatusReply401Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r GetRuntimeStatusReply) GetJSON200() *RuntimeStatus {
 	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetRuntimeStatusReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2868,6 +3036,11 @@ func (r GetRuntimeStatusReply) ContentType() string {
 	return ""
 }
 
+// ListSandboxesReply401Headers the declared response headers of an HTTP 401 response for ListSandboxes
+type ListSandboxesReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type ListSandboxesReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -2875,10 +3048,14 @@ type ListSandboxesReply struct {
 	JSON200 *SandboxList
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSON503 the response for an HTTP 503 `application/json` response
 	JSON503 *Unavailable
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *ListSandboxesReply401Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -2889,6 +3066,11 @@ func (r ListSandboxesReply) GetJSON200() *SandboxList {
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r ListSandboxesReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListSandboxesReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSON503 returns the response for an HTTP 503 `application/json` response
@@ -2930,6 +3112,11 @@ func (r ListSandboxesReply) ContentType() string {
 	return ""
 }
 
+// CreateSandboxReply401Headers the declared response headers of an HTTP 401 response for CreateSandbox
+type CreateSandboxReply401Headers struct {
+	WWWAuthenticate string
+}
+
 // CreateSandboxReply429Headers the declared response headers of an HTTP 429 response for CreateSandbox
 type CreateSandboxReply429Headers struct {
 	RetryAfter int
@@ -2944,6 +3131,8 @@ type CreateSandboxReply struct {
 	JSON202 *CreateSandboxResponse
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSON409 the response for an HTTP 409 `application/json` response
 	JSON409 *Conflict
 	// JSON413 the response for an HTTP 413 `application/json` response
@@ -2958,6 +3147,8 @@ type CreateSandboxReply struct {
 	JSON507 *InsufficientStorage
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *CreateSandboxReply401Headers
 	// Headers429 the parsed response headers for an HTTP 429 response
 	Headers429 *CreateSandboxReply429Headers
 }
@@ -2975,6 +3166,11 @@ func (r CreateSandboxReply) GetJSON202() *CreateSandboxResponse {
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r CreateSandboxReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreateSandboxReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSON409 returns the response for an HTTP 409 `application/json` response
@@ -3041,6 +3237,11 @@ func (r CreateSandboxReply) ContentType() string {
 	return ""
 }
 
+// RemoveSandboxReply401Headers the declared response headers of an HTTP 401 response for RemoveSandbox
+type RemoveSandboxReply401Headers struct {
+	WWWAuthenticate string
+}
+
 // RemoveSandboxReply429Headers the declared response headers of an HTTP 429 response for RemoveSandbox
 type RemoveSandboxReply429Headers struct {
 	RetryAfter int
@@ -3051,6 +3252,8 @@ type RemoveSandboxReply struct {
 	HTTPResponse *http.Response
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
@@ -3061,6 +3264,8 @@ type RemoveSandboxReply struct {
 	JSON507 *InsufficientStorage
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *RemoveSandboxReply401Headers
 	// Headers429 the parsed response headers for an HTTP 429 response
 	Headers429 *RemoveSandboxReply429Headers
 }
@@ -3068,6 +3273,11 @@ type RemoveSandboxReply struct {
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r RemoveSandboxReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r RemoveSandboxReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
@@ -3124,6 +3334,11 @@ func (r RemoveSandboxReply) ContentType() string {
 	return ""
 }
 
+// GetSandboxReply401Headers the declared response headers of an HTTP 401 response for GetSandbox
+type GetSandboxReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type GetSandboxReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -3131,10 +3346,14 @@ type GetSandboxReply struct {
 	JSON200 *SandboxInfo
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetSandboxReply401Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -3145,6 +3364,11 @@ func (r GetSandboxReply) GetJSON200() *SandboxInfo {
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r GetSandboxReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetSandboxReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
@@ -3186,6 +3410,11 @@ func (r GetSandboxReply) ContentType() string {
 	return ""
 }
 
+// CheckpointSandboxReply401Headers the declared response headers of an HTTP 401 response for CheckpointSandbox
+type CheckpointSandboxReply401Headers struct {
+	WWWAuthenticate string
+}
+
 // CheckpointSandboxReply429Headers the declared response headers of an HTTP 429 response for CheckpointSandbox
 type CheckpointSandboxReply429Headers struct {
 	RetryAfter int
@@ -3198,6 +3427,8 @@ type CheckpointSandboxReply struct {
 	JSON201 *CheckpointResponse
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
@@ -3212,6 +3443,8 @@ type CheckpointSandboxReply struct {
 	JSON507 *InsufficientStorage
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *CheckpointSandboxReply401Headers
 	// Headers429 the parsed response headers for an HTTP 429 response
 	Headers429 *CheckpointSandboxReply429Headers
 }
@@ -3224,6 +3457,11 @@ func (r CheckpointSandboxReply) GetJSON201() *CheckpointResponse {
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r CheckpointSandboxReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CheckpointSandboxReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
@@ -3290,6 +3528,11 @@ func (r CheckpointSandboxReply) ContentType() string {
 	return ""
 }
 
+// ExecInSandboxReply401Headers the declared response headers of an HTTP 401 response for ExecInSandbox
+type ExecInSandboxReply401Headers struct {
+	WWWAuthenticate string
+}
+
 // ExecInSandboxReply426Headers the declared response headers of an HTTP 426 response for ExecInSandbox
 type ExecInSandboxReply426Headers struct {
 	Upgrade *string
@@ -3300,6 +3543,8 @@ type ExecInSandboxReply struct {
 	HTTPResponse *http.Response
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
@@ -3308,6 +3553,8 @@ type ExecInSandboxReply struct {
 	JSON426 *UpgradeRequired
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *ExecInSandboxReply401Headers
 	// Headers426 the parsed response headers for an HTTP 426 response
 	Headers426 *ExecInSandboxReply426Headers
 }
@@ -3315,6 +3562,11 @@ type ExecInSandboxReply struct {
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r ExecInSandboxReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ExecInSandboxReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
@@ -3366,6 +3618,11 @@ func (r ExecInSandboxReply) ContentType() string {
 	return ""
 }
 
+// RunInSandboxWebSocketReply401Headers the declared response headers of an HTTP 401 response for RunInSandboxWebSocket
+type RunInSandboxWebSocketReply401Headers struct {
+	WWWAuthenticate string
+}
+
 // RunInSandboxWebSocketReply426Headers the declared response headers of an HTTP 426 response for RunInSandboxWebSocket
 type RunInSandboxWebSocketReply426Headers struct {
 	Upgrade *string
@@ -3376,6 +3633,8 @@ type RunInSandboxWebSocketReply struct {
 	HTTPResponse *http.Response
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
@@ -3384,6 +3643,8 @@ type RunInSandboxWebSocketReply struct {
 	JSON426 *UpgradeRequired
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *RunInSandboxWebSocketReply401Headers
 	// Headers426 the parsed response headers for an HTTP 426 response
 	Headers426 *RunInSandboxWebSocketReply426Headers
 }
@@ -3391,6 +3652,11 @@ type RunInSandboxWebSocketReply struct {
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r RunInSandboxWebSocketReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r RunInSandboxWebSocketReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
@@ -3442,11 +3708,18 @@ func (r RunInSandboxWebSocketReply) ContentType() string {
 	return ""
 }
 
+// RunInSandboxReply401Headers the declared response headers of an HTTP 401 response for RunInSandbox
+type RunInSandboxReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type RunInSandboxReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
@@ -3459,11 +3732,18 @@ type RunInSandboxReply struct {
 	JSON507 *InsufficientStorage
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *RunInSandboxReply401Headers
 }
 
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r RunInSandboxReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r RunInSandboxReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
@@ -3525,6 +3805,11 @@ func (r RunInSandboxReply) ContentType() string {
 	return ""
 }
 
+// StopSandboxReply401Headers the declared response headers of an HTTP 401 response for StopSandbox
+type StopSandboxReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type StopSandboxReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -3532,6 +3817,8 @@ type StopSandboxReply struct {
 	JSON200 *SandboxInfo
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
@@ -3544,6 +3831,8 @@ type StopSandboxReply struct {
 	JSON507 *InsufficientStorage
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *StopSandboxReply401Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -3554,6 +3843,11 @@ func (r StopSandboxReply) GetJSON200() *SandboxInfo {
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r StopSandboxReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r StopSandboxReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
@@ -3615,6 +3909,11 @@ func (r StopSandboxReply) ContentType() string {
 	return ""
 }
 
+// ListSnapshotsReply401Headers the declared response headers of an HTTP 401 response for ListSnapshots
+type ListSnapshotsReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type ListSnapshotsReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -3622,8 +3921,12 @@ type ListSnapshotsReply struct {
 	JSON200 *SnapshotList
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *ListSnapshotsReply401Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -3634,6 +3937,11 @@ func (r ListSnapshotsReply) GetJSON200() *SnapshotList {
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r ListSnapshotsReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListSnapshotsReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3670,11 +3978,18 @@ func (r ListSnapshotsReply) ContentType() string {
 	return ""
 }
 
+// DeleteSnapshotReply401Headers the declared response headers of an HTTP 401 response for DeleteSnapshot
+type DeleteSnapshotReply401Headers struct {
+	WWWAuthenticate string
+}
+
 type DeleteSnapshotReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
@@ -3683,11 +3998,18 @@ type DeleteSnapshotReply struct {
 	JSON507 *InsufficientStorage
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *DeleteSnapshotReply401Headers
 }
 
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r DeleteSnapshotReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DeleteSnapshotReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
@@ -3739,6 +4061,11 @@ func (r DeleteSnapshotReply) ContentType() string {
 	return ""
 }
 
+// RestoreSnapshotReply401Headers the declared response headers of an HTTP 401 response for RestoreSnapshot
+type RestoreSnapshotReply401Headers struct {
+	WWWAuthenticate string
+}
+
 // RestoreSnapshotReply429Headers the declared response headers of an HTTP 429 response for RestoreSnapshot
 type RestoreSnapshotReply429Headers struct {
 	RetryAfter int
@@ -3751,6 +4078,8 @@ type RestoreSnapshotReply struct {
 	JSON201 *RestoreResponse
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
 	// JSON409 the response for an HTTP 409 `application/json` response
@@ -3765,6 +4094,8 @@ type RestoreSnapshotReply struct {
 	JSON507 *InsufficientStorage
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *RestoreSnapshotReply401Headers
 	// Headers429 the parsed response headers for an HTTP 429 response
 	Headers429 *RestoreSnapshotReply429Headers
 }
@@ -3777,6 +4108,11 @@ func (r RestoreSnapshotReply) GetJSON201() *RestoreResponse {
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
 func (r RestoreSnapshotReply) GetJSON400() *BadRequest {
 	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r RestoreSnapshotReply) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
@@ -4354,6 +4690,26 @@ func ParseGetHealthzReply(rsp *http.Response) (*GetHealthzReply, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers GetHealthzReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -4380,6 +4736,26 @@ func ParseGetLivezReply(rsp *http.Response) (*GetLivezReply, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers GetLivezReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -4396,6 +4772,29 @@ func ParseGetMetricsReply(rsp *http.Response) (*GetMetricsReply, error) {
 	response := &GetMetricsReply{
 		Body:         bodyBytes,
 		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers GetMetricsReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -4422,6 +4821,26 @@ func ParseGetOpenAPIReply(rsp *http.Response) (*GetOpenAPIReply, error) {
 		}
 		response.YAML200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers GetOpenAPIReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -4448,6 +4867,13 @@ func ParseGetReadyzReply(rsp *http.Response) (*GetReadyzReply, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Readiness
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4455,6 +4881,19 @@ func ParseGetReadyzReply(rsp *http.Response) (*GetReadyzReply, error) {
 		}
 		response.JSON503 = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers GetReadyzReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -4484,6 +4923,13 @@ func ParseStreamEventsReply(rsp *http.Response) (*StreamEventsReply, error) {
 		}
 		response.JSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4491,6 +4937,19 @@ func ParseStreamEventsReply(rsp *http.Response) (*StreamEventsReply, error) {
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers StreamEventsReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -4517,6 +4976,13 @@ func ParseGetInfoReply(rsp *http.Response) (*GetInfoReply, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4524,6 +4990,19 @@ func ParseGetInfoReply(rsp *http.Response) (*GetInfoReply, error) {
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers GetInfoReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -4550,6 +5029,26 @@ func ParseGetPingReply(rsp *http.Response) (*GetPingReply, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers GetPingReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -4583,6 +5082,13 @@ func ParsePostPingReply(rsp *http.Response) (*PostPingReply, error) {
 		}
 		response.JSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
 		var dest TooLarge
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4604,6 +5110,19 @@ func ParsePostPingReply(rsp *http.Response) (*PostPingReply, error) {
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers PostPingReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -4637,6 +5156,13 @@ func ParseEnsureRuntimeReply(rsp *http.Response) (*EnsureRuntimeReply, error) {
 		}
 		response.JSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
 		var dest TooLarge
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4658,6 +5184,19 @@ func ParseEnsureRuntimeReply(rsp *http.Response) (*EnsureRuntimeReply, error) {
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers EnsureRuntimeReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -4684,6 +5223,13 @@ func ParseGetRuntimeLogsReply(rsp *http.Response) (*GetRuntimeLogsReply, error) 
 		}
 		response.JSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest NotFound
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4698,6 +5244,19 @@ func ParseGetRuntimeLogsReply(rsp *http.Response) (*GetRuntimeLogsReply, error) 
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers GetRuntimeLogsReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -4724,6 +5283,13 @@ func ParseGetRuntimeStatusReply(rsp *http.Response) (*GetRuntimeStatusReply, err
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4731,6 +5297,19 @@ func ParseGetRuntimeStatusReply(rsp *http.Response) (*GetRuntimeStatusReply, err
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers GetRuntimeStatusReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -4764,6 +5343,13 @@ func ParseListSandboxesReply(rsp *http.Response) (*ListSandboxesReply, error) {
 		}
 		response.JSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Unavailable
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4778,6 +5364,19 @@ func ParseListSandboxesReply(rsp *http.Response) (*ListSandboxesReply, error) {
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers ListSandboxesReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -4818,6 +5417,13 @@ func ParseCreateSandboxReply(rsp *http.Response) (*CreateSandboxReply, error) {
 		}
 		response.JSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
 		var dest Conflict
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4870,6 +5476,16 @@ func ParseCreateSandboxReply(rsp *http.Response) (*CreateSandboxReply, error) {
 	}
 
 	switch {
+	case rsp.StatusCode == 401:
+		var headers CreateSandboxReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	case rsp.StatusCode == 429:
 		var headers CreateSandboxReply429Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
@@ -4909,6 +5525,13 @@ func ParseRemoveSandboxReply(rsp *http.Response) (*RemoveSandboxReply, error) {
 		}
 		response.JSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest NotFound
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4947,6 +5570,16 @@ func ParseRemoveSandboxReply(rsp *http.Response) (*RemoveSandboxReply, error) {
 	}
 
 	switch {
+	case rsp.StatusCode == 401:
+		var headers RemoveSandboxReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	case rsp.StatusCode == 429:
 		var headers RemoveSandboxReply429Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
@@ -4990,6 +5623,13 @@ func ParseGetSandboxReply(rsp *http.Response) (*GetSandboxReply, error) {
 		}
 		response.JSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest NotFound
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5004,6 +5644,19 @@ func ParseGetSandboxReply(rsp *http.Response) (*GetSandboxReply, error) {
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers GetSandboxReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -5036,6 +5689,13 @@ func ParseCheckpointSandboxReply(rsp *http.Response) (*CheckpointSandboxReply, e
 			return nil, err
 		}
 		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest NotFound
@@ -5089,6 +5749,16 @@ func ParseCheckpointSandboxReply(rsp *http.Response) (*CheckpointSandboxReply, e
 	}
 
 	switch {
+	case rsp.StatusCode == 401:
+		var headers CheckpointSandboxReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	case rsp.StatusCode == 429:
 		var headers CheckpointSandboxReply429Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
@@ -5128,6 +5798,13 @@ func ParseExecInSandboxReply(rsp *http.Response) (*ExecInSandboxReply, error) {
 		}
 		response.JSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest NotFound
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5159,6 +5836,16 @@ func ParseExecInSandboxReply(rsp *http.Response) (*ExecInSandboxReply, error) {
 	}
 
 	switch {
+	case rsp.StatusCode == 401:
+		var headers ExecInSandboxReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	case rsp.StatusCode == 426:
 		var headers ExecInSandboxReply426Headers
 		if values := rsp.Header.Values("Upgrade"); len(values) > 0 {
@@ -5198,6 +5885,13 @@ func ParseRunInSandboxWebSocketReply(rsp *http.Response) (*RunInSandboxWebSocket
 		}
 		response.JSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest NotFound
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5229,6 +5923,16 @@ func ParseRunInSandboxWebSocketReply(rsp *http.Response) (*RunInSandboxWebSocket
 	}
 
 	switch {
+	case rsp.StatusCode == 401:
+		var headers RunInSandboxWebSocketReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	case rsp.StatusCode == 426:
 		var headers RunInSandboxWebSocketReply426Headers
 		if values := rsp.Header.Values("Upgrade"); len(values) > 0 {
@@ -5265,6 +5969,13 @@ func ParseRunInSandboxReply(rsp *http.Response) (*RunInSandboxReply, error) {
 		}
 		response.JSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest NotFound
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5307,6 +6018,19 @@ func ParseRunInSandboxReply(rsp *http.Response) (*RunInSandboxReply, error) {
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers RunInSandboxReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -5340,6 +6064,13 @@ func ParseStopSandboxReply(rsp *http.Response) (*StopSandboxReply, error) {
 		}
 		response.JSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest NotFound
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5384,6 +6115,19 @@ func ParseStopSandboxReply(rsp *http.Response) (*StopSandboxReply, error) {
 
 	}
 
+	switch {
+	case rsp.StatusCode == 401:
+		var headers StopSandboxReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
+	}
+
 	return response, nil
 }
 
@@ -5415,6 +6159,13 @@ func ParseListSnapshotsReply(rsp *http.Response) (*ListSnapshotsReply, error) {
 		}
 		response.JSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5422,6 +6173,19 @@ func ParseListSnapshotsReply(rsp *http.Response) (*ListSnapshotsReply, error) {
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers ListSnapshotsReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -5451,6 +6215,13 @@ func ParseDeleteSnapshotReply(rsp *http.Response) (*DeleteSnapshotReply, error) 
 		}
 		response.JSON400 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest NotFound
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5479,6 +6250,19 @@ func ParseDeleteSnapshotReply(rsp *http.Response) (*DeleteSnapshotReply, error) 
 		}
 		response.JSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers DeleteSnapshotReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil
@@ -5511,6 +6295,13 @@ func ParseRestoreSnapshotReply(rsp *http.Response) (*RestoreSnapshotReply, error
 			return nil, err
 		}
 		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest NotFound
@@ -5564,6 +6355,16 @@ func ParseRestoreSnapshotReply(rsp *http.Response) (*RestoreSnapshotReply, error
 	}
 
 	switch {
+	case rsp.StatusCode == 401:
+		var headers RestoreSnapshotReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	case rsp.StatusCode == 429:
 		var headers RestoreSnapshotReply429Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {

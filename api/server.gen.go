@@ -236,7 +236,11 @@ type CheckpointResponse struct {
 	SnapshotId  string    `json:"snapshot_id"`
 }
 
-// CreateSandboxRequest Examples: {}, {"cmd":["sleep","3600"],"env":{"LANG":"C.UTF-8"},"id":"box-1","image":"docker.io/library/alpine:3.20","labels":{"team":"ci"},"limits":{"memory_mib":512,"vcpus":2},"mounts":[{"readonly":true,"source":"/srv/data","target":"/data"}],"network":{"mode":"bridge"},"ttl_seconds":3600,"user":"1000:1000","working_dir":"/work"}, {"network":{"mode":"none"},"rootfs":"/var/lib/arcbox/rootfs/default"}
+// CreateSandboxRequest A sandbox to create. `registry_auth` comes only with an `image` that
+// is not empty (the two dependent rules say so): credentials are for
+// an image pull.
+//
+// Examples: {}, {"cmd":["sleep","3600"],"env":{"LANG":"C.UTF-8"},"id":"box-1","image":"docker.io/library/alpine:3.20","labels":{"team":"ci"},"limits":{"memory_mib":512,"vcpus":2},"mounts":[{"readonly":true,"source":"/mnt/shared/data","target":"/data"}],"network":{"mode":"bridge"},"ttl_seconds":3600,"user":"1000:1000","working_dir":"/work"}, {"limits":{"pids":256},"network":{"mode":"none"},"rootfs":"/var/lib/arcbox/rootfs/default","security":{"read_only_rootfs":true}}, {"image":"registry.example:5000/team/tool:1.2","registry_auth":{"password":"s3cret","username":"ci"},"security":{"user_namespace":false}}
 type CreateSandboxRequest struct {
 	// BootArgs Not honoured by the container backend (400).
 	BootArgs *string `json:"boot_args,omitempty"`
@@ -251,7 +255,9 @@ type CreateSandboxRequest struct {
 	// Id Caller-chosen; generated when absent.
 	Id *string `json:"id,omitempty"`
 
-	// Image An OCI image reference, pulled once and cached.
+	// Image An OCI image reference, pulled once and cached, from an allowed
+	// registry only (`--registry`; loopback and link-local addresses
+	// are refused unless listed): a 400 naming `image` else.
 	Image *string `json:"image,omitempty"`
 
 	// Kernel Not honoured by the container backend (400).
@@ -263,8 +269,30 @@ type CreateSandboxRequest struct {
 	Mounts  *[]Mount           `json:"mounts,omitempty"`
 	Network *NetworkSpec       `json:"network,omitempty"`
 
-	// Rootfs A root filesystem directory, used read-only: an absolute path without `,`, `:` or `\` (overlayfs options cannot hold them).
+	// RegistryAuth Credentials for this create's image pull only: a username and
+	// password, or an identity (refresh) token, or a registry token. They
+	// are never logged, recorded or returned; without them the pull uses
+	// the agent's credentials file, if any. Only with `image`. One kind
+	// only: `username` and `password` together, or `identity_token` or
+	// `registry_token` alone (the dependent rules say so); `{}` is refused.
+	//
+	//
+	// Examples: {"password":"s3cret","username":"ci"}, {"identity_token":"eyJhbGciOi.refresh"}, {"registry_token":"eyJhbGciOi.bearer"}
+	RegistryAuth *RegistryAuth `json:"registry_auth,omitempty"`
+
+	// Rootfs A root filesystem directory, used read-only: an absolute path
+	// without `,`, `:` or `\` (overlayfs options cannot hold them),
+	// and only one of the agent's own store (a 400 naming `rootfs`
+	// else), so a workload never sees the guest's own files.
 	Rootfs *string `json:"rootfs,omitempty"`
+
+	// Security How the sandbox is confined. The defaults are the strictest: a user
+	// namespace of its own (root inside is an unprivileged range of the
+	// guest's IDs), no new privileges, a minimal capability set, a seccomp
+	// profile, masked and read-only `/proc` and `/sys` paths. Anything
+	// looser that is asked for here is reported back in the sandbox's
+	// `security` (in `GET /v1/sandboxes/{id}` and in the list).
+	Security *SecuritySpec `json:"security,omitempty"`
 
 	// SshPublicKey Not honoured by the container backend (400).
 	SshPublicKey *string `json:"ssh_public_key,omitempty"`
@@ -352,12 +380,26 @@ type Health struct {
 // HealthStatus defines model for Health.Status.
 type HealthStatus string
 
+// IDMap The user namespace's mapping, present only with one: IDs 0 to
+// size-1 inside are host_id to host_id+size-1 on the guest, for users
+// and groups alike.
+type IDMap struct {
+	HostId uint32 `json:"host_id"`
+	Size   uint32 `json:"size"`
+}
+
 // Limits defines model for Limits.
 type Limits struct {
 	// MemoryMib Memory in MiB: 0 for the configured default, else from 8 (a
 	// sandbox's init alone needs a few MiB) to 1048576 (1 TiB, more
 	// than any VM this agent runs in has).
 	MemoryMib *int64 `json:"memory_mib,omitempty"`
+
+	// Pids How many processes and threads the sandbox may have at once, so
+	// a fork bomb stays inside it: 0 for the configured default (1024),
+	// else from 8 (a shell and a few children) to 4194304 (the
+	// kernel's own limit, PID_MAX_LIMIT).
+	Pids *int64 `json:"pids,omitempty"`
 
 	// Vcpus CPUs (0: the configured default); at most 1024, more than any VM
 	// this agent runs in has.
@@ -391,7 +433,13 @@ type ListenerStateState string
 type Mount struct {
 	Readonly *bool `json:"readonly,omitempty"`
 
-	// Source An existing absolute path in the guest.
+	// Source An existing absolute path in the guest, under one of the mount
+	// roots (`--sandbox-mount-root`; by default the VirtioFS shares and
+	// the sandbox's own volume directory), resolved without following
+	// a symlink out of its root. The agent's and the runtime's sockets,
+	// the state directory and the data volume's internals are refused
+	// whatever the roots. A refused source is a 400 naming
+	// `mounts[i].source` and the rule.
 	Source string `json:"source"`
 
 	// Target An absolute path in the sandbox: no `..` element, and not the root
@@ -472,6 +520,28 @@ type Readiness struct {
 	Ready     bool            `json:"ready"`
 }
 
+// RegistryAuth Credentials for this create's image pull only: a username and
+// password, or an identity (refresh) token, or a registry token. They
+// are never logged, recorded or returned; without them the pull uses
+// the agent's credentials file, if any. Only with `image`. One kind
+// only: `username` and `password` together, or `identity_token` or
+// `registry_token` alone (the dependent rules say so); `{}` is refused.
+//
+// Examples: {"password":"s3cret","username":"ci"}, {"identity_token":"eyJhbGciOi.refresh"}, {"registry_token":"eyJhbGciOi.bearer"}
+type RegistryAuth struct {
+	// IdentityToken An OAuth refresh token; at most 4096 characters.
+	IdentityToken *string `json:"identity_token,omitempty"`
+
+	// Password With `username`; at most 4096 characters.
+	Password *string `json:"password,omitempty"`
+
+	// RegistryToken A bearer token for the registry; at most 4096 characters.
+	RegistryToken *string `json:"registry_token,omitempty"`
+
+	// Username With `password`; at most 4096 characters.
+	Username *string `json:"username,omitempty"`
+}
+
 // RestoreRequest Examples: {}, {"id":"box-2","labels":{"team":"ci"},"network_override":{"mode":"bridge"},"ttl_seconds":600}, {"labels":{}}
 type RestoreRequest struct {
 	// Id The new sandbox's id (generated when absent).
@@ -549,7 +619,10 @@ type SandboxInfo struct {
 	Limits       *Limits            `json:"limits,omitempty"`
 	Network      *SandboxNetwork    `json:"network,omitempty"`
 	ReadyAt      *int64             `json:"ready_at,omitempty"`
-	State        SandboxState       `json:"state"`
+
+	// Security How the sandbox is confined, as it runs.
+	Security *SandboxSecurity `json:"security,omitempty"`
+	State    SandboxState     `json:"state"`
 }
 
 // SandboxList defines model for SandboxList.
@@ -564,6 +637,25 @@ type SandboxNetwork struct {
 	Mode      *string `json:"mode,omitempty"`
 }
 
+// SandboxSecurity How the sandbox is confined, as it runs.
+type SandboxSecurity struct {
+	// Capabilities The capabilities of root inside, such as `CAP_CHOWN`.
+	Capabilities []string `json:"capabilities"`
+
+	// IdMap The user namespace's mapping, present only with one: IDs 0 to
+	// size-1 inside are host_id to host_id+size-1 on the guest, for users
+	// and groups alike.
+	IdMap           *IDMap `json:"id_map,omitempty"`
+	NoNewPrivileges bool   `json:"no_new_privileges"`
+	ReadOnlyRootfs  bool   `json:"read_only_rootfs"`
+
+	// Seccomp Whether the seccomp profile is on.
+	Seccomp bool `json:"seccomp"`
+
+	// UserNamespace `false`: the sandbox's root is the guest's root (created with `security.user_namespace: false`).
+	UserNamespace bool `json:"user_namespace"`
+}
+
 // SandboxState defines model for SandboxState.
 type SandboxState string
 
@@ -573,7 +665,26 @@ type SandboxSummary struct {
 	Id        string             `json:"id"`
 	IpAddress *string            `json:"ip_address,omitempty"`
 	Labels    *map[string]string `json:"labels,omitempty"`
-	State     SandboxState       `json:"state"`
+
+	// Security How the sandbox is confined, as it runs.
+	Security *SandboxSecurity `json:"security,omitempty"`
+	State    SandboxState     `json:"state"`
+}
+
+// SecuritySpec How the sandbox is confined. The defaults are the strictest: a user
+// namespace of its own (root inside is an unprivileged range of the
+// guest's IDs), no new privileges, a minimal capability set, a seccomp
+// profile, masked and read-only `/proc` and `/sys` paths. Anything
+// looser that is asked for here is reported back in the sandbox's
+// `security` (in `GET /v1/sandboxes/{id}` and in the list).
+type SecuritySpec struct {
+	// ReadOnlyRootfs Mount the root filesystem read-only; `/tmp`, `/run` and the mounts stay as asked.
+	ReadOnlyRootfs *bool `json:"read_only_rootfs,omitempty"`
+
+	// UserNamespace `false` runs the sandbox without a user namespace: its root is
+	// the guest's root (still with the capability set, seccomp and
+	// masks). Only for workloads that need it.
+	UserNamespace *bool `json:"user_namespace,omitempty"`
 }
 
 // ServiceStatus defines model for ServiceStatus.
@@ -667,6 +778,9 @@ type TooLarge = Error
 
 // TooManyRequests defines model for TooManyRequests.
 type TooManyRequests = Error
+
+// Unauthorized defines model for Unauthorized.
+type Unauthorized = Error
 
 // Unavailable defines model for Unavailable.
 type Unavailable = Error

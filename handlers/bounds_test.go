@@ -64,6 +64,8 @@ func TestContractBounds(t *testing.T) {
 		{prop("Limits", "vcpus"), 0, maxVCPUs},
 		{prop("Limits", "memory_mib"), 0, maxMemoryMiB},
 		{prop("Limits", "memory_mib", "not"), 1, minMemoryMiB - 1},
+		{prop("Limits", "pids"), 0, maxPids},
+		{prop("Limits", "pids", "not"), 1, minPids - 1},
 		{prop("TTYSize", "width"), 1, maxTTYSide},
 		{prop("TTYSize", "height"), 1, maxTTYSide},
 		{prop("PingRequest", "timestamp_secs"), 0, float64(maxTimestampSecs)},
@@ -76,6 +78,11 @@ func TestContractBounds(t *testing.T) {
 	}
 	if n := prop("CheckpointRequest", "name").MaxLength; n == nil || *n != maxSnapshotName {
 		t.Errorf("checkpoint name: maxLength %v, want %d", n, maxSnapshotName)
+	}
+	for _, f := range []string{"username", "password", "identity_token", "registry_token"} {
+		if s := prop("RegistryAuth", f); s.MaxLength == nil || *s.MaxLength != maxCredential || s.MinLength != 1 {
+			t.Errorf("registry_auth.%s: length %d..%v in openapi.yaml, 1..%d in the handlers", f, s.MinLength, s.MaxLength, maxCredential)
+		}
 	}
 
 	type pattern struct {

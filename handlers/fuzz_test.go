@@ -102,6 +102,12 @@ func FuzzSpecFromRequest(f *testing.F) {
 		`{"cmd":[]}`, `{"env":{"A=B":"1"}}`, `{"env":{"A":"\u0000"}}`, `{"limits":{"memory_mib":7}}`, `{"limits":{"vcpus":1025}}`,
 		`{"mounts":[{"source":"/a","target":"/"}]}`, `{"mounts":[{"source":"/a","target":"/x/../y"}]}`, `{"mounts":[{"source":"a","target":"/b"}]}`,
 		`{"rootfs":"/a:b"}`, `{"user":"a:b:c"}`, `{"working_dir":"rel"}`, `{"network":{"mode":"host"}}`, `{"labels":null}`,
+		`{"limits":{"pids":7}}`, `{"limits":{"pids":8}}`, `{"limits":{"pids":4194305}}`, `{"security":{}}`, `{"security":{"user_namespace":false}}`,
+		`{"image":"a","registry_auth":{}}`, `{"registry_auth":{"identity_token":"t"}}`, `{"image":"","registry_auth":{"identity_token":"t"}}`,
+		`{"image":"a","registry_auth":{"username":"u"}}`, `{"image":"a","registry_auth":{"password":"p"}}`,
+		`{"image":"a","registry_auth":{"username":"u","password":"p","registry_token":"t"}}`,
+		`{"image":"a","registry_auth":{"identity_token":"i","registry_token":"t"}}`, `{"image":"a","registry_auth":{"registry_token":""}}`,
+		`{"image":"a","registry_auth":{"registry_token":"` + strings.Repeat("é", 4097) + `"}}`,
 	}, func(req api.CreateSandboxRequest) error {
 		s, err := specFromRequest(req)
 		if err != nil {
@@ -110,6 +116,18 @@ func FuzzSpecFromRequest(f *testing.F) {
 		if s.TTL != time.Duration(deref(req.TtlSeconds))*time.Second || s.ID != deref(req.Id) || len(s.Cmd) != len(deref(req.Cmd)) ||
 			len(s.Mounts) != len(deref(req.Mounts)) || s.WorkingDir != deref(req.WorkingDir) {
 			panic("the spec is not the request")
+		}
+		if req.Limits != nil && s.Limits.Pids != deref(req.Limits.Pids) {
+			panic("the pids limit is not the request's")
+		}
+		if sec := deref(req.Security); s.Security.HostUsers != (sec.UserNamespace != nil && !*sec.UserNamespace) ||
+			s.Security.ReadOnlyRootfs != deref(sec.ReadOnlyRootfs) {
+			panic("the security is not the request's")
+		}
+		if a := req.RegistryAuth; (a == nil) != (s.RegistryAuth == nil) || (a != nil && (s.RegistryAuth.Username != deref(a.Username) ||
+			s.RegistryAuth.Password != deref(a.Password) || s.RegistryAuth.IdentityToken != deref(a.IdentityToken) ||
+			s.RegistryAuth.RegistryToken != deref(a.RegistryToken))) {
+			panic("the registry credentials are not the request's")
 		}
 		return nil
 	})

@@ -118,14 +118,17 @@ func (a *API) CreateSandbox(w http.ResponseWriter, r *http.Request) {
 	}
 	info, created, err := m.Create(r.Context(), spec)
 	if err != nil {
-		writeSandboxErr(w, err)
+		writeSandboxErr(w, redactCredentials(err, spec.RegistryAuth))
 		return
 	}
 	status := http.StatusAccepted
 	if !created {
 		status = http.StatusOK
 	} else {
-		a.log(r).Info("sandbox created", "sandbox", info.ID)
+		// The spec's RegistryAuth is never logged: only what says who
+		// the sandbox is and how it is confined.
+		a.log(r).Info("sandbox created", "sandbox", info.ID, "user_namespace", !spec.Security.HostUsers,
+			"read_only_rootfs", spec.Security.ReadOnlyRootfs)
 	}
 	httpapi.WriteJSON(w, status, api.CreateSandboxResponse{
 		Id:        info.ID,
@@ -201,11 +204,96 @@ func specFromRequest(req api.CreateSandboxRequest) (sandbox.Spec, error) {
 		return s, err
 	}
 	s.TTL = ttl
+	if req.Security != nil {
+		s.Security = sandbox.Security{
+			HostUsers:      req.Security.UserNamespace != nil && !*req.Security.UserNamespace,
+			ReadOnlyRootfs: deref(req.Security.ReadOnlyRootfs),
+		}
+	}
+	if req.RegistryAuth != nil {
+		auth, err := registryAuthFromRequest(*req.RegistryAuth)
+		if err != nil {
+			return s, err
+		}
+		if s.Image == "" {
+			return s, badRequest(`field "registry_auth" is only for an image pull: give "image" too, or leave it out`)
+		}
+		s.RegistryAuth = auth
+	}
 	return s, nil
 }
 
+// redactedError is an error whose message had credentials taken out; it
+// keeps the original's class for the status.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
+
+// redactCredentials takes a create's secrets out of an error's message
+// before it is answered: a pull's error may quote what a registry sent
+// back, and that is no place for them.
+func redactCredentials(err error, auth *sandbox.RegistryAuth) error {
+	if auth == nil {
+		return err
+	}
+	msg := err.Error()
+	for _, secret := range []string{auth.Password, auth.IdentityToken, auth.RegistryToken} {
+		if secret != "" {
+			msg = strings.ReplaceAll(msg, secret, "[redacted]")
+		}
+	}
+	if msg == err.Error() {
+		return err
+	}
+	return &redactedError{msg: msg, err: err}
+}
+
+// registryAuthFromRequest checks a create's registry credentials: one
+// kind of them, each not empty and not too long. Its errors name fields
+// and never hold a value.
+func registryAuthFromRequest(a api.RegistryAuth) (*sandbox.RegistryAuth, error) {
+	fields := []struct {
+		name string
+		v    *string
+	}{{"username", a.Username}, {"password", a.Password}, {"identity_token", a.IdentityToken}, {"registry_token", a.RegistryToken}}
+	given := 0
+	for _, f := range fields {
+		if f.v == nil {
+			continue
+		}
+		given++
+		field := "registry_auth." + f.name
+		if *f.v == "" {
+			return nil, badRequest("field %q is empty", field)
+		}
+		if err := checkName(field, *f.v, maxCredential); err != nil {
+			return nil, err
+		}
+	}
+	secrets := 0
+	for _, v := range []*string{a.Password, a.IdentityToken, a.RegistryToken} {
+		if v != nil {
+			secrets++
+		}
+	}
+	switch {
+	case given == 0:
+		return nil, badRequest(`field "registry_auth" is empty: give "username" and "password", or "identity_token", or "registry_token"`)
+	case (a.Username == nil) != (a.Password == nil):
+		return nil, badRequest(`field "registry_auth": "username" and "password" come together`)
+	case secrets > 1:
+		return nil, badRequest(`field "registry_auth": give only one of "password", "identity_token" and "registry_token"`)
+	}
+	return &sandbox.RegistryAuth{Username: deref(a.Username), Password: deref(a.Password),
+		IdentityToken: deref(a.IdentityToken), RegistryToken: deref(a.RegistryToken)}, nil
+}
+
 func limitsFromRequest(l api.Limits) (sandbox.Limits, error) {
-	vcpus, mem := deref(l.Vcpus), deref(l.MemoryMib)
+	vcpus, mem, pids := deref(l.Vcpus), deref(l.MemoryMib), deref(l.Pids)
 	if err := checkRange(fieldName("limits.vcpus"), int64(vcpus), 0, maxVCPUs, "1024 CPUs"); err != nil {
 		return sandbox.Limits{}, err
 	}
@@ -215,7 +303,13 @@ func limitsFromRequest(l api.Limits) (sandbox.Limits, error) {
 	if mem > 0 && mem < minMemoryMiB {
 		return sandbox.Limits{}, badRequest(`field "limits.memory_mib" must be 0 (the default) or at least %d, got %d`, minMemoryMiB, mem)
 	}
-	return sandbox.Limits{VCPUs: int(vcpus), MemoryMiB: mem}, nil
+	if err := checkRange(fieldName("limits.pids"), pids, 0, maxPids, "the kernel's PID_MAX_LIMIT"); err != nil {
+		return sandbox.Limits{}, err
+	}
+	if pids > 0 && pids < minPids {
+		return sandbox.Limits{}, badRequest(`field "limits.pids" must be 0 (the default) or at least %d, got %d`, minPids, pids)
+	}
+	return sandbox.Limits{VCPUs: int(vcpus), MemoryMiB: mem, Pids: pids}, nil
 }
 
 // networkMode checks a network mode against the contract's enum.
@@ -257,6 +351,7 @@ func (a *API) ListSandboxes(w http.ResponseWriter, r *http.Request, params api.L
 			Labels:    optMap(info.Labels),
 			IpAddress: optString(info.IPAddress),
 			CreatedAt: info.CreatedAt.Unix(),
+			Security:  securityInfo(info.Security),
 		})
 	}
 	httpapi.WriteJSON(w, http.StatusOK, out)
@@ -318,15 +413,35 @@ func sandboxInfo(info sandbox.Info) api.SandboxInfo {
 		Id:        info.ID,
 		State:     api.SandboxState(info.State),
 		Labels:    optMap(info.Labels),
-		Limits:    &api.Limits{Vcpus: ptr(int32(info.Limits.VCPUs)), MemoryMib: ptr(info.Limits.MemoryMiB)},
+		Limits:    &api.Limits{Vcpus: ptr(int32(info.Limits.VCPUs)), MemoryMib: ptr(info.Limits.MemoryMiB), Pids: ptr(info.Limits.Pids)},
 		Network:   &api.SandboxNetwork{Mode: optString(info.NetworkMode), IpAddress: optString(info.IPAddress), Gateway: optString(info.Gateway)},
 		CreatedAt: info.CreatedAt.Unix(),
 		ReadyAt:   optUnix(info.ReadyAt),
 		Error:     optString(info.Error),
+		Security:  securityInfo(info.Security),
 	}
 	out.LastExitedAt = optUnix(info.LastExitedAt)
 	if info.LastExitCode != nil {
 		out.LastExitCode = ptr(int32(*info.LastExitCode))
+	}
+	return out
+}
+
+// securityInfo is how a sandbox is confined, in every answer about it, so
+// that a list shows which sandboxes run without a user namespace.
+func securityInfo(s sandbox.SecurityInfo) *api.SandboxSecurity {
+	out := &api.SandboxSecurity{
+		UserNamespace:   s.UserNamespace,
+		ReadOnlyRootfs:  s.ReadOnlyRootfs,
+		NoNewPrivileges: s.NoNewPrivileges,
+		Seccomp:         s.Seccomp,
+		Capabilities:    s.Capabilities,
+	}
+	if out.Capabilities == nil {
+		out.Capabilities = []string{}
+	}
+	if s.UserNamespace && s.IDMap.Size > 0 {
+		out.IdMap = &api.IDMap{HostId: s.IDMap.HostID, Size: s.IDMap.Size}
 	}
 	return out
 }

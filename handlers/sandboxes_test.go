@@ -46,11 +46,28 @@ func (f *fakeSandboxes) Get(id string) (sandbox.Info, error) {
 		return sandbox.Info{}, f.err
 	}
 	code := 3
-	return sandbox.Info{ID: id, State: sandbox.StateReady, Limits: sandbox.Limits{VCPUs: 1, MemoryMiB: 512},
-		NetworkMode: "none", CreatedAt: time.Unix(100, 0), ReadyAt: time.Unix(101, 0), LastExitCode: &code, LastExitedAt: time.Unix(102, 0)}, nil
+	return sandbox.Info{ID: id, State: sandbox.StateReady, Limits: sandbox.Limits{VCPUs: 1, MemoryMiB: 512, Pids: 1024},
+		NetworkMode: "none", CreatedAt: time.Unix(100, 0), ReadyAt: time.Unix(101, 0), LastExitCode: &code, LastExitedAt: time.Unix(102, 0),
+		Security: fakeSecurity}, nil
 }
 
-func (f *fakeSandboxes) List(sandbox.Filter) []sandbox.Info { return nil }
+// fakeSecurity is how the fake's sandboxes are confined: the defaults.
+var fakeSecurity = sandbox.SecurityInfo{UserNamespace: true, IDMap: sandbox.IDMap{HostID: 100000, Size: 65536},
+	NoNewPrivileges: true, Seccomp: true, Capabilities: []string{"CAP_CHOWN", "CAP_KILL"}}
+
+// List answers a sandbox for each create, as the manager would.
+func (f *fakeSandboxes) List(sandbox.Filter) []sandbox.Info {
+	var out []sandbox.Info
+	for _, s := range f.created {
+		sec := fakeSecurity
+		if s.Security.HostUsers {
+			sec = sandbox.SecurityInfo{NoNewPrivileges: true, Seccomp: true}
+		}
+		sec.ReadOnlyRootfs = s.Security.ReadOnlyRootfs
+		out = append(out, sandbox.Info{ID: s.ID, State: sandbox.StateReady, Labels: s.Labels, CreatedAt: time.Unix(100, 0), Security: sec})
+	}
+	return out
+}
 
 func (f *fakeSandboxes) Stop(_ context.Context, id string, timeout time.Duration) (sandbox.Info, error) {
 	f.stops = append(f.stops, timeout)
@@ -185,15 +202,17 @@ func TestCreateSandbox(t *testing.T) {
 	h := newHarness(t, true)
 	h.sandboxes = &fakeSandboxes{}
 	ctx := context.Background()
-	req := api.CreateSandboxRequest{Id: ptr("box-1"), Limits: &api.Limits{Vcpus: ptr(int32(2))}, TtlSeconds: ptr(int64(60)),
-		Mounts: &[]api.Mount{{Source: "/src", Target: "/dst", Readonly: ptr(true)}}, Cmd: &[]string{"sleep", "1"}}
+	req := api.CreateSandboxRequest{Id: ptr("box-1"), Limits: &api.Limits{Vcpus: ptr(int32(2)), Pids: ptr(int64(64))}, TtlSeconds: ptr(int64(60)),
+		Mounts: &[]api.Mount{{Source: "/src", Target: "/dst", Readonly: ptr(true)}}, Cmd: &[]string{"sleep", "1"},
+		Security: &api.SecuritySpec{ReadOnlyRootfs: ptr(true)}}
 	r, err := h.client.CreateSandboxWithResponse(ctx, req)
 	must(t, err)
 	if r.StatusCode() != 202 || r.JSON202 == nil || r.JSON202.Id != "box-1" || r.JSON202.State != api.SandboxStateStarting {
 		t.Fatalf("create: %d %s", r.StatusCode(), r.Body)
 	}
 	got := h.sandboxes.created[0]
-	if got.TTL != time.Minute || got.Limits.VCPUs != 2 || !got.Mounts[0].ReadOnly || got.Cmd[1] != "1" {
+	if got.TTL != time.Minute || got.Limits.VCPUs != 2 || got.Limits.Pids != 64 || !got.Mounts[0].ReadOnly || got.Cmd[1] != "1" ||
+		got.Security != (sandbox.Security{ReadOnlyRootfs: true}) || got.RegistryAuth != nil {
 		t.Errorf("spec %+v", got)
 	}
 	h.sandboxes.exists = true
@@ -210,11 +229,27 @@ func TestCreateSandbox(t *testing.T) {
 		`{"limits":{"vcpus":-1}}`:      `"limits.vcpus"`,
 		`{"idd":"x"}`:                  `"idd"`,
 		`{"cmd":"echo hi"}`:            `"cmd"`,
+		`{"limits":{"pids":3}}`:        `"limits.pids"`,
+		`{"security":{"userns":true}}`: `"security.userns"`,
 	} {
 		r, err := c.CreateSandboxWithBodyWithResponse(ctx, "application/json", strings.NewReader(body))
 		must(t, err)
 		if r.StatusCode() != 400 || r.JSON400 == nil || !strings.Contains(r.JSON400.Message, field) {
 			t.Errorf("%s: %d %s, want 400 naming %s", body, r.StatusCode(), r.Body, field)
+		}
+	}
+
+	// The manager's policy refusals name the field and the rule.
+	for _, refusal := range []string{
+		`field "mounts[0].source": "/etc" is not under a mount root (/mnt/shared)`,
+		`field "image": registry "127.0.0.1:5000" is not allowed: loopback registries must be listed with --registry`,
+		`field "rootfs": "/" is not in the agent's root filesystem store`,
+	} {
+		h.sandboxes.err = fmt.Errorf("%s: %w", refusal, sandbox.ErrInvalid)
+		r, err := h.client.CreateSandboxWithResponse(ctx, api.CreateSandboxRequest{Mounts: &[]api.Mount{{Source: "/etc", Target: "/etc"}}})
+		must(t, err)
+		if r.StatusCode() != 400 || r.JSON400 == nil || !strings.Contains(r.JSON400.Message, refusal) {
+			t.Errorf("%s: %d %s, want 400 with it", refusal, r.StatusCode(), r.Body)
 		}
 	}
 }
@@ -433,4 +468,160 @@ func TestExecWebSocket(t *testing.T) {
 	if err == nil || resp == nil || resp.StatusCode != 404 {
 		t.Errorf("unknown sandbox: %v %v", err, resp)
 	}
+}
+
+// TestCreateSandboxSecurity: the defaults are the strictest; asking for
+// less is passed on, and every answer about a sandbox says how it is
+// confined, the list included.
+func TestCreateSandboxSecurity(t *testing.T) {
+	h := newHarness(t, true)
+	h.sandboxes = &fakeSandboxes{}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		id   string
+		sec  *api.SecuritySpec
+		want sandbox.Security
+	}{
+		{"default", nil, sandbox.Security{}},
+		{"empty", &api.SecuritySpec{}, sandbox.Security{}},
+		{"userns", &api.SecuritySpec{UserNamespace: ptr(true), ReadOnlyRootfs: ptr(false)}, sandbox.Security{}},
+		{"host-users", &api.SecuritySpec{UserNamespace: ptr(false), ReadOnlyRootfs: ptr(true)}, sandbox.Security{HostUsers: true, ReadOnlyRootfs: true}},
+	} {
+		r, err := h.client.CreateSandboxWithResponse(ctx, api.CreateSandboxRequest{Id: ptr(tc.id), Security: tc.sec})
+		must(t, err)
+		if r.StatusCode() != 202 {
+			t.Fatalf("%s: %d %s", tc.id, r.StatusCode(), r.Body)
+		}
+		if got := h.sandboxes.created[len(h.sandboxes.created)-1].Security; got != tc.want {
+			t.Errorf("%s: security %+v, want %+v", tc.id, got, tc.want)
+		}
+	}
+	if !strings.Contains(h.logs.String(), `"sandbox":"host-users","user_namespace":false`) {
+		t.Errorf("a create without a user namespace is not in the log:\n%s", h.logs)
+	}
+
+	l, err := h.client.ListSandboxesWithResponse(ctx, &api.ListSandboxesParams{})
+	must(t, err)
+	if l.StatusCode() != 200 || len(l.JSON200.Sandboxes) != 4 {
+		t.Fatalf("list: %d %s", l.StatusCode(), l.Body)
+	}
+	for _, s := range l.JSON200.Sandboxes {
+		host := s.Id == "host-users"
+		if s.Security == nil || s.Security.UserNamespace == host || (s.Security.IdMap == nil) != host || s.Security.ReadOnlyRootfs != host {
+			t.Errorf("list: %s's security is %s", s.Id, l.Body)
+		}
+	}
+
+	g, err := h.client.GetSandboxWithResponse(ctx, "box-1")
+	must(t, err)
+	sec := g.JSON200.Security
+	if g.StatusCode() != 200 || sec == nil || !sec.UserNamespace || sec.IdMap == nil || *sec.IdMap != (api.IDMap{HostId: 100000, Size: 65536}) ||
+		!sec.NoNewPrivileges || !sec.Seccomp || sec.ReadOnlyRootfs || strings.Join(sec.Capabilities, ",") != "CAP_CHOWN,CAP_KILL" ||
+		*g.JSON200.Limits.Pids != 1024 {
+		t.Errorf("get: %d %s", g.StatusCode(), g.Body)
+	}
+}
+
+// TestRegistryAuth: credentials reach the manager with the image, are
+// refused with a 400 naming the field when malformed or without an image,
+// and never appear in an answer (errors included) or in the log.
+func TestRegistryAuth(t *testing.T) {
+	h := newHarness(t, true)
+	h.sandboxes = &fakeSandboxes{}
+	ctx := context.Background()
+	const user, pass, idTok, regTok = "cred-user-7f3a", "cred-pass-9b1c", "cred-identity-2d8e", "cred-registry-5a0f"
+	secrets := []string{user, pass, idTok, regTok}
+	var answers []string
+
+	r, err := h.client.CreateSandboxWithResponse(ctx, api.CreateSandboxRequest{Id: ptr("box-1"), Image: ptr("registry.test/app:1"),
+		RegistryAuth: &api.RegistryAuth{Username: ptr(user), Password: ptr(pass)}})
+	must(t, err)
+	if r.StatusCode() != 202 {
+		t.Fatalf("create: %d %s", r.StatusCode(), r.Body)
+	}
+	answers = append(answers, string(r.Body))
+	if got := h.sandboxes.created[0].RegistryAuth; got == nil || *got != (sandbox.RegistryAuth{Username: user, Password: pass}) {
+		t.Errorf("credentials reached the manager as %+v", got)
+	}
+	for _, a := range []api.RegistryAuth{{IdentityToken: ptr(idTok)}, {RegistryToken: ptr(regTok)}} {
+		r, err := h.client.CreateSandboxWithResponse(ctx, api.CreateSandboxRequest{Image: ptr("registry.test/app:1"), RegistryAuth: &a})
+		must(t, err)
+		answers = append(answers, string(r.Body))
+		got := h.sandboxes.created[len(h.sandboxes.created)-1].RegistryAuth
+		if r.StatusCode() != 202 || got == nil || got.IdentityToken != deref(a.IdentityToken) || got.RegistryToken != deref(a.RegistryToken) {
+			t.Errorf("create with %+v: %d %s, reached the manager as %+v", a, r.StatusCode(), r.Body, got)
+		}
+	}
+
+	raw := apitest.NewClientWith(t, h.url, &apitest.Transport{T: t, SkipRequestValidation: true})
+	created := len(h.sandboxes.created)
+	for _, tc := range []struct {
+		body, inMsg string
+	}{
+		{`{"registry_auth":{"username":"` + user + `","password":"` + pass + `"}}`, `field "registry_auth" is only for an image pull`},
+		{`{"image":"","registry_auth":{"registry_token":"` + regTok + `"}}`, `field "registry_auth" is only for an image pull`},
+		{`{"image":"a","registry_auth":{}}`, `field "registry_auth" is empty`},
+		{`{"image":"a","registry_auth":{"username":"` + user + `"}}`, `"username" and "password" come together`},
+		{`{"image":"a","registry_auth":{"password":"` + pass + `"}}`, `"username" and "password" come together`},
+		{`{"image":"a","registry_auth":{"username":"` + user + `","password":"` + pass + `","identity_token":"` + idTok + `"}}`, `only one of`},
+		{`{"image":"a","registry_auth":{"identity_token":"` + idTok + `","registry_token":"` + regTok + `"}}`, `only one of`},
+		{`{"image":"a","registry_auth":{"registry_token":""}}`, `field "registry_auth.registry_token" is empty`},
+		{`{"image":"a","registry_auth":{"password":"` + pass + strings.Repeat("x", 4097) + `","username":"u"}}`,
+			`field "registry_auth.password" is 4111 characters long; at most 4096`},
+		{`{"image":"a","registry_auth":{"password":"` + pass + `","username":"u","token":"` + regTok + `"}}`, `unknown field "registry_auth.token"`},
+		{`{"image":"a","registry_auth":{"password":"` + pass + `","username":"u","password":"` + pass + `"}}`, `key "password" is given twice`},
+	} {
+		r, err := raw.CreateSandboxWithBodyWithResponse(ctx, "application/json", strings.NewReader(tc.body))
+		must(t, err)
+		if r.StatusCode() != 400 || r.JSON400 == nil || !strings.Contains(r.JSON400.Message, tc.inMsg) {
+			t.Errorf("%.120s: %d %s, want 400 with %q", tc.body, r.StatusCode(), r.Body, tc.inMsg)
+		}
+		answers = append(answers, string(r.Body))
+	}
+	if len(h.sandboxes.created) != created {
+		t.Errorf("refused credentials reached the manager")
+	}
+
+	g, err := h.client.GetSandboxWithResponse(ctx, "box-1")
+	must(t, err)
+	l, err := h.client.ListSandboxesWithResponse(ctx, &api.ListSandboxesParams{})
+	must(t, err)
+	if g.StatusCode() != 200 || l.StatusCode() != 200 || len(l.JSON200.Sandboxes) != 3 {
+		t.Fatalf("get %d %s; list %d %s", g.StatusCode(), g.Body, l.StatusCode(), l.Body)
+	}
+	answers = append(answers, string(g.Body), string(l.Body))
+	for _, s := range secrets {
+		for _, a := range answers {
+			if strings.Contains(a, s) {
+				t.Errorf("a credential is in an answer: %s", a)
+			}
+		}
+		if strings.Contains(h.logs.String(), s) {
+			t.Errorf("a credential is in the log:\n%s", h.logs)
+		}
+	}
+	if strings.Contains(string(g.Body), "registry_auth") || strings.Contains(string(l.Body), "registry_auth") {
+		t.Errorf("registry_auth is echoed: %s %s", g.Body, l.Body)
+	}
+
+	// A manager's error that quotes a credential (a registry's answer,
+	// say) keeps its status and loses the credential.
+	h.sandboxes.err = fmt.Errorf(`field "image": pull: registry said "bad token %s": %w`, regTok, sandbox.ErrInvalid)
+	r, err = h.client.CreateSandboxWithResponse(ctx, api.CreateSandboxRequest{Image: ptr("registry.test/app:1"),
+		RegistryAuth: &api.RegistryAuth{RegistryToken: ptr(regTok)}})
+	must(t, err)
+	if r.StatusCode() != 400 || strings.Contains(string(r.Body), regTok) || !strings.Contains(string(r.Body), `bad token [redacted]`) {
+		t.Errorf("an error quoting the token: %d %s, want 400 without it", r.StatusCode(), r.Body)
+	}
+	if strings.Contains(h.logs.String(), regTok) {
+		t.Errorf("a credential is in the log:\n%s", h.logs)
+	}
+}
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
 }

@@ -29,6 +29,13 @@ const (
 	// minMemoryMiB is the least memory a sandbox may be given (its init
 	// alone needs a few MiB): the sandbox package's.
 	minMemoryMiB = sandbox.MinMemoryMiB
+	// minPids is the least pids limit a sandbox may be given: a shell and
+	// a few children. maxPids is the kernel's own (PID_MAX_LIMIT).
+	minPids = sandbox.MinPids
+	maxPids = 1 << 22
+	// maxCredential is the longest registry credential, in characters:
+	// longer than any real token, short enough to keep a request small.
+	maxCredential = 4096
 	// maxTTYSide is the largest terminal side: a winsize is 16 bits.
 	maxTTYSide = math.MaxUint16
 	// maxSnapshotName is in characters (Unicode code points), as JSON

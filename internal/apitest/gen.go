@@ -50,6 +50,12 @@ func (g *Gen) valid(s *openapi3.Schema, depth int) any {
 				out[name] = g.valid(s.Properties[name].Value, depth+1)
 			}
 		}
+		for _, name := range sortedKeys(s.Properties) {
+			if _, ok := out[name]; !ok && uint64(len(out)) < s.MinProps {
+				out[name] = g.valid(s.Properties[name].Value, depth+1)
+			}
+		}
+		g.dependents(s, out, depth)
 		if ap := s.AdditionalProperties.Schema; ap != nil && len(s.Properties) == 0 {
 			var names *openapi3.Schema
 			if s.PropertyNames != nil {
@@ -82,6 +88,35 @@ func (g *Gen) valid(s *openapi3.Schema, depth int) any {
 		return g.R.IntN(2) == 0
 	}
 	return g.str(s)
+}
+
+// dependents applies s's rules between fields to out: a field's
+// dependentRequired fields are added, and a field whose dependentSchemas
+// entry has a maxProperties (one that stands alone, say) has the other
+// optional fields dropped to fit it. Other dependent rules are left for
+// the contract to judge.
+func (g *Gen) dependents(s *openapi3.Schema, out map[string]any, depth int) {
+	for _, name := range sortedKeys(s.DependentRequired) {
+		if _, ok := out[name]; !ok {
+			continue
+		}
+		for _, req := range s.DependentRequired[name] {
+			if _, ok := out[req]; !ok && s.Properties[req] != nil {
+				out[req] = g.valid(s.Properties[req].Value, depth+1)
+			}
+		}
+	}
+	for _, name := range sortedKeys(s.DependentSchemas) {
+		d := s.DependentSchemas[name].Value
+		if _, ok := out[name]; !ok || d == nil || d.MaxProps == nil {
+			continue
+		}
+		for _, other := range sortedKeys(out) {
+			if uint64(len(out)) > *d.MaxProps && other != name && !slices.Contains(s.Required, other) {
+				delete(out, other)
+			}
+		}
+	}
 }
 
 // integer picks an integer within s's bounds, half the time at one of them.

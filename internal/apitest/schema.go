@@ -83,7 +83,7 @@ func ValidateRequest(t testing.TB, req *http.Request) error {
 		Request:    req.Clone(context.Background()),
 		PathParams: pathParams,
 		Route:      route,
-		Options:    &openapi3filter.Options{MultiError: true},
+		Options:    &openapi3filter.Options{MultiError: true, AuthenticationFunc: Authenticate},
 	}
 	in.Request.Body = io.NopCloser(bytes.NewReader(body))
 	return openapi3filter.ValidateRequest(context.Background(), in)
