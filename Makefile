@@ -5,7 +5,6 @@ BIN      := bin/arcbox-agent
 LINT     := .cache/bin/golangci-lint
 RUN_DIR  ?= $(CURDIR)/.run
 PORT     ?= 8080
-DOCKER_PORT ?= 2375
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 GO_FILES := $(shell git ls-files '*.go' 2>/dev/null)
 
@@ -24,20 +23,27 @@ build: ## Build the static agent binary into bin/.
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/arcbox-agent
 
 .PHONY: run
-run: deps build ## Run the agent on built-in defaults: loopback TCP, a unix socket, vsock where there is one.
+run: deps build ## Run the agent on built-in defaults: loopback TCP with a bearer token, unix sockets, vsock where there is one.
 	@mkdir -p $(RUN_DIR)/bin
 	@# Debian's runtime binaries, where the agent looks for its bundled ones.
 	@for b in containerd containerd-shim-runc-v2 dockerd runc; do ln -sf "$$(command -v $$b)" $(RUN_DIR)/bin/$$b; done
 	@# A sparse image file as the data volume; the agent attaches it to a loop device.
 	@test -e $(RUN_DIR)/data.img || truncate -s 16G $(RUN_DIR)/data.img
+	@# The bearer token TCP requests carry: 32 random bytes, base64url, made once.
+	@test -s $(RUN_DIR)/token || (umask 077; head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' > $(RUN_DIR)/token)
+	@chmod 600 $(RUN_DIR)/token
+	@echo "token: $$(cat $(RUN_DIR)/token)"
+	@echo "try:   curl -s -H \"Authorization: Bearer \$$(cat $(RUN_DIR)/token)\" localhost:$(PORT)/v1/ping"
+	@echo "       DOCKER_HOST=unix://$(RUN_DIR)/docker.sock docker version"
 	$(BIN) --listen tcp://127.0.0.1:$(PORT) --listen unix://$(RUN_DIR)/agent.sock \
 		$(if $(wildcard /dev/vsock),--listen vsock://:1024) \
-		--docker-listen tcp://127.0.0.1:$(DOCKER_PORT) \
+		--auth-token-file $(RUN_DIR)/token \
+		--docker-listen unix://$(RUN_DIR)/docker.sock \
 		--runtime-bin-dir $(RUN_DIR)/bin --data-device $(RUN_DIR)/data.img \
 		--data-mount $(RUN_DIR)/data --docker-data-root $(RUN_DIR)/docker \
 		--containerd-root $(RUN_DIR)/containerd --containerd-state $(RUN_DIR)/containerd-state \
 		--containerd-config $(RUN_DIR)/containerd.toml --containerd-socket $(RUN_DIR)/containerd.sock \
-		--docker-socket $(RUN_DIR)/docker.sock --docker-exec-root $(RUN_DIR)/docker-exec \
+		--docker-socket $(RUN_DIR)/dockerd.sock --docker-exec-root $(RUN_DIR)/docker-exec \
 		--state-dir $(RUN_DIR)/state --disk-state-dir $(RUN_DIR)/disk --log-dir $(RUN_DIR)/log \
 		--set-clock=$(or $(SET_CLOCK),false) --log-format text
 

@@ -103,13 +103,17 @@ func validHost(h string) bool {
 // bind is pointless.
 var errNoVsock = errors.New("this machine has no vsock support")
 
-// listen binds the endpoint once.
-func (ep Endpoint) listen() (net.Listener, error) {
+// NoGroup is a SocketGID that names no group: unix sockets are 0600.
+const NoGroup = -1
+
+// listen binds the endpoint once; a unix socket is 0600, or 0660 and
+// owned by group gid when gid is not NoGroup.
+func (ep Endpoint) listen(gid int) (net.Listener, error) {
 	switch ep.Scheme {
 	case "tcp":
 		return net.Listen("tcp", ep.Address)
 	case "unix":
-		return listenUnix(ep.Address)
+		return listenUnix(ep.Address, gid)
 	case "vsock":
 		var ln *vsock.Listener
 		var err error
@@ -129,10 +133,12 @@ func (ep Endpoint) listen() (net.Listener, error) {
 	return nil, fmt.Errorf("listener %q: unknown scheme", ep.URL)
 }
 
-// listenUnix binds a unix socket readable by root alone, replacing a stale
-// socket file left by an earlier run but never one a live server answers on,
-// nor a file that is not a socket.
-func listenUnix(path string) (net.Listener, error) {
+// listenUnix binds a unix socket that only root can connect to (0600, the
+// mode it is born with, so no one can connect in between), or else root
+// and group gid (0660), replacing a stale socket file left by an earlier
+// run but never one a live server answers on, nor a file that is not a
+// socket.
+func listenUnix(path string, gid int) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
@@ -148,11 +154,21 @@ func listenUnix(path string) (net.Listener, error) {
 			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
 		}
 	}
-	ln, err := net.Listen("unix", path)
+	ln, err := bindUnix(path)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	mode := os.FileMode(0o600)
+	if gid != NoGroup {
+		if err := os.Chown(path, -1, gid); err != nil {
+			_ = ln.Close()
+			return nil, fmt.Errorf("give %s to group %d: %w", path, gid, err)
+		}
+		mode = 0o660
+	}
+	// Said again after bind: where the mode could not be set before it
+	// (not Linux), and for the group's bits.
+	if err := os.Chmod(path, mode); err != nil {
 		_ = ln.Close()
 		return nil, fmt.Errorf("chmod %s: %w", path, err)
 	}

@@ -61,7 +61,7 @@ func TestListenUnix(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "sub", "agent.sock")
 
-	ln, err := listenUnix(path)
+	ln, err := listenUnix(path, NoGroup)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,14 +83,14 @@ func TestListenUnix(t *testing.T) {
 	}()
 
 	// A live server's socket is never taken over.
-	if _, err := listenUnix(path); err == nil || !strings.Contains(err.Error(), "another process is serving") {
+	if _, err := listenUnix(path, NoGroup); err == nil || !strings.Contains(err.Error(), "another process is serving") {
 		t.Errorf("second bind on a live socket: err = %v", err)
 	}
 
 	// A stale socket (no one answers) is replaced.
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	ln.Close()
-	ln2, err := listenUnix(path)
+	ln2, err := listenUnix(path, NoGroup)
 	if err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
@@ -101,7 +101,7 @@ func TestListenUnix(t *testing.T) {
 	if err := os.WriteFile(plain, []byte("data"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := listenUnix(plain); err == nil || !strings.Contains(err.Error(), "not a socket") {
+	if _, err := listenUnix(plain, NoGroup); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Errorf("bind over a plain file: err = %v", err)
 	}
 	if data, _ := os.ReadFile(plain); string(data) != "data" {

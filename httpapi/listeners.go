@@ -52,12 +52,16 @@ type Listeners struct {
 }
 
 // ListenersConfig is what NewListeners needs. AllowCIDs are the vsock peers
-// accepted besides the host's CID 2.
+// accepted besides the host's CID 2. Unix sockets are 0600, so root alone
+// may connect, unless HasSocketGID: then they are 0660 and owned by group
+// SocketGID too.
 type ListenersConfig struct {
-	Logger     *slog.Logger
-	Phases     *startup.Phases
-	Registerer prometheus.Registerer
-	AllowCIDs  []uint32
+	Logger       *slog.Logger
+	Phases       *startup.Phases
+	Registerer   prometheus.Registerer
+	AllowCIDs    []uint32
+	SocketGID    int
+	HasSocketGID bool
 }
 
 // NewListeners returns an empty set.
@@ -72,12 +76,16 @@ func NewListeners(cfg ListenersConfig) *Listeners {
 		Help:      "vsock connections closed because the peer's CID is not allowed.",
 	}, []string{"listener"})
 	cfg.Registerer.MustRegister(refused)
+	gid := NoGroup
+	if cfg.HasSocketGID {
+		gid = cfg.SocketGID
+	}
 	return &Listeners{
 		logger:   cfg.Logger,
 		phases:   cfg.Phases,
 		allowed:  allowed,
 		refused:  refused,
-		listen:   Endpoint.listen,
+		listen:   func(ep Endpoint) (net.Listener, error) { return ep.listen(gid) },
 		bindWait: sleepCtx,
 	}
 }

@@ -1,7 +1,7 @@
 // Package httpapi is the agent's HTTP edge: listeners given as URLs (vsock,
 // unix, tcp), the chi router built from the generated OpenAPI interface, its
-// middleware (trace id, access log, request metrics, panic recovery, body
-// limit), and the JSON helpers that give every error one shape.
+// middleware (trace id, access log, request metrics, panic recovery, audit
+// log, bearer-token authentication, body limit), and the JSON helpers that give every error one shape.
 package httpapi
 
 import (
@@ -17,8 +17,8 @@ import (
 	"github.com/arcbox/arcbox-agent/api"
 )
 
-// RouterConfig is what NewRouter needs; every field is required but
-// BodyReadTimeout.
+// RouterConfig is what NewRouter needs; API, Logger and Registerer are
+// required.
 type RouterConfig struct {
 	API        api.ServerInterface
 	Logger     *slog.Logger
@@ -26,6 +26,13 @@ type RouterConfig struct {
 	// BodyReadTimeout is how long a request body may take to arrive (0:
 	// the agent's BodyReadTimeout); tests shorten it.
 	BodyReadTimeout time.Duration
+	// Token, when set, is the bearer token every request must carry but
+	// those on unix sockets and vsock (see PeerListener); "" lets every
+	// request in, which main allows only on loopback when told to.
+	Token string
+	// Audit gets one line per mutating call; nil is Logger with
+	// component "audit".
+	Audit *slog.Logger
 }
 
 // NewRouter returns the agent's HTTP handler: the routes of openapi.yaml,
@@ -35,8 +42,13 @@ func NewRouter(cfg RouterConfig) http.Handler {
 	if bodyTimeout <= 0 {
 		bodyTimeout = BodyReadTimeout
 	}
+	auditLog := cfg.Audit
+	if auditLog == nil {
+		auditLog = cfg.Logger.With("component", "audit")
+	}
 	r := chi.NewRouter()
-	r.Use(withTrace(cfg.Logger), accessLog(newRequestMetrics(cfg.Registerer)), recoverer, limitBody(bodyTimeout))
+	r.Use(withTrace(cfg.Logger), accessLog(newRequestMetrics(cfg.Registerer)), recoverer,
+		audit(auditLog, r), authenticate(newAuthenticator(cfg.Token)), limitBody(bodyTimeout))
 	r.NotFound(func(w http.ResponseWriter, req *http.Request) {
 		WriteError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", req.Method, req.URL.Path))
 	})

@@ -81,7 +81,7 @@ func (q *qgaPinger) ping() error {
 	return nil
 }
 
-func freePort(b *testing.B) int {
+func freePort(b testing.TB) int {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -158,7 +158,7 @@ func BenchmarkPing(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, agentArgs(agentSock, "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", agentPort), "--set-clock=false", "--log-level", "error"),
+		done <- run(ctx, agentArgs(agentSock, "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", agentPort), "--insecure-loopback", "--set-clock=false", "--log-level", "error"),
 			func(string) string { return "" }, io.Discard, io.Discard)
 	}()
 	b.Cleanup(func() {

@@ -5,8 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -42,6 +44,15 @@ type config struct {
 	LogDir               string
 	CmdlineFile          string
 	AllowCIDs            []uint32
+	AuthTokenFile        string
+	InsecureLoopback     bool
+	SocketGroup          string // as given, for messages
+	SocketGID            int
+	HasSocketGID         bool
+	AuditLog             string
+	SandboxMountRoots    []string
+	Registries           []string
+	RegistryAuthFile     string
 	PrepareSystem        bool
 	SetClock             bool
 	NTPServer            string
@@ -191,6 +202,31 @@ var settings = []setting{
 			}
 			return nil
 		}},
+	{name: "auth-token-file", usage: "a file (mode 0600) holding the bearer token, 32 characters or more, that requests on TCP listeners must carry as Authorization: Bearer <token>", def: constant(""),
+		apply: str(func(c *config) *string { return &c.AuthTokenFile })},
+	{name: "insecure-loopback", isBool: true, usage: "serve TCP listeners on loopback addresses without a token when there is no --auth-token-file (any local user can then reach the API)", def: constant("false"),
+		apply: boolean(func(c *config) *bool { return &c.InsecureLoopback })},
+	{name: "socket-group", usage: "a group (name or GID) that may connect to the agent's unix sockets too: they are then 0660 instead of 0600 (empty: root alone)", def: constant(""),
+		apply: func(c *config, v string) error {
+			c.SocketGroup, c.HasSocketGID = v, false
+			if v == "" {
+				return nil
+			}
+			gid, err := lookupGroup(v)
+			if err != nil {
+				return err
+			}
+			c.SocketGID, c.HasSocketGID = gid, true
+			return nil
+		}},
+	{name: "audit-log", usage: "a file the audit log of mutating calls is appended to as JSON lines, mode 0600 (empty: the main log)", def: constant(""),
+		apply: func(c *config, v string) error {
+			if v != "" && !filepath.IsAbs(v) {
+				return fmt.Errorf("%q is not an absolute path", v)
+			}
+			c.AuditLog = v
+			return nil
+		}},
 	{name: "prepare-system", isBool: true, usage: "mount cgroup2, devpts and tmpfs, set ip_forward and load overlay before the runtime starts (default true when the agent is PID 1)",
 		def:   func(*config) string { return strconv.FormatBool(os.Getpid() == 1) },
 		apply: boolean(func(c *config) *bool { return &c.PrepareSystem })},
@@ -219,6 +255,28 @@ var settings = []setting{
 			c.SandboxCIDR = p
 			return nil
 		}},
+	{name: "sandbox-mount-root", repeatable: true, usage: "a directory whose contents sandboxes may bind-mount (repeatable; none given: the sandbox package's default)", def: constant(""),
+		apply: func(c *config, v string) error {
+			for _, d := range splitList(v) {
+				if !filepath.IsAbs(d) {
+					return fmt.Errorf("%q is not an absolute path", d)
+				}
+				c.SandboxMountRoots = append(c.SandboxMountRoots, filepath.Clean(d))
+			}
+			return nil
+		}},
+	{name: "registry", repeatable: true, usage: "a registry, HOST[:PORT], sandbox images may be pulled from (repeatable; none given: any but loopback and link-local ones)", def: constant(""),
+		apply: func(c *config, v string) error {
+			for _, r := range splitList(v) {
+				if err := checkRegistry(r); err != nil {
+					return err
+				}
+				c.Registries = append(c.Registries, r)
+			}
+			return nil
+		}},
+	{name: "registry-auth-file", usage: "a Docker config.json whose \"auths\" credentials image pulls use when a create brings none (empty: none)", def: constant(""),
+		apply: str(func(c *config) *string { return &c.RegistryAuthFile })},
 	{name: "log-level", usage: "debug, info, warn or error", def: constant("info"),
 		apply: func(c *config, v string) error {
 			switch v {
@@ -415,6 +473,48 @@ func cmdlineArgs(s string) []string {
 		}
 		out = append(out, arg)
 	}
+}
+
+// lookupGroup resolves --socket-group: a GID, or a group name.
+func lookupGroup(v string) (int, error) {
+	if gid, err := strconv.ParseUint(v, 10, 31); err == nil {
+		return int(gid), nil
+	}
+	g, err := user.LookupGroup(v)
+	if err != nil {
+		return 0, fmt.Errorf("%q is neither a GID nor a known group: %w", v, err)
+	}
+	return strconv.Atoi(g.Gid)
+}
+
+// checkRegistry checks a --registry value: a host (name or IP, IPv6 in
+// brackets) with an optional port, as in an image reference, without a
+// scheme or a path.
+func checkRegistry(r string) error {
+	bad := func(why string) error {
+		return fmt.Errorf("registry %q: %s; want HOST[:PORT], such as registry.example.com or 127.0.0.1:5000", r, why)
+	}
+	if strings.Contains(r, "://") {
+		return bad("no scheme")
+	}
+	if strings.ContainsAny(r, "/@?# \t") {
+		return bad("a host and port alone")
+	}
+	host := r
+	if h, port, err := net.SplitHostPort(r); err == nil {
+		if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+			return bad("the port is not a number from 1 to 65535")
+		}
+		host = h
+	} else if strings.HasPrefix(r, "[") && strings.HasSuffix(r, "]") {
+		host = r[1 : len(r)-1]
+	} else if strings.ContainsAny(r, "[]:") {
+		return bad("an IPv6 address goes in brackets, and a port after a colon")
+	}
+	if host == "" {
+		return bad("no host")
+	}
+	return nil
 }
 
 func splitList(v string) []string {

@@ -218,3 +218,44 @@ func TestCmdlineQuotesAndInitArgs(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigSecurityFlags(t *testing.T) {
+	c, err := loadConfig([]string{"--cmdline-file", "/nonexistent",
+		"--sandbox-mount-root", "/srv/a,/srv/b/", "--sandbox-mount-root", "/mnt/shared",
+		"--registry", "registry.example.com", "--registry", "127.0.0.1:5000,[::1]:5001",
+		"--socket-group", "root", "--insecure-loopback"},
+		envOf(map[string]string{"ARCBOX_REGISTRY_AUTH_FILE": "/etc/arcbox/auths.json", "ARCBOX_AUDIT_LOG": "/var/log/audit.log"}), nil, func(string, ...any) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c.SandboxMountRoots, []string{"/srv/a", "/srv/b", "/mnt/shared"}) ||
+		!reflect.DeepEqual(c.Registries, []string{"registry.example.com", "127.0.0.1:5000", "[::1]:5001"}) ||
+		c.RegistryAuthFile != "/etc/arcbox/auths.json" || c.AuditLog != "/var/log/audit.log" ||
+		!c.HasSocketGID || c.SocketGID != 0 || !c.InsecureLoopback {
+		t.Errorf("config: %+v", c)
+	}
+	// Unset, the lists are nil: the sandbox package's defaults.
+	c, err = loadConfig([]string{"--cmdline-file", "/nonexistent", "--socket-group", "1234"}, envOf(nil), nil, func(string, ...any) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SandboxMountRoots != nil || c.Registries != nil || c.AuthTokenFile != "" || c.InsecureLoopback || c.SocketGID != 1234 || !c.HasSocketGID {
+		t.Errorf("defaults: %+v", c)
+	}
+	for _, tt := range []struct{ args []string }{
+		{[]string{"--sandbox-mount-root", "relative/dir"}},
+		{[]string{"--registry", "https://registry.example.com"}},
+		{[]string{"--registry", "registry.example.com/library"}},
+		{[]string{"--registry", "registry.example.com:99999"}},
+		{[]string{"--registry", "::1"}},
+		{[]string{"--socket-group", "no-such-group-here"}},
+		{[]string{"--audit-log", "audit.log"}},
+		{[]string{"--insecure-loopback=maybe"}},
+	} {
+		_, err := loadConfig(append([]string{"--cmdline-file", "/nonexistent"}, tt.args...), envOf(nil), nil, func(string, ...any) {})
+		flagName, _, _ := strings.Cut(tt.args[0], "=")
+		if err == nil || !strings.Contains(err.Error(), flagName) {
+			t.Errorf("%v: err = %v, want one naming %s", tt.args, err, tt.args[0])
+		}
+	}
+}

@@ -109,6 +109,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	for _, w := range warnings {
 		logger.Warn(w[0].(string), w[1:]...)
 	}
+	token, err := listenerAuth(cfg, func(listener string) {
+		logger.Warn("serving a TCP listener without authentication (--insecure-loopback): any local user can reach it", "listener", listener)
+	})
+	if err != nil {
+		return err
+	}
+	auditLog, closeAudit, err := openAuditLog(cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer closeAudit()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -155,10 +166,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		setClock = clock.SetRealtime
 	}
 	listeners := httpapi.NewListeners(httpapi.ListenersConfig{
-		Logger:     logger.With("component", "listeners"),
-		Phases:     phases,
-		Registerer: reg,
-		AllowCIDs:  cfg.AllowCIDs,
+		Logger:       logger.With("component", "listeners"),
+		Phases:       phases,
+		Registerer:   reg,
+		AllowCIDs:    cfg.AllowCIDs,
+		SocketGID:    cfg.SocketGID,
+		HasSocketGID: cfg.HasSocketGID,
 	})
 	rt, err := newRuntime(cfg, logger, phases, reg, startProcess)
 	if err != nil {
@@ -184,25 +197,31 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Stopping:   stopping,
 	})
 	srv := &http.Server{
-		Handler:           httpapi.NewRouter(httpapi.RouterConfig{API: api, Logger: logger, Registerer: reg}),
+		Handler: httpapi.NewRouter(httpapi.RouterConfig{API: api, Logger: logger, Registerer: reg,
+			Token: token, Audit: auditLog}),
+		// Each request learns who is calling (for the token check and the
+		// audit log) from its connection's listener.
+		ConnContext:       httpapi.ConnContext,
 		ReadHeaderTimeout: httpapi.ReadHeaderTimeout,
 		IdleTimeout:       httpapi.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(logger.With("component", "http").Handler(), slog.LevelWarn),
 	}
 	srv.RegisterOnShutdown(beginStopping)
-	serve := func(ln net.Listener) {
-		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				logger.Error("listener stopped serving", "address", ln.Addr().String(), "err", err)
-			}
-		}()
+	serveOn := func(ep httpapi.Endpoint) func(net.Listener) {
+		return func(ln net.Listener) {
+			go func() {
+				if err := srv.Serve(httpapi.PeerListener(ln, ep)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+					logger.Error("listener stopped serving", "address", ln.Addr().String(), "err", err)
+				}
+			}()
+		}
 	}
 	for _, u := range cfg.Listen {
 		ep, err := httpapi.ParseEndpoint(u)
 		if err != nil {
 			return err
 		}
-		if err := listeners.Bind(ctx, "control", ep, serve); err != nil {
+		if err := listeners.Bind(ctx, "control", ep, serveOn(ep)); err != nil {
 			_ = srv.Close()
 			return fmt.Errorf("listen on %s: %w", u, err)
 		}
@@ -226,6 +245,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("docker listener %s: %w", cfg.DockerListen, err)
 	}
 	logger.Info("agent started", "version", version, "pid", os.Getpid(), "listen", cfg.Listen, "docker_listen", cfg.DockerListen,
+		"auth_token", token != "", "audit_log", cfg.AuditLog,
 		"since_exec", time.Since(began), "set_clock", cfg.SetClock, "prepare_system", cfg.PrepareSystem)
 	logger.Debug("configuration", "sources", cfg.Sources)
 

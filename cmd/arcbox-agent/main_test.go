@@ -150,7 +150,7 @@ func TestRunRefusesABusyTCPPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	err = run(context.Background(), append(agentArgs(filepath.Join(t.TempDir(), "a.sock")), "--listen", "tcp://"+busy.Addr().String()),
+	err = run(context.Background(), append(agentArgs(filepath.Join(t.TempDir(), "a.sock")), "--listen", "tcp://"+busy.Addr().String(), "--insecure-loopback"),
 		func(string) string { return "" }, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), busy.Addr().String()) {
 		t.Fatalf("err = %v, want one naming the busy address", err)

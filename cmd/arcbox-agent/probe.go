@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/mdlayher/vsock"
+
+	"github.com/arcbox/arcbox-agent/httpapi"
 )
 
 // runProbe is `arcbox-agent probe URL PATH`: one request to an agent over a
@@ -26,9 +28,10 @@ func runProbe(args []string, stdout io.Writer) error {
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to keep trying to connect")
 	method := fs.String("X", http.MethodGet, "the request method")
 	data := fs.String("d", "", "a JSON request body")
+	tokenFile := fs.String("token-file", "", "a file with the bearer token a TCP listener wants (as --auth-token-file)")
 	fs.SetOutput(stdout)
 	fs.Usage = func() {
-		fmt.Fprintln(stdout, "Usage: arcbox-agent probe [-timeout 30s] [-X METHOD] [-d JSON] URL PATH")
+		fmt.Fprintln(stdout, "Usage: arcbox-agent probe [-timeout 30s] [-X METHOD] [-d JSON] [-token-file FILE] URL PATH")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -41,6 +44,12 @@ func runProbe(args []string, stdout io.Writer) error {
 	dial, err := dialer(fs.Arg(0))
 	if err != nil {
 		return err
+	}
+	var token string
+	if *tokenFile != "" {
+		if token, err = httpapi.ReadTokenFile(*tokenFile); err != nil {
+			return fmt.Errorf("probe: %w", err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
@@ -75,6 +84,9 @@ func runProbe(args []string, stdout io.Writer) error {
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := client.Do(req)
 	if err != nil {

@@ -118,9 +118,14 @@ func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phase
 			DefaultRootfs: cfg.SandboxRootfs,
 			BusyboxPath:   cfg.BusyboxPath,
 			BridgeCIDR:    cfg.SandboxCIDR,
-			Logger:        logger,
-			Registerer:    reg,
-			OnIdle:        freeMemory,
+			// nil MountRoots or Registries: the sandbox package's defaults.
+			MountRoots:       cfg.SandboxMountRoots,
+			ForbiddenPaths:   forbiddenPaths(cfg),
+			Registries:       cfg.Registries,
+			RegistryAuthFile: cfg.RegistryAuthFile,
+			Logger:           logger,
+			Registerer:       reg,
+			OnIdle:           freeMemory,
 		})
 		if s.err != nil {
 			logger.Warn("sandboxes are unavailable; the rest of the agent serves", "err", s.err)
