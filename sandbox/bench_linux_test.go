@@ -25,26 +25,36 @@ import (
 // `<runtime> run -d` of a bundle made once with the same config.json.
 func BenchmarkCreateToReady(b *testing.B) {
 	for _, rt := range runtimes {
-		b.Run("sandbox/"+rt, func(b *testing.B) {
-			e := newOCIEnv(b, rt)
-			e.timeEach(b, "bench", func(id string) {
-				if _, _, err := e.m.Create(context.Background(), Spec{ID: id}); err != nil {
-					b.Fatal(err)
-				}
-				e.expect(id, ActionReady)
+		for _, mode := range []struct {
+			name string
+			sec  Security
+		}{{"userns", Security{}}, {"host-users", Security{HostUsers: true}}} {
+			b.Run("sandbox/"+rt+"/"+mode.name, func(b *testing.B) {
+				e := newOCIEnv(b, rt)
+				e.timeEach(b, "bench", func(id string) {
+					if _, _, err := e.m.Create(context.Background(), Spec{ID: id, Security: mode.sec}); err != nil {
+						b.Fatal(err)
+					}
+					e.expect(id, ActionReady)
+				})
 			})
-		})
-		b.Run("bare/"+rt, func(b *testing.B) {
-			bb := newBareBundle(b, rt)
-			b.ResetTimer()
-			for i := range b.N {
-				id := fmt.Sprintf("bare%d", i)
-				bb.run(id)
-				b.StopTimer()
-				bb.remove(id)
-				b.StartTimer()
-			}
-		})
+		}
+		for _, mode := range []struct {
+			name  string
+			idmap IDMap
+		}{{"userns", IDMap{HostID: idPoolStart, Size: idRangeSize}}, {"host-users", IDMap{}}} {
+			b.Run("bare/"+rt+"/"+mode.name, func(b *testing.B) {
+				bb := newBareBundle(b, rt, mode.idmap)
+				b.ResetTimer()
+				for i := range b.N {
+					id := fmt.Sprintf("bare%d", i)
+					bb.run(id)
+					b.StopTimer()
+					bb.remove(id)
+					b.StartTimer()
+				}
+			})
+		}
 	}
 }
 
@@ -213,10 +223,14 @@ type bareBundle struct {
 	dir     string
 }
 
-func newBareBundle(b testing.TB, rt string) *bareBundle {
+func newBareBundle(b testing.TB, rt string, idmap ...IDMap) *bareBundle {
 	b.Helper()
 	path := requirePrivileged(b, rt)
-	dir := b.TempDir()
+	var m IDMap
+	if len(idmap) > 0 {
+		m = idmap[0]
+	}
+	dir := searchableTempDir(b)
 	bb := &bareBundle{b: b, runtime: path, root: filepath.Join(dir, "runtime"), dir: filepath.Join(dir, "bundle")}
 	rootfs := filepath.Join(bb.dir, "rootfs")
 	for _, d := range []string{bb.root, rootfs, filepath.Join(bb.dir, "upper"), filepath.Join(bb.dir, "work")} {
@@ -224,10 +238,37 @@ func newBareBundle(b testing.TB, rt string) *bareBundle {
 			b.Fatal(err)
 		}
 	}
-	if err := copyOwnerMode(testRootfs, filepath.Join(bb.dir, "upper"), 0); err != nil {
+	if err := copyOwnerMode(testRootfs, filepath.Join(bb.dir, "upper"), m.HostID); err != nil {
 		b.Fatal(err)
 	}
-	if err := mountOverlay(testRootfs, filepath.Join(bb.dir, "upper"), filepath.Join(bb.dir, "work"), rootfs); err != nil {
+	// The same layers a sandbox of the agent gets: with a user
+	// namespace, the lower seen through an idmapped mount.
+	lower := testRootfs
+	if m.Size > 0 {
+		if err := os.Chmod(bb.dir, 0o711); err != nil {
+			b.Fatal(err)
+		}
+		lower = filepath.Join(bb.dir, lowerDir)
+		if err := os.Mkdir(lower, 0o700); err != nil {
+			b.Fatal(err)
+		}
+		ns, err := usernsFile(m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		err = mountIDMapped(testRootfs, lower, ns)
+		ns.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	err := mountOverlay(lower, filepath.Join(bb.dir, "upper"), filepath.Join(bb.dir, "work"), rootfs)
+	if m.Size > 0 {
+		if uerr := unmount(lower); uerr != nil {
+			b.Fatal(uerr)
+		}
+	}
+	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
@@ -240,7 +281,7 @@ func newBareBundle(b testing.TB, rt string) *bareBundle {
 		}
 	})
 	spec, err := buildSpec(bundleParams{
-		ID: "bare", InitPath: testInitPath, Limits: DefaultLimits,
+		ID: "bare", InitPath: testInitPath, Limits: DefaultLimits, IDMap: m,
 		CgroupsPath: filepath.Join(testCgroupParent, "bare"), Cgroup2: isCgroup2("/sys/fs/cgroup"),
 	})
 	if err != nil {

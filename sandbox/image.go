@@ -9,13 +9,15 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 
+	"github.com/arcbox/arcbox-agent/sandbox/registry"
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -36,7 +38,14 @@ type imageConfig struct {
 type pulledImage struct {
 	Rootfs string // the flattened root filesystem, used read-only
 	Config imageConfig
+	// Private: it took credentials to pull (a file "private" in its
+	// directory says so).
+	Private bool
 }
+
+// privateMark is the file in an image's directory that says its pull
+// took credentials.
+const privateMark = "private"
 
 // imageStore pulls images and keeps them unpacked, one directory per
 // manifest digest under dir. A tag is resolved once and then served from
@@ -45,7 +54,10 @@ type pulledImage struct {
 type imageStore struct {
 	dir      string
 	log      *slog.Logger
-	ctx      context.Context // pulls outlive the creates that wait on them
+	policy   *registry.Policy   // which registries, checked by name and at every connection
+	authFile *registry.AuthFile // credentials of pulls whose create brings none; nil: none
+	tr       http.RoundTripper  // the policy's transport, shared by the pulls
+	ctx      context.Context    // pulls outlive the creates that wait on them
 	cancel   context.CancelFunc
 	platform v1.Platform
 
@@ -60,7 +72,17 @@ type pullFlight struct {
 	err  error
 }
 
-func newImageStore(ctx context.Context, dir string, log *slog.Logger) (*imageStore, error) {
+func newImageStore(ctx context.Context, dir string, log *slog.Logger, cfg Config) (*imageStore, error) {
+	policy, err := registry.NewPolicy(cfg.Registries)
+	if err != nil {
+		return nil, err
+	}
+	var authFile *registry.AuthFile
+	if cfg.RegistryAuthFile != "" {
+		if authFile, err = registry.LoadAuthFile(cfg.RegistryAuthFile); err != nil {
+			return nil, err
+		}
+	}
 	if err := os.MkdirAll(filepath.Join(dir, "refs"), 0o700); err != nil {
 		return nil, err
 	}
@@ -76,6 +98,9 @@ func newImageStore(ctx context.Context, dir string, log *slog.Logger) (*imageSto
 	return &imageStore{
 		dir:      dir,
 		log:      log,
+		policy:   policy,
+		authFile: authFile,
+		tr:       policy.Transport(nil),
 		ctx:      ctx,
 		cancel:   cancel,
 		platform: v1.Platform{OS: "linux", Architecture: runtime.GOARCH},
@@ -89,46 +114,62 @@ func (s *imageStore) close() {
 	s.pulls.Wait()
 }
 
-// parseImageRef parses an image reference. Registries on loopback are
-// spoken to in plain HTTP.
-func parseImageRef(ref string) (name.Reference, error) {
+// parseRef parses an image reference and checks its registry against the
+// policy; listed loopback registries are spoken to in plain HTTP. Errors
+// name the image field.
+func (s *imageStore) parseRef(ref string) (name.Reference, error) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
-		return nil, err
+		return nil, invalidField("image", "%v", err)
 	}
-	if isLoopbackRegistry(r.Context().RegistryStr()) {
-		return name.ParseReference(ref, name.Insecure)
+	if err := s.policy.Check(r); err != nil {
+		return nil, invalidField("image", "%v", err)
+	}
+	if s.policy.Insecure(r.Context().RegistryStr()) {
+		if r, err = name.ParseReference(ref, name.Insecure); err != nil {
+			return nil, invalidField("image", "%v", err)
+		}
 	}
 	return r, nil
 }
 
-func isLoopbackRegistry(hostport string) bool {
-	host := hostport
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		host = h
+// authenticator is what a pull of r presents: the create's credentials,
+// else the auth file's for its registry, else none. Errors name the field.
+func (s *imageStore) authenticator(r name.Reference, auth *RegistryAuth) (authn.Authenticator, error) {
+	var creds *registry.Credentials
+	if auth != nil {
+		creds = &registry.Credentials{Username: auth.Username, Password: auth.Password,
+			IdentityToken: auth.IdentityToken, RegistryToken: auth.RegistryToken}
 	}
-	if host == "localhost" {
-		return true
+	a, err := registry.Authenticator(r.Context(), creds, s.authFile)
+	if ce := (*registry.CredentialsError)(nil); errors.As(err, &ce) {
+		return nil, invalidField("registry_auth."+ce.Field, "%s", ce.Reason)
 	}
-	ip := net.ParseIP(strings.Trim(host, "[]"))
-	return ip != nil && ip.IsLoopback()
+	return a, err
 }
 
 // get returns the unpacked image ref, pulling it if the cache lacks it;
-// auth, when set, authenticates the pull.
+// auth, when set, authenticates the pull. An image that took credentials
+// to pull is served from the cache only to a create whose credentials
+// the registry accepts for it too.
 func (s *imageStore) get(ctx context.Context, ref string, auth *RegistryAuth) (pulledImage, error) {
-	r, err := parseImageRef(ref)
+	r, err := s.parseRef(ref)
 	if err != nil {
-		return pulledImage{}, invalidField("image", "%v", err)
+		return pulledImage{}, err
 	}
+	a, err := s.authenticator(r, auth)
+	if err != nil {
+		return pulledImage{}, err
+	}
+	var img pulledImage
+	found := false
 	if d, ok := r.(name.Digest); ok {
-		if img, ok := s.cached(digestKey(d.DigestStr())); ok {
-			return img, nil
-		}
+		img, found = s.cached(digestKey(d.DigestStr()))
 	} else if key, err := os.ReadFile(s.refPath(r)); err == nil {
-		if img, ok := s.cached(string(key)); ok {
-			return img, nil
-		}
+		img, found = s.cached(string(key))
+	}
+	if found {
+		return img, s.mayUse(ctx, r, a, img)
 	}
 
 	s.mu.Lock()
@@ -139,7 +180,7 @@ func (s *imageStore) get(ctx context.Context, ref string, auth *RegistryAuth) (p
 		s.pulls.Add(1)
 		go func() {
 			defer s.pulls.Done()
-			f.img, f.err = s.pull(r, auth)
+			f.img, f.err = s.pull(r, a)
 			s.mu.Lock()
 			delete(s.flights, r.Name())
 			s.mu.Unlock()
@@ -149,10 +190,36 @@ func (s *imageStore) get(ctx context.Context, ref string, auth *RegistryAuth) (p
 	s.mu.Unlock()
 	select {
 	case <-f.done:
-		return f.img, f.err
+		if f.err != nil || !ok {
+			return f.img, s.pullErr(f.err)
+		}
+		// Another create's pull: its credentials were not these.
+		return f.img, s.mayUse(ctx, r, a, f.img)
 	case <-ctx.Done():
 		return pulledImage{}, fmt.Errorf("pull %s: %w", ref, ctx.Err())
 	}
+}
+
+// mayUse checks that a create with authenticator a may have img, an
+// image in the cache: yes when it was pulled without credentials, else
+// when the registry answers its manifest to a.
+func (s *imageStore) mayUse(ctx context.Context, r name.Reference, a authn.Authenticator, img pulledImage) error {
+	if !img.Private {
+		return nil
+	}
+	if _, err := remote.Head(r, remote.WithContext(ctx), remote.WithAuth(a), remote.WithTransport(s.tr)); err != nil {
+		return s.pullErr(fmt.Errorf("%s was pulled with credentials, and the registry does not let these have it: %w", r.Name(), err))
+	}
+	return nil
+}
+
+// pullErr makes a pull refused by the registry policy (a redirect or a
+// name resolving to a refused address) a 400 naming the image.
+func (s *imageStore) pullErr(err error) error {
+	if err != nil && errors.Is(err, registry.ErrRefused) {
+		return invalidField("image", "%v", err)
+	}
+	return err
 }
 
 // digestKey names a cache directory: "sha256-<hex>".
@@ -177,15 +244,18 @@ func (s *imageStore) cached(key string) (pulledImage, bool) {
 	if err := json.Unmarshal(data, &img.Config); err != nil {
 		return pulledImage{}, false
 	}
+	if _, err := os.Lstat(filepath.Join(dir, privateMark)); err == nil {
+		img.Private = true
+	}
 	return img, true
 }
 
 // pull fetches and unpacks an image: into a temporary directory, renamed
 // into place once complete, so the cache never holds half an image.
-func (s *imageStore) pull(r name.Reference, auth *RegistryAuth) (pulledImage, error) {
+func (s *imageStore) pull(r name.Reference, a authn.Authenticator) (pulledImage, error) {
 	ctx := s.ctx
 	log := s.log.With("image", r.Name())
-	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithPlatform(s.platform))
+	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithPlatform(s.platform), remote.WithAuth(a), remote.WithTransport(s.tr))
 	if err != nil {
 		return pulledImage{}, fmt.Errorf("pull %s: %w", r.Name(), err)
 	}
@@ -232,6 +302,12 @@ func (s *imageStore) pull(r name.Reference, auth *RegistryAuth) (pulledImage, er
 	if err := writeFileAtomic(filepath.Join(tmp, "config.json"), data, 0o644); err != nil {
 		return pulledImage{}, err
 	}
+	private := a != authn.Anonymous
+	if private {
+		if err := writeFileAtomic(filepath.Join(tmp, privateMark), nil, 0o600); err != nil {
+			return pulledImage{}, err
+		}
+	}
 	final := filepath.Join(s.dir, key)
 	if err := os.Rename(tmp, final); err != nil {
 		if !errors.Is(err, fs.ErrExist) && !errors.Is(err, unix.ENOTEMPTY) {
@@ -243,7 +319,7 @@ func (s *imageStore) pull(r name.Reference, auth *RegistryAuth) (pulledImage, er
 		return pulledImage{}, err
 	}
 	log.Info("image unpacked", "digest", digest.String(), "dir", final)
-	return pulledImage{Rootfs: filepath.Join(final, "rootfs"), Config: conf}, s.writeRef(r, key)
+	return pulledImage{Rootfs: filepath.Join(final, "rootfs"), Config: conf, Private: private}, s.writeRef(r, key)
 }
 
 func (s *imageStore) writeRef(r name.Reference, key string) error {

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"io/fs"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/arcbox/arcbox-agent/internal/testenv"
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -51,6 +53,74 @@ func newTestRegistry(t *testing.T) *testRegistry {
 }
 
 func (r *testRegistry) host() string { return strings.TrimPrefix(r.srv.URL, "http://") }
+
+// withRegistries lists registries: a loopback one is refused unless listed.
+func withRegistries(hosts ...string) func(*Config) {
+	return func(c *Config) { c.Registries = hosts }
+}
+
+// TestOCIImagePolicy: an unlisted loopback registry is refused at create,
+// naming the field; an image that took credentials to pull is not served
+// from the cache to a create without them; the credentials are nowhere
+// in the state dir.
+func TestOCIImagePolicy(t *testing.T) {
+	const user, password = "puller", "s3cret-registry-password"
+	h := registry.New()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if u, p, ok := req.BasicAuth(); !ok || u != user || p != password {
+			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+			http.Error(w, "who are you", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, req)
+	}))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+
+	open := newOCIEnv(t, "crun")
+	_, _, err := open.m.Create(context.Background(), Spec{ID: "unlisted", Image: host + "/x:y"})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `"image"`) || !strings.Contains(err.Error(), "--registry") {
+		t.Errorf("an unlisted loopback registry: %v", err)
+	}
+
+	e := newOCIEnv(t, "crun", withRegistries(host))
+	ref := host + "/private/busybox:v1"
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, tarLayer(t, func(tw *tar.Writer) { tarDir(t, tw, testRootfs) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img, remote.WithAuth(&authn.Basic{Username: user, Password: password})); err != nil {
+		t.Fatal(err)
+	}
+	auth := &RegistryAuth{Username: user, Password: password}
+	e.create(Spec{ID: "with", Image: ref, RegistryAuth: auth})
+	e.track("without")
+	if _, _, err := e.m.Create(context.Background(), Spec{ID: "without", Image: ref}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState("without", StateFailed)
+	if info, _ := e.m.Get("without"); !strings.Contains(info.Error, "pulled with credentials") {
+		t.Errorf("a create without credentials: %q", info.Error)
+	}
+	e.create(Spec{ID: "again", Image: ref, RegistryAuth: auth})
+	err = filepath.WalkDir(e.cfg.StateDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(data, []byte(password)) {
+			t.Errorf("%s holds the registry password", p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
 
 // tarLayer makes a layer from tar entries written by fill.
 func tarLayer(t *testing.T, fill func(tw *tar.Writer)) v1.Layer {
@@ -163,8 +233,8 @@ func pushTestImage(t *testing.T, reg *testRegistry) (string, []v1.Layer) {
 // sandboxes; two concurrent creates pull it once; later creates use the
 // cache.
 func TestOCIImage(t *testing.T) {
-	e := newOCIEnv(t, "crun")
 	reg := newTestRegistry(t)
+	e := newOCIEnv(t, "crun", withRegistries(reg.host()))
 	ref, layers := pushTestImage(t, reg)
 	reg.mu.Lock()
 	clear(reg.gets)

@@ -122,9 +122,9 @@ func newOCIBackend(ctx context.Context, cfg Config) (backend, error) {
 		return nil, fmt.Errorf("state dir %q holds one of , : \\ (overlayfs options cannot): %w", cfg.StateDir, ErrUnavailable)
 	}
 	niceRuntime()
-	images, err := newImageStore(context.WithoutCancel(ctx), filepath.Join(cfg.StateDir, "images"), log)
+	images, err := newImageStore(context.WithoutCancel(ctx), filepath.Join(cfg.StateDir, "images"), log, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("image cache: %w: %w", err, ErrUnavailable)
+		return nil, fmt.Errorf("images: %w: %w", err, ErrUnavailable)
 	}
 	rtRoot := filepath.Join(cfg.StateDir, "runtime")
 	for _, d := range []string{rtRoot, filepath.Join(cfg.StateDir, "sandboxes"), filepath.Join(cfg.StateDir, "snapshots")} {
@@ -273,8 +273,12 @@ func (b *ociBackend) Validate(s Spec) error {
 	}
 	switch {
 	case s.Image != "":
-		if _, err := parseImageRef(s.Image); err != nil {
-			return invalidField("image", "%v", err)
+		r, err := b.images.parseRef(s.Image)
+		if err != nil {
+			return err
+		}
+		if _, err := b.images.authenticator(r, s.RegistryAuth); err != nil {
+			return err
 		}
 	case s.Rootfs != "":
 		if _, err := checkRootfs(b.rootfsStore, s.Rootfs); err != nil {
