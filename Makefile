@@ -24,7 +24,7 @@ build: ## Build the static agent binary into bin/.
 
 .PHONY: run
 run: deps build ## Run the agent on built-in defaults: loopback TCP with a bearer token, unix sockets, vsock where there is one.
-	@mkdir -p $(RUN_DIR)/bin
+	@mkdir -p $(RUN_DIR)/bin $(RUN_DIR)/shared
 	@# Debian's runtime binaries, where the agent looks for its bundled ones.
 	@for b in containerd containerd-shim-runc-v2 dockerd runc; do ln -sf "$$(command -v $$b)" $(RUN_DIR)/bin/$$b; done
 	@# A sparse image file as the data volume; the agent attaches it to a loop device.
@@ -44,6 +44,7 @@ run: deps build ## Run the agent on built-in defaults: loopback TCP with a beare
 		--containerd-root $(RUN_DIR)/containerd --containerd-state $(RUN_DIR)/containerd-state \
 		--containerd-config $(RUN_DIR)/containerd.toml --containerd-socket $(RUN_DIR)/containerd.sock \
 		--docker-socket $(RUN_DIR)/dockerd.sock --docker-exec-root $(RUN_DIR)/docker-exec \
+		--sandbox-mount-root $(RUN_DIR)/shared \
 		--state-dir $(RUN_DIR)/state --disk-state-dir $(RUN_DIR)/disk --log-dir $(RUN_DIR)/log \
 		--set-clock=$(or $(SET_CLOCK),false) --log-format text
 
