@@ -2,7 +2,8 @@
 // dockerd's unix socket: both directions, half-close passed through, so
 // that attach, run -i, exec and logs -f work as on the socket itself.
 // While dockerd cannot be reached, it answers each request with a 502 in
-// dockerd's own error shape.
+// dockerd's own error shape. With a token, a TCP connection must open with
+// a request that carries it as a bearer token, or it gets a 401.
 package dockerproxy
 
 import (
@@ -12,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"syscall"
@@ -44,6 +46,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// DialTimeout bounds each connect to Socket. Default DefaultDialTimeout.
 	DialTimeout time.Duration
+	// Token, when set, is the bearer token each connection that is not
+	// over a unix socket or vsock must send in its first request's
+	// Authorization header. Empty: no connection needs one.
+	Token string
 }
 
 // Proxy is the Docker API proxy. Build it with New; one Proxy may serve
@@ -54,10 +60,12 @@ type Proxy struct {
 	headTimeout time.Duration // for a request answered 502 (tests shorten it)
 	log         *slog.Logger
 	bufs        sync.Pool
+	token       tokenCheck
 
 	open         prometheus.Gauge
 	total        prometheus.Counter
 	dialFailures prometheus.Counter
+	authRefused  prometheus.Counter
 	toDocker     prometheus.Counter
 	fromDocker   prometheus.Counter
 }
@@ -83,6 +91,7 @@ func New(cfg Config) (*Proxy, error) {
 		dialTimeout: cfg.DialTimeout,
 		headTimeout: defaultHeadTimeout,
 		log:         cfg.Logger.With("component", "dockerproxy"),
+		token:       newTokenCheck(cfg.Token),
 		bufs: sync.Pool{New: func() any {
 			b := make([]byte, copyBufferSize)
 			return &b
@@ -102,11 +111,16 @@ func New(cfg Config) (*Proxy, error) {
 			Name:      "docker_proxy_dial_failures_total",
 			Help:      "Accepted connections answered 502 because dockerd's socket could not be reached.",
 		}),
+		authRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "arcbox_agent",
+			Name:      "docker_proxy_auth_refused_total",
+			Help:      "Connections the Docker API proxy refused because their first request did not carry the bearer token.",
+		}),
 		toDocker:   bytesTotal.WithLabelValues("to_docker"),
 		fromDocker: bytesTotal.WithLabelValues("from_docker"),
 	}
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{p.open, p.total, p.dialFailures, bytesTotal} {
+		for _, c := range []prometheus.Collector{p.open, p.total, p.dialFailures, p.authRefused, bytesTotal} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("dockerproxy: register metrics: %w", err)
 			}
@@ -206,9 +220,20 @@ func retryable(err error) bool {
 }
 
 // handle joins client to a fresh connection to the socket, or answers
-// 502 when the socket cannot be dialled.
+// 502 when the socket cannot be dialled. A client that needs the token
+// shows it first, before the socket is dialled.
 func (p *Proxy) handle(ctx context.Context, client net.Conn, track func(net.Conn) bool, untrack func(net.Conn)) {
 	defer client.Close()
+	var (
+		first  []byte // what authenticate read of the client, to pass on
+		method string
+	)
+	if p.needsToken(client) {
+		var ok bool
+		if first, method, ok = p.authenticate(client); !ok {
+			return
+		}
+	}
 	d := net.Dialer{Timeout: p.dialTimeout}
 	up, err := d.DialContext(ctx, "unix", p.socket)
 	if err != nil {
@@ -217,7 +242,11 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn, track func(net.Conn
 		}
 		p.dialFailures.Inc()
 		p.log.Warn("dockerd socket unreachable; answering 502", "socket", p.socket, "remote", remote(client), "error", err)
-		p.answerUnavailable(client, err)
+		if first != nil {
+			p.answer(client, answer(http.StatusBadGateway, method, unavailableMessage(err), ""))
+		} else {
+			p.answerUnavailable(client, err)
+		}
 		return
 	}
 	defer up.Close()
@@ -229,6 +258,14 @@ func (p *Proxy) handle(ctx context.Context, client net.Conn, track func(net.Conn
 	defer p.open.Dec()
 	tune(client)
 	tune(up)
+	if len(first) > 0 {
+		n, err := up.Write(first)
+		p.toDocker.Add(float64(n))
+		if err != nil {
+			p.log.Debug("pass the first request on to dockerd", "remote", remote(client), "error", err)
+			return
+		}
+	}
 
 	done := make(chan struct{})
 	go func() {

@@ -96,6 +96,16 @@ type harness struct {
 // after tweaks change it.
 func startProxy(t testing.TB, network, socket string, tweaks ...func(*Proxy)) *harness {
 	t.Helper()
+	h, serve := startProxyLater(t, network, socket, tweaks...)
+	serve()
+	return h
+}
+
+// startProxyLater is startProxy with the serving left to the function it
+// returns: a client can connect and write first, so that the proxy finds
+// its bytes there at accept, whatever the machine's load.
+func startProxyLater(t testing.TB, network, socket string, tweaks ...func(*Proxy)) (*harness, func()) {
+	t.Helper()
 	h := &harness{socket: socket, reg: prometheus.NewRegistry(), served: make(chan error, 1)}
 	p, err := New(Config{Socket: socket, Registerer: h.reg, DialTimeout: 30 * time.Second})
 	if err != nil {
@@ -120,19 +130,22 @@ func startProxy(t testing.TB, network, socket string, tweaks ...func(*Proxy)) *h
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
-	go func() { h.served <- p.Serve(ctx, h.ln) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-h.served:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
+	serve := func() {
+		go func() { h.served <- p.Serve(ctx, h.ln) }()
+		t.Cleanup(func() {
+			cancel()
+			select {
+			case err := <-h.served:
+				if err != nil {
+					t.Errorf("Serve: %v", err)
+				}
+			case <-time.After(time.Minute):
+				t.Error("Serve did not return after its context ended")
 			}
-		case <-time.After(time.Minute):
-			t.Error("Serve did not return after its context ended")
-		}
-	})
-	return h
+		})
+	}
+	t.Cleanup(func() { h.ln.Close() })
+	return h, serve
 }
 
 func (h *harness) dial(t testing.TB) net.Conn {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"strings"
 	"time"
 )
 
@@ -103,28 +105,34 @@ func readHead(c net.Conn, limit int, deadline time.Time) (method string, read in
 	return string(s.method), read, errHeadTooLarge
 }
 
-// unavailableAnswer is the proxy's answer to a request it cannot pass on:
-// a 502 with dockerd's error shape, no body for a HEAD.
-func unavailableAnswer(method, message string) []byte {
+// answer is an answer of the proxy's own: the status with dockerd's
+// error shape, {"message": "..."}, no body for a HEAD, and a
+// WWW-Authenticate challenge when one is given.
+func answer(status int, method, message, challenge string) []byte {
 	body, _ := json.Marshal(struct {
 		Message string `json:"message"`
 	}{message})
 	body = append(body, '\n')
-	head := fmt.Sprintf("HTTP/1.1 502 Bad Gateway\r\n"+
-		"Content-Type: application/json\r\n"+
-		"Content-Length: %d\r\n"+
-		"Connection: close\r\n\r\n", len(body))
-	if method == "HEAD" {
-		return []byte(head)
+	var head strings.Builder
+	fmt.Fprintf(&head, "HTTP/1.1 %d %s\r\n", status, http.StatusText(status))
+	if challenge != "" {
+		fmt.Fprintf(&head, "WWW-Authenticate: %s\r\n", challenge)
 	}
-	return append([]byte(head), body...)
+	fmt.Fprintf(&head, "Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", len(body))
+	if method == http.MethodHead {
+		return []byte(head.String())
+	}
+	return append([]byte(head.String()), body...)
+}
+
+// unavailableMessage tells the client that dockerd could not be reached.
+func unavailableMessage(dialErr error) string {
+	return fmt.Sprintf("arcbox agent: cannot reach dockerd: %v (POST /v1/runtime/ensure starts the runtime)", dialErr)
 }
 
 // answerUnavailable answers the client that dockerd could not be reached
-// (dialErr), once its request head is read, and closes its write side;
-// what it still sends is drained, within bounds, before the caller closes
-// the connection. A client that sent nothing gets no answer: it is not
-// an HTTP client, or it left.
+// (dialErr), once its request head is read. A client that sent nothing
+// gets no answer: it is not an HTTP client, or it left.
 func (p *Proxy) answerUnavailable(client net.Conn, dialErr error) {
 	method, read, err := readHead(client, maxHead, time.Now().Add(p.headTimeout))
 	if read == 0 {
@@ -134,12 +142,19 @@ func (p *Proxy) answerUnavailable(client net.Conn, dialErr error) {
 	if err != nil {
 		p.log.Debug("answering 502 to an incomplete request head", "remote", remote(client), "error", err)
 	}
-	msg := fmt.Sprintf("arcbox agent: cannot reach dockerd: %v (POST /v1/runtime/ensure starts the runtime)", dialErr)
+	p.answer(client, answer(http.StatusBadGateway, method, unavailableMessage(dialErr), ""))
+}
+
+// answer writes msg to the client, whose request head was read, and
+// closes its write side; what the client still sends (a request body) is
+// drained, within bounds, before the caller closes the connection, since
+// closing with unread bytes would reset it and lose the answer.
+func (p *Proxy) answer(client net.Conn, msg []byte) {
 	if err := client.SetWriteDeadline(time.Now().Add(answerTimeout)); err != nil {
 		return
 	}
-	if _, err := client.Write(unavailableAnswer(method, msg)); err != nil {
-		p.log.Debug("write the 502 answer", "remote", remote(client), "error", err)
+	if _, err := client.Write(msg); err != nil {
+		p.log.Debug("write the proxy's answer", "remote", remote(client), "error", err)
 		return
 	}
 	if cw, ok := client.(interface{ CloseWrite() error }); ok {

@@ -150,13 +150,15 @@ func TestDockerdDownClientSilentOrPartial(t *testing.T) {
 	}
 
 	// A client that stalls mid-head: answered when the head's deadline
-	// passes (set short here; the test does not time it).
+	// passes (set short here; the test does not time it). Its bytes are
+	// there before the proxy accepts, so the deadline cannot pass first.
 	dir = shortDir(t)
-	h = startProxy(t, "unix", filepath.Join(dir, "docker.sock"), func(p *Proxy) { p.headTimeout = time.Millisecond })
+	h, serve := startProxyLater(t, "unix", filepath.Join(dir, "docker.sock"), func(p *Proxy) { p.headTimeout = time.Millisecond })
 	c = h.dial(t)
 	if _, err := c.Write([]byte("GET /_ping HTTP/1.1\r\n")); err != nil {
 		t.Fatal(err)
 	}
+	serve()
 	b, err = io.ReadAll(c)
 	if err != nil || !bytes.HasPrefix(b, []byte("HTTP/1.1 502 Bad Gateway\r\n")) {
 		t.Fatalf("a client that stalled mid-head: got %q, %v; want the 502 answer", b, err)

@@ -13,11 +13,11 @@ import (
 
 // listenerAuth checks, before anything is bound, that every listener can
 // tell its callers apart, and returns the bearer token ("" when there is
-// no token file). A TCP control listener needs a token unless it is on a
-// loopback address and --insecure-loopback says to serve it without one;
-// the Docker proxy joins raw bytes and cannot check a token, so a TCP
-// Docker listener is refused unless loopback and --insecure-loopback.
-// insecure is told of each listener served without authentication.
+// no token file). A TCP listener, the control API's or the Docker
+// proxy's, needs a token unless it is on a loopback address and
+// --insecure-loopback says to serve it without one (the proxy checks the
+// token in each connection's first request). insecure is told of each
+// listener served without authentication.
 func listenerAuth(cfg *config, insecure func(listener string)) (string, error) {
 	var token string
 	if cfg.AuthTokenFile != "" {
@@ -26,34 +26,32 @@ func listenerAuth(cfg *config, insecure func(listener string)) (string, error) {
 			return "", fmt.Errorf("--auth-token-file: %w", err)
 		}
 	}
-	for _, u := range cfg.Listen {
+	check := func(kind, u string) error {
 		ep, err := httpapi.ParseEndpoint(u)
 		if err != nil {
-			return "", err
+			return err
 		}
 		if ep.Scheme != "tcp" || token != "" {
-			continue
+			return nil
 		}
 		if !isLoopback(ep) {
-			return "", fmt.Errorf("listener %s is TCP beyond loopback and there is no bearer token: give --auth-token-file FILE, "+
-				"or listen on a loopback address (127.0.0.1, [::1]) with --insecure-loopback", u)
+			return fmt.Errorf("%s %s is TCP beyond loopback and there is no bearer token: give --auth-token-file FILE, "+
+				"or listen on a loopback address (127.0.0.1, [::1]) with --insecure-loopback", kind, u)
 		}
 		if !cfg.InsecureLoopback {
-			return "", fmt.Errorf("listener %s is TCP and there is no bearer token: give --auth-token-file FILE, "+
-				"or --insecure-loopback to let any local user reach it unauthenticated", u)
+			return fmt.Errorf("%s %s is TCP and there is no bearer token: give --auth-token-file FILE, "+
+				"or --insecure-loopback to let any local user reach it unauthenticated", kind, u)
 		}
 		insecure(u)
+		return nil
 	}
-	ep, err := httpapi.ParseEndpoint(cfg.DockerListen)
-	if err != nil {
-		return "", err
-	}
-	if ep.Scheme == "tcp" {
-		if !isLoopback(ep) || !cfg.InsecureLoopback {
-			return "", fmt.Errorf("docker listener %s is TCP: the Docker proxy passes raw bytes and cannot check a token; "+
-				"use a unix:// or vsock:// listener, or a loopback address (127.0.0.1, [::1]) with --insecure-loopback", cfg.DockerListen)
+	for _, u := range cfg.Listen {
+		if err := check("listener", u); err != nil {
+			return "", err
 		}
-		insecure(cfg.DockerListen)
+	}
+	if err := check("docker listener", cfg.DockerListen); err != nil {
+		return "", err
 	}
 	return token, nil
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 const testToken = "s3cret-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -52,10 +53,12 @@ func TestRunRefusesUnauthenticatedListeners(t *testing.T) {
 			[]string{"--auth-token-file", "mode 0644"}},
 		{"unreadable token file", []string{"--auth-token-file", filepath.Join(t.TempDir(), "none")},
 			[]string{"--auth-token-file", "no such file"}},
-		{"TCP Docker listener without --insecure-loopback", []string{"--docker-listen", "tcp://127.0.0.1:0", "--auth-token-file", good},
-			[]string{"docker listener tcp://127.0.0.1:0", "cannot check a token", "--insecure-loopback"}},
-		{"non-loopback TCP Docker listener", []string{"--docker-listen", "tcp://0.0.0.0:0", "--insecure-loopback"},
-			[]string{"docker listener tcp://0.0.0.0:0", "unix://"}},
+		{"loopback TCP Docker listener without a token or --insecure-loopback", []string{"--docker-listen", "tcp://127.0.0.1:0"},
+			[]string{"docker listener tcp://127.0.0.1:0", "--auth-token-file", "--insecure-loopback"}},
+		{"non-loopback TCP Docker listener without a token", []string{"--docker-listen", "tcp://0.0.0.0:0", "--insecure-loopback"},
+			[]string{"docker listener tcp://0.0.0.0:0", "--auth-token-file", "loopback address"}},
+		{"a fit token does not excuse an unfit listener", []string{"--auth-token-file", good, "--docker-listen", "tcp://[::1"},
+			[]string{"tcp://[::1"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -233,5 +236,79 @@ func TestForbiddenPaths(t *testing.T) {
 		if !slices.Contains(got, want) {
 			t.Errorf("forbidden paths %v lack %s", got, want)
 		}
+	}
+}
+
+// TestRunDockerProxyOnTCPWithToken: with a token, the agent serves its
+// Docker proxy on TCP, and each connection must open with the token: a
+// request without it is a 401 with the Bearer challenge, one with it
+// reaches the proxy's dockerd side (here a 502: no dockerd runs). No log
+// line holds the token.
+func TestRunDockerProxyOnTCPWithToken(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "agent.sock")
+	port := freePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logs := &lockedBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, agentArgs(sock, "--set-clock=false", "--log-level", "debug",
+			"--docker-listen", fmt.Sprintf("tcp://127.0.0.1:%d", port), "--auth-token-file", tokenFile(t, testToken, 0o600)),
+			func(string) string { return "" }, io.Discard, logs)
+	}()
+	waitDial(t, sock)
+	// The control socket is bound before the Docker listener: wait for
+	// readyz, which answers 200 once every listener is.
+	unix := &http.Client{Transport: unixTransport(sock)}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(2 * time.Millisecond) {
+		resp, err := unix.Get("http://agent/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent was not ready within a minute: %v", err)
+		}
+	}
+
+	tcp := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	url := fmt.Sprintf("http://127.0.0.1:%d/_ping", port)
+	for _, tt := range []struct {
+		name, auth string
+		want       int
+	}{
+		{"no token", "", http.StatusUnauthorized},
+		{"wrong token", "Bearer " + strings.ToUpper(testToken), http.StatusUnauthorized},
+		{"right token", "Bearer " + testToken, http.StatusBadGateway},
+	} {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		if tt.auth != "" {
+			req.Header.Set("Authorization", tt.auth)
+		}
+		resp, err := tcp.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("%s: %s %q, want %d", tt.name, resp.Status, body, tt.want)
+		}
+		if tt.want == http.StatusUnauthorized && resp.Header.Get("WWW-Authenticate") != `Bearer realm="arcbox-agent"` {
+			t.Errorf("%s: WWW-Authenticate %q, want the Bearer challenge", tt.name, resp.Header.Get("WWW-Authenticate"))
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), testToken) {
+		t.Errorf("the log holds the token:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "refused a Docker API connection") {
+		t.Errorf("the log does not tell of the refused connections:\n%s", logs.String())
 	}
 }

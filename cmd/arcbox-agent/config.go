@@ -202,7 +202,7 @@ var settings = []setting{
 			}
 			return nil
 		}},
-	{name: "auth-token-file", usage: "a file (mode 0600) holding the bearer token, 32 characters or more, that requests on TCP listeners must carry as Authorization: Bearer <token>", def: constant(""),
+	{name: "auth-token-file", usage: "a file (mode 0600) holding the bearer token, 32 characters or more, that requests on TCP listeners must carry as Authorization: Bearer <token> (on the Docker proxy, the first request of each connection)", def: constant(""),
 		apply: str(func(c *config) *string { return &c.AuthTokenFile })},
 	{name: "insecure-loopback", isBool: true, usage: "serve TCP listeners on loopback addresses without a token when there is no --auth-token-file (any local user can then reach the API)", def: constant("false"),
 		apply: boolean(func(c *config) *bool { return &c.InsecureLoopback })},

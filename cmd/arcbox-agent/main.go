@@ -178,7 +178,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	sandboxes := startSandboxes(ctx, cfg, logger, phases, reg)
-	proxy, err := dockerproxy.New(dockerproxy.Config{Socket: cfg.DockerSocket, Logger: logger, Registerer: reg})
+	proxy, err := dockerproxy.New(dockerproxy.Config{Socket: cfg.DockerSocket, Logger: logger, Registerer: reg, Token: token})
 	if err != nil {
 		return err
 	}

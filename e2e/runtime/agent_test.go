@@ -3,6 +3,8 @@ package runtime
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -21,13 +23,14 @@ import (
 )
 
 // agentProc is the agent binary run as a process, every path under dir,
-// its Docker API proxy on a loopback TCP port. Started again, it keeps
-// its directory, and so its data volume.
+// its Docker API proxy on a loopback TCP port that wants its bearer token.
+// Started again, it keeps its directory, and so its data volume.
 type agentProc struct {
 	dir        string
 	image      string // the data device: an image file
 	dockerPort int
 	logPath    string // the agent's output, appended across restarts
+	token      string // the bearer token, in tokenFile
 
 	cmd     *exec.Cmd
 	logFrom int64         // where this run's output begins in logPath
@@ -40,6 +43,36 @@ func (a *agentProc) path(name string) string { return filepath.Join(a.dir, name)
 
 func (a *agentProc) sock() string { return a.path("agent.sock") }
 
+func (a *agentProc) tokenFile() string { return a.path("token") }
+
+// dockerConfig is the docker CLI's config directory: its config.json
+// sends the token on every request (HttpHeaders).
+func (a *agentProc) dockerConfig() string { return a.path("docker-config") }
+
+// writeToken makes the agent's token, its file (0600) and the docker
+// CLI's config that carries it.
+func (a *agentProc) writeToken(t testing.TB) {
+	t.Helper()
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	a.token = hex.EncodeToString(b)
+	if err := os.WriteFile(a.tokenFile(), []byte(a.token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := json.Marshal(map[string]any{"HttpHeaders": map[string]string{"Authorization": "Bearer " + a.token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(a.dockerConfig(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(a.dockerConfig(), "config.json"), cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // dockerListen is the agent's --docker-listen, and so the endpoint it
 // should give the host.
 func (a *agentProc) dockerListen() string { return fmt.Sprintf("tcp://127.0.0.1:%d", a.dockerPort) }
@@ -48,6 +81,7 @@ func (a *agentProc) args() []string {
 	return []string{
 		"--listen", "unix://" + a.sock(),
 		"--docker-listen", a.dockerListen(),
+		"--auth-token-file", a.tokenFile(),
 		"--cmdline-file", "/nonexistent",
 		"--runtime-bin-dir", a.path("bin"),
 		"--data-device", a.image,
@@ -254,6 +288,6 @@ func (e *env) docker(t testing.TB, stdin io.Reader, args ...string) string {
 
 func (e *env) dockerCmd(ctx context.Context, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, e.bins["docker"], args...)
-	cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.dockerHost, "DOCKER_CONFIG="+filepath.Join(suite.dir, "docker-config"))
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.dockerHost, "DOCKER_CONFIG="+e.agent.dockerConfig())
 	return cmd
 }

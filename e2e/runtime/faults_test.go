@@ -190,7 +190,7 @@ func (e *env) checkProxyAnswers502(t *testing.T) {
 	defer cancel()
 
 	curl := testenv.RequireBinary(t, "curl")
-	out, err := exec.CommandContext(ctx, curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", url).Output()
+	out, err := exec.CommandContext(ctx, curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer "+a.token, url).Output()
 	if string(out) != "502" {
 		t.Errorf("curl %s: status %q (%v), want 502", url, out, err)
 	}
@@ -199,6 +199,7 @@ func (e *env) checkProxyAnswers502(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header.Set("Authorization", "Bearer "+a.token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)

@@ -5,8 +5,9 @@
 // drives it as the host would: the control API through the generated
 // client (every response checked against openapi.yaml) over the agent's
 // unix socket, and the real docker CLI through the agent's Docker API
-// proxy (a loopback TCP listener), pulling an image from a registry the
-// test serves on loopback. It stops the agent with SIGTERM, checks what it
+// proxy (a loopback TCP listener that wants the agent's bearer token, which
+// the CLI sends from its config's HttpHeaders), pulling an image from a
+// registry the test serves on loopback. It stops the agent with SIGTERM, checks what it
 // left (processes, mounts, loop device, files outside its directories),
 // and starts it again on the same volume, twice: once with the volume
 // still mounted (an agent restart, stopped while a client stalls) and once

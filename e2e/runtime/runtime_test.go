@@ -85,6 +85,7 @@ func setup(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	f.Close()
+	a.writeToken(t)
 	e.agent = a
 	t.Cleanup(func() { e.cleanup(t) })
 
@@ -168,6 +169,7 @@ func TestAgentRuntime(t *testing.T) {
 		{"cold ensure", e.coldEnsure},
 		{"status", e.checkStatus},
 		{"docker CLI through the proxy", e.dockerSession},
+		{"the proxy wants the token", e.proxyWantsToken},
 		{"daemon logs", e.daemonLogs},
 		{"metrics", e.metrics},
 		{"dockerd killed", e.dockerdKilled},
@@ -556,6 +558,7 @@ func (e *env) metrics(t *testing.T) {
 		`arcbox_agent_runtime_ensure_total{status="reused"}`:             8,
 		`arcbox_agent_docker_proxy_bytes_total{direction="to_docker"}`:   4 << 20,
 		`arcbox_agent_docker_proxy_bytes_total{direction="from_docker"}`: 4 << 20,
+		`arcbox_agent_docker_proxy_auth_refused_total`:                   3,
 	} {
 		if v, ok := samples[name]; !ok || v < min {
 			t.Errorf("%s = %v (present %v), want at least %v", name, v, ok, min)
@@ -563,6 +566,48 @@ func (e *env) metrics(t *testing.T) {
 	}
 	if v := samples[`arcbox_agent_runtime_ensure_total{status="started"}`]; v != 1 {
 		t.Errorf("ensure started %v times, want 1", v)
+	}
+}
+
+// proxyWantsToken: the proxy's TCP listener refuses a client without the
+// bearer token, or with a wrong one, with a 401 the docker CLI prints, and
+// lets in one that sends it (curl here, the CLI in every other step); the
+// agent's log never holds it.
+func (e *env) proxyWantsToken(t *testing.T) {
+	a := e.agent
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	wrong := filepath.Join(t.TempDir(), "wrong")
+	if err := os.Mkdir(wrong, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(wrong, "config.json"), []byte(`{"HttpHeaders": {"Authorization": "Bearer not-the-token"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for config, want := range map[string]string{t.TempDir(): "no Authorization header", wrong: "wrong bearer token"} {
+		cmd := exec.CommandContext(ctx, e.bins["docker"], "ps")
+		cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.dockerHost, "DOCKER_CONFIG="+config)
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), want) {
+			t.Errorf("docker ps without the token: %v, %q; want the proxy's 401 saying %q", err, out, want)
+		}
+	}
+	curl := testenv.RequireBinary(t, "curl")
+	url := fmt.Sprintf("http://127.0.0.1:%d/_ping", a.dockerPort)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "401"},
+		{[]string{"-H", "Authorization: Bearer " + a.token}, "200"},
+	} {
+		args := append([]string{"-s", "-o", "/dev/null", "-w", "%{http_code}"}, append(c.args, url)...)
+		if out, err := exec.CommandContext(ctx, curl, args...).Output(); string(out) != c.want {
+			t.Errorf("curl %s (token sent: %v): status %q (%v), want %s", url, c.args != nil, out, err, c.want)
+		}
+	}
+	if b, err := os.ReadFile(a.logPath); err != nil || bytes.Contains(b, []byte(a.token)) {
+		t.Errorf("the agent's log holds the token (or cannot be read: %v)", err)
 	}
 }
 

@@ -3,6 +3,8 @@ package vm
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"maps"
 	"os"
@@ -25,6 +27,9 @@ var modules = []string{"virtio_pci", "virtio_net", "virtio_blk", "vsock_loopback
 type vmImage struct {
 	kernel, initrd, release string
 	built                   time.Duration
+	// token is the agent's bearer token, in the initramfs at
+	// guestTokenFile (0600): the agent serves its TCP listeners with it.
+	token string
 	// runtimeInitrd is initrd with the runtime layer appended: the
 	// daemons, mkfs.btrfs and their libraries.
 	runtimeInitrd string
@@ -180,6 +185,20 @@ done
 echo "E2E-GUEST: the console closed"
 `
 
+// guestTokenFile is where the initramfs holds the agent's token, given
+// to it as ARCBOX_AUTH_TOKEN_FILE. Relative: the archive's names are.
+const guestTokenFile = "etc/arcbox/token"
+
+// newToken makes a bearer token: 32 random bytes, hex.
+func newToken(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
 // buildImage builds the agent (static) and the initramfs, and fetches the
 // kernel; the kernel is cached under .cache/vm.
 func buildImage(t *testing.T) vmImage {
@@ -223,7 +242,7 @@ func buildImage(t *testing.T) vmImage {
 	}
 	mods := moduleFiles(t, modRoot, modules)
 	dirs := map[string]bool{}
-	for _, d := range []string{"bin", "sbin", "dev", "proc", "sys", "run", "tmp", "etc", "var/lib", "var/log"} {
+	for _, d := range []string{"bin", "sbin", "dev", "proc", "sys", "run", "tmp", "etc", filepath.Dir(guestTokenFile), "var/lib", "var/log"} {
 		dirs[d] = true
 	}
 	for _, m := range mods {
@@ -245,6 +264,8 @@ func buildImage(t *testing.T) vmImage {
 		must(w.write(cpioEntry{name: "bin/" + applet, mode: sIFLNK | 0o777, linkTarget: "busybox"}))
 	}
 	file("sbin/arcbox-agent", agent, 0o755)
+	token := newToken(t)
+	must(w.write(cpioEntry{name: guestTokenFile, mode: sIFREG | 0o600, data: []byte(token + "\n")}))
 	must(w.write(cpioEntry{name: "init", mode: sIFREG | 0o755, data: []byte(initScript)}))
 	must(w.write(cpioEntry{name: "e2e-guest.sh", mode: sIFREG | 0o755, data: []byte(guestScript)}))
 	for _, meta := range []string{"modules.dep", "modules.builtin", "modules.order", "modules.alias"} {
@@ -257,7 +278,7 @@ func buildImage(t *testing.T) vmImage {
 	}
 	must(w.close())
 	must(bw.Flush())
-	return vmImage{kernel: vmlinuz, initrd: initrd, release: release, built: time.Since(began)}
+	return vmImage{kernel: vmlinuz, initrd: initrd, release: release, built: time.Since(began), token: token}
 }
 
 // addRuntime makes im.runtimeInitrd: the base initramfs with the runtime

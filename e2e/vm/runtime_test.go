@@ -3,6 +3,7 @@ package vm
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -83,22 +84,42 @@ func (g *guest) logDaemons(t *testing.T) {
 	}
 }
 
-// docker runs the host's docker CLI against the agent's Docker proxy.
+// docker runs the host's docker CLI against the agent's Docker proxy,
+// with the token in its config's HttpHeaders, sent on every request.
 func (g *guest) docker(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := g.dockerWith(t, map[string]any{"HttpHeaders": map[string]string{"Authorization": "Bearer " + g.token}}, args...)
+	if err != nil {
+		t.Fatalf("DOCKER_HOST=%s docker %s: %v\n%s", g.dockerHost, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// dockerWith runs the host's docker CLI against the agent's Docker proxy
+// with the config given, and returns its output: standard output alone
+// when it succeeds, with standard error when it fails.
+func (g *guest) dockerWith(t *testing.T, config map[string]any, args ...string) (string, error) {
 	t.Helper()
 	bin := testenv.RequireBinary(t, "docker")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	home := t.TempDir()
+	b, err := json.Marshal(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(home, "config.json"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home, "DOCKER_CONFIG=" + home, "DOCKER_HOST=" + g.dockerHost}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("DOCKER_HOST=%s docker %s: %v\n%s%s", g.dockerHost, strings.Join(args, " "), err, out, stderr.Bytes())
+		return string(out) + stderr.String(), err
 	}
-	return strings.TrimSpace(string(out))
+	return strings.TrimSpace(string(out)), nil
 }
 
 // phases returns the startup phases the metrics show, end offsets in
@@ -236,6 +257,11 @@ func testDataVolume(t *testing.T, im vmImage) {
 			if !anyMatch(mounts, want) {
 				t.Errorf("the guest's mounts lack %q: %q", want, mounts)
 			}
+		}
+
+		// The proxy on TCP wants the token.
+		if out, err := g.dockerWith(t, map[string]any{}, "version"); err == nil || !strings.Contains(out, "no Authorization header") {
+			t.Errorf("docker version without the token: %v, %q; want the proxy's 401", err, out)
 		}
 
 		// Debian's dockerd answers through the agent's proxy.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"path/filepath"
+	"regexp"
 	"testing"
 	"time"
 
@@ -35,6 +36,19 @@ func (g *guest) checkSandbox(t *testing.T) {
 			t.Fatalf("sandbox in the guest: %v %s", err, r.Body)
 		}
 		if st := r.JSON200.State; st == api.SandboxStateReady {
+			// By default a sandbox's root is not the guest's.
+			sec := deref(r.JSON200.Security)
+			t.Logf("the guest's sandbox's security: %+v, id map %+v", sec, deref(sec.IdMap))
+			if !sec.UserNamespace || sec.IdMap == nil || sec.IdMap.HostId == 0 {
+				t.Errorf("the guest's sandbox's security: %+v, want a user namespace mapping root elsewhere", sec)
+			}
+			// Which lower layer the kernel allowed: an idmapped mount, or
+			// (tmpfs before Linux 6.3) a copy owned by the range.
+			if line, ok := g.console.wait(regexp.MustCompile(`has no idmapped mounts`), 0); ok {
+				t.Logf("the guest's sandbox runs on a shifted copy of its root filesystem: %s", line)
+			} else {
+				t.Log("the guest's sandbox runs on an idmapped mount of its root filesystem")
+			}
 			break
 		} else if st != api.SandboxStateStarting {
 			t.Fatalf("the guest's sandbox is %s: %s", st, deref(r.JSON200.Error))

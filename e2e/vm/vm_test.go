@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -111,6 +112,10 @@ type guest struct {
 	// dockerHost is the host's way to the agent's Docker API proxy
 	// (tcp://127.0.0.1:PORT), when the boot asked for it.
 	dockerHost string
+	// token is the bearer token the agent's TCP listeners want.
+	token string
+	// url is the host's way to the control API's TCP listener.
+	url string
 }
 
 type bootOptions struct {
@@ -146,9 +151,10 @@ func boot(t *testing.T, im vmImage, opt bootOptions) *guest {
 		fmt.Sprintf("arcbox.guest_docker_vsock_port=%d", guestDockerVsockPort),
 		"ARCBOX_LOG_FORMAT=json",
 		fmt.Sprintf("ARCBOX_LISTEN=tcp://0.0.0.0:%d,vsock://:1024", guestPort),
+		"ARCBOX_AUTH_TOKEN_FILE=/" + guestTokenFile,
 	}, opt.cmdline...)
 	hostfwd := fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d", port, guestPort)
-	g := &guest{console: &console{more: make(chan struct{})}, exited: make(chan error, 1)}
+	g := &guest{console: &console{more: make(chan struct{})}, exited: make(chan error, 1), token: im.token}
 	if opt.docker {
 		dport := freePort(t)
 		g.dockerHost = fmt.Sprintf("tcp://127.0.0.1:%d", dport)
@@ -204,7 +210,17 @@ func boot(t *testing.T, im vmImage, opt bootOptions) *guest {
 			t.Logf("guest console:\n%s", g.console)
 		}
 	})
-	g.client = apitest.NewClient(t, fmt.Sprintf("http://127.0.0.1:%d", port), nil)
+	g.url = fmt.Sprintf("http://127.0.0.1:%d", port)
+	c, err := api.NewClientWithResponses(g.url,
+		api.WithHTTPClient(&http.Client{Transport: &apitest.Transport{T: t}}),
+		api.WithRequestEditorFn(func(_ context.Context, req *http.Request) error {
+			req.Header.Set("Authorization", "Bearer "+g.token)
+			return nil
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.client = c
 	return g
 }
 
@@ -270,6 +286,9 @@ func (g *guest) shutdown(t *testing.T) {
 	if strings.Contains(log, "Kernel panic") {
 		t.Error("the kernel panicked")
 	}
+	if strings.Contains(log, g.token) {
+		t.Error("the guest's console shows the bearer token")
+	}
 }
 
 func TestVM(t *testing.T) {
@@ -298,6 +317,16 @@ func TestVM(t *testing.T) {
 		}
 		if len(i.IpAddresses) == 0 || i.IpAddresses[0] != "10.0.2.15" {
 			t.Errorf("ip addresses %v, want 10.0.2.15", i.IpAddresses)
+		}
+
+		// The TCP listener wants the token: without it, a 401.
+		resp, err := http.Get(g.url + "/v1/ping")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") == "" {
+			t.Errorf("GET /v1/ping without the token: %s, want 401 with a challenge", resp.Status)
 		}
 
 		// The guest started in 2000: a ping with the host's time steps it.
