@@ -150,6 +150,25 @@ func (p *mountPolicy) refuse(id, src string) error {
 	return nil
 }
 
+// validate checks mount i of sandbox id as a create asks it: the path,
+// then what it resolves to, as open would (but for a path in the
+// sandbox's own volume directory, which open makes).
+func (p *mountPolicy) validate(i int, id string, m Mount) error {
+	if err := p.check(i, id, m); err != nil {
+		return err
+	}
+	src := filepath.Clean(m.Source)
+	root, _ := p.rootOf(id, src)
+	if id != "" && root == filepath.Join(p.volumes, id) {
+		return nil
+	}
+	f, err := p.resolve(fmt.Sprintf("mounts[%d].source", i), root, src, id)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
 // check checks mount i of sandbox id as asked, without opening it.
 func (p *mountPolicy) check(i int, id string, m Mount) error {
 	field := fmt.Sprintf("mounts[%d].source", i)
@@ -194,6 +213,13 @@ func (p *mountPolicy) open(i int, id string, m Mount, uid, gid int) (*os.File, e
 			return nil, invalidField(field, "%v", err)
 		}
 	}
+	return p.resolve(field, root, src, id)
+}
+
+// resolve opens src (O_PATH) beneath root, refusing a symlink that leads
+// out of it, anything but a directory or a regular file, and a file
+// whose real path is forbidden. Errors name field.
+func (p *mountPolicy) resolve(field, root, src, id string) (*os.File, error) {
 	rootFD, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, invalidField(field, "mount root %s: %v", root, err)

@@ -293,11 +293,8 @@ func (b *ociBackend) Validate(s Spec) error {
 		}
 	}
 	for i, m := range s.Mounts {
-		if err := b.mounts.check(i, s.ID, m); err != nil {
+		if err := b.mounts.validate(i, s.ID, m); err != nil {
 			return err
-		}
-		if _, err := os.Stat(m.Source); err != nil && !within(filepath.Clean(m.Source), filepath.Join(b.mounts.volumes, s.ID)) {
-			return invalidField(fmt.Sprintf("mounts[%d].source", i), "%v", err)
 		}
 	}
 	return nil

@@ -190,6 +190,9 @@ func TestMountPolicy(t *testing.T) {
 		}
 	}
 	for _, src := range []string{filepath.Join(shared, "escape"), filepath.Join(shared, "ok", "up")} {
+		if err := p.validate(0, "box", Mount{Source: src, Target: "/x"}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "through a symlink") {
+			t.Errorf("validate %s: %v", src, err)
+		}
 		if f, err := p.open(0, "box", Mount{Source: src, Target: "/x"}, 0, 0); err == nil || !strings.Contains(err.Error(), "through a symlink") {
 			if f != nil {
 				f.Close()
