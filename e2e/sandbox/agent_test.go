@@ -37,8 +37,11 @@ type agentProc struct {
 
 	runtime string   // the OCI runtime binary the agent picked, from its log
 	extra   []string // flags beyond args'
-	env     []string // environment beyond the test's
-	noBox   bool     // the sandbox backend is meant not to start
+	// registries are the agent's --registry flags: the loopback test
+	// registries it may pull from (it refuses the others).
+	registries []string
+	env        []string // environment beyond the test's
+	noBox      bool     // the sandbox backend is meant not to start
 }
 
 // startAgent starts an agent whose files live in dir (made if missing, and
@@ -81,7 +84,7 @@ func ownAgent(t testing.TB, a *agentProc) *agentProc {
 
 func (a *agentProc) args() []string {
 	bb, _ := exec.LookPath("busybox")
-	return append([]string{
+	args := []string{
 		"--listen", "unix://" + a.sock,
 		"--docker-listen", "unix://" + filepath.Join(a.dir, "docker-proxy.sock"),
 		"--cmdline-file", "/nonexistent",
@@ -101,7 +104,12 @@ func (a *agentProc) args() []string {
 		"--set-clock=false",
 		"--prepare-system=false",
 		"--log-format", "json",
-	}, a.extra...)
+		"--sandbox-mount-root", suite.mountRoot,
+	}
+	for _, r := range a.registries {
+		args = append(args, "--registry", r)
+	}
+	return append(args, a.extra...)
 }
 
 // start runs the agent and waits until it serves and its sandbox backend

@@ -30,14 +30,17 @@ import (
 // The benchmarks measure the agent's sandbox paths against their peers in
 // the same run (go test -run '^$' -bench . ./e2e/sandbox/, or make bench):
 //
-//	BenchmarkCreateToReady  create until the ready event, against a bare
-//	                        `<runtime> run -d` of the same bundle and
-//	                        `docker run -d` of the same busybox
+//	BenchmarkCreateToReady  create until the ready event, with a user
+//	                        namespace (the default) and without, against
+//	                        a bare `<runtime> run -d` of the same bundles
+//	                        and `docker run -d` of the same busybox
 //	BenchmarkRunTrue        a `true` run's round trip (NDJSON, WebSocket),
 //	                        against `<runtime> exec`, `docker exec` and
 //	                        qemu-guest-agent's guest-exec with status polling
 //	BenchmarkRunOutput      1 GiB of output over the WebSocket (and NDJSON),
 //	                        against `<runtime> exec` into a pipe
+//	BenchmarkPingDuringForkBomb ping's latency while a fork bomb fills
+//	                        a sandbox's pids limit
 //	BenchmarkPingUnderChurn ping's latency while 50 clients churn
 //	                        sandboxes; the churn's own latencies and the
 //	                        agent's memory before, at peak and after
@@ -104,34 +107,32 @@ func (s *readyStream) waitReady(b testing.TB, id string) {
 }
 
 // BenchmarkCreateToReady: POST /v1/sandboxes until the sandbox's ready
-// event, against `<runtime> run -d` of a bundle with the agent's own
-// config.json, and `docker run -d` of a busybox image.
+// event, with a user namespace (api) and without (api-no-userns: the
+// namespace's cost, whose target is 10 ms at most), against `<runtime> run
+// -d` of a bundle with the agent's own config.json for each, and `docker
+// run -d` of a busybox image.
 func BenchmarkCreateToReady(b *testing.B) {
 	a := sharedAgent(b)
-	b.Run("api", func(b *testing.B) {
-		c := a.plainClient(b)
-		ready := a.readyEvents(b)
-		for i := 0; b.Loop(); i++ {
-			id := fmt.Sprintf("bench-ready-%d", i)
-			if r, err := c.CreateSandboxWithResponse(context.Background(), api.CreateSandboxRequest{Id: ptr(id)}); err != nil || r.JSON202 == nil {
-				b.Fatalf("create %s: %v %v", id, err, r)
+	b.Run("api", func(b *testing.B) { benchCreateToReady(b, a, "bench-ready", api.CreateSandboxRequest{}) })
+	b.Run("api-no-userns", func(b *testing.B) {
+		benchCreateToReady(b, a, "bench-ready-host-users", api.CreateSandboxRequest{Security: &api.SecuritySpec{UserNamespace: ptr(false)}})
+	})
+	for _, userns := range []bool{true, false} {
+		name := "bare-" + filepath.Base(a.runtime)
+		if !userns {
+			name += "-no-userns"
+		}
+		b.Run(name, func(b *testing.B) {
+			bb := newBareBundle(b, a, userns)
+			for i := 0; b.Loop(); i++ {
+				id := fmt.Sprintf("bench-bare-%d", i)
+				bb.run(b, id)
+				b.StopTimer()
+				bb.remove(b, id)
+				b.StartTimer()
 			}
-			ready.waitReady(b, id)
-			b.StopTimer()
-			a.remove(b, id, false)
-			b.StartTimer()
-		}
-	})
-	b.Run("bare-"+filepath.Base(a.runtime), func(b *testing.B) {
-		bb := newBareBundle(b, a)
-		for i := 0; b.Loop(); i++ {
-			id := fmt.Sprintf("bench-bare-%d", i)
-			bb.run(b, id)
-			b.StopTimer()
-			bb.remove(b, id)
-			b.StartTimer()
-		}
-	})
+		})
+	}
 	b.Run("docker", func(b *testing.B) {
 		d := dockerPeer(b)
 		for i := 0; b.Loop(); i++ {
@@ -142,6 +143,47 @@ func BenchmarkCreateToReady(b *testing.B) {
 			b.StartTimer()
 		}
 	})
+}
+
+// benchCreateToReady creates sandboxes like req until each is ready,
+// removing each outside the timer.
+func benchCreateToReady(b *testing.B, a *agentProc, prefix string, req api.CreateSandboxRequest) {
+	c := a.plainClient(b)
+	ready := a.readyEvents(b)
+	for i := 0; b.Loop(); i++ {
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		req.Id = &id
+		if r, err := c.CreateSandboxWithResponse(context.Background(), req); err != nil || r.JSON202 == nil {
+			b.Fatalf("create %s: %v %v", id, err, r)
+		}
+		ready.waitReady(b, id)
+		b.StopTimer()
+		a.remove(b, id, false)
+		b.StartTimer()
+	}
+}
+
+// BenchmarkPingDuringForkBomb: GET /v1/ping's round trip while a fork bomb
+// fills a sandbox's pids limit (64) and keeps trying; it reports ping's
+// p50 and p99 in milliseconds (the target: p99 under 50 ms).
+func BenchmarkPingDuringForkBomb(b *testing.B) {
+	a := sharedAgent(b)
+	_, stop := a.lightForkBomb(b, "bench-fork-bomb", 64)
+	c := a.plainClient(b)
+	var pings []time.Duration
+	for b.Loop() {
+		start := time.Now()
+		if r, err := c.GetPingWithResponse(context.Background()); err != nil || r.JSON200 == nil {
+			b.Fatalf("ping: %v %v", err, r)
+		}
+		pings = append(pings, time.Since(start))
+	}
+	b.StopTimer()
+	p50, p99 := percentiles(pings)
+	b.ReportMetric(float64(p50)/float64(time.Millisecond), "ping-p50-ms")
+	b.ReportMetric(float64(p99)/float64(time.Millisecond), "ping-p99-ms")
+	stop()
+	a.remove(b, "bench-fork-bomb", false)
 }
 
 // BenchmarkRunTrue: a `true` run's round trip, request to exit code, over
@@ -440,18 +482,26 @@ func wsOutput(b *testing.B, a *agentProc, id string, cmd []string, decode bool) 
 }
 
 // bareBundle is a bundle with the agent's own config.json for a sandbox
-// (taken from one it made) and an overlay root like a sandbox's, mounted
-// once, for the bare runtime to run.
+// (taken from one it made), on that sandbox's root filesystem, for the
+// bare runtime to run.
 type bareBundle struct {
 	runtime string
 	root    string // the runtime's --root
 	dir     string
 }
 
-func newBareBundle(b *testing.B, a *agentProc) *bareBundle {
+// newBareBundle makes a bareBundle from a default sandbox's config.json;
+// without userns, from one made with security.user_namespace false.
+func newBareBundle(b *testing.B, a *agentProc, userns bool) *bareBundle {
 	b.Helper()
-	const template = "bench-template"
-	benchSandbox(b, a, template)
+	template, bare := "bench-template", "bare"
+	if !userns {
+		template, bare = "bench-template-host-users", "bare-host-users"
+		a.create(b, api.CreateSandboxRequest{Id: ptr(template), Security: &api.SecuritySpec{UserNamespace: ptr(false)}})
+		b.Cleanup(func() { a.remove(b, template, true) })
+	} else {
+		benchSandbox(b, a, template)
+	}
 	data, err := os.ReadFile(filepath.Join(a.stateDir, "sandboxes", template, "config.json"))
 	if err != nil {
 		b.Fatal(err)
@@ -460,29 +510,23 @@ func newBareBundle(b *testing.B, a *agentProc) *bareBundle {
 	if err := json.Unmarshal(data, &spec); err != nil {
 		b.Fatal(err)
 	}
-	dir := filepath.Join(suite.dir, "bare")
+	dir := filepath.Join(suite.dir, bare)
 	bb := &bareBundle{runtime: a.runtime, root: filepath.Join(dir, "runtime"), dir: filepath.Join(dir, "bundle")}
-	rootfs, upper, work := filepath.Join(bb.dir, "rootfs"), filepath.Join(bb.dir, "upper"), filepath.Join(bb.dir, "work")
-	for _, d := range []string{bb.root, rootfs, upper, work} {
+	for _, d := range []string{bb.root, bb.dir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			b.Fatal(err)
 		}
 	}
-	lower := filepath.Join(a.stateDir, "rootfs", "default")
-	if err := unix.Mount("overlay", rootfs, "overlay", 0, fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)); err != nil {
-		b.Fatalf("mount the overlay: %v", err)
+	// The template's own root: its overlay, owned as the agent made it
+	// for the sandbox's user namespace (idmapped or shifted).
+	if !filepath.IsAbs(spec.Root.Path) {
+		spec.Root.Path = filepath.Join(a.stateDir, "sandboxes", template, spec.Root.Path)
 	}
-	b.Cleanup(func() {
-		if err := unix.Unmount(rootfs, 0); err != nil {
-			b.Errorf("unmount %s: %v", rootfs, err)
-		}
-	})
-	spec.Root.Path = rootfs
 	spec.Hostname = "bare"
 	if spec.Linux == nil {
 		b.Fatal("the agent's config.json has no linux section")
 	}
-	spec.Linux.CgroupsPath = filepath.Join(filepath.Dir(spec.Linux.CgroupsPath), "bench-bare")
+	spec.Linux.CgroupsPath = filepath.Join(filepath.Dir(spec.Linux.CgroupsPath), "bench-"+bare)
 	out, err := json.Marshal(spec)
 	if err != nil {
 		b.Fatal(err)
@@ -495,7 +539,8 @@ func newBareBundle(b *testing.B, a *agentProc) *bareBundle {
 
 // run is the measured part: `<runtime> run -d`.
 func (bb *bareBundle) run(b *testing.B, id string) {
-	cmd := exec.Command(bb.runtime, "--root", bb.root, "run", "-d", "--bundle", bb.dir, id)
+	logFile := filepath.Join(bb.dir, "runtime.log")
+	cmd := exec.Command(bb.runtime, "--root", bb.root, "--log", logFile, "run", "-d", "--bundle", bb.dir, id)
 	// Files, not pipes: the init inherits them, and Wait must not wait
 	// for it to close a pipe.
 	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
@@ -505,7 +550,8 @@ func (bb *bareBundle) run(b *testing.B, id string) {
 	defer devnull.Close()
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
 	if err := cmd.Run(); err != nil {
-		b.Fatalf("%s run -d: %v", bb.runtime, err)
+		log, _ := os.ReadFile(logFile)
+		b.Fatalf("%s run -d: %v: %s", bb.runtime, err, lastBytes(log, 2048))
 	}
 }
 

@@ -32,8 +32,9 @@ import (
 // left no half image in the cache).
 func TestCrashMidCreate(t *testing.T) {
 	t.Parallel()
-	a := ownAgent(t, &agentProc{dir: filepath.Join(suite.dir, "crash-create")})
+	requireSuite(t)
 	reg := testregistry.New(t)
+	a := ownAgent(t, &agentProc{dir: filepath.Join(suite.dir, "crash-create"), registries: []string{reg.Host()}})
 	ref := reg.Host() + "/test/crash-create:1"
 	reg.Push(t, ref, busyboxImage(t, "crash-create-"+time.Now().Format(time.RFC3339Nano)))
 	arrived, release := reg.Hold(t, "/blobs/")

@@ -61,6 +61,27 @@ func checkSchema(t testing.TB, schema string, raw []byte) {
 	}
 }
 
+// mountDir makes an empty directory under the agents' mount root, for a
+// test's bind mounts, and removes it when the test ends. It is searchable
+// and readable by all: a sandbox's root is an unprivileged user here.
+func mountDir(t testing.TB) string {
+	t.Helper()
+	name := strings.NewReplacer("/", "-", " ", "-").Replace(t.Name())
+	dir, err := os.MkdirTemp(suite.mountRoot, name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Error(err)
+		}
+	})
+	return dir
+}
+
 // ---- events ----
 
 // eventStream is a subscription to /v1/events, read in the background.

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -35,15 +36,16 @@ func busyboxImage(t testing.TB, buildID string) v1.Image {
 
 // TestImageFromLoopbackRegistry: a sandbox made from an image the test
 // serves on 127.0.0.1 (plain HTTP, as the agent does for loopback
-// registries) has the image's files and config (env, working directory);
+// registries; listed with --registry, as a loopback registry must be) on
+// an agent of its own has the image's files and config (env, working directory);
 // its writes stay its own, so a second sandbox of the image sees the
 // image as pushed; the layer is downloaded once, then served from the
 // agent's cache.
 func TestImageFromLoopbackRegistry(t *testing.T) {
 	t.Parallel()
-	a := sharedAgent(t)
-	a.logOnFailure(t)
+	requireSuite(t)
 	reg := testregistry.New(t)
+	a := ownAgent(t, &agentProc{dir: filepath.Join(suite.dir, "image"), registries: []string{reg.Host()}})
 	// A new image each time: the agent's cache, keyed by digest, must
 	// not have it already (go test -count=2).
 	img := busyboxImage(t, time.Now().Format(time.RFC3339Nano))

@@ -31,6 +31,9 @@ import (
 // suite is what the tests share, set up by TestMain inside the namespaces.
 var suite struct {
 	dir string // everything the tests make lives under it
+	// mountRoot is every agent's --sandbox-mount-root: the sources of the
+	// tests' bind mounts are made under it (see mountDir).
+	mountRoot string
 	// cgroupsBefore are the parent cgroups of sandboxes and containers
 	// that existed before the suite: those it made are removed at its end.
 	cgroupsBefore map[string]bool
@@ -58,6 +61,17 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	suite.dir = dir
+	// Sandbox roots are unprivileged users of this machine: the paths to
+	// their mount sources and root filesystems must be searchable.
+	suite.mountRoot = filepath.Join(dir, "mounts")
+	err = os.Chmod(dir, 0o711)
+	if err == nil {
+		err = os.Mkdir(suite.mountRoot, 0o755)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	suite.cgroupsBefore = parentCgroups("arcbox", "docker")
 	suite.agentBin = filepath.Join(dir, "arcbox-agent")
 	suite.buildErr = buildAgent(suite.agentBin)

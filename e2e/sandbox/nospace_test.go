@@ -59,7 +59,8 @@ func TestStateDirFull(t *testing.T) {
 			}
 		})
 	}
-	a := ownAgent(t, &agentProc{dir: dir})
+	reg := testregistry.New(t)
+	a := ownAgent(t, &agentProc{dir: dir, registries: []string{reg.Host()}})
 	c := a.client(t)
 
 	const (
@@ -78,7 +79,6 @@ func TestStateDirFull(t *testing.T) {
 	snapDirs := dirNames(t, filepath.Join(state, "snapshots"))
 
 	// A sandbox whose image download is held while the disk fills.
-	reg := testregistry.New(t)
 	ref := reg.Host() + "/test/state-full:1"
 	reg.Push(t, ref, busyboxImage(t, "state-full-"+time.Now().Format(time.RFC3339Nano)))
 	arrived, release := reg.Hold(t, "/blobs/")

@@ -182,7 +182,7 @@ func TestLargeOutput(t *testing.T) {
 	a := sharedAgent(t)
 	a.logOnFailure(t)
 	const size = 100 << 20
-	dir := t.TempDir()
+	dir := mountDir(t)
 	f, err := os.Create(filepath.Join(dir, "blob"))
 	if err != nil {
 		t.Fatal(err)

@@ -175,7 +175,7 @@ type stressPayloads struct {
 
 func writeStressPayloads(t *testing.T) stressPayloads {
 	t.Helper()
-	p := stressPayloads{dir: t.TempDir()}
+	p := stressPayloads{dir: mountDir(t)}
 	rng := rand.NewChaCha8([32]byte{'s', 't', 'r', 'e', 's', 's'})
 	for k, n := range stressSizes {
 		b := make([]byte, n)
