@@ -19,6 +19,10 @@ func defaultCgroupParent(stateDir string) string {
 	return "arcbox-" + hex.EncodeToString(sum[:4])
 }
 
+// idRangeSize is how many ids a sandbox's user namespace maps: 0 to 65535,
+// every id an image's files and users use.
+const idRangeSize = 1 << 16
+
 // The host ids sandboxes' user namespaces map: idSlots ranges of
 // idRangeSize ids each, from idPoolStart (2^30) up to 2^31, far above the
 // ids of the guest's users and of /etc/subuid's customary ranges.

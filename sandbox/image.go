@@ -169,20 +169,30 @@ func (s *imageStore) get(ctx context.Context, ref string, auth *RegistryAuth) (p
 		img, found = s.cached(string(key))
 	}
 	if found {
-		return img, s.mayUse(ctx, r, a, img)
+		ok, err := s.mayUse(ctx, r, a, img)
+		if err != nil {
+			return pulledImage{}, err
+		}
+		if ok {
+			return img, nil
+		}
+		// A private tag that has moved since: pulled afresh.
 	}
 
+	// Creates with the same credentials share a pull; others pull on
+	// their own, so one's refusal is not another's.
+	flight := r.Name() + "\x00" + credentialsKey(auth)
 	s.mu.Lock()
-	f, ok := s.flights[r.Name()]
+	f, ok := s.flights[flight]
 	if !ok {
 		f = &pullFlight{done: make(chan struct{})}
-		s.flights[r.Name()] = f
+		s.flights[flight] = f
 		s.pulls.Add(1)
 		go func() {
 			defer s.pulls.Done()
 			f.img, f.err = s.pull(r, a)
 			s.mu.Lock()
-			delete(s.flights, r.Name())
+			delete(s.flights, flight)
 			s.mu.Unlock()
 			close(f.done)
 		}()
@@ -190,27 +200,51 @@ func (s *imageStore) get(ctx context.Context, ref string, auth *RegistryAuth) (p
 	s.mu.Unlock()
 	select {
 	case <-f.done:
-		if f.err != nil || !ok {
-			return f.img, s.pullErr(f.err)
-		}
-		// Another create's pull: its credentials were not these.
-		return f.img, s.mayUse(ctx, r, a, f.img)
+		return f.img, s.pullErr(f.err)
 	case <-ctx.Done():
 		return pulledImage{}, fmt.Errorf("pull %s: %w", ref, ctx.Err())
 	}
 }
 
+// credentialsKey tells credentials apart without holding them: a hash.
+func credentialsKey(a *RegistryAuth) string {
+	if a == nil {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(a.Username + "\x00" + a.Password + "\x00" + a.IdentityToken + "\x00" + a.RegistryToken))
+	return hex.EncodeToString(sum[:])
+}
+
 // mayUse checks that a create with authenticator a may have img, an
 // image in the cache: yes when it was pulled without credentials, else
-// when the registry answers its manifest to a.
-func (s *imageStore) mayUse(ctx context.Context, r name.Reference, a authn.Authenticator, img pulledImage) error {
+// when the registry gives its manifest to a. It is false, with no error,
+// when r (a tag) now names another image.
+func (s *imageStore) mayUse(ctx context.Context, r name.Reference, a authn.Authenticator, img pulledImage) (bool, error) {
 	if !img.Private {
-		return nil
+		return true, nil
 	}
-	if _, err := remote.Head(r, remote.WithContext(ctx), remote.WithAuth(a), remote.WithTransport(s.tr)); err != nil {
-		return s.pullErr(fmt.Errorf("%s was pulled with credentials, and the registry does not let these have it: %w", r.Name(), err))
+	// The manifest itself, not a HEAD: its bytes are checked against
+	// the digest, so a registry that merely claims to have the image (a
+	// digest reference names any registry) gets nothing.
+	desc, err := remote.Get(r, remote.WithContext(ctx), remote.WithAuth(a), remote.WithTransport(s.tr), remote.WithPlatform(s.platform))
+	if err != nil {
+		return false, s.pullErr(fmt.Errorf("%s was pulled with credentials, and the registry does not let these have it: %w", r.Name(), err))
 	}
-	return nil
+	key := filepath.Base(filepath.Dir(img.Rootfs))
+	if digestKey(desc.Digest.String()) == key {
+		return true, nil
+	}
+	// An index: the cached image is this platform's manifest in it.
+	if idx, err := desc.ImageIndex(); err == nil {
+		if m, err := idx.IndexManifest(); err == nil {
+			for _, d := range m.Manifests {
+				if d.Platform != nil && d.Platform.Satisfies(s.platform) && digestKey(d.Digest.String()) == key {
+					return true, nil
+				}
+			}
+		}
+	}
+	return false, nil
 }
 
 // pullErr makes a pull refused by the registry policy (a redirect or a

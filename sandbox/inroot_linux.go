@@ -48,7 +48,9 @@ func openat2(dirFD int, root, name string, flags int) (*os.File, error) {
 
 // readFileInRoot reads a small file of the sandbox's root filesystem.
 func readFileInRoot(root, name string) ([]byte, error) {
-	f, err := openInRoot(root, name, unix.O_RDONLY|unix.O_NOCTTY)
+	// O_NONBLOCK: the workload may have made it a FIFO, whose open
+	// would otherwise wait for a writer, and hold the agent, forever.
+	f, err := openInRoot(root, name, unix.O_RDONLY|unix.O_NOCTTY|unix.O_NONBLOCK)
 	if err != nil {
 		return nil, err
 	}
@@ -58,7 +60,7 @@ func readFileInRoot(root, name string) ([]byte, error) {
 		return nil, err
 	}
 	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", name)
+		return nil, fmt.Errorf("%s: %w", name, errNotRegular)
 	}
 	return io.ReadAll(io.LimitReader(f, 16<<20))
 }

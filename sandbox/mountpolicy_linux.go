@@ -30,26 +30,42 @@ type forbiddenPath struct {
 // (Start). The runtime binds that open file, so nothing swapped into the
 // path between the check and the mount is ever mounted.
 type mountPolicy struct {
-	roots     []string
+	roots     []string // real paths: no symlink in them
 	forbidden []forbiddenPath
-	volumes   string // StateDir/volumes: a sandbox's own is volumes/<id>
+	volumes   string // StateDir/volumes, real: a sandbox's own is volumes/<id>
+	// aliases maps a root or the state dir as configured to its real
+	// path, where they differ, so sources given the configured way work.
+	aliases map[string]string
 }
 
 func newMountPolicy(cfg Config) *mountPolicy {
-	p := &mountPolicy{volumes: filepath.Join(cfg.StateDir, "volumes")}
+	p := &mountPolicy{aliases: map[string]string{}}
+	realPath := func(path string) string {
+		path = filepath.Clean(path)
+		if real, err := filepath.EvalSymlinks(path); err == nil && real != path {
+			p.aliases[path] = real
+			return real
+		}
+		return path
+	}
+	p.volumes = filepath.Join(realPath(cfg.StateDir), "volumes")
 	roots := cfg.MountRoots
 	if roots == nil {
 		roots = DefaultMountRoots()
 	}
 	for _, r := range roots {
-		if r = filepath.Clean(r); filepath.IsAbs(r) {
-			p.roots = append(p.roots, r)
+		if filepath.IsAbs(r) {
+			p.roots = append(p.roots, realPath(r))
 		}
 	}
 	add := func(why string, paths ...string) {
 		for _, f := range paths {
 			if f != "" && filepath.IsAbs(f) {
-				p.forbidden = append(p.forbidden, forbiddenPath{filepath.Clean(f), why})
+				f = filepath.Clean(f)
+				p.forbidden = append(p.forbidden, forbiddenPath{f, why})
+				if real, err := filepath.EvalSymlinks(f); err == nil && real != f {
+					p.forbidden = append(p.forbidden, forbiddenPath{real, why})
+				}
 			}
 		}
 	}
@@ -60,6 +76,19 @@ func newMountPolicy(cfg Config) *mountPolicy {
 		"/var/lib/docker", "/var/lib/containerd", "/run/runc", "/run/crun")
 	add("kernel file systems", "/proc", "/sys", "/dev")
 	return p
+}
+
+// source is a mount's source as the policy sees it: clean, with a
+// configured root or state dir that is a symlink replaced by its real path.
+func (p *mountPolicy) source(m Mount) string {
+	src := filepath.Clean(m.Source)
+	for asked, real := range p.aliases {
+		if within(src, asked) {
+			rel, _ := filepath.Rel(asked, src)
+			return filepath.Join(real, rel)
+		}
+	}
+	return src
 }
 
 // DefaultMountRoots are the mount roots when none are configured: the
@@ -157,7 +186,7 @@ func (p *mountPolicy) validate(i int, id string, m Mount) error {
 	if err := p.check(i, id, m); err != nil {
 		return err
 	}
-	src := filepath.Clean(m.Source)
+	src := p.source(m)
 	root, _ := p.rootOf(id, src)
 	if id != "" && root == filepath.Join(p.volumes, id) {
 		return nil
@@ -172,7 +201,10 @@ func (p *mountPolicy) validate(i int, id string, m Mount) error {
 // check checks mount i of sandbox id as asked, without opening it.
 func (p *mountPolicy) check(i int, id string, m Mount) error {
 	field := fmt.Sprintf("mounts[%d].source", i)
-	src := filepath.Clean(m.Source)
+	if !filepath.IsAbs(m.Source) {
+		return invalidField(field, "%q is not an absolute path", m.Source)
+	}
+	src := p.source(m)
 	if !filepath.IsAbs(src) {
 		return invalidField(field, "%q is not an absolute path", m.Source)
 	}
@@ -195,7 +227,7 @@ func (p *mountPolicy) open(i int, id string, m Mount, uid, gid int) (*os.File, e
 		return nil, err
 	}
 	field := fmt.Sprintf("mounts[%d].source", i)
-	src := filepath.Clean(m.Source)
+	src := p.source(m)
 	root, _ := p.rootOf(id, src)
 	if own := filepath.Join(p.volumes, id); root == own {
 		if err := os.MkdirAll(p.volumes, 0o711); err != nil {
@@ -220,7 +252,11 @@ func (p *mountPolicy) open(i int, id string, m Mount, uid, gid int) (*os.File, e
 // out of it, anything but a directory or a regular file, and a file
 // whose real path is forbidden. Errors name field.
 func (p *mountPolicy) resolve(field, root, src, id string) (*os.File, error) {
-	rootFD, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	// The root itself is a real path: a symlink swapped in for it (or
+	// for a directory above it) is refused, not followed.
+	rootFD, err := unix.Openat2(unix.AT_FDCWD, root, &unix.OpenHow{
+		Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
 	if err != nil {
 		return nil, invalidField(field, "mount root %s: %v", root, err)
 	}
@@ -250,6 +286,9 @@ func (p *mountPolicy) resolve(field, root, src, id string) (*os.File, error) {
 		return nil, invalidField(field, "%s is not a directory or a regular file; only those are mountable", src)
 	}
 	real, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err == nil && !within(filepath.Clean(real), root) {
+		err = fmt.Errorf("%s is %s, outside its mount root %s", src, real, root)
+	}
 	if err == nil {
 		err = p.refuse(id, filepath.Clean(real))
 	}
@@ -272,7 +311,9 @@ func checkRootfs(store, dir string) (string, error) {
 		return "", fmt.Errorf("%s is not in the agent's root filesystem store %s; a rootfs must be a directory in it", dir, store)
 	}
 	rel, _ := filepath.Rel(store, clean)
-	rootFD, err := unix.Open(store, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	rootFD, err := unix.Openat2(unix.AT_FDCWD, store, &unix.OpenHow{
+		Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
 	if err != nil {
 		return "", &os.PathError{Op: "open", Path: store, Err: err}
 	}
@@ -288,6 +329,9 @@ func checkRootfs(store, dir string) (string, error) {
 	real, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
 	if err != nil {
 		return "", err
+	}
+	if !within(real, store) {
+		return "", fmt.Errorf("%s is %s, outside the store %s", dir, real, store)
 	}
 	if strings.ContainsAny(real, ",:\\") {
 		return "", fmt.Errorf("%q holds one of , : \\ (overlayfs options cannot)", real)

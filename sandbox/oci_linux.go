@@ -60,8 +60,9 @@ type ociBackend struct {
 	// mounts says which host paths sandboxes may bind-mount.
 	mounts *mountPolicy
 	// rootfsStore is the only directory a create's rootfs may name a
-	// directory of (StateDir/rootfs).
-	rootfsStore string
+	// directory of (StateDir/rootfs, its real path; rootfsAsked as
+	// configured).
+	rootfsStore, rootfsAsked string
 	// noIDMapOnce logs once that the state dir cannot be idmapped.
 	noIDMapOnce sync.Once
 	// usernsErr says why sandboxes with a user namespace cannot start
@@ -164,7 +165,8 @@ func newOCIBackend(ctx context.Context, cfg Config) (backend, error) {
 		net:           netMgr,
 		mounts:        newMountPolicy(cfg),
 		usernsErr:     usernsErr,
-		rootfsStore:   filepath.Join(cfg.StateDir, "rootfs"),
+		rootfsStore:   realPath(filepath.Join(cfg.StateDir, "rootfs")),
+		rootfsAsked:   filepath.Join(filepath.Clean(cfg.StateDir), "rootfs"),
 		noPivot:       disk.RootIsInitramfs(),
 		boxes:         map[string]*ociBox{},
 	}
@@ -178,6 +180,24 @@ func newOCIBackend(ctx context.Context, cfg Config) (backend, error) {
 	}
 	log.Info("sandbox backend ready", "runtime", path, "cgroup2", b.cgroup2, "init", initPath, "layers", snap, "no_pivot", b.noPivot)
 	return b, nil
+}
+
+// checkRootfs is checkRootfs in the backend's store, which dir may name
+// as configured or by its real path.
+func (b *ociBackend) checkRootfs(dir string) (string, error) {
+	if clean := filepath.Clean(dir); b.rootfsAsked != b.rootfsStore && within(clean, b.rootfsAsked) {
+		rel, _ := filepath.Rel(b.rootfsAsked, clean)
+		dir = filepath.Join(b.rootfsStore, rel)
+	}
+	return checkRootfs(b.rootfsStore, dir)
+}
+
+// realPath is path with its symlinks resolved, if it exists, else path.
+func realPath(path string) string {
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		return real
+	}
+	return filepath.Clean(path)
 }
 
 // searchableByAll makes the agent's own directories from dir up to top
@@ -281,7 +301,7 @@ func (b *ociBackend) Validate(s Spec) error {
 			return err
 		}
 	case s.Rootfs != "":
-		if _, err := checkRootfs(b.rootfsStore, s.Rootfs); err != nil {
+		if _, err := b.checkRootfs(s.Rootfs); err != nil {
 			return invalidField("rootfs", "%v", err)
 		}
 	default:
@@ -348,7 +368,7 @@ func (b *ociBackend) Start(ctx context.Context, id string, s Spec, idmap IDMap, 
 		}
 		meta = bundleMeta{Lower: img.Rootfs, Image: img.Config}
 	case s.Rootfs != "":
-		if meta.Lower, err = checkRootfs(b.rootfsStore, s.Rootfs); err != nil {
+		if meta.Lower, err = b.checkRootfs(s.Rootfs); err != nil {
 			return nil, invalidField("rootfs", "%v", err)
 		}
 	default:
@@ -568,10 +588,6 @@ func bindOpenFile(f *os.File, path string) error {
 	}
 	return nil
 }
-
-// idRangeSize is how many ids a sandbox's user namespace maps: 0 to 65535,
-// every id an image's files and users use.
-const idRangeSize = 1 << 16
 
 // lowerDir is where a sandbox with a user namespace sees its lower layer:
 // an idmapped mount while the overlay is made, else a shifted copy.
@@ -996,8 +1012,7 @@ func readBundleMeta(dir string) (bundleMeta, error) {
 // Checkpoint freezes the sandbox (its cgroup), snapshots its writable
 // layer into dir/layer, read-only, thaws it, and keeps the bundle's
 // backend.json beside it: the lower layer and image config a restore
-// needs. Where the sandbox cannot be frozen (no freezer), the files are
-// taken as they are, and a warning logged.
+// needs. A sandbox that cannot be frozen is not checkpointed.
 func (b *ociBackend) Checkpoint(ctx context.Context, id, dir string) (err error) {
 	if _, err := b.box(id); err != nil {
 		return err
@@ -1009,20 +1024,21 @@ func (b *ociBackend) Checkpoint(ctx context.Context, id, dir string) (err error)
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runtimeTimeout)
 	defer cancel()
+	// Frozen or not at all: a sandbox that runs while its files are
+	// copied could swap a file for a symlink (or a FIFO) under the copy.
 	if err := b.rt.Pause(rctx, id); err != nil {
-		b.log.Warn("checkpoint without freezing the sandbox", "id", id, "err", err)
-	} else {
-		defer func() {
-			// A context of its own: a long copy must not leave the
-			// sandbox frozen because the pause's deadline passed.
-			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runtimeTimeout)
-			defer cancel()
-			if rerr := b.rt.Resume(tctx, id); rerr != nil {
-				b.log.Error("thaw the sandbox after a checkpoint", "id", id, "err", rerr)
-				err = errors.Join(err, fmt.Errorf("thaw sandbox %q after the checkpoint: %w", id, rerr))
-			}
-		}()
+		return fmt.Errorf("freeze sandbox %q for its checkpoint: %w", id, err)
 	}
+	defer func() {
+		// A context of its own: a long copy must not leave the
+		// sandbox frozen because the pause's deadline passed.
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runtimeTimeout)
+		defer cancel()
+		if rerr := b.rt.Resume(tctx, id); rerr != nil {
+			b.log.Error("thaw the sandbox after a checkpoint", "id", id, "err", rerr)
+			err = errors.Join(err, fmt.Errorf("thaw sandbox %q after the checkpoint: %w", id, rerr))
+		}
+	}()
 	src, dst := filepath.Join(bundle, layerDir), filepath.Join(dir, layerDir)
 	if _, err := os.Stat(src); err != nil {
 		return fmt.Errorf("sandbox %q has no layer directory (made by an older agent?); it cannot be checkpointed: %w", id, err)
@@ -1069,6 +1085,9 @@ func copyOwnerMode(src, dst string, shift uint32) error {
 	var st unix.Stat_t
 	if err := unix.Stat(src, &st); err != nil {
 		return &os.PathError{Op: "stat", Path: src, Err: err}
+	}
+	if shift > 0 && (st.Uid >= idRangeSize || st.Gid >= idRangeSize) {
+		st.Uid, st.Gid = 0, 0 // out of the range: its root's, not the next range's
 	}
 	if err := unix.Chown(dst, int(st.Uid+shift), int(st.Gid+shift)); err != nil {
 		return &os.PathError{Op: "chown", Path: dst, Err: err}

@@ -83,7 +83,9 @@ func buildSpec(p bundleParams) (*specs.Spec, error) {
 		{Destination: initMountPoint, Type: "bind", Source: p.InitPath, Options: []string{"bind", "ro", "nosuid", "nodev"}},
 	}
 	for _, m := range p.Mounts {
-		opts := []string{"rbind", "rprivate"}
+		// nosuid, nodev: a sandbox with host users has real CHOWN and
+		// FSETID, and must not leave a set-id binary for the guest.
+		opts := []string{"rbind", "rprivate", "nosuid", "nodev"}
 		if m.ReadOnly {
 			opts = append(opts, "ro")
 		}
@@ -138,7 +140,7 @@ func buildSpec(p bundleParams) (*specs.Spec, error) {
 			Namespaces: namespaces,
 			Seccomp:    seccomp,
 			MaskedPaths: []string{
-				"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+				"/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
 				"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
 				"/sys/firmware", "/sys/devices/virtual/powercap",
 			},

@@ -155,6 +155,51 @@ func TestOCIRestoreIntoAnotherRange(t *testing.T) {
 	}
 }
 
+// TestOCIHostileRoot: what a workload does to its own root cannot hold
+// the agent: /etc/passwd made a FIFO (whose open would wait for a writer
+// forever) fails the lookup of a user by name, and the sandbox is still
+// removed.
+func TestOCIHostileRoot(t *testing.T) {
+	e := newOCIEnv(t, "runc")
+	id := e.create(Spec{ID: "fifo"}).ID
+	e.sh(id, "rm /etc/passwd && mkfifo /etc/passwd")
+	var c collect
+	_, err := e.m.Run(context.Background(), id, Process{Cmd: []string{"true"}, User: "nobody"}, c.out)
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `"user"`) {
+		t.Errorf("ran as nobody with a FIFO for /etc/passwd: %v", err)
+	}
+	if out := e.sh(id, "echo still here"); out != "still here\n" {
+		t.Errorf("after: %q", out)
+	}
+	if err := e.m.Remove(context.Background(), id, true); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOCIRestoreOwnVolume: a sandbox that mounted its own volume
+// directory restores into a sandbox that mounts its own, new one.
+func TestOCIRestoreOwnVolume(t *testing.T) {
+	e := newOCIEnv(t, "runc")
+	ctx := context.Background()
+	vol := filepath.Join(e.cfg.StateDir, "volumes", "vol-orig", "cache")
+	e.create(Spec{ID: "vol-orig", Mounts: []Mount{{Source: vol, Target: "/cache"}}})
+	e.sh("vol-orig", "echo kept > /cache/f && echo layer > /in-layer")
+	snap, err := e.m.Checkpoint(ctx, "vol-orig", CheckpointRequest{Name: "v"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.Restore(ctx, snap.ID, RestoreRequest{ID: "vol-copy"}); err != nil {
+		t.Fatal(err)
+	}
+	e.track("vol-copy")
+	if out := e.sh("vol-copy", "cat /in-layer; ls /cache | wc -l; touch /cache/new && echo writable"); out != "layer\n0\nwritable\n" {
+		t.Errorf("restored: %q", out)
+	}
+	if _, err := os.Stat(filepath.Join(e.cfg.StateDir, "volumes", "vol-copy", "cache", "new")); err != nil {
+		t.Errorf("the restored sandbox's volume: %v", err)
+	}
+}
+
 // TestMountPolicy: what may be mounted, checked as asked and as opened.
 func TestMountPolicy(t *testing.T) {
 	state, shared := t.TempDir(), t.TempDir()
@@ -223,6 +268,28 @@ func TestMountPolicy(t *testing.T) {
 	}
 	if err := p.check(0, "other", Mount{Source: own, Target: "/cache"}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("another sandbox's volume directory: %v", err)
+	}
+	// A root reached through a symlink is taken by its real path: a
+	// symlink swapped in for it later leads nowhere.
+	outer := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(outer, "real", "projects"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outer, "real"), filepath.Join(outer, "link")); err != nil {
+		t.Fatal(err)
+	}
+	p2 := newMountPolicy(Config{StateDir: state, MountRoots: []string{filepath.Join(outer, "link", "projects")}})
+	if err := p2.validate(0, "box", Mount{Source: filepath.Join(outer, "link", "projects"), Target: "/x"}); err != nil {
+		t.Errorf("a root given through a symlink: %v", err)
+	}
+	if err := os.Rename(filepath.Join(outer, "real", "projects"), filepath.Join(outer, "real", "moved")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/", filepath.Join(outer, "real", "projects")); err != nil {
+		t.Fatal(err)
+	}
+	if err := p2.validate(0, "box", Mount{Source: filepath.Join(outer, "link", "projects", "etc"), Target: "/x"}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a root swapped for a symlink to /: %v", err)
 	}
 	if _, err := checkRootfs(filepath.Join(state, "rootfs"), "/"); err == nil {
 		t.Error("rootfs / accepted")

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -323,6 +324,36 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, id string) error {
 	return nil
 }
 
+// ownVolumeMounts gives a restored sandbox mounts of its own volume
+// directory where the original mounted the original's (which is not the
+// restored sandbox's to mount): a new, empty one, since a snapshot holds
+// the writable layer only. id is the new sandbox's; it is generated here
+// when one is needed and none was asked.
+func (m *Manager) ownVolumeMounts(mounts []Mount, origID string, id *string) []Mount {
+	if origID == "" {
+		return mounts
+	}
+	old := filepath.Join(m.cfg.StateDir, "volumes", origID)
+	var out []Mount
+	for i, mnt := range mounts {
+		src := filepath.Clean(mnt.Source)
+		if src != old && !strings.HasPrefix(src, old+"/") {
+			continue
+		}
+		if out == nil {
+			out = slices.Clone(mounts)
+		}
+		if *id == "" {
+			*id = newID()
+		}
+		out[i].Source = filepath.Join(m.cfg.StateDir, "volumes", *id, strings.TrimPrefix(src, old))
+	}
+	if out == nil {
+		return mounts
+	}
+	return out
+}
+
 // Restore makes a new sandbox from a snapshot and returns once it is ready:
 // it has the snapshot's files (a writable btrfs snapshot of it, or a copy)
 // and the original's request but for what req changes; the original's cmd
@@ -344,8 +375,10 @@ func (m *Manager) Restore(ctx context.Context, snapshotID string, req RestoreReq
 	spec := e.rec.Spec
 	m.mu.Unlock()
 
+	origID := spec.ID
 	spec.ID = req.ID
 	spec.Cmd = nil
+	spec.Mounts = m.ownVolumeMounts(spec.Mounts, origID, &spec.ID)
 	if req.Labels != nil {
 		spec.Labels = req.Labels
 	}

@@ -64,8 +64,8 @@ type Security struct {
 	// guest's root (with the same capabilities, seccomp and masks). Only
 	// for workloads that need it.
 	HostUsers bool `json:"host_users,omitempty"`
-	// ReadOnlyRootfs mounts the root filesystem read-only; /tmp, /run and
-	// the mounts stay as asked.
+	// ReadOnlyRootfs mounts the root filesystem read-only, with a tmpfs
+	// on /tmp; the mounts stay as asked.
 	ReadOnlyRootfs bool `json:"read_only_rootfs,omitempty"`
 }
 

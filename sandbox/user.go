@@ -108,8 +108,8 @@ func resolveUser(field, spec string, readFile func(name string) ([]byte, error))
 
 func readOptional(readFile func(string) ([]byte, error), name string) ([]byte, error) {
 	data, err := readFile(name)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotRegular) {
+		return nil, nil // no users defined: names do not resolve, ids do
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read the sandbox's %s: %w", name, err)
