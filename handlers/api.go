@@ -1,6 +1,24 @@
 // Package handlers implements the agent's HTTP API: one method per operation
 // of openapi.yaml on API, which decodes and validates the request, calls one
-// domain package, and encodes the answer. Handlers never touch the OS.
+// domain package, and encodes the answer. Handlers never touch the OS: a
+// daemon's log, say, comes as a stream to copy.
+//
+// Where an endpoint is, by its path:
+//
+//	/livez /healthz /readyz /metrics /openapi.yaml   health.go
+//	/v1/ping                                         ping.go
+//	/v1/info                                         info.go
+//	/v1/runtime/ensure, /v1/runtime/status           runtime.go
+//	/v1/runtime/logs                                 runtime_logs.go
+//	/v1/sandboxes, /v1/sandboxes/{id}[/stop]         sandboxes.go
+//	/v1/sandboxes/{id}/run (NDJSON and WebSocket)    run.go
+//	/v1/sandboxes/{id}/exec                          exec.go
+//	/v1/sandboxes/{id}/checkpoint, /v1/snapshots...  snapshots.go
+//	/v1/events                                       events.go
+//
+// websocket.go holds what the run and exec WebSockets share (the checks
+// before the upgrade, the first message, the output pump, close codes);
+// validate.go the request checks every handler uses.
 package handlers
 
 import (
@@ -53,4 +71,15 @@ func New(cfg Config) *API {
 
 func (a *API) log(r *http.Request) *slog.Logger {
 	return httpapi.Logger(r.Context(), a.cfg.Logger)
+}
+
+// streamContext ends a long-lived response when its client goes away or
+// the agent begins to shut down.
+func (a *API) streamContext(r *http.Request) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(r.Context())
+	if a.cfg.Stopping != nil {
+		stop := context.AfterFunc(a.cfg.Stopping, cancel)
+		return ctx, func() { stop(); cancel() }
+	}
+	return ctx, cancel
 }

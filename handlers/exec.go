@@ -19,12 +19,12 @@ import (
 func (a *API) ExecInSandbox(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
 	var first api.ExecClientMessage
 	a.serveWorkload(w, r, id, "an exec", &first, func(ctx context.Context, m Sandboxes, c *websocket.Conn) {
-		a.exec(ctx, m, c, r, id, first)
+		a.serveExec(ctx, m, c, r, id, first)
 	})
 }
 
-// exec serves an exec WebSocket once its first message is read.
-func (a *API) exec(ctx context.Context, m Sandboxes, c *websocket.Conn, r *http.Request, id string, first api.ExecClientMessage) {
+// serveExec serves an exec WebSocket once its first message is read.
+func (a *API) serveExec(ctx context.Context, m Sandboxes, c *websocket.Conn, r *http.Request, id string, first api.ExecClientMessage) {
 	p, size, err := checkClientMessage(first)
 	if err == nil && first.Init == nil {
 		err = badRequest(`the first message must be {"init": {...}}`)
@@ -33,11 +33,11 @@ func (a *API) exec(ctx context.Context, m Sandboxes, c *websocket.Conn, r *http.
 		closeWith(c, http.StatusBadRequest, err.Error())
 		return
 	}
-	xio := sandbox.ExecIO{Size: size}
+	stdio := sandbox.ExecIO{Size: size}
 	stdinR, stdinW := io.Pipe()
 	defer stdinR.Close()
 	resize := make(chan sandbox.TTYSize, 1)
-	xio.Stdin, xio.Resize = stdinR, resize
+	stdio.Stdin, stdio.Resize = stdinR, resize
 
 	runCtx, hangUp := context.WithCancel(ctx)
 	defer hangUp()
@@ -87,7 +87,7 @@ func (a *API) exec(ctx context.Context, m Sandboxes, c *websocket.Conn, r *http.
 	}()
 
 	a.streamWorkload(ctx, runCtx, c, r, id, func(out func(sandbox.Output) error) (int, error) {
-		return m.Exec(runCtx, id, p, xio, out)
+		return m.Exec(runCtx, id, p, stdio, out)
 	})
 }
 

@@ -80,29 +80,44 @@ func (f *fakeRuntime) Status(context.Context) lifecycle.Status {
 		}}
 }
 
-func (f *fakeRuntime) OpenLog(service string) (*os.File, error) {
+// OpenLog streams the log file, or its tail, then, when it follows, one
+// line "appended later" and nothing more until ctx ends.
+func (f *fakeRuntime) OpenLog(ctx context.Context, service string, opt lifecycle.LogOptions) (io.ReadCloser, error) {
 	if service != "containerd" && service != "dockerd" {
 		return nil, fmt.Errorf("%q: %w", service, lifecycle.ErrUnknownService)
 	}
-	return os.Open(filepath.Join(f.logDir, service+".log"))
-}
-
-func (f *fakeRuntime) LogTail(service string, n int) ([]byte, int64, error) {
-	l, err := f.OpenLog(service)
+	l, err := os.Open(filepath.Join(f.logDir, service+".log"))
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	defer l.Close()
-	return lifecycle.Tail(l, n)
+	var data []byte
+	if opt.Tail > 0 {
+		data, _, err = lifecycle.Tail(l, opt.Tail)
+	} else {
+		data, err = io.ReadAll(l)
+	}
+	if err != nil {
+		return nil, err
+	}
+	stream := io.Reader(bytes.NewReader(data))
+	if opt.Follow {
+		stream = io.MultiReader(stream, strings.NewReader("appended later\n"), &fakeFollow{ctx: ctx, f: f})
+	}
+	return io.NopCloser(stream), nil
 }
 
-func (f *fakeRuntime) Follow(ctx context.Context, _ string, w io.Writer, _ int64) error {
-	if _, err := io.WriteString(w, "appended later\n"); err != nil {
-		return err
-	}
-	f.followOnce.Do(func() { close(f.followed) })
-	<-ctx.Done()
-	return nil
+// fakeFollow is a followed log's end: nothing is appended; its first Read
+// says the handler has come there, and each waits for ctx to end.
+type fakeFollow struct {
+	ctx context.Context
+	f   *fakeRuntime
+}
+
+func (e *fakeFollow) Read([]byte) (int, error) {
+	e.f.followOnce.Do(func() { close(e.f.followed) })
+	<-e.ctx.Done()
+	return 0, io.EOF
 }
 
 type harness struct {

@@ -3,11 +3,8 @@ package handlers
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
-	"os"
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/httpapi"
@@ -18,9 +15,9 @@ import (
 type Runtime interface {
 	Ensure(ctx context.Context, startIfNeeded bool) lifecycle.EnsureResult
 	Status(ctx context.Context) lifecycle.Status
-	OpenLog(service string) (*os.File, error)
-	LogTail(service string, n int) ([]byte, int64, error)
-	Follow(ctx context.Context, service string, w io.Writer, from int64) error
+	// OpenLog opens a daemon's log as a stream to copy; see
+	// lifecycle.Runtime.OpenLog for its errors.
+	OpenLog(ctx context.Context, service string, opt lifecycle.LogOptions) (io.ReadCloser, error)
 }
 
 var _ Runtime = (*lifecycle.Runtime)(nil)
@@ -63,83 +60,4 @@ func (a *API) GetRuntimeStatus(w http.ResponseWriter, r *http.Request) {
 		out.Services = append(out.Services, api.ServiceStatus{Name: s.Name, Status: api.ServiceStatusStatus(s.Status), Detail: s.Detail})
 	}
 	httpapi.WriteJSON(w, http.StatusOK, out)
-}
-
-// GetRuntimeLogs serves a daemon's log as text: all of it, or its last
-// tail lines, then what is appended while follow holds the response open.
-func (a *API) GetRuntimeLogs(w http.ResponseWriter, r *http.Request, params api.GetRuntimeLogsParams) {
-	if params.Tail != nil {
-		if err := checkRange(`query parameter "tail"`, int64(*params.Tail), 0, maxLogTail, "a million lines"); err != nil {
-			httpapi.WriteErr(w, err)
-			return
-		}
-	}
-	f, err := a.cfg.Runtime.OpenLog(params.Service)
-	switch {
-	case errors.Is(err, lifecycle.ErrUnknownService):
-		httpapi.WriteErr(w, fmt.Errorf("%w: service %q has no log; the services are containerd and dockerd", httpapi.ErrNotFound, params.Service))
-		return
-	case errors.Is(err, fs.ErrNotExist):
-		httpapi.WriteErr(w, fmt.Errorf("%w: %s has no log yet (has the runtime been started? POST /v1/runtime/ensure): %w", httpapi.ErrNotFound, params.Service, err))
-		return
-	case err != nil:
-		httpapi.WriteErr(w, fmt.Errorf("open the %s log: %w", params.Service, err))
-		return
-	}
-	defer f.Close()
-
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(http.StatusOK)
-	var offset int64
-	if params.Tail != nil && *params.Tail > 0 {
-		data, end, err := lifecycle.Tail(f, *params.Tail)
-		if err != nil {
-			a.log(r).Warn("tail the log", "service", params.Service, "err", err)
-			return
-		}
-		_, _ = w.Write(data)
-		offset = end
-	} else {
-		n, err := io.Copy(w, f)
-		if err != nil {
-			return
-		}
-		offset = n
-	}
-	if params.Follow == nil || !*params.Follow {
-		return
-	}
-	fw := flushWriter{w: w, rc: http.NewResponseController(w)}
-	_ = fw.rc.Flush()
-	ctx, cancel := a.streamContext(r)
-	defer cancel()
-	if err := a.cfg.Runtime.Follow(ctx, params.Service, fw, offset); err != nil {
-		a.log(r).Debug("log follow ended", "service", params.Service, "err", err)
-	}
-}
-
-// flushWriter sends each write to the client at once.
-type flushWriter struct {
-	w  io.Writer
-	rc *http.ResponseController
-}
-
-func (f flushWriter) Write(p []byte) (int, error) {
-	n, err := f.w.Write(p)
-	if err != nil {
-		return n, err
-	}
-	return n, f.rc.Flush()
-}
-
-// streamContext ends a long-lived response when its client goes away or
-// the agent begins to shut down.
-func (a *API) streamContext(r *http.Request) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(r.Context())
-	if a.cfg.Stopping != nil {
-		stop := context.AfterFunc(a.cfg.Stopping, cancel)
-		return ctx, func() { stop(); cancel() }
-	}
-	return ctx, cancel
 }

@@ -21,7 +21,7 @@ type Sandboxes interface {
 	Stop(ctx context.Context, id string, timeout time.Duration) (sandbox.Info, error)
 	Remove(ctx context.Context, id string, force bool) error
 	Run(ctx context.Context, id string, p sandbox.Process, out func(sandbox.Output) error) (int, error)
-	Exec(ctx context.Context, id string, p sandbox.Process, eio sandbox.ExecIO, out func(sandbox.Output) error) (int, error)
+	Exec(ctx context.Context, id string, p sandbox.Process, stdio sandbox.ExecIO, out func(sandbox.Output) error) (int, error)
 	Subscribe(f sandbox.EventFilter) *sandbox.Subscription
 	Checkpoint(ctx context.Context, id string, req sandbox.CheckpointRequest) (sandbox.Snapshot, error)
 	Snapshots(f sandbox.SnapshotFilter) []sandbox.Snapshot
@@ -31,9 +31,9 @@ type Sandboxes interface {
 
 var _ Sandboxes = (*sandbox.Manager)(nil)
 
-// sandboxes returns the manager, or answers 503 with the reason it could
-// not start and returns nil.
-func (a *API) sandboxes(w http.ResponseWriter, r *http.Request) Sandboxes {
+// manager returns the sandbox manager, or answers 503 with the reason it
+// could not start and returns nil.
+func (a *API) manager(w http.ResponseWriter, r *http.Request) Sandboxes {
 	err := errors.New("not configured")
 	if a.cfg.Sandboxes != nil {
 		var m Sandboxes
@@ -112,7 +112,7 @@ func (a *API) CreateSandbox(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	m := a.sandboxes(w, r)
+	m := a.manager(w, r)
 	if m == nil {
 		return
 	}
@@ -339,7 +339,7 @@ func (a *API) ListSandboxes(w http.ResponseWriter, r *http.Request, params api.L
 		return
 	}
 	f.Labels = labels
-	m := a.sandboxes(w, r)
+	m := a.manager(w, r)
 	if m == nil {
 		return
 	}
@@ -396,7 +396,7 @@ func (a *API) GetSandbox(w http.ResponseWriter, r *http.Request, id api.SandboxI
 	if !checkPathID(w, id) {
 		return
 	}
-	m := a.sandboxes(w, r)
+	m := a.manager(w, r)
 	if m == nil {
 		return
 	}
@@ -458,7 +458,7 @@ func (a *API) StopSandbox(w http.ResponseWriter, r *http.Request, id api.Sandbox
 	if !ok {
 		return
 	}
-	m := a.sandboxes(w, r)
+	m := a.manager(w, r)
 	if m == nil {
 		return
 	}
@@ -476,7 +476,7 @@ func (a *API) RemoveSandbox(w http.ResponseWriter, r *http.Request, id api.Sandb
 	if !checkPathID(w, id) {
 		return
 	}
-	m := a.sandboxes(w, r)
+	m := a.manager(w, r)
 	if m == nil {
 		return
 	}

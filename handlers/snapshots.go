@@ -18,7 +18,7 @@ func (a *API) CheckpointSandbox(w http.ResponseWriter, r *http.Request, id api.S
 	if !ok {
 		return
 	}
-	m := a.sandboxes(w, r)
+	m := a.manager(w, r)
 	if m == nil {
 		return
 	}
@@ -57,7 +57,7 @@ func (a *API) ListSnapshots(w http.ResponseWriter, r *http.Request, params api.L
 		httpapi.WriteErr(w, err)
 		return
 	}
-	m := a.sandboxes(w, r)
+	m := a.manager(w, r)
 	if m == nil {
 		return
 	}
@@ -80,7 +80,7 @@ func (a *API) DeleteSnapshot(w http.ResponseWriter, r *http.Request, id api.Snap
 	if !checkPathID(w, id) {
 		return
 	}
-	m := a.sandboxes(w, r)
+	m := a.manager(w, r)
 	if m == nil {
 		return
 	}
@@ -101,7 +101,7 @@ func (a *API) RestoreSnapshot(w http.ResponseWriter, r *http.Request, id api.Sna
 	if !ok {
 		return
 	}
-	m := a.sandboxes(w, r)
+	m := a.manager(w, r)
 	if m == nil {
 		return
 	}

@@ -234,7 +234,7 @@ func TestIntegrationRealRuntime(t *testing.T) {
 		if out := docker(t, e, "unix://"+e.cfg.DockerSocket, nil, "version", "--format", "{{.Server.Version}}"); strings.TrimSpace(out) == "" {
 			t.Fatal("docker version: no server version")
 		}
-		if tail, _, err := r.LogTail(Dockerd, 5); err != nil || len(tail) == 0 {
+		if tail, err := readLog(r, Dockerd, LogOptions{Tail: 5}); err != nil || len(tail) == 0 {
 			t.Fatalf("dockerd log tail: %q, %v", tail, err)
 		}
 	})

@@ -17,7 +17,7 @@ var ErrUnknownService = errors.New("unknown service")
 // MaxTailBytes bounds what Tail returns, however long the lines are.
 const MaxTailBytes = 4 << 20
 
-// followPoll is how often Follow looks for appended bytes.
+// followPoll is how often a followed log is looked at for appended bytes.
 const followPoll = 50 * time.Millisecond
 
 // LogPath returns where the service's log is written.
@@ -29,11 +29,32 @@ func (r *Runtime) LogPath(service string) (string, error) {
 	return "", fmt.Errorf("lifecycle: log of %q: %w (want %s or %s)", service, ErrUnknownService, Containerd, Dockerd)
 }
 
-// OpenLog opens the service's log ("containerd" or "dockerd") for reading.
-// An unknown service is an error matching ErrUnknownService; a log that
-// does not exist yet (the daemon never started) an error matching
-// fs.ErrNotExist.
-func (r *Runtime) OpenLog(service string) (*os.File, error) {
+// LogOptions says which part of a log OpenLog streams.
+type LogOptions struct {
+	// Tail, when above 0, starts the stream at the log's last Tail lines
+	// (at most MaxTailBytes of them) rather than at its start.
+	Tail int
+	// Follow keeps the stream open at the log's end: it yields what is
+	// appended, as it is appended, until the context ends. A log that
+	// shrinks (truncated in place) is followed again from its start.
+	Follow bool
+}
+
+// OpenLog opens the service's log ("containerd" or "dockerd") as a stream
+// to copy: all of it or its tail, then, when it follows, what is appended
+// until ctx ends. The stream then ends with io.EOF; a failure to read the
+// log is an error of its Read. An unknown service is an error matching
+// ErrUnknownService; a log that does not exist yet (the daemon never
+// started) an error matching fs.ErrNotExist.
+func (r *Runtime) OpenLog(ctx context.Context, service string, opt LogOptions) (io.ReadCloser, error) {
+	f, err := r.openLog(service)
+	if err != nil {
+		return nil, err
+	}
+	return &logStream{ctx: ctx, f: f, service: service, opt: opt}, nil
+}
+
+func (r *Runtime) openLog(service string) (*os.File, error) {
 	path, err := r.LogPath(service)
 	if err != nil {
 		return nil, err
@@ -48,20 +69,92 @@ func (r *Runtime) OpenLog(service string) (*os.File, error) {
 	return f, nil
 }
 
-// LogTail returns the last n lines of the service's log, and the offset
-// where they end (give it to Follow to go on from there).
-func (r *Runtime) LogTail(service string, n int) ([]byte, int64, error) {
-	f, err := r.OpenLog(service)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer f.Close()
-	return Tail(f, n)
+// logStream is what OpenLog returns. The tail is found on the first Read,
+// so that OpenLog answers at once and a failure to read the log comes
+// after the caller has taken the stream.
+type logStream struct {
+	ctx     context.Context
+	f       *os.File
+	service string
+	opt     LogOptions
+	began   bool
+	tail    []byte // the tail's bytes not yet read
+	off     int64  // where the next read of f starts
 }
 
+func (s *logStream) Read(p []byte) (int, error) {
+	if !s.began {
+		s.began = true
+		if s.opt.Tail > 0 {
+			data, end, err := Tail(s.f, s.opt.Tail)
+			if err != nil {
+				return 0, fmt.Errorf("lifecycle: tail %s log: %w", s.service, err)
+			}
+			s.tail, s.off = data, end
+		}
+	}
+	if len(s.tail) > 0 {
+		n := copy(p, s.tail)
+		s.tail = s.tail[n:]
+		return n, nil
+	}
+	if !s.opt.Follow {
+		if s.opt.Tail > 0 {
+			return 0, io.EOF
+		}
+		return s.readAt(p)
+	}
+	for s.ctx.Err() == nil {
+		n, err := s.readAt(p)
+		if n > 0 || !errors.Is(err, io.EOF) {
+			return n, err
+		}
+		if err := s.waitForMore(); err != nil {
+			return 0, err
+		}
+	}
+	return 0, io.EOF
+}
+
+// readAt reads f from s.off on; io.EOF at its end.
+func (s *logStream) readAt(p []byte) (int, error) {
+	n, err := s.f.ReadAt(p, s.off)
+	s.off += int64(n)
+	switch {
+	case n > 0 && errors.Is(err, io.EOF):
+		return n, nil // the next Read says it
+	case err != nil && !errors.Is(err, io.EOF):
+		return n, fmt.Errorf("lifecycle: read %s log: %w", s.service, err)
+	}
+	return n, err
+}
+
+// waitForMore waits, at the log's end, until the next look at it: at once
+// when it was truncated (read again from its start), else after followPoll
+// or when ctx ends.
+func (s *logStream) waitForMore() error {
+	fi, err := s.f.Stat()
+	if err != nil {
+		return fmt.Errorf("lifecycle: follow %s log: %w", s.service, err)
+	}
+	if fi.Size() < s.off {
+		s.off = 0
+		return nil
+	}
+	t := time.NewTimer(followPoll)
+	defer t.Stop()
+	select {
+	case <-s.ctx.Done():
+	case <-t.C:
+	}
+	return nil
+}
+
+func (s *logStream) Close() error { return s.f.Close() }
+
 // Tail returns the last n lines of f (a final line without a newline counts),
-// at most MaxTailBytes of them, and f's size when it read them. n <= 0
-// returns nothing; to send a whole log, copy f instead.
+// at most MaxTailBytes of them, and f's size when it read them (where what
+// is appended begins). n <= 0 returns nothing.
 func Tail(f *os.File, n int) ([]byte, int64, error) {
 	return tailFrom(f, 0, n)
 }
@@ -112,51 +205,4 @@ scan:
 		return nil, end, err
 	}
 	return out, end, nil
-}
-
-// Follow writes to w what is appended to the service's log from offset
-// from on, as it is appended, until ctx ends (it then returns nil) or a
-// write fails. Each chunk is written as read: wrap w to flush it. A log
-// that shrinks (truncated) is followed again from its start.
-func (r *Runtime) Follow(ctx context.Context, service string, w io.Writer, from int64) error {
-	f, err := r.OpenLog(service)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	buf := make([]byte, 32<<10)
-	t := time.NewTicker(followPoll)
-	defer t.Stop()
-	for {
-		fi, err := f.Stat()
-		if err != nil {
-			return fmt.Errorf("lifecycle: follow %s log: %w", service, err)
-		}
-		if fi.Size() < from {
-			from = 0
-		}
-		for from < fi.Size() {
-			n, err := f.ReadAt(buf, from)
-			if n > 0 {
-				if _, werr := w.Write(buf[:n]); werr != nil {
-					return werr
-				}
-				from += int64(n)
-			}
-			if err != nil {
-				if errors.Is(err, io.EOF) {
-					break
-				}
-				return fmt.Errorf("lifecycle: follow %s log: %w", service, err)
-			}
-			if ctx.Err() != nil {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -114,10 +115,11 @@ func logRuntime(t *testing.T) (*Runtime, Config) {
 
 func TestOpenLog(t *testing.T) {
 	r, cfg := logRuntime(t)
-	if _, err := r.OpenLog("sshd"); !errors.Is(err, ErrUnknownService) {
+	ctx := context.Background()
+	if _, err := r.OpenLog(ctx, "sshd", LogOptions{}); !errors.Is(err, ErrUnknownService) {
 		t.Fatalf("unknown service: got %v, want ErrUnknownService", err)
 	}
-	_, err := r.OpenLog(Dockerd)
+	_, err := r.OpenLog(ctx, Dockerd, LogOptions{})
 	if !errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrUnknownService) || !strings.Contains(err.Error(), "dockerd has not logged yet") {
 		t.Fatalf("absent log: got %v, want a not-found error", err)
 	}
@@ -127,18 +129,26 @@ func TestOpenLog(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(cfg.LogDir, "dockerd.log"), []byte("l1\nl2\nl3\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f, err := r.OpenLog(Dockerd)
+	if got, err := readLog(r, Dockerd, LogOptions{}); err != nil || got != "l1\nl2\nl3\n" {
+		t.Fatalf("whole log: %q, %v", got, err)
+	}
+	if got, err := readLog(r, Dockerd, LogOptions{Tail: 2}); err != nil || got != "l2\nl3\n" {
+		t.Fatalf("tail: %q, %v", got, err)
+	}
+	if _, err := r.OpenLog(ctx, "nope", LogOptions{Tail: 2}); !errors.Is(err, ErrUnknownService) {
+		t.Fatalf("tail of an unknown service: %v", err)
+	}
+}
+
+// readLog reads a log that is not followed to its end.
+func readLog(r *Runtime, service string, opt LogOptions) (string, error) {
+	s, err := r.OpenLog(context.Background(), service, opt)
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
-	f.Close()
-	got, end, err := r.LogTail(Dockerd, 2)
-	if err != nil || string(got) != "l2\nl3\n" || end != 9 {
-		t.Fatalf("LogTail: %q, %d, %v", got, end, err)
-	}
-	if _, _, err := r.LogTail("nope", 2); !errors.Is(err, ErrUnknownService) {
-		t.Fatalf("LogTail of an unknown service: %v", err)
-	}
+	defer s.Close()
+	b, err := io.ReadAll(s)
+	return string(b), err
 }
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
@@ -151,6 +161,12 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
+}
+
+func (s *syncBuffer) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
 }
 
 func (s *syncBuffer) String() string {
@@ -168,14 +184,17 @@ func TestFollow(t *testing.T) {
 	if err := os.WriteFile(path, []byte("before\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, end, err := r.LogTail(Containerd, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := r.OpenLog(ctx, Containerd, LogOptions{Tail: 1, Follow: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	defer s.Close()
 	var out syncBuffer
 	done := make(chan error, 1)
-	go func() { done <- r.Follow(ctx, Containerd, &out, end) }()
+	go func() { _, err := io.Copy(&out, s); done <- err }()
+	waitUntil(t, time.Minute, "the tail", func() bool { return out.String() == "before\n" })
+	out.Reset() // what follows is what is appended
 
 	w, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
@@ -204,10 +223,10 @@ func TestFollow(t *testing.T) {
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Fatalf("Follow: %v", err)
+			t.Fatalf("follow: %v", err)
 		}
 	case <-time.After(time.Minute):
-		t.Fatal("Follow did not return when its context ended")
+		t.Fatal("the followed log did not end when its context ended")
 	}
 }
 
@@ -223,11 +242,15 @@ func TestFollowStopsWhenTheWriterFails(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(cfg.LogDir, "dockerd.log"), []byte("line\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	err := r.Follow(context.Background(), Dockerd, failingWriter{}, 0)
-	if err == nil || err.Error() != "client gone" {
-		t.Fatalf("Follow: %v, want the writer's error", err)
+	s, err := r.OpenLog(context.Background(), Dockerd, LogOptions{Follow: true})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := r.Follow(context.Background(), "nope", failingWriter{}, 0); !errors.Is(err, ErrUnknownService) {
-		t.Fatalf("Follow of an unknown service: %v", err)
+	defer s.Close()
+	if _, err := io.Copy(failingWriter{}, s); err == nil || err.Error() != "client gone" {
+		t.Fatalf("follow: %v, want the writer's error", err)
+	}
+	if _, err := r.OpenLog(context.Background(), "nope", LogOptions{Follow: true}); !errors.Is(err, ErrUnknownService) {
+		t.Fatalf("follow of an unknown service: %v", err)
 	}
 }

@@ -522,7 +522,7 @@ func TestDaemonLogUnavailableIsDiscarded(t *testing.T) {
 	if !res.Ready {
 		t.Fatalf("Ensure with no log dir: %+v, want the daemons started anyway", res)
 	}
-	if _, err := r.OpenLog(Dockerd); err == nil {
+	if _, err := r.OpenLog(context.Background(), Dockerd, LogOptions{}); err == nil {
 		t.Fatal("OpenLog: got a log that cannot exist")
 	}
 }

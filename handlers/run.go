@@ -1,0 +1,182 @@
+package handlers
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/sandbox"
+)
+
+// RunInSandbox runs a command and streams its output as NDJSON, each piece
+// as it is produced, the exit code last. The status line waits for the
+// first output, so a run that cannot start still gets its error status.
+func (a *API) RunInSandbox(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
+	if !checkPathID(w, id) {
+		return
+	}
+	p, ok := decodeBody(w, r, true, func(req api.RunRequest) (sandbox.Process, error) { return processFromRequest(req, "") })
+	if !ok {
+		return
+	}
+	m := a.manager(w, r)
+	if m == nil {
+		return
+	}
+	ctx, cancel := a.streamContext(r)
+	defer cancel()
+	rc := http.NewResponseController(w)
+	started := false
+	start := func() {
+		if !started {
+			started = true
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			w.WriteHeader(http.StatusOK)
+		}
+	}
+	var enc outputEncoder
+	var cut cutStreams
+	began := time.Now()
+	code, err := m.Run(ctx, id, p, func(o sandbox.Output) error {
+		if cut.note(o) {
+			return nil
+		}
+		start()
+		if _, err := w.Write(enc.data(o.Stream, o.Data, true)); err != nil {
+			return err
+		}
+		return rc.Flush()
+	})
+	if err != nil && !started && ctx.Err() == nil {
+		writeSandboxErr(w, err)
+		return
+	}
+	a.logRun(r, id, code, err, began, &cut)
+	start()
+	_, _ = w.Write(enc.exit(code, &cut, true))
+}
+
+// logRun logs how a run or exec ended: its exit code, how long it took,
+// the streams that were cut, and the error that ended it early.
+func (a *API) logRun(r *http.Request, id string, code int, err error, began time.Time, cut *cutStreams) {
+	log := a.log(r).With("sandbox", id, "exit_code", code, "took", time.Since(began))
+	if len(cut.why) > 0 {
+		log = log.With("truncated", strings.Join(cut.why, "; "))
+	}
+	if err != nil {
+		log.Info("run ended early", "err", err)
+		return
+	}
+	log.Info("run ended")
+}
+
+// RunInSandboxWebSocket runs a command over a WebSocket: the client's first
+// message is the run request, then every output message is one text
+// message. The client closing the socket kills the command.
+func (a *API) RunInSandboxWebSocket(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
+	var req api.RunRequest
+	a.serveWorkload(w, r, id, "a run", &req, func(ctx context.Context, m Sandboxes, c *websocket.Conn) {
+		p, err := processFromRequest(req, "")
+		if err != nil {
+			closeWith(c, http.StatusBadRequest, err.Error())
+			return
+		}
+		ctx = c.CloseRead(ctx) // a client that closes, or sends more, ends the run
+		a.streamWorkload(ctx, ctx, c, r, id, func(out func(sandbox.Output) error) (int, error) {
+			return m.Run(ctx, id, p, out)
+		})
+	})
+}
+
+// processFromRequest checks a run request against the contract and makes
+// it a process. prefix is put before the fields' names in errors ("init."
+// for an exec's).
+func processFromRequest(req api.RunRequest, prefix string) (sandbox.Process, error) {
+	p := sandbox.Process{
+		Cmd:        req.Cmd,
+		Env:        deref(req.Env),
+		WorkingDir: deref(req.WorkingDir),
+		User:       deref(req.User),
+		TTY:        deref(req.Tty),
+	}
+	if err := checkCmd(prefix+"cmd", p.Cmd, true); err != nil {
+		return p, err
+	}
+	if err := checkEnv(prefix+"env", p.Env); err != nil {
+		return p, err
+	}
+	if err := dirRule.check(fieldName(prefix+"working_dir"), p.WorkingDir); err != nil {
+		return p, err
+	}
+	if err := userRule.check(fieldName(prefix+"user"), p.User); err != nil {
+		return p, err
+	}
+	timeout, err := checkSeconds(fieldName(prefix+"timeout_seconds"), deref(req.TimeoutSeconds), maxRunTimeoutSeconds, "7 days")
+	p.Timeout = timeout
+	return p, err
+}
+
+// cutStreams remembers the streams that were cut (sandbox.Output's
+// Truncated notices), and why, for the exit message.
+type cutStreams struct {
+	streams []string
+	why     []string
+}
+
+// note records o when it says its stream was cut, and reports whether o
+// is only that notice, with no data to send.
+func (c *cutStreams) note(o sandbox.Output) bool {
+	if o.Truncated == "" {
+		return false
+	}
+	if !slices.Contains(c.streams, o.Stream) {
+		c.streams = append(c.streams, o.Stream)
+		c.why = append(c.why, o.Stream+" was cut: "+o.Truncated)
+	}
+	return len(o.Data) == 0
+}
+
+// outputEncoder writes OutputMessages as JSON into a buffer it reuses, so
+// streaming a gigabyte allocates nothing per chunk.
+type outputEncoder struct{ buf []byte }
+
+func (e *outputEncoder) data(stream string, p []byte, newline bool) []byte {
+	e.buf = append(e.buf[:0], `{"stream":"`...)
+	e.buf = append(e.buf, stream...) // stdout or stderr: nothing to escape
+	e.buf = append(e.buf, `","data":"`...)
+	e.buf = base64.StdEncoding.AppendEncode(e.buf, p)
+	e.buf = append(e.buf, `"}`...)
+	if newline {
+		e.buf = append(e.buf, '\n')
+	}
+	return e.buf
+}
+
+// exit writes the exit message, which names the streams that were cut.
+func (e *outputEncoder) exit(code int, cut *cutStreams, newline bool) []byte {
+	e.buf = append(e.buf[:0], `{"stream":"exit","exit_code":`...)
+	e.buf = strconv.AppendInt(e.buf, int64(code), 10)
+	e.buf = append(e.buf, `,"done":true`...)
+	if len(cut.streams) > 0 {
+		streams, _ := json.Marshal(cut.streams)
+		message, _ := json.Marshal(strings.Join(cut.why, "; "))
+		e.buf = append(e.buf, `,"truncated":`...)
+		e.buf = append(e.buf, streams...)
+		e.buf = append(e.buf, `,"message":`...)
+		e.buf = append(e.buf, message...)
+	}
+	e.buf = append(e.buf, '}')
+	if newline {
+		e.buf = append(e.buf, '\n')
+	}
+	return e.buf
+}

@@ -1,0 +1,103 @@
+package handlers
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/sandbox"
+)
+
+// A WebSocket that fails after the upgrade closes with 4000 + the HTTP
+// status the same failure would have had (4400, 4404, 4409, 4503), and
+// the message as the close reason.
+const wsStatusBase = 4000
+
+// serveWorkload answers a run or exec WebSocket up to its first message:
+// the sandbox's checks (acceptWorkload), the upgrade, and the first
+// message decoded into first (a 4400 close naming what is wrong with it).
+// Then serve runs with the request's stream context; the socket is closed
+// when it returns.
+func (a *API) serveWorkload(w http.ResponseWriter, r *http.Request, id, what string, first any, serve func(ctx context.Context, m Sandboxes, c *websocket.Conn)) {
+	if !checkPathID(w, id) {
+		return
+	}
+	m := a.manager(w, r)
+	if m == nil {
+		return
+	}
+	c := acceptWorkload(w, r, m, id, what)
+	if c == nil {
+		return
+	}
+	defer func() { _ = c.CloseNow() }()
+	ctx, cancel := a.streamContext(r)
+	defer cancel()
+	_, msg, err := c.Read(ctx)
+	if err != nil {
+		return
+	}
+	if err := httpapi.DecodeJSONBytes(msg, first); err != nil {
+		closeWith(c, http.StatusBadRequest, "first message: "+err.Error())
+		return
+	}
+	serve(ctx, m, c)
+}
+
+// acceptWorkload answers what can be known before the upgrade with a plain
+// status (an unknown sandbox 404, one that is not ready 409), then upgrades
+// to a WebSocket (a request that is no handshake is a 426); nil when it
+// has answered instead.
+func acceptWorkload(w http.ResponseWriter, r *http.Request, m Sandboxes, id, what string) *websocket.Conn {
+	info, err := m.Get(id)
+	if err != nil {
+		writeSandboxErr(w, err)
+		return nil
+	}
+	if info.State != sandbox.StateReady {
+		httpapi.WriteError(w, http.StatusConflict, fmt.Sprintf("sandbox %q is %s; %s needs it ready", id, info.State, what))
+		return nil
+	}
+	return httpapi.AcceptWebSocket(w, r)
+}
+
+// streamWorkload runs a workload (run or exec) whose output goes to c as
+// one message a piece, then the exit message and a normal close. A failure
+// before any output, not caused by runCtx ending, closes with 4000 + its
+// status instead. Writes use ctx.
+func (a *API) streamWorkload(ctx, runCtx context.Context, c *websocket.Conn, r *http.Request, id string, start func(out func(sandbox.Output) error) (int, error)) {
+	var enc outputEncoder
+	var cut cutStreams
+	started := false
+	began := time.Now()
+	code, err := start(func(o sandbox.Output) error {
+		if cut.note(o) {
+			return nil
+		}
+		started = true
+		return c.Write(ctx, websocket.MessageText, enc.data(o.Stream, o.Data, false))
+	})
+	if err != nil && !started && runCtx.Err() == nil {
+		closeWith(c, sandboxStatus(err), err.Error())
+		return
+	}
+	a.logRun(r, id, code, err, began, &cut)
+	if err := c.Write(ctx, websocket.MessageText, enc.exit(code, &cut, false)); err != nil {
+		return
+	}
+	_ = c.Close(websocket.StatusNormalClosure, "")
+}
+
+// closeWith closes a WebSocket with 4000 + status and as much of message
+// as a close frame holds.
+func closeWith(c *websocket.Conn, status int, message string) {
+	const maxReason = 123 // a close frame's payload is 125 bytes, 2 of them the code
+	if len(message) > maxReason {
+		message = message[:maxReason-3] + "..."
+	}
+	_ = c.Close(websocket.StatusCode(wsStatusBase+status), message)
+}
