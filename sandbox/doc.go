@@ -3,21 +3,50 @@
 // such as AI-written code.
 //
 // A Manager owns the sandboxes: their states and transitions, the event bus,
-// TTL timers, the on-disk records that let a restarted agent re-adopt them,
-// and the metrics. What touches the machine (the OCI runtime, mounts, image
-// pulls) sits behind the small backend interface, whose real implementation
-// is the OCI backend in oci_linux.go.
+// TTL timers, the bridge address pool, the on-disk records that let a
+// restarted agent re-adopt them, and the metrics. What touches the machine
+// (the OCI runtime, mounts, image pulls, network setup) sits behind the
+// Backend interface, whose real implementation is package sandbox/oci's;
+// cmd/arcbox-agent builds it and hands it to NewManager.
+//
+// The Manager's files follow a sandbox's life: manager.go (the Manager,
+// its Config, Close), create.go (Create, the start, the init's watch),
+// run.go (Run and Exec) and output.go (the output pump), snapshot.go
+// (Checkpoint, Restore), stop.go (Stop, Remove, the TTL), adopt.go
+// (re-adoption after a restart), record.go (the records), state.go (state
+// changes and their events), query.go (Get, List), address.go and idmap.go
+// (the address and user id ranges it hands out).
+//
+// # Locks
+//
+// Three mutexes guard a sandbox, always taken in this order:
+//
+//	sb.opMu       one lifecycle operation at a time (start, stop, remove,
+//	              checkpoint, the init's watch); held across Backend calls
+//	sb.persistMu  orders the record writes, and a write with the removal
+//	              of the sandbox's directory
+//	m.mu          the Manager's maps and every sandbox's fields; held only
+//	              briefly, never across a Backend call or a record write
+//
+// so m.mu is taken last, and a function that needs it held is named
+// ...Locked. The one exception is admit, which takes the opMu of a sandbox
+// it is making while holding m.mu: nothing else can hold that opMu yet,
+// since the sandbox is found only through m.boxes. m.idleMu (OnIdle's timer)
+// and the bus's lock are leaves: nothing is taken while they are held.
 //
 // On disk, under Config.StateDir:
 //
 //	sandboxes/<id>/record        the sandbox's record (spec, state, times, last
 //	                             exit), two slots written in turn (recordStore)
+//	snapshots/<id>/snapshot.json a checkpoint's record (the sandbox's spec, name, labels)
+//
+// and, written by the OCI backend (package sandbox/oci):
+//
 //	sandboxes/<id>/config.json   the OCI bundle's spec
 //	sandboxes/<id>/rootfs        the overlayfs root (lower: the image or rootfs dir)
 //	sandboxes/<id>/init.sock     the socket through which the init starts processes
 //	sandboxes/<id>/layer/        the writable layer: the overlay's upper and work
 //	                             directories (a btrfs subvolume when StateDir is on btrfs)
-//	snapshots/<id>/snapshot.json a checkpoint's record (the sandbox's spec, name, labels)
 //	snapshots/<id>/layer/        its copy of the layer (a read-only btrfs snapshot, or a copy)
 //	snapshots/<id>/backend.json  the lower layer and image config the layer goes over
 //	images/<digest>/             unpacked image root filesystems, by manifest digest

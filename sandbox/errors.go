@@ -33,7 +33,3 @@ var (
 	// ErrManagerClosed: the manager was closed (agent shutdown).
 	ErrManagerClosed = errors.New("sandbox manager closed")
 )
-
-// errNotRegular: a file the agent reads from a sandbox's root is not a
-// regular file (a workload may have made it a FIFO, a device, anything).
-var errNotRegular = errors.New("not a regular file")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"os"
 	"slices"
 	"sort"
@@ -15,7 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// fakeBackend is a backend without containers. Its processes are scripted
+// fakeBackend is a Backend without containers. Its processes are scripted
 // by their Cmd[0]:
 //
 //	echo ARGS...        prints ARGS to stdout, exits 0
@@ -42,37 +43,37 @@ type fakeBackend struct {
 	stops       []string
 	destroys    []string
 	killed      []string // KillWorkloads calls
-	execs       []*fakeExec
+	procs       []*fakeProcess
 	startedFrom map[string]string // Start's from, by id
 	idmaps      map[string]IDMap  // Start's idmap, by id
 	// checkpointErr fails Checkpoint; checkpointGate, when set, holds it
 	// until closed.
 	checkpointErr  error
 	checkpointGate chan struct{}
-	addrs          map[string]string // held addresses, by id
 	burstGate      chan struct{}
 }
 
-var _ backend = (*fakeBackend)(nil)
+var _ Backend = (*fakeBackend)(nil)
 
 func newFakeBackend() *fakeBackend {
-	return &fakeBackend{alive: map[string]bool{}, boxes: map[string]chan struct{}{}, startedFrom: map[string]string{}, idmaps: map[string]IDMap{}, addrs: map[string]string{}}
+	return &fakeBackend{alive: map[string]bool{}, boxes: map[string]chan struct{}{}, startedFrom: map[string]string{}, idmaps: map[string]IDMap{}}
 }
 
 func (f *fakeBackend) Validate(s Spec) error {
 	if s.Kernel != "" {
-		return invalidField("kernel", "not supported by the container backend")
+		return InvalidField("kernel", "not supported by the container backend")
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.validateErr
 }
 
-func (f *fakeBackend) Start(ctx context.Context, id string, s Spec, idmap IDMap, from string) (<-chan struct{}, error) {
+func (f *fakeBackend) Start(ctx context.Context, r StartRequest) (<-chan struct{}, error) {
+	id := r.ID
 	f.mu.Lock()
-	f.idmaps[id] = idmap
+	f.idmaps[id] = r.IDMap
 	gate, err := f.startGate, f.startErr
-	f.startedFrom[id] = from
+	f.startedFrom[id] = r.From
 	f.mu.Unlock()
 	if gate != nil {
 		select {
@@ -137,7 +138,6 @@ func (f *fakeBackend) Destroy(ctx context.Context, id string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.destroys = append(f.destroys, id)
-	delete(f.addrs, id)
 	return nil
 }
 
@@ -165,72 +165,30 @@ func (f *fakeBackend) Checkpoint(ctx context.Context, id, dir string) error {
 	return os.WriteFile(dir+"/layer/from", []byte(id), 0o600)
 }
 
-// Address hands out 10.9.0.2 and up to bridged sandboxes, lowest free first.
-func (f *fakeBackend) Address(id string, s Spec) (string, string, error) {
-	if s.NetworkMode != NetworkBridge {
-		return "", "", nil
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if a, ok := f.addrs[id]; ok {
-		return a, "10.9.0.1", nil
-	}
-	held := map[string]bool{}
-	for _, a := range f.addrs {
-		held[a] = true
-	}
-	for i := 2; i < 255; i++ {
-		a := fmt.Sprintf("10.9.0.%d", i)
-		if !held[a] {
-			f.addrs[id] = a
-			return a, "10.9.0.1", nil
-		}
-	}
-	return "", "", fmt.Errorf("no free address in 10.9.0.0/24: %w", ErrConflict)
-}
-
-func (f *fakeBackend) ReserveAddress(id, addr string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for other, a := range f.addrs {
-		if a == addr && other != id {
-			return fmt.Errorf("%s is held by %s", addr, other)
-		}
-	}
-	f.addrs[id] = addr
-	return nil
-}
-
-func (f *fakeBackend) ReleaseAddress(id string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	delete(f.addrs, id)
-}
-
 func (f *fakeBackend) DeleteSnapshot(ctx context.Context, dir string) error {
 	return os.RemoveAll(dir)
 }
 
 func (f *fakeBackend) CheckProcess(p Process) error { return nil }
 
-func (f *fakeBackend) Exec(ctx context.Context, id string, s Spec, p Process, eio ExecIO) (execution, error) {
+func (f *fakeBackend) StartProcess(ctx context.Context, id string, s Spec, p Process, stdio ExecIO) (RunningProcess, error) {
 	if p.Cmd[0] == "nope" {
 		return nil, fmt.Errorf("exec: %q: executable file not found", p.Cmd[0])
 	}
-	e, err := newFakeExec(p)
+	e, err := newFakeProcess(p)
 	if err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
-	f.execs = append(f.execs, e)
+	f.procs = append(f.procs, e)
 	e.gate = f.burstGate
 	f.mu.Unlock()
 	go e.run(p)
 	return e, nil
 }
 
-// fakeExec is a scripted process writing into real pipes.
-type fakeExec struct {
+// fakeProcess is a scripted process writing into real pipes.
+type fakeProcess struct {
 	stdoutR, stdoutW *os.File
 	stderrR, stderrW *os.File
 	sigs             chan unix.Signal
@@ -242,8 +200,8 @@ type fakeExec struct {
 	received []unix.Signal
 }
 
-func newFakeExec(p Process) (*fakeExec, error) {
-	e := &fakeExec{sigs: make(chan unix.Signal, 8), done: make(chan struct{})}
+func newFakeProcess(p Process) (*fakeProcess, error) {
+	e := &fakeProcess{sigs: make(chan unix.Signal, 8), done: make(chan struct{})}
 	var err error
 	if e.stdoutR, e.stdoutW, err = os.Pipe(); err != nil {
 		return nil, err
@@ -254,7 +212,7 @@ func newFakeExec(p Process) (*fakeExec, error) {
 	return e, nil
 }
 
-func (e *fakeExec) run(p Process) {
+func (e *fakeProcess) run(p Process) {
 	defer close(e.done)
 	if p.Cmd[0] == "holder" || p.Cmd[0] == "silent" {
 		fmt.Fprint(e.stdoutW, "x")
@@ -331,9 +289,9 @@ func floodPattern(n int) []byte {
 	return b
 }
 
-func (e *fakeExec) Stdout() *os.File { return e.stdoutR }
-func (e *fakeExec) Stderr() *os.File { return e.stderrR }
-func (e *fakeExec) Signal(sig unix.Signal, tree bool) error {
+func (e *fakeProcess) Stdout() *os.File { return e.stdoutR }
+func (e *fakeProcess) Stderr() *os.File { return e.stderrR }
+func (e *fakeProcess) Signal(sig unix.Signal, tree bool) error {
 	e.mu.Lock()
 	e.received = append(e.received, sig)
 	e.mu.Unlock()
@@ -343,19 +301,19 @@ func (e *fakeExec) Signal(sig unix.Signal, tree bool) error {
 	}
 	return nil
 }
-func (e *fakeExec) Resize(w, h uint16) error { return errors.New("no terminal") }
-func (e *fakeExec) Wait() (int, error) {
+func (e *fakeProcess) Resize(w, h uint16) error { return errors.New("no terminal") }
+func (e *fakeProcess) Wait() (int, error) {
 	<-e.done
 	return e.code, nil
 }
-func (e *fakeExec) Close() error {
+func (e *fakeProcess) Close() error {
 	e.stdoutW.Close() // a holder's end
 	e.stdoutR.Close()
 	e.stderrR.Close()
 	return nil
 }
 
-func (e *fakeExec) signals() []unix.Signal {
+func (e *fakeProcess) signals() []unix.Signal {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return slices.Clone(e.received)
@@ -430,28 +388,15 @@ func (c *fakeClock) Advance(d time.Duration) {
 	}
 }
 
-// waitFor polls cond until it holds, failing the test after a deadline.
-// The fakes act in goroutines: this waits on the condition, not a time.
-func waitFor(t testing.TB, what string, cond func() bool) {
+// process returns the i-th process started, waiting for it to be started.
+func (f *fakeBackend) process(t testing.TB, i int) *fakeProcess {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute) // bounds a hang only
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// exec returns the i-th process started, waiting for it to be started.
-func (f *fakeBackend) exec(t testing.TB, i int) *fakeExec {
-	t.Helper()
-	var e *fakeExec
-	waitFor(t, "a process to start", func() bool {
+	var e *fakeProcess
+	sandboxtest.WaitFor(t, "a process to start", func() bool {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		if len(f.execs) > i {
-			e = f.execs[i]
+		if len(f.procs) > i {
+			e = f.procs[i]
 			return true
 		}
 		return false

@@ -1,34 +1,20 @@
 package sandbox
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"hash/fnv"
-	"path/filepath"
 )
 
-// defaultCgroupParent is the sandboxes' parent cgroup of the agent whose
-// state dir is stateDir: one per agent instance.
-func defaultCgroupParent(stateDir string) string {
-	abs, err := filepath.Abs(stateDir)
-	if err != nil {
-		abs = stateDir
-	}
-	sum := sha256.Sum256([]byte(abs))
-	return "arcbox-" + hex.EncodeToString(sum[:4])
-}
-
-// idRangeSize is how many ids a sandbox's user namespace maps: 0 to 65535,
+// IDRangeSize is how many ids a sandbox's user namespace maps: 0 to 65535,
 // every id an image's files and users use.
-const idRangeSize = 1 << 16
+const IDRangeSize = 1 << 16
 
 // The host ids sandboxes' user namespaces map: idSlots ranges of
-// idRangeSize ids each, from idPoolStart (2^30) up to 2^31, far above the
+// IDRangeSize ids each, from idPoolStart (2^30) up to 2^31, far above the
 // ids of the guest's users and of /etc/subuid's customary ranges.
 const (
 	idPoolStart = 1 << 30
-	idSlots     = (1 << 30) / idRangeSize
+	idSlots     = (1 << 30) / IDRangeSize
 )
 
 // allocIDMapLocked gives a new sandbox a range no other sandbox of this
@@ -52,9 +38,9 @@ func (m *Manager) allocIDMapLocked() (IDMap, error) {
 	}
 	for range idSlots {
 		m.idSlot = (m.idSlot + 1) % idSlots
-		host := uint32(idPoolStart + m.idSlot*idRangeSize)
+		host := uint32(idPoolStart + m.idSlot*IDRangeSize)
 		if !used[host] {
-			return IDMap{HostID: host, Size: idRangeSize}, nil
+			return IDMap{HostID: host, Size: IDRangeSize}, nil
 		}
 	}
 	return IDMap{}, fmt.Errorf("every one of the %d user namespace id ranges is held by a sandbox: %w", idSlots, ErrBusy)

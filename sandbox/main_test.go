@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -10,34 +9,12 @@ import (
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
 
-// Set by TestMain for the privileged tests, inside RunIsolated's namespaces.
-var (
-	testInitPath     string // a static build of the sandbox init
-	testRootfs       string // a busybox root filesystem
-	testCgroupParent = fmt.Sprintf("arcbox-test-%d", os.Getpid())
-	testSetupErr     error // why the privileged setup failed
-)
-
+// TestMain runs the tests in their own mount namespace (as root), where
+// TestRecordFullStateDir mounts its small tmpfs.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == initArg {
-		InitMain()
-	}
 	if slices.ContainsFunc(os.Args, func(a string) bool { return strings.HasPrefix(a, "-test.fuzzworker") }) {
-		// A fuzzing worker runs fuzz targets only, which need neither
-		// root nor the init and root filesystem the setup builds.
+		// A fuzzing worker runs fuzz targets only.
 		os.Exit(m.Run())
-	}
-	if os.Getenv("ARCBOX_TEST_ISOLATED") == "1" && os.Geteuid() == 0 {
-		dir, err := os.MkdirTemp("", "sandbox-test-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		testSetupErr = privilegedSetup(dir)
-		code := testenv.RunIsolated(m)
-		removeTestCgroups(testCgroupParent)
-		os.RemoveAll(dir)
-		os.Exit(code)
 	}
 	os.Exit(testenv.RunIsolated(m))
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,18 +25,18 @@ import (
 
 // harness is a Manager over the fake backend and clock.
 type harness struct {
-	t      *testing.T
-	m      *Manager
-	be     *fakeBackend
-	clock  *fakeClock
-	reg    *prometheus.Registry
-	dir    string
-	events *Subscription
+	t       *testing.T
+	m       *Manager
+	backend *fakeBackend
+	clock   *fakeClock
+	reg     *prometheus.Registry
+	dir     string
+	events  *Subscription
 }
 
 func newHarness(t *testing.T, tweak ...func(*Config)) *harness {
 	t.Helper()
-	h := &harness{t: t, be: newFakeBackend(), clock: newFakeClock(), dir: t.TempDir()}
+	h := &harness{t: t, backend: newFakeBackend(), clock: newFakeClock(), dir: t.TempDir()}
 	h.start(tweak...)
 	return h
 }
@@ -43,11 +45,12 @@ func newHarness(t *testing.T, tweak ...func(*Config)) *harness {
 func (h *harness) start(tweak ...func(*Config)) {
 	h.t.Helper()
 	h.reg = prometheus.NewRegistry()
-	cfg := Config{StateDir: h.dir, Registerer: h.reg, Now: h.clock.Now}
+	// The fake's bridge: 10.9.0.1, and addresses from 10.9.0.2.
+	cfg := Config{StateDir: h.dir, Registerer: h.reg, Now: h.clock.Now, BridgeCIDR: netip.MustParsePrefix("10.9.0.0/24")}
 	for _, f := range tweak {
 		f(&cfg)
 	}
-	m, err := newManager(context.Background(), cfg, h.be, h.clock.AfterFunc)
+	m, err := newManager(context.Background(), cfg, h.backend, h.clock.AfterFunc)
 	if err != nil {
 		h.t.Fatalf("newManager: %v", err)
 	}
@@ -144,7 +147,7 @@ func TestCreateReadyAndInfo(t *testing.T) {
 		got.LastExitCode != nil || !got.LastExitedAt.IsZero() || got.Error != "" {
 		t.Errorf("Get = %+v, want %+v", got, want)
 	}
-	if sec := got.Security; !sec.UserNamespace || sec.IDMap.HostID < idPoolStart || sec.IDMap.Size != idRangeSize ||
+	if sec := got.Security; !sec.UserNamespace || sec.IDMap.HostID < idPoolStart || sec.IDMap.Size != IDRangeSize ||
 		!sec.NoNewPrivileges || !sec.Seccomp || len(sec.Capabilities) == 0 {
 		t.Errorf("Security = %+v", sec)
 	}
@@ -165,17 +168,17 @@ func TestIDMapRanges(t *testing.T) {
 			t.Fatalf("%s and %s share the range at %d", id, other, host)
 		}
 		seen[host] = id
-		h.be.mu.Lock()
-		given := h.be.idmaps[id]
-		h.be.mu.Unlock()
+		h.backend.mu.Lock()
+		given := h.backend.idmaps[id]
+		h.backend.mu.Unlock()
 		if given != info.Security.IDMap {
 			t.Errorf("%s: backend got %+v, Info says %+v", id, given, info.Security.IDMap)
 		}
 	}
 	hu := h.createReady(Spec{ID: "hu", Security: Security{HostUsers: true}})
-	h.be.mu.Lock()
-	given := h.be.idmaps["hu"]
-	h.be.mu.Unlock()
+	h.backend.mu.Lock()
+	given := h.backend.idmaps["hu"]
+	h.backend.mu.Unlock()
 	if hu.Security.UserNamespace || given != (IDMap{}) {
 		t.Errorf("host users: %+v, backend got %+v", hu.Security, given)
 	}
@@ -338,7 +341,7 @@ func TestRunOutputOfAnExitedProcessIsNeverDropped(t *testing.T) {
 	h.createReady(Spec{ID: "late"})
 	const n = 48 << 10 // fits in a pipe: the process exits at once
 	gate := make(chan struct{})
-	h.be.burstGate = gate
+	h.backend.burstGate = gate
 	var c collect
 	var first atomic.Bool
 	out := func(o Output) error {
@@ -420,7 +423,7 @@ func TestRunConflict(t *testing.T) {
 	if err := h.m.Remove(context.Background(), "c", false); !errors.Is(err, ErrConflict) {
 		t.Fatalf("Remove running without force: %v, want ErrConflict", err)
 	}
-	if err := h.be.exec(t, 0).Signal(unix.SIGTERM, false); err != nil {
+	if err := h.backend.process(t, 0).Signal(unix.SIGTERM, false); err != nil {
 		t.Fatal(err)
 	}
 	if code := <-done; code != 143 {
@@ -500,12 +503,12 @@ func TestRunTimeout(t *testing.T) {
 		done <- err
 	}()
 	h.expect("t", ActionRunning)
-	waitFor(t, "the timeout timer", func() bool { return h.clock.pending() > 0 })
+	sandboxtest.WaitFor(t, "the timeout timer", func() bool { return h.clock.pending() > 0 })
 	h.clock.Advance(5 * time.Second)
 	if err := <-done; err != nil || code != ExitKilled {
 		t.Fatalf("Run past timeout = %d, %v; want 137, nil", code, err)
 	}
-	sigs := h.be.exec(t, 0).signals()
+	sigs := h.backend.process(t, 0).signals()
 	if len(sigs) == 0 || sigs[0] != unix.SIGKILL {
 		t.Errorf("signals %v, want SIGKILL", sigs)
 	}
@@ -529,9 +532,9 @@ func TestStopTermThenKill(t *testing.T) {
 		stopDone <- info
 	}()
 	h.expect("s", ActionStopping)
-	e := h.be.exec(t, 0)
-	waitFor(t, "SIGTERM", func() bool { return len(e.signals()) > 0 })
-	waitFor(t, "the grace timer", func() bool { return h.clock.pending() > 0 })
+	e := h.backend.process(t, 0)
+	sandboxtest.WaitFor(t, "SIGTERM", func() bool { return len(e.signals()) > 0 })
+	sandboxtest.WaitFor(t, "the grace timer", func() bool { return h.clock.pending() > 0 })
 	h.clock.Advance(3 * time.Second)
 	if code := <-runDone; code != 137 {
 		t.Errorf("workload exit %d, want 137", code)
@@ -568,9 +571,9 @@ func TestRemove(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(h.dir, "sandboxes", "x")); !os.IsNotExist(err) {
 		t.Errorf("sandbox dir after remove: %v", err)
 	}
-	h.be.mu.Lock()
-	destroyed := strings.Join(h.be.destroys, ",")
-	h.be.mu.Unlock()
+	h.backend.mu.Lock()
+	destroyed := strings.Join(h.backend.destroys, ",")
+	h.backend.mu.Unlock()
 	if destroyed != "x" {
 		t.Errorf("destroyed %q, want x", destroyed)
 	}
@@ -580,9 +583,9 @@ func TestRemove(t *testing.T) {
 		t.Fatalf("Remove ready: %v", err)
 	}
 	gate := make(chan struct{})
-	h.be.mu.Lock()
-	h.be.startGate = gate
-	h.be.mu.Unlock()
+	h.backend.mu.Lock()
+	h.backend.startGate = gate
+	h.backend.mu.Unlock()
 	h.create(Spec{ID: "z"})
 	if err := h.m.Remove(context.Background(), "z", false); err != nil {
 		t.Fatalf("Remove starting: %v", err)
@@ -682,9 +685,9 @@ func TestSlowSubscriberCutOff(t *testing.T) {
 
 func TestStartFailureAndInitDeath(t *testing.T) {
 	h := newHarness(t)
-	h.be.mu.Lock()
-	h.be.startErr = errors.New("runc run: exit status 1: oci runtime error")
-	h.be.mu.Unlock()
+	h.backend.mu.Lock()
+	h.backend.startErr = errors.New("runc run: exit status 1: oci runtime error")
+	h.backend.mu.Unlock()
 	h.create(Spec{ID: "bad"})
 	evs := h.expect("bad", ActionFailed)
 	if e := evs[0].Attributes["error"]; !strings.Contains(e, "oci runtime error") || strings.Contains(e, "shut down") {
@@ -694,11 +697,11 @@ func TestStartFailureAndInitDeath(t *testing.T) {
 	if info.State != StateFailed || !strings.Contains(info.Error, "oci runtime error") {
 		t.Errorf("Get = %+v", info)
 	}
-	h.be.mu.Lock()
-	h.be.startErr = nil
-	h.be.mu.Unlock()
+	h.backend.mu.Lock()
+	h.backend.startErr = nil
+	h.backend.mu.Unlock()
 	h.createReady(Spec{ID: "dies"})
-	h.be.killInit("dies")
+	h.backend.killInit("dies")
 	evs = h.expect("dies", ActionFailed)
 	if !strings.Contains(evs[0].Attributes["error"], "init exited") {
 		t.Errorf("failed event: %v", evs[0].Attributes)
@@ -733,7 +736,7 @@ func TestReadopt(t *testing.T) {
 	}
 	go func() { _, _ = h.m.Run(context.Background(), "busy", Process{Cmd: []string{"block"}}, nil) }()
 	h.expect("busy", ActionRunning)
-	waitFor(t, "the running record", func() bool {
+	sandboxtest.WaitFor(t, "the running record", func() bool {
 		rec, _, err := readRecord(filepath.Join(h.dir, "sandboxes", "busy"))
 		return err == nil && rec.State == StateRunning
 	})
@@ -753,9 +756,9 @@ func TestReadopt(t *testing.T) {
 	if err := h.m.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	h.be.killInit("dead")
+	h.backend.killInit("dead")
 
-	h2 := &harness{t: t, be: h.be, clock: h.clock, dir: crash}
+	h2 := &harness{t: t, backend: h.backend, clock: h.clock, dir: crash}
 	h2.start()
 	want := map[string]State{"alive": StateReady, "dead": StateFailed, "busy": StateReady, "done": StateStopped, "half": StateFailed}
 	for id, st := range want {
@@ -770,9 +773,9 @@ func TestReadopt(t *testing.T) {
 	if busy.LastExitCode == nil || *busy.LastExitCode != ExitLost || !strings.Contains(busy.Error, "lost") {
 		t.Errorf("busy: %+v, want the run recorded as lost", busy)
 	}
-	h.be.mu.Lock()
-	killed := strings.Join(h.be.killed, ",")
-	h.be.mu.Unlock()
+	h.backend.mu.Lock()
+	killed := strings.Join(h.backend.killed, ",")
+	h.backend.mu.Unlock()
 	if killed != "busy" {
 		t.Errorf("KillWorkloads on %q, want busy", killed)
 	}
@@ -891,89 +894,5 @@ func TestMetricsPromtool(t *testing.T) {
 	cmd.Stdin = &text
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("promtool check metrics: %v\n%s\n%s", err, out, text.String())
-	}
-}
-
-func TestResolveUser(t *testing.T) {
-	files := map[string]string{
-		"/etc/passwd": "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n# comment\nbad:line\n",
-		"/etc/group":  "root:x:0:\nalice:x:1000:\nstaff:x:50:alice,bob\nwheel:x:10:alice\n",
-	}
-	read := func(name string) ([]byte, error) {
-		if s, ok := files[name]; ok {
-			return []byte(s), nil
-		}
-		return nil, os.ErrNotExist
-	}
-	cases := []struct {
-		spec string
-		want execUser
-		err  bool
-	}{
-		{"", execUser{Home: "/root"}, false},
-		{"0", execUser{Home: "/root"}, false},
-		{"alice", execUser{UID: 1000, GID: 1000, AdditionalGIDs: []uint32{50, 10}, Home: "/home/alice"}, false},
-		{"alice:staff", execUser{UID: 1000, GID: 50, AdditionalGIDs: []uint32{10}, Home: "/home/alice"}, false},
-		{"1234", execUser{UID: 1234, Home: "/"}, false},
-		{"1234:99", execUser{UID: 1234, GID: 99, Home: "/"}, false},
-		{"1000:7", execUser{UID: 1000, GID: 7, AdditionalGIDs: []uint32{50, 10}, Home: "/home/alice"}, false},
-		{"mallory", execUser{}, true},
-		{"alice:nogroup", execUser{}, true},
-	}
-	for _, c := range cases {
-		got, err := resolveUser("user", c.spec, read)
-		if c.err {
-			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `field "user"`) {
-				t.Errorf("resolveUser(%q) err = %v, want ErrInvalid naming user", c.spec, err)
-			}
-			continue
-		}
-		if err != nil || got.UID != c.want.UID || got.GID != c.want.GID || got.Home != c.want.Home ||
-			len(got.AdditionalGIDs) != len(c.want.AdditionalGIDs) {
-			t.Errorf("resolveUser(%q) = %+v, %v; want %+v", c.spec, got, err, c.want)
-			continue
-		}
-		for i := range got.AdditionalGIDs {
-			if got.AdditionalGIDs[i] != c.want.AdditionalGIDs[i] {
-				t.Errorf("resolveUser(%q) groups %v, want %v", c.spec, got.AdditionalGIDs, c.want.AdditionalGIDs)
-			}
-		}
-	}
-	// Without /etc/passwd, numeric users still work.
-	none := func(string) ([]byte, error) { return nil, os.ErrNotExist }
-	if u, err := resolveUser("user", "5:6", none); err != nil || u.UID != 5 || u.GID != 6 {
-		t.Errorf("resolveUser without passwd = %+v, %v", u, err)
-	}
-}
-
-func TestProcessEnv(t *testing.T) {
-	got := strings.Join(processEnv([]string{"PATH=/img", "A=img", "B=img"}, map[string]string{"B": "sb", "C": "sb"},
-		map[string]string{"C": "p"}, "/home/x", true), " ")
-	want := "A=img B=sb C=p HOME=/home/x PATH=/img TERM=xterm"
-	if got != want {
-		t.Errorf("processEnv = %q, want %q", got, want)
-	}
-}
-
-func TestEnsureBusyboxRootfs(t *testing.T) {
-	bb := testenv.RequireBinary(t, "busybox")
-	dir := filepath.Join(t.TempDir(), "rootfs", "default")
-	if err := EnsureBusyboxRootfs(dir, bb); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []string{"bin/busybox", "etc/passwd", "etc/group", "tmp", "proc", "sys", "dev"} {
-		if _, err := os.Lstat(filepath.Join(dir, p)); err != nil {
-			t.Errorf("%s: %v", p, err)
-		}
-	}
-	if target, err := os.Readlink(filepath.Join(dir, "bin", "sh")); err != nil || target != "/bin/busybox" {
-		t.Errorf("bin/sh -> %q, %v; want /bin/busybox", target, err)
-	}
-	if err := EnsureBusyboxRootfs(dir, bb); err != nil {
-		t.Errorf("second call: %v", err)
-	}
-	entries, _ := os.ReadDir(filepath.Dir(dir))
-	if len(entries) != 1 {
-		t.Errorf("temporary dirs left: %v", entries)
 	}
 }

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -74,9 +75,9 @@ func TestWorkQueueBounds(t *testing.T) {
 func TestCreateBusy(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.Workers, c.QueueDepth = 1, 1 })
 	gate := make(chan struct{})
-	h.be.mu.Lock()
-	h.be.startGate = gate
-	h.be.mu.Unlock()
+	h.backend.mu.Lock()
+	h.backend.startGate = gate
+	h.backend.mu.Unlock()
 	h.create(Spec{ID: "one"})
 	h.create(Spec{ID: "two"})
 	if _, _, err := h.m.Create(context.Background(), Spec{ID: "three"}); !errors.Is(err, ErrBusy) {
@@ -91,12 +92,12 @@ func TestCreateBusy(t *testing.T) {
 	}
 	close(gate)
 	// Either may take the one worker first.
-	waitFor(t, "both ready", func() bool { return h.state("one") == StateReady && h.state("two") == StateReady })
+	sandboxtest.WaitFor(t, "both ready", func() bool { return h.state("one") == StateReady && h.state("two") == StateReady })
 	info, created, err := h.m.Create(context.Background(), Spec{ID: "three"})
 	if err != nil || !created {
 		t.Fatalf("a create once the queue has room: %+v, %v, %v", info, created, err)
 	}
-	waitFor(t, "three ready", func() bool { return h.state("three") == StateReady })
+	sandboxtest.WaitFor(t, "three ready", func() bool { return h.state("three") == StateReady })
 }
 
 // TestOnIdleAfterABurst: OnIdle is called once work has stopped for
@@ -116,7 +117,7 @@ func TestOnIdleAfterABurst(t *testing.T) {
 	if n := idle.Load(); n != 0 {
 		t.Fatalf("OnIdle called %d times before the manager was quiet", n)
 	}
-	waitFor(t, "OnIdle", func() bool {
+	sandboxtest.WaitFor(t, "OnIdle", func() bool {
 		h.clock.Advance(time.Millisecond)
 		return idle.Load() > 0
 	})

@@ -24,6 +24,10 @@ const (
 	legacyRecordFile = "record.json"
 )
 
+// IsRecordFile reports whether name, in a sandbox's directory, is the
+// Manager's: its record. Backend.Destroy leaves it.
+func IsRecordFile(name string) bool { return name == recordFile || name == legacyRecordFile }
+
 // record is what the agent keeps of a sandbox across restarts, in
 // StateDir/sandboxes/<id>/record (see recordStore).
 type record struct {
@@ -351,58 +355,23 @@ func storageErr(err error) error {
 	return fmt.Errorf("%w: %w", err, ErrUnavailable)
 }
 
-// writeFileAtomic replaces path with data so that a crash, of the agent or
-// of the machine, leaves either the old content or the new, never a mix.
-func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
-	return replaceFile(path, data, perm, true)
-}
-
-// replaceFile writes data to a temporary file and renames it over path;
-// durable fsyncs the file before the rename and the directory after.
-func replaceFile(path string, data []byte, perm fs.FileMode, durable bool) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Chmod(perm); err != nil {
-		return err
-	}
-	if durable {
-		if err = f.Sync(); err != nil {
-			return err
-		}
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	if !durable {
+// persist writes sb's record as it is now. Writes are ordered, so the last
+// state always wins on disk.
+func (m *Manager) persist(sb *sandbox) error {
+	sb.persistMu.Lock()
+	defer sb.persistMu.Unlock()
+	m.mu.Lock()
+	if sb.removed {
+		m.mu.Unlock()
 		return nil
 	}
-	return syncDir(dir)
+	rec := sb.rec.clone()
+	m.mu.Unlock()
+	return sb.store.write(rec)
 }
 
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
+func (m *Manager) persistLogged(sb *sandbox) {
+	if err := m.persist(sb); err != nil {
+		m.log.Error("write sandbox record", "id", sb.id, "err", err)
 	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/arcbox/arcbox-agent/sandbox/internal/atomicfile"
 	"io/fs"
 	"maps"
 	"os"
@@ -113,7 +114,7 @@ func (m *Manager) loadSnapshots(ctx context.Context) error {
 			// The record is written last and removed first: a
 			// checkpoint cut short, or a delete.
 			m.log.Warn("removing a snapshot directory without a record (a checkpoint or delete cut short)", "dir", dir)
-			if err := m.be.DeleteSnapshot(ctx, dir); err != nil {
+			if err := m.backend.DeleteSnapshot(ctx, dir); err != nil {
 				m.log.Error("clear snapshot debris", "dir", dir, "err", err)
 			}
 			continue
@@ -154,15 +155,15 @@ func readSnapshotRecord(dir string) (snapshotRecord, error) {
 // exec can start meanwhile (ErrConflict). Process state is not captured.
 func (m *Manager) Checkpoint(ctx context.Context, id string, req CheckpointRequest) (Snapshot, error) {
 	if n := utf8.RuneCountInString(req.Name); n > maxSnapshotName {
-		return Snapshot{}, invalidField("name", "%d characters long; at most %d", n, maxSnapshotName)
+		return Snapshot{}, InvalidField("name", "%d characters long; at most %d", n, maxSnapshotName)
 	}
 	for k := range req.Labels {
 		if k == "" {
-			return Snapshot{}, invalidField("labels", "empty key")
+			return Snapshot{}, InvalidField("labels", "empty key")
 		}
 	}
 	m.mu.Lock()
-	sb, err := m.lookup(id)
+	sb, err := m.lookupLocked(id)
 	if err == nil {
 		err = m.checkpointableLocked(sb)
 	}
@@ -217,15 +218,15 @@ func (m *Manager) Checkpoint(ctx context.Context, id string, req CheckpointReque
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return Snapshot{}, fmt.Errorf("checkpoint sandbox %q: %w", id, noSpace(err))
 	}
-	err = m.be.Checkpoint(ctx, id, dir)
+	err = m.backend.Checkpoint(ctx, id, dir)
 	if err == nil {
 		var data []byte
 		if data, err = json.MarshalIndent(rec, "", "  "); err == nil {
-			err = writeFileAtomic(filepath.Join(dir, snapshotRecordFile), data, 0o600)
+			err = atomicfile.WriteFile(filepath.Join(dir, snapshotRecordFile), data, 0o600)
 		}
 	}
 	if err != nil {
-		if derr := m.be.DeleteSnapshot(context.WithoutCancel(ctx), dir); derr != nil {
+		if derr := m.backend.DeleteSnapshot(context.WithoutCancel(ctx), dir); derr != nil {
 			m.log.Error("clear a failed checkpoint", "dir", dir, "err", derr)
 		}
 		return Snapshot{}, fmt.Errorf("checkpoint sandbox %q: %w", id, noSpace(err))
@@ -272,15 +273,15 @@ func (m *Manager) Snapshots(f SnapshotFilter) []Snapshot {
 func (m *Manager) GetSnapshot(id string) (Snapshot, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	e, err := m.lookupSnapshot(id)
+	e, err := m.lookupSnapshotLocked(id)
 	if err != nil {
 		return Snapshot{}, err
 	}
 	return e.info(), nil
 }
 
-// lookupSnapshot finds a snapshot; m.mu is held.
-func (m *Manager) lookupSnapshot(id string) (*snapshotEntry, error) {
+// lookupSnapshotLocked finds a snapshot; m.mu is held.
+func (m *Manager) lookupSnapshotLocked(id string) (*snapshotEntry, error) {
 	e, ok := m.snaps[id]
 	if !ok || e.deleting {
 		return nil, fmt.Errorf("snapshot %q: %w", id, ErrNotFound)
@@ -293,7 +294,7 @@ func (m *Manager) lookupSnapshot(id string) (*snapshotEntry, error) {
 // the delete a conflict.
 func (m *Manager) DeleteSnapshot(ctx context.Context, id string) error {
 	m.mu.Lock()
-	e, err := m.lookupSnapshot(id)
+	e, err := m.lookupSnapshotLocked(id)
 	if err != nil {
 		m.mu.Unlock()
 		return err
@@ -312,7 +313,7 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, id string) error {
 		m.mu.Unlock()
 		return fmt.Errorf("delete snapshot %q: %w", id, err)
 	}
-	err = m.be.DeleteSnapshot(ctx, e.dir)
+	err = m.backend.DeleteSnapshot(ctx, e.dir)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.snaps, id)
@@ -367,7 +368,7 @@ func (m *Manager) Restore(ctx context.Context, snapshotID string, req RestoreReq
 		}
 	}
 	m.mu.Lock()
-	e, err := m.lookupSnapshot(snapshotID)
+	e, err := m.lookupSnapshotLocked(snapshotID)
 	if err != nil {
 		m.mu.Unlock()
 		return Info{}, err
@@ -387,7 +388,7 @@ func (m *Manager) Restore(ctx context.Context, snapshotID string, req RestoreReq
 	case NetworkNone, NetworkBridge, networkTap:
 		spec.NetworkMode = req.NetworkMode
 	default:
-		return Info{}, invalidField("network_override.mode", "unknown mode %q; the modes are %q and %q (%q is an alias of %q)",
+		return Info{}, InvalidField("network_override.mode", "unknown mode %q; the modes are %q and %q (%q is an alias of %q)",
 			req.NetworkMode, NetworkNone, NetworkBridge, networkTap, NetworkBridge)
 	}
 	if req.TTL != nil {
@@ -397,12 +398,12 @@ func (m *Manager) Restore(ctx context.Context, snapshotID string, req RestoreReq
 	if err != nil {
 		return Info{}, err
 	}
-	if err := m.be.Validate(spec); err != nil {
+	if err := m.backend.Validate(spec); err != nil {
 		return Info{}, err
 	}
 
 	m.mu.Lock()
-	if e, err = m.lookupSnapshot(snapshotID); err != nil {
+	if e, err = m.lookupSnapshotLocked(snapshotID); err != nil {
 		m.mu.Unlock()
 		return Info{}, err
 	}
@@ -441,7 +442,7 @@ func (m *Manager) Restore(ctx context.Context, snapshotID string, req RestoreReq
 	stopOnGone()
 
 	m.mu.Lock()
-	info := m.info(sb)
+	info := m.infoLocked(sb)
 	m.mu.Unlock()
 	if info.State == StateReady {
 		m.metrics.restoreSeconds.Observe(info.ReadyAt.Sub(info.CreatedAt).Seconds())

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,9 +38,9 @@ func TestCheckpointAndRestore(t *testing.T) {
 		t.Errorf("restored %+v", info)
 	}
 	h.expect("copy", ActionCreated, ActionReady)
-	h.be.mu.Lock()
-	from := h.be.startedFrom["copy"]
-	h.be.mu.Unlock()
+	h.backend.mu.Lock()
+	from := h.backend.startedFrom["copy"]
+	h.backend.mu.Unlock()
 	if from != snap.Dir {
 		t.Errorf("started from %q, want %q", from, snap.Dir)
 	}
@@ -49,7 +50,7 @@ func TestCheckpointAndRestore(t *testing.T) {
 	if rec.Spec.Cmd != nil || rec.Spec.TTL != time.Hour || rec.Restored == nil || rec.Restored.SnapshotID != snap.ID {
 		t.Errorf("restored record %+v", rec)
 	}
-	if n := len(h.be.execs); n != 1 {
+	if n := len(h.backend.procs); n != 1 {
 		t.Errorf("%d processes ran, want 1: the original's cmd, not again on restore", n)
 	}
 	// Again with the same id: the same sandbox, not an error.
@@ -156,15 +157,15 @@ func TestCheckpointRules(t *testing.T) {
 
 	// While a checkpoint captures the files, a run is refused.
 	gate := make(chan struct{})
-	h.be.mu.Lock()
-	h.be.checkpointGate = gate
-	h.be.mu.Unlock()
+	h.backend.mu.Lock()
+	h.backend.checkpointGate = gate
+	h.backend.mu.Unlock()
 	cp := make(chan error, 1)
 	go func() {
 		_, err := h.m.Checkpoint(ctx, "box", CheckpointRequest{})
 		cp <- err
 	}()
-	waitFor(t, "the checkpoint to claim the sandbox", func() bool {
+	sandboxtest.WaitFor(t, "the checkpoint to claim the sandbox", func() bool {
 		h.m.mu.Lock()
 		defer h.m.mu.Unlock()
 		return h.m.boxes["box"].checkpointing
@@ -181,9 +182,9 @@ func TestCheckpointRules(t *testing.T) {
 	}
 
 	// A failed checkpoint leaves nothing.
-	h.be.mu.Lock()
-	h.be.checkpointGate, h.be.checkpointErr = nil, errors.New("disk full")
-	h.be.mu.Unlock()
+	h.backend.mu.Lock()
+	h.backend.checkpointGate, h.backend.checkpointErr = nil, errors.New("disk full")
+	h.backend.mu.Unlock()
 	if _, err := h.m.Checkpoint(ctx, "box", CheckpointRequest{}); err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Errorf("failing checkpoint: %v", err)
 	}
@@ -209,9 +210,9 @@ func TestRestoreFailureLeavesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.be.mu.Lock()
-	h.be.startErr = errors.New("the lower layer is gone")
-	h.be.mu.Unlock()
+	h.backend.mu.Lock()
+	h.backend.startErr = errors.New("the lower layer is gone")
+	h.backend.mu.Unlock()
 	if _, err := h.m.Restore(ctx, snap.ID, RestoreRequest{ID: "doomed"}); err == nil || !strings.Contains(err.Error(), "the lower layer is gone") ||
 		strings.Contains(err.Error(), "shut down") {
 		t.Errorf("failing restore: %v, want the start's error and nothing about a shutdown", err)
@@ -246,21 +247,21 @@ func TestRestoreFailureLeavesNothingWhenRemovalsAreFull(t *testing.T) {
 	h.createReady(Spec{ID: "a"})
 	h.createReady(Spec{ID: "b"})
 	gate := make(chan struct{})
-	h.be.mu.Lock()
-	h.be.checkpointGate = gate
-	h.be.mu.Unlock()
+	h.backend.mu.Lock()
+	h.backend.checkpointGate = gate
+	h.backend.mu.Unlock()
 	checkpointed := make(chan error, 1)
 	go func() { _, err := h.m.Checkpoint(ctx, "a", CheckpointRequest{}); checkpointed <- err }()
-	waitFor(t, "the checkpoint to hold a", func() bool {
+	sandboxtest.WaitFor(t, "the checkpoint to hold a", func() bool {
 		h.m.mu.Lock()
 		defer h.m.mu.Unlock()
 		return h.m.boxes["a"].checkpointing
 	})
 	removed := make(chan error, 2)
 	go func() { removed <- h.m.Remove(ctx, "a", true) }()
-	waitFor(t, "a's removal to take its turn", func() bool { return len(h.m.removals.slots) == 1 })
+	sandboxtest.WaitFor(t, "a's removal to take its turn", func() bool { return len(h.m.removals.slots) == 1 })
 	go func() { removed <- h.m.Remove(ctx, "b", true) }()
-	waitFor(t, "b's removal to wait", func() bool {
+	sandboxtest.WaitFor(t, "b's removal to wait", func() bool {
 		h.m.removals.mu.Lock()
 		defer h.m.removals.mu.Unlock()
 		return h.m.removals.held == 2
@@ -269,12 +270,12 @@ func TestRestoreFailureLeavesNothingWhenRemovalsAreFull(t *testing.T) {
 		t.Fatalf("a third removal: %v, want ErrBusy", err)
 	}
 
-	h.be.mu.Lock()
-	h.be.startErr = errors.New("boom")
-	h.be.mu.Unlock()
+	h.backend.mu.Lock()
+	h.backend.startErr = errors.New("boom")
+	h.backend.mu.Unlock()
 	restored := make(chan error, 1)
 	go func() { _, err := h.m.Restore(ctx, snap.ID, RestoreRequest{ID: "r"}); restored <- err }()
-	waitFor(t, "the failed restore to wait for its cleanup", func() bool {
+	sandboxtest.WaitFor(t, "the failed restore to wait for its cleanup", func() bool {
 		h.m.removals.mu.Lock()
 		defer h.m.removals.mu.Unlock()
 		return h.m.removals.held == 3
@@ -306,9 +307,9 @@ func TestRestoreClientGoneWhileQueued(t *testing.T) {
 		t.Fatal(err)
 	}
 	gate := make(chan struct{})
-	h.be.mu.Lock()
-	h.be.startGate = gate
-	h.be.mu.Unlock()
+	h.backend.mu.Lock()
+	h.backend.startGate = gate
+	h.backend.mu.Unlock()
 	opened := false
 	defer func() {
 		if !opened {
@@ -316,11 +317,11 @@ func TestRestoreClientGoneWhileQueued(t *testing.T) {
 		}
 	}()
 	h.create(Spec{ID: "hog"}) // takes the one worker until the gate opens
-	waitFor(t, "hog to start", func() bool { return len(h.m.starts.slots) == 1 })
+	sandboxtest.WaitFor(t, "hog to start", func() bool { return len(h.m.starts.slots) == 1 })
 	ctx, cancel := context.WithCancel(context.Background())
 	restored := make(chan error, 1)
 	go func() { _, err := h.m.Restore(ctx, snap.ID, RestoreRequest{ID: "late"}); restored <- err }()
-	waitFor(t, "the restore to queue", func() bool {
+	sandboxtest.WaitFor(t, "the restore to queue", func() bool {
 		_, err := h.m.Get("late")
 		return err == nil
 	})
@@ -371,9 +372,6 @@ func TestBridgeAddresses(t *testing.T) {
 	if err := h.m.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	h.be.mu.Lock()
-	clear(h.be.addrs)
-	h.be.mu.Unlock()
 	h.start()
 	if got, _ := h.m.Get("r1"); got.IPAddress != r1.IPAddress {
 		t.Errorf("r1 after a restart: %+v", got)

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"log/slog"
+	"slices"
 	"time"
 )
 
@@ -157,6 +158,20 @@ type SecurityInfo struct {
 	Seccomp         bool
 	Capabilities    []string // root's capabilities inside
 }
+
+// defaultCaps are the capabilities of root in a sandbox: what package
+// managers, servers and build tools need of root (owning and reading any
+// file, switching users, binding low ports, signalling, chroot). Docker's
+// default set less NET_RAW, MKNOD (the device cgroup refuses every
+// device anyway), SETFCAP, SETPCAP and AUDIT_WRITE. With a user namespace
+// they hold only over the sandbox's own files and namespaces.
+var defaultCaps = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+	"CAP_NET_BIND_SERVICE", "CAP_SETGID", "CAP_SETUID", "CAP_SYS_CHROOT",
+}
+
+// DefaultCapabilities are the capabilities root has in a sandbox.
+func DefaultCapabilities() []string { return slices.Clone(defaultCaps) }
 
 // Info is what a sandbox looks like from outside.
 type Info struct {

@@ -28,15 +28,16 @@ const MinMemoryMiB = 8
 // runtime's exec take a few.
 const MinPids = 8
 
-// invalidField is the error for a bad field, named as the API names it.
-func invalidField(field, format string, args ...any) error {
+// InvalidField is the error for a bad field, named as the API names it:
+// the Manager's, and a Backend's (Backend.Validate).
+func InvalidField(field, format string, args ...any) error {
 	return fmt.Errorf("field %q: %s: %w", field, fmt.Sprintf(format, args...), ErrInvalid)
 }
 
 // ValidateID checks a sandbox id against ^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$.
 func ValidateID(id string) error {
 	if !idPattern.MatchString(id) {
-		return invalidField("id", "%q does not match %s", id, idPattern)
+		return InvalidField("id", "%q does not match %s", id, idPattern)
 	}
 	return nil
 }
@@ -59,23 +60,23 @@ func normalize(s Spec, defaults Limits) (Spec, error) {
 	}
 	for k := range s.Labels {
 		if k == "" {
-			return s, invalidField("labels", "empty key")
+			return s, InvalidField("labels", "empty key")
 		}
 	}
 	if s.Limits.VCPUs < 0 {
-		return s, invalidField("limits.vcpus", "%d is negative", s.Limits.VCPUs)
+		return s, InvalidField("limits.vcpus", "%d is negative", s.Limits.VCPUs)
 	}
 	if s.Limits.MemoryMiB < 0 || (s.Limits.MemoryMiB > 0 && s.Limits.MemoryMiB < MinMemoryMiB) {
-		return s, invalidField("limits.memory_mib", "%d is below the minimum of %d", s.Limits.MemoryMiB, MinMemoryMiB)
+		return s, InvalidField("limits.memory_mib", "%d is below the minimum of %d", s.Limits.MemoryMiB, MinMemoryMiB)
 	}
 	if s.Limits.Pids < 0 || (s.Limits.Pids > 0 && s.Limits.Pids < MinPids) {
-		return s, invalidField("limits.pids", "%d is below the minimum of %d", s.Limits.Pids, MinPids)
+		return s, InvalidField("limits.pids", "%d is below the minimum of %d", s.Limits.Pids, MinPids)
 	}
 	if s.Limits.Pids == 0 {
 		s.Limits.Pids = defaults.Pids
 	}
 	if s.RegistryAuth != nil && s.Image == "" {
-		return s, invalidField("registry_auth", "credentials are for pulling an image, and there is no image")
+		return s, InvalidField("registry_auth", "credentials are for pulling an image, and there is no image")
 	}
 	if s.Limits.VCPUs == 0 {
 		s.Limits.VCPUs = defaults.VCPUs
@@ -84,7 +85,7 @@ func normalize(s Spec, defaults Limits) (Spec, error) {
 		s.Limits.MemoryMiB = defaults.MemoryMiB
 	}
 	if len(s.Cmd) > 0 && s.Cmd[0] == "" {
-		return s, invalidField("cmd", "the program (cmd[0]) is empty")
+		return s, InvalidField("cmd", "the program (cmd[0]) is empty")
 	}
 	if err := checkEnv("env", s.Env); err != nil {
 		return s, err
@@ -106,11 +107,11 @@ func normalize(s Spec, defaults Limits) (Spec, error) {
 	case NetworkBridge, networkTap:
 		s.NetworkMode = NetworkBridge
 	default:
-		return s, invalidField("network.mode", "unknown mode %q; the modes are %q and %q (%q is an alias of %q)",
+		return s, InvalidField("network.mode", "unknown mode %q; the modes are %q and %q (%q is an alias of %q)",
 			s.NetworkMode, NetworkNone, NetworkBridge, networkTap, NetworkBridge)
 	}
 	if s.TTL < 0 {
-		return s, invalidField("ttl_seconds", "%v is negative", s.TTL)
+		return s, InvalidField("ttl_seconds", "%v is negative", s.TTL)
 	}
 	if len(s.Labels) == 0 {
 		s.Labels = nil
@@ -138,7 +139,7 @@ func normalize(s Spec, defaults Limits) (Spec, error) {
 // checkProcess checks a process to run.
 func checkProcess(p Process) error {
 	if len(p.Cmd) == 0 || p.Cmd[0] == "" {
-		return invalidField("cmd", "empty: name the program to run")
+		return InvalidField("cmd", "empty: name the program to run")
 	}
 	if err := checkEnv("env", p.Env); err != nil {
 		return err
@@ -150,7 +151,7 @@ func checkProcess(p Process) error {
 		return err
 	}
 	if p.Timeout < 0 {
-		return invalidField("timeout_seconds", "%v is negative", p.Timeout)
+		return InvalidField("timeout_seconds", "%v is negative", p.Timeout)
 	}
 	return nil
 }
@@ -158,10 +159,10 @@ func checkProcess(p Process) error {
 func checkEnv(field string, env map[string]string) error {
 	for k, v := range env {
 		if k == "" || strings.ContainsAny(k, "=\x00") {
-			return invalidField(field, "bad variable name %q", k)
+			return InvalidField(field, "bad variable name %q", k)
 		}
 		if strings.Contains(v, "\x00") {
-			return invalidField(field, "value of %s holds a NUL byte", k)
+			return InvalidField(field, "value of %s holds a NUL byte", k)
 		}
 	}
 	return nil
@@ -172,14 +173,14 @@ func checkWorkingDir(field, dir string) error {
 		return nil
 	}
 	if !path.IsAbs(dir) || strings.Contains(dir, "\x00") {
-		return invalidField(field, "%q is not an absolute path", dir)
+		return InvalidField(field, "%q is not an absolute path", dir)
 	}
 	return nil
 }
 
 func checkUser(field, user string) error {
 	if user != "" && !userPattern.MatchString(user) {
-		return invalidField(field, "%q is neither uid[:gid] nor name[:group]", user)
+		return InvalidField(field, "%q is neither uid[:gid] nor name[:group]", user)
 	}
 	return nil
 }
@@ -188,28 +189,19 @@ func checkMount(i int, m Mount) error {
 	target := fmt.Sprintf("mounts[%d].target", i)
 	source := fmt.Sprintf("mounts[%d].source", i)
 	if !path.IsAbs(m.Target) {
-		return invalidField(target, "%q is not an absolute path", m.Target)
+		return InvalidField(target, "%q is not an absolute path", m.Target)
 	}
 	if slices.Contains(strings.Split(m.Target, "/"), "..") {
-		return invalidField(target, "%q has a \"..\" element", m.Target)
+		return InvalidField(target, "%q has a \"..\" element", m.Target)
 	}
 	if path.Clean(m.Target) == "/" {
-		return invalidField(target, "cannot mount over the root")
+		return InvalidField(target, "cannot mount over the root")
 	}
 	if strings.ContainsAny(m.Target, "\x00") {
-		return invalidField(target, "holds a NUL byte")
+		return InvalidField(target, "holds a NUL byte")
 	}
 	if !path.IsAbs(m.Source) || strings.ContainsAny(m.Source, "\x00") {
-		return invalidField(source, "%q is not an absolute path", m.Source)
+		return InvalidField(source, "%q is not an absolute path", m.Source)
 	}
 	return nil
-}
-
-// mergeEnv lays each map over the ones before it.
-func mergeEnv(layers ...map[string]string) map[string]string {
-	out := map[string]string{}
-	for _, l := range layers {
-		maps.Copy(out, l)
-	}
-	return out
 }

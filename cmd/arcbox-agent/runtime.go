@@ -11,14 +11,11 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/arcbox/arcbox-agent/disk"
-	"github.com/arcbox/arcbox-agent/handlers"
 	"github.com/arcbox/arcbox-agent/lifecycle"
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"github.com/arcbox/arcbox-agent/startup"
 )
 
@@ -97,45 +94,6 @@ func (d dataVolume) Service() lifecycle.Service {
 	return lifecycle.Service{Name: ss.Name, Status: ss.Status, Detail: strings.Join(parts, "; ")}
 }
 
-// sandboxes starts the sandbox manager in the background, so the
-// listeners need not wait for it; requests wait instead. When it cannot
-// start (no OCI runtime, say), the agent serves on and the sandbox
-// operations answer 503 with the reason, as the seed does.
-type sandboxes struct {
-	done chan struct{}
-	m    *sandbox.Manager
-	err  error
-}
-
-func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phases *startup.Phases, reg prometheus.Registerer) *sandboxes {
-	s := &sandboxes{done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		began := time.Now()
-		s.m, s.err = sandbox.NewManager(ctx, sandbox.Config{
-			StateDir:      cfg.StateDir,
-			Runtime:       ociRuntime(cfg),
-			DefaultRootfs: cfg.SandboxRootfs,
-			BusyboxPath:   cfg.BusyboxPath,
-			BridgeCIDR:    cfg.SandboxCIDR,
-			// nil MountRoots or Registries: the sandbox package's defaults.
-			MountRoots:       cfg.SandboxMountRoots,
-			ForbiddenPaths:   forbiddenPaths(cfg),
-			Registries:       cfg.Registries,
-			RegistryAuthFile: cfg.RegistryAuthFile,
-			Logger:           logger,
-			Registerer:       reg,
-			OnIdle:           freeMemory,
-		})
-		if s.err != nil {
-			logger.Warn("sandboxes are unavailable; the rest of the agent serves", "err", s.err)
-			return
-		}
-		phases.Observe("sandboxes", began)
-	}()
-	return s
-}
-
 // freeMemory gives the memory a burst of sandboxes used back to the system
 // now: Go would keep the garbage until its forced collection two minutes
 // on, and its pages after that. Two collections, since what sync.Pools
@@ -143,28 +101,6 @@ func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phase
 func freeMemory() {
 	runtime.GC()
 	debug.FreeOSMemory()
-}
-
-// get waits for the manager.
-func (s *sandboxes) get(ctx context.Context) (handlers.Sandboxes, error) {
-	select {
-	case <-s.done:
-		if s.err != nil {
-			return nil, s.err
-		}
-		return s.m, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-// close waits for the manager to have started, then closes it.
-func (s *sandboxes) close(ctx context.Context) error {
-	<-s.done
-	if s.m == nil {
-		return nil
-	}
-	return s.m.Close(ctx)
 }
 
 // ociRuntime is the configured OCI runtime; when none is configured and

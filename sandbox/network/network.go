@@ -2,8 +2,8 @@
 // pool, a network namespace bind-mounted to a file, and a veth pair joining
 // that namespace to a host bridge whose address is the sandboxes' gateway.
 //
-// The Manager owns the address pool in memory; Setup and Teardown change the
-// machine (Linux only). The package never touches ip_forward, iptables or NAT:
+// A Pool hands out the addresses, in memory; a Manager's Setup and Teardown
+// change the machine (Linux only), for addresses its Pool holds. The package never touches ip_forward, iptables or NAT:
 // what lies beyond the bridge is the caller's business.
 package network
 
@@ -69,21 +69,12 @@ type Endpoint struct {
 	HostIf string
 }
 
-// Manager hands out addresses and sets up and tears down sandbox networks.
-// Its methods are safe for concurrent use; calls for the same sandbox id must
-// not overlap (the sandbox manager serialises them).
+// Manager sets up and tears down sandbox networks, for the addresses its
+// Pool hands out. Its methods are safe for concurrent use; calls for the
+// same sandbox id must not overlap (the sandbox manager serialises them).
 type Manager struct {
-	cfg     Config
-	prefix  netip.Prefix
-	gateway netip.Addr
-	first   uint32 // lowest address a sandbox may hold (gateway + 1)
-	last    uint32 // highest address a sandbox may hold (broadcast - 1)
-
-	mu     sync.Mutex
-	byID   map[string]netip.Addr
-	byAddr map[netip.Addr]string
-	// next is at most the lowest free address: all in [first, next) are held.
-	next uint32
+	*Pool
+	cfg Config
 
 	bridgeMu sync.Mutex // serialises the bridge's creation and address check
 }
@@ -91,18 +82,9 @@ type Manager struct {
 // New validates cfg and returns a Manager with an empty address pool. It has
 // no side effects on the machine.
 func New(cfg Config) (*Manager, error) {
-	p := cfg.CIDR
-	switch {
-	case !p.IsValid():
-		return nil, fmt.Errorf("config CIDR: missing or malformed: %w", ErrInvalid)
-	case !p.Addr().Is4():
-		return nil, fmt.Errorf("config CIDR %s: not an IPv4 range: %w", p, ErrInvalid)
-	case p.Bits() < 8 || p.Bits() > 30:
-		return nil, fmt.Errorf("config CIDR %s: prefix length must be from /8 to /30: %w", p, ErrInvalid)
-	case p.Masked() != p:
-		return nil, fmt.Errorf("config CIDR %s: host bits set; the range is %s: %w", p, p.Masked(), ErrInvalid)
-	case !isUnicastRange(p):
-		return nil, fmt.Errorf("config CIDR %s: overlaps 0.0.0.0/8, loopback, multicast or reserved addresses: %w", p, ErrInvalid)
+	pool, err := NewPool(cfg.CIDR)
+	if err != nil {
+		return nil, fmt.Errorf("config %w", err)
 	}
 	if cfg.Bridge == "" {
 		cfg.Bridge = DefaultBridge
@@ -120,26 +102,8 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.ResolvConf == "" {
 		cfg.ResolvConf = DefaultResolvConf
 	}
-
-	network := u32(p.Addr())
-	broadcast := network | (1<<(32-p.Bits()) - 1)
-	return &Manager{
-		cfg:     cfg,
-		prefix:  p,
-		gateway: addrOf(network + 1),
-		first:   network + 2,
-		last:    broadcast - 1,
-		next:    network + 2,
-		byID:    make(map[string]netip.Addr),
-		byAddr:  make(map[netip.Addr]string),
-	}, nil
+	return &Manager{Pool: pool, cfg: cfg}, nil
 }
-
-// Gateway returns the bridge's address, the range's first address.
-func (m *Manager) Gateway() netip.Addr { return m.gateway }
-
-// Prefix returns the sandbox range.
-func (m *Manager) Prefix() netip.Prefix { return m.prefix }
 
 // Bridge returns the bridge's name.
 func (m *Manager) Bridge() string { return m.cfg.Bridge }
@@ -176,27 +140,4 @@ func validIfName(name string) error {
 		return fmt.Errorf("interface name %q: not a valid name (1 to 15 bytes, not . or .., no /, :, white space or NUL): %w", name, ErrInvalid)
 	}
 	return nil
-}
-
-// isUnicastRange reports whether p avoids the ranges no bridge may use.
-func isUnicastRange(p netip.Prefix) bool {
-	for _, bad := range []netip.Prefix{
-		netip.MustParsePrefix("0.0.0.0/8"),
-		netip.MustParsePrefix("127.0.0.0/8"),
-		netip.MustParsePrefix("224.0.0.0/3"), // multicast, reserved, broadcast
-	} {
-		if bad.Overlaps(p) {
-			return false
-		}
-	}
-	return true
-}
-
-func u32(a netip.Addr) uint32 {
-	b := a.As4()
-	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-}
-
-func addrOf(v uint32) netip.Addr {
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }

@@ -3,101 +3,178 @@ package network
 import (
 	"fmt"
 	"net/netip"
+	"sync"
 )
+
+// Pool hands out the addresses of a sandbox range: the sandbox manager's
+// own, in memory (Reserve takes the recorded ones back after a restart).
+// Its methods are safe for concurrent use.
+type Pool struct {
+	prefix  netip.Prefix
+	gateway netip.Addr
+	first   uint32 // lowest address a sandbox may hold (gateway + 1)
+	last    uint32 // highest address a sandbox may hold (broadcast - 1)
+
+	mu     sync.Mutex
+	byID   map[string]netip.Addr
+	byAddr map[netip.Addr]string
+	// next is at most the lowest free address: all in [first, next) are held.
+	next uint32
+}
+
+// NewPool returns an empty pool over cidr, the range in its masked form,
+// e.g. 172.20.0.0/16: IPv4, a prefix length from 8 to 30. Its first
+// address (172.20.0.1) is the gateway, the bridge's address. A form with
+// host bits set, such as 172.20.0.5/16, is rejected rather than guessed at.
+func NewPool(cidr netip.Prefix) (*Pool, error) {
+	p := cidr
+	switch {
+	case !p.IsValid():
+		return nil, fmt.Errorf("CIDR: missing or malformed: %w", ErrInvalid)
+	case !p.Addr().Is4():
+		return nil, fmt.Errorf("CIDR %s: not an IPv4 range: %w", p, ErrInvalid)
+	case p.Bits() < 8 || p.Bits() > 30:
+		return nil, fmt.Errorf("CIDR %s: prefix length must be from /8 to /30: %w", p, ErrInvalid)
+	case p.Masked() != p:
+		return nil, fmt.Errorf("CIDR %s: host bits set; the range is %s: %w", p, p.Masked(), ErrInvalid)
+	case !isUnicastRange(p):
+		return nil, fmt.Errorf("CIDR %s: overlaps 0.0.0.0/8, loopback, multicast or reserved addresses: %w", p, ErrInvalid)
+	}
+	network := u32(p.Addr())
+	broadcast := network | (1<<(32-p.Bits()) - 1)
+	return &Pool{
+		prefix:  p,
+		gateway: addrOf(network + 1),
+		first:   network + 2,
+		last:    broadcast - 1,
+		next:    network + 2,
+		byID:    make(map[string]netip.Addr),
+		byAddr:  make(map[netip.Addr]string),
+	}, nil
+}
+
+// Gateway returns the bridge's address, the range's first address.
+func (p *Pool) Gateway() netip.Addr { return p.gateway }
+
+// Prefix returns the sandbox range.
+func (p *Pool) Prefix() netip.Prefix { return p.prefix }
 
 // Reserve marks addr as held by id, as when sandboxes are adopted again after
 // the agent restarts. It fails if addr is outside the range or is its network,
 // gateway or broadcast address, if another id holds addr, or if id holds
 // another address. Reserving the same id and address again is a no-op.
-func (m *Manager) Reserve(id string, addr netip.Addr) error {
+func (p *Pool) Reserve(id string, addr netip.Addr) error {
 	if err := validID(id); err != nil {
 		return err
 	}
-	if err := m.checkHostAddr(addr); err != nil {
+	if err := p.checkHostAddr(addr); err != nil {
 		return fmt.Errorf("reserve %s for sandbox %q: %w", addr, id, err)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if holder, ok := m.byAddr[addr]; ok {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if holder, ok := p.byAddr[addr]; ok {
 		if holder == id {
 			return nil
 		}
 		return fmt.Errorf("reserve %s for sandbox %q: held by sandbox %q: %w", addr, id, holder, ErrConflict)
 	}
-	if held, ok := m.byID[id]; ok {
+	if held, ok := p.byID[id]; ok {
 		return fmt.Errorf("reserve %s for sandbox %q: the sandbox holds %s: %w", addr, id, held, ErrConflict)
 	}
-	m.hold(id, addr)
+	p.hold(id, addr)
 	return nil
 }
 
 // Allocate gives id the lowest free address after the gateway. A sandbox that
 // holds an address gets the same one again. When every address is held, the
 // error wraps ErrExhausted and names the range.
-func (m *Manager) Allocate(id string) (netip.Addr, error) {
+func (p *Pool) Allocate(id string) (netip.Addr, error) {
 	if err := validID(id); err != nil {
 		return netip.Addr{}, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if addr, ok := m.byID[id]; ok {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if addr, ok := p.byID[id]; ok {
 		return addr, nil
 	}
-	for v := m.next; v <= m.last; v++ {
+	for v := p.next; v <= p.last; v++ {
 		addr := addrOf(v)
-		if _, held := m.byAddr[addr]; held {
+		if _, held := p.byAddr[addr]; held {
 			continue
 		}
-		m.next = v + 1
-		m.hold(id, addr)
+		p.next = v + 1
+		p.hold(id, addr)
 		return addr, nil
 	}
-	m.next = m.last + 1
+	p.next = p.last + 1
 	return netip.Addr{}, fmt.Errorf("allocate an address for sandbox %q: all %d addresses of %s are held: %w",
-		id, m.last-m.first+1, m.prefix, ErrExhausted)
+		id, p.last-p.first+1, p.prefix, ErrExhausted)
 }
 
 // Release frees id's address; it is a no-op when id holds none.
-func (m *Manager) Release(id string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	addr, ok := m.byID[id]
+func (p *Pool) Release(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	addr, ok := p.byID[id]
 	if !ok {
 		return
 	}
-	delete(m.byID, id)
-	delete(m.byAddr, addr)
-	if v := u32(addr); v < m.next {
-		m.next = v
+	delete(p.byID, id)
+	delete(p.byAddr, addr)
+	if v := u32(addr); v < p.next {
+		p.next = v
 	}
 }
 
 // holder returns the id holding addr, if any.
-func (m *Manager) holder(addr netip.Addr) (string, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	id, ok := m.byAddr[addr]
+func (p *Pool) holder(addr netip.Addr) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id, ok := p.byAddr[addr]
 	return id, ok
 }
 
-// hold records the pair; m.mu must be held.
-func (m *Manager) hold(id string, addr netip.Addr) {
-	m.byID[id] = addr
-	m.byAddr[addr] = id
+// hold records the pair; p.mu must be held.
+func (p *Pool) hold(id string, addr netip.Addr) {
+	p.byID[id] = addr
+	p.byAddr[addr] = id
 }
 
 // checkHostAddr accepts the addresses a sandbox may hold.
-func (m *Manager) checkHostAddr(addr netip.Addr) error {
-	if !addr.Is4() || !m.prefix.Contains(addr) {
-		return fmt.Errorf("address %s: outside %s: %w", addr, m.prefix, ErrInvalid)
+func (p *Pool) checkHostAddr(addr netip.Addr) error {
+	if !addr.Is4() || !p.prefix.Contains(addr) {
+		return fmt.Errorf("address %s: outside %s: %w", addr, p.prefix, ErrInvalid)
 	}
 	switch u32(addr) {
-	case m.first - 2:
-		return fmt.Errorf("address %s: the network address of %s: %w", addr, m.prefix, ErrInvalid)
-	case m.first - 1:
-		return fmt.Errorf("address %s: the gateway of %s: %w", addr, m.prefix, ErrInvalid)
-	case m.last + 1:
-		return fmt.Errorf("address %s: the broadcast address of %s: %w", addr, m.prefix, ErrInvalid)
+	case p.first - 2:
+		return fmt.Errorf("address %s: the network address of %s: %w", addr, p.prefix, ErrInvalid)
+	case p.first - 1:
+		return fmt.Errorf("address %s: the gateway of %s: %w", addr, p.prefix, ErrInvalid)
+	case p.last + 1:
+		return fmt.Errorf("address %s: the broadcast address of %s: %w", addr, p.prefix, ErrInvalid)
 	}
 	return nil
+}
+
+// isUnicastRange reports whether p avoids the ranges no bridge may use.
+func isUnicastRange(p netip.Prefix) bool {
+	for _, bad := range []netip.Prefix{
+		netip.MustParsePrefix("0.0.0.0/8"),
+		netip.MustParsePrefix("127.0.0.0/8"),
+		netip.MustParsePrefix("224.0.0.0/3"), // multicast, reserved, broadcast
+	} {
+		if bad.Overlaps(p) {
+			return false
+		}
+	}
+	return true
+}
+
+func u32(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+func addrOf(v uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }

@@ -1,0 +1,143 @@
+package sandbox
+
+// Re-adoption: a new Manager takes back the sandboxes an earlier agent
+// recorded.
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+)
+
+// readopt loads the records in the state dir and brings each sandbox back.
+func (m *Manager) readopt(ctx context.Context) error {
+	entries, err := os.ReadDir(m.dir)
+	if err != nil {
+		return fmt.Errorf("read %s: %w: %w", m.dir, err, ErrUnavailable)
+	}
+	var recs []*sandbox
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		id := e.Name()
+		dir := filepath.Join(m.dir, id)
+		rec, store, err := readRecord(dir)
+		if err != nil {
+			// A directory without a record is a create that never got
+			// far, or debris: nothing refers to it, so clear it.
+			m.log.Warn("removing a sandbox directory without a usable record", "id", id, "err", err)
+			if ValidateID(id) == nil {
+				if err := m.destroy(ctx, id); err != nil {
+					m.log.Error("clear sandbox debris", "id", id, "err", err)
+					continue
+				}
+			}
+			if err := os.RemoveAll(dir); err != nil {
+				m.log.Error("clear sandbox debris", "id", id, "err", err)
+			}
+			continue
+		}
+		if rec.Restored != nil && rec.ReadyAt.IsZero() {
+			// A restore that never got its sandbox ready (the agent died
+			// in it, or in cleaning up after it): a restore leaves a ready
+			// sandbox or none, so clear it. Should that fail, it is
+			// listed (failed) rather than hidden with its address.
+			m.log.Warn("removing a sandbox whose restore did not finish", "id", id, "snapshot", rec.Restored.SnapshotID)
+			err := m.destroy(ctx, id)
+			if err == nil {
+				err = os.RemoveAll(dir)
+			}
+			if err == nil {
+				continue
+			}
+			m.log.Error("clear a restore that did not finish", "id", id, "err", err)
+		}
+		if rec.IPAddress != "" {
+			if err := m.reserveAddress(id, rec.IPAddress); err != nil {
+				// Two records with one address, or a range that changed:
+				// the sandbox keeps running but says so.
+				m.log.Error("sandbox address not reserved", "id", id, "addr", rec.IPAddress, "err", err)
+			}
+		}
+		recs = append(recs, &sandbox{id: id, dir: dir, rec: rec, store: store})
+	}
+	slices.SortFunc(recs, func(a, b *sandbox) int {
+		return cmp.Or(a.rec.CreatedAt.Compare(b.rec.CreatedAt), cmp.Compare(a.id, b.id))
+	})
+	for _, sb := range recs {
+		m.seq++
+		sb.seq = m.seq
+		m.boxes[sb.id] = sb
+		m.metrics.move("", sb.rec.State)
+		m.adopt(ctx, sb)
+		m.armTTL(sb)
+	}
+	return nil
+}
+
+// adopt brings back one sandbox recorded by an earlier agent.
+func (m *Manager) adopt(ctx context.Context, sb *sandbox) {
+	log := m.log.With("id", sb.id)
+	switch sb.rec.State {
+	case StateStopped, StateFailed:
+		return // nothing runs; the files wait for Remove
+	case StateStopping:
+		// The agent died while stopping it: finish.
+		if err := m.backend.Stop(ctx, sb.id); err != nil {
+			m.fail(sb, fmt.Sprintf("stop interrupted by an agent restart, then: %v", err))
+			return
+		}
+		m.transitionLocked(sb, StateStopped, nil)
+		m.persistLogged(sb)
+		return
+	case StateStarting:
+		if err := m.backend.Stop(ctx, sb.id); err != nil {
+			log.Error("release the container of a start cut short", "err", err)
+		}
+		m.fail(sb, "the agent restarted while the sandbox was starting")
+		return
+	}
+	// ready or running: does its init still run?
+	exited, alive, err := m.backend.Adopt(ctx, sb.id)
+	if err != nil || !alive {
+		why := "init exited while the agent was down"
+		if err != nil {
+			why = fmt.Sprintf("cannot take the container back after an agent restart: %v", err)
+		}
+		log.Warn("sandbox lost while the agent was down", "reason", why)
+		if err := m.backend.Stop(ctx, sb.id); err != nil {
+			log.Error("release the container of a lost sandbox", "err", err)
+		}
+		m.fail(sb, why)
+		return
+	}
+	if sb.rec.State == StateRunning {
+		// The workload's output went nowhere once the agent died, and its
+		// exit cannot be known: record the run as lost and clear what is
+		// left of it, so the sandbox is ready for the next one.
+		if err := m.backend.KillWorkloads(ctx, sb.id); err != nil {
+			log.Error("kill the processes of a lost run", "err", err)
+		}
+		cmd := ""
+		if sb.rec.Run != nil {
+			cmd = fmt.Sprintf(" (%q)", sb.rec.Run.Cmd)
+		}
+		note := "last run lost: the agent restarted while it ran" + cmd
+		code := ExitLost
+		m.mu.Lock()
+		sb.rec.Run = nil
+		sb.rec.LastExitCode = &code
+		sb.rec.LastExitedAt = m.now()
+		sb.rec.Error = recordText(note)
+		m.transitionLocked(sb, StateReady, map[string]string{"exit_code": strconv.Itoa(code), "error": note}, ActionIdle)
+		m.mu.Unlock()
+		m.persistLogged(sb)
+		log.Warn("run lost across an agent restart", "cmd", cmd)
+	}
+	m.watch(sb, exited)
+}

@@ -1,0 +1,15 @@
+// Package oci is the sandbox backend of the agent: it runs each sandbox as
+// an OCI container through runc or crun (go-runc), for a sandbox.Manager,
+// which keeps the states, records, addresses and events.
+//
+// Its files by job: backend_linux.go (New, Validate, Close), runtime_linux.go
+// (finding and running the OCI runtime, the descriptors it inherits),
+// bundle_linux.go (Start: the layers, mounts, network and config.json of a
+// bundle), container_linux.go (Adopt, KillWorkloads, Stop, Destroy),
+// checkpoint_linux.go, process_linux.go and viainit_linux.go (processes,
+// started by the sandbox's init or the runtime), ocispec.go and
+// seccomp_linux.go (the spec), mountpolicy_linux.go, inroot_linux.go and
+// userns_linux.go (what a sandbox may mount, and how), image.go and
+// extract_linux.go (images), user.go (users inside a sandbox), cgroup_linux.go,
+// nice_linux.go and pidfd_linux.go (the processes on the host).
+package oci

@@ -1,0 +1,370 @@
+package oci
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"github.com/arcbox/arcbox-agent/sandbox"
+	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/arcbox/arcbox-agent/internal/testenv"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// testRegistry is go-containerregistry's registry on a loopback server,
+// counting the blob downloads.
+type testRegistry struct {
+	srv  *httptest.Server
+	mu   sync.Mutex
+	gets map[string]int // blob digest -> GETs
+}
+
+func newTestRegistry(t *testing.T) *testRegistry {
+	r := &testRegistry{gets: map[string]int{}}
+	h := registry.New()
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.Method == http.MethodGet {
+			if _, digest, ok := strings.Cut(req.URL.Path, "/blobs/"); ok {
+				r.mu.Lock()
+				r.gets[digest]++
+				r.mu.Unlock()
+			}
+		}
+		h.ServeHTTP(w, req)
+	}))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+func (r *testRegistry) host() string { return strings.TrimPrefix(r.srv.URL, "http://") }
+
+// withRegistries lists registries: a loopback one is refused unless listed.
+func withRegistries(hosts ...string) func(*Config) {
+	return func(c *Config) { c.Registries = hosts }
+}
+
+// TestOCIImagePolicy: an unlisted loopback registry is refused at create,
+// naming the field; an image that took credentials to pull is not served
+// from the cache to a create without them; the credentials are nowhere
+// in the state dir.
+func TestOCIImagePolicy(t *testing.T) {
+	const user, password = "puller", "s3cret-registry-password"
+	h := registry.New()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if u, p, ok := req.BasicAuth(); !ok || u != user || p != password {
+			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+			http.Error(w, "who are you", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, req)
+	}))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+
+	open := newOCIEnv(t, "crun")
+	_, _, err := open.m.Create(context.Background(), sandbox.Spec{ID: "unlisted", Image: host + "/x:y"})
+	if !errors.Is(err, sandbox.ErrInvalid) || !strings.Contains(err.Error(), `"image"`) || !strings.Contains(err.Error(), "--registry") {
+		t.Errorf("an unlisted loopback registry: %v", err)
+	}
+
+	e := newOCIEnv(t, "crun", withRegistries(host))
+	ref := host + "/private/busybox:v1"
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, tarLayer(t, func(tw *tar.Writer) { tarDir(t, tw, testRootfs) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img, remote.WithAuth(&authn.Basic{Username: user, Password: password})); err != nil {
+		t.Fatal(err)
+	}
+	auth := &sandbox.RegistryAuth{Username: user, Password: password}
+	e.create(sandbox.Spec{ID: "with", Image: ref, RegistryAuth: auth})
+	e.track("without")
+	if _, _, err := e.m.Create(context.Background(), sandbox.Spec{ID: "without", Image: ref}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState("without", sandbox.StateFailed)
+	if info, _ := e.m.Get("without"); !strings.Contains(info.Error, "pulled with credentials") {
+		t.Errorf("a create without credentials: %q", info.Error)
+	}
+	e.create(sandbox.Spec{ID: "again", Image: ref, RegistryAuth: auth})
+	err = filepath.WalkDir(e.cfg.StateDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(data, []byte(password)) {
+			t.Errorf("%s holds the registry password", p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tarLayer makes a layer from tar entries written by fill.
+func tarLayer(t *testing.T, fill func(tw *tar.Writer)) v1.Layer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	fill(tw)
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// tarDir writes the tree under dir into tw.
+func tarDir(t *testing.T, tw *tar.Writer, dir string) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == "." {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		link := ""
+		if info.Mode()&fs.ModeSymlink != 0 {
+			if link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		}
+		hdr, err := tar.FileInfoHeader(info, link)
+		if err != nil {
+			return err
+		}
+		hdr.Name = rel
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if info.Mode().IsRegular() {
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			_, err = io.Copy(tw, f)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func addFile(t *testing.T, tw *tar.Writer, name, content string, mode int64) {
+	t.Helper()
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: mode, Size: int64(len(content)), Typeflag: tar.TypeReg, ModTime: time.Unix(1e9, 0)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write([]byte(content)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// pushTestImage builds a two-layer image from the busybox rootfs (the
+// second layer deletes a file of the first, empties a directory, and adds
+// a marker) and pushes it.
+func pushTestImage(t *testing.T, reg *testRegistry) (string, []v1.Layer) {
+	t.Helper()
+	base := tarLayer(t, func(tw *tar.Writer) {
+		tarDir(t, tw, testRootfs)
+		addFile(t, tw, "etc/removed-later", "old\n", 0o644)
+		addFile(t, tw, "opaque/old-file", "old\n", 0o644)
+	})
+	top := tarLayer(t, func(tw *tar.Writer) {
+		addFile(t, tw, "etc/.wh.removed-later", "", 0o644)
+		addFile(t, tw, "opaque/.wh..wh..opq", "", 0o644)
+		addFile(t, tw, "opaque/new-file", "new\n", 0o644)
+		addFile(t, tw, "etc/image-marker", "from the image\n", 0o644)
+	})
+	img, err := mutate.AppendLayers(empty.Image, base, top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.Config(img, v1.Config{Env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "IMAGE_VAR=from-image"}, WorkingDir: "/srv/app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.host() + "/test/busybox:v1"
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+	return ref, []v1.Layer{base, top}
+}
+
+// TestOCIImage: an image from a loopback registry makes working
+// sandboxes; two concurrent creates pull it once; later creates use the
+// cache.
+func TestOCIImage(t *testing.T) {
+	reg := newTestRegistry(t)
+	e := newOCIEnv(t, "crun", withRegistries(reg.host()))
+	ref, layers := pushTestImage(t, reg)
+	reg.mu.Lock()
+	clear(reg.gets)
+	reg.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, id := range []string{"img1", "img2"} {
+		e.track(id)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, _, err := e.m.Create(context.Background(), sandbox.Spec{ID: id, Image: ref}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	e.expect("img1", sandbox.ActionReady)
+	sandboxtest.WaitFor(t, "img2 ready", func() bool { info, _ := e.m.Get("img2"); return info.State == sandbox.StateReady })
+	for _, l := range layers {
+		d, _ := l.Digest()
+		reg.mu.Lock()
+		n := reg.gets[d.String()]
+		reg.mu.Unlock()
+		if n != 1 {
+			t.Errorf("layer %s downloaded %d times, want 1", d, n)
+		}
+	}
+	out := e.sh("img1", `cat /etc/image-marker; echo "$IMAGE_VAR"; pwd; ls /opaque; test -e /etc/removed-later && echo still-there || echo removed`)
+	if out != "from the image\nfrom-image\n/srv/app\nnew-file\nremoved\n" {
+		t.Errorf("in the image sandbox: %q", out)
+	}
+	e.sh("img2", "echo changed > /etc/image-marker")
+	if out := e.sh("img1", "cat /etc/image-marker"); out != "from the image\n" {
+		t.Errorf("one sandbox's write reached another's: %q", out)
+	}
+	// A third create finds the image in the cache: no download at all.
+	reg.mu.Lock()
+	clear(reg.gets)
+	reg.mu.Unlock()
+	e.create(sandbox.Spec{ID: "img3", Image: ref})
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	if len(reg.gets) != 0 {
+		t.Errorf("a cached image was downloaded again: %v", reg.gets)
+	}
+}
+
+// TestExtractStaysInRoot: an image's symlinks, ".." and hard links never
+// make the unpacking touch anything outside its root.
+func TestExtractStaysInRoot(t *testing.T) {
+	testenv.RequireRoot(t)
+	outside := t.TempDir()
+	secret := filepath.Join(outside, "secret")
+	if err := os.WriteFile(secret, []byte("host"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		fill    func(tw *tar.Writer)
+		wantErr bool
+		inside  string // a file that must exist in the root afterwards
+	}{
+		{"absolute symlink dir", func(tw *tar.Writer) {
+			writeHeader(t, tw, &tar.Header{Name: "escape", Typeflag: tar.TypeSymlink, Linkname: outside})
+			addFile(t, tw, "escape/pwned", "x", 0o644)
+		}, true, ""},
+		{"relative symlink dir", func(tw *tar.Writer) {
+			writeHeader(t, tw, &tar.Header{Name: "up", Typeflag: tar.TypeSymlink, Linkname: "../../../../../../.."})
+			addFile(t, tw, "up/pwned", "x", 0o644)
+		}, false, "pwned"},
+		{"dotdot name", func(tw *tar.Writer) {
+			addFile(t, tw, "../../pwned", "x", 0o644)
+		}, false, "pwned"},
+		{"symlink file then write", func(tw *tar.Writer) {
+			writeHeader(t, tw, &tar.Header{Name: "link", Typeflag: tar.TypeSymlink, Linkname: secret})
+			addFile(t, tw, "link", "overwritten", 0o644)
+		}, false, "link"},
+		{"hard link out", func(tw *tar.Writer) {
+			writeHeader(t, tw, &tar.Header{Name: "hard", Typeflag: tar.TypeLink, Linkname: "../../../../../../.." + secret})
+		}, true, ""},
+		{"setuid and device", func(tw *tar.Writer) {
+			addFile(t, tw, "bin/tool", "#!/bin/sh\n", 0o4755)
+			writeHeader(t, tw, &tar.Header{Name: "dev/null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3, Mode: 0o666})
+		}, false, "bin/tool"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			root := t.TempDir()
+			var buf bytes.Buffer
+			tw := tar.NewWriter(&buf)
+			c.fill(tw)
+			tw.Close()
+			err := extractTar(&buf, root)
+			if (err != nil) != c.wantErr {
+				t.Errorf("extractTar: %v, want error %v", err, c.wantErr)
+			}
+			entries, _ := os.ReadDir(outside)
+			if data, _ := os.ReadFile(secret); len(entries) != 1 || string(data) != "host" {
+				t.Fatalf("extraction touched the outside: %v, secret %q", entries, data)
+			}
+			if c.inside != "" {
+				if _, err := os.Lstat(filepath.Join(root, c.inside)); err != nil {
+					t.Errorf("%s not inside the root: %v", c.inside, err)
+				}
+			}
+		})
+	}
+	root := t.TempDir()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	addFile(t, tw, "bin/tool", "#!/bin/sh\n", 0o4755)
+	writeHeader(t, tw, &tar.Header{Name: "dev/null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3, Mode: 0o666})
+	tw.Close()
+	if err := extractTar(&buf, root); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(filepath.Join(root, "bin/tool")); err != nil || st.Mode()&fs.ModeSetuid == 0 {
+		t.Errorf("setuid bit lost: %v, %v", st, err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "dev/null")); !os.IsNotExist(err) {
+		t.Errorf("a device node was made: %v", err)
+	}
+}
+
+func writeHeader(t *testing.T, tw *tar.Writer, h *tar.Header) {
+	t.Helper()
+	if err := tw.WriteHeader(h); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,6 +1,0 @@
-//go:build !linux
-
-package sandbox
-
-// nofileLimit is want: sandboxes run on Linux only.
-func nofileLimit(want uint64) uint64 { return want }
