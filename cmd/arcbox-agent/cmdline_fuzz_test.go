@@ -73,7 +73,7 @@ func FuzzKernelCmdline(f *testing.F) {
 			}
 			return
 		}
-		for _, s := range settings {
+		for _, s := range new(config).settings() {
 			v, given := keys[s.cmdline]
 			if s.cmdline == "" || !given {
 				continue

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +19,8 @@ import (
 	"github.com/arcbox/arcbox-agent/disk"
 	"github.com/arcbox/arcbox-agent/httpapi"
 	"github.com/arcbox/arcbox-agent/netconf"
+	"github.com/arcbox/arcbox-agent/sandbox"
+	"github.com/arcbox/arcbox-agent/sandbox/oci"
 )
 
 // config is every setting of the agent, resolved from flags, then the
@@ -70,19 +73,32 @@ type config struct {
 	Sources map[string]string
 }
 
-// setting is one row of the configuration table.
+// setting is one row of the configuration table: a flag, where else its
+// value may come from, its default, and how a value is set into the
+// config the table was made for.
 type setting struct {
 	name       string // the flag, without dashes
 	cmdline    string // the kernel command-line key, if any ("arcbox.x=")
 	usage      string
 	repeatable bool // a flag given many times; a comma-separated list in the environment
 	isBool     bool
-	def        func(c *config) string // evaluated after the settings it depends on
-	apply      func(c *config, v string) error
+	// def is the default, or defFrom computes it: from the settings
+	// above the row (resolved first) or from the machine.
+	def     string
+	defFrom func() string
+	set     func(v string) error
 	// lenient settings ignore a bad value from the environment or the
-	// command line (with a warning) instead of failing, as API.md asks of
-	// the Docker port.
+	// kernel command line (with a warning) and fall through to the next
+	// source, instead of failing.
 	lenient bool
+}
+
+// defaultValue is the setting's default, computed when it has to be.
+func (s setting) defaultValue() string {
+	if s.defFrom != nil {
+		return s.defFrom()
+	}
+	return s.def
 }
 
 // envName is the environment variable of a setting: --docker-socket is
@@ -91,237 +107,225 @@ func envName(flagName string) string {
 	return "ARCBOX_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-func str(dst func(c *config) *string) func(c *config, v string) error {
-	return func(c *config, v string) error { *dst(c) = v; return nil }
-}
-
-func boolean(dst func(c *config) *bool) func(c *config, v string) error {
-	return func(c *config, v string) error {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return fmt.Errorf("%q is not a boolean (true or false)", v)
+// text sets a string setting that passes the checks, if any.
+func text(dst *string, checks ...func(string) error) func(v string) error {
+	return func(v string) error {
+		for _, check := range checks {
+			if err := check(v); err != nil {
+				return err
+			}
 		}
-		*dst(c) = b
+		*dst = v
 		return nil
 	}
 }
 
-func constant(s string) func(*config) string { return func(*config) string { return s } }
+// boolean sets a true-or-false setting.
+func boolean(dst *bool) func(v string) error {
+	return func(v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%q is not a boolean (true or false)", v)
+		}
+		*dst = b
+		return nil
+	}
+}
 
-// settings is the table, in resolution order: a default may use the
-// settings above it.
-var settings = []setting{
-	{name: "cmdline-file", usage: "the kernel command line to read settings from", def: constant("/proc/cmdline"),
-		apply: str(func(c *config) *string { return &c.CmdlineFile })},
-	{name: "listen", repeatable: true, usage: "control API listener URL: vsock://[CID]:PORT, unix:///path or tcp://HOST:PORT (repeatable)",
-		def: constant("vsock://:1024"), apply: func(c *config, v string) error {
-			for _, u := range splitList(v) {
-				if _, err := httpapi.ParseEndpoint(u); err != nil {
-					return err
-				}
-				c.Listen = append(c.Listen, u)
-			}
-			return nil
-		}},
-	{name: "guest-docker-vsock-port", cmdline: "arcbox.guest_docker_vsock_port", lenient: true,
-		usage: "the vsock port of the Docker API proxy's default listener", def: constant("2375"),
-		apply: func(c *config, v string) error {
-			p, err := strconv.ParseUint(v, 10, 32)
-			if err != nil || p == 0 {
-				return fmt.Errorf("%q is not a positive integer", v)
-			}
-			c.GuestDockerVsockPort = uint32(p)
-			return nil
-		}},
-	{name: "docker-listen", usage: "Docker API proxy listener URL",
-		def: func(c *config) string { return fmt.Sprintf("vsock://:%d", c.GuestDockerVsockPort) },
-		apply: func(c *config, v string) error {
-			if _, err := httpapi.ParseEndpoint(v); err != nil {
-				return err
-			}
-			c.DockerListen = v
-			return nil
-		}},
-	{name: "docker-socket", usage: "dockerd's unix socket", def: constant("/var/run/docker.sock"),
-		apply: str(func(c *config) *string { return &c.DockerSocket })},
-	{name: "containerd-socket", usage: "containerd's unix socket", def: constant("/run/containerd/containerd.sock"),
-		apply: str(func(c *config) *string { return &c.ContainerdSocket })},
-	{name: "runtime-bin-dir", usage: "where dockerd, containerd, containerd-shim-runc-v2 and runc are", def: constant("/arcbox/runtime/bin"),
-		apply: str(func(c *config) *string { return &c.RuntimeBinDir })},
-	{name: "data-device", cmdline: "arcbox.docker_data_device", usage: "the data volume: a block device, or an image file attached to a loop device",
-		def: constant("/dev/vdb"), apply: str(func(c *config) *string { return &c.DataDevice })},
-	{name: "wipe-data-device", isBool: true, usage: "format the data device even though it carries another filesystem (destroys its data)",
-		def: constant("false"), apply: boolean(func(c *config) *bool { return &c.WipeDataDevice })},
-	{name: "data-mount", usage: "where the raw data volume is mounted", def: constant("/run/arcbox/data"),
-		apply: str(func(c *config) *string { return &c.DataMount })},
-	{name: "docker-data-root", usage: "dockerd's data root (the @docker subvolume)", def: constant("/var/lib/docker"),
-		apply: str(func(c *config) *string { return &c.DockerDataRoot })},
-	{name: "containerd-root", usage: "containerd's root (the @containerd subvolume)", def: constant("/var/lib/containerd"),
-		apply: str(func(c *config) *string { return &c.ContainerdRoot })},
-	{name: "containerd-state", usage: "containerd's state directory (--state)", def: constant("/run/containerd"),
-		apply: str(func(c *config) *string { return &c.ContainerdState })},
-	{name: "containerd-config", usage: "where the agent writes containerd's configuration", def: constant("/etc/containerd/config.toml"),
-		apply: str(func(c *config) *string { return &c.ContainerdConfig })},
-	{name: "docker-exec-root", usage: "dockerd's --exec-root (its pid file goes there too)", def: constant("/var/run/docker"),
-		apply: str(func(c *config) *string { return &c.DockerExecRoot })},
-	{name: "data-subvolume", repeatable: true, usage: "an extra subvolume of the data volume and where it is mounted, NAME=PATH (repeatable)", def: constant(""),
-		apply: func(c *config, v string) error {
-			for _, s := range splitList(v) {
-				name, target, ok := strings.Cut(s, "=")
-				if !ok || name == "" || !filepath.IsAbs(target) {
-					return fmt.Errorf("%q: want NAME=/absolute/path, such as @sandboxes=/var/lib/arcbox", s)
-				}
-				c.DataSubvolumes = append(c.DataSubvolumes, disk.Subvolume{Name: name, Target: target})
-			}
-			return nil
-		}},
-	{name: "disk-state-dir", usage: "where the data volume keeps its format journal (on tmpfs by default, so a reboot forgets it)", def: constant("/run/arcbox/disk"),
-		apply: str(func(c *config) *string { return &c.DiskStateDir })},
-	{name: "state-dir", usage: "sandboxes, snapshots, image cache and agent records", def: constant("/var/lib/arcbox"),
-		apply: str(func(c *config) *string { return &c.StateDir })},
-	{name: "log-dir", usage: "where runtime daemons log (default /arcbox/log when /arcbox exists, else /var/log/arcbox)",
-		def: func(*config) string {
-			if fi, err := os.Stat("/arcbox"); err == nil && fi.IsDir() {
-				return "/arcbox/log"
-			}
-			return "/var/log/arcbox"
-		}, apply: str(func(c *config) *string { return &c.LogDir })},
-	{name: "dockerd-arg", repeatable: true, usage: "an extra flag for dockerd, such as --iptables=false for an image without iptables (repeatable)", def: constant(""),
-		apply: func(c *config, v string) error {
-			c.DockerdArgs = append(c.DockerdArgs, splitList(v)...)
-			return nil
-		}},
-	{name: "allow-cid", repeatable: true, usage: "a vsock peer CID accepted besides the host's 2 (repeatable)", def: constant(""),
-		apply: func(c *config, v string) error {
-			for _, s := range splitList(v) {
-				cid, err := strconv.ParseUint(s, 10, 32)
-				if err != nil {
-					return fmt.Errorf("%q is not a CID (a 32-bit number)", s)
-				}
-				c.AllowCIDs = append(c.AllowCIDs, uint32(cid))
-			}
-			return nil
-		}},
-	{name: "auth-token-file", usage: "a file (mode 0600) holding the bearer token, 32 characters or more, that requests on TCP listeners must carry as Authorization: Bearer <token> (on the Docker proxy, the first request of each connection)", def: constant(""),
-		apply: str(func(c *config) *string { return &c.AuthTokenFile })},
-	{name: "insecure-loopback", isBool: true, usage: "serve TCP listeners on loopback addresses without a token when there is no --auth-token-file (any local user can then reach the API)", def: constant("false"),
-		apply: boolean(func(c *config) *bool { return &c.InsecureLoopback })},
-	{name: "socket-group", usage: "a group (name or GID) that may connect to the agent's unix sockets too: they are then 0660 instead of 0600 (empty: root alone)", def: constant(""),
-		apply: func(c *config, v string) error {
-			c.SocketGroup, c.HasSocketGID = v, false
-			if v == "" {
-				return nil
-			}
-			gid, err := lookupGroup(v)
+// each sets a repeatable setting: parse checks each item of the list and
+// says what it adds to the field (see asIs and valid).
+func each[T any](dst *[]T, parse func(item string) (T, error)) func(v string) error {
+	return func(v string) error {
+		for _, item := range splitList(v) {
+			x, err := parse(item)
 			if err != nil {
 				return err
 			}
-			c.SocketGID, c.HasSocketGID = gid, true
-			return nil
-		}},
-	{name: "audit-log", usage: "a file the audit log of mutating calls is appended to as JSON lines, mode 0600 (empty: the main log)", def: constant(""),
-		apply: func(c *config, v string) error {
-			if v != "" && !filepath.IsAbs(v) {
-				return fmt.Errorf("%q is not an absolute path", v)
-			}
-			c.AuditLog = v
-			return nil
-		}},
-	{name: "prepare-system", isBool: true, usage: "mount cgroup2, devpts and tmpfs, set ip_forward and load overlay before the runtime starts (default true when the agent is PID 1)",
-		def:   func(*config) string { return strconv.FormatBool(os.Getpid() == 1) },
-		apply: boolean(func(c *config) *bool { return &c.PrepareSystem })},
-	{name: "set-clock", isBool: true, usage: "let a ping with the host's time step the guest's realtime clock", def: constant("true"),
-		apply: boolean(func(c *config) *bool { return &c.SetClock })},
-	{name: "ntp-server", usage: "an NTP server for a one-shot sync before the runtime starts (empty: none)", def: constant(""),
-		apply: str(func(c *config) *string { return &c.NTPServer })},
-	{name: "oci-runtime", usage: "the sandboxes' OCI runtime: runc, crun, or a path (empty: the faster one present)", def: constant(""),
-		apply: str(func(c *config) *string { return &c.OCIRuntime })},
-	{name: "sandbox-rootfs", usage: "the default root filesystem directory of sandboxes",
-		def:   func(c *config) string { return filepath.Join(c.StateDir, "rootfs", "default") },
-		apply: str(func(c *config) *string { return &c.SandboxRootfs })},
-	{name: "sandbox-busybox", usage: "the static busybox the default root filesystem is made from when it does not exist", def: constant("/bin/busybox"),
-		apply: str(func(c *config) *string { return &c.BusyboxPath })},
-	{name: "sandbox-cidr", usage: "the address range of bridged sandboxes (IPv4, /8 to /30); its first address is the gateway, the bridge's own", def: constant("172.20.0.0/16"),
-		apply: func(c *config, v string) error {
-			p, err := netip.ParsePrefix(v)
-			switch {
-			case err != nil:
-				return fmt.Errorf("%q is not an address range such as 172.20.0.0/16", v)
-			case !p.Addr().Is4() || p.Bits() < 8 || p.Bits() > 30:
-				return fmt.Errorf("%q: want an IPv4 range from /8 to /30", v)
-			case p.Masked() != p:
-				return fmt.Errorf("%q has host bits set; the range is %s", v, p.Masked())
-			}
-			c.SandboxCIDR = p
-			return nil
-		}},
-	{name: "sandbox-mount-root", repeatable: true, usage: "a directory whose contents sandboxes may bind-mount (repeatable; none given: the sandbox package's default)", def: constant(""),
-		apply: func(c *config, v string) error {
-			for _, d := range splitList(v) {
-				if !filepath.IsAbs(d) {
-					return fmt.Errorf("%q is not an absolute path", d)
+			*dst = append(*dst, x)
+		}
+		return nil
+	}
+}
+
+// oneOf checks a setting that takes one of a few words.
+func oneOf(choices ...string) func(v string) error {
+	return func(v string) error {
+		if !slices.Contains(choices, v) {
+			return fmt.Errorf("%q is not one of %s", v, strings.Join(choices, ", "))
+		}
+		return nil
+	}
+}
+
+// settings is the table over c, in resolution order: a default may use
+// the settings above it.
+func (c *config) settings() []setting {
+	return []setting{
+		{name: "cmdline-file", usage: "the kernel command line to read settings from",
+			def: "/proc/cmdline", set: text(&c.CmdlineFile)},
+		{name: "listen", repeatable: true, usage: "control API listener URL: vsock://[CID]:PORT, unix:///path or tcp://HOST:PORT (repeatable)",
+			def: "vsock://:1024", set: each(&c.Listen, valid(checkEndpoint))},
+		{name: "guest-docker-vsock-port", cmdline: "arcbox.guest_docker_vsock_port", lenient: true,
+			usage: "the vsock port of the Docker API proxy's default listener", def: "2375",
+			set: func(v string) error {
+				p, err := strconv.ParseUint(v, 10, 32)
+				if err != nil || p == 0 {
+					return fmt.Errorf("%q is not a positive integer", v)
 				}
-				c.SandboxMountRoots = append(c.SandboxMountRoots, filepath.Clean(d))
-			}
-			return nil
-		}},
-	{name: "registry", repeatable: true, usage: "a registry, HOST[:PORT], sandbox images may be pulled from (repeatable; none given: any but loopback and link-local ones)", def: constant(""),
-		apply: func(c *config, v string) error {
-			for _, r := range splitList(v) {
-				if err := checkRegistry(r); err != nil {
-					return err
+				c.GuestDockerVsockPort = uint32(p)
+				return nil
+			}},
+		{name: "docker-listen", usage: "Docker API proxy listener URL",
+			defFrom: func() string { return fmt.Sprintf("vsock://:%d", c.GuestDockerVsockPort) },
+			set:     text(&c.DockerListen, checkEndpoint)},
+		{name: "docker-socket", usage: "dockerd's unix socket",
+			def: "/var/run/docker.sock", set: text(&c.DockerSocket)},
+		{name: "containerd-socket", usage: "containerd's unix socket",
+			def: "/run/containerd/containerd.sock", set: text(&c.ContainerdSocket)},
+		{name: "runtime-bin-dir", usage: "where dockerd, containerd, containerd-shim-runc-v2 and runc are",
+			def: "/arcbox/runtime/bin", set: text(&c.RuntimeBinDir)},
+		{name: "data-device", cmdline: "arcbox.docker_data_device", usage: "the data volume: a block device, or an image file attached to a loop device",
+			def: "/dev/vdb", set: text(&c.DataDevice)},
+		{name: "wipe-data-device", isBool: true, usage: "format the data device even though it carries another filesystem (destroys its data)",
+			def: "false", set: boolean(&c.WipeDataDevice)},
+		{name: "data-mount", usage: "where the raw data volume is mounted",
+			def: "/run/arcbox/data", set: text(&c.DataMount)},
+		{name: "docker-data-root", usage: "dockerd's data root (the @docker subvolume)",
+			def: "/var/lib/docker", set: text(&c.DockerDataRoot)},
+		{name: "containerd-root", usage: "containerd's root (the @containerd subvolume)",
+			def: "/var/lib/containerd", set: text(&c.ContainerdRoot)},
+		{name: "containerd-state", usage: "containerd's state directory (--state)",
+			def: "/run/containerd", set: text(&c.ContainerdState)},
+		{name: "containerd-config", usage: "where the agent writes containerd's configuration",
+			def: "/etc/containerd/config.toml", set: text(&c.ContainerdConfig)},
+		{name: "docker-exec-root", usage: "dockerd's --exec-root (its pid file goes there too)",
+			def: "/var/run/docker", set: text(&c.DockerExecRoot)},
+		{name: "data-subvolume", repeatable: true, usage: "an extra subvolume of the data volume and where it is mounted, NAME=PATH (repeatable)",
+			set: each(&c.DataSubvolumes, func(s string) (disk.Subvolume, error) {
+				name, target, ok := strings.Cut(s, "=")
+				if !ok || name == "" || !filepath.IsAbs(target) {
+					return disk.Subvolume{}, fmt.Errorf("%q: want NAME=/absolute/path, such as @sandboxes=/var/lib/arcbox", s)
 				}
-				c.Registries = append(c.Registries, r)
-			}
-			return nil
-		}},
-	{name: "registry-auth-file", usage: "a Docker config.json whose \"auths\" credentials image pulls use when a create brings none (empty: none)", def: constant(""),
-		apply: str(func(c *config) *string { return &c.RegistryAuthFile })},
-	{name: "log-level", usage: "debug, info, warn or error", def: constant("info"),
-		apply: func(c *config, v string) error {
-			switch v {
-			case "debug", "info", "warn", "error":
-				c.LogLevel = v
-				return nil
-			}
-			return fmt.Errorf("%q is not one of debug, info, warn, error", v)
-		}},
-	{name: "log-format", usage: "json, text, or auto (text on a terminal, else JSON)", def: constant("auto"),
-		apply: func(c *config, v string) error {
-			switch v {
-			case "json", "text", "auto":
-				c.LogFormat = v
-				return nil
-			}
-			return fmt.Errorf("%q is not one of json, text, auto", v)
-		}},
-	{name: "modules", repeatable: true, cmdline: "arcbox.modules",
-		usage: "kernel modules to load with their dependencies before listening (repeatable), e.g. virtio_pci,vsock_loopback", def: constant(""),
-		apply: func(c *config, v string) error {
-			c.Modules = append(c.Modules, splitList(v)...)
-			return nil
-		}},
-	{name: "net-address", repeatable: true, cmdline: "arcbox.net_address",
-		usage: "an interface's static IPv4 address, IFACE=ADDRESS/BITS, set before listening (repeatable)", def: constant(""),
-		apply: func(c *config, v string) error {
-			for _, s := range splitList(v) {
-				a, err := netconf.ParseAddress(s)
+				return disk.Subvolume{Name: name, Target: target}, nil
+			})},
+		{name: "disk-state-dir", usage: "where the data volume keeps its format journal (on tmpfs by default, so a reboot forgets it)",
+			def: "/run/arcbox/disk", set: text(&c.DiskStateDir)},
+		{name: "state-dir", usage: "sandboxes, snapshots, image cache and agent records",
+			def: "/var/lib/arcbox", set: text(&c.StateDir)},
+		{name: "log-dir", usage: "where runtime daemons log (default /arcbox/log when /arcbox exists, else /var/log/arcbox)",
+			defFrom: func() string {
+				if fi, err := os.Stat("/arcbox"); err == nil && fi.IsDir() {
+					return "/arcbox/log"
+				}
+				return "/var/log/arcbox"
+			}, set: text(&c.LogDir)},
+		{name: "dockerd-arg", repeatable: true, usage: "an extra flag for dockerd, such as --iptables=false for an image without iptables (repeatable)",
+			set: each(&c.DockerdArgs, asIs)},
+		{name: "allow-cid", repeatable: true, usage: "a vsock peer CID accepted besides the host's 2 (repeatable)",
+			set: each(&c.AllowCIDs, func(s string) (uint32, error) {
+				cid, err := strconv.ParseUint(s, 10, 32)
+				if err != nil {
+					return 0, fmt.Errorf("%q is not a CID (a 32-bit number)", s)
+				}
+				return uint32(cid), nil
+			})},
+		{name: "auth-token-file", usage: "a file (mode 0600) holding the bearer token, 32 characters or more, that requests on TCP listeners must carry as Authorization: Bearer <token> (on the Docker proxy, the first request of each connection)",
+			set: text(&c.AuthTokenFile)},
+		{name: "insecure-loopback", isBool: true, usage: "serve TCP listeners on loopback addresses without a token when there is no --auth-token-file (any local user can then reach the API)",
+			def: "false", set: boolean(&c.InsecureLoopback)},
+		{name: "socket-group", usage: "a group (name or GID) that may connect to the agent's unix sockets too: they are then 0660 instead of 0600 (empty: root alone)",
+			set: func(v string) error {
+				c.SocketGroup, c.HasSocketGID = v, false
+				if v == "" {
+					return nil
+				}
+				gid, err := lookupGroup(v)
 				if err != nil {
 					return err
 				}
-				c.NetAddresses = append(c.NetAddresses, a)
-			}
-			return nil
-		}},
-	{name: "shutdown-timeout", usage: "how long requests in flight may finish after SIGTERM", def: constant("10s"),
-		apply: func(c *config, v string) error {
-			d, err := time.ParseDuration(v)
-			if err != nil || d < 0 {
-				return fmt.Errorf("%q is not a duration such as 10s", v)
-			}
-			c.ShutdownTimeout = d
-			return nil
-		}},
+				c.SocketGID, c.HasSocketGID = gid, true
+				return nil
+			}},
+		{name: "audit-log", usage: "a file the audit log of mutating calls is appended to as JSON lines, mode 0600 (empty: the main log)",
+			set: text(&c.AuditLog, func(v string) error {
+				if v != "" && !filepath.IsAbs(v) {
+					return fmt.Errorf("%q is not an absolute path", v)
+				}
+				return nil
+			})},
+		{name: "prepare-system", isBool: true, usage: "mount cgroup2, devpts and tmpfs, set ip_forward and load overlay before the runtime starts (default true when the agent is PID 1)",
+			defFrom: func() string { return strconv.FormatBool(os.Getpid() == 1) }, set: boolean(&c.PrepareSystem)},
+		{name: "set-clock", isBool: true, usage: "let a ping with the host's time step the guest's realtime clock",
+			def: "true", set: boolean(&c.SetClock)},
+		{name: "ntp-server", usage: "an NTP server for a one-shot sync before the runtime starts (empty: none)",
+			set: text(&c.NTPServer)},
+		{name: "oci-runtime", usage: "the sandboxes' OCI runtime: runc, crun, or a path (empty: the faster one present)",
+			set: text(&c.OCIRuntime)},
+		{name: "sandbox-rootfs", usage: "the default root filesystem directory of sandboxes",
+			defFrom: func() string { return oci.DefaultRootfsDir(c.StateDir) }, set: text(&c.SandboxRootfs)},
+		{name: "sandbox-busybox", usage: "the static busybox the default root filesystem is made from when it does not exist",
+			def: oci.DefaultBusyboxPath, set: text(&c.BusyboxPath)},
+		{name: "sandbox-cidr", usage: "the address range of bridged sandboxes (IPv4, /8 to /30); its first address is the gateway, the bridge's own",
+			def: sandbox.DefaultBridgeCIDR.String(),
+			set: func(v string) error {
+				p, err := netip.ParsePrefix(v)
+				switch {
+				case err != nil:
+					return fmt.Errorf("%q is not an address range such as 172.20.0.0/16", v)
+				case !p.Addr().Is4() || p.Bits() < 8 || p.Bits() > 30:
+					return fmt.Errorf("%q: want an IPv4 range from /8 to /30", v)
+				case p.Masked() != p:
+					return fmt.Errorf("%q has host bits set; the range is %s", v, p.Masked())
+				}
+				c.SandboxCIDR = p
+				return nil
+			}},
+		{name: "sandbox-mount-root", repeatable: true, usage: "a directory whose contents sandboxes may bind-mount (repeatable; none given: the VirtioFS shares, wherever mounted)",
+			set: each(&c.SandboxMountRoots, func(d string) (string, error) {
+				if !filepath.IsAbs(d) {
+					return "", fmt.Errorf("%q is not an absolute path", d)
+				}
+				return filepath.Clean(d), nil
+			})},
+		{name: "registry", repeatable: true, usage: "a registry, HOST[:PORT], sandbox images may be pulled from (repeatable; none given: any but loopback and link-local ones)",
+			set: each(&c.Registries, valid(checkRegistry))},
+		{name: "registry-auth-file", usage: "a Docker config.json whose \"auths\" credentials image pulls use when a create brings none (empty: none)",
+			set: text(&c.RegistryAuthFile)},
+		{name: "log-level", usage: "debug, info, warn or error",
+			def: "info", set: text(&c.LogLevel, oneOf("debug", "info", "warn", "error"))},
+		{name: "log-format", usage: "json, text, or auto (text on a terminal, else JSON)",
+			def: "auto", set: text(&c.LogFormat, oneOf("json", "text", "auto"))},
+		{name: "modules", repeatable: true, cmdline: "arcbox.modules",
+			usage: "kernel modules to load with their dependencies before listening (repeatable), e.g. virtio_pci,vsock_loopback",
+			set:   each(&c.Modules, asIs)},
+		{name: "net-address", repeatable: true, cmdline: "arcbox.net_address",
+			usage: "an interface's static IPv4 address, IFACE=ADDRESS/BITS, set before listening (repeatable)",
+			set:   each(&c.NetAddresses, netconf.ParseAddress)},
+		{name: "shutdown-timeout", usage: "how long requests in flight may finish after SIGTERM",
+			def: "10s",
+			set: func(v string) error {
+				d, err := time.ParseDuration(v)
+				if err != nil || d < 0 {
+					return fmt.Errorf("%q is not a duration such as 10s", v)
+				}
+				c.ShutdownTimeout = d
+				return nil
+			}},
+	}
+}
+
+// asIs takes a list item as given.
+func asIs(s string) (string, error) { return s, nil }
+
+// valid takes a list item as given once check accepts it.
+func valid(check func(string) error) func(string) (string, error) {
+	return func(s string) (string, error) { return s, check(s) }
+}
+
+// checkEndpoint checks a listener URL.
+func checkEndpoint(u string) error {
+	_, err := httpapi.ParseEndpoint(u)
+	return err
 }
 
 // errHelp and errVersion end the program early with status 0.
@@ -339,6 +343,8 @@ func (l *listValue) Set(v string) error { l.vals = append(l.vals, v); return nil
 // loadConfig resolves the settings from args, the environment (getenv) and
 // the kernel command line; warn is told of lenient values it ignored.
 func loadConfig(args []string, getenv func(string) string, usageOut io.Writer, warn func(msg string, args ...any)) (*config, error) {
+	c := &config{Sources: map[string]string{}}
+	settings := c.settings()
 	fs := flag.NewFlagSet("arcbox-agent", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	values := map[string]*string{}
@@ -372,7 +378,6 @@ func loadConfig(args []string, getenv func(string) string, usageOut io.Writer, w
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 
-	c := &config{Sources: map[string]string{}}
 	var cmdline map[string]string
 	for _, s := range settings {
 		// The sources that give this setting a value, highest first.
@@ -397,7 +402,7 @@ func loadConfig(args []string, getenv func(string) string, usageOut io.Writer, w
 		}
 		applied := false
 		for _, cand := range cands {
-			err := s.apply(c, cand.value)
+			err := s.set(cand.value)
 			if err == nil {
 				c.Sources[s.name], applied = cand.source, true
 				break
@@ -410,7 +415,7 @@ func loadConfig(args []string, getenv func(string) string, usageOut io.Writer, w
 		if applied {
 			continue
 		}
-		if err := s.apply(c, s.def(c)); err != nil {
+		if err := s.set(s.defaultValue()); err != nil {
 			return nil, fmt.Errorf("--%s default: %w", s.name, err)
 		}
 		c.Sources[s.name] = "default"
@@ -556,9 +561,9 @@ kernel command line (where a key is given), else its default.
 
 `)
 	defaults := &config{}
-	for _, s := range settings {
-		def := s.def(defaults)
-		_ = s.apply(defaults, def)
+	for _, s := range defaults.settings() {
+		def := s.defaultValue()
+		_ = s.set(def)
 		name := "--" + s.name
 		switch {
 		case s.isBool:

@@ -186,7 +186,7 @@ func TestHelpNamesEachEnvironmentVariable(t *testing.T) {
 	if !errors.Is(err, errHelp) {
 		t.Fatalf("err = %v, want errHelp", err)
 	}
-	for _, s := range settings {
+	for _, s := range new(config).settings() {
 		if !strings.Contains(out.String(), "--"+s.name) || !strings.Contains(out.String(), envName(s.name)) {
 			t.Errorf("--help lacks --%s or %s", s.name, envName(s.name))
 		}

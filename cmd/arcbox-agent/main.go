@@ -29,6 +29,7 @@ import (
 	"github.com/arcbox/arcbox-agent/handlers"
 	"github.com/arcbox/arcbox-agent/httpapi"
 	"github.com/arcbox/arcbox-agent/kmod"
+	"github.com/arcbox/arcbox-agent/lifecycle"
 	"github.com/arcbox/arcbox-agent/netconf"
 	"github.com/arcbox/arcbox-agent/pid1"
 	"github.com/arcbox/arcbox-agent/sandbox"
@@ -86,6 +87,51 @@ func main() {
 // run is the agent: it returns when ctx ends (SIGTERM or SIGINT) and every
 // request in flight has finished, or the shutdown deadline passed.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	a, err := start(ctx, args, getenv, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	defer a.release()
+	if err := a.serve(); err != nil {
+		return err
+	}
+	a.shutdown()
+	return nil
+}
+
+// agent is the running agent: what start builds, serve puts on the
+// listeners and shutdown stops.
+type agent struct {
+	cfg    *config
+	logger *slog.Logger
+	began  time.Time // when the process started
+	token  string    // the bearer token of TCP listeners; "" for none
+
+	// ctx ends with run's (SIGTERM or SIGINT), or when run returns.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// stopping ends as the server begins to shut down, and with it the
+	// streaming responses.
+	stopping      context.Context
+	beginStopping context.CancelFunc
+	// proxyCtx ends the Docker proxy's connections.
+	proxyCtx  context.Context
+	stopProxy context.CancelFunc
+
+	listeners      *httpapi.Listeners
+	server         *http.Server
+	proxy          *dockerproxy.Proxy
+	proxyDone      sync.WaitGroup
+	sandboxManager *sandboxes
+	runtime        *lifecycle.Runtime
+	closeAudit     func()
+}
+
+// start reads the configuration, does init's duties when the agent is
+// PID 1, prepares the machine and builds each part of the agent: nothing
+// listens yet. The sandbox manager starts in the background.
+func start(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) (*agent, error) {
 	began := startup.ProcessStart()
 	// As init, mount /proc and friends first: the configuration reads the
 	// kernel command line from /proc.
@@ -98,74 +144,98 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		mountsTook = time.Since(mountsBegan)
 	}
 	configBegan := time.Now()
-	var warnings [][]any
-	cfg, err := loadConfig(args, getenv, stdout, func(msg string, kv ...any) {
-		warnings = append(warnings, append([]any{msg}, kv...))
-	})
+	cfg, logger, err := configure(args, getenv, stdout, stderr)
 	if err != nil {
-		return err
-	}
-	logger := newLogger(cfg, stderr)
-	for _, w := range warnings {
-		logger.Warn(w[0].(string), w[1:]...)
+		return nil, err
 	}
 	token, err := listenerAuth(cfg, func(listener string) {
 		logger.Warn("serving a TCP listener without authentication (--insecure-loopback): any local user can reach it", "listener", listener)
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	auditLog, closeAudit, err := openAuditLog(cfg, logger)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer closeAudit()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		buildInfo(),
-	)
+	reg := newRegistry()
 	phases := startup.New(reg, began)
 	phases.Observe("config", configBegan)
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	a := &agent{cfg: cfg, logger: logger, began: began, token: token, closeAudit: closeAudit}
+	a.ctx, a.cancel = context.WithCancel(ctx)
+	a.stopping, a.beginStopping = context.WithCancel(context.Background())
+	a.proxyCtx, a.stopProxy = context.WithCancel(context.Background())
 	startProcess := (*exec.Cmd).Start
 	if isInit {
 		if mountErr != nil {
 			logger.Error("mount the essential filesystems", "err", mountErr)
 		}
 		reaper := pid1.NewReaper(logger.With("component", "reaper"))
-		go reaper.Run(ctx)
+		go reaper.Run(a.ctx)
 		startProcess = reaper.Start // so the reaper never takes a daemon's exit
 		phases.Record("init", mountsTook, configBegan.Sub(began))
 	}
-	if len(cfg.Modules) > 0 {
+	a.prepareMachine(isInit, phases)
+	if err := a.build(reg, phases, startProcess, auditLog); err != nil {
+		a.release()
+		return nil, err
+	}
+	return a, nil
+}
+
+// configure resolves the configuration and makes the logger, which then
+// tells of the bad settings that were ignored.
+func configure(args []string, getenv func(string) string, stdout, stderr io.Writer) (*config, *slog.Logger, error) {
+	var warnings [][]any
+	cfg, err := loadConfig(args, getenv, stdout, func(msg string, kv ...any) {
+		warnings = append(warnings, append([]any{msg}, kv...))
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	logger := newLogger(cfg, stderr)
+	for _, w := range warnings {
+		logger.Warn(w[0].(string), w[1:]...)
+	}
+	return cfg, logger, nil
+}
+
+// prepareMachine loads the kernel modules and sets the static addresses
+// asked for; as init it always configures the network, which brings
+// loopback up. A failure is logged, and the agent serves on.
+func (a *agent) prepareMachine(isInit bool, phases *startup.Phases) {
+	if len(a.cfg.Modules) > 0 {
 		modulesBegan := time.Now()
-		if err := loadModules(logger, cfg.Modules); err != nil {
-			logger.Error("load kernel modules", "err", err)
+		if err := loadModules(a.logger, a.cfg.Modules); err != nil {
+			a.logger.Error("load kernel modules", "err", err)
 		}
 		phases.Observe("modules", modulesBegan)
 	}
-	if isInit || len(cfg.NetAddresses) > 0 {
+	if isInit || len(a.cfg.NetAddresses) > 0 {
 		netBegan := time.Now()
-		netCtx, cancelNet := context.WithTimeout(ctx, 5*time.Second)
-		if err := netconf.System.Configure(netCtx, cfg.NetAddresses); err != nil {
-			logger.Error("configure the network", "err", err)
-		} else if len(cfg.NetAddresses) > 0 {
-			logger.Info("configured the network", "addresses", cfg.NetAddresses)
+		netCtx, cancelNet := context.WithTimeout(a.ctx, 5*time.Second)
+		if err := netconf.System.Configure(netCtx, a.cfg.NetAddresses); err != nil {
+			a.logger.Error("configure the network", "err", err)
+		} else if len(a.cfg.NetAddresses) > 0 {
+			a.logger.Info("configured the network", "addresses", a.cfg.NetAddresses)
 		}
 		cancelNet()
 		phases.Observe("network", netBegan)
 	}
+}
 
+// build makes the parts of the agent: the listeners' registry, the
+// container runtime, the sandbox manager (starting in the background),
+// the Docker proxy and the HTTP server of the control API.
+func (a *agent) build(reg *prometheus.Registry, phases *startup.Phases, startProcess func(*exec.Cmd) error, auditLog *slog.Logger) error {
+	cfg, logger := a.cfg, a.logger
 	var setClock clock.Setter
 	if cfg.SetClock {
 		setClock = clock.SetRealtime
 	}
-	listeners := httpapi.NewListeners(httpapi.ListenersConfig{
+	a.listeners = httpapi.NewListeners(httpapi.ListenersConfig{
 		Logger:       logger.With("component", "listeners"),
 		Phases:       phases,
 		Registerer:   reg,
@@ -173,32 +243,30 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		SocketGID:    cfg.SocketGID,
 		HasSocketGID: cfg.HasSocketGID,
 	})
-	rt, err := newRuntime(cfg, logger, phases, reg, startProcess)
+	var err error
+	if a.runtime, err = newRuntime(cfg, logger, phases, reg, startProcess); err != nil {
+		return err
+	}
+	a.sandboxManager = startSandboxes(a.ctx, cfg, logger, phases, reg)
+	a.proxy, err = dockerproxy.New(dockerproxy.Config{Socket: cfg.DockerSocket, Logger: logger, Registerer: reg, Token: a.token})
 	if err != nil {
 		return err
 	}
-	sandboxes := startSandboxes(ctx, cfg, logger, phases, reg)
-	proxy, err := dockerproxy.New(dockerproxy.Config{Socket: cfg.DockerSocket, Logger: logger, Registerer: reg, Token: token})
-	if err != nil {
-		return err
-	}
-	stopping, beginStopping := context.WithCancel(context.Background())
-	defer beginStopping()
 	api := handlers.New(handlers.Config{
 		Version:    version,
 		Logger:     logger,
 		Clock:      clock.NewSyncer(time.Now, setClock),
 		SystemInfo: sysinfo.Source{}.Collect,
-		Listeners:  listeners.Status,
+		Listeners:  a.listeners.Status,
 		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		Spec:       arcboxagent.OpenAPI,
-		Runtime:    rt,
-		Sandboxes:  sandboxes.get,
-		Stopping:   stopping,
+		Runtime:    a.runtime,
+		Sandboxes:  a.sandboxManager.get,
+		Stopping:   a.stopping,
 	})
-	srv := &http.Server{
+	a.server = &http.Server{
 		Handler: httpapi.NewRouter(httpapi.RouterConfig{API: api, Logger: logger, Registerer: reg,
-			Token: token, Audit: auditLog}),
+			Token: a.token, Audit: auditLog}),
 		// Each request learns who is calling (for the token check and the
 		// audit log) from its connection's listener.
 		ConnContext:       httpapi.ConnContext,
@@ -206,75 +274,109 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		IdleTimeout:       httpapi.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(logger.With("component", "http").Handler(), slog.LevelWarn),
 	}
-	srv.RegisterOnShutdown(beginStopping)
-	serveOn := func(ep httpapi.Endpoint) func(net.Listener) {
-		return func(ln net.Listener) {
-			go func() {
-				if err := srv.Serve(httpapi.PeerListener(ln, ep)); err != nil && !errors.Is(err, http.ErrServerClosed) {
-					logger.Error("listener stopped serving", "address", ln.Addr().String(), "err", err)
-				}
-			}()
-		}
-	}
+	a.server.RegisterOnShutdown(a.beginStopping)
+	return nil
+}
+
+// serve binds the control API's listeners, then the Docker proxy's,
+// serving on each as soon as it is bound, and returns when ctx ends.
+func (a *agent) serve() error {
+	cfg := a.cfg
 	for _, u := range cfg.Listen {
 		ep, err := httpapi.ParseEndpoint(u)
 		if err != nil {
 			return err
 		}
-		if err := listeners.Bind(ctx, "control", ep, serveOn(ep)); err != nil {
-			_ = srv.Close()
+		if err := a.listeners.Bind(a.ctx, "control", ep, a.serveAPI(ep)); err != nil {
+			_ = a.server.Close()
 			return fmt.Errorf("listen on %s: %w", u, err)
 		}
 	}
-	proxyCtx, stopProxy := context.WithCancel(context.Background())
-	defer stopProxy()
-	var proxyDone sync.WaitGroup
 	dockerEP, err := httpapi.ParseEndpoint(cfg.DockerListen)
 	if err != nil {
 		return err
 	}
-	err = listeners.Bind(ctx, "docker", dockerEP, func(ln net.Listener) {
-		proxyDone.Go(func() {
-			if err := proxy.Serve(proxyCtx, ln); err != nil {
-				logger.Error("docker proxy stopped", "address", ln.Addr().String(), "err", err)
-			}
-		})
-	})
-	if err != nil {
-		_ = srv.Close()
+	if err := a.listeners.Bind(a.ctx, "docker", dockerEP, a.serveProxy); err != nil {
+		_ = a.server.Close()
 		return fmt.Errorf("docker listener %s: %w", cfg.DockerListen, err)
 	}
-	logger.Info("agent started", "version", version, "pid", os.Getpid(), "listen", cfg.Listen, "docker_listen", cfg.DockerListen,
-		"auth_token", token != "", "audit_log", cfg.AuditLog,
-		"since_exec", time.Since(began), "set_clock", cfg.SetClock, "prepare_system", cfg.PrepareSystem)
-	logger.Debug("configuration", "sources", cfg.Sources)
+	a.logger.Info("agent started", "version", version, "pid", os.Getpid(), "listen", cfg.Listen, "docker_listen", cfg.DockerListen,
+		"auth_token", a.token != "", "audit_log", cfg.AuditLog,
+		"since_exec", time.Since(a.began), "set_clock", cfg.SetClock, "prepare_system", cfg.PrepareSystem)
+	a.logger.Debug("configuration", "sources", cfg.Sources)
+	<-a.ctx.Done()
+	return nil
+}
 
-	<-ctx.Done()
-	logger.Info("shutting down", "grace", cfg.ShutdownTimeout)
-	listeners.MarkClosed()
-	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	defer cancelShutdown()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		logger.Warn("requests still in flight at the deadline; closing them", "err", err)
-		_ = srv.Close()
+// serveAPI serves the control API on a listener of ep.
+func (a *agent) serveAPI(ep httpapi.Endpoint) func(net.Listener) {
+	return func(ln net.Listener) {
+		go func() {
+			if err := a.server.Serve(httpapi.PeerListener(ln, ep)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				a.logger.Error("listener stopped serving", "address", ln.Addr().String(), "err", err)
+			}
+		}()
 	}
-	stopProxy()
-	proxyDone.Wait()
+}
+
+// serveProxy serves the Docker proxy on its listener.
+func (a *agent) serveProxy(ln net.Listener) {
+	a.proxyDone.Go(func() {
+		if err := a.proxy.Serve(a.proxyCtx, ln); err != nil {
+			a.logger.Error("docker proxy stopped", "address", ln.Addr().String(), "err", err)
+		}
+	})
+}
+
+// shutdown stops the agent, first what depends on the rest: the
+// listeners, the requests in flight (within the shutdown timeout), the
+// Docker proxy, the sandbox manager, and the runtime's daemons last.
+func (a *agent) shutdown() {
+	a.logger.Info("shutting down", "grace", a.cfg.ShutdownTimeout)
+	a.listeners.MarkClosed()
+	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+	defer cancelShutdown()
+	if err := a.server.Shutdown(shutdownCtx); err != nil {
+		a.logger.Warn("requests still in flight at the deadline; closing them", "err", err)
+		_ = a.server.Close()
+	}
+	a.stopProxy()
+	a.proxyDone.Wait()
 	// The requests may have used up shutdownCtx; the sandboxes and the
 	// daemons get their own time, so dockerd and containerd get SIGTERM
 	// and their grace rather than an immediate SIGKILL.
-	closeCtx, cancelClose := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	closeCtx, cancelClose := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 	defer cancelClose()
-	if err := sandboxes.close(closeCtx); err != nil {
-		logger.Warn("close the sandbox manager", "err", err)
+	if err := a.sandboxManager.close(closeCtx); err != nil {
+		a.logger.Warn("close the sandbox manager", "err", err)
 	}
 	stopCtx, cancelStop := context.WithTimeout(context.Background(), runtimeStopTimeout)
 	defer cancelStop()
-	if err := rt.Shutdown(stopCtx); err != nil {
-		logger.Warn("stop the runtime", "err", err)
+	if err := a.runtime.Shutdown(stopCtx); err != nil {
+		a.logger.Warn("stop the runtime", "err", err)
 	}
-	logger.Info("stopped")
-	return nil
+	a.logger.Info("stopped")
+}
+
+// release lets go of what start holds, last made first, whether or not
+// the agent served.
+func (a *agent) release() {
+	a.stopProxy()
+	a.beginStopping()
+	a.cancel()
+	a.closeAudit()
+}
+
+// newRegistry is the agent's metrics registry, with the Go runtime's, the
+// process's and the build's own metrics.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfo(),
+	)
+	return reg
 }
 
 func loadModules(logger *slog.Logger, names []string) error {
