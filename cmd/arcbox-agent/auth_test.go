@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 )
 
 const testToken = "s3cret-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -62,8 +64,9 @@ func TestRunRefusesUnauthenticatedListeners(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sock := filepath.Join(t.TempDir(), "a.sock")
-			err := run(context.Background(), agentArgs(sock, tt.args...), func(string) string { return "" }, io.Discard, io.Discard)
+			dir := t.TempDir()
+			sock := agenttest.Socket(dir)
+			err := run(context.Background(), agenttest.Flags(dir, tt.args...), func(string) string { return "" }, io.Discard, io.Discard)
 			if err == nil {
 				t.Fatal("the agent started")
 			}
@@ -88,9 +91,9 @@ func TestRunRefusesUnauthenticatedListeners(t *testing.T) {
 // the audit file with its peer, and no log line holds the token.
 func TestRunWithToken(t *testing.T) {
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "agent.sock")
+	sock, dockerSock := agenttest.Socket(dir), agenttest.DockerSocket(dir)
 	auditPath := filepath.Join(dir, "audit", "audit.log")
-	port := freePort(t)
+	port := agenttest.FreePort(t)
 	gid := os.Getgid()
 	if os.Geteuid() == 0 {
 		gid = 4242
@@ -101,7 +104,7 @@ func TestRunWithToken(t *testing.T) {
 	tokenPath := tokenFile(t, testToken, 0o600)
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, agentArgs(sock, "--set-clock=false", "--log-level", "debug",
+		done <- run(ctx, agenttest.Flags(dir, "--set-clock=false", "--log-level", "debug",
 			"--listen", fmt.Sprintf("tcp://127.0.0.1:%d", port), "--socket-group", fmt.Sprint(gid), "--audit-log", auditPath),
 			func(k string) string {
 				if k == "ARCBOX_AUTH_TOKEN_FILE" { // the environment works as for every flag
@@ -111,9 +114,9 @@ func TestRunWithToken(t *testing.T) {
 			}, io.Discard, logs)
 	}()
 	waitDial(t, sock)
-	waitDial(t, sock+".docker")
+	waitDial(t, dockerSock)
 
-	for _, s := range []string{sock, sock + ".docker"} {
+	for _, s := range []string{sock, dockerSock} {
 		fi, err := os.Stat(s)
 		if err != nil {
 			t.Fatal(err)
@@ -125,7 +128,7 @@ func TestRunWithToken(t *testing.T) {
 
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	tcp := &http.Client{}
-	unix := &http.Client{Transport: unixTransport(sock)}
+	unix := &http.Client{Transport: agenttest.UnixTransport(sock)}
 	call := func(c *http.Client, method, url, auth string) int {
 		t.Helper()
 		req, _ := http.NewRequest(method, url, strings.NewReader(`{"message":"hi"}`))
@@ -221,7 +224,7 @@ func TestRunWithToken(t *testing.T) {
 }
 
 func TestForbiddenPaths(t *testing.T) {
-	c, err := loadConfig(agentArgs("/r/agent.sock", "--listen", "vsock://:1024", "--auth-token-file", "/etc/arcbox/token",
+	c, err := loadConfig(agenttest.Flags("/r", "--listen", "vsock://:1024", "--auth-token-file", "/etc/arcbox/token",
 		"--audit-log", "/var/log/arcbox-audit.log", "--registry-auth-file", "/etc/arcbox/auths.json"),
 		envOf(nil), nil, func(string, ...any) {})
 	if err != nil {
@@ -246,21 +249,21 @@ func TestForbiddenPaths(t *testing.T) {
 // line holds the token.
 func TestRunDockerProxyOnTCPWithToken(t *testing.T) {
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "agent.sock")
-	port := freePort(t)
+	sock := agenttest.Socket(dir)
+	port := agenttest.FreePort(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	logs := &lockedBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, agentArgs(sock, "--set-clock=false", "--log-level", "debug",
+		done <- run(ctx, agenttest.Flags(dir, "--set-clock=false", "--log-level", "debug",
 			"--docker-listen", fmt.Sprintf("tcp://127.0.0.1:%d", port), "--auth-token-file", tokenFile(t, testToken, 0o600)),
 			func(string) string { return "" }, io.Discard, logs)
 	}()
 	waitDial(t, sock)
 	// The control socket is bound before the Docker listener: wait for
 	// readyz, which answers 200 once every listener is.
-	unix := &http.Client{Transport: unixTransport(sock)}
+	unix := &http.Client{Transport: agenttest.UnixTransport(sock)}
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(2 * time.Millisecond) {
 		resp, err := unix.Get("http://agent/readyz")
 		if err == nil {

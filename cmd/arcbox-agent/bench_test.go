@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
 
@@ -81,30 +82,6 @@ func (q *qgaPinger) ping() error {
 	return nil
 }
 
-func freePort(b testing.TB) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func waitDialB(b *testing.B, network, addr string) {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.Dial(network, addr)
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("%s never accepted: %v", addr, err)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // runPings measures one peer: sequential, reporting the p50 latency, or
 // with 8 concurrent clients, reporting throughput.
 func runPings(b *testing.B, p pinger, concurrent bool) {
@@ -153,21 +130,10 @@ var testingProcs = func() int { n, _ := strconv.Atoi(os.Getenv("GOMAXPROCS")); r
 // eight, all from this one Go client.
 func BenchmarkPing(b *testing.B) {
 	dir := b.TempDir()
-	agentSock := filepath.Join(dir, "agent.sock")
-	agentPort := freePort(b)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, agentArgs(agentSock, "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", agentPort), "--insecure-loopback", "--set-clock=false", "--log-level", "error"),
-			func(string) string { return "" }, io.Discard, io.Discard)
-	}()
-	b.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			b.Error(err)
-		}
-	})
-	waitDialB(b, "unix", agentSock)
+	agentSock := agenttest.Socket(dir)
+	agentPort := agenttest.FreePort(b)
+	runAgent(b, agenttest.Flags(dir, "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", agentPort), "--insecure-loopback", "--set-clock=false", "--log-level", "error"), io.Discard)
+	waitDial(b, agentSock)
 
 	bare := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -235,18 +201,14 @@ var listenEnd = regexp.MustCompile(`arcbox_agent_startup_phase_end_seconds\{phas
 // its first listener was bound (from the startup metric, and as the time
 // until a client could connect), and its resident memory once idle.
 func BenchmarkStartup(b *testing.B) {
-	bin := filepath.Join(b.TempDir(), "arcbox-agent")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := agenttest.Binary(b)
 	var metricSum, dialSum time.Duration
 	var rssMax int64
 	b.ResetTimer()
-	for i := range b.N {
-		sock := filepath.Join(b.TempDir(), fmt.Sprintf("a%d.sock", i))
-		cmd := exec.Command(bin, agentArgs(sock, "--log-level", "error")...)
+	for range b.N {
+		dir := b.TempDir()
+		sock := agenttest.Socket(dir)
+		cmd := exec.Command(bin, agenttest.Flags(dir, "--log-level", "error")...)
 		t0 := time.Now()
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)

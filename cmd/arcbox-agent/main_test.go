@@ -11,45 +11,21 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/apitest"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
 
-// agentArgs are the flags of an agent under test: listening on sock, the
-// Docker proxy beside it, every path of the runtime under the socket's
-// directory, and nothing read from this machine's kernel command line.
-func agentArgs(sock string, extra ...string) []string {
-	dir := filepath.Dir(sock)
-	return append([]string{
-		"--listen", "unix://" + sock,
-		"--docker-listen", "unix://" + sock + ".docker",
-		"--cmdline-file", "/nonexistent",
-		"--log-dir", filepath.Join(dir, "log"),
-		"--runtime-bin-dir", filepath.Join(dir, "bin"),
-		"--data-device", filepath.Join(dir, "data.img"),
-		"--data-mount", filepath.Join(dir, "data"),
-		"--docker-socket", filepath.Join(dir, "docker.sock"),
-		"--containerd-socket", filepath.Join(dir, "containerd.sock"),
-		"--docker-data-root", filepath.Join(dir, "docker"),
-		"--containerd-root", filepath.Join(dir, "containerd"),
-		"--containerd-state", filepath.Join(dir, "containerd-state"),
-		"--containerd-config", filepath.Join(dir, "containerd.toml"),
-		"--docker-exec-root", filepath.Join(dir, "docker-exec"),
-		"--state-dir", filepath.Join(dir, "state"),
-		"--disk-state-dir", filepath.Join(dir, "disk"),
-	}, extra...)
-}
+func TestMain(m *testing.M) { os.Exit(agenttest.Run(m)) }
 
 // waitDial waits until the unix socket accepts connections.
-func waitDial(t *testing.T, sock string) {
+func waitDial(t testing.TB, sock string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -61,14 +37,22 @@ func waitDial(t *testing.T, sock string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s never accepted a connection: %v", sock, err)
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
 }
 
-func unixTransport(sock string) *http.Transport {
-	return &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}
+// runAgent runs the agent in-process with args, its log to stderr, until
+// the test ends: then it cancels it, and run must return nil.
+func runAgent(t testing.TB, args []string, stderr io.Writer) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, args, func(string) string { return "" }, io.Discard, stderr) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
 }
 
 type lockedBuffer struct {
@@ -87,13 +71,14 @@ func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); retur
 // request half sent, shuts the agent down, and checks that the request
 // still gets its answer and run returns cleanly.
 func TestRunFinishesRequestsInFlight(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "agent.sock")
+	dir := t.TempDir()
+	sock := agenttest.Socket(dir)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	logs := &lockedBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, agentArgs(sock, "--set-clock=false"),
+		done <- run(ctx, agenttest.Flags(dir, "--set-clock=false"),
 			func(string) string { return "" }, io.Discard, logs)
 	}()
 	waitDial(t, sock)
@@ -150,22 +135,11 @@ func TestRunRefusesABusyTCPPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	err = run(context.Background(), append(agentArgs(filepath.Join(t.TempDir(), "a.sock")), "--listen", "tcp://"+busy.Addr().String(), "--insecure-loopback"),
+	err = run(context.Background(), agenttest.Flags(t.TempDir(), "--listen", "tcp://"+busy.Addr().String(), "--insecure-loopback"),
 		func(string) string { return "" }, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), busy.Addr().String()) {
 		t.Fatalf("err = %v, want one naming the busy address", err)
 	}
-}
-
-// buildAgent builds the agent binary with a stamped version.
-func buildAgent(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "arcbox-agent")
-	cmd := exec.Command("go", "build", "-ldflags", "-X main.version=v9.9.9-test", "-o", bin, ".")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // TestBinary runs the built agent as a process: --version, --help, and a
@@ -174,9 +148,9 @@ func TestBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := buildAgent(t)
+	bin := agenttest.Binary(t)
 	out, err := exec.Command(bin, "--version").Output()
-	if err != nil || !strings.HasPrefix(string(out), "arcbox-agent v9.9.9-test ") {
+	if err != nil || !strings.HasPrefix(string(out), "arcbox-agent "+agenttest.Version+" ") {
 		t.Errorf("--version: %q %v", out, err)
 	}
 	out, err = exec.Command(bin, "--help").Output()
@@ -187,33 +161,30 @@ func TestBinary(t *testing.T) {
 		t.Error("a bad --listen exited 0")
 	}
 
-	sock := filepath.Join(t.TempDir(), "agent.sock")
-	var stderr lockedBuffer
-	cmd := exec.Command(bin, agentArgs(sock, "--set-clock=false")...)
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	a := &agenttest.Agent{Dir: t.TempDir()}
+	a.Args = agenttest.Flags(a.Dir, "--set-clock=false")
+	if err := a.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
-	waitDial(t, sock)
-	c := apitest.NewClient(t, "http://agent", unixTransport(sock))
-	r, err := c.GetPingWithResponse(context.Background())
-	if err != nil || r.JSON200 == nil || r.JSON200.Version != "v9.9.9-test" {
+	t.Cleanup(func() { _ = a.Kill() })
+	r, err := a.Client(t).GetPingWithResponse(context.Background())
+	if err != nil || r.JSON200 == nil || r.JSON200.Version != agenttest.Version {
 		t.Fatalf("ping: %v %v", err, r)
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("exit after SIGTERM: %v\n%s", err, stderr.String())
+	if err := a.Stop(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
 	}
 	// Logs are JSON when not on a terminal.
-	for _, line := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+	logs, err := a.RunLog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(logs)), "\n") {
 		if !json.Valid([]byte(line)) {
 			t.Errorf("log line is not JSON: %s", line)
 		}
 	}
-	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+	if _, err := os.Stat(a.Socket()); !os.IsNotExist(err) {
 		t.Errorf("socket left behind: %v", err)
 	}
 }
@@ -222,21 +193,12 @@ func TestBinary(t *testing.T) {
 // that the startup phases are there.
 func TestMetricsPassPromtool(t *testing.T) {
 	promtool := testenv.RequireBinary(t, "promtool")
-	sock := filepath.Join(t.TempDir(), "agent.sock")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, agentArgs(sock),
-			func(string) string { return "" }, io.Discard, io.Discard)
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	dir := t.TempDir()
+	sock := agenttest.Socket(dir)
+	runAgent(t, agenttest.Flags(dir), io.Discard)
 	waitDial(t, sock)
-	c := apitest.NewClient(t, "http://agent", unixTransport(sock))
+	c := apitest.NewClient(t, "http://agent", agenttest.UnixTransport(sock))
+	ctx := context.Background()
 	if _, err := c.GetPingWithResponse(ctx); err != nil { // one request observed
 		t.Fatal(err)
 	}
@@ -265,25 +227,15 @@ func TestMetricsPassPromtool(t *testing.T) {
 }
 
 func TestProbe(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "agent.sock")
+	dir := t.TempDir()
+	sock := agenttest.Socket(dir)
 	var out bytes.Buffer
 	probeDone := make(chan error, 1)
 	// The probe starts before the agent and keeps trying until it answers.
 	go func() {
 		probeDone <- runProbe([]string{"-timeout", "10s", "-X", "POST", "-d", `{"message":"p"}`, "unix://" + sock, "/v1/ping"}, &out)
 	}()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, agentArgs(sock),
-			func(string) string { return "" }, io.Discard, io.Discard)
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	runAgent(t, agenttest.Flags(dir), io.Discard)
 	if err := <-probeDone; err != nil {
 		t.Fatal(err)
 	}

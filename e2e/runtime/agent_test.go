@@ -6,48 +6,37 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/arcbox/arcbox-agent/api"
-	"github.com/arcbox/arcbox-agent/internal/apitest"
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 )
 
-// agentProc is the agent binary run as a process, every path under dir,
-// its Docker API proxy on a loopback TCP port that wants its bearer token.
-// Started again, it keeps its directory, and so its data volume.
+// agentProc is the agent binary run as a process, every path under its
+// directory, its data device an image file there (agenttest.Flags'
+// data.img), its Docker API proxy on a loopback TCP port that wants its
+// bearer token. Started again, it keeps its directory, and so its data
+// volume.
 type agentProc struct {
-	dir        string
+	*agenttest.Agent
 	image      string // the data device: an image file
 	dockerPort int
-	logPath    string // the agent's output, appended across restarts
 	token      string // the bearer token, in tokenFile
-
-	cmd     *exec.Cmd
-	logFrom int64         // where this run's output begins in logPath
-	exited  chan struct{} // closed once cmd has been waited for
-	waitErr error         // cmd.Wait's answer, once exited is closed
-	tr      *http.Transport
 }
 
-func (a *agentProc) path(name string) string { return filepath.Join(a.dir, name) }
-
-func (a *agentProc) sock() string { return a.path("agent.sock") }
-
-func (a *agentProc) tokenFile() string { return a.path("token") }
+func (a *agentProc) tokenFile() string { return a.Path("token") }
 
 // dockerConfig is the docker CLI's config directory: its config.json
 // sends the token on every request (HttpHeaders).
-func (a *agentProc) dockerConfig() string { return a.path("docker-config") }
+func (a *agentProc) dockerConfig() string { return a.Path("docker-config") }
 
 // writeToken makes the agent's token, its file (0600) and the docker
 // CLI's config that carries it.
@@ -77,120 +66,32 @@ func (a *agentProc) writeToken(t testing.TB) {
 // should give the host.
 func (a *agentProc) dockerListen() string { return fmt.Sprintf("tcp://127.0.0.1:%d", a.dockerPort) }
 
-func (a *agentProc) args() []string {
-	return []string{
-		"--listen", "unix://" + a.sock(),
-		"--docker-listen", a.dockerListen(),
-		"--auth-token-file", a.tokenFile(),
-		"--cmdline-file", "/nonexistent",
-		"--runtime-bin-dir", a.path("bin"),
-		"--data-device", a.image,
-		"--data-mount", a.path("data"),
-		"--docker-data-root", a.path("docker"),
-		"--containerd-root", a.path("containerd"),
-		"--containerd-state", a.path("containerd-state"),
-		"--containerd-config", a.path("containerd.toml"),
-		"--containerd-socket", a.path("containerd.sock"),
-		"--docker-socket", a.path("docker.sock"),
-		"--docker-exec-root", a.path("docker-exec"),
-		"--log-dir", a.path("log"),
-		"--state-dir", a.path("state"),
-		"--disk-state-dir", a.path("disk-state"),
-		"--prepare-system=false",
-		"--set-clock=false",
-		"--log-format", "json",
-	}
-}
-
 // start runs the agent, with extra flags after the usual ones, and waits
 // until it answers /readyz with 200.
 func (a *agentProc) start(t testing.TB, extra ...string) {
 	t.Helper()
-	logf, err := os.OpenFile(a.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
+	a.Args = append(agenttest.Flags(a.Dir,
+		"--docker-listen", a.dockerListen(),
+		"--auth-token-file", a.tokenFile(),
+		"--prepare-system=false",
+		"--set-clock=false",
+		"--log-format", "json",
+	), extra...)
+	if err := a.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer logf.Close()
-	args := append(a.args(), extra...)
-	fmt.Fprintf(logf, "---- %s %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
-	if a.logFrom, err = logf.Seek(0, io.SeekCurrent); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(suite.agentBin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Dir = a.dir
-	// A race-enabled agent would otherwise sleep a second before exiting.
-	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	a.cmd, a.exited = cmd, make(chan struct{})
-	go func() { a.waitErr = cmd.Wait(); close(a.exited) }()
-	a.tr = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", a.sock())
-	}}
-	hc := &http.Client{Transport: a.tr, Timeout: 30 * time.Second}
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		select {
-		case <-a.exited:
-			t.Fatalf("the agent exited at start (%v):\n%s", a.waitErr, a.logTail())
-		default:
-		}
-		if resp, err := hc.Get("http://agent/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent was not ready within 2 minutes:\n%s", a.logTail())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-func (a *agentProc) running() bool {
-	if a.cmd == nil {
-		return false
-	}
-	select {
-	case <-a.exited:
-		return false
-	default:
-		return true
-	}
-}
-
-// client is the generated client over the agent's socket, every exchange
-// checked against openapi.yaml and reported to t.
-func (a *agentProc) client(t testing.TB) *api.ClientWithResponses {
-	return apitest.NewClient(t, "http://agent", a.tr)
 }
 
 // terminate sends SIGTERM and waits for the agent to exit; it returns how
-// long that took and how the agent ended.
+// long that took and how the agent ended. One that does not exit within
+// timeout fails the test.
 func (a *agentProc) terminate(t testing.TB, timeout time.Duration) (time.Duration, error) {
 	t.Helper()
-	began := time.Now()
-	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("SIGTERM: %v", err)
+	took, err := a.Terminate(timeout)
+	if errors.Is(err, agenttest.ErrNoExit) {
+		t.Fatalf("%v:\n%s", err, a.logTail())
 	}
-	select {
-	case <-a.exited:
-		return time.Since(began), a.waitErr
-	case <-time.After(timeout):
-		t.Fatalf("the agent did not exit within %s of SIGTERM:\n%s", timeout, a.logTail())
-	}
-	return 0, nil
-}
-
-// kill ends an agent the test gave up on.
-func (a *agentProc) kill() {
-	if a.running() {
-		_ = a.cmd.Process.Kill()
-		<-a.exited
-	}
+	return took, err
 }
 
 // ensure asks the agent for the runtime.
@@ -207,7 +108,7 @@ func (a *agentProc) ensure(t testing.TB, start bool) *api.RuntimeEnsureResponse 
 func (a *agentProc) tryEnsure(t testing.TB, start bool) (*api.RuntimeEnsureResponse, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	r, err := a.client(t).EnsureRuntimeWithResponse(ctx, api.RuntimeEnsureRequest{StartIfNeeded: &start})
+	r, err := a.Client(t).EnsureRuntimeWithResponse(ctx, api.RuntimeEnsureRequest{StartIfNeeded: &start})
 	if err != nil || r.JSON200 == nil {
 		return nil, fmt.Errorf("POST /v1/runtime/ensure: %v %v", err, r)
 	}
@@ -216,7 +117,7 @@ func (a *agentProc) tryEnsure(t testing.TB, start bool) (*api.RuntimeEnsureRespo
 
 func (a *agentProc) status(t testing.TB) *api.RuntimeStatus {
 	t.Helper()
-	r, err := a.client(t).GetRuntimeStatusWithResponse(context.Background())
+	r, err := a.Client(t).GetRuntimeStatusWithResponse(context.Background())
 	if err != nil || r.JSON200 == nil {
 		t.Fatalf("GET /v1/runtime/status: %v %v", err, r)
 	}
@@ -239,12 +140,12 @@ func service(t testing.TB, st *api.RuntimeStatus, name string) api.ServiceStatus
 // when it stopped them: service name to exit status.
 func (a *agentProc) daemonStops(t testing.TB) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(a.logPath)
+	b, err := a.RunLog()
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]string{}
-	for _, line := range bytes.Split(b[a.logFrom:], []byte("\n")) {
+	for _, line := range bytes.Split(b, []byte("\n")) {
 		var rec struct{ Msg, Service, Status string }
 		if json.Unmarshal(line, &rec) == nil && rec.Msg == "daemon stopped" {
 			out[rec.Service] = rec.Status
@@ -255,20 +156,7 @@ func (a *agentProc) daemonStops(t testing.TB) map[string]string {
 
 // logTail is the end of the agent's output and of the daemons' logs, for
 // failure messages.
-func (a *agentProc) logTail() string {
-	var b strings.Builder
-	for _, f := range []string{a.logPath, a.path("log/containerd.log"), a.path("log/dockerd.log")} {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		if len(data) > 3000 {
-			data = data[len(data)-3000:]
-		}
-		fmt.Fprintf(&b, "---- %s (end):\n%s\n", f, data)
-	}
-	return b.String()
-}
+func (a *agentProc) logTail() string { return a.LogTail(3000) }
 
 // docker runs the docker CLI against the agent's proxy at host, with
 // stdin when it is not nil, and returns its standard output.

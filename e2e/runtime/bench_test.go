@@ -3,6 +3,8 @@ package runtime
 import (
 	"testing"
 	"time"
+
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 )
 
 // BenchmarkBootToDockerReady is a VM's boot as the user waits for it: the
@@ -28,11 +30,11 @@ func BenchmarkBootToDockerReady(b *testing.B) {
 		if _, err := a.terminate(b, 2*time.Minute); err != nil {
 			b.Fatalf("the agent's exit after SIGTERM: %v", err)
 		}
-		if failed := unmountUnder(a.dir); len(failed) > 0 {
+		if failed := agenttest.UnmountUnder(a.Dir); len(failed) > 0 {
 			b.Fatalf("unmount: %v", failed)
 		}
-		if !waitFor(time.Minute, func() bool { return len(loopsBacking(a.image)) == 0 }) {
-			b.Fatalf("%v still attached to %s", loopsBacking(a.image), a.image)
+		if !agenttest.WaitFor(time.Minute, func() bool { return len(agenttest.LoopsBacking(a.image)) == 0 }) {
+			b.Fatalf("%v still attached to %s", agenttest.LoopsBacking(a.image), a.image)
 		}
 	}
 	boot() // formats the volume

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
 
@@ -94,7 +95,7 @@ func TestAgentRestartedBesideItsDaemons(t *testing.T) {
 		t.Fatalf("the agent's daemons: %v", kids)
 	}
 
-	a.kill()
+	_ = a.Kill()
 	for name, pid := range kids {
 		if !alive(pid) {
 			t.Fatalf("%s (pid %d) died with the agent", name, pid)
@@ -168,7 +169,7 @@ func TestAgentRestartedBesideItsDaemons(t *testing.T) {
 func (e *env) waitService(t testing.TB, name, state, what string) {
 	t.Helper()
 	var last string
-	ok := waitFor(time.Minute, func() bool {
+	ok := agenttest.WaitFor(time.Minute, func() bool {
 		s := service(t, e.agent.status(t), name)
 		last = fmt.Sprintf("%+v", s)
 		return string(s.Status) == state && strings.Contains(s.Detail, what)
@@ -227,7 +228,7 @@ func (e *env) checkProxyAnswers502(t *testing.T) {
 func (e *env) dockerEventually(t testing.TB, want string, args ...string) {
 	t.Helper()
 	var last string
-	ok := waitFor(time.Minute, func() bool {
+	ok := agenttest.WaitFor(time.Minute, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		out, err := e.dockerCmd(ctx, args...).CombinedOutput()

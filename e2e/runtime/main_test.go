@@ -19,23 +19,19 @@
 package runtime
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
 
 // suite is what TestMain prepares inside the namespaces.
 var suite struct {
-	dir      string // everything the tests make lives under it
-	agentBin string // the agent binary, built by TestMain
-	buildErr error  // why it could not be built
-	built    time.Duration
+	dir   string        // everything the tests make lives under it
+	built time.Duration // how long the agent's build took
 }
 
 func TestMain(m *testing.M) {
@@ -51,14 +47,16 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	suite.dir = dir
-	suite.agentBin = filepath.Join(dir, "arcbox-agent")
+	// The agent has the race detector when this test binary does, so that
+	// its own races fail the test too. A failed build fails each test.
 	began := time.Now()
-	suite.buildErr = buildAgent(suite.agentBin)
+	_, _ = agenttest.Build(true)
 	suite.built = time.Since(began)
 	code := m.Run()
+	agenttest.RemoveBinary()
 	// The test cleans up after itself; this is the net under it. Nothing
 	// is removed while something is still mounted below dir.
-	if left := unmountUnder(dir); len(left) > 0 {
+	if left := agenttest.UnmountUnder(dir); len(left) > 0 {
 		fmt.Fprintf(os.Stderr, "e2e/runtime: could not unmount %v; leaving %s\n", left, dir)
 		os.Exit(1)
 	}
@@ -69,21 +67,4 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
-}
-
-// buildAgent builds the agent binary, with the race detector when this
-// test binary has it, so the agent's own races fail the test too.
-func buildAgent(out string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	args := []string{"build", "-o", out}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	args = append(args, "github.com/arcbox/arcbox-agent/cmd/arcbox-agent")
-	cmd := exec.CommandContext(ctx, "go", args...)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go %v: %w: %s", args, err, b)
-	}
-	return nil
 }

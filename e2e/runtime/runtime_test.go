@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 	"github.com/arcbox/arcbox-agent/internal/testregistry"
 )
@@ -56,10 +57,8 @@ func setup(t testing.TB) *env {
 	for _, b := range []string{"containerd", "dockerd", "containerd-shim-runc-v2", "runc", "docker", "mkfs.btrfs", "busybox"} {
 		e.bins[b] = testenv.RequireBinary(t, b)
 	}
-	if suite.buildErr != nil {
-		t.Fatal(suite.buildErr)
-	}
-	t.Logf("agent built in %s (race detector: %v)", suite.built.Round(time.Millisecond), raceEnabled)
+	agenttest.Binary(t)
+	t.Logf("agent built in %s (race detector: %v)", suite.built.Round(time.Millisecond), agenttest.RaceAgent())
 	testenv.HideDaemonState(t)
 	testenv.RemoveNewDockerCgroups(t)
 
@@ -67,13 +66,13 @@ func setup(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &agentProc{dir: dir}
-	a.image, a.logPath = a.path("data.img"), a.path("agent.log")
-	if err := os.Mkdir(a.path("bin"), 0o755); err != nil {
+	a := &agentProc{Agent: &agenttest.Agent{Dir: dir}}
+	a.image = a.Path("data.img")
+	if err := os.Mkdir(a.Path("bin"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for _, b := range []string{"containerd", "dockerd", "containerd-shim-runc-v2", "runc"} {
-		if err := os.Symlink(e.bins[b], a.path("bin/"+b)); err != nil {
+		if err := os.Symlink(e.bins[b], a.Path("bin/"+b)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -116,33 +115,27 @@ func setup(t testing.TB) *env {
 func (e *env) cleanup(t testing.TB) {
 	a := e.agent
 	switch {
-	case a.running() && !t.Failed():
+	case a.Running() && !t.Failed():
 		t.Errorf("the agent was still running at the end; killed:\n%s", a.logTail())
 	case t.Failed():
 		t.Logf("agent and daemon logs:\n%s", a.logTail())
 	}
-	a.kill()
+	_ = a.Kill()
 	// Processes of the agent's (daemons, shims, containers), by pid.
 	if left := processesOf(suite.dir); len(left) > 0 {
 		t.Errorf("processes left, killed now:\n%s", procList(left))
 		for _, p := range left {
 			_ = unix.Kill(p.pid, unix.SIGKILL)
 		}
-		waitFor(time.Minute, func() bool { return len(processesOf(suite.dir)) == 0 })
+		agenttest.WaitFor(time.Minute, func() bool { return len(processesOf(suite.dir)) == 0 })
 	}
-	if failed := unmountUnder(a.dir); len(failed) > 0 {
+	if failed := agenttest.UnmountUnder(a.Dir); len(failed) > 0 {
 		t.Errorf("could not unmount: %v", failed)
 	}
 	// The agent's loop devices are autoclear: with nothing mounted from
 	// them and no agent holding them open, the kernel detaches them.
-	if !waitFor(time.Minute, func() bool { return len(loopsBacking(a.image)) == 0 }) {
-		loops := loopsBacking(a.image)
-		t.Errorf("%v still attached to %s with nothing mounted from it: not autoclear; detaching", loops, a.image)
-		for _, l := range loops {
-			if err := detachLoop(l); err != nil {
-				t.Errorf("detach %s: %v", l, err)
-			}
-		}
+	if loops, errs := agenttest.ReleaseLoops(a.image, time.Minute); len(loops) > 0 {
+		t.Errorf("%v still attached to %s with nothing mounted from it: not autoclear; detached: %v", loops, a.image, errs)
 	}
 }
 
@@ -183,11 +176,11 @@ func TestAgentRuntime(t *testing.T) {
 		began := time.Now()
 		ok := t.Run(s.name, s.f)
 		t.Logf("%-32s %s", s.name, time.Since(began).Round(time.Millisecond))
-		if !ok && a.running() {
+		if !ok && a.Running() {
 			return
 		}
 	}
-	if a.running() {
+	if a.Running() {
 		t.Fatal("the agent runs after the last step")
 	}
 }
@@ -204,7 +197,7 @@ func (e *env) probeStartsNothing(t *testing.T) {
 	if kids := daemons(a); len(kids) > 0 {
 		t.Errorf("a probe started %v", kids)
 	}
-	if loops := loopsBacking(a.image); len(loops) > 0 {
+	if loops := agenttest.LoopsBacking(a.image); len(loops) > 0 {
 		t.Errorf("a probe attached the data device to %v", loops)
 	}
 	st := a.status(t)
@@ -261,7 +254,7 @@ func (e *env) coldEnsure(t *testing.T) {
 	if kids["containerd"] == 0 || kids["dockerd"] == 0 {
 		t.Fatalf("the agent's daemons: %v, want containerd and dockerd", kids)
 	}
-	if pid := pidFile(t, a.path("docker-exec/docker.pid")); pid != kids["dockerd"] {
+	if pid := pidFile(t, a.Path("docker-exec/docker.pid")); pid != kids["dockerd"] {
 		t.Errorf("dockerd's pid file says %d, the agent's child is %d", pid, kids["dockerd"])
 	}
 }
@@ -269,7 +262,7 @@ func (e *env) coldEnsure(t *testing.T) {
 // daemons maps the names of the agent's children that are containerd or
 // dockerd to their pids.
 func daemons(a *agentProc) map[string]int {
-	kids := childrenOf(a.cmd.Process.Pid)
+	kids := childrenOf(a.PID())
 	maps.DeleteFunc(kids, func(name string, _ int) bool { return name != "containerd" && name != "dockerd" })
 	return kids
 }
@@ -304,11 +297,11 @@ func (e *env) checkStatus(t *testing.T) {
 		}
 	}
 	vol := service(t, st, "data-volume")
-	loops := loopsBacking(a.image)
+	loops := agenttest.LoopsBacking(a.image)
 	if len(loops) != 1 {
 		t.Fatalf("loop devices over %s: %v, want one", a.image, loops)
 	}
-	for _, want := range []string{"device " + a.image, "filesystem btrfs", "; mounted", "btrfs on " + loops[0] + " mounted at " + a.path("data")} {
+	for _, want := range []string{"device " + a.image, "filesystem btrfs", "; mounted", "btrfs on " + loops[0] + " mounted at " + a.Path("data")} {
 		if !strings.Contains(vol.Detail, want) {
 			t.Errorf("data-volume detail does not say %q: %s", want, vol.Detail)
 		}
@@ -320,9 +313,9 @@ func (e *env) checkStatus(t *testing.T) {
 	if free, _ := strconv.ParseUint(m[1], 10, 64); free == 0 || free > imageSize {
 		t.Errorf("data volume: %d bytes free on a %d-byte image", free, imageSize)
 	}
-	for point, root := range map[string]string{a.path("data"): "/", a.path("docker"): "/@docker", a.path("containerd"): "/@containerd"} {
-		m, ok := mountAt(point)
-		if !ok || m.fstype != "btrfs" || m.source != loops[0] || m.root != root {
+	for point, root := range map[string]string{a.Path("data"): "/", a.Path("docker"): "/@docker", a.Path("containerd"): "/@containerd"} {
+		m, ok := agenttest.MountAt(point)
+		if !ok || m.FSType != "btrfs" || m.Source != loops[0] || m.Root != root {
 			t.Errorf("mount on %s: %v (found %v), want btrfs %s root %s", point, m, ok, loops[0], root)
 		}
 	}
@@ -431,7 +424,7 @@ func (e *env) dockerSession(t *testing.T) {
 
 	// Something of the user's on the volume, for the restarts to find.
 	e.marker = fmt.Appendf(nil, "written at %s\n", time.Now().Format(time.RFC3339Nano))
-	if err := os.WriteFile(a.path("docker/e2e-marker"), e.marker, 0o644); err != nil {
+	if err := os.WriteFile(a.Path("docker/e2e-marker"), e.marker, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -440,7 +433,7 @@ func (e *env) dockerSession(t *testing.T) {
 // log followed while a container starts.
 func (e *env) daemonLogs(t *testing.T) {
 	a := e.agent
-	c := a.client(t)
+	c := a.Client(t)
 	tail := 5
 	r, err := c.GetRuntimeLogsWithResponse(context.Background(), &api.GetRuntimeLogsParams{Service: "dockerd", Tail: &tail})
 	if err != nil {
@@ -543,7 +536,7 @@ func (f *followed) waitFor(ctx context.Context, s string) bool {
 
 // metrics: the agent's /metrics counts the ensures and the proxy's bytes.
 func (e *env) metrics(t *testing.T) {
-	r, err := e.agent.client(t).GetMetricsWithResponse(context.Background())
+	r, err := e.agent.Client(t).GetMetricsWithResponse(context.Background())
 	if err != nil || r.StatusCode() != http.StatusOK {
 		t.Fatalf("GET /metrics: %v %v", err, r)
 	}
@@ -606,7 +599,7 @@ func (e *env) proxyWantsToken(t *testing.T) {
 			t.Errorf("curl %s (token sent: %v): status %q (%v), want %s", url, c.args != nil, out, err, c.want)
 		}
 	}
-	if b, err := os.ReadFile(a.logPath); err != nil || bytes.Contains(b, []byte(a.token)) {
+	if b, err := os.ReadFile(a.LogPath()); err != nil || bytes.Contains(b, []byte(a.token)) {
 		t.Errorf("the agent's log holds the token (or cannot be read: %v)", err)
 	}
 }
@@ -622,7 +615,7 @@ func (e *env) shutdown(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	follow := true
-	resp, err := a.client(t).GetRuntimeLogs(ctx, &api.GetRuntimeLogsParams{Service: "dockerd", Follow: &follow})
+	resp, err := a.Client(t).GetRuntimeLogs(ctx, &api.GetRuntimeLogsParams{Service: "dockerd", Follow: &follow})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -652,7 +645,7 @@ func (e *env) shutdown(t *testing.T) {
 	if left := processesOf(suite.dir); len(left) > 0 {
 		t.Errorf("processes left after the agent exited:\n%s", procList(left))
 	}
-	for _, s := range []string{a.sock(), a.path("docker.sock"), a.path("containerd.sock")} {
+	for _, s := range []string{a.Socket(), a.Path("docker.sock"), a.Path("containerd.sock")} {
 		if c, err := net.Dial("unix", s); err == nil {
 			c.Close()
 			t.Errorf("%s still accepts connections", s)
@@ -671,11 +664,10 @@ func (e *env) shutdown(t *testing.T) {
 // binary has the detector when the test does) and no panic.
 func (e *env) checkAgentLog(t *testing.T) {
 	a := e.agent
-	b, err := os.ReadFile(a.logPath)
+	run, err := a.RunLog()
 	if err != nil {
 		t.Fatal(err)
 	}
-	run := b[a.logFrom:]
 	for _, bad := range []string{"WARNING: DATA RACE", "panic:"} {
 		if bytes.Contains(run, []byte(bad)) {
 			t.Errorf("the agent's output has %q:\n%s", bad, run)
@@ -699,16 +691,16 @@ func (e *env) checkStopsGraceful(t *testing.T) {
 // nothing else: dockerd, stopped cleanly, unmounts its own.
 func (e *env) checkMountsLeft(t *testing.T) {
 	a := e.agent
-	left := mountsUnder(a.dir)
+	left := agenttest.MountsUnder(a.Dir)
 	var names []string
 	for _, m := range left {
 		names = append(names, m.String())
 	}
 	t.Logf("left mounted by the agent:\n  %s", strings.Join(names, "\n  "))
-	want := []string{a.path("containerd"), a.path("data"), a.path("docker")}
+	want := []string{a.Path("containerd"), a.Path("data"), a.Path("docker")}
 	var points []string
 	for _, m := range left {
-		points = append(points, m.point)
+		points = append(points, m.Point)
 	}
 	slices.Sort(points)
 	if !slices.Equal(points, want) {
@@ -739,11 +731,11 @@ func (e *env) checkHostState(t *testing.T) {
 func (e *env) restart(t *testing.T, reboot bool) {
 	a := e.agent
 	if reboot {
-		if failed := unmountUnder(a.dir); len(failed) > 0 {
+		if failed := agenttest.UnmountUnder(a.Dir); len(failed) > 0 {
 			t.Fatalf("unmount: %v", failed)
 		}
-		if !waitFor(time.Minute, func() bool { return len(loopsBacking(a.image)) == 0 }) {
-			t.Errorf("the loop device %v stayed attached with nothing mounted: not autoclear", loopsBacking(a.image))
+		if !agenttest.WaitFor(time.Minute, func() bool { return len(agenttest.LoopsBacking(a.image)) == 0 }) {
+			t.Errorf("the loop device %v stayed attached with nothing mounted: not autoclear", agenttest.LoopsBacking(a.image))
 		}
 	}
 	var extra []string
@@ -762,16 +754,16 @@ func (e *env) restart(t *testing.T, reboot bool) {
 	}
 	wantNote := "data volume already mounted"
 	if reboot {
-		loops := loopsBacking(a.image)
+		loops := agenttest.LoopsBacking(a.image)
 		if len(loops) != 1 {
 			t.Fatalf("loop devices over %s: %v, want one", a.image, loops)
 		}
-		wantNote = "mounted " + loops[0] + " at " + a.path("data")
+		wantNote = "mounted " + loops[0] + " at " + a.Path("data")
 	}
 	if !strings.Contains(res.Message, wantNote) {
 		t.Errorf("the start's message does not say %q: %s", wantNote, res.Message)
 	}
-	if b, err := os.ReadFile(a.path("docker/e2e-marker")); err != nil || !bytes.Equal(b, e.marker) {
+	if b, err := os.ReadFile(a.Path("docker/e2e-marker")); err != nil || !bytes.Equal(b, e.marker) {
 		t.Errorf("the file written before: %q, %v; want %q", b, err, e.marker)
 	}
 	// dockerd's own state is on the volume too: the image is there, and
@@ -794,7 +786,7 @@ func (e *env) restart(t *testing.T, reboot bool) {
 		// A client that sends half a request and stalls: the agent waits
 		// --shutdown-timeout for it, which is about requests; the daemons
 		// still get their own grace after SIGTERM.
-		conn, err := net.Dial("unix", a.sock())
+		conn, err := net.Dial("unix", a.Socket())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -803,7 +795,7 @@ func (e *env) restart(t *testing.T, reboot bool) {
 		fmt.Fprintf(conn, "POST /v1/ping HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body[:3])
 		// The listener accepts in order: once a later connection is
 		// answered, the server holds the slow one too.
-		if r, err := a.client(t).GetLivezWithResponse(context.Background()); err != nil || r.StatusCode() != http.StatusOK {
+		if r, err := a.Client(t).GetLivezWithResponse(context.Background()); err != nil || r.StatusCode() != http.StatusOK {
 			t.Fatalf("livez: %v %v", err, r)
 		}
 	}

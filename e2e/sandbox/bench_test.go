@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 )
 
 // The benchmarks measure the agent's sandbox paths against their peers in
@@ -52,7 +53,7 @@ import (
 // plainClient is the generated client without contract checks.
 func (a *agentProc) plainClient(b testing.TB) *api.ClientWithResponses {
 	b.Helper()
-	c, err := api.NewClientWithResponses("http://agent", api.WithHTTPClient(&http.Client{Transport: a.tr}))
+	c, err := api.NewClientWithResponses("http://agent", api.WithHTTPClient(&http.Client{Transport: a.Transport()}))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -64,7 +65,7 @@ func benchSandbox(b *testing.B, a *agentProc, id string) {
 	b.Helper()
 	c := a.plainClient(b)
 	ready := a.readyEvents(b)
-	if r, err := c.CreateSandboxWithResponse(context.Background(), api.CreateSandboxRequest{Id: ptr(id)}); err != nil || r.JSON202 == nil {
+	if r, err := c.CreateSandboxWithResponse(context.Background(), api.CreateSandboxRequest{Id: agenttest.Ptr(id)}); err != nil || r.JSON202 == nil {
 		b.Fatalf("create %s: %v %v", id, err, r)
 	}
 	ready.waitReady(b, id)
@@ -115,7 +116,7 @@ func BenchmarkCreateToReady(b *testing.B) {
 	a := sharedAgent(b)
 	b.Run("api", func(b *testing.B) { benchCreateToReady(b, a, "bench-ready", api.CreateSandboxRequest{}) })
 	b.Run("api-no-userns", func(b *testing.B) {
-		benchCreateToReady(b, a, "bench-ready-host-users", api.CreateSandboxRequest{Security: &api.SecuritySpec{UserNamespace: ptr(false)}})
+		benchCreateToReady(b, a, "bench-ready-host-users", api.CreateSandboxRequest{Security: &api.SecuritySpec{UserNamespace: agenttest.Ptr(false)}})
 	})
 	for _, userns := range []bool{true, false} {
 		name := "bare-" + filepath.Base(a.runtime)
@@ -329,7 +330,7 @@ const (
 // peak (VmHWM), and 30 s after the churn ended, and of that the anonymous
 // part (heap, stacks) before and after.
 func BenchmarkPingUnderChurn(b *testing.B) {
-	a := ownAgent(b, &agentProc{dir: filepath.Join(suite.dir, "bench-churn")})
+	a := ownAgent(b, newAgent(filepath.Join(suite.dir, "bench-churn")))
 	rssBefore, _, err := a.memory()
 	if err != nil {
 		b.Fatal(err)
@@ -406,7 +407,7 @@ func BenchmarkPingUnderChurn(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	threads, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", a.cmd.Process.Pid))
+	threads, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", a.PID()))
 
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	report := func(name string, ds []time.Duration) {
@@ -497,7 +498,7 @@ func newBareBundle(b *testing.B, a *agentProc, userns bool) *bareBundle {
 	template, bare := "bench-template", "bare"
 	if !userns {
 		template, bare = "bench-template-host-users", "bare-host-users"
-		a.create(b, api.CreateSandboxRequest{Id: ptr(template), Security: &api.SecuritySpec{UserNamespace: ptr(false)}})
+		a.create(b, api.CreateSandboxRequest{Id: agenttest.Ptr(template), Security: &api.SecuritySpec{UserNamespace: agenttest.Ptr(false)}})
 		b.Cleanup(func() { a.remove(b, template, true) })
 	} else {
 		benchSandbox(b, a, template)

@@ -33,6 +33,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testregistry"
 )
 
@@ -45,7 +46,7 @@ import (
 func (a *agentProc) refused(t testing.TB, req api.CreateSandboxRequest, field string) {
 	t.Helper()
 	id := *req.Id
-	r, err := a.client(t).CreateSandboxWithResponse(reqCtx(t), req)
+	r, err := a.Client(t).CreateSandboxWithResponse(reqCtx(t), req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +58,7 @@ func (a *agentProc) refused(t testing.TB, req api.CreateSandboxRequest, field st
 		return
 	}
 	t.Logf("refused: %s", r.JSON400.Message)
-	if g, err := a.client(t).GetSandboxWithResponse(reqCtx(t), id); err != nil {
+	if g, err := a.Client(t).GetSandboxWithResponse(reqCtx(t), id); err != nil {
 		t.Fatal(err)
 	} else if g.JSON404 == nil {
 		t.Errorf("after the refusal GET %s answered %d %s, want 404", id, g.StatusCode(), g.Body)
@@ -79,7 +80,7 @@ func (a *agentProc) security(t testing.TB, id string) api.SandboxSecurity {
 // listSecurity lists the sandboxes' security, by id.
 func (a *agentProc) listSecurity(t testing.TB) map[string]*api.SandboxSecurity {
 	t.Helper()
-	r, err := a.client(t).ListSandboxesWithResponse(reqCtx(t), &api.ListSandboxesParams{})
+	r, err := a.Client(t).ListSandboxesWithResponse(reqCtx(t), &api.ListSandboxesParams{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +145,7 @@ func TestEscapeMountRefusals(t *testing.T) {
 	for _, s := range []string{dockerSock, containerdSock} {
 		boundSocket(t, s)
 	}
-	a := ownAgent(t, &agentProc{dir: dir, extra: []string{"--sandbox-mount-root", dir}})
+	a := ownAgent(t, &agentProc{Agent: &agenttest.Agent{Dir: dir}, extra: []string{"--sandbox-mount-root", dir}})
 
 	mnt := filepath.Join(dir, "mnt")
 	writeFile(t, filepath.Join(mnt, "ok", "marker"), "allowed\n", 0o644)
@@ -178,7 +179,7 @@ func TestEscapeMountRefusals(t *testing.T) {
 		{"root", mount("/"), "mounts[0].source"},
 		{"etc", mount("/etc"), "mounts[0].source"},
 		{"outside-roots", mount(outside), "mounts[0].source"},
-		{"agent-socket", mount(a.sock), "mounts[0].source"},
+		{"agent-socket", mount(a.Socket()), "mounts[0].source"},
 		{"docker-socket", mount(dockerSock), "mounts[0].source"},
 		{"containerd-socket", mount(containerdSock), "mounts[0].source"},
 		{"state-dir", mount(a.stateDir), "mounts[0].source"},
@@ -198,16 +199,16 @@ func TestEscapeMountRefusals(t *testing.T) {
 		{"rootfs-dotdot", rootfs(filepath.Join(a.stateDir, "rootfs") + "/../.."), "rootfs"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tc.req.Id = ptr("refused-" + tc.name)
+			tc.req.Id = agenttest.Ptr("refused-" + tc.name)
 			a.refused(t, tc.req, tc.field)
 		})
 	}
 
 	t.Run("allowed", func(t *testing.T) {
 		id := a.create(t, api.CreateSandboxRequest{
-			Id:     ptr("allowed"),
-			Rootfs: ptr(filepath.Join(a.stateDir, "rootfs", "default")),
-			Mounts: &[]api.Mount{{Source: filepath.Join(mnt, "ok"), Target: "/data", Readonly: ptr(true)}},
+			Id:     agenttest.Ptr("allowed"),
+			Rootfs: agenttest.Ptr(filepath.Join(a.stateDir, "rootfs", "default")),
+			Mounts: &[]api.Mount{{Source: filepath.Join(mnt, "ok"), Target: "/data", Readonly: agenttest.Ptr(true)}},
 		})
 		if out := a.sh(t, id, "cat /data/marker"); out != "allowed\n" {
 			t.Errorf("the allowed mount reads %q", out)
@@ -239,11 +240,11 @@ func boundSocket(t testing.TB, path string) {
 func TestEscapeGuestFile(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
+	a.LogOnFailure(t)
 	src := mountDir(t)
 	const owned = "owned by the guest's root\n"
 	writeFile(t, filepath.Join(src, "owned"), owned, 0o644)
-	id := a.create(t, api.CreateSandboxRequest{Id: ptr("escape-guest-file"), Mounts: &[]api.Mount{{Source: src, Target: "/data"}}})
+	id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("escape-guest-file"), Mounts: &[]api.Mount{{Source: src, Target: "/data"}}})
 	if out := a.sh(t, id, "cat /data/owned"); out != owned {
 		t.Errorf("reading the mounted guest file: %q", out)
 	}
@@ -276,7 +277,7 @@ func TestEscapeGuestFile(t *testing.T) {
 func TestEscapeInside(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
+	a.LogOnFailure(t)
 	secret := filepath.Join(suite.dir, "escape-secret-"+randomHex(t, 4))
 	writeFile(t, secret, "not given\n", 0o644)
 	t.Cleanup(func() { os.Remove(secret) })
@@ -288,7 +289,7 @@ func TestEscapeInside(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = host.Process.Kill(); _ = host.Wait() })
 
-	id := a.create(t, api.CreateSandboxRequest{Id: ptr("escape-inside")})
+	id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("escape-inside")})
 	info := a.get(t, id)
 	if info.Security == nil {
 		t.Fatal("GET answers no security")
@@ -300,8 +301,8 @@ func TestEscapeInside(t *testing.T) {
 	if !sec.NoNewPrivileges || !sec.Seccomp || sec.ReadOnlyRootfs {
 		t.Errorf("a default sandbox reports no_new_privileges %v, seccomp %v, read_only_rootfs %v; want on, on, off", sec.NoNewPrivileges, sec.Seccomp, sec.ReadOnlyRootfs)
 	}
-	if info.Limits == nil || deref(info.Limits.Pids) != 1024 {
-		t.Errorf("a default sandbox's limits.pids is %d, want 1024", deref(deref(info.Limits).Pids))
+	if info.Limits == nil || agenttest.Deref(info.Limits.Pids) != 1024 {
+		t.Errorf("a default sandbox's limits.pids is %d, want 1024", agenttest.Deref(agenttest.Deref(info.Limits).Pids))
 	}
 
 	t.Run("uid-map", func(t *testing.T) {
@@ -318,7 +319,7 @@ func TestEscapeInside(t *testing.T) {
 	})
 
 	t.Run("files-not-given", func(t *testing.T) {
-		agentPid := a.cmd.Process.Pid
+		agentPid := a.PID()
 		for _, p := range []string{
 			secret,
 			"/proc/1/root" + secret,
@@ -508,7 +509,7 @@ const forkBomb = `exec >/dev/null 2>&1; b() { b | b & }; b; exec sleep 1000000`
 // function that stops the sandbox and waits for the bomb's run to end.
 func (a *agentProc) lightForkBomb(t testing.TB, id string, pidsLimit int) (cgroup string, stop func()) {
 	t.Helper()
-	a.create(t, api.CreateSandboxRequest{Id: &id, Limits: &api.Limits{Pids: ptr(int64(pidsLimit))}})
+	a.create(t, api.CreateSandboxRequest{Id: &id, Limits: &api.Limits{Pids: agenttest.Ptr(int64(pidsLimit))}})
 	cgroup = sandboxCgroup(t, id)
 	if got := cgroupValue(t, cgroup, "pids.max", ""); got != strconv.Itoa(pidsLimit) {
 		t.Errorf("pids.max of %s is %s, want %d", cgroup, got, pidsLimit)
@@ -534,7 +535,7 @@ func (a *agentProc) lightForkBomb(t testing.TB, id string, pidsLimit int) (cgrou
 	stop = func() {
 		once.Do(func() {
 			defer cancel()
-			r, err := a.client(t).StopSandboxWithResponse(reqCtx(t), id, api.StopSandboxRequest{TimeoutSeconds: ptr[int64](1)})
+			r, err := a.Client(t).StopSandboxWithResponse(reqCtx(t), id, api.StopSandboxRequest{TimeoutSeconds: agenttest.Ptr[int64](1)})
 			if err != nil {
 				t.Error(err)
 			} else if r.JSON200 == nil || r.JSON200.State != "stopped" {
@@ -558,14 +559,14 @@ func (a *agentProc) lightForkBomb(t testing.TB, id string, pidsLimit int) (cgrou
 func TestEscapeForkBomb(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
+	a.LogOnFailure(t)
 	const limit = 64
 	const id = "fork-bomb"
 	cgroup, stop := a.lightForkBomb(t, id, limit)
-	if info := a.get(t, id); info.Limits == nil || deref(info.Limits.Pids) != limit {
-		t.Errorf("GET reports limits.pids %d, want %d", deref(deref(info.Limits).Pids), limit)
+	if info := a.get(t, id); info.Limits == nil || agenttest.Deref(info.Limits.Pids) != limit {
+		t.Errorf("GET reports limits.pids %d, want %d", agenttest.Deref(agenttest.Deref(info.Limits).Pids), limit)
 	}
-	c := a.client(t)
+	c := a.Client(t)
 	for range 20 {
 		if r, err := c.GetPingWithResponse(reqCtx(t)); err != nil || r.JSON200 == nil {
 			t.Fatalf("ping during the fork bomb: %v %v", err, r)
@@ -593,7 +594,7 @@ func TestEscapeForkBomb(t *testing.T) {
 func TestEscapeSymlinkSwap(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
+	a.LogOnFailure(t)
 	root := mountDir(t)
 	outside := filepath.Join(suite.dir, "escape-swap-outside")
 	writeFile(t, filepath.Join(outside, "sub", "outside-marker"), "outside\n", 0o644)
@@ -629,8 +630,8 @@ func TestEscapeSymlinkSwap(t *testing.T) {
 	defer func() { close(stopSwap); wg.Wait() }()
 
 	mounts := []api.Mount{
-		{Source: filepath.Join(root, "last"), Target: "/a", Readonly: ptr(true)},
-		{Source: filepath.Join(root, "middle", "sub"), Target: "/b", Readonly: ptr(true)},
+		{Source: filepath.Join(root, "last"), Target: "/a", Readonly: agenttest.Ptr(true)},
+		{Source: filepath.Join(root, "middle", "sub"), Target: "/b", Readonly: agenttest.Ptr(true)},
 	}
 	// Rounds go on until one mounted the real sources (about one in four
 	// finds both real when it looks; a hundred rounds without one is a
@@ -640,8 +641,8 @@ func TestEscapeSymlinkSwap(t *testing.T) {
 	for i := 0; i < maxRounds && (i < minRounds || mounted == 0); i++ {
 		rounds++
 		id := fmt.Sprintf("swap-%d", i)
-		evs := a.events(t, api.StreamEventsParams{Id: ptr(id)})
-		r, err := a.client(t).CreateSandboxWithResponse(reqCtx(t), api.CreateSandboxRequest{Id: &id, Mounts: &mounts})
+		evs := a.events(t, api.StreamEventsParams{Id: agenttest.Ptr(id)})
+		r, err := a.Client(t).CreateSandboxWithResponse(reqCtx(t), api.CreateSandboxRequest{Id: &id, Mounts: &mounts})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -718,12 +719,12 @@ func TestEscapeRegistry(t *testing.T) {
 
 	t.Run("unlisted", func(t *testing.T) {
 		a := sharedAgent(t)
-		a.logOnFailure(t)
-		a.refused(t, api.CreateSandboxRequest{Id: ptr("unlisted-registry"), Image: &ref}, "image")
-		other := ownAgent(t, &agentProc{dir: filepath.Join(suite.dir, "escape-other-registry"), registries: []string{"127.0.0.1:1"}})
-		other.refused(t, api.CreateSandboxRequest{Id: ptr("other-registry"), Image: &ref}, "image")
+		a.LogOnFailure(t)
+		a.refused(t, api.CreateSandboxRequest{Id: agenttest.Ptr("unlisted-registry"), Image: &ref}, "image")
+		other := ownAgent(t, &agentProc{Agent: &agenttest.Agent{Dir: filepath.Join(suite.dir, "escape-other-registry")}, registries: []string{"127.0.0.1:1"}})
+		other.refused(t, api.CreateSandboxRequest{Id: agenttest.Ptr("other-registry"), Image: &ref}, "image")
 		for i, loop := range []string{"localhost", "[::1]", "127.0.0.2"} {
-			other.refused(t, api.CreateSandboxRequest{Id: ptr(fmt.Sprintf("loopback-alias-%d", i)), Image: ptr(strings.Replace(ref, "127.0.0.1", loop, 1))}, "image")
+			other.refused(t, api.CreateSandboxRequest{Id: agenttest.Ptr(fmt.Sprintf("loopback-alias-%d", i)), Image: agenttest.Ptr(strings.Replace(ref, "127.0.0.1", loop, 1))}, "image")
 		}
 		if n := reg.Gets("/"); n != before {
 			t.Errorf("the registry served %d requests for refused creates", n-before)
@@ -743,20 +744,20 @@ func TestEscapeRegistry(t *testing.T) {
 		if err := remote.Write(tag, busyboxImage(t, "private-"+time.Now().Format(time.RFC3339Nano)), remote.WithAuth(&authn.Basic{Username: user, Password: password})); err != nil {
 			t.Fatalf("push %s: %v", authRef, err)
 		}
-		a := ownAgent(t, &agentProc{dir: filepath.Join(suite.dir, "escape-credentials"), registries: []string{host}})
+		a := ownAgent(t, &agentProc{Agent: &agenttest.Agent{Dir: filepath.Join(suite.dir, "escape-credentials")}, registries: []string{host}})
 		secrets := []string{password, base64.StdEncoding.EncodeToString([]byte(user + ":" + password))}
 		// Whatever became of the creates: the files the agent wrote, its
 		// log included, never hold the password.
 		t.Cleanup(func() {
-			for _, f := range filesHolding(t, a.dir, secrets) {
+			for _, f := range filesHolding(t, a.Dir, secrets) {
 				t.Errorf("%s holds the registry password", f)
 			}
 		})
 
 		const anon = "no-credentials"
-		evs := a.events(t, api.StreamEventsParams{Id: ptr(anon)})
+		evs := a.events(t, api.StreamEventsParams{Id: agenttest.Ptr(anon)})
 		// Refused at once, or failed once the pull is turned away.
-		r, err := a.client(t).CreateSandboxWithResponse(reqCtx(t), api.CreateSandboxRequest{Id: ptr(anon), Image: &authRef})
+		r, err := a.Client(t).CreateSandboxWithResponse(reqCtx(t), api.CreateSandboxRequest{Id: agenttest.Ptr(anon), Image: &authRef})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -771,9 +772,9 @@ func TestEscapeRegistry(t *testing.T) {
 		}
 
 		id := a.create(t, api.CreateSandboxRequest{
-			Id:           ptr("with-credentials"),
+			Id:           agenttest.Ptr("with-credentials"),
 			Image:        &authRef,
-			RegistryAuth: &api.RegistryAuth{Username: ptr(user), Password: &password},
+			RegistryAuth: &api.RegistryAuth{Username: agenttest.Ptr(user), Password: &password},
 		})
 		if out := a.sh(t, id, "cat /etc/motd"); out != "baked in\n" {
 			t.Errorf("the private image's /etc/motd: %q", out)
@@ -785,7 +786,7 @@ func TestEscapeRegistry(t *testing.T) {
 				}
 			}
 		}
-		for _, f := range filesHolding(t, a.dir, secrets) { // the live sandbox's records
+		for _, f := range filesHolding(t, a.Dir, secrets) { // the live sandbox's records
 			t.Errorf("%s holds the registry password", f)
 		}
 		a.remove(t, id, false)
@@ -795,7 +796,7 @@ func TestEscapeRegistry(t *testing.T) {
 // answers are the agent's GET and list answers about id.
 func (a *agentProc) answers(t testing.TB, id string) map[string][]byte {
 	t.Helper()
-	c := a.client(t)
+	c := a.Client(t)
 	g, err := c.GetSandboxWithResponse(reqCtx(t), id)
 	if err != nil {
 		t.Fatal(err)
@@ -850,11 +851,11 @@ func filesHolding(t testing.TB, dir string, strs []string) []string {
 func TestEscapeOptions(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
+	a.LogOnFailure(t)
 
 	t.Run("host-users", func(t *testing.T) {
-		host := a.create(t, api.CreateSandboxRequest{Id: ptr("host-users"), Security: &api.SecuritySpec{UserNamespace: ptr(false)}})
-		def := a.create(t, api.CreateSandboxRequest{Id: ptr("default-users")})
+		host := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("host-users"), Security: &api.SecuritySpec{UserNamespace: agenttest.Ptr(false)}})
+		def := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("default-users")})
 		if sec := a.security(t, host); sec.UserNamespace || sec.IdMap != nil {
 			t.Errorf("GET of a sandbox without a user namespace: security %+v, want user_namespace false and no id_map", sec)
 		}
@@ -877,7 +878,7 @@ func TestEscapeOptions(t *testing.T) {
 	})
 
 	t.Run("read-only-rootfs", func(t *testing.T) {
-		id := a.create(t, api.CreateSandboxRequest{Id: ptr("read-only-rootfs"), Security: &api.SecuritySpec{ReadOnlyRootfs: ptr(true)}})
+		id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("read-only-rootfs"), Security: &api.SecuritySpec{ReadOnlyRootfs: agenttest.Ptr(true)}})
 		if sec := a.security(t, id); !sec.ReadOnlyRootfs || !sec.UserNamespace {
 			t.Errorf("GET: security %+v, want read_only_rootfs (and the default user namespace)", sec)
 		}

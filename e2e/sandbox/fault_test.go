@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testregistry"
 )
 
@@ -34,14 +35,14 @@ func TestCrashMidCreate(t *testing.T) {
 	t.Parallel()
 	requireSuite(t)
 	reg := testregistry.New(t)
-	a := ownAgent(t, &agentProc{dir: filepath.Join(suite.dir, "crash-create"), registries: []string{reg.Host()}})
+	a := ownAgent(t, &agentProc{Agent: &agenttest.Agent{Dir: filepath.Join(suite.dir, "crash-create")}, registries: []string{reg.Host()}})
 	ref := reg.Host() + "/test/crash-create:1"
 	reg.Push(t, ref, busyboxImage(t, "crash-create-"+time.Now().Format(time.RFC3339Nano)))
 	arrived, release := reg.Hold(t, "/blobs/")
 
 	const id = "mid-create"
-	evs := a.events(t, api.StreamEventsParams{Id: ptr(id)})
-	a.createOnly(t, api.CreateSandboxRequest{Id: ptr(id), Image: ptr(ref)})
+	evs := a.events(t, api.StreamEventsParams{Id: agenttest.Ptr(id)})
+	a.createOnly(t, api.CreateSandboxRequest{Id: agenttest.Ptr(id), Image: agenttest.Ptr(ref)})
 	evs.expect(id, "created")
 	select {
 	case <-arrived: // the start is in flight: its download waits on the registry
@@ -54,7 +55,7 @@ func TestCrashMidCreate(t *testing.T) {
 	a.crashAndRestart(t)
 	release()
 
-	r, err := a.client(t).GetSandboxWithResponse(reqCtx(t), id)
+	r, err := a.Client(t).GetSandboxWithResponse(reqCtx(t), id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,16 +65,16 @@ func TestCrashMidCreate(t *testing.T) {
 		a.assertGone(t, id)
 	case r.JSON200 != nil:
 		info := *r.JSON200
-		if info.State != "failed" || !strings.Contains(deref(info.Error), "restart") {
-			t.Errorf("a sandbox whose start the agent's crash cut: %s (%q); want failed, saying the agent restarted while it started", info.State, deref(info.Error))
+		if info.State != "failed" || !strings.Contains(agenttest.Deref(info.Error), "restart") {
+			t.Errorf("a sandbox whose start the agent's crash cut: %s (%q); want failed, saying the agent restarted while it started", info.State, agenttest.Deref(info.Error))
 		}
-		t.Logf("%s: %s: %s", id, info.State, deref(info.Error))
+		t.Logf("%s: %s: %s", id, info.State, agenttest.Deref(info.Error))
 		a.remove(t, id, false)
 	default:
 		t.Fatalf("GET %s after the restart: %d %s", id, r.StatusCode(), r.Body)
 	}
 
-	again := a.create(t, api.CreateSandboxRequest{Id: ptr("after-crash-create"), Image: ptr(ref)})
+	again := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("after-crash-create"), Image: agenttest.Ptr(ref)})
 	if out := a.sh(t, again, "cat /etc/motd"); out != "baked in\n" {
 		t.Errorf("a sandbox of the image after the crash reads /etc/motd %q, want the image's", out)
 	}
@@ -87,9 +88,9 @@ func TestCrashMidCreate(t *testing.T) {
 // sandbox runs the next command.
 func TestCrashMidRun(t *testing.T) {
 	t.Parallel()
-	a := ownAgent(t, &agentProc{dir: filepath.Join(suite.dir, "crash-run")})
+	a := ownAgent(t, newAgent(filepath.Join(suite.dir, "crash-run")))
 	const id = "mid-run"
-	a.create(t, api.CreateSandboxRequest{Id: ptr(id)})
+	a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr(id)})
 	a.sh(t, id, "echo before > /tmp/mark")
 	initPid := a.initPid(t, id)
 
@@ -101,9 +102,9 @@ func TestCrashMidRun(t *testing.T) {
 	body.Close() // the stream died with the agent
 
 	info := a.get(t, id)
-	if info.State != "ready" || info.LastExitCode == nil || *info.LastExitCode != -1 || !strings.Contains(deref(info.Error), "lost") {
+	if info.State != "ready" || info.LastExitCode == nil || *info.LastExitCode != -1 || !strings.Contains(agenttest.Deref(info.Error), "lost") {
 		t.Errorf("after a crash mid-run: state %s, last_exit_code %v, error %q; want ready, -1, the run lost",
-			info.State, deref(info.LastExitCode), deref(info.Error))
+			info.State, agenttest.Deref(info.LastExitCode), agenttest.Deref(info.Error))
 	}
 	if pid := a.initPid(t, id); pid != initPid {
 		t.Errorf("the init is %d after the restart, %d before: the sandbox was remade, not re-adopted", pid, initPid)
@@ -153,13 +154,13 @@ func (a *agentProc) startRun(t *testing.T, id, script string) interface{ Close()
 // same state; it answers at once: start waits for it to serve.
 func (a *agentProc) crashAndRestart(t *testing.T) {
 	t.Helper()
-	if err := a.kill(); err != nil {
+	if err := a.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.start(); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := a.client(t).GetPingWithResponse(reqCtx(t)); err != nil || r.JSON200 == nil {
+	if r, err := a.Client(t).GetPingWithResponse(reqCtx(t)); err != nil || r.JSON200 == nil {
 		t.Fatalf("ping after the restart: %v %v", err, r)
 	}
 }
@@ -181,15 +182,15 @@ func (a *agentProc) bigLayer(t *testing.T, id string) {
 // frozen.
 func TestCrashMidCheckpoint(t *testing.T) {
 	t.Parallel()
-	a := ownAgent(t, &agentProc{dir: filepath.Join(suite.dir, "crash-checkpoint")})
+	a := ownAgent(t, newAgent(filepath.Join(suite.dir, "crash-checkpoint")))
 	const id = "mid-ckpt"
-	a.create(t, api.CreateSandboxRequest{Id: ptr(id)})
+	a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr(id)})
 	a.bigLayer(t, id)
 	freeze := freezeFile(t, a.initPid(t, id))
 
 	done := make(chan string, 1)
 	go func() {
-		r, err := a.plainClient(t).CheckpointSandboxWithResponse(context.Background(), id, api.CheckpointRequest{Name: ptr("cut")})
+		r, err := a.plainClient(t).CheckpointSandboxWithResponse(context.Background(), id, api.CheckpointRequest{Name: agenttest.Ptr("cut")})
 		if err != nil {
 			done <- err.Error()
 			return
@@ -209,19 +210,19 @@ func TestCrashMidCheckpoint(t *testing.T) {
 		thaw(t, freeze) // so that the rest of the test and its cleanup can go on
 	}
 	info := a.get(t, id)
-	t.Logf("%s after the restart: %s %q", id, info.State, deref(info.Error))
+	t.Logf("%s after the restart: %s %q", id, info.State, agenttest.Deref(info.Error))
 	switch info.State {
 	case "ready":
 		if out := a.sh(t, id, "cat /tmp/mark"); out != "kept\n" {
 			t.Errorf("after the restart the sandbox reads %q, want its file", out)
 		}
 	case "failed":
-		why := deref(info.Error)
+		why := agenttest.Deref(info.Error)
 		if !strings.Contains(why, "checkpoint") && !strings.Contains(why, "frozen") || strings.Contains(why, "init exited") {
 			t.Errorf("failed after a crash mid-checkpoint with %q; want ready, or a reason naming the cut checkpoint", why)
 		}
 	default:
-		t.Errorf("after a crash mid-checkpoint: %s (%q), want ready", info.State, deref(info.Error))
+		t.Errorf("after a crash mid-checkpoint: %s (%q), want ready", info.State, agenttest.Deref(info.Error))
 	}
 	if snaps := a.snapshots(t, api.ListSnapshotsParams{}); len(snaps) > 0 {
 		t.Errorf("after a crash mid-checkpoint the agent lists %+v, want no snapshot", snaps)
@@ -239,17 +240,17 @@ func TestCrashMidCheckpoint(t *testing.T) {
 // the snapshot's files.
 func TestCrashMidRestore(t *testing.T) {
 	t.Parallel()
-	a := ownAgent(t, &agentProc{dir: filepath.Join(suite.dir, "crash-restore")})
+	a := ownAgent(t, newAgent(filepath.Join(suite.dir, "crash-restore")))
 	const src, id = "restore-src", "mid-restore"
-	a.create(t, api.CreateSandboxRequest{Id: ptr(src)})
+	a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr(src)})
 	a.bigLayer(t, src)
-	snap := a.checkpoint(t, src, api.CheckpointRequest{Name: ptr("whole")})
+	snap := a.checkpoint(t, src, api.CheckpointRequest{Name: agenttest.Ptr("whole")})
 	a.remove(t, src, false)
 	before := a.snapshots(t, api.ListSnapshotsParams{})
 
 	done := make(chan string, 1)
 	go func() {
-		r, err := a.plainClient(t).RestoreSnapshotWithResponse(context.Background(), snap.SnapshotId, api.RestoreRequest{Id: ptr(id)})
+		r, err := a.plainClient(t).RestoreSnapshotWithResponse(context.Background(), snap.SnapshotId, api.RestoreRequest{Id: agenttest.Ptr(id)})
 		if err != nil {
 			done <- err.Error()
 			return
@@ -263,15 +264,15 @@ func TestCrashMidRestore(t *testing.T) {
 	a.crashAndRestart(t)
 	t.Logf("the restore request: %s", <-done)
 
-	r, err := a.client(t).GetSandboxWithResponse(reqCtx(t), id)
+	r, err := a.Client(t).GetSandboxWithResponse(reqCtx(t), id)
 	if err != nil {
 		t.Fatal(err)
 	}
 	switch {
 	case r.JSON404 != nil:
 		a.assertGone(t, id)
-	case r.JSON200 != nil && r.JSON200.State == "failed" && deref(r.JSON200.Error) != "":
-		t.Logf("%s after the restart: failed: %s", id, deref(r.JSON200.Error))
+	case r.JSON200 != nil && r.JSON200.State == "failed" && agenttest.Deref(r.JSON200.Error) != "":
+		t.Logf("%s after the restart: failed: %s", id, agenttest.Deref(r.JSON200.Error))
 		a.remove(t, id, false)
 	default:
 		t.Fatalf("a sandbox whose restore the crash cut: %d %s; want none, or failed with the reason", r.StatusCode(), r.Body)
@@ -281,7 +282,7 @@ func TestCrashMidRestore(t *testing.T) {
 	if f, _ := json.Marshal(after); string(b) != string(f) {
 		t.Errorf("snapshots after the crash: %s; before: %s", f, b)
 	}
-	restored := a.restore(t, snap.SnapshotId, api.RestoreRequest{Id: ptr(id)})
+	restored := a.restore(t, snap.SnapshotId, api.RestoreRequest{Id: agenttest.Ptr(id)})
 	if info := a.get(t, restored.Id); info.State != "ready" {
 		t.Errorf("restored again after the crash: %s, want ready", info.State)
 	}
@@ -394,9 +395,9 @@ func names(entries []fs.DirEntry) []string {
 func TestSandboxInitKilled(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
-	id := a.create(t, api.CreateSandboxRequest{Id: ptr("init-killed")})
-	evs := a.events(t, api.StreamEventsParams{Id: ptr(id)})
+	a.LogOnFailure(t)
+	id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("init-killed")})
+	evs := a.events(t, api.StreamEventsParams{Id: agenttest.Ptr(id)})
 	if err := syscallKill(a.initPid(t, id)); err != nil {
 		t.Fatal(err)
 	}
@@ -411,8 +412,8 @@ func TestSandboxInitKilled(t *testing.T) {
 	if !strings.Contains(why, "init") || !strings.Contains(why, "exit") && !strings.Contains(why, "kill") {
 		t.Errorf("the failed event says %q; want the init's exit named", why)
 	}
-	if info := a.get(t, id); info.State != "failed" || deref(info.Error) != why {
-		t.Errorf("after its init was killed: %s (%q); want failed, with the event's reason", info.State, deref(info.Error))
+	if info := a.get(t, id); info.State != "failed" || agenttest.Deref(info.Error) != why {
+		t.Errorf("after its init was killed: %s (%q); want failed, with the event's reason", info.State, agenttest.Deref(info.Error))
 	}
 	a.remove(t, id, false)
 }

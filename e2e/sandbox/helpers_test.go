@@ -32,8 +32,6 @@ import (
 // under a second, so this only ends a test that would otherwise hang.
 const waitTimeout = 30 * time.Second
 
-func ptr[T any](v T) *T { return &v }
-
 // reqCtx bounds a request, so that an agent that never answers fails the
 // test instead of hanging it.
 func reqCtx(t testing.TB) context.Context {
@@ -95,7 +93,7 @@ type eventStream struct {
 func (a *agentProc) events(t testing.TB, params api.StreamEventsParams) *eventStream {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	resp, err := a.client(t).StreamEvents(ctx, &params)
+	resp, err := a.Client(t).StreamEvents(ctx, &params)
 	if err != nil {
 		cancel()
 		t.Fatalf("GET /v1/events: %v", err)
@@ -270,7 +268,7 @@ func (a *agentProc) create(t testing.TB, req api.CreateSandboxRequest) string {
 func (a *agentProc) createOnly(t testing.TB, req api.CreateSandboxRequest) {
 	t.Helper()
 	id := *req.Id
-	r, err := a.client(t).CreateSandboxWithResponse(reqCtx(t), req)
+	r, err := a.Client(t).CreateSandboxWithResponse(reqCtx(t), req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +285,7 @@ func (a *agentProc) createOnly(t testing.TB, req api.CreateSandboxRequest) {
 // checks that nothing of it is left either way.
 func (a *agentProc) cleanupSandbox(t testing.TB, id string) {
 	t.Cleanup(func() {
-		r, err := a.client(t).GetSandboxWithResponse(reqCtx(t), id)
+		r, err := a.Client(t).GetSandboxWithResponse(reqCtx(t), id)
 		if err != nil {
 			t.Errorf("cleanup of %s: %v", id, err)
 			return
@@ -306,7 +304,7 @@ func (a *agentProc) cleanupSandbox(t testing.TB, id string) {
 // remove deletes a sandbox (204) and checks that nothing of it is left.
 func (a *agentProc) remove(t testing.TB, id string, force bool) {
 	t.Helper()
-	r, err := a.client(t).RemoveSandboxWithResponse(reqCtx(t), id, &api.RemoveSandboxParams{Force: &force})
+	r, err := a.Client(t).RemoveSandboxWithResponse(reqCtx(t), id, &api.RemoveSandboxParams{Force: &force})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +317,7 @@ func (a *agentProc) remove(t testing.TB, id string, force bool) {
 // get inspects a sandbox, requiring a 200.
 func (a *agentProc) get(t testing.TB, id string) api.SandboxInfo {
 	t.Helper()
-	r, err := a.client(t).GetSandboxWithResponse(reqCtx(t), id)
+	r, err := a.Client(t).GetSandboxWithResponse(reqCtx(t), id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +330,7 @@ func (a *agentProc) get(t testing.TB, id string) api.SandboxInfo {
 // list lists the sandboxes that match, by id.
 func (a *agentProc) list(t testing.TB, params api.ListSandboxesParams) []string {
 	t.Helper()
-	r, err := a.client(t).ListSandboxesWithResponse(reqCtx(t), &params)
+	r, err := a.Client(t).ListSandboxesWithResponse(reqCtx(t), &params)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -370,7 +368,7 @@ type runResult struct {
 // must end with exactly one exit message, done, with an exit code.
 func (a *agentProc) runNDJSON(ctx context.Context, t testing.TB, id string, req api.RunRequest, sink func(stream string, data []byte)) runResult {
 	t.Helper()
-	return runOver(ctx, t, a.client(t), id, req, sink, false)
+	return runOver(ctx, t, a.Client(t), id, req, sink, false)
 }
 
 // runBig is runNDJSON for output too large for the validating client,
@@ -383,7 +381,7 @@ func (a *agentProc) runNDJSON(ctx context.Context, t testing.TB, id string, req 
 // encoding/json takes half a minute for 100 MiB.
 func (a *agentProc) runBig(ctx context.Context, t testing.TB, id string, req api.RunRequest, sink func(stream string, data []byte)) runResult {
 	t.Helper()
-	c, err := api.NewClientWithResponses("http://agent", api.WithHTTPClient(&http.Client{Transport: a.tr}))
+	c, err := api.NewClientWithResponses("http://agent", api.WithHTTPClient(&http.Client{Transport: a.Transport()}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -675,7 +673,7 @@ func (a *agentProc) assertGone(t testing.TB, id string) {
 
 	for _, pid := range allPids() {
 		proc := "/proc/" + strconv.Itoa(pid)
-		if pid == a.cmd.Process.Pid {
+		if pid == a.PID() {
 			continue // the agent itself names the state directory
 		}
 		if cmdline, err := os.ReadFile(proc + "/cmdline"); err == nil {

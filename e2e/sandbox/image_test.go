@@ -10,6 +10,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testregistry"
 )
 
@@ -45,7 +46,7 @@ func TestImageFromLoopbackRegistry(t *testing.T) {
 	t.Parallel()
 	requireSuite(t)
 	reg := testregistry.New(t)
-	a := ownAgent(t, &agentProc{dir: filepath.Join(suite.dir, "image"), registries: []string{reg.Host()}})
+	a := ownAgent(t, &agentProc{Agent: &agenttest.Agent{Dir: filepath.Join(suite.dir, "image")}, registries: []string{reg.Host()}})
 	// A new image each time: the agent's cache, keyed by digest, must
 	// not have it already (go test -count=2).
 	img := busyboxImage(t, time.Now().Format(time.RFC3339Nano))
@@ -60,7 +61,7 @@ func TestImageFromLoopbackRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	first := a.create(t, api.CreateSandboxRequest{Id: ptr("img-1"), Image: ptr(ref)})
+	first := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("img-1"), Image: agenttest.Ptr(ref)})
 	wantBin := append([]string{"busybox"}, busyboxApplets...)
 	slices.Sort(wantBin)
 	if got := strings.Fields(a.sh(t, first, "ls /bin")); !slices.Equal(got, wantBin) {
@@ -74,7 +75,7 @@ func TestImageFromLoopbackRegistry(t *testing.T) {
 		t.Errorf("after writing /etc/motd: %q", out)
 	}
 
-	second := a.create(t, api.CreateSandboxRequest{Id: ptr("img-2"), Image: ptr(ref)})
+	second := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("img-2"), Image: agenttest.Ptr(ref)})
 	if out := a.sh(t, second, "cat /etc/motd"); out != "baked in\n" {
 		t.Errorf("a second sandbox of the image reads /etc/motd %q, want the image's (the first sandbox's write leaked)", out)
 	}
@@ -92,16 +93,16 @@ func TestImageFromLoopbackRegistry(t *testing.T) {
 // reason; both are removed without a trace.
 func TestAgentRestart(t *testing.T) {
 	t.Parallel()
-	a := ownAgent(t, &agentProc{dir: suite.dir + "/restart"})
+	a := ownAgent(t, newAgent(suite.dir+"/restart"))
 
 	const live, dead = "survivor", "casualty"
-	a.create(t, api.CreateSandboxRequest{Id: ptr(live), Labels: &map[string]string{"keep": "yes"}, Env: &map[string]string{"FROM_CREATE": "kept"}})
-	a.create(t, api.CreateSandboxRequest{Id: ptr(dead)})
+	a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr(live), Labels: &map[string]string{"keep": "yes"}, Env: &map[string]string{"FROM_CREATE": "kept"}})
+	a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr(dead)})
 	a.sh(t, live, "echo before > /tmp/mark")
 	before := a.get(t, live)
 	livePid, deadPid := a.initPid(t, live), a.initPid(t, dead)
 
-	if err := a.kill(); err != nil {
+	if err := a.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	if err := syscallKill(deadPid); err != nil {
@@ -119,7 +120,7 @@ func TestAgentRestart(t *testing.T) {
 	if pid := a.initPid(t, live); pid != livePid {
 		t.Errorf("the init is %d after the restart, %d before: the sandbox was remade, not re-adopted", pid, livePid)
 	}
-	evs := a.events(t, api.StreamEventsParams{Id: ptr(live)})
+	evs := a.events(t, api.StreamEventsParams{Id: agenttest.Ptr(live)})
 	res := a.run(t, live, api.RunRequest{Cmd: []string{"sh", "-c", `echo "$FROM_CREATE"; cat /tmp/mark`}})
 	if string(res.Stdout) != "kept\nbefore\n" || res.Code != 0 {
 		t.Errorf("after the restart: stdout %q, stderr %q, exit %d; want kept, before, 0", res.Stdout, res.Stderr, res.Code)

@@ -11,8 +11,6 @@
 package sandbox
 
 import (
-	"bufio"
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,10 +19,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
 
@@ -37,8 +33,6 @@ var suite struct {
 	// cgroupsBefore are the parent cgroups of sandboxes and containers
 	// that existed before the suite: those it made are removed at its end.
 	cgroupsBefore map[string]bool
-	agentBin      string // the static agent binary
-	buildErr      error  // why the agent could not be built
 
 	sharedMu sync.Mutex // held while the shared agent starts
 	shared   *agentProc // the agent most tests use, started on first need
@@ -73,29 +67,17 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	suite.cgroupsBefore = parentCgroups("arcbox", "docker")
-	suite.agentBin = filepath.Join(dir, "arcbox-agent")
-	suite.buildErr = buildAgent(suite.agentBin)
+	_, _ = agenttest.Build(false) // a failed build fails each test
 	code := m.Run()
-	if err := shutdownSuite(); err != nil {
+	err = shutdownSuite()
+	agenttest.RemoveBinary()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e/sandbox: cleanup:", err)
 		if code == 0 {
 			code = 1
 		}
 	}
 	os.Exit(code)
-}
-
-// buildAgent builds the agent without cgo: a static binary, since it is
-// also each sandbox's init.
-func buildAgent(out string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/arcbox/arcbox-agent/cmd/arcbox-agent")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build the agent: %w: %s", err, b)
-	}
-	return nil
 }
 
 // shutdownSuite removes what the tests left (there should be nothing),
@@ -115,10 +97,10 @@ func shutdownSuite() error {
 		}
 	}
 	for _, a := range agents {
-		if !a.running() {
+		if !a.Running() {
 			continue
 		}
-		if err := a.stop(); err != nil {
+		if err := a.Stop(); err != nil {
 			problems = append(problems, err.Error())
 		}
 	}
@@ -126,7 +108,7 @@ func shutdownSuite() error {
 	// that hung, say) are deleted with their processes.
 	for _, a := range agents {
 		if left := a.deleteContainers(); len(left) > 0 {
-			problems = append(problems, fmt.Sprintf("containers of %s left, deleted now: %v", a.dir, left))
+			problems = append(problems, fmt.Sprintf("containers of %s left, deleted now: %v", a.Dir, left))
 		}
 	}
 	for _, stop := range slices.Backward(stops) {
@@ -143,8 +125,10 @@ func shutdownSuite() error {
 			problems = append(problems, fmt.Sprintf("cgroup %s left: %v", d, err))
 		}
 	}
-	unmountUnder(suite.dir)
-	if err := os.RemoveAll(suite.dir); err != nil {
+	// Nothing is removed while something is still mounted below dir.
+	if left := agenttest.UnmountUnder(suite.dir); len(left) > 0 {
+		problems = append(problems, fmt.Sprintf("could not unmount %v; leaving %s", left, suite.dir))
+	} else if err := os.RemoveAll(suite.dir); err != nil {
 		problems = append(problems, err.Error())
 	}
 	if len(problems) > 0 {
@@ -188,27 +172,6 @@ func parentCgroups(names ...string) map[string]bool {
 	return found
 }
 
-// unmountUnder detaches every mount below dir in this (private) mount
-// namespace, deepest first.
-func unmountUnder(dir string) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	var points []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && strings.HasPrefix(fields[4], dir+"/") {
-			points = append(points, fields[4])
-		}
-	}
-	for _, p := range slices.Backward(points) {
-		_ = unix.Unmount(p, unix.MNT_DETACH)
-	}
-}
-
 // requireSuite stops a test that cannot run here: it needs root, the
 // namespaces of RunIsolated, busybox and an OCI runtime (skipped on a
 // laptop, failed in CI), and an agent binary that built.
@@ -219,9 +182,7 @@ func requireSuite(t testing.TB) {
 	if _, err := exec.LookPath("runc"); err != nil {
 		testenv.RequireBinary(t, "crun")
 	}
-	if suite.buildErr != nil {
-		t.Fatal(suite.buildErr)
-	}
+	agenttest.Binary(t)
 }
 
 // sharedAgent returns the agent most tests share, starting it once.

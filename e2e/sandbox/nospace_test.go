@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testregistry"
 )
 
@@ -60,8 +61,8 @@ func TestStateDirFull(t *testing.T) {
 		})
 	}
 	reg := testregistry.New(t)
-	a := ownAgent(t, &agentProc{dir: dir, registries: []string{reg.Host()}})
-	c := a.client(t)
+	a := ownAgent(t, &agentProc{Agent: &agenttest.Agent{Dir: dir}, registries: []string{reg.Host()}})
+	c := a.Client(t)
 
 	const (
 		stopped      = "full-stop"    // stopped on the full disk
@@ -72,18 +73,18 @@ func TestStateDirFull(t *testing.T) {
 		restored     = "full-restore" // restored on the full disk
 	)
 	for _, id := range []string{stopped, checkpointed, removed} {
-		a.create(t, api.CreateSandboxRequest{Id: ptr(id)})
+		a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr(id)})
 	}
 	a.sh(t, checkpointed, "dd if=/dev/zero of=/tmp/data bs=1024 count=1024 2>/dev/null")
-	snap := a.checkpoint(t, checkpointed, api.CheckpointRequest{Name: ptr("before-full")})
+	snap := a.checkpoint(t, checkpointed, api.CheckpointRequest{Name: agenttest.Ptr("before-full")})
 	snapDirs := dirNames(t, filepath.Join(state, "snapshots"))
 
 	// A sandbox whose image download is held while the disk fills.
 	ref := reg.Host() + "/test/state-full:1"
 	reg.Push(t, ref, busyboxImage(t, "state-full-"+time.Now().Format(time.RFC3339Nano)))
 	arrived, release := reg.Hold(t, "/blobs/")
-	evs := a.events(t, api.StreamEventsParams{Id: ptr(starting)})
-	a.createOnly(t, api.CreateSandboxRequest{Id: ptr(starting), Image: ptr(ref)})
+	evs := a.events(t, api.StreamEventsParams{Id: agenttest.Ptr(starting)})
+	a.createOnly(t, api.CreateSandboxRequest{Id: agenttest.Ptr(starting), Image: agenttest.Ptr(ref)})
 	select {
 	case <-arrived:
 	case <-time.After(waitTimeout):
@@ -97,12 +98,12 @@ func TestStateDirFull(t *testing.T) {
 	if info := a.get(t, starting); info.State != "failed" {
 		t.Errorf("a sandbox whose image had no room: %s, want failed", info.State)
 	} else {
-		t.Logf("%s: failed: %s", starting, deref(info.Error))
+		t.Logf("%s: failed: %s", starting, agenttest.Deref(info.Error))
 	}
 	full.top() // the failed download's files are gone
 
 	full.top()
-	r, err := c.CreateSandboxWithResponse(reqCtx(t), api.CreateSandboxRequest{Id: ptr(created)})
+	r, err := c.CreateSandboxWithResponse(reqCtx(t), api.CreateSandboxRequest{Id: agenttest.Ptr(created)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +112,7 @@ func TestStateDirFull(t *testing.T) {
 
 	initPid := a.initPid(t, stopped)
 	full.top()
-	if r, err := c.StopSandboxWithResponse(reqCtx(t), stopped, api.StopSandboxRequest{TimeoutSeconds: ptr[int64](5)}); err != nil {
+	if r, err := c.StopSandboxWithResponse(reqCtx(t), stopped, api.StopSandboxRequest{TimeoutSeconds: agenttest.Ptr[int64](5)}); err != nil {
 		t.Fatal(err)
 	} else if r.StatusCode() == http.StatusOK {
 		t.Logf("stop succeeded on a full disk: %s; after the restart it must be stopped", r.Body)
@@ -124,7 +125,7 @@ func TestStateDirFull(t *testing.T) {
 
 	freeze := freezeFile(t, a.initPid(t, checkpointed))
 	full.top()
-	if r, err := c.CheckpointSandboxWithResponse(reqCtx(t), checkpointed, api.CheckpointRequest{Name: ptr("on-full")}); err != nil {
+	if r, err := c.CheckpointSandboxWithResponse(reqCtx(t), checkpointed, api.CheckpointRequest{Name: agenttest.Ptr("on-full")}); err != nil {
 		t.Fatal(err)
 	} else {
 		wantNoSpace(t, "checkpoint", r.HTTPResponse, r.Body)
@@ -144,7 +145,7 @@ func TestStateDirFull(t *testing.T) {
 	}
 
 	full.top()
-	if r, err := c.RestoreSnapshotWithResponse(reqCtx(t), snap.SnapshotId, api.RestoreRequest{Id: ptr(restored)}); err != nil {
+	if r, err := c.RestoreSnapshotWithResponse(reqCtx(t), snap.SnapshotId, api.RestoreRequest{Id: agenttest.Ptr(restored)}); err != nil {
 		t.Fatal(err)
 	} else {
 		wantNoSpace(t, "restore", r.HTTPResponse, r.Body)
@@ -199,7 +200,7 @@ func wantNoSpace(t *testing.T, what string, resp *http.Response, body []byte) {
 // states lists the agent's sandboxes and their states.
 func (a *agentProc) states(t *testing.T) map[string]string {
 	t.Helper()
-	r, err := a.client(t).ListSandboxesWithResponse(reqCtx(t), &api.ListSandboxesParams{})
+	r, err := a.Client(t).ListSandboxesWithResponse(reqCtx(t), &api.ListSandboxesParams{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,9 +3,7 @@ package sandbox
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 )
 
 // agentResources is what an agent holds at one moment, read from outside
@@ -38,7 +38,7 @@ func (r agentResources) String() string {
 // its own, closed after, so the figure holds no idle connection of ours.
 func (a *agentProc) resources(prefix string) (agentResources, error) {
 	var r agentResources
-	pid := a.cmd.Process.Pid
+	pid := a.PID()
 	n, err := a.metric("go_goroutines")
 	if err != nil {
 		return r, err
@@ -50,10 +50,10 @@ func (a *agentProc) resources(prefix string) (agentResources, error) {
 	if r.Threads, err = countDir(fmt.Sprintf("/proc/%d/task", pid)); err != nil {
 		return r, err
 	}
-	if r.Mounts, err = mountsUnder(a.dir); err != nil {
+	if r.Mounts, err = mountsUnder(a.Dir); err != nil {
 		return r, err
 	}
-	r.Loops = loopsUnder(a.dir)
+	r.Loops = loopsUnder(a.Dir)
 	r.Cgroups = sandboxCgroups(prefix)
 	r.Zombies = len(zombieChildren(pid))
 	return r, nil
@@ -61,12 +61,8 @@ func (a *agentProc) resources(prefix string) (agentResources, error) {
 
 // metric reads one unlabelled sample from the agent's /metrics.
 func (a *agentProc) metric(name string) (float64, error) {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", a.sock)
-		},
-		DisableKeepAlives: true,
-	}
+	tr := agenttest.UnixTransport(a.Socket())
+	tr.DisableKeepAlives = true
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr, Timeout: waitTimeout}).Get("http://agent/metrics")
 	if err != nil {
@@ -170,7 +166,7 @@ func procState(pid int) (state byte, ppid int, err error) {
 // memory reads the agent's resident set (VmRSS) and its peak (VmHWM), in
 // bytes.
 func (a *agentProc) memory() (rss, peak int64, err error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", a.cmd.Process.Pid))
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", a.PID()))
 	if err != nil {
 		return 0, 0, err
 	}
@@ -181,7 +177,7 @@ func (a *agentProc) memory() (rss, peak int64, err error) {
 		}
 		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(val), " kB"), 10, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("/proc/%d/status: %s: %w", a.cmd.Process.Pid, line, err)
+			return 0, 0, fmt.Errorf("/proc/%d/status: %s: %w", a.PID(), line, err)
 		}
 		if key == "VmRSS" {
 			rss = kb << 10
@@ -196,7 +192,7 @@ func (a *agentProc) memory() (rss, peak int64, err error) {
 // stacks and runtime, without the pages of its binary, which stay
 // resident once a code path has run.
 func (a *agentProc) anonMemory() (int64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", a.cmd.Process.Pid))
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", a.PID()))
 	if err != nil {
 		return 0, err
 	}
@@ -205,7 +201,7 @@ func (a *agentProc) anonMemory() (int64, error) {
 			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(val), " kB"), 10, 64)
 		}
 	}
-	return 0, fmt.Errorf("/proc/%d/status: no RssAnon", a.cmd.Process.Pid)
+	return 0, fmt.Errorf("/proc/%d/status: no RssAnon", a.PID())
 }
 
 // waitResources polls the agent's resources until ok accepts them, and

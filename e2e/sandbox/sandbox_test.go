@@ -17,6 +17,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 )
 
 // TestLifecycle: a sandbox's whole life through the API. Its events
@@ -29,11 +30,11 @@ import (
 func TestLifecycle(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
+	a.LogOnFailure(t)
 	const id = "life"
-	ndjson := a.events(t, api.StreamEventsParams{Id: ptr(id)})
+	ndjson := a.events(t, api.StreamEventsParams{Id: agenttest.Ptr(id)})
 	ws := a.eventsWS(t, "id="+id)
-	req := api.CreateSandboxRequest{Id: ptr(id), Labels: &map[string]string{"suite": "life"}}
+	req := api.CreateSandboxRequest{Id: agenttest.Ptr(id), Labels: &map[string]string{"suite": "life"}}
 	a.createOnly(t, req)
 	for _, evs := range []*eventStream{ndjson, ws} {
 		evs.expect(id, "created", "ready")
@@ -65,7 +66,7 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("after the runs: %+v; want ready, last exit 3", info)
 	}
 
-	c := a.client(t)
+	c := a.Client(t)
 	again, err := c.CreateSandboxWithResponse(reqCtx(t), req)
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +81,7 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("another create under the same id: %d %s; want 409", r.StatusCode(), r.Body)
 	}
 
-	stop, err := c.StopSandboxWithResponse(reqCtx(t), id, api.StopSandboxRequest{TimeoutSeconds: ptr[int64](5)})
+	stop, err := c.StopSandboxWithResponse(reqCtx(t), id, api.StopSandboxRequest{TimeoutSeconds: agenttest.Ptr[int64](5)})
 	if err != nil {
 		t.Fatal(err)
 	} else if stop.JSON200 == nil || stop.JSON200.State != "stopped" {
@@ -114,9 +115,9 @@ func psArgs(t *testing.T, a *agentProc, id string) string {
 func TestConcurrentRunAndClientGone(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
-	id := a.create(t, api.CreateSandboxRequest{Id: ptr("busy")})
-	evs := a.events(t, api.StreamEventsParams{Id: ptr(id)})
+	a.LogOnFailure(t)
+	id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("busy")})
+	evs := a.events(t, api.StreamEventsParams{Id: agenttest.Ptr(id)})
 
 	ctx, cancel := context.WithCancel(reqCtx(t))
 	defer cancel()
@@ -150,7 +151,7 @@ func TestConcurrentRunAndClientGone(t *testing.T) {
 	if w, resp := a.runWS(reqCtx(t), t, id, api.RunRequest{Cmd: []string{"true"}}); w != nil || resp.StatusCode != http.StatusConflict {
 		t.Errorf("a second run over the WebSocket: %v, want 409 before the upgrade", statusOf(resp))
 	}
-	if r, err := a.client(t).RemoveSandboxWithResponse(reqCtx(t), id, &api.RemoveSandboxParams{}); err != nil {
+	if r, err := a.Client(t).RemoveSandboxWithResponse(reqCtx(t), id, &api.RemoveSandboxParams{}); err != nil {
 		t.Fatal(err)
 	} else if r.JSON409 == nil {
 		t.Errorf("remove while running, without force: %d %s; want 409", r.StatusCode(), r.Body)
@@ -180,7 +181,7 @@ func TestConcurrentRunAndClientGone(t *testing.T) {
 func TestLargeOutput(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
+	a.LogOnFailure(t)
 	const size = 100 << 20
 	dir := mountDir(t)
 	f, err := os.Create(filepath.Join(dir, "blob"))
@@ -195,7 +196,7 @@ func TestLargeOutput(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	id := a.create(t, api.CreateSandboxRequest{Id: ptr("big"), Mounts: &[]api.Mount{{Source: dir, Target: "/data", Readonly: ptr(true)}}})
+	id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("big"), Mounts: &[]api.Mount{{Source: dir, Target: "/data", Readonly: agenttest.Ptr(true)}}})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	got := sha256.New()
@@ -234,11 +235,11 @@ func TestLargeOutput(t *testing.T) {
 func TestTTL(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
+	a.LogOnFailure(t)
 	const id = "ttl"
 	ws := a.eventsWS(t, "id="+id)
-	removed := a.events(t, api.StreamEventsParams{Action: ptr[api.EventAction]("removed")})
-	a.createOnly(t, api.CreateSandboxRequest{Id: ptr(id), TtlSeconds: ptr[int64](1)})
+	removed := a.events(t, api.StreamEventsParams{Action: agenttest.Ptr[api.EventAction]("removed")})
+	a.createOnly(t, api.CreateSandboxRequest{Id: agenttest.Ptr(id), TtlSeconds: agenttest.Ptr[int64](1)})
 	created := ws.expect(id, "created", "ready")[0]
 	stopped, before := ws.until(id, "stopped")
 	for _, ev := range before {
@@ -256,7 +257,7 @@ func TestTTL(t *testing.T) {
 	if ev, _ := removed.until(id, "removed"); ev.Timestamp != gone.Timestamp {
 		t.Errorf("the action-filtered stream saw %+v, the WebSocket %+v", ev, gone)
 	}
-	if r, err := a.client(t).GetSandboxWithResponse(reqCtx(t), id); err != nil {
+	if r, err := a.Client(t).GetSandboxWithResponse(reqCtx(t), id); err != nil {
 		t.Fatal(err)
 	} else if r.JSON404 == nil {
 		t.Errorf("GET after the TTL: %d %s; want 404", r.StatusCode(), r.Body)
@@ -269,19 +270,19 @@ func TestTTL(t *testing.T) {
 func TestFilters(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
+	a.LogOnFailure(t)
 	labels := map[string]map[string]string{
 		"f-a": {"suite": "filters", "team": "a", "tier": "web", "expr": "x=y"},
 		"f-b": {"suite": "filters", "team": "a", "tier": "db"},
 		"f-c": {"suite": "filters", "team": "b", "tier": "web"},
 	}
 	for _, id := range []string{"f-a", "f-b", "f-c"} {
-		a.create(t, api.CreateSandboxRequest{Id: ptr(id), Labels: ptr(labels[id])})
+		a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr(id), Labels: agenttest.Ptr(labels[id])})
 	}
 	list := func(state string, labels ...string) []string {
-		p := api.ListSandboxesParams{Label: ptr(append([]string{"suite=filters"}, labels...))}
+		p := api.ListSandboxesParams{Label: agenttest.Ptr(append([]string{"suite=filters"}, labels...))}
 		if state != "" {
-			p.State = ptr(api.SandboxState(state))
+			p.State = agenttest.Ptr(api.SandboxState(state))
 		}
 		return a.list(t, p)
 	}
@@ -300,7 +301,7 @@ func TestFilters(t *testing.T) {
 	check(list("", "team="))
 	check(list("ready"), "f-a", "f-b", "f-c")
 
-	r, err := a.client(t).StopSandboxWithResponse(reqCtx(t), "f-c", api.StopSandboxRequest{})
+	r, err := a.Client(t).StopSandboxWithResponse(reqCtx(t), "f-c", api.StopSandboxRequest{})
 	if err != nil {
 		t.Fatal(err)
 	} else if r.JSON200 == nil || r.JSON200.State != "stopped" {
@@ -311,8 +312,8 @@ func TestFilters(t *testing.T) {
 	check(list("ready", "tier=web"), "f-a")
 	check(list("running"))
 
-	raw := a.rawClient(t)
-	if r, err := raw.ListSandboxesWithResponse(reqCtx(t), &api.ListSandboxesParams{State: ptr[api.SandboxState]("asleep")}); err != nil {
+	raw := a.RawClient(t)
+	if r, err := raw.ListSandboxesWithResponse(reqCtx(t), &api.ListSandboxesParams{State: agenttest.Ptr[api.SandboxState]("asleep")}); err != nil {
 		t.Fatal(err)
 	} else if r.JSON400 == nil {
 		t.Errorf("state=asleep: %d %s; want 400", r.StatusCode(), r.Body)
@@ -334,9 +335,9 @@ func TestFilters(t *testing.T) {
 func TestWebSocketRun(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
-	id := a.create(t, api.CreateSandboxRequest{Id: ptr("ws")})
-	evs := a.events(t, api.StreamEventsParams{Id: ptr(id)})
+	a.LogOnFailure(t)
+	id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("ws")})
+	evs := a.events(t, api.StreamEventsParams{Id: agenttest.Ptr(id)})
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 
@@ -387,9 +388,9 @@ func TestWebSocketRun(t *testing.T) {
 func TestRunTimeout(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
-	id := a.create(t, api.CreateSandboxRequest{Id: ptr("timeout")})
-	res := a.run(t, id, api.RunRequest{Cmd: []string{"sh", "-c", "echo started; sleep 1002; echo never"}, TimeoutSeconds: ptr[int64](1)})
+	a.LogOnFailure(t)
+	id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("timeout")})
+	res := a.run(t, id, api.RunRequest{Cmd: []string{"sh", "-c", "echo started; sleep 1002; echo never"}, TimeoutSeconds: agenttest.Ptr[int64](1)})
 	if string(res.Stdout) != "started\n" || res.Code != 137 {
 		t.Errorf("past its timeout: stdout %q, exit %d; want started, 137", res.Stdout, res.Code)
 	}
@@ -410,9 +411,9 @@ func TestRunTimeout(t *testing.T) {
 func TestRunTimeoutWithBackgroundChild(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
-	id := a.create(t, api.CreateSandboxRequest{Id: ptr("bgchild")})
-	res := a.run(t, id, api.RunRequest{Cmd: []string{"sh", "-c", "sleep 1008 & echo hi"}, TimeoutSeconds: ptr[int64](1)})
+	a.LogOnFailure(t)
+	id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("bgchild")})
+	res := a.run(t, id, api.RunRequest{Cmd: []string{"sh", "-c", "sleep 1008 & echo hi"}, TimeoutSeconds: agenttest.Ptr[int64](1)})
 	if string(res.Stdout) != "hi\n" || (res.Code != 137 && res.Code != 0) {
 		t.Errorf("stdout %q, exit %d; want hi, then 137 (or 0 where the runtime does not wait for the child)", res.Stdout, res.Code)
 	}
@@ -431,8 +432,8 @@ func TestRunTimeoutWithBackgroundChild(t *testing.T) {
 func TestRunOutputCutAfterExit(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
-	id := a.create(t, api.CreateSandboxRequest{Id: ptr("holder")})
+	a.LogOnFailure(t)
+	id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("holder")})
 	res := a.run(t, id, api.RunRequest{Cmd: []string{"sh", "-c", "echo first; (while :; do echo more; sleep 0.1; done) & exit 5"}})
 	if !strings.HasPrefix(string(res.Stdout), "first\n") || res.Code != 5 {
 		t.Errorf("stdout %q, exit %d; want first (then maybe some of the child's), 5", res.Stdout, res.Code)
@@ -452,8 +453,8 @@ func TestRunOutputCutAfterExit(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
-	raw := a.rawClient(t)
+	a.LogOnFailure(t)
+	raw := a.RawClient(t)
 	ctx := reqCtx(t)
 
 	for _, tc := range []struct{ body, field string }{
@@ -506,7 +507,7 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("WebSocket run in unknown: %s; want 404 before the upgrade", statusOf(resp))
 	}
 
-	id := a.create(t, api.CreateSandboxRequest{Id: ptr("bad-input")})
+	id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("bad-input")})
 	for _, tc := range []struct {
 		req   api.RunRequest
 		field string
@@ -514,7 +515,7 @@ func TestBadInput(t *testing.T) {
 		{api.RunRequest{}, "cmd"},
 		{api.RunRequest{Cmd: []string{}}, "cmd"},
 		{api.RunRequest{Cmd: []string{""}}, "cmd"},
-		{api.RunRequest{Cmd: []string{"true"}, TimeoutSeconds: ptr[int64](-1)}, "timeout_seconds"},
+		{api.RunRequest{Cmd: []string{"true"}, TimeoutSeconds: agenttest.Ptr[int64](-1)}, "timeout_seconds"},
 	} {
 		if res := runOver(ctx, t, raw, id, tc.req, nil, false); res.Status != http.StatusBadRequest || !strings.Contains(res.Message, tc.field) {
 			t.Errorf("run %+v: %d %q; want 400 naming %s", tc.req, res.Status, res.Message, tc.field)
@@ -539,8 +540,8 @@ func TestBadInput(t *testing.T) {
 // the sandbox endpoints answer 503 with the reason, the rest 200.
 func TestBackendUnavailable(t *testing.T) {
 	t.Parallel()
-	a := ownAgent(t, &agentProc{dir: filepath.Join(suite.dir, "no-runtime"), extra: []string{"--oci-runtime", "/nonexistent/runc"}, noBox: true})
-	c := a.client(t)
+	a := ownAgent(t, &agentProc{Agent: &agenttest.Agent{Dir: filepath.Join(suite.dir, "no-runtime")}, extra: []string{"--oci-runtime", "/nonexistent/runc"}, noBox: true})
+	c := a.Client(t)
 	ctx := reqCtx(t)
 	if r, err := c.GetPingWithResponse(ctx); err != nil {
 		t.Fatal(err)
@@ -552,7 +553,7 @@ func TestBackendUnavailable(t *testing.T) {
 	} else if r.JSON503 == nil || !strings.Contains(r.JSON503.Message, "/nonexistent/runc") {
 		t.Errorf("list: %d %s; want 503 naming the runtime", r.StatusCode(), r.Body)
 	}
-	if r, err := c.CreateSandboxWithResponse(ctx, api.CreateSandboxRequest{Id: ptr("nope")}); err != nil {
+	if r, err := c.CreateSandboxWithResponse(ctx, api.CreateSandboxRequest{Id: agenttest.Ptr("nope")}); err != nil {
 		t.Fatal(err)
 	} else if r.JSON503 == nil || !strings.Contains(r.JSON503.Message, "/nonexistent/runc") {
 		t.Errorf("create: %d %s; want 503 naming the runtime", r.StatusCode(), r.Body)

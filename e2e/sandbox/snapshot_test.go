@@ -21,6 +21,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/sandbox/network"
 )
 
@@ -57,7 +58,9 @@ func (w *wsRun) send(ctx context.Context, m api.ExecClientMessage) {
 	}
 }
 
-func stdinMsg(s string) api.ExecClientMessage { return api.ExecClientMessage{Stdin: ptr([]byte(s))} }
+func stdinMsg(s string) api.ExecClientMessage {
+	return api.ExecClientMessage{Stdin: agenttest.Ptr([]byte(s))}
+}
 
 // readUntil reads output messages into res until done says its stdout is
 // complete; an exit message before that fails the test.
@@ -86,9 +89,9 @@ func closeError(err error) websocket.CloseError {
 func TestExecStdin(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
-	id := a.create(t, api.CreateSandboxRequest{Id: ptr("exec-cat")})
-	evs := a.events(t, api.StreamEventsParams{Id: ptr(id)})
+	a.LogOnFailure(t)
+	id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("exec-cat")})
+	evs := a.events(t, api.StreamEventsParams{Id: agenttest.Ptr(id)})
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 
@@ -104,7 +107,7 @@ func TestExecStdin(t *testing.T) {
 		t.Errorf("state %s while the exec runs, want running", info.State)
 	}
 	w.send(ctx, stdinMsg("world, without a newline"))
-	w.send(ctx, api.ExecClientMessage{CloseStdin: ptr(true)})
+	w.send(ctx, api.ExecClientMessage{CloseStdin: agenttest.Ptr(true)})
 	rest := w.finish(ctx)
 	if got := string(res.Stdout) + string(rest.Stdout); got != "hello\nworld, without a newline" || len(rest.Stderr) != 0 || rest.Code != 0 {
 		t.Errorf("cat: stdout %q, stderr %q, exit %d; want all its input, nothing, 0", got, rest.Stderr, rest.Code)
@@ -143,13 +146,13 @@ var sizeLine = regexp.MustCompile(`(?m)^(\d+) (\d+)\r?$`)
 func TestExecTerminal(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
-	id := a.create(t, api.CreateSandboxRequest{Id: ptr("exec-tty")})
+	a.LogOnFailure(t)
+	id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("exec-tty")})
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	// Each line of input prints the terminal's size again; q ends it.
 	script := `stty size; while read -r line; do [ "$line" = q ] && exit 3; stty size; done`
-	init := api.ExecInit{Cmd: []string{"sh", "-c", script}, Tty: ptr(true), TtySize: &api.TTYSize{Width: 80, Height: 24}}
+	init := api.ExecInit{Cmd: []string{"sh", "-c", script}, Tty: agenttest.Ptr(true), TtySize: &api.TTYSize{Width: 80, Height: 24}}
 	t.Logf("OCI runtime: %s", a.runtime)
 
 	w := a.execWS(ctx, t, id, init)
@@ -198,7 +201,7 @@ func TestExecTerminal(t *testing.T) {
 // that deletes the snapshot if the test did not.
 func (a *agentProc) checkpoint(t testing.TB, id string, req api.CheckpointRequest) api.CheckpointResponse {
 	t.Helper()
-	r, err := a.client(t).CheckpointSandboxWithResponse(reqCtx(t), id, req)
+	r, err := a.Client(t).CheckpointSandboxWithResponse(reqCtx(t), id, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +242,7 @@ func (a *agentProc) cleanupSnapshot(t testing.TB, id, dir string) {
 // snapshots lists the snapshots that match.
 func (a *agentProc) snapshots(t testing.TB, params api.ListSnapshotsParams) []api.Snapshot {
 	t.Helper()
-	r, err := a.client(t).ListSnapshotsWithResponse(reqCtx(t), &params)
+	r, err := a.Client(t).ListSnapshotsWithResponse(reqCtx(t), &params)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +267,7 @@ func (a *agentProc) snapshotIDs(t testing.TB, params api.ListSnapshotsParams) []
 // is gone.
 func (a *agentProc) deleteSnapshot(t testing.TB, id, dir string) {
 	t.Helper()
-	r, err := a.client(t).DeleteSnapshotWithResponse(reqCtx(t), id)
+	r, err := a.Client(t).DeleteSnapshotWithResponse(reqCtx(t), id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +283,7 @@ func (a *agentProc) deleteSnapshot(t testing.TB, id, dir string) {
 // registers the cleanup of create for it.
 func (a *agentProc) restore(t testing.TB, snap string, req api.RestoreRequest) api.RestoreResponse {
 	t.Helper()
-	r, err := a.client(t).RestoreSnapshotWithResponse(reqCtx(t), snap, req)
+	r, err := a.Client(t).RestoreSnapshotWithResponse(reqCtx(t), snap, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,14 +348,14 @@ func (a *agentProc) runLong(t *testing.T, id string) (cancel func()) {
 func TestCheckpointRestore(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
-	c := a.client(t)
+	a.LogOnFailure(t)
+	c := a.Client(t)
 	const id, other = "ckpt", "ckpt-other"
-	a.create(t, api.CreateSandboxRequest{Id: ptr(id), Labels: &map[string]string{"suite": "ckpt"}, Env: &map[string]string{"FROM_CREATE": "kept"}})
-	a.create(t, api.CreateSandboxRequest{Id: ptr(other)})
+	a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr(id), Labels: &map[string]string{"suite": "ckpt"}, Env: &map[string]string{"FROM_CREATE": "kept"}})
+	a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr(other)})
 	a.sh(t, id, "echo before > /tmp/state; echo changed > /etc/motd; rm /etc/group")
 
-	snap := a.checkpoint(t, id, api.CheckpointRequest{Name: ptr("first"), Labels: &map[string]string{"suite": "ckpt-snap", "tier": "a"}})
+	snap := a.checkpoint(t, id, api.CheckpointRequest{Name: agenttest.Ptr("first"), Labels: &map[string]string{"suite": "ckpt-snap", "tier": "a"}})
 	otherSnap := a.checkpoint(t, other, api.CheckpointRequest{Labels: &map[string]string{"suite": "ckpt-snap", "tier": "b"}})
 	if snap.SnapshotId == otherSnap.SnapshotId || snap.SnapshotDir == otherSnap.SnapshotDir {
 		t.Errorf("two checkpoints share an id or directory: %+v, %+v", snap, otherSnap)
@@ -363,7 +366,7 @@ func TestCheckpointRestore(t *testing.T) {
 	a.sh(t, id, "echo after > /tmp/state")
 
 	// Listing.
-	listed := a.snapshots(t, api.ListSnapshotsParams{SandboxId: ptr(id)})
+	listed := a.snapshots(t, api.ListSnapshotsParams{SandboxId: agenttest.Ptr(id)})
 	if len(listed) != 1 {
 		t.Fatalf("snapshots of %s: %+v, want one", id, listed)
 	}
@@ -375,19 +378,19 @@ func TestCheckpointRestore(t *testing.T) {
 		t.Helper()
 		slices.Sort(want)
 		if got := a.snapshotIDs(t, params); !slices.Equal(got, want) {
-			t.Errorf("snapshots with sandbox_id %v, labels %v: %v, want %v", deref(params.SandboxId), deref(params.Label), got, want)
+			t.Errorf("snapshots with sandbox_id %v, labels %v: %v, want %v", agenttest.Deref(params.SandboxId), agenttest.Deref(params.Label), got, want)
 		}
 	}
-	check(api.ListSnapshotsParams{SandboxId: ptr(other)}, otherSnap.SnapshotId)
-	check(api.ListSnapshotsParams{SandboxId: ptr("no-such-sandbox")})
+	check(api.ListSnapshotsParams{SandboxId: agenttest.Ptr(other)}, otherSnap.SnapshotId)
+	check(api.ListSnapshotsParams{SandboxId: agenttest.Ptr("no-such-sandbox")})
 	check(api.ListSnapshotsParams{Label: &[]string{"suite=ckpt-snap"}}, snap.SnapshotId, otherSnap.SnapshotId)
 	check(api.ListSnapshotsParams{Label: &[]string{"suite=ckpt-snap", "tier=b"}}, otherSnap.SnapshotId)
-	check(api.ListSnapshotsParams{Label: &[]string{"tier=a"}, SandboxId: ptr(id)}, snap.SnapshotId)
-	check(api.ListSnapshotsParams{Label: &[]string{"tier=b"}, SandboxId: ptr(id)})
+	check(api.ListSnapshotsParams{Label: &[]string{"tier=a"}, SandboxId: agenttest.Ptr(id)}, snap.SnapshotId)
+	check(api.ListSnapshotsParams{Label: &[]string{"tier=b"}, SandboxId: agenttest.Ptr(id)})
 	check(api.ListSnapshotsParams{Label: &[]string{"suite=ckpt"}}) // the sandbox's labels are not the snapshot's
 
 	// Restore.
-	restored := a.restore(t, snap.SnapshotId, api.RestoreRequest{Id: ptr("restored-1"), Labels: &map[string]string{"suite": "ckpt", "restored": "yes"}})
+	restored := a.restore(t, snap.SnapshotId, api.RestoreRequest{Id: agenttest.Ptr("restored-1"), Labels: &map[string]string{"suite": "ckpt", "restored": "yes"}})
 	if restored.IpAddress != nil {
 		t.Errorf("restored a sandbox without network: ip_address %q", *restored.IpAddress)
 	}
@@ -410,7 +413,7 @@ func TestCheckpointRestore(t *testing.T) {
 		t.Errorf("sandboxes labelled restored=yes: %v", ids)
 	}
 	// The same restore again is the same sandbox, not a new one.
-	if r, err := c.RestoreSnapshotWithResponse(reqCtx(t), snap.SnapshotId, api.RestoreRequest{Id: ptr("restored-1"), Labels: &map[string]string{"suite": "ckpt", "restored": "yes"}}); err != nil {
+	if r, err := c.RestoreSnapshotWithResponse(reqCtx(t), snap.SnapshotId, api.RestoreRequest{Id: agenttest.Ptr("restored-1"), Labels: &map[string]string{"suite": "ckpt", "restored": "yes"}}); err != nil {
 		t.Fatal(err)
 	} else if r.JSON201 == nil || r.JSON201.Id != restored.Id {
 		t.Errorf("the same restore again: %d %s; want 201 with the same sandbox", r.StatusCode(), r.Body)
@@ -419,7 +422,7 @@ func TestCheckpointRestore(t *testing.T) {
 		t.Errorf("after the same restore again: %q, want the sandbox's own write (it was remade?)", out)
 	}
 	for _, taken := range []string{id, other} {
-		if r, err := c.RestoreSnapshotWithResponse(reqCtx(t), snap.SnapshotId, api.RestoreRequest{Id: ptr(taken)}); err != nil {
+		if r, err := c.RestoreSnapshotWithResponse(reqCtx(t), snap.SnapshotId, api.RestoreRequest{Id: agenttest.Ptr(taken)}); err != nil {
 			t.Fatal(err)
 		} else if r.JSON409 == nil {
 			t.Errorf("restore onto the id of sandbox %s: %d %s; want 409", taken, r.StatusCode(), r.Body)
@@ -452,12 +455,12 @@ func TestCheckpointRestore(t *testing.T) {
 	} else if r.JSON404 == nil {
 		t.Errorf("checkpoint of an unknown sandbox: %d %s; want 404", r.StatusCode(), r.Body)
 	}
-	if r, err := c.RestoreSnapshotWithResponse(reqCtx(t), "snap-no-such-snapshot", api.RestoreRequest{Id: ptr("restored-never")}); err != nil {
+	if r, err := c.RestoreSnapshotWithResponse(reqCtx(t), "snap-no-such-snapshot", api.RestoreRequest{Id: agenttest.Ptr("restored-never")}); err != nil {
 		t.Fatal(err)
 	} else if r.JSON404 == nil {
 		t.Errorf("restore of an unknown snapshot: %d %s; want 404", r.StatusCode(), r.Body)
 	}
-	check(api.ListSnapshotsParams{SandboxId: ptr(id)}, snap.SnapshotId) // the refusals made none
+	check(api.ListSnapshotsParams{SandboxId: agenttest.Ptr(id)}, snap.SnapshotId) // the refusals made none
 
 	// Delete.
 	a.deleteSnapshot(t, snap.SnapshotId, snap.SnapshotDir)
@@ -467,7 +470,7 @@ func TestCheckpointRestore(t *testing.T) {
 	} else if r.JSON404 == nil {
 		t.Errorf("delete a deleted snapshot: %d %s; want 404", r.StatusCode(), r.Body)
 	}
-	if r, err := c.RestoreSnapshotWithResponse(reqCtx(t), snap.SnapshotId, api.RestoreRequest{Id: ptr("restored-never")}); err != nil {
+	if r, err := c.RestoreSnapshotWithResponse(reqCtx(t), snap.SnapshotId, api.RestoreRequest{Id: agenttest.Ptr("restored-never")}); err != nil {
 		t.Fatal(err)
 	} else if r.JSON404 == nil {
 		t.Errorf("restore of a deleted snapshot: %d %s; want 404", r.StatusCode(), r.Body)
@@ -488,10 +491,10 @@ func TestCheckpointRestore(t *testing.T) {
 func TestSnapshotBadInput(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
-	raw := a.rawClient(t)
+	a.LogOnFailure(t)
+	raw := a.RawClient(t)
 	ctx := reqCtx(t)
-	id := a.create(t, api.CreateSandboxRequest{Id: ptr("snap-bad")})
+	id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("snap-bad")})
 	for _, tc := range []struct{ body, field string }{
 		{`{"colour":"blue"}`, "colour"},
 		{`{"labels":{"":"x"}}`, "labels"},
@@ -505,7 +508,7 @@ func TestSnapshotBadInput(t *testing.T) {
 			t.Errorf("checkpoint %.60s: %d %s; want 400 naming %q", tc.body, r.StatusCode(), r.Body, tc.field)
 		}
 	}
-	if ids := a.snapshotIDs(t, api.ListSnapshotsParams{SandboxId: ptr(id)}); len(ids) > 0 {
+	if ids := a.snapshotIDs(t, api.ListSnapshotsParams{SandboxId: agenttest.Ptr(id)}); len(ids) > 0 {
 		t.Errorf("a refused checkpoint left snapshots %v", ids)
 	}
 	snap := a.checkpoint(t, id, api.CheckpointRequest{})
@@ -540,16 +543,16 @@ func TestSnapshotBadInput(t *testing.T) {
 // sandbox since removed, and restores them with their files.
 func TestSnapshotsSurviveRestart(t *testing.T) {
 	t.Parallel()
-	a := ownAgent(t, &agentProc{dir: filepath.Join(suite.dir, "snapshot-restart")})
+	a := ownAgent(t, newAgent(filepath.Join(suite.dir, "snapshot-restart")))
 
 	const id = "snap-src"
-	a.create(t, api.CreateSandboxRequest{Id: ptr(id), Env: &map[string]string{"FROM_CREATE": "kept"}})
+	a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr(id), Env: &map[string]string{"FROM_CREATE": "kept"}})
 	a.sh(t, id, "echo checkpointed > /tmp/state")
-	snap := a.checkpoint(t, id, api.CheckpointRequest{Name: ptr("keep"), Labels: &map[string]string{"restart": "yes"}})
+	snap := a.checkpoint(t, id, api.CheckpointRequest{Name: agenttest.Ptr("keep"), Labels: &map[string]string{"restart": "yes"}})
 	before := a.snapshots(t, api.ListSnapshotsParams{Label: &[]string{"restart=yes"}})
 	a.remove(t, id, false)
 
-	if err := a.stop(); err != nil {
+	if err := a.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.start(); err != nil {
@@ -564,7 +567,7 @@ func TestSnapshotsSurviveRestart(t *testing.T) {
 	if f, _ := json.Marshal(after[0]); string(b) != string(f) {
 		t.Errorf("the snapshot after the restart: %s; before: %s", f, b)
 	}
-	restored := a.restore(t, snap.SnapshotId, api.RestoreRequest{Id: ptr("snap-after-restart")})
+	restored := a.restore(t, snap.SnapshotId, api.RestoreRequest{Id: agenttest.Ptr("snap-after-restart")})
 	if info := a.get(t, restored.Id); info.State != "ready" {
 		t.Errorf("restored after the restart: %s, want ready", info.State)
 	}
@@ -587,8 +590,8 @@ var defaultCIDR = netip.MustParsePrefix("172.20.0.0/16")
 func (a *agentProc) createBridged(t testing.TB, id string) netip.Addr {
 	t.Helper()
 	evs := a.events(t, api.StreamEventsParams{Id: &id})
-	r, err := a.client(t).CreateSandboxWithResponse(reqCtx(t), api.CreateSandboxRequest{
-		Id: &id, Network: &api.NetworkSpec{Mode: ptr[api.NetworkSpecMode]("bridge")},
+	r, err := a.Client(t).CreateSandboxWithResponse(reqCtx(t), api.CreateSandboxRequest{
+		Id: &id, Network: &api.NetworkSpec{Mode: agenttest.Ptr[api.NetworkSpecMode]("bridge")},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -624,10 +627,10 @@ func sandboxAddr(t testing.TB, id string, ip *string) netip.Addr {
 func (a *agentProc) checkBridged(t testing.TB, id string, addr netip.Addr) {
 	t.Helper()
 	info := a.get(t, id)
-	if n := info.Network; n == nil || deref(n.Mode) != "bridge" || deref(n.IpAddress) != addr.String() || deref(n.Gateway) != defaultGateway {
-		t.Errorf("GET %s: network %+v; want mode bridge, ip_address %s, gateway %s", id, deref(info.Network), addr, defaultGateway)
+	if n := info.Network; n == nil || agenttest.Deref(n.Mode) != "bridge" || agenttest.Deref(n.IpAddress) != addr.String() || agenttest.Deref(n.Gateway) != defaultGateway {
+		t.Errorf("GET %s: network %+v; want mode bridge, ip_address %s, gateway %s", id, agenttest.Deref(info.Network), addr, defaultGateway)
 	}
-	r, err := a.client(t).ListSandboxesWithResponse(reqCtx(t), &api.ListSandboxesParams{})
+	r, err := a.Client(t).ListSandboxesWithResponse(reqCtx(t), &api.ListSandboxesParams{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -635,8 +638,8 @@ func (a *agentProc) checkBridged(t testing.TB, id string, addr netip.Addr) {
 		t.Fatalf("list: %d %s", r.StatusCode(), r.Body)
 	}
 	for _, s := range r.JSON200.Sandboxes {
-		if s.Id == id && deref(s.IpAddress) != addr.String() {
-			t.Errorf("listed %s with ip_address %q, want %s", id, deref(s.IpAddress), addr)
+		if s.Id == id && agenttest.Deref(s.IpAddress) != addr.String() {
+			t.Errorf("listed %s with ip_address %q, want %s", id, agenttest.Deref(s.IpAddress), addr)
 		}
 	}
 	if _, err := net.InterfaceByName(network.HostIfName(id)); err != nil {
@@ -721,7 +724,7 @@ func (a *agentProc) serveHello(t *testing.T, id string, addr netip.Addr) {
 func TestBridgeNetwork(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
-	a.logOnFailure(t)
+	a.LogOnFailure(t)
 
 	const id = "net-1"
 	addr := a.createBridged(t, id)
@@ -729,11 +732,11 @@ func TestBridgeNetwork(t *testing.T) {
 	a.serveHello(t, id, addr)
 
 	snap := a.checkpoint(t, id, api.CheckpointRequest{})
-	tap := &api.NetworkSpec{Mode: ptr[api.NetworkSpecMode]("tap")}
+	tap := &api.NetworkSpec{Mode: agenttest.Ptr[api.NetworkSpecMode]("tap")}
 	held := map[netip.Addr]string{addr: id}
 	var restored []string
 	for _, rid := range []string{"net-r1", "net-r2"} {
-		r := a.restore(t, snap.SnapshotId, api.RestoreRequest{Id: ptr(rid), NetworkOverride: tap})
+		r := a.restore(t, snap.SnapshotId, api.RestoreRequest{Id: agenttest.Ptr(rid), NetworkOverride: tap})
 		raddr := sandboxAddr(t, rid, r.IpAddress)
 		if other, ok := held[raddr]; ok {
 			t.Errorf("restored sandbox %s got %s, the address of %s", rid, raddr, other)
@@ -765,12 +768,4 @@ func TestBridgeNetwork(t *testing.T) {
 		a.remove(t, box, false)
 		checkUnbridged(t, box)
 	}
-}
-
-func deref[T any](p *T) T {
-	var zero T
-	if p == nil {
-		return zero
-	}
-	return *p
 }

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
 
@@ -70,11 +71,11 @@ func TestStressChurn(t *testing.T) {
 	t.Parallel() // with the other tests: they must hold on a loaded machine too
 	// One P, as in a guest of one vCPU: the agent's goroutines wait
 	// their turn, so an agent that times its reads loses output here.
-	a := ownAgent(t, &agentProc{dir: filepath.Join(suite.dir, "stress"), env: []string{"GOMAXPROCS=1"}})
+	a := ownAgent(t, &agentProc{Agent: &agenttest.Agent{Dir: filepath.Join(suite.dir, "stress"), Env: []string{"GOMAXPROCS=1"}}})
 	payloads := writeStressPayloads(t)
 	testenv.CPUHogs(t, runtime.NumCPU())
 
-	a.tr.CloseIdleConnections()
+	a.Transport().CloseIdleConnections()
 	idle, err := a.resources(stressPrefix)
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +86,7 @@ func TestStressChurn(t *testing.T) {
 	// once (pools, caches, the runtime's threads) is in the baseline.
 	warm := a.churn(t, payloads, "w", 0)
 	warm.failed(t)
-	a.tr.CloseIdleConnections()
+	a.Transport().CloseIdleConnections()
 	// The baseline: the warm-up's sandboxes all gone, and the goroutine
 	// count the same three reads in a row (the last connections close).
 	var last []int
@@ -106,7 +107,7 @@ func TestStressChurn(t *testing.T) {
 	st.report(t)
 	st.failed(t) // the resources are checked all the same
 
-	a.tr.CloseIdleConnections()
+	a.Transport().CloseIdleConnections()
 	// Threads: the Go runtime keeps the threads it made for blocking
 	// calls; past the warm-up's count, a few more are its own business,
 	// many more are work that was never bounded.
@@ -119,7 +120,7 @@ func TestStressChurn(t *testing.T) {
 	if !ok {
 		t.Errorf("%s after the churn, not back to the baseline (%s, threads up to %d more) within %s",
 			after, base, threadSlack, settleTimeout)
-		if z := zombieChildren(a.cmd.Process.Pid); len(z) > 0 {
+		if z := zombieChildren(a.PID()); len(z) > 0 {
 			t.Errorf("zombie children of the agent: %v", z)
 		}
 	}
@@ -134,7 +135,7 @@ func TestStressChurn(t *testing.T) {
 // armed has fired when it runs again.
 func (a *agentProc) stutter(t *testing.T) (stop func()) {
 	t.Helper()
-	pid := a.cmd.Process.Pid
+	pid := a.PID()
 	done := make(chan struct{})
 	ended := make(chan struct{})
 	go func() {
@@ -255,7 +256,7 @@ func (a *agentProc) churn(t *testing.T, p stressPayloads, tag string, d time.Dur
 				n := loop + i
 				k := n % len(p.data)
 				job := runJob{
-					mounts: &[]api.Mount{{Source: p.dir, Target: "/data", Readonly: ptr(true)}},
+					mounts: &[]api.Mount{{Source: p.dir, Target: "/data", Readonly: agenttest.Ptr(true)}},
 					script: fmt.Sprintf("cat /data/p%d & cat /data/p%d >&2; wait; exit %d", k, k, n%4),
 					want:   p.data[k],
 					code:   n % 4,
@@ -292,14 +293,14 @@ func (a *agentProc) cycle(ctx context.Context, t testing.TB, w *readyWaiter, st 
 	runClient := c
 	if job.slow {
 		var err error
-		runClient, err = api.NewClientWithResponses("http://agent", api.WithHTTPClient(&http.Client{Transport: slowTransport{a.tr, slowRate}}))
+		runClient, err = api.NewClientWithResponses("http://agent", api.WithHTTPClient(&http.Client{Transport: slowTransport{a.Transport(), slowRate}}))
 		if err != nil {
 			return err
 		}
 	}
 	ready := w.expect(id)
 	start := time.Now()
-	req := api.CreateSandboxRequest{Id: ptr(id), Mounts: job.mounts}
+	req := api.CreateSandboxRequest{Id: agenttest.Ptr(id), Mounts: job.mounts}
 	err := retryBusy(ctx, st, func() (*http.Response, []byte, error) {
 		r, err := c.CreateSandboxWithResponse(ctx, req)
 		if err != nil {

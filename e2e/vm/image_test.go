@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
 
@@ -199,8 +200,8 @@ func newToken(t *testing.T) string {
 	return hex.EncodeToString(b)
 }
 
-// buildImage builds the agent (static) and the initramfs, and fetches the
-// kernel; the kernel is cached under .cache/vm.
+// buildImage builds the initramfs around the agent (agenttest's static
+// binary) and fetches the kernel, which is cached under .cache/vm.
 func buildImage(t *testing.T) vmImage {
 	t.Helper()
 	began := time.Now()
@@ -213,13 +214,7 @@ func buildImage(t *testing.T) vmImage {
 	busybox := "/bin/busybox"
 	testenv.RequireFile(t, busybox)
 
-	agent := filepath.Join(t.TempDir(), "arcbox-agent")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=e2e", "-o", agent, "./cmd/arcbox-agent")
-	build.Dir = root
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build agent: %v\n%s", err, out)
-	}
+	agent := agenttest.Binary(t)
 
 	initrd := filepath.Join(t.TempDir(), "initrd.cpio")
 	f, err := os.Create(initrd)

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testregistry"
 )
 
@@ -26,7 +27,7 @@ func (g *guest) checkSandbox(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	began := time.Now()
-	c, err := g.client.CreateSandboxWithResponse(ctx, api.CreateSandboxRequest{Id: ptr("vm-box")})
+	c, err := g.client.CreateSandboxWithResponse(ctx, api.CreateSandboxRequest{Id: agenttest.Ptr("vm-box")})
 	if err != nil || c.JSON202 == nil {
 		t.Fatalf("create a sandbox in the guest: %v %s", err, c.Body)
 	}
@@ -37,8 +38,8 @@ func (g *guest) checkSandbox(t *testing.T) {
 		}
 		if st := r.JSON200.State; st == api.SandboxStateReady {
 			// By default a sandbox's root is not the guest's.
-			sec := deref(r.JSON200.Security)
-			t.Logf("the guest's sandbox's security: %+v, id map %+v", sec, deref(sec.IdMap))
+			sec := agenttest.Deref(r.JSON200.Security)
+			t.Logf("the guest's sandbox's security: %+v, id map %+v", sec, agenttest.Deref(sec.IdMap))
 			if !sec.UserNamespace || sec.IdMap == nil || sec.IdMap.HostId == 0 {
 				t.Errorf("the guest's sandbox's security: %+v, want a user namespace mapping root elsewhere", sec)
 			}
@@ -51,7 +52,7 @@ func (g *guest) checkSandbox(t *testing.T) {
 			}
 			break
 		} else if st != api.SandboxStateStarting {
-			t.Fatalf("the guest's sandbox is %s: %s", st, deref(r.JSON200.Error))
+			t.Fatalf("the guest's sandbox is %s: %s", st, agenttest.Deref(r.JSON200.Error))
 		}
 		select {
 		case <-ctx.Done():
@@ -81,9 +82,9 @@ func (g *guest) checkSandbox(t *testing.T) {
 		}
 		switch m.Stream {
 		case api.Stdout:
-			stdout.Write(deref(m.Data))
+			stdout.Write(agenttest.Deref(m.Data))
 		case api.Exit:
-			code = int(deref(m.ExitCode))
+			code = int(agenttest.Deref(m.ExitCode))
 		}
 	}
 	t.Logf("run in the guest's sandbox took %v", time.Since(began).Round(time.Millisecond))
@@ -94,16 +95,6 @@ func (g *guest) checkSandbox(t *testing.T) {
 	if d, err := g.client.RemoveSandboxWithResponse(ctx, "vm-box", &api.RemoveSandboxParams{Force: &force}); err != nil || d.StatusCode() != 204 {
 		t.Errorf("remove the guest's sandbox: %v %v", err, d)
 	}
-}
-
-func ptr[T any](v T) *T { return &v }
-
-func deref[T any](p *T) T {
-	var zero T
-	if p == nil {
-		return zero
-	}
-	return *p
 }
 
 // checkDockerRun loads a busybox image into the guest's dockerd through

@@ -12,8 +12,8 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/arcbox/arcbox-agent/api"
-	"github.com/arcbox/arcbox-agent/internal/apitest"
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
 
@@ -128,21 +128,12 @@ type bootOptions struct {
 	rtcBase string
 }
 
-func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // boot starts QEMU under software emulation (KVM hangs Linux guests early
 // on these machines), with no network but a port forwarded from loopback.
 func boot(t *testing.T, im vmImage, opt bootOptions) *guest {
 	t.Helper()
 	qemu := testenv.RequireBinary(t, "qemu-system-x86_64")
-	port := freePort(t)
+	port := agenttest.FreePort(t)
 	cmdline := append([]string{
 		"console=ttyS0", "panic=-1", "loglevel=4",
 		"arcbox.modules=" + strings.Join(modules, ","),
@@ -156,7 +147,7 @@ func boot(t *testing.T, im vmImage, opt bootOptions) *guest {
 	hostfwd := fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d", port, guestPort)
 	g := &guest{console: &console{more: make(chan struct{})}, exited: make(chan error, 1), token: im.token}
 	if opt.docker {
-		dport := freePort(t)
+		dport := agenttest.FreePort(t)
 		g.dockerHost = fmt.Sprintf("tcp://127.0.0.1:%d", dport)
 		hostfwd += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", dport, guestDockerPort)
 		cmdline = append(cmdline, fmt.Sprintf("ARCBOX_DOCKER_LISTEN=tcp://0.0.0.0:%d", guestDockerPort))
@@ -211,16 +202,7 @@ func boot(t *testing.T, im vmImage, opt bootOptions) *guest {
 		}
 	})
 	g.url = fmt.Sprintf("http://127.0.0.1:%d", port)
-	c, err := api.NewClientWithResponses(g.url,
-		api.WithHTTPClient(&http.Client{Transport: &apitest.Transport{T: t}}),
-		api.WithRequestEditorFn(func(_ context.Context, req *http.Request) error {
-			req.Header.Set("Authorization", "Bearer "+g.token)
-			return nil
-		}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.client = c
+	g.client = agenttest.Client(t, g.url, nil, g.token)
 	return g
 }
 
@@ -290,6 +272,8 @@ func (g *guest) shutdown(t *testing.T) {
 		t.Error("the guest's console shows the bearer token")
 	}
 }
+
+func TestMain(m *testing.M) { os.Exit(agenttest.Run(m)) }
 
 func TestVM(t *testing.T) {
 	if testing.Short() {
@@ -384,7 +368,7 @@ func TestVM(t *testing.T) {
 	t.Run("vsock allowed", func(t *testing.T) {
 		g := boot(t, im, bootOptions{cmdline: []string{"ARCBOX_ALLOW_CID=1"}})
 		g.waitReady(t, 3*time.Minute)
-		g.expect(t, `^probe GET vsock://1:1024 /v1/ping: 200 \{"message":"pong","version":"e2e"\}`, time.Minute)
+		g.expect(t, `^probe GET vsock://1:1024 /v1/ping: 200 `+regexp.QuoteMeta(`{"message":"pong","version":"`+agenttest.Version+`"}`), time.Minute)
 		g.expect(t, `^E2E-VSOCK: ok`, 10*time.Second)
 		g.shutdown(t)
 	})

@@ -1,5 +1,5 @@
 //go:build !race
 
-package runtime
+package agenttest
 
 const raceEnabled = false
