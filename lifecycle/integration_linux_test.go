@@ -198,18 +198,8 @@ func TestIntegrationRealRuntime(t *testing.T) {
 	})
 
 	t.Run("cold start with 100 callers", func(t *testing.T) {
-		var wg sync.WaitGroup
-		results := make([]EnsureResult, 100)
-		for i := range results {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				results[i] = r.Ensure(context.Background(), true)
-			}()
-		}
-		wg.Wait()
 		count := map[string]int{}
-		for _, res := range results {
+		for _, res := range ensureAtOnce(r, 100) {
 			count[res.Status]++
 			if !res.Ready {
 				t.Fatalf("Ensure: %+v", res)

@@ -486,21 +486,23 @@ func TestShutdownAbandonsARunningStart(t *testing.T) {
 	}
 }
 
+// ensureAtOnce calls Ensure from n goroutines at once and returns their
+// answers.
+func ensureAtOnce(r *Runtime, n int) []EnsureResult {
+	var wg sync.WaitGroup
+	results := make([]EnsureResult, n)
+	for i := range results {
+		wg.Go(func() { results[i] = r.Ensure(context.Background(), true) })
+	}
+	wg.Wait()
+	return results
+}
+
 func TestEnsureConcurrentCallersOneSpawn(t *testing.T) {
 	f := newFakes(t)
 	r, _ := fakeRuntime(t, f, nil)
-	var wg sync.WaitGroup
-	results := make([]EnsureResult, 100)
-	for i := range results {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i] = r.Ensure(context.Background(), true)
-		}()
-	}
-	wg.Wait()
 	count := map[string]int{}
-	for _, res := range results {
+	for _, res := range ensureAtOnce(r, 100) {
 		count[res.Status]++
 	}
 	if count[StatusStarted] != 1 || count[StatusReused] != 99 {
