@@ -48,10 +48,10 @@ type Config struct {
 	Spec []byte
 	// Runtime starts and reports containerd and dockerd.
 	Runtime Runtime
-	// Sandboxes returns the sandbox manager, waiting for it while it
+	// SandboxManager returns the sandbox manager, waiting for it while it
 	// starts; an error (or a nil func) makes the sandbox operations answer
 	// 503 with it as the reason.
-	Sandboxes func(ctx context.Context) (Sandboxes, error)
+	SandboxManager func(ctx context.Context) (SandboxManager, error)
 	// Stopping ends when the agent begins to shut down, so streaming
 	// responses end then rather than hold the shutdown up.
 	Stopping context.Context

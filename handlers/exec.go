@@ -18,13 +18,13 @@ import (
 // hangs up the process.
 func (a *API) ExecInSandbox(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
 	var first api.ExecClientMessage
-	a.serveWorkload(w, r, id, "an exec", &first, func(ctx context.Context, m Sandboxes, c *websocket.Conn) {
+	a.serveWorkload(w, r, id, "an exec", &first, func(ctx context.Context, m SandboxManager, c *websocket.Conn) {
 		a.serveExec(ctx, m, c, r, id, first)
 	})
 }
 
 // serveExec serves an exec WebSocket once its first message is read.
-func (a *API) serveExec(ctx context.Context, m Sandboxes, c *websocket.Conn, r *http.Request, id string, first api.ExecClientMessage) {
+func (a *API) serveExec(ctx context.Context, m SandboxManager, c *websocket.Conn, r *http.Request, id string, first api.ExecClientMessage) {
 	p, size, err := checkClientMessage(first)
 	if err == nil && first.Init == nil {
 		err = badRequest(`the first message must be {"init": {...}}`)

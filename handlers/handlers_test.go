@@ -176,7 +176,7 @@ func newHarness(t *testing.T, setClock bool) *harness {
 		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		Spec:    arcboxagent.OpenAPI,
 		Runtime: h.runtime,
-		Sandboxes: func(context.Context) (handlers.Sandboxes, error) {
+		SandboxManager: func(context.Context) (handlers.SandboxManager, error) {
 			if h.sandboxes == nil {
 				return nil, errors.New("no OCI runtime: neither crun nor runc is on PATH")
 			}

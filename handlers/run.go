@@ -84,7 +84,7 @@ func (a *API) logRun(r *http.Request, id string, code int, err error, began time
 // message. The client closing the socket kills the command.
 func (a *API) RunInSandboxWebSocket(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
 	var req api.RunRequest
-	a.serveWorkload(w, r, id, "a run", &req, func(ctx context.Context, m Sandboxes, c *websocket.Conn) {
+	a.serveWorkload(w, r, id, "a run", &req, func(ctx context.Context, m SandboxManager, c *websocket.Conn) {
 		p, err := processFromRequest(req, "")
 		if err != nil {
 			closeWith(c, http.StatusBadRequest, err.Error())

@@ -13,8 +13,8 @@ import (
 	"github.com/arcbox/arcbox-agent/sandbox"
 )
 
-// Sandboxes is the part of the sandbox manager the API serves.
-type Sandboxes interface {
+// SandboxManager is the part of the sandbox manager the API serves.
+type SandboxManager interface {
 	Create(ctx context.Context, s sandbox.Spec) (sandbox.Info, bool, error)
 	Get(id string) (sandbox.Info, error)
 	List(f sandbox.Filter) []sandbox.Info
@@ -29,15 +29,15 @@ type Sandboxes interface {
 	Restore(ctx context.Context, snapshotID string, req sandbox.RestoreRequest) (sandbox.Info, error)
 }
 
-var _ Sandboxes = (*sandbox.Manager)(nil)
+var _ SandboxManager = (*sandbox.Manager)(nil)
 
 // manager returns the sandbox manager, or answers 503 with the reason it
 // could not start and returns nil.
-func (a *API) manager(w http.ResponseWriter, r *http.Request) Sandboxes {
+func (a *API) manager(w http.ResponseWriter, r *http.Request) SandboxManager {
 	err := errors.New("not configured")
-	if a.cfg.Sandboxes != nil {
-		var m Sandboxes
-		if m, err = a.cfg.Sandboxes(r.Context()); err == nil {
+	if a.cfg.SandboxManager != nil {
+		var m SandboxManager
+		if m, err = a.cfg.SandboxManager(r.Context()); err == nil {
 			return m
 		}
 	}

@@ -22,7 +22,7 @@ const wsStatusBase = 4000
 // message decoded into first (a 4400 close naming what is wrong with it).
 // Then serve runs with the request's stream context; the socket is closed
 // when it returns.
-func (a *API) serveWorkload(w http.ResponseWriter, r *http.Request, id, what string, first any, serve func(ctx context.Context, m Sandboxes, c *websocket.Conn)) {
+func (a *API) serveWorkload(w http.ResponseWriter, r *http.Request, id, what string, first any, serve func(ctx context.Context, m SandboxManager, c *websocket.Conn)) {
 	if !checkPathID(w, id) {
 		return
 	}
@@ -52,7 +52,7 @@ func (a *API) serveWorkload(w http.ResponseWriter, r *http.Request, id, what str
 // status (an unknown sandbox 404, one that is not ready 409), then upgrades
 // to a WebSocket (a request that is no handshake is a 426); nil when it
 // has answered instead.
-func acceptWorkload(w http.ResponseWriter, r *http.Request, m Sandboxes, id, what string) *websocket.Conn {
+func acceptWorkload(w http.ResponseWriter, r *http.Request, m SandboxManager, id, what string) *websocket.Conn {
 	info, err := m.Get(id)
 	if err != nil {
 		writeSandboxErr(w, err)

@@ -123,7 +123,7 @@ type agent struct {
 	server         *http.Server
 	proxy          *dockerproxy.Proxy
 	proxyDone      sync.WaitGroup
-	sandboxManager *sandboxes
+	sandboxManager *pendingManager
 	runtime        *lifecycle.Runtime
 	closeAudit     func()
 }
@@ -253,16 +253,16 @@ func (a *agent) build(reg *prometheus.Registry, phases *startup.Phases, startPro
 		return err
 	}
 	api := handlers.New(handlers.Config{
-		Version:    version,
-		Logger:     logger,
-		Clock:      clock.NewSyncer(time.Now, setClock),
-		SystemInfo: sysinfo.Source{}.Collect,
-		Listeners:  a.listeners.Status,
-		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
-		Spec:       arcboxagent.OpenAPI,
-		Runtime:    a.runtime,
-		Sandboxes:  a.sandboxManager.get,
-		Stopping:   a.stopping,
+		Version:        version,
+		Logger:         logger,
+		Clock:          clock.NewSyncer(time.Now, setClock),
+		SystemInfo:     sysinfo.Source{}.Collect,
+		Listeners:      a.listeners.Status,
+		Metrics:        promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		Spec:           arcboxagent.OpenAPI,
+		Runtime:        a.runtime,
+		SandboxManager: a.sandboxManager.wait,
+		Stopping:       a.stopping,
 	})
 	a.server = &http.Server{
 		Handler: httpapi.NewRouter(httpapi.RouterConfig{API: api, Logger: logger, Registerer: reg,

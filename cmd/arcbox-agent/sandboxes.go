@@ -14,18 +14,18 @@ import (
 	"github.com/arcbox/arcbox-agent/startup"
 )
 
-// sandboxes starts the sandbox manager in the background, so the
+// pendingManager starts the sandbox manager in the background, so the
 // listeners need not wait for it; requests wait instead. When it cannot
 // start (no OCI runtime, say), the agent serves on and the sandbox
 // operations answer 503 with the reason, as the seed does.
-type sandboxes struct {
+type pendingManager struct {
 	done chan struct{}
 	m    *sandbox.Manager
 	err  error
 }
 
-func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phases *startup.Phases, reg prometheus.Registerer) *sandboxes {
-	s := &sandboxes{done: make(chan struct{})}
+func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phases *startup.Phases, reg prometheus.Registerer) *pendingManager {
+	s := &pendingManager{done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		began := time.Now()
@@ -66,8 +66,8 @@ func newSandboxManager(ctx context.Context, cfg *config, logger *slog.Logger, re
 	}, backend)
 }
 
-// get waits for the manager.
-func (s *sandboxes) get(ctx context.Context) (handlers.Sandboxes, error) {
+// wait waits for the manager to be started, or for ctx.
+func (s *pendingManager) wait(ctx context.Context) (handlers.SandboxManager, error) {
 	select {
 	case <-s.done:
 		if s.err != nil {
@@ -80,7 +80,7 @@ func (s *sandboxes) get(ctx context.Context) (handlers.Sandboxes, error) {
 }
 
 // close waits for the manager to have started, then closes it.
-func (s *sandboxes) close(ctx context.Context) error {
+func (s *pendingManager) close(ctx context.Context) error {
 	<-s.done
 	if s.m == nil {
 		return nil
