@@ -49,6 +49,11 @@
 //	                             directories (a btrfs subvolume when StateDir is on btrfs)
 //	snapshots/<id>/layer/        its copy of the layer (a read-only btrfs snapshot, or a copy)
 //	snapshots/<id>/backend.json  the lower layer and image config the layer goes over
+//	sandboxes/<id>/backend.json  what the sandbox was made from: lower layer, image
+//	                             config, its user namespace's id range
 //	images/<digest>/             unpacked image root filesystems, by manifest digest
+//	rootfs/                      the root filesystems a create's rootfs may name
+//	volumes/<id>/                a sandbox's own volume directory, made on first
+//	                             mount, owned by its root, removed with it
 //	runtime/                     the OCI runtime's --root
 package sandbox
