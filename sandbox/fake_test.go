@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"os"
 	"slices"
 	"sort"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"golang.org/x/sys/unix"
 )
 

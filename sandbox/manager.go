@@ -3,7 +3,6 @@ package sandbox
 import (
 	"context"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox/network"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -11,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/arcbox/arcbox-agent/sandbox/network"
 	"github.com/prometheus/client_golang/prometheus"
 )
 

@@ -3,10 +3,11 @@ package sandbox
 import (
 	"context"
 	"errors"
-	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 )
 
 func TestWorkQueueBounds(t *testing.T) {

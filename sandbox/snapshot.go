@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox/internal/atomicfile"
 	"io/fs"
 	"maps"
 	"os"
@@ -17,6 +16,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/arcbox/arcbox-agent/sandbox/internal/atomicfile"
 )
 
 // Snapshot is a checkpoint of a sandbox: its files and its create request.

@@ -3,12 +3,13 @@ package sandbox
 import (
 	"context"
 	"errors"
-	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 )
 
 func TestCheckpointAndRestore(t *testing.T) {

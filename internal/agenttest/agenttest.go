@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package agenttest runs the agent binary for the end-to-end tests and the
 // cmd tests, as the host would: it builds the binary once per test binary,
 // gives it flags that keep its every path under a directory of the

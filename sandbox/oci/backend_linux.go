@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/arcbox/arcbox-agent/disk"
+	"github.com/arcbox/arcbox-agent/sandbox"
 	"github.com/arcbox/arcbox-agent/sandbox/network"
 	runc "github.com/containerd/go-runc"
 )

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"io"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/arcbox/arcbox-agent/internal/testenv"
+	"github.com/arcbox/arcbox-agent/sandbox"
 )
 
 // The benchmarks measure the sandbox path against the bare runtime in the

@@ -8,8 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
-	"github.com/arcbox/arcbox-agent/sandbox/internal/atomicfile"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -17,6 +15,8 @@ import (
 	"strconv"
 
 	"github.com/arcbox/arcbox-agent/disk"
+	"github.com/arcbox/arcbox-agent/sandbox"
+	"github.com/arcbox/arcbox-agent/sandbox/internal/atomicfile"
 	"golang.org/x/sys/unix"
 )
 

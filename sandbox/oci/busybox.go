@@ -5,7 +5,6 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox/internal/atomicfile"
 	"io"
 	"io/fs"
 	"os"
@@ -14,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/arcbox/arcbox-agent/sandbox/internal/atomicfile"
 )
 
 // The users and groups of the busybox root filesystem.

@@ -6,11 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox/internal/atomicfile"
 	"os"
 	"path/filepath"
 
 	"github.com/arcbox/arcbox-agent/disk"
+	"github.com/arcbox/arcbox-agent/sandbox/internal/atomicfile"
 )
 
 // Checkpoint freezes the sandbox (its cgroup), snapshots its writable

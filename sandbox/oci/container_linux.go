@@ -7,12 +7,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"io/fs"
 	"os"
 	"path/filepath"
 
 	"github.com/arcbox/arcbox-agent/disk"
+	"github.com/arcbox/arcbox-agent/sandbox"
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 )
@@ -52,7 +52,7 @@ func (b *Backend) box(id string) (*container, error) {
 func (b *Backend) Adopt(ctx context.Context, id string) (<-chan struct{}, bool, error) {
 	c, err := b.rt.State(ctx, id)
 	if err != nil {
-		if isNotExist(err) {
+		if b.gone(id) {
 			return nil, false, nil
 		}
 		return nil, false, err
@@ -131,7 +131,7 @@ func (b *Backend) Stop(ctx context.Context, id string) error {
 
 	c, err := b.rt.State(ctx, id)
 	switch {
-	case err != nil && isNotExist(err):
+	case err != nil && b.gone(id):
 		// never made, or deleted already
 	case err != nil:
 		return fmt.Errorf("%s state: %w", b.runtimeName, err)
@@ -151,11 +151,11 @@ func (b *Backend) Stop(ctx context.Context, id string) error {
 				}
 				defer w.close()
 			}
-			if err := b.rt.Kill(ctx, id, int(unix.SIGTERM), nil); err != nil && !isNotExist(err) {
+			if err := b.rt.Kill(ctx, id, int(unix.SIGTERM), nil); err != nil && !b.gone(id) {
 				b.log.Warn("SIGTERM the sandbox init", "id", id, "err", err)
 			}
 			if w != nil && !w.wait(initTermTimeout) {
-				if err := b.rt.Kill(ctx, id, int(unix.SIGKILL), &runc.KillOpts{All: true}); err != nil && !isNotExist(err) {
+				if err := b.rt.Kill(ctx, id, int(unix.SIGKILL), &runc.KillOpts{All: true}); err != nil && !b.gone(id) {
 					return fmt.Errorf("%s kill: %w", b.runtimeName, err)
 				}
 				if !w.wait(initKillTimeout) {
@@ -163,7 +163,7 @@ func (b *Backend) Stop(ctx context.Context, id string) error {
 				}
 			}
 		}
-		if err := b.rt.Delete(ctx, id, &runc.DeleteOpts{Force: true}); err != nil && !isNotExist(err) {
+		if err := b.rt.Delete(ctx, id, &runc.DeleteOpts{Force: true}); err != nil && !b.gone(id) {
 			return fmt.Errorf("%s delete: %w", b.runtimeName, err)
 		}
 	}

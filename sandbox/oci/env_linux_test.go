@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
-	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"log/slog"
 	"net"
 	"os"
@@ -18,6 +16,8 @@ import (
 	"time"
 
 	"github.com/arcbox/arcbox-agent/internal/testenv"
+	"github.com/arcbox/arcbox-agent/sandbox"
+	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"github.com/arcbox/arcbox-agent/sandbox/network"
 	"github.com/prometheus/client_golang/prometheus"
 )

@@ -7,8 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
-	"github.com/arcbox/arcbox-agent/sandbox/internal/atomicfile"
 	"io/fs"
 	"log/slog"
 	"net/http"
@@ -18,6 +16,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/arcbox/arcbox-agent/sandbox"
+	"github.com/arcbox/arcbox-agent/sandbox/internal/atomicfile"
 	"github.com/arcbox/arcbox-agent/sandbox/registry"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"

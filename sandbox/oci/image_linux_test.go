@@ -5,8 +5,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/arcbox/arcbox-agent/sandbox"
-	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"io"
 	"io/fs"
 	"net/http"
@@ -19,6 +17,8 @@ import (
 	"time"
 
 	"github.com/arcbox/arcbox-agent/internal/testenv"
+	"github.com/arcbox/arcbox-agent/sandbox"
+	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"

@@ -2,12 +2,12 @@ package oci
 
 import (
 	"errors"
-	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"os"
 	"os/exec"
 	"strconv"
 	"testing"
 
+	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"golang.org/x/sys/unix"
 )
 

@@ -7,8 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
-	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"io"
 	"os"
 	"os/exec"
@@ -20,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/arcbox/arcbox-agent/sandbox"
+	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"golang.org/x/sys/unix"
 )
 

@@ -2,13 +2,13 @@ package oci
 
 import (
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"os"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/arcbox/arcbox-agent/internal/testenv"
+	"github.com/arcbox/arcbox-agent/sandbox"
 )
 
 // idPoolStart is the first host id of the user namespace ranges the

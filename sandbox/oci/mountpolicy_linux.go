@@ -4,11 +4,11 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/arcbox/arcbox-agent/sandbox"
 	"golang.org/x/sys/unix"
 )
 

@@ -4,13 +4,13 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
-	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/arcbox/arcbox-agent/sandbox"
+	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"github.com/arcbox/arcbox-agent/sandbox/network"
 )
 

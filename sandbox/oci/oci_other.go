@@ -5,9 +5,10 @@ package oci
 import (
 	"context"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"io"
 	"runtime"
+
+	"github.com/arcbox/arcbox-agent/sandbox"
 )
 
 // Backend is the OCI backend, on Linux only.

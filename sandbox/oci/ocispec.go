@@ -1,11 +1,11 @@
 package oci
 
 import (
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"maps"
 	"slices"
 	"sort"
 
+	"github.com/arcbox/arcbox-agent/sandbox"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 

@@ -5,13 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"io"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/arcbox/arcbox-agent/sandbox"
 )
 
 // liveOut collects an interactive exec's output and lets a test wait for

@@ -7,14 +7,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 
+	"github.com/arcbox/arcbox-agent/sandbox"
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 )
@@ -129,15 +130,15 @@ func readPidFile(p string) (int, error) {
 	return pid, nil
 }
 
-// isNotExist recognises the runtimes' "no such container" errors. It
-// decides by the error's text, the only place the backend does: go-runc
-// (v1.2) has no typed error for it, and passes on what the runtime wrote
-// (runc: "container does not exist", crun: "...: No such file or
-// directory" or "not found").
-func isNotExist(err error) bool {
-	msg := err.Error()
-	return strings.Contains(msg, "does not exist") || strings.Contains(msg, "not found") ||
-		strings.Contains(msg, "No such file or directory")
+// gone reports whether the runtime keeps no state of container id, which
+// is what its errors mean when it says there is no such container: runc
+// keeps <root>/<id>/state.json and crun <root>/<id>/status, and both remove
+// the directory on delete. Deciding by the state on disk, not by the text
+// of an error (go-runc has no typed one), holds whatever words a runtime
+// version uses.
+func (b *Backend) gone(id string) bool {
+	_, err := os.Lstat(filepath.Join(b.rt.Root, id))
+	return errors.Is(err, fs.ErrNotExist)
 }
 
 // fileIO gives the runtime process the files it is to use as its stdio,

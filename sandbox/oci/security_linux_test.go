@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/arcbox/arcbox-agent/sandbox"
 	"golang.org/x/sys/unix"
 )
 

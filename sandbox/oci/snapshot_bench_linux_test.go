@@ -3,8 +3,9 @@ package oci
 import (
 	"context"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"testing"
+
+	"github.com/arcbox/arcbox-agent/sandbox"
 )
 
 // BenchmarkRestoreToReady: a sandbox that has written 50 MiB, reached two

@@ -2,13 +2,13 @@ package oci
 
 import (
 	"context"
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/arcbox/arcbox-agent/internal/testenv"
+	"github.com/arcbox/arcbox-agent/sandbox"
 	"golang.org/x/sys/unix"
 )
 

@@ -2,13 +2,13 @@ package oci
 
 import (
 	"errors"
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/arcbox/arcbox-agent/internal/testenv"
+	"github.com/arcbox/arcbox-agent/sandbox"
 )
 
 func TestResolveUser(t *testing.T) {

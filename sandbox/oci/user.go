@@ -5,10 +5,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"io/fs"
 	"strconv"
 	"strings"
+
+	"github.com/arcbox/arcbox-agent/sandbox"
 )
 
 // execUser is who a process runs as.

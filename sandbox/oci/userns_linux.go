@@ -3,12 +3,12 @@ package oci
 import (
 	"errors"
 	"fmt"
-	"github.com/arcbox/arcbox-agent/sandbox"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
 
+	"github.com/arcbox/arcbox-agent/sandbox"
 	"golang.org/x/sys/unix"
 )
 
