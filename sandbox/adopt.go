@@ -53,7 +53,7 @@ func (m *Manager) readopt(ctx context.Context) error {
 				err = os.RemoveAll(dir)
 			}
 			if err == nil {
-				continue
+				continue // its range's claim is swept below
 			}
 			m.log.Error("clear a restore that did not finish", "id", id, "err", err)
 		}
@@ -64,8 +64,20 @@ func (m *Manager) readopt(ctx context.Context) error {
 				m.log.Error("sandbox address not reserved", "id", id, "addr", rec.IPAddress, "err", err)
 			}
 		}
+		if rec.IDMap != nil {
+			if err := m.reclaimRange(rec.IDMap.HostID); err != nil {
+				m.log.Error("sandbox id range not claimed", "id", id, "host_id", rec.IDMap.HostID, "err", err)
+			}
+		}
 		recs = append(recs, &sandbox{id: id, dir: dir, rec: rec, store: store})
 	}
+	held := map[uint32]bool{}
+	for _, sb := range recs {
+		if sb.rec.IDMap != nil {
+			held[sb.rec.IDMap.HostID] = true
+		}
+	}
+	m.sweepRanges(held)
 	slices.SortFunc(recs, func(a, b *sandbox) int {
 		return cmp.Or(a.rec.CreatedAt.Compare(b.rec.CreatedAt), cmp.Compare(a.id, b.id))
 	})

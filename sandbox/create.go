@@ -101,6 +101,9 @@ func (m *Manager) admit(spec Spec, from *restoredFrom) (*sandbox, *queuePlace, *
 	undo := func() {
 		m.mu.Lock()
 		delete(m.boxes, sb.id)
+		if sb.rec.IDMap != nil {
+			m.releaseRange(sb.rec.IDMap.HostID)
+		}
 		m.mu.Unlock()
 		sb.opMu.Unlock()
 		place.cancel()

@@ -27,6 +27,10 @@ type Config struct {
 	// StateDir holds the sandboxes' records and snapshots, and the
 	// backend's files beside them (see the package comment).
 	StateDir string
+	// IDRangeDir is where this machine's agents claim the id ranges of
+	// their sandboxes' user namespaces, so that two agents never hand out
+	// the same one; "" is DefaultIDRangeDir.
+	IDRangeDir string
 	// BridgeCIDR is the range bridged sandboxes get their addresses from
 	// (the Manager's pool; the backend sets up what it is given); its first
 	// address is the gateway, the bridge's own. The zero value is
@@ -142,6 +146,9 @@ func (cfg Config) withDefaults() (Config, error) {
 		return cfg, fmt.Errorf("sandbox: state dir: %w", err)
 	}
 	cfg.StateDir = abs
+	if cfg.IDRangeDir == "" {
+		cfg.IDRangeDir = DefaultIDRangeDir
+	}
 	if cfg.DefaultLimits.VCPUs <= 0 {
 		cfg.DefaultLimits.VCPUs = DefaultLimits.VCPUs
 	}

@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -46,7 +48,8 @@ func (h *harness) start(tweak ...func(*Config)) {
 	h.t.Helper()
 	h.reg = prometheus.NewRegistry()
 	// The fake's bridge: 10.9.0.1, and addresses from 10.9.0.2.
-	cfg := Config{StateDir: h.dir, Registerer: h.reg, Now: h.clock.Now, BridgeCIDR: netip.MustParsePrefix("10.9.0.0/24")}
+	cfg := Config{StateDir: h.dir, Registerer: h.reg, Now: h.clock.Now, BridgeCIDR: netip.MustParsePrefix("10.9.0.0/24"),
+		IDRangeDir: filepath.Join(filepath.Dir(h.dir), "idranges")}
 	for _, f := range tweak {
 		f(&cfg)
 	}
@@ -153,6 +156,73 @@ func TestCreateReadyAndInfo(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(h.dir, "sandboxes", "box1", recordFile)); err != nil {
 		t.Errorf("record: %v", err)
+	}
+}
+
+// TestIDRangeClaims: a range another agent on the machine claims is
+// passed by; a claim naming a state dir that is gone is taken over; a
+// removal releases the claim.
+func TestIDRangeClaims(t *testing.T) {
+	h := newHarness(t)
+	claims := h.m.cfg.IDRangeDir
+	if err := os.MkdirAll(claims, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	other := t.TempDir() // another agent's state dir, alive
+	free := uint32(idPoolStart + 7*IDRangeSize)
+	stale := uint32(idPoolStart + 9*IDRangeSize)
+	for slot := range uint32(idSlots) {
+		host := uint32(idPoolStart) + slot*IDRangeSize
+		owner := other
+		switch host {
+		case free:
+			continue
+		case stale:
+			owner = filepath.Join(other, "gone")
+		}
+		if err := os.WriteFile(filepath.Join(claims, strconv.FormatUint(uint64(host), 10)), []byte(owner), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[uint32]bool{}
+	for _, id := range []string{"a", "b"} {
+		got[h.createReady(Spec{ID: id}).Security.IDMap.HostID] = true
+	}
+	if !got[free] || !got[stale] {
+		t.Fatalf("ranges %v, want %d and %d, the only ones no live agent claims", got, free, stale)
+	}
+	if _, _, err := h.m.Create(context.Background(), Spec{ID: "c"}); !errors.Is(err, ErrBusy) {
+		t.Errorf("with every range claimed: %v", err)
+	}
+	a, _ := h.m.Get("a")
+	if err := h.m.Remove(context.Background(), "a", true); err != nil {
+		t.Fatal(err)
+	}
+	for host := range got {
+		data, err := os.ReadFile(filepath.Join(claims, strconv.FormatUint(uint64(host), 10)))
+		if host != a.Security.IDMap.HostID {
+			if string(data) != h.m.cfg.StateDir {
+				t.Errorf("b's claim: %q %v", data, err)
+			}
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("a's claim after its removal: %q %v", data, err)
+		}
+	}
+	// A claim of this agent's that no record holds (it died between the
+	// two) is released at the next start; others' claims are not.
+	mine := filepath.Join(claims, strconv.FormatUint(uint64(a.Security.IDMap.HostID), 10))
+	if err := os.WriteFile(mine, []byte(h.m.cfg.StateDir), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.m.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h.start()
+	if _, err := os.Stat(mine); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a claim no record holds survived a restart: %v", err)
+	}
+	if n, _ := os.ReadDir(claims); len(n) != idSlots-1 {
+		t.Errorf("%d claims after the restart, want %d", len(n), idSlots-1)
 	}
 }
 

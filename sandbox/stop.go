@@ -183,6 +183,9 @@ func (m *Manager) remove(sb *sandbox) error {
 		sb.stopTTL()
 	}
 	delete(m.boxes, sb.id)
+	if sb.rec.IDMap != nil {
+		m.releaseRange(sb.rec.IDMap.HostID)
+	}
 	m.metrics.move(sb.rec.State, "")
 	m.publishLocked(sb, ActionRemoved, nil)
 	return nil
