@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultIDRangeDir is where the agents of a machine claim id ranges when
@@ -91,9 +93,17 @@ func (m *Manager) claimRange(host uint32) (ok bool, err error) {
 	if !errors.Is(err, fs.ErrExist) {
 		return false, fmt.Errorf("claim id range %d: %w", host, err)
 	}
+	// Taking a claim over is done under the directory's lock, reading it
+	// again there, so two agents that found it stale at once do not both
+	// take it.
+	unlock, err := lockDir(m.cfg.IDRangeDir)
+	if err != nil {
+		return false, fmt.Errorf("claim id range %d: %w", host, err)
+	}
+	defer unlock()
 	owner, err := os.ReadFile(path)
 	if err != nil {
-		return false, nil // being made or removed by another agent: pass it by
+		return false, nil // removed by its agent meanwhile: the next search may take it
 	}
 	if !bytes.Equal(owner, me) {
 		if _, err := os.Stat(string(owner)); len(owner) == 0 || !errors.Is(err, fs.ErrNotExist) {
@@ -104,6 +114,25 @@ func (m *Manager) claimRange(host uint32) (ok bool, err error) {
 		return false, fmt.Errorf("claim id range %d: %w", host, err)
 	}
 	return true, nil
+}
+
+// lockDir takes an exclusive flock of dir, for the claims' takeovers.
+func lockDir(dir string) (unlock func(), err error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil // closing it releases the lock
 }
 
 // reclaimRange renews the claim of a range a recorded sandbox holds, for a
