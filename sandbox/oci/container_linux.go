@@ -167,6 +167,9 @@ func (b *Backend) Stop(ctx context.Context, id string) error {
 			return fmt.Errorf("%s delete: %w", b.runtimeName, err)
 		}
 	}
+	if err := b.clearLeftover(id); err != nil {
+		return err
+	}
 	b.removeCgroups(id)
 	if err := b.net.Teardown(id); err != nil {
 		return err

@@ -132,13 +132,28 @@ func readPidFile(p string) (int, error) {
 
 // gone reports whether the runtime keeps no state of container id, which
 // is what its errors mean when it says there is no such container: runc
-// keeps <root>/<id>/state.json and crun <root>/<id>/status, and both remove
-// the directory on delete. Deciding by the state on disk, not by the text
-// of an error (go-runc has no typed one), holds whatever words a runtime
+// keeps <root>/<id>/state.json and crun <root>/<id>/status. A directory
+// without either is a create that was cut short before it made one (runc
+// calls that an aborted start): no container either, whose directory
+// clearLeftover removes. Deciding by the state on disk, not by the text of
+// an error (go-runc has no typed one), holds whatever words a runtime
 // version uses.
 func (b *Backend) gone(id string) bool {
-	_, err := os.Lstat(filepath.Join(b.rt.Root, id))
-	return errors.Is(err, fs.ErrNotExist)
+	for _, f := range []string{"state.json", "status"} {
+		if _, err := os.Lstat(filepath.Join(b.rt.Root, id, f)); !errors.Is(err, fs.ErrNotExist) {
+			return false
+		}
+	}
+	return true
+}
+
+// clearLeftover removes what a create cut short left of container id in
+// the runtime's root, so a new container of that id can be made.
+func (b *Backend) clearLeftover(id string) error {
+	if !b.gone(id) {
+		return nil
+	}
+	return os.RemoveAll(filepath.Join(b.rt.Root, id))
 }
 
 // fileIO gives the runtime process the files it is to use as its stdio,

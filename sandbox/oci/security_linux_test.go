@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -160,6 +161,30 @@ func TestOCIRestoreIntoAnotherRange(t *testing.T) {
 // the agent: /etc/passwd made a FIFO (whose open would wait for a writer
 // forever) fails the lookup of a user by name, and the sandbox is still
 // removed.
+// TestOCIStopAfterACutShortCreate: a runtime directory without state (a
+// create killed part way) is no container, and no obstacle.
+func TestOCIStopAfterACutShortCreate(t *testing.T) {
+	e := newOCIEnv(t, "runc")
+	ctx := context.Background()
+	id := e.create(sandbox.Spec{ID: "cut"}).ID
+	if _, err := e.m.Stop(ctx, id, 0); err != nil {
+		t.Fatal(err)
+	}
+	// What a runc create killed before it wrote its state leaves: the
+	// container's directory, empty. There is no container; the removal
+	// must not fail on it, and must clear it.
+	leftover := filepath.Join(e.cfg.StateDir, "runtime", id)
+	if err := os.Mkdir(leftover, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Remove(ctx, id, true); err != nil {
+		t.Fatalf("remove with a cut-short create's leftover: %v", err)
+	}
+	if _, err := os.Stat(leftover); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the leftover is still there: %v", err)
+	}
+}
+
 func TestOCIHostileRoot(t *testing.T) {
 	e := newOCIEnv(t, "runc")
 	id := e.create(sandbox.Spec{ID: "fifo"}).ID
