@@ -104,7 +104,9 @@ func (m *Manager) adopt(ctx context.Context, sb *sandbox) {
 			m.fail(sb, fmt.Sprintf("stop interrupted by an agent restart, then: %v", err))
 			return
 		}
+		m.mu.Lock()
 		m.transitionLocked(sb, StateStopped, nil)
+		m.mu.Unlock()
 		m.persistLogged(sb)
 		return
 	case StateStarting:

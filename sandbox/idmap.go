@@ -14,8 +14,9 @@ import (
 )
 
 // DefaultIDRangeDir is where the agents of a machine claim id ranges when
-// Config.IDRangeDir does not say: on tmpfs, so a reboot forgets the
-// claims with the sandboxes.
+// Config.IDRangeDir does not say. It is on tmpfs: after a reboot each agent
+// claims the ranges of its records again as it starts (reclaimRange), and
+// one another agent took first is reported as a collision.
 const DefaultIDRangeDir = "/run/arcbox/idranges"
 
 // IDRangeSize is how many ids a sandbox's user namespace maps: 0 to 65535,
@@ -67,53 +68,72 @@ func (m *Manager) allocIDMapLocked() (IDMap, error) {
 }
 
 // claimRange claims the range at host for this agent, machine-wide: a
-// file named after it in Config.IDRangeDir, made exclusively, holding the
-// state dir. A file of this agent's state dir is its own claim (of a
-// sandbox whose removal did not get to release it); one naming a state
-// dir that is gone is stale, and taken over. ok is false when another
-// agent holds it.
+// file named after it in Config.IDRangeDir, linked into place whole (so
+// it is never seen empty) and naming the state dir. A file of this
+// agent's state dir is its own claim (of a sandbox whose removal did not
+// get to release it); one naming a state dir that is gone is stale, and
+// taken over under the directory's lock. ok is false when another agent
+// holds it, or the claim cannot be taken over (another user's file).
 func (m *Manager) claimRange(host uint32) (ok bool, err error) {
-	if err := os.MkdirAll(m.cfg.IDRangeDir, 0o755); err != nil {
-		return false, fmt.Errorf("id range claims: %w", err)
-	}
-	path := filepath.Join(m.cfg.IDRangeDir, strconv.FormatUint(uint64(host), 10))
+	path := m.claimPath(host)
 	me := []byte(m.cfg.StateDir)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err == nil {
-		_, err = f.Write(me)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			os.Remove(path)
-			return false, fmt.Errorf("claim id range %d: %w", host, err)
-		}
+	tmp, err := os.CreateTemp(m.cfg.IDRangeDir, ".claim-")
+	if err != nil {
+		return false, m.claimsErr(err)
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(me)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return false, m.claimsErr(err)
+	}
+	if err := os.Link(tmp.Name(), path); err == nil {
 		return true, nil
+	} else if !errors.Is(err, fs.ErrExist) {
+		return false, m.claimsErr(err)
 	}
-	if !errors.Is(err, fs.ErrExist) {
-		return false, fmt.Errorf("claim id range %d: %w", host, err)
+	if owner, err := os.ReadFile(path); err != nil || !m.mayTake(owner) {
+		return false, nil // another agent's, or gone meanwhile: the next search may take it
 	}
-	// Taking a claim over is done under the directory's lock, reading it
-	// again there, so two agents that found it stale at once do not both
-	// take it.
+	// Two agents that found it stale at once must not both take it: the
+	// takeover reads it again under the lock.
 	unlock, err := lockDir(m.cfg.IDRangeDir)
 	if err != nil {
-		return false, fmt.Errorf("claim id range %d: %w", host, err)
+		return false, m.claimsErr(err)
 	}
 	defer unlock()
-	owner, err := os.ReadFile(path)
-	if err != nil {
-		return false, nil // removed by its agent meanwhile: the next search may take it
+	if owner, err := os.ReadFile(path); err != nil || !m.mayTake(owner) {
+		return false, nil
 	}
-	if !bytes.Equal(owner, me) {
-		if _, err := os.Stat(string(owner)); len(owner) == 0 || !errors.Is(err, fs.ErrNotExist) {
-			return false, nil
-		}
-	}
-	if err := os.WriteFile(path, me, 0o644); err != nil {
-		return false, fmt.Errorf("claim id range %d: %w", host, err)
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return false, nil // not ours to replace (another user's file): pass it by
 	}
 	return true, nil
+}
+
+// mayTake reports whether a claim naming owner is this agent's own, or
+// stale: its state dir is gone.
+func (m *Manager) mayTake(owner []byte) bool {
+	if bytes.Equal(owner, []byte(m.cfg.StateDir)) {
+		return true
+	}
+	if len(owner) == 0 || owner[0] != '/' {
+		return false
+	}
+	_, err := os.Stat(string(owner))
+	return errors.Is(err, fs.ErrNotExist)
+}
+
+func (m *Manager) claimPath(host uint32) string {
+	return filepath.Join(m.cfg.IDRangeDir, strconv.FormatUint(uint64(host), 10))
+}
+
+// claimsErr is an error of the claims directory: the sandboxes with a
+// user namespace are unavailable until it is fixed.
+func (m *Manager) claimsErr(err error) error {
+	return fmt.Errorf("the id range claims in %s: %w: %w", m.cfg.IDRangeDir, err, ErrUnavailable)
 }
 
 // lockDir takes an exclusive flock of dir, for the claims' takeovers.
@@ -145,11 +165,16 @@ func (m *Manager) reclaimRange(host uint32) error {
 	return err
 }
 
-// releaseRange gives up this agent's claim of the range at host.
+// releaseRange gives up this agent's claim of the range at host, under
+// the directory's lock, so a claim another agent took over is not removed.
 func (m *Manager) releaseRange(host uint32) {
-	path := filepath.Join(m.cfg.IDRangeDir, strconv.FormatUint(uint64(host), 10))
-	if owner, err := os.ReadFile(path); err == nil && bytes.Equal(owner, []byte(m.cfg.StateDir)) {
-		os.Remove(path)
+	unlock, err := lockDir(m.cfg.IDRangeDir)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	if owner, err := os.ReadFile(m.claimPath(host)); err == nil && bytes.Equal(owner, []byte(m.cfg.StateDir)) {
+		os.Remove(m.claimPath(host))
 	}
 }
 

@@ -190,6 +190,11 @@ func newManager(ctx context.Context, cfg Config, backend Backend, afterFunc afte
 	if err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(cfg.IDRangeDir, 0o755); err != nil {
+		// Sandboxes with a user namespace are refused (503) saying so;
+		// the others, and the rest of the manager, work.
+		cfg.Logger.Error("the id range claims directory cannot be made", "dir", cfg.IDRangeDir, "err", err)
+	}
 	baseCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	closing := make(chan struct{})
 	m := &Manager{

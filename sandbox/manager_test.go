@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -223,6 +224,56 @@ func TestIDRangeClaims(t *testing.T) {
 	}
 	if n, _ := os.ReadDir(claims); len(n) != idSlots-1 {
 		t.Errorf("%d claims after the restart, want %d", len(n), idSlots-1)
+	}
+}
+
+// TestIDRangeClaimsRace: two agents sharing the claims directory and
+// contending for the same few ranges, stale ones among them, never hand
+// out one range twice.
+func TestIDRangeClaimsRace(t *testing.T) {
+	a, b := newHarness(t), newHarness(t) // one claims directory: the test's
+	claims := a.m.cfg.IDRangeDir
+	if claims != b.m.cfg.IDRangeDir {
+		t.Fatalf("two claims directories: %s %s", claims, b.m.cfg.IDRangeDir)
+	}
+	other := t.TempDir()
+	for slot := range uint32(idSlots) {
+		owner := other
+		switch slot % 4096 {
+		case 5: // four free ranges
+			continue
+		case 9: // four stale ones
+			owner = filepath.Join(other, "gone")
+		}
+		host := uint32(idPoolStart) + slot*IDRangeSize
+		if err := os.WriteFile(filepath.Join(claims, strconv.FormatUint(uint64(host), 10)), []byte(owner), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	got := map[uint32]string{}
+	var wg sync.WaitGroup
+	for _, h := range []*harness{a, b} {
+		for i := range 4 {
+			wg.Go(func() {
+				id := fmt.Sprintf("r%d", i)
+				info, _, err := h.m.Create(context.Background(), Spec{ID: id})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if prev, ok := got[info.Security.IDMap.HostID]; ok {
+					t.Errorf("range %d handed out twice: %s and %s of %s", info.Security.IDMap.HostID, prev, id, h.dir)
+				}
+				got[info.Security.IDMap.HostID] = id + " of " + h.dir
+			})
+		}
+	}
+	wg.Wait()
+	if len(got) != 8 {
+		t.Errorf("%d ranges handed out, want 8", len(got))
 	}
 }
 

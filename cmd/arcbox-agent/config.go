@@ -54,6 +54,7 @@ type config struct {
 	HasSocketGID         bool
 	AuditLog             string
 	SandboxMountRoots    []string
+	SandboxIDRangeDir    string
 	Registries           []string
 	RegistryAuthFile     string
 	PrepareSystem        bool
@@ -287,6 +288,8 @@ func (c *config) settings() []setting {
 				}
 				return filepath.Clean(d), nil
 			})},
+		{name: "sandbox-id-range-dir", usage: "where the machine's agents claim their sandboxes' user namespace id ranges, so two never share one",
+			def: sandbox.DefaultIDRangeDir, set: text(&c.SandboxIDRangeDir)},
 		{name: "registry", repeatable: true, usage: "a registry, HOST[:PORT], sandbox images may be pulled from (repeatable; none given: any but loopback and link-local ones)",
 			set: each(&c.Registries, valid(checkRegistry))},
 		{name: "registry-auth-file", usage: "a Docker config.json whose \"auths\" credentials image pulls use when a create brings none (empty: none)",

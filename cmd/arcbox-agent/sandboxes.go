@@ -59,6 +59,7 @@ func newSandboxManager(ctx context.Context, cfg *config, logger *slog.Logger, re
 	}
 	return sandbox.NewManager(ctx, sandbox.Config{
 		StateDir:   cfg.StateDir,
+		IDRangeDir: cfg.SandboxIDRangeDir,
 		BridgeCIDR: cfg.SandboxCIDR,
 		Logger:     logger,
 		Registerer: reg,

@@ -29,6 +29,7 @@ func Flags(dir string, extra ...string) []string {
 		"--docker-exec-root", filepath.Join(dir, "docker-exec"),
 		"--state-dir", filepath.Join(dir, "state"),
 		"--disk-state-dir", filepath.Join(dir, "disk"),
+		"--sandbox-id-range-dir", filepath.Join(dir, "idranges"),
 	}, extra...)
 }
 

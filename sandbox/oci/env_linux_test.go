@@ -126,7 +126,9 @@ func (e *ociEnv) open() {
 		e.t.Fatalf("New: %v", err)
 	}
 	m, err := sandbox.NewManager(ctx, sandbox.Config{
-		StateDir:   e.cfg.StateDir,
+		StateDir: e.cfg.StateDir,
+		// The test's, not the machine's: an agent of this test only.
+		IDRangeDir: filepath.Join(filepath.Dir(e.cfg.StateDir), "idranges"),
 		BridgeCIDR: e.cfg.BridgeCIDR,
 		Logger:     e.cfg.Logger,
 		Registerer: prometheus.NewRegistry(),
