@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/arcbox/arcbox-agent/internal/testenv"
+	"github.com/arcbox/arcbox-agent/internal/testregistry"
 	"github.com/arcbox/arcbox-agent/sandbox"
 	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -28,33 +29,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
-
-// testRegistry is go-containerregistry's registry on a loopback server,
-// counting the blob downloads.
-type testRegistry struct {
-	srv  *httptest.Server
-	mu   sync.Mutex
-	gets map[string]int // blob digest -> GETs
-}
-
-func newTestRegistry(t *testing.T) *testRegistry {
-	r := &testRegistry{gets: map[string]int{}}
-	h := registry.New()
-	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if req.Method == http.MethodGet {
-			if _, digest, ok := strings.Cut(req.URL.Path, "/blobs/"); ok {
-				r.mu.Lock()
-				r.gets[digest]++
-				r.mu.Unlock()
-			}
-		}
-		h.ServeHTTP(w, req)
-	}))
-	t.Cleanup(r.srv.Close)
-	return r
-}
-
-func (r *testRegistry) host() string { return strings.TrimPrefix(r.srv.URL, "http://") }
 
 // withRegistries lists registries: a loopback one is refused unless listed.
 func withRegistries(hosts ...string) func(*Config) {
@@ -199,7 +173,7 @@ func addFile(t *testing.T, tw *tar.Writer, name, content string, mode int64) {
 // pushTestImage builds a two-layer image from the busybox rootfs (the
 // second layer deletes a file of the first, empties a directory, and adds
 // a marker) and pushes it.
-func pushTestImage(t *testing.T, reg *testRegistry) (string, []v1.Layer) {
+func pushTestImage(t *testing.T, reg *testregistry.Registry) (string, []v1.Layer) {
 	t.Helper()
 	base := tarLayer(t, func(tw *tar.Writer) {
 		tarDir(t, tw, testRootfs)
@@ -220,14 +194,8 @@ func pushTestImage(t *testing.T, reg *testRegistry) (string, []v1.Layer) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref := reg.host() + "/test/busybox:v1"
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(r, img); err != nil {
-		t.Fatalf("push %s: %v", ref, err)
-	}
+	ref := reg.Host() + "/test/busybox:v1"
+	reg.Push(t, ref, img)
 	return ref, []v1.Layer{base, top}
 }
 
@@ -235,12 +203,17 @@ func pushTestImage(t *testing.T, reg *testRegistry) (string, []v1.Layer) {
 // sandboxes; two concurrent creates pull it once; later creates use the
 // cache.
 func TestOCIImage(t *testing.T) {
-	reg := newTestRegistry(t)
-	e := newOCIEnv(t, "crun", withRegistries(reg.host()))
+	reg := testregistry.New(t)
+	e := newOCIEnv(t, "crun", withRegistries(reg.Host()))
 	ref, layers := pushTestImage(t, reg)
-	reg.mu.Lock()
-	clear(reg.gets)
-	reg.mu.Unlock()
+	blobGets := func(l v1.Layer) int {
+		d, _ := l.Digest()
+		return reg.Gets("/blobs/" + d.String())
+	}
+	before := map[v1.Layer]int{}
+	for _, l := range layers {
+		before[l] = blobGets(l)
+	}
 
 	var wg sync.WaitGroup
 	for _, id := range []string{"img1", "img2"} {
@@ -257,11 +230,8 @@ func TestOCIImage(t *testing.T) {
 	e.expect("img1", sandbox.ActionReady)
 	sandboxtest.WaitFor(t, "img2 ready", func() bool { info, _ := e.m.Get("img2"); return info.State == sandbox.StateReady })
 	for _, l := range layers {
-		d, _ := l.Digest()
-		reg.mu.Lock()
-		n := reg.gets[d.String()]
-		reg.mu.Unlock()
-		if n != 1 {
+		if n := blobGets(l) - before[l]; n != 1 {
+			d, _ := l.Digest()
 			t.Errorf("layer %s downloaded %d times, want 1", d, n)
 		}
 	}
@@ -274,14 +244,10 @@ func TestOCIImage(t *testing.T) {
 		t.Errorf("one sandbox's write reached another's: %q", out)
 	}
 	// A third create finds the image in the cache: no download at all.
-	reg.mu.Lock()
-	clear(reg.gets)
-	reg.mu.Unlock()
+	gets := reg.Gets("/")
 	e.create(sandbox.Spec{ID: "img3", Image: ref})
-	reg.mu.Lock()
-	defer reg.mu.Unlock()
-	if len(reg.gets) != 0 {
-		t.Errorf("a cached image was downloaded again: %v", reg.gets)
+	if n := reg.Gets("/") - gets; n != 0 {
+		t.Errorf("a cached image was downloaded again: %d requests", n)
 	}
 }
 
