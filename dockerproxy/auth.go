@@ -3,15 +3,14 @@ package dockerproxy
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"time"
+
+	"github.com/arcbox/arcbox-agent/httpapi/bearer"
 )
 
 // A TCP listener is reachable by anyone who can reach the port, so with a
@@ -25,34 +24,11 @@ import (
 // authenticated client's, as on the unix socket. A refused connection gets
 // a 401 in dockerd's error shape and never reaches dockerd.
 
-// authChallenge is the WWW-Authenticate of every 401, the control API's.
-const authChallenge = `Bearer realm="arcbox-agent"`
-
-// tokenCheck holds only the token's SHA-256: digests of equal length are
-// compared in constant time, so neither the token's bytes nor its length
-// leak through timing.
-type tokenCheck struct {
-	enabled bool
-	want    [sha256.Size]byte
-}
-
-func newTokenCheck(token string) tokenCheck {
-	if token == "" {
-		return tokenCheck{}
-	}
-	return tokenCheck{enabled: true, want: sha256.Sum256([]byte(token))}
-}
-
-func (tc tokenCheck) matches(s string) bool {
-	got := sha256.Sum256([]byte(s))
-	return subtle.ConstantTimeCompare(got[:], tc.want[:]) == 1
-}
-
 // needsToken reports whether connection c must authenticate: a token is
 // configured and c is neither a unix socket nor vsock (a TCP connection,
 // or one whose transport the proxy does not know).
 func (p *Proxy) needsToken(c net.Conn) bool {
-	if !p.token.enabled {
+	if !p.token.Set() {
 		return false
 	}
 	if a := c.LocalAddr(); a != nil {
@@ -67,33 +43,12 @@ func (p *Proxy) needsToken(c net.Conn) bool {
 // refusal is why a first request does not authenticate; "" when it does.
 // A token in the URL is refused even with the right header, so that it
 // never reaches dockerd's logs.
-func (tc tokenCheck) refusal(r *http.Request) string {
-	for k, vs := range r.URL.Query() {
-		if tc.matches(k) || strings.EqualFold(k, "access_token") {
-			return "a token in the URL never authenticates; send it in a header: Authorization: Bearer <token>"
-		}
-		for _, v := range vs {
-			if tc.matches(v) {
-				return "a token in the URL never authenticates; send it in a header: Authorization: Bearer <token>"
-			}
-		}
+func refusal(token bearer.Token, r *http.Request) string {
+	if r.URL.RawQuery != "" && token.InURL(r.URL.Query(), true) {
+		return bearer.InURLRefusal
 	}
-	values := r.Header.Values("Authorization")
-	switch {
-	case len(values) == 0:
-		return "no Authorization header; the Docker API on TCP wants Authorization: Bearer <token> " +
-			`(for the docker CLI: "HttpHeaders": {"Authorization": "Bearer <token>"} in config.json)`
-	case len(values) > 1:
-		return "more than one Authorization header; send one: Authorization: Bearer <token>"
-	}
-	scheme, token, _ := strings.Cut(values[0], " ")
-	if !strings.EqualFold(scheme, "Bearer") {
-		return "the Authorization header is not a Bearer token; want Authorization: Bearer <token>"
-	}
-	if !tc.matches(strings.TrimSpace(token)) {
-		return "wrong bearer token"
-	}
-	return ""
+	return token.Refusal(r.Header, "no Authorization header; the Docker API on TCP wants Authorization: Bearer <token> "+
+		`(for the docker CLI: "HttpHeaders": {"Authorization": "Bearer <token>"} in config.json)`)
 }
 
 // authenticate reads client's first request head, within maxHead bytes
@@ -133,10 +88,10 @@ func (p *Proxy) authenticate(client net.Conn) (read []byte, method string, ok bo
 		p.answer(client, answer(http.StatusBadRequest, "", "arcbox agent: "+why, ""))
 		return nil, "", false
 	}
-	if why := p.token.refusal(req); why != "" {
+	if why := refusal(p.token, req); why != "" {
 		p.authRefused.Inc()
 		p.log.Warn("refused a Docker API connection", "remote", remote(client), "reason", why)
-		p.answer(client, answer(http.StatusUnauthorized, req.Method, "arcbox agent: "+why, authChallenge))
+		p.answer(client, answer(http.StatusUnauthorized, req.Method, "arcbox agent: "+why, bearer.Challenge))
 		return nil, "", false
 	}
 	return buf.Bytes(), req.Method, true

@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/arcbox/arcbox-agent/httpapi/bearer"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
 
@@ -27,7 +28,7 @@ const testToken = "e2e-proxy-token-0123456789abcdefghijklmnop"
 
 // withToken configures the proxy's token, as Config.Token does.
 func withToken(token string) func(*Proxy) {
-	return func(p *Proxy) { p.token = newTokenCheck(token) }
+	return func(p *Proxy) { p.token = bearer.New(token) }
 }
 
 // fakeDockerd serves HTTP on a unix socket as dockerd would, enough for

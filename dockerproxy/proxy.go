@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/arcbox/arcbox-agent/httpapi/bearer"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -60,7 +61,7 @@ type Proxy struct {
 	headTimeout time.Duration // for a request answered 502 (tests shorten it)
 	log         *slog.Logger
 	bufs        sync.Pool
-	token       tokenCheck
+	token       bearer.Token
 
 	open         prometheus.Gauge
 	total        prometheus.Counter
@@ -91,7 +92,7 @@ func New(cfg Config) (*Proxy, error) {
 		dialTimeout: cfg.DialTimeout,
 		headTimeout: defaultHeadTimeout,
 		log:         cfg.Logger.With("component", "dockerproxy"),
-		token:       newTokenCheck(cfg.Token),
+		token:       bearer.New(cfg.Token),
 		bufs: sync.Pool{New: func() any {
 			b := make([]byte, copyBufferSize)
 			return &b

@@ -84,8 +84,8 @@ func TestAuditRefusedCalls(t *testing.T) {
 	base := serveTCP(t, newAuthRouter(&logs))
 	do(t, http.DefaultClient, http.MethodGet, base+"/v1/ping", nil)
 	do(t, http.DefaultClient, http.MethodDelete, base+"/v1/sandboxes/box2?access_token="+testToken, nil)
-	do(t, http.DefaultClient, http.MethodPost, base+"/v1/ping", bearer("wrong-"+testToken))
-	do(t, http.DefaultClient, http.MethodPost, base+"/v1/ping", bearer(testToken))
+	do(t, http.DefaultClient, http.MethodPost, base+"/v1/ping", bearerHeader("wrong-"+testToken))
+	do(t, http.DefaultClient, http.MethodPost, base+"/v1/ping", bearerHeader(testToken))
 
 	lines := auditLines(t, logs.String())
 	if len(lines) != 3 {

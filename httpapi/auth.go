@@ -2,21 +2,18 @@ package httpapi
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"strings"
+
+	"github.com/arcbox/arcbox-agent/httpapi/bearer"
 )
 
 // MinTokenLength is the shortest bearer token the agent accepts: 32
 // characters, such as 24 random bytes in base64.
 const MinTokenLength = 32
-
-// authRealm is the challenge of every 401.
-const authRealm = `Bearer realm="arcbox-agent"`
 
 // ReadTokenFile reads the bearer token from path: the file's content with
 // the white space around it trimmed. It refuses a file that group or
@@ -83,80 +80,26 @@ type authKey struct{}
 // is done.
 type authState struct{ auth Auth }
 
-// authenticator checks bearer tokens. It keeps only the token's SHA-256:
-// digests of equal length are compared in constant time, so neither the
-// token's bytes nor its length leak through timing.
-type authenticator struct {
-	enabled bool
-	want    [sha256.Size]byte
-}
-
-func newAuthenticator(token string) *authenticator {
-	if token == "" {
-		return &authenticator{}
-	}
-	return &authenticator{enabled: true, want: sha256.Sum256([]byte(token))}
-}
-
-func (a *authenticator) matches(s string) bool {
-	got := sha256.Sum256([]byte(s))
-	return subtle.ConstantTimeCompare(got[:], a.want[:]) == 1
-}
-
 // check decides a request: how it is let in, or why it is refused. A
 // token in the URL is refused wherever it is, so that it never reaches a
 // log; unix sockets and vsock need no token; everything else (TCP, or a
 // connection of unknown transport) needs the right bearer token.
-func (a *authenticator) check(r *http.Request) (Auth, string) {
+func check(token bearer.Token, r *http.Request) (Auth, string) {
 	peer, _ := PeerFrom(r.Context())
-	if !a.enabled {
+	if !token.Set() {
 		return transportAuth(peer.Transport, AuthNone), ""
 	}
 	needsToken := peer.Transport != "unix" && peer.Transport != "vsock"
-	if a.tokenInQuery(r, needsToken) {
-		return AuthRefused, "a token in the URL never authenticates; send it in a header: Authorization: Bearer <token>"
+	if r.URL.RawQuery != "" && token.InURL(r.URL.Query(), needsToken) {
+		return AuthRefused, bearer.InURLRefusal
 	}
 	if !needsToken {
 		return transportAuth(peer.Transport, AuthNone), ""
 	}
-	values := r.Header.Values("Authorization")
-	switch {
-	case len(values) == 0:
-		return AuthRefused, "no Authorization header; this listener wants Authorization: Bearer <token>"
-	case len(values) > 1:
-		return AuthRefused, "more than one Authorization header; send one: Authorization: Bearer <token>"
-	}
-	scheme, token, _ := strings.Cut(values[0], " ")
-	if !strings.EqualFold(scheme, "Bearer") {
-		return AuthRefused, "the Authorization header is not a Bearer token; want Authorization: Bearer <token>"
-	}
-	if !a.matches(strings.TrimSpace(token)) {
-		return AuthRefused, "wrong bearer token"
+	if why := token.Refusal(r.Header, "no Authorization header; this listener wants Authorization: Bearer <token>"); why != "" {
+		return AuthRefused, why
 	}
 	return AuthBearer, ""
-}
-
-// tokenInQuery reports whether the query carries the token, as a key or a
-// value, or, where a token is needed, a parameter named access_token or
-// token (RFC 6750's and the common name).
-func (a *authenticator) tokenInQuery(r *http.Request, needsToken bool) bool {
-	if r.URL.RawQuery == "" {
-		return false
-	}
-	for k, vs := range r.URL.Query() {
-		if needsToken && (k == "access_token" || k == "token") {
-			return true
-		}
-		if a.matches(k) {
-			return true
-		}
-		for _, v := range vs {
-			if a.matches(v) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 func transportAuth(transport string, otherwise Auth) Auth {
@@ -171,15 +114,15 @@ func transportAuth(transport string, otherwise Auth) Auth {
 
 // authenticate answers 401 to a request check refuses, in the API's error
 // shape with a Bearer challenge, and tells audit how each was let in.
-func authenticate(a *authenticator) func(http.Handler) http.Handler {
+func authenticate(token bearer.Token) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			auth, refusal := a.check(r)
+			auth, refusal := check(token, r)
 			if st, ok := r.Context().Value(authKey{}).(*authState); ok {
 				st.auth = auth
 			}
 			if auth == AuthRefused {
-				w.Header().Set("WWW-Authenticate", authRealm)
+				w.Header().Set("WWW-Authenticate", bearer.Challenge)
 				WriteError(w, http.StatusUnauthorized, refusal)
 				return
 			}

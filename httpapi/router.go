@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/httpapi/bearer"
 )
 
 // RouterConfig is what NewRouter needs; API, Logger and Registerer are
@@ -48,7 +49,7 @@ func NewRouter(cfg RouterConfig) http.Handler {
 	}
 	r := chi.NewRouter()
 	r.Use(withTrace(cfg.Logger), accessLog(newRequestMetrics(cfg.Registerer)), recoverer,
-		audit(auditLog, r), authenticate(newAuthenticator(cfg.Token)), limitBody(bodyTimeout))
+		audit(auditLog, r), authenticate(bearer.New(cfg.Token)), limitBody(bodyTimeout))
 	r.NotFound(func(w http.ResponseWriter, req *http.Request) {
 		WriteError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", req.Method, req.URL.Path))
 	})
