@@ -160,7 +160,7 @@ func validate(cfg Config) error {
 		if !filepath.IsAbs(sv.Target) {
 			return bad("subvolume %s: target %q is not an absolute path", sv.Name, sv.Target)
 		}
-		if within(sv.Target, cfg.MountPoint) || within(cfg.MountPoint, sv.Target) {
+		if Within(sv.Target, cfg.MountPoint) || Within(cfg.MountPoint, sv.Target) {
 			return bad("subvolume %s: target %s overlaps the mount point %s", sv.Name, sv.Target, cfg.MountPoint)
 		}
 		if names[sv.Name] || targets[sv.Target] {
@@ -185,8 +185,9 @@ func validSubvolumeName(name string) error {
 	return nil
 }
 
-// within reports whether path is dir or inside it; both are clean.
-func within(path, dir string) bool {
+// Within reports whether path is dir or inside it; both are clean and
+// absolute.
+func Within(path, dir string) bool {
 	return path == dir || strings.HasPrefix(path, strings.TrimSuffix(dir, "/")+"/")
 }
 

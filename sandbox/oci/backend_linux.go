@@ -182,7 +182,7 @@ func (b *Backend) bundle(id string) string { return filepath.Join(b.boxesDir, id
 // checkRootfs is checkRootfs in the backend's store, which dir may name
 // as configured or by its real path.
 func (b *Backend) checkRootfs(dir string) (string, error) {
-	if clean := filepath.Clean(dir); b.rootfsAsked != b.rootfsStore && within(clean, b.rootfsAsked) {
+	if clean := filepath.Clean(dir); b.rootfsAsked != b.rootfsStore && disk.Within(clean, b.rootfsAsked) {
 		rel, _ := filepath.Rel(b.rootfsAsked, clean)
 		dir = filepath.Join(b.rootfsStore, rel)
 	}
@@ -210,7 +210,7 @@ func searchableByAll(dir, top string) error {
 		}
 		mode := st.Mode().Perm()
 		if mode&0o001 == 0 {
-			if !within(d, top) {
+			if !disk.Within(d, top) {
 				return fmt.Errorf("%s (mode %#o) is not searchable by other users, so a sandbox's root could not reach its root filesystem below it; make it so (chmod o+x) or move the state dir", d, mode)
 			}
 			if err := os.Chmod(d, mode|0o011); err != nil {

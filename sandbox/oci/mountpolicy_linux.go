@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/arcbox/arcbox-agent/disk"
 	"github.com/arcbox/arcbox-agent/sandbox"
 	"golang.org/x/sys/unix"
 )
@@ -41,22 +42,24 @@ type mountPolicy struct {
 
 func newMountPolicy(cfg Config) *mountPolicy {
 	p := &mountPolicy{aliases: map[string]string{}}
-	realPath := func(path string) string {
+	// A root or state dir given through a symlink is taken by its real
+	// path, and the path as given kept as an alias of it.
+	resolve := func(path string) string {
 		path = filepath.Clean(path)
-		if real, err := filepath.EvalSymlinks(path); err == nil && real != path {
+		real := realPath(path)
+		if real != path {
 			p.aliases[path] = real
-			return real
 		}
-		return path
+		return real
 	}
-	p.volumes = filepath.Join(realPath(cfg.StateDir), "volumes")
+	p.volumes = filepath.Join(resolve(cfg.StateDir), "volumes")
 	roots := cfg.MountRoots
 	if roots == nil {
 		roots = DefaultMountRoots()
 	}
 	for _, r := range roots {
 		if filepath.IsAbs(r) {
-			p.roots = append(p.roots, realPath(r))
+			p.roots = append(p.roots, resolve(r))
 		}
 	}
 	add := func(why string, paths ...string) {
@@ -64,7 +67,7 @@ func newMountPolicy(cfg Config) *mountPolicy {
 			if f != "" && filepath.IsAbs(f) {
 				f = filepath.Clean(f)
 				p.forbidden = append(p.forbidden, forbiddenPath{f, why})
-				if real, err := filepath.EvalSymlinks(f); err == nil && real != f {
+				if real := realPath(f); real != f {
 					p.forbidden = append(p.forbidden, forbiddenPath{real, why})
 				}
 			}
@@ -84,7 +87,7 @@ func newMountPolicy(cfg Config) *mountPolicy {
 func (p *mountPolicy) source(m sandbox.Mount) string {
 	src := filepath.Clean(m.Source)
 	for asked, real := range p.aliases {
-		if within(src, asked) {
+		if disk.Within(src, asked) {
 			rel, _ := filepath.Rel(asked, src)
 			return filepath.Join(real, rel)
 		}
@@ -133,21 +136,16 @@ func unescapeMountinfo(s string) string {
 
 func isOctal(c byte) bool { return c >= '0' && c <= '7' }
 
-// within reports whether p is dir or below it; both are clean and absolute.
-func within(p, dir string) bool {
-	return p == dir || dir == "/" || strings.HasPrefix(p, dir+"/")
-}
-
 // rootOf is the directory sandbox id's mount source src (clean, absolute)
 // lies under: its own volume directory, or a mount root.
 func (p *mountPolicy) rootOf(id, src string) (string, error) {
 	if id != "" {
-		if own := filepath.Join(p.volumes, id); within(src, own) {
+		if own := filepath.Join(p.volumes, id); disk.Within(src, own) {
 			return own, nil
 		}
 	}
 	for _, r := range p.roots {
-		if within(src, r) {
+		if disk.Within(src, r) {
 			return r, nil
 		}
 	}
@@ -167,13 +165,13 @@ func (p *mountPolicy) refuse(id, src string) error {
 		own = filepath.Join(p.volumes, id)
 	}
 	for _, f := range p.forbidden {
-		if own != "" && within(src, own) && within(own, f.path) && f.path != own {
+		if own != "" && disk.Within(src, own) && disk.Within(own, f.path) && f.path != own {
 			continue // the state dir holds the sandbox's own volume directory
 		}
 		switch {
-		case within(src, f.path):
+		case disk.Within(src, f.path):
 			return fmt.Errorf("%s is %s (%s): never mountable", src, f.why, f.path)
-		case within(f.path, src):
+		case disk.Within(f.path, src):
 			return fmt.Errorf("%s holds %s (%s): never mountable", src, f.why, f.path)
 		}
 	}
@@ -287,7 +285,7 @@ func (p *mountPolicy) resolve(field, root, src, id string) (*os.File, error) {
 		return nil, sandbox.InvalidField(field, "%s is not a directory or a regular file; only those are mountable", src)
 	}
 	real, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
-	if err == nil && !within(filepath.Clean(real), root) {
+	if err == nil && !disk.Within(filepath.Clean(real), root) {
 		err = fmt.Errorf("%s is %s, outside its mount root %s", src, real, root)
 	}
 	if err == nil {
@@ -308,7 +306,7 @@ func checkRootfs(store, dir string) (string, error) {
 	if !filepath.IsAbs(dir) {
 		return "", fmt.Errorf("%q is not an absolute path", dir)
 	}
-	if clean == store || !within(clean, store) {
+	if clean == store || !disk.Within(clean, store) {
 		return "", fmt.Errorf("%s is not in the agent's root filesystem store %s; a rootfs must be a directory in it", dir, store)
 	}
 	rel, _ := filepath.Rel(store, clean)
@@ -331,7 +329,7 @@ func checkRootfs(store, dir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if !within(real, store) {
+	if !disk.Within(real, store) {
 		return "", fmt.Errorf("%s is %s, outside the store %s", dir, real, store)
 	}
 	if strings.ContainsAny(real, ",:\\") {
