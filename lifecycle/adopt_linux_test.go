@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/arcbox/arcbox-agent/internal/testenv"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -222,10 +223,7 @@ func TestAdoptFindsAHungDaemonByItsPidFile(t *testing.T) {
 // signalled; a pid file that names no process of the binary is stale and
 // removed.
 func TestAdoptNeverSignalsWhatItCannotProve(t *testing.T) {
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Skip("no sleep binary")
-	}
+	sleep := testenv.RequireBinary(t, "sleep")
 	f := newFakes(t)
 	cfg := adoptConfig(t, f)
 	for _, d := range []string{cfg.ContainerdState, cfg.DockerExecRoot, filepath.Dir(cfg.DockerSocket)} {
@@ -304,9 +302,9 @@ func TestAdoptRemovesAStalePidFile(t *testing.T) {
 	if err := os.MkdirAll(cfg.ContainerdState, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	gone := exec.Command("true")
+	gone := exec.Command(testenv.RequireBinary(t, "true"))
 	if err := gone.Run(); err != nil {
-		t.Skip("no true binary:", err)
+		t.Fatal(err)
 	}
 	dockerPID := filepath.Join(cfg.DockerExecRoot, "docker.pid")
 	if err := writePIDFile(dockerPID, gone.Process.Pid); err != nil {
