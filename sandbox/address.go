@@ -3,7 +3,6 @@ package sandbox
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 
 	"github.com/arcbox/arcbox-agent/sandbox/network"
@@ -19,7 +18,7 @@ func (m *Manager) allocAddress(id string, s Spec) (addr, gateway string, err err
 	a, err := m.addrs.Allocate(id)
 	switch {
 	case errors.Is(err, network.ErrExhausted):
-		return "", "", fmt.Errorf("%w: %w", err, ErrConflict)
+		return "", "", Classify(ErrConflict, err)
 	case err != nil:
 		return "", "", err
 	}

@@ -17,7 +17,7 @@ import (
 func (m *Manager) readopt(ctx context.Context) error {
 	entries, err := os.ReadDir(m.dir)
 	if err != nil {
-		return fmt.Errorf("read %s: %w: %w", m.dir, err, ErrUnavailable)
+		return Errorf(ErrUnavailable, "read %s: %w", m.dir, err)
 	}
 	var recs []*sandbox
 	for _, e := range entries {

@@ -68,7 +68,7 @@ func (m *Manager) admit(spec Spec, from *restoredFrom) (*sandbox, *queuePlace, *
 			info := m.infoLocked(sb)
 			return nil, nil, &info, nil
 		}
-		return nil, nil, nil, fmt.Errorf("sandbox %q exists with a different spec: %w", spec.ID, ErrConflict)
+		return nil, nil, nil, Errorf(ErrConflict, "sandbox %q exists with a different spec", spec.ID)
 	}
 	place, err := m.starts.reserve()
 	if err != nil {

@@ -1,11 +1,15 @@
 package sandbox
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
-// The error classes the Manager returns. Every error it returns wraps one of
-// them (test with errors.Is) with a message that names the field or object,
-// e.g. `field "kernel": not supported by the container backend: invalid input`.
-// The HTTP layer maps them to 404, 400, 409, 503, 507 and 429.
+// The error classes the Manager returns. Every error it returns is of one of
+// them (test with errors.Is), with a message that names the field or object,
+// e.g. `field "kernel": not supported by the container backend`. The class
+// is not part of the message (see Errorf). The HTTP layer maps them to 404,
+// 400, 409, 503, 507 and 429.
 var (
 	// ErrNotFound: the sandbox does not exist.
 	ErrNotFound = errors.New("not found")
@@ -25,6 +29,21 @@ var (
 	// again later (the HTTP layer answers 429 with Retry-After).
 	ErrBusy = errors.New("busy")
 )
+
+// Errorf is fmt.Errorf's message, of class (one of the Err classes above):
+// errors.Is finds the class and every %w operand, and the message is only
+// what format says, so people read no "...: conflict" tail.
+func Errorf(class error, format string, args ...any) error {
+	return Classify(class, fmt.Errorf(format, args...))
+}
+
+// Classify gives err a class without changing its message.
+func Classify(class, err error) error { return &classified{err: err, class: class} }
+
+type classified struct{ err, class error }
+
+func (e *classified) Error() string   { return e.err.Error() }
+func (e *classified) Unwrap() []error { return []error{e.err, e.class} }
 
 // Why a Subscription was cut off (Subscription.Err).
 var (

@@ -64,7 +64,7 @@ func (m *Manager) allocIDMapLocked() (IDMap, error) {
 			return IDMap{HostID: host, Size: IDRangeSize}, nil
 		}
 	}
-	return IDMap{}, fmt.Errorf("every one of the %d user namespace id ranges is held by a sandbox: %w", idSlots, ErrBusy)
+	return IDMap{}, Errorf(ErrBusy, "every one of the %d user namespace id ranges is held by a sandbox", idSlots)
 }
 
 // claimRange claims the range at host for this agent, machine-wide: a
@@ -133,7 +133,7 @@ func (m *Manager) claimPath(host uint32) string {
 // claimsErr is an error of the claims directory: the sandboxes with a
 // user namespace are unavailable until it is fixed.
 func (m *Manager) claimsErr(err error) error {
-	return fmt.Errorf("the id range claims in %s: %w: %w", m.cfg.IDRangeDir, err, ErrUnavailable)
+	return Errorf(ErrUnavailable, "the id range claims in %s: %w", m.cfg.IDRangeDir, err)
 }
 
 // lockDir takes an exclusive flock of dir, for the claims' takeovers.

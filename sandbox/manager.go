@@ -139,7 +139,7 @@ func NewManager(ctx context.Context, cfg Config, backend Backend) (*Manager, err
 
 func (cfg Config) withDefaults() (Config, error) {
 	if cfg.StateDir == "" {
-		return cfg, fmt.Errorf("sandbox: Config.StateDir is required: %w", ErrUnavailable)
+		return cfg, Errorf(ErrUnavailable, "sandbox: Config.StateDir is required")
 	}
 	abs, err := filepath.Abs(cfg.StateDir)
 	if err != nil {
@@ -184,7 +184,7 @@ func newManager(ctx context.Context, cfg Config, backend Backend, afterFunc afte
 	}
 	addrs, err := network.NewPool(cfg.BridgeCIDR)
 	if err != nil {
-		return nil, fmt.Errorf("sandbox: Config.BridgeCIDR: %w: %w", err, ErrUnavailable)
+		return nil, Errorf(ErrUnavailable, "sandbox: Config.BridgeCIDR: %w", err)
 	}
 	met, err := newMetrics(cfg.Registerer)
 	if err != nil {
@@ -220,7 +220,7 @@ func newManager(ctx context.Context, cfg Config, backend Backend, afterFunc afte
 	for _, dir := range []string{m.dir, m.snapDir} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			cancel()
-			return nil, fmt.Errorf("sandbox state dir: %w: %w", err, ErrUnavailable)
+			return nil, Errorf(ErrUnavailable, "sandbox state dir: %w", err)
 		}
 	}
 	if err := m.readopt(ctx); err != nil {
@@ -235,7 +235,7 @@ func newManager(ctx context.Context, cfg Config, backend Backend, afterFunc afte
 }
 
 // errClosed is the error of calls made after Close.
-var errClosed = fmt.Errorf("%w: %w", ErrManagerClosed, ErrUnavailable)
+var errClosed = Classify(ErrUnavailable, ErrManagerClosed)
 
 // idleAfter is how long the manager is quiet before Config.OnIdle.
 const idleAfter = 5 * time.Second

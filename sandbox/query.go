@@ -4,7 +4,6 @@ package sandbox
 
 import (
 	"cmp"
-	"fmt"
 	"maps"
 	"slices"
 )
@@ -44,7 +43,7 @@ func (m *Manager) List(f Filter) []Info {
 func (m *Manager) lookupLocked(id string) (*sandbox, error) {
 	sb, ok := m.boxes[id]
 	if !ok {
-		return nil, fmt.Errorf("sandbox %q: %w", id, ErrNotFound)
+		return nil, Errorf(ErrNotFound, "sandbox %q", id)
 	}
 	return sb, nil
 }

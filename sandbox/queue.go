@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"fmt"
 	"sync"
 )
 
@@ -40,7 +39,7 @@ func (q *workQueue) place(bounded bool) (*queuePlace, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if bounded && q.held >= q.depth+cap(q.slots) {
-		return nil, fmt.Errorf("too many %s in progress (%d at a time, and %d more waiting); try again shortly: %w", q.what, cap(q.slots), q.depth, ErrBusy)
+		return nil, Errorf(ErrBusy, "too many %s in progress (%d at a time, and %d more waiting); try again shortly", q.what, cap(q.slots), q.depth)
 	}
 	q.held++
 	return &queuePlace{q: q}, nil

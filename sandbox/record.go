@@ -341,7 +341,7 @@ func noSpace(err error) error {
 		return err
 	}
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		return fmt.Errorf("%w: %w", err, ErrNoSpace)
+		return Classify(ErrNoSpace, err)
 	}
 	return err
 }
@@ -352,7 +352,7 @@ func storageErr(err error) error {
 	if err = noSpace(err); errors.Is(err, ErrNoSpace) || errors.Is(err, ErrUnavailable) {
 		return err
 	}
-	return fmt.Errorf("%w: %w", err, ErrUnavailable)
+	return Classify(ErrUnavailable, err)
 }
 
 // persist writes sb's record as it is now. Writes are ordered, so the last

@@ -164,12 +164,12 @@ func (m *Manager) beginRunLocked(sb *sandbox, p Process) (*activeRun, error) {
 	switch sb.rec.State {
 	case StateReady:
 		if sb.checkpointing {
-			return nil, fmt.Errorf("sandbox %q is being checkpointed; run again when it is done: %w", sb.id, ErrConflict)
+			return nil, Errorf(ErrConflict, "sandbox %q is being checkpointed; run again when it is done", sb.id)
 		}
 	case StateRunning:
-		return nil, fmt.Errorf("sandbox %q is running another workload: %w", sb.id, ErrConflict)
+		return nil, Errorf(ErrConflict, "sandbox %q is running another workload", sb.id)
 	default:
-		return nil, fmt.Errorf("sandbox %q is %s; a run needs it ready: %w", sb.id, sb.rec.State, ErrConflict)
+		return nil, Errorf(ErrConflict, "sandbox %q is %s; a run needs it ready", sb.id, sb.rec.State)
 	}
 	run := newActiveRun(p.Cmd, m.now())
 	sb.run = run

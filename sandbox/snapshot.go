@@ -103,7 +103,7 @@ func newSnapshotID() string {
 func (m *Manager) loadSnapshots(ctx context.Context) error {
 	entries, err := os.ReadDir(m.snapDir)
 	if err != nil {
-		return fmt.Errorf("read %s: %w: %w", m.snapDir, err, ErrUnavailable)
+		return Errorf(ErrUnavailable, "read %s: %w", m.snapDir, err)
 	}
 	for _, e := range entries {
 		if !e.IsDir() {
@@ -246,9 +246,9 @@ func (m *Manager) Checkpoint(ctx context.Context, id string, req CheckpointReque
 func (m *Manager) checkpointableLocked(sb *sandbox) error {
 	switch {
 	case sb.checkpointing:
-		return fmt.Errorf("sandbox %q is being checkpointed already: %w", sb.id, ErrConflict)
+		return Errorf(ErrConflict, "sandbox %q is being checkpointed already", sb.id)
 	case sb.rec.State != StateReady:
-		return fmt.Errorf("sandbox %q is %s; a checkpoint needs it ready: %w", sb.id, sb.rec.State, ErrConflict)
+		return Errorf(ErrConflict, "sandbox %q is %s; a checkpoint needs it ready", sb.id, sb.rec.State)
 	}
 	return nil
 }
@@ -285,7 +285,7 @@ func (m *Manager) GetSnapshot(id string) (Snapshot, error) {
 func (m *Manager) lookupSnapshotLocked(id string) (*snapshotEntry, error) {
 	e, ok := m.snaps[id]
 	if !ok || e.deleting {
-		return nil, fmt.Errorf("snapshot %q: %w", id, ErrNotFound)
+		return nil, Errorf(ErrNotFound, "snapshot %q", id)
 	}
 	return e, nil
 }
@@ -302,7 +302,7 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, id string) error {
 	}
 	if e.restores > 0 {
 		m.mu.Unlock()
-		return fmt.Errorf("snapshot %q is being restored; delete it after: %w", id, ErrConflict)
+		return Errorf(ErrConflict, "snapshot %q is being restored; delete it after", id)
 	}
 	e.deleting = true
 	m.mu.Unlock()

@@ -1,9 +1,5 @@
 package sandbox
 
-import (
-	"fmt"
-)
-
 // transitions is the state machine: the states each state may move to.
 // Anything else is refused, so a bug shows as an error, not a strange state.
 var transitions = map[State][]State{
@@ -22,7 +18,7 @@ func checkTransition(from, to State) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("state %s cannot become %s: %w", from, to, ErrConflict)
+	return Errorf(ErrConflict, "state %s cannot become %s", from, to)
 }
 
 // live reports whether a sandbox in state s has (or is getting) a container.

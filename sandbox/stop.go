@@ -119,7 +119,7 @@ func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 	}
 	if sb.rec.State == StateRunning && !force {
 		m.mu.Unlock()
-		return fmt.Errorf("sandbox %q is running a workload; stop it or remove with force: %w", id, ErrConflict)
+		return Errorf(ErrConflict, "sandbox %q is running a workload; stop it or remove with force", id)
 	}
 	place, err := m.removals.reserve()
 	if err != nil {

@@ -31,7 +31,7 @@ const MinPids = 8
 // InvalidField is the error for a bad field, named as the API names it:
 // the Manager's, and a Backend's (Backend.Validate).
 func InvalidField(field, format string, args ...any) error {
-	return fmt.Errorf("field %q: %s: %w", field, fmt.Sprintf(format, args...), ErrInvalid)
+	return Errorf(ErrInvalid, "field %q: %s", field, fmt.Sprintf(format, args...))
 }
 
 // ValidateID checks a sandbox id against ^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$.

@@ -33,6 +33,17 @@ var (
 	ErrExhausted = errors.New("address range exhausted")
 )
 
+// errorf is fmt.Errorf's message, of class: errors.Is finds the class, and
+// the message does not end in it.
+func errorf(class error, format string, args ...any) error {
+	return classified{err: fmt.Errorf(format, args...), class: class}
+}
+
+type classified struct{ err, class error }
+
+func (e classified) Error() string   { return e.err.Error() }
+func (e classified) Unwrap() []error { return []error{e.err, e.class} }
+
 // Defaults for the optional Config fields.
 const (
 	DefaultBridge     = "arcbox0"
@@ -93,10 +104,10 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("config Bridge: %w", err)
 	}
 	if cfg.NetnsDir == "" {
-		return nil, fmt.Errorf("config NetnsDir: required: %w", ErrInvalid)
+		return nil, errorf(ErrInvalid, "config NetnsDir: required")
 	}
 	if !filepath.IsAbs(cfg.NetnsDir) {
-		return nil, fmt.Errorf("config NetnsDir %q: not an absolute path: %w", cfg.NetnsDir, ErrInvalid)
+		return nil, errorf(ErrInvalid, "config NetnsDir %q: not an absolute path", cfg.NetnsDir)
 	}
 	cfg.NetnsDir = filepath.Clean(cfg.NetnsDir)
 	if cfg.ResolvConf == "" {
@@ -122,11 +133,11 @@ func HostIfName(id string) string {
 func validID(id string) error {
 	switch {
 	case id == "":
-		return fmt.Errorf("sandbox id: empty: %w", ErrInvalid)
+		return errorf(ErrInvalid, "sandbox id: empty")
 	case id == "." || id == "..", strings.ContainsAny(id, "/\x00"):
-		return fmt.Errorf("sandbox id %q: not usable as a file name: %w", id, ErrInvalid)
+		return errorf(ErrInvalid, "sandbox id %q: not usable as a file name", id)
 	case len(id) > 255:
-		return fmt.Errorf("sandbox id %.20q...: longer than 255 bytes: %w", id, ErrInvalid)
+		return errorf(ErrInvalid, "sandbox id %.20q...: longer than 255 bytes", id)
 	}
 	return nil
 }
@@ -134,10 +145,10 @@ func validID(id string) error {
 // validIfName follows the kernel's dev_valid_name (netconf's rule).
 func validIfName(name string) error {
 	if len(name) > 15 {
-		return fmt.Errorf("interface name %q: longer than 15 bytes: %w", name, ErrInvalid)
+		return errorf(ErrInvalid, "interface name %q: longer than 15 bytes", name)
 	}
 	if !netconf.ValidInterfaceName(name) {
-		return fmt.Errorf("interface name %q: not a valid name (1 to 15 bytes, not . or .., no /, :, white space or NUL): %w", name, ErrInvalid)
+		return errorf(ErrInvalid, "interface name %q: not a valid name (1 to 15 bytes, not . or .., no /, :, white space or NUL)", name)
 	}
 	return nil
 }

@@ -30,15 +30,15 @@ func NewPool(cidr netip.Prefix) (*Pool, error) {
 	p := cidr
 	switch {
 	case !p.IsValid():
-		return nil, fmt.Errorf("CIDR: missing or malformed: %w", ErrInvalid)
+		return nil, errorf(ErrInvalid, "CIDR: missing or malformed")
 	case !p.Addr().Is4():
-		return nil, fmt.Errorf("CIDR %s: not an IPv4 range: %w", p, ErrInvalid)
+		return nil, errorf(ErrInvalid, "CIDR %s: not an IPv4 range", p)
 	case p.Bits() < 8 || p.Bits() > 30:
-		return nil, fmt.Errorf("CIDR %s: prefix length must be from /8 to /30: %w", p, ErrInvalid)
+		return nil, errorf(ErrInvalid, "CIDR %s: prefix length must be from /8 to /30", p)
 	case p.Masked() != p:
-		return nil, fmt.Errorf("CIDR %s: host bits set; the range is %s: %w", p, p.Masked(), ErrInvalid)
+		return nil, errorf(ErrInvalid, "CIDR %s: host bits set; the range is %s", p, p.Masked())
 	case !isUnicastRange(p):
-		return nil, fmt.Errorf("CIDR %s: overlaps 0.0.0.0/8, loopback, multicast or reserved addresses: %w", p, ErrInvalid)
+		return nil, errorf(ErrInvalid, "CIDR %s: overlaps 0.0.0.0/8, loopback, multicast or reserved addresses", p)
 	}
 	network := u32(p.Addr())
 	broadcast := network | (1<<(32-p.Bits()) - 1)
@@ -76,10 +76,10 @@ func (p *Pool) Reserve(id string, addr netip.Addr) error {
 		if holder == id {
 			return nil
 		}
-		return fmt.Errorf("reserve %s for sandbox %q: held by sandbox %q: %w", addr, id, holder, ErrConflict)
+		return errorf(ErrConflict, "reserve %s for sandbox %q: held by sandbox %q", addr, id, holder)
 	}
 	if held, ok := p.byID[id]; ok {
-		return fmt.Errorf("reserve %s for sandbox %q: the sandbox holds %s: %w", addr, id, held, ErrConflict)
+		return errorf(ErrConflict, "reserve %s for sandbox %q: the sandbox holds %s", addr, id, held)
 	}
 	p.hold(id, addr)
 	return nil
@@ -107,8 +107,8 @@ func (p *Pool) Allocate(id string) (netip.Addr, error) {
 		return addr, nil
 	}
 	p.next = p.last + 1
-	return netip.Addr{}, fmt.Errorf("allocate an address for sandbox %q: all %d addresses of %s are held: %w",
-		id, p.last-p.first+1, p.prefix, ErrExhausted)
+	return netip.Addr{}, errorf(ErrExhausted, "allocate an address for sandbox %q: all %d addresses of %s are held",
+		id, p.last-p.first+1, p.prefix)
 }
 
 // Release frees id's address; it is a no-op when id holds none.
@@ -143,15 +143,15 @@ func (p *Pool) hold(id string, addr netip.Addr) {
 // checkHostAddr accepts the addresses a sandbox may hold.
 func (p *Pool) checkHostAddr(addr netip.Addr) error {
 	if !addr.Is4() || !p.prefix.Contains(addr) {
-		return fmt.Errorf("address %s: outside %s: %w", addr, p.prefix, ErrInvalid)
+		return errorf(ErrInvalid, "address %s: outside %s", addr, p.prefix)
 	}
 	switch u32(addr) {
 	case p.first - 2:
-		return fmt.Errorf("address %s: the network address of %s: %w", addr, p.prefix, ErrInvalid)
+		return errorf(ErrInvalid, "address %s: the network address of %s", addr, p.prefix)
 	case p.first - 1:
-		return fmt.Errorf("address %s: the gateway of %s: %w", addr, p.prefix, ErrInvalid)
+		return errorf(ErrInvalid, "address %s: the gateway of %s", addr, p.prefix)
 	case p.last + 1:
-		return fmt.Errorf("address %s: the broadcast address of %s: %w", addr, p.prefix, ErrInvalid)
+		return errorf(ErrInvalid, "address %s: the broadcast address of %s", addr, p.prefix)
 	}
 	return nil
 }

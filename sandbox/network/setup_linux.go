@@ -43,8 +43,7 @@ func (m *Manager) Setup(ctx context.Context, id string, addr netip.Addr) (ep End
 		return Endpoint{}, fmt.Errorf("set up sandbox %q: %w", id, err)
 	}
 	if holder, ok := m.holder(addr); !ok || holder != id {
-		return Endpoint{}, fmt.Errorf("set up sandbox %q: it does not hold %s (Allocate or Reserve it first): %w",
-			id, addr, ErrConflict)
+		return Endpoint{}, errorf(ErrConflict, "set up sandbox %q: it does not hold %s (Allocate or Reserve it first)", id, addr)
 	}
 	ep = Endpoint{
 		NetnsPath: m.NetnsPath(id),
@@ -99,8 +98,7 @@ func (m *Manager) Setup(ctx context.Context, id string, addr netip.Addr) (ep End
 	}
 	if err := netlink.LinkAdd(veth); err != nil {
 		if errors.Is(err, unix.EEXIST) {
-			return ep, wrap(fmt.Errorf("create veth %s: a link of that name exists (Teardown removes a leftover): %w",
-				ep.HostIf, ErrConflict))
+			return ep, wrap(errorf(ErrConflict, "create veth %s: a link of that name exists (Teardown removes a leftover)", ep.HostIf))
 		}
 		return ep, wrap(fmt.Errorf("create veth %s: %w", ep.HostIf, err))
 	}
@@ -159,8 +157,7 @@ func (m *Manager) ensureBridge() (netlink.Link, error) {
 		return nil, fmt.Errorf("find bridge %s: %w", name, err)
 	}
 	if link.Type() != "bridge" {
-		return nil, fmt.Errorf("bridge %s: a link of that name exists and is a %s, not a bridge: %w",
-			name, link.Type(), ErrConflict)
+		return nil, errorf(ErrConflict, "bridge %s: a link of that name exists and is a %s, not a bridge", name, link.Type())
 	}
 
 	want := ipNet(netip.PrefixFrom(m.gateway, m.prefix.Bits()))
@@ -175,7 +172,7 @@ func (m *Manager) ensureBridge() (netlink.Link, error) {
 			continue
 		}
 		if ones, _ := a.Mask.Size(); ones != m.prefix.Bits() {
-			return nil, fmt.Errorf("bridge %s: has %s, want the gateway %s: %w", name, a.IPNet, want, ErrConflict)
+			return nil, errorf(ErrConflict, "bridge %s: has %s, want the gateway %s", name, a.IPNet, want)
 		}
 		found = true
 	}
@@ -258,7 +255,7 @@ func (r netnsRef) close() {
 func newNetns(path string) (ref netnsRef, err error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
 	if errors.Is(err, os.ErrExist) {
-		return netnsRef{}, fmt.Errorf("create netns file %s: exists (Teardown removes a leftover): %w", path, ErrConflict)
+		return netnsRef{}, errorf(ErrConflict, "create netns file %s: exists (Teardown removes a leftover)", path)
 	}
 	if err != nil {
 		return netnsRef{}, fmt.Errorf("create netns file: %w", err)

@@ -94,7 +94,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	}
 	log := cfg.Logger.With("component", "sandbox-oci")
 	if os.Geteuid() != 0 {
-		return nil, fmt.Errorf("sandboxes need root (overlay mounts, the OCI runtime): %w", sandbox.ErrUnavailable)
+		return nil, sandbox.Errorf(sandbox.ErrUnavailable, "sandboxes need root (overlay mounts, the OCI runtime)")
 	}
 	path, name, err := findRuntime(cfg.Runtime)
 	if err != nil {
@@ -103,29 +103,29 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if out, err := exec.CommandContext(vctx, path, "--version").CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("%s --version: %w: %s: %w", path, err, bytes.TrimSpace(out), sandbox.ErrUnavailable)
+		return nil, sandbox.Errorf(sandbox.ErrUnavailable, "%s --version: %w: %s", path, err, bytes.TrimSpace(out))
 	}
 	initPath := cfg.InitPath
 	if initPath == "" {
 		if initPath, err = os.Executable(); err != nil {
-			return nil, fmt.Errorf("init binary: %w: %w", err, sandbox.ErrUnavailable)
+			return nil, sandbox.Errorf(sandbox.ErrUnavailable, "init binary: %w", err)
 		}
 	}
 	if err := checkStatic(initPath); err != nil {
-		return nil, fmt.Errorf("init binary: %w: %w", err, sandbox.ErrUnavailable)
+		return nil, sandbox.Errorf(sandbox.ErrUnavailable, "init binary: %w", err)
 	}
 	if strings.ContainsAny(cfg.StateDir, ",:\\") {
-		return nil, fmt.Errorf("state dir %q holds one of , : \\ (overlayfs options cannot): %w", cfg.StateDir, sandbox.ErrUnavailable)
+		return nil, sandbox.Errorf(sandbox.ErrUnavailable, "state dir %q holds one of , : \\ (overlayfs options cannot)", cfg.StateDir)
 	}
 	niceRuntime()
 	images, err := newImageStore(context.WithoutCancel(ctx), filepath.Join(cfg.StateDir, "images"), log, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("images: %w: %w", err, sandbox.ErrUnavailable)
+		return nil, sandbox.Errorf(sandbox.ErrUnavailable, "images: %w", err)
 	}
 	rtRoot := filepath.Join(cfg.StateDir, "runtime")
 	for _, d := range []string{rtRoot, filepath.Join(cfg.StateDir, "sandboxes"), filepath.Join(cfg.StateDir, "snapshots")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, fmt.Errorf("state dir: %w: %w", err, sandbox.ErrUnavailable)
+			return nil, sandbox.Errorf(sandbox.ErrUnavailable, "state dir: %w", err)
 		}
 	}
 	usernsErr := searchableByAll(filepath.Join(cfg.StateDir, "sandboxes"), cfg.StateDir)
@@ -134,7 +134,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	}
 	snap, err := disk.NewSnapshotter(cfg.StateDir)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", err, sandbox.ErrUnavailable)
+		return nil, sandbox.Classify(sandbox.ErrUnavailable, err)
 	}
 	netMgr, err := network.New(network.Config{
 		CIDR:       cfg.BridgeCIDR,
@@ -143,7 +143,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		ResolvConf: cfg.ResolvConf,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("sandbox network: %w: %w", err, sandbox.ErrUnavailable)
+		return nil, sandbox.Errorf(sandbox.ErrUnavailable, "sandbox network: %w", err)
 	}
 	b := &Backend{
 		log:           log,
@@ -235,7 +235,7 @@ func (b *Backend) Validate(s sandbox.Spec) error {
 		return sandbox.InvalidField("ssh_public_key", "not supported by the container backend (no sshd runs in a sandbox; use run or exec)")
 	}
 	if !s.Security.HostUsers && b.usernsErr != nil {
-		return fmt.Errorf("a sandbox with a user namespace: %w: %w", b.usernsErr, sandbox.ErrUnavailable)
+		return sandbox.Errorf(sandbox.ErrUnavailable, "a sandbox with a user namespace: %w", b.usernsErr)
 	}
 	switch {
 	case s.Image != "":
@@ -252,10 +252,10 @@ func (b *Backend) Validate(s sandbox.Spec) error {
 		}
 	default:
 		if err := EnsureBusyboxRootfs(b.defaultRootfs, b.busybox); err != nil {
-			return fmt.Errorf("the default root filesystem %s is missing and cannot be made: %w: %w", b.defaultRootfs, err, sandbox.ErrUnavailable)
+			return sandbox.Errorf(sandbox.ErrUnavailable, "the default root filesystem %s is missing and cannot be made: %w", b.defaultRootfs, err)
 		}
 		if err := checkRootfsDir(b.defaultRootfs); err != nil {
-			return fmt.Errorf("the default root filesystem: %w: %w", err, sandbox.ErrUnavailable)
+			return sandbox.Errorf(sandbox.ErrUnavailable, "the default root filesystem: %w", err)
 		}
 	}
 	for i, m := range s.Mounts {

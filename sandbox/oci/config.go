@@ -81,7 +81,7 @@ func DefaultRootfsDir(stateDir string) string { return filepath.Join(stateDir, "
 // withDefaults fills what cfg leaves unset, once, in New.
 func (cfg Config) withDefaults() (Config, error) {
 	if cfg.StateDir == "" {
-		return cfg, fmt.Errorf("a state dir is required (Config.StateDir): %w", sandbox.ErrUnavailable)
+		return cfg, sandbox.Errorf(sandbox.ErrUnavailable, "a state dir is required (Config.StateDir)")
 	}
 	abs, err := filepath.Abs(cfg.StateDir)
 	if err != nil {

@@ -43,7 +43,7 @@ func (b *Backend) box(id string) (*container, error) {
 	defer b.mu.Unlock()
 	box := b.boxes[id]
 	if box == nil {
-		return nil, fmt.Errorf("sandbox %q has no running container: %w", id, sandbox.ErrConflict)
+		return nil, sandbox.Errorf(sandbox.ErrConflict, "sandbox %q has no running container", id)
 	}
 	return box, nil
 }

@@ -16,10 +16,10 @@ type Backend struct{ sandbox.Backend }
 
 // New: OCI containers need Linux.
 func New(context.Context, Config) (*Backend, error) {
-	return nil, fmt.Errorf("OCI sandboxes need Linux, not %s: %w", runtime.GOOS, sandbox.ErrUnavailable)
+	return nil, sandbox.Errorf(sandbox.ErrUnavailable, "OCI sandboxes need Linux, not %s", runtime.GOOS)
 }
 
 // extractTar: unpacking images needs Linux (openat2).
 func extractTar(io.Reader, string) error {
-	return fmt.Errorf("unpacking images needs Linux, not %s: %w", runtime.GOOS, sandbox.ErrUnavailable)
+	return sandbox.Errorf(sandbox.ErrUnavailable, "unpacking images needs Linux, not %s", runtime.GOOS)
 }

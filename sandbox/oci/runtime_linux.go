@@ -33,20 +33,20 @@ func findRuntime(want string) (path, name string, err error) {
 				return p, n, nil
 			}
 		}
-		return "", "", fmt.Errorf("no OCI runtime: neither crun nor runc is on PATH: %w", sandbox.ErrUnavailable)
+		return "", "", sandbox.Errorf(sandbox.ErrUnavailable, "no OCI runtime: neither crun nor runc is on PATH")
 	case "runc", "crun":
 		p, err := exec.LookPath(want)
 		if err != nil {
-			return "", "", fmt.Errorf("OCI runtime %s: %w: %w", want, err, sandbox.ErrUnavailable)
+			return "", "", sandbox.Errorf(sandbox.ErrUnavailable, "OCI runtime %s: %w", want, err)
 		}
 		return p, want, nil
 	default:
 		st, err := os.Stat(want)
 		if err != nil {
-			return "", "", fmt.Errorf("OCI runtime %s: %w: %w", want, err, sandbox.ErrUnavailable)
+			return "", "", sandbox.Errorf(sandbox.ErrUnavailable, "OCI runtime %s: %w", want, err)
 		}
 		if st.IsDir() || st.Mode()&0o111 == 0 {
-			return "", "", fmt.Errorf("OCI runtime %s is not an executable file: %w", want, sandbox.ErrUnavailable)
+			return "", "", sandbox.Errorf(sandbox.ErrUnavailable, "OCI runtime %s is not an executable file", want)
 		}
 		return want, filepath.Base(want), nil
 	}
