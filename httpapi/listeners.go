@@ -49,6 +49,8 @@ type Listeners struct {
 
 	mu   sync.Mutex
 	list []*ListenerStatus
+	// phaseBegan is when the first bind of each listen phase began.
+	phaseBegan map[string]time.Time
 }
 
 // ListenersConfig is what NewListeners needs. AllowCIDs are the vsock peers
@@ -81,12 +83,13 @@ func NewListeners(cfg ListenersConfig) *Listeners {
 		gid = cfg.SocketGID
 	}
 	return &Listeners{
-		logger:   cfg.Logger,
-		phases:   cfg.Phases,
-		allowed:  allowed,
-		refused:  refused,
-		listen:   func(ep Endpoint) (net.Listener, error) { return ep.listen(gid) },
-		bindWait: sleepCtx,
+		logger:     cfg.Logger,
+		phases:     cfg.Phases,
+		allowed:    allowed,
+		refused:    refused,
+		listen:     func(ep Endpoint) (net.Listener, error) { return ep.listen(gid) },
+		bindWait:   sleepCtx,
+		phaseBegan: map[string]time.Time{},
 	}
 }
 
@@ -105,13 +108,21 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 // listener once bound. A tcp or unix listener that cannot bind is an error
 // now; a vsock listener is retried with back-off in the background until
 // ctx ends, unless the machine has no vsock at all, which is said once.
+// A vsock listener's refused-connections counter exists, at zero, from
+// the call on.
 func (s *Listeners) Bind(ctx context.Context, name string, ep Endpoint, serve func(net.Listener)) error {
 	st := &ListenerStatus{Name: name, URL: ep.URL, State: StateBinding}
+	began := time.Now()
 	s.mu.Lock()
 	s.list = append(s.list, st)
+	if _, ok := s.phaseBegan[listenPhase(name, ep)]; !ok {
+		s.phaseBegan[listenPhase(name, ep)] = began
+	}
 	s.mu.Unlock()
+	if ep.Scheme == "vsock" {
+		s.refused.WithLabelValues(name)
+	}
 
-	began := time.Now()
 	ln, err := s.listen(ep)
 	if err == nil {
 		s.bound(name, ep, st, ln, began, 1, serve)
@@ -150,9 +161,23 @@ func (s *Listeners) retry(ctx context.Context, name string, ep Endpoint, st *Lis
 	}
 }
 
+// listenPhase is the startup phase a listener's bind belongs to:
+// listen_<name>_<scheme> ("listen_control_vsock", "listen_docker_unix"), a
+// fixed word, never an address. Listeners of one name and scheme (two
+// TCP control listeners, say) share their phase: it spans from the first
+// one's bind to the last one bound, the moment that kind of access was
+// all there.
+func listenPhase(name string, ep Endpoint) string {
+	return "listen_" + name + "_" + ep.Scheme
+}
+
 func (s *Listeners) bound(name string, ep Endpoint, st *ListenerStatus, ln net.Listener, began time.Time, attempts int, serve func(net.Listener)) {
 	if s.phases != nil {
-		s.phases.Observe("listen "+ep.URL, began)
+		// Under the lock, so that the last one bound is the last recorded.
+		s.mu.Lock()
+		phase := listenPhase(name, ep)
+		s.phases.Observe(phase, s.phaseBegan[phase])
+		s.mu.Unlock()
 	}
 	if ep.Scheme == "vsock" {
 		ln = &cidFilter{Listener: ln, allowed: s.allowed, name: name, logger: s.logger,

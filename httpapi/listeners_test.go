@@ -274,3 +274,57 @@ func TestVsockBind(t *testing.T) {
 		t.Errorf("reported address %q", a)
 	}
 }
+
+// TestListenPhasesAreKindsNotURLs binds two TCP control listeners, a unix
+// Docker listener and a vsock one on a machine without vsock: the startup
+// phases are named by listener and scheme, the two TCP ones share theirs,
+// no label carries an address, and the vsock listener's refused counter
+// is there at zero though nothing was ever refused.
+func TestListenPhasesAreKindsNotURLs(t *testing.T) {
+	ls, reg := newTestListeners(t)
+	real := ls.listen
+	ls.listen = func(ep Endpoint) (net.Listener, error) {
+		if ep.Scheme == "vsock" {
+			return nil, fmt.Errorf("%w: %v", errNoVsock, syscall.EAFNOSUPPORT)
+		}
+		return real(ep)
+	}
+	tcp, _ := ParseEndpoint("tcp://:0")
+	vs, _ := ParseEndpoint("vsock://:1024")
+	sock, _ := ParseEndpoint("unix://" + t.TempDir() + "/docker.sock")
+	for _, b := range []struct {
+		name string
+		ep   Endpoint
+	}{{"control", tcp}, {"control", tcp}, {"control", vs}, {"docker", sock}} {
+		if err := ls.Bind(context.Background(), b.name, b.ep, serveOK(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	phases := map[string]bool{}
+	refused := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if strings.Contains(l.GetValue(), "://") || strings.Contains(l.GetValue(), "/") {
+					t.Errorf("%s has an address in a label: %s=%q", f.GetName(), l.GetName(), l.GetValue())
+				}
+				switch {
+				case f.GetName() == "arcbox_agent_startup_phase_end_seconds":
+					phases[l.GetValue()] = true
+				case f.GetName() == "arcbox_agent_vsock_refused_connections_total":
+					refused[l.GetValue()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if want := map[string]bool{"listen_control_tcp": true, "listen_docker_unix": true}; fmt.Sprint(phases) != fmt.Sprint(want) {
+		t.Errorf("listen phases %v, want %v", phases, want)
+	}
+	if v, ok := refused["control"]; !ok || v != 0 || len(refused) != 1 {
+		t.Errorf("vsock refused counters %v, want control at 0 and no other", refused)
+	}
+}

@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/go-chi/chi/v5/middleware"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TraceHeader carries a request's trace id in both directions.
@@ -70,43 +68,32 @@ func withTrace(base *slog.Logger) func(http.Handler) http.Handler {
 	}
 }
 
-// requestMetrics is the request-duration histogram, by route pattern.
-type requestMetrics struct {
-	duration *prometheus.HistogramVec
-}
-
-func newRequestMetrics(reg prometheus.Registerer) *requestMetrics {
-	m := &requestMetrics{
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: "arcbox_agent",
-			Name:      "http_request_duration_seconds",
-			Help:      "How long HTTP requests took, by method, route pattern and status code.",
-			Buckets:   []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
-		}, []string{"method", "route", "code"}),
-	}
-	reg.MustRegister(m.duration)
-	return m
-}
-
-// accessLog logs each request once it ends and observes its duration by the
-// route pattern chi matched, never the raw path, so ids do not explode the
-// metric's cardinality.
-func accessLog(m *requestMetrics) func(http.Handler) http.Handler {
+// accessLog logs each request once it ends and observes it (see
+// httpMetrics): a plain request's duration in the request histogram, a
+// stream's in the stream series, by the route pattern chi matched.
+func accessLog(m *httpMetrics) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
-			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+			var streamRoute string // the open gauge's label, for its Dec
+			ww := &responseWatch{ResponseWriter: w, onStream: func(kind string) {
+				streamRoute = routePattern(r)
+				m.streamsOpen.WithLabelValues(streamRoute).Inc()
+				m.streams.WithLabelValues(streamRoute, kind).Inc()
+			}}
 			defer func() {
 				took := time.Since(start)
-				status := ww.Status()
+				status := ww.status
 				if status == 0 {
 					status = http.StatusOK // nothing written: net/http answers 200
 				}
-				route := "unmatched"
-				if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
-					route = rc.RoutePattern()
+				route := routePattern(r)
+				if ww.kind != "" {
+					m.streamsOpen.WithLabelValues(streamRoute).Dec()
+					m.streamDuration.WithLabelValues(streamRoute, ww.kind).Observe(took.Seconds())
+				} else {
+					m.duration.WithLabelValues(r.Method, route, strconv.Itoa(status)).Observe(took.Seconds())
 				}
-				m.duration.WithLabelValues(r.Method, route, strconv.Itoa(status)).Observe(took.Seconds())
 				level := slog.LevelInfo
 				switch {
 				case status >= 500:
@@ -114,19 +101,31 @@ func accessLog(m *requestMetrics) func(http.Handler) http.Handler {
 				case r.URL.Path == "/livez" || r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics":
 					level = slog.LevelDebug // probes and scrapes would drown the log
 				}
-				Logger(r.Context(), slog.Default()).LogAttrs(r.Context(), level, "request",
+				attrs := []slog.Attr{
 					slog.String("method", r.Method),
 					slog.String("path", r.URL.Path),
 					slog.String("route", route),
 					slog.Int("status", status),
-					slog.Int("bytes", ww.BytesWritten()),
+					slog.Int("bytes", ww.bytes),
 					slog.Duration("took", took),
 					slog.String("remote", r.RemoteAddr),
-				)
+				}
+				if ww.kind != "" {
+					attrs = append(attrs, slog.String("stream", ww.kind))
+				}
+				Logger(r.Context(), slog.Default()).LogAttrs(r.Context(), level, "request", attrs...)
 			}()
 			next.ServeHTTP(ww, r)
 		})
 	}
+}
+
+// routePattern is the route chi matched for r, or "unmatched".
+func routePattern(r *http.Request) string {
+	if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+		return rc.RoutePattern()
+	}
+	return "unmatched"
 }
 
 // recoverer turns a handler's panic into a logged stack and a JSON 500.

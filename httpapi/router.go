@@ -48,7 +48,7 @@ func NewRouter(cfg RouterConfig) http.Handler {
 		auditLog = cfg.Logger.With("component", "audit")
 	}
 	r := chi.NewRouter()
-	r.Use(withTrace(cfg.Logger), accessLog(newRequestMetrics(cfg.Registerer)), recoverer,
+	r.Use(withTrace(cfg.Logger), accessLog(newHTTPMetrics(cfg.Registerer)), recoverer,
 		audit(auditLog, r), authenticate(bearer.New(cfg.Token)), limitBody(bodyTimeout))
 	r.NotFound(func(w http.ResponseWriter, req *http.Request) {
 		WriteError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", req.Method, req.URL.Path))

@@ -176,7 +176,8 @@ func (r *Runtime) logPath(name string) string {
 // supervise waits for the child and delivers its exit: it records how the
 // child ended and its last log lines, and, unless the Runtime was stopping
 // it, sends the ensure state machine back so the next Ensure restarts it.
-// It forgets the child's pid file, which names a process that is gone.
+// It forgets the child's pid file, which names a process that is gone, and
+// sets the service's ready gauge to 0.
 func (r *Runtime) supervise(c *child) {
 	if c.adopted != nil {
 		c.adopted.wait()
@@ -191,6 +192,10 @@ func (r *Runtime) supervise(c *child) {
 	removePIDFileOf(r.pidFile(c.name), c.pid)
 	r.mu.Lock()
 	current := r.children[c.name] == c
+	r.exits[c.name]++
+	if current {
+		r.ready.WithLabelValues(c.name).Set(0)
+	}
 	r.mu.Unlock()
 	if !c.stopping.Load() {
 		r.exitsTotal.WithLabelValues(c.name).Inc()

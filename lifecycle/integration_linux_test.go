@@ -313,10 +313,12 @@ func TestIntegrationRealRuntime(t *testing.T) {
 		if !st.ContainerdReady {
 			t.Fatal("containerd went down with dockerd")
 		}
+		assertReady(t, r, "after dockerd was killed", 1, 0)
 		res := r.Ensure(context.Background(), true)
 		if !res.Ready || res.Status != StatusStarted {
 			t.Fatalf("Ensure after the kill: %+v, want started", res)
 		}
+		assertReady(t, r, "after dockerd was restarted", 1, 1)
 		if e.started("containerd") != 1 || e.started("dockerd") != 2 {
 			t.Fatalf("spawned containerd %d times and dockerd %d, want 1 and 2", e.started("containerd"), e.started("dockerd"))
 		}

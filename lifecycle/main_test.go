@@ -331,6 +331,22 @@ func processGone(pid int) bool {
 	return i > 0 && i+2 < len(s) && s[i+2] == 'Z'
 }
 
+// fakeDockerOn serves a fake dockerd (serveFakeDocker), not the Runtime's,
+// on a unix socket at path; closing the listener takes it away.
+func fakeDockerOn(t *testing.T, path string) net.Listener {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go serveFakeDocker(ln)
+	return ln
+}
+
 // serveFakeDocker answers GET /_ping on ln as dockerd does.
 func serveFakeDocker(ln net.Listener) {
 	_ = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -86,7 +86,7 @@ func TestPrepareSystem(t *testing.T) {
 	f := newFakes(t)
 	f.set("modprobe", "fail")
 	reg := prometheus.NewRegistry()
-	phases := startup.New(reg, time.Now())
+	phases := startup.NewRuntime(reg, time.Now())
 	cfg := testConfig(t, shortTempDir(t))
 	cfg.SystemRoot = root
 	cfg.PrepareSystem = true
@@ -152,8 +152,8 @@ func TestPrepareSystem(t *testing.T) {
 	if res := r.Ensure(context.Background(), true); res.Status != StatusStarted || !strings.Contains(res.Message, "enabled ip_forward") {
 		t.Fatalf("Ensure with PrepareSystem: %+v", res)
 	}
-	if _, ok := phases.End("runtime_prerequisites"); !ok {
-		t.Error("phase runtime_prerequisites not recorded")
+	if _, ok := phases.End("prerequisites"); !ok {
+		t.Error("phase prerequisites not recorded")
 	}
 }
 

@@ -134,8 +134,10 @@ type Config struct {
 
 	// Logger receives the runtime's logs. Default: discarded.
 	Logger *slog.Logger
-	// Phases, when set, receives the start's phases: runtime_prerequisites,
-	// data_volume, containerd_ready, dockerd_ready and ensure_total.
+	// Phases, when set, receives the start's phases: prerequisites,
+	// data_volume, containerd_ready, dockerd_ready and ensure (the whole
+	// start, when it ended ready). Build it with startup.NewRuntime: these
+	// are the runtime's phases, not the agent's startup.
 	Phases *startup.Phases
 	// Registerer, when set, receives the runtime's metrics.
 	Registerer prometheus.Registerer
@@ -254,6 +256,9 @@ type Runtime struct {
 
 	ensureTotal *prometheus.CounterVec
 	exitsTotal  *prometheus.CounterVec
+	// ready is 1 for a service while the Runtime knows it ready (see
+	// setReady), else 0.
+	ready *prometheus.GaugeVec
 
 	// timer makes the timers of the waits that give up: newTimer, unless
 	// a test decides when they fire.
@@ -264,6 +269,7 @@ type Runtime struct {
 
 	mu       sync.Mutex
 	children map[string]*child // the latest child of each service
+	exits    map[string]int    // how many of each service's children have exited
 	closed   bool              // Shutdown began: nothing is spawned any more
 }
 
@@ -300,6 +306,7 @@ func New(cfg Config) (*Runtime, error) {
 		timer:      newTimer,
 		ntpTimeout: ntpTimeout,
 		children:   map[string]*child{},
+		exits:      map[string]int{},
 		ensureTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "arcbox_agent",
 			Name:      "runtime_ensure_total",
@@ -310,9 +317,23 @@ func New(cfg Config) (*Runtime, error) {
 			Name:      "runtime_daemon_exits_total",
 			Help:      "Unexpected exits of the runtime's daemons, by service.",
 		}, []string{"service"}),
+		ready: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "arcbox_agent",
+			Name:      "runtime_ready",
+			Help:      "1 while the daemon (containerd, dockerd) is known to answer on its socket, else 0.",
+		}, []string{"service"}),
+	}
+	// Every series exists from the start, at zero: a scrape before the
+	// first ensure or the first exit sees them.
+	for _, status := range []string{StatusStarted, StatusReused, StatusFailed} {
+		r.ensureTotal.WithLabelValues(status)
+	}
+	for _, service := range []string{Containerd, Dockerd} {
+		r.exitsTotal.WithLabelValues(service)
+		r.ready.WithLabelValues(service)
 	}
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{r.ensureTotal, r.exitsTotal} {
+		for _, c := range []prometheus.Collector{r.ensureTotal, r.exitsTotal, r.ready} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				cancel()
 				return nil, fmt.Errorf("lifecycle: register metrics: %w", err)

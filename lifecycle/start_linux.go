@@ -60,7 +60,7 @@ func (r *Runtime) start(ctx context.Context) EnsureResult {
 		if spawned {
 			res.Status = StatusStarted
 		}
-		r.observe("ensure_total", began)
+		r.observe("ensure", began)
 		r.log.Info("runtime ready", "took", time.Since(began).Round(time.Millisecond).String(), "message", res.Message)
 	} else {
 		r.log.Warn("runtime start failed", "took", time.Since(began).Round(time.Millisecond).String(), "message", res.Message)
@@ -100,7 +100,7 @@ func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure str
 			r.log.Info("runtime prerequisites", "notes", strings.Join(pre, "; "))
 		}
 		notes = append(notes, pre...)
-		r.observe("runtime_prerequisites", t)
+		r.observe("prerequisites", t)
 	}
 
 	if cfg.Volume != nil {
@@ -147,8 +147,12 @@ func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure str
 	if err != nil {
 		return append(notes, err.Error()), "", spawned
 	}
+	exits := r.exitCount(Containerd)
 	switch msg, kind := r.waitDaemon(ctx, c, cfg.ContainerdSocket, cfg.ContainerdTimeout); {
 	case kind == nil:
+		// Ready now, not only once dockerd is: the Status at the start's
+		// end sets both again.
+		r.setReady(Containerd, true, exits)
 		if c != nil {
 			r.observe("containerd_ready", c.started)
 		}
@@ -249,7 +253,7 @@ func daemonEnv(binDir string) []string {
 	return append(env, "PATH="+path)
 }
 
-// observe records a startup phase when Phases is set.
+// observe records a runtime phase when Phases is set.
 func (r *Runtime) observe(phase string, began time.Time) {
 	if r.cfg.Phases != nil {
 		r.cfg.Phases.Observe(phase, began)

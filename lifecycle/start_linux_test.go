@@ -3,7 +3,6 @@ package lifecycle
 import (
 	"context"
 	"errors"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,7 +61,7 @@ func fakeRuntime(t *testing.T, f *fakes, tweak func(*Config)) (*Runtime, Config)
 func TestStartColdThenReused(t *testing.T) {
 	f := newFakes(t)
 	reg := prometheus.NewRegistry()
-	phases := startup.New(reg, time.Now())
+	phases := startup.NewRuntime(reg, time.Now())
 	vol := &fakeVolume{}
 	r, cfg := fakeRuntime(t, f, func(c *Config) {
 		c.Registerer = reg
@@ -71,7 +70,9 @@ func TestStartColdThenReused(t *testing.T) {
 		c.ExtraDockerdArgs = []string{"--storage-driver=vfs"}
 	})
 
+	assertReady(t, r, "before the first ensure", 0, 0)
 	res := r.Ensure(context.Background(), true)
+	assertReady(t, r, "after the cold ensure", 1, 1)
 	if !res.Ready || res.Status != StatusStarted || res.Endpoint != "vsock:2375" {
 		t.Fatalf("cold Ensure: got %+v, want ready, started, vsock:2375", res)
 	}
@@ -130,13 +131,13 @@ func TestStartColdThenReused(t *testing.T) {
 	if f.starts(Containerd) != 1 || f.starts(Dockerd) != 1 {
 		t.Errorf("starts: containerd %d, dockerd %d; want 1 each", f.starts(Containerd), f.starts(Dockerd))
 	}
-	for _, phase := range []string{"data_volume", "containerd_ready", "dockerd_ready", "ensure_total"} {
+	for _, phase := range []string{"data_volume", "containerd_ready", "dockerd_ready", "ensure"} {
 		if _, ok := phases.End(phase); !ok {
 			t.Errorf("phase %s not recorded", phase)
 		}
 	}
-	if _, ok := phases.End("runtime_prerequisites"); ok {
-		t.Error("runtime_prerequisites recorded with PrepareSystem false")
+	if _, ok := phases.End("prerequisites"); ok {
+		t.Error("prerequisites recorded with PrepareSystem false")
 	}
 	if got := testutil.ToFloat64(r.ensureTotal.WithLabelValues(StatusStarted)); got != 1 {
 		t.Errorf("ensure_total{started}: got %v, want 1", got)
@@ -152,6 +153,7 @@ func TestStartColdThenReused(t *testing.T) {
 	if got := f.events(t); !slices.Equal(got, []string{"dockerd", "containerd"}) {
 		t.Errorf("terminated in order %v, want [dockerd containerd]", got)
 	}
+	assertReady(t, r, "after Shutdown", 0, 0)
 	for _, pid := range []int{cpid, dpid} {
 		if !processGone(pid) {
 			t.Errorf("pid %d still alive after Shutdown", pid)
@@ -306,15 +308,7 @@ func TestStartDockerdTimeoutThenWaitsForTheSameProcess(t *testing.T) {
 func TestStartDockerAlreadyServed(t *testing.T) {
 	f := newFakes(t)
 	r, cfg := fakeRuntime(t, f, nil)
-	if err := os.MkdirAll(filepath.Dir(cfg.DockerSocket), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("unix", cfg.DockerSocket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go serveFakeDocker(ln)
+	fakeDockerOn(t, cfg.DockerSocket)
 	res := r.Ensure(context.Background(), true)
 	if !res.Ready || res.Status != StatusReused || res.Message != "docker socket already ready; docker socket ready" {
 		t.Fatalf("got %+v, want reused (nothing was started) with the seed's message for a dockerd someone else started", res)
@@ -337,9 +331,15 @@ func TestSupervisionRestartsOnlyWhatIsDown(t *testing.T) {
 	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+	// The supervisor knows at once, before anyone asks for the status.
+	waitUntil(t, time.Minute, "dockerd's ready gauge to drop", func() bool {
+		return testutil.ToFloat64(r.ready.WithLabelValues(Dockerd)) == 0
+	})
+	assertReady(t, r, "after dockerd was killed", 1, 0)
 	waitUntil(t, time.Minute, "dockerd's exit in Status", func() bool {
 		return strings.HasPrefix(r.Status(context.Background()).Services[1].Detail, "exited: ")
 	})
+	assertReady(t, r, "after the status of a dead dockerd", 1, 0)
 	st := r.Status(context.Background())
 	if d := st.Services[1].Detail; !strings.Contains(d, "signal: killed") || !strings.Contains(d, "fake dockerd serving") {
 		t.Errorf("dockerd detail %q: want the exit status and the log's tail", d)
@@ -366,6 +366,7 @@ func TestSupervisionRestartsOnlyWhatIsDown(t *testing.T) {
 	if f.starts(Containerd) != 1 || f.starts(Dockerd) != 2 {
 		t.Fatalf("starts: containerd %d, dockerd %d; want 1 and 2", f.starts(Containerd), f.starts(Dockerd))
 	}
+	assertReady(t, r, "after the restart", 1, 1)
 	if st := r.Status(context.Background()); st.Services[1].Status != ServiceReady {
 		t.Fatalf("dockerd after the restart: %+v", st.Services[1])
 	}

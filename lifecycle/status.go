@@ -40,13 +40,18 @@ type Status struct {
 // says so. A daemon the Runtime started or adopted that exited without
 // being asked to is in ServiceError, with its exit status and last log
 // lines, until it is started again.
+//
+// What the probes saw sets the runtime_ready gauge.
 func (r *Runtime) Status(ctx context.Context) Status {
 	cfg := &r.cfg
+	containerdExits, dockerdExits := r.exitCount(Containerd), r.exitCount(Dockerd)
 	st := Status{
 		ContainerdReady: cfg.Probe(ctx, Containerd, cfg.ContainerdSocket) == nil,
 		DockerReady:     cfg.Probe(ctx, Dockerd, cfg.DockerSocket) == nil,
 		Endpoint:        cfg.Endpoint,
 	}
+	r.setReady(Containerd, st.ContainerdReady, containerdExits)
+	r.setReady(Dockerd, st.DockerReady, dockerdExits)
 	containerdExit := r.crashed(Containerd)
 	dockerdExit := r.crashed(Dockerd)
 	dockerSocketExists := exists(cfg.DockerSocket)
@@ -106,6 +111,32 @@ func (r *Runtime) Status(ctx context.Context) Status {
 		st.Detail += fmt.Sprintf("; dockerd exited (%s)", dockerdExit.exitStatus())
 	}
 	return st
+}
+
+// exitCount is how many of service's children (started or adopted) have
+// exited so far: taken before a probe, it lets setReady tell whether one
+// exited while the probe ran.
+func (r *Runtime) exitCount(service string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.exits[service]
+}
+
+// setReady sets service's runtime_ready gauge from what a probe saw, unless
+// one of the service's children exited since exitsBefore (exitCount before
+// the probe): the probe may have seen it alive, and supervise set the gauge
+// to 0 when it exited, under the same lock, which is the newer truth.
+func (r *Runtime) setReady(service string, ready bool, exitsBefore int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.exits[service] != exitsBefore {
+		return
+	}
+	v := 0.0
+	if ready {
+		v = 1
+	}
+	r.ready.WithLabelValues(service).Set(v)
 }
 
 // running returns the service's latest child while it runs, else nil.

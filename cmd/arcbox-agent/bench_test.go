@@ -195,7 +195,7 @@ func startQGA(b *testing.B, dir string) *qgaPinger {
 	}
 }
 
-var listenEnd = regexp.MustCompile(`arcbox_agent_startup_phase_end_seconds\{phase="listen unix://[^"]+"\} ([0-9.e+-]+)`)
+var listenEnd = regexp.MustCompile(`arcbox_agent_startup_phase_end_seconds\{phase="listen_control_unix"\} ([0-9.e+-]+)`)
 
 // BenchmarkStartup execs the agent binary and reports how soon after exec
 // its first listener was bound (from the startup metric, and as the time

@@ -244,7 +244,9 @@ func (a *agent) build(reg *prometheus.Registry, phases *startup.Phases, startPro
 		HasSocketGID: cfg.HasSocketGID,
 	})
 	var err error
-	if a.runtime, err = newRuntime(cfg, logger, phases, reg, startProcess); err != nil {
+	// The runtime's phases are a family of their own: a start may come
+	// long after the agent's startup, and again.
+	if a.runtime, err = newRuntime(cfg, logger, startup.NewRuntime(reg, phases.Start()), reg, startProcess); err != nil {
 		return err
 	}
 	a.sandboxManager = startSandboxes(a.ctx, cfg, logger, phases, reg)

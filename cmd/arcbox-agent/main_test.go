@@ -213,7 +213,10 @@ func TestMetricsPassPromtool(t *testing.T) {
 	}
 	for _, want := range []string{
 		`arcbox_agent_startup_phase_duration_seconds{phase="config"}`,
-		`arcbox_agent_startup_phase_end_seconds{phase="listen unix://` + sock + `"}`,
+		`arcbox_agent_startup_phase_end_seconds{phase="listen_control_unix"}`,
+		`arcbox_agent_runtime_ready{service="dockerd"} 0`,
+		`arcbox_agent_runtime_daemon_exits_total{service="containerd"} 0`,
+		`arcbox_agent_runtime_ensure_total{status="failed"} 0`,
 		`arcbox_agent_start_time_seconds `,
 		`arcbox_agent_build_info{goversion=`,
 		`arcbox_agent_http_request_duration_seconds_count{code="200",method="GET",route="/v1/ping"} 1`,

@@ -132,7 +132,7 @@ func (g *guest) phases(t *testing.T, names ...string) map[string]string {
 	}
 	out := map[string]string{}
 	for _, phase := range names {
-		re := regexp.MustCompile(`arcbox_agent_startup_phase_duration_seconds\{phase="` + regexp.QuoteMeta(phase) + `"\} (\S+)`)
+		re := regexp.MustCompile(`arcbox_agent_runtime_phase_duration_seconds\{phase="` + regexp.QuoteMeta(phase) + `"\} (\S+)`)
 		if mm := re.FindSubmatch(m.Body); mm != nil {
 			out[phase] = string(mm[1])
 		}
@@ -230,7 +230,7 @@ func testDataVolume(t *testing.T, im vmImage) {
 		if want := fmt.Sprintf("tcp://0.0.0.0:%d", guestDockerPort); res.Endpoint != want {
 			t.Errorf("endpoint %q, want %q", res.Endpoint, want)
 		}
-		t.Logf("runtime phase durations (s): %v", g.phases(t, "runtime_prerequisites", "data_volume", "containerd_ready", "dockerd_ready", "ensure_total"))
+		t.Logf("runtime phase durations (s): %v", g.phases(t, "prerequisites", "data_volume", "containerd_ready", "dockerd_ready", "ensure"))
 		if again, _ := g.ensure(t); again.Status != api.RuntimeEnsureResponseStatus("reused") || !again.Ready {
 			t.Errorf("a second ensure answered %s (ready %v), want reused", again.Status, again.Ready)
 		}
