@@ -53,10 +53,20 @@ test: deps lint ## Install what is missing, lint, and run every test with the ra
 	go test -race -count=1 -timeout 15m ./...
 
 .PHONY: lint
-lint: ## gofmt, go vet and golangci-lint.
+lint: lint-api ## gofmt, go vet, golangci-lint, and the OpenAPI linters.
 	@unformatted=$$(gofmt -l $(GO_FILES)); if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
 	go vet ./...
 	$(LINT) run ./...
+
+APILINT := scripts/apilint
+
+# Redocly's telemetry and update check would leave the machine: both off.
+.PHONY: lint-api
+lint-api: ## redocly and spectral on openapi.yaml, pinned in scripts/apilint (make deps installs them); any warning fails.
+	@test -x $(APILINT)/node_modules/.bin/redocly || { echo "the OpenAPI linters are not installed: run make deps"; exit 1; }
+	REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true DO_NOT_TRACK=1 \
+		$(APILINT)/node_modules/.bin/redocly lint --config $(APILINT)/.redocly.yaml openapi.yaml
+	$(APILINT)/node_modules/.bin/spectral lint --fail-severity warn --ruleset $(APILINT)/.spectral.yaml openapi.yaml
 
 .PHONY: e2e-vm
 e2e-vm: deps ## Boot the agent as PID 1 of a QEMU VM and check it from the host.

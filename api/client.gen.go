@@ -94,20 +94,33 @@ type ClientInterface interface {
 
 	// GetHealthz Liveness, the same answer as /livez.
 	//
+	// The same answer as `/livez`, under the name many probes use by
+	// default.
+	//
 	// Corresponds with GET /healthz (the `GetHealthz` operationId).
 	GetHealthz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetLivez Liveness; 200 while the process serves.
+	//
+	// Answers 200 as long as the process serves HTTP; it checks
+	// nothing else, so a supervisor restarts the agent only when it is
+	// stuck. For readiness, see `/readyz`.
 	//
 	// Corresponds with GET /livez (the `GetLivez` operationId).
 	GetLivez(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetMetrics Prometheus metrics in the text exposition format.
 	//
+	// Prometheus text exposition format, for a scraper; the series and
+	// their labels are documented in the README.
+	//
 	// Corresponds with GET /metrics (the `GetMetrics` operationId).
 	GetMetrics(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetOpenAPI This contract, as served.
+	//
+	// This document, exactly as the agent was built with it, so a
+	// client can be generated from the agent it talks to.
 	//
 	// Corresponds with GET /openapi.yaml (the `GetOpenAPI` operationId).
 	GetOpenAPI(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -122,24 +135,48 @@ type ClientInterface interface {
 	// Corresponds with GET /readyz (the `GetReadyz` operationId).
 	GetReadyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// StreamEvents Sandbox lifecycle events, as NDJSON or over a WebSocket.
+	// StreamEvents The sandboxes' lifecycle events, replayed from the journal and followed.
 	//
-	// A WebSocket when the request asks to upgrade, else an
-	// `application/x-ndjson` stream of `Event`s that stays open. The
-	// subscription starts before the response does, so no event after the
-	// status line is missed. A client that leaves too many events unread
-	// is cut off: the stream ends (the WebSocket closes with 4409 and the
-	// reason); at shutdown the WebSocket closes with 1001.
+	// Every event has a `seq` that only grows, across agent restarts too
+	// (not necessarily by one: a restart after a crash may skip some).
+	// The agent keeps the last `--event-journal-size` events (10000 by
+	// default) on disk. With `after` (or `Last-Event-ID`, which wins) the
+	// stream replays every kept event with a greater seq, then follows
+	// live ones; without either it is live only, from the request on.
+	// The subscription is made before the response begins, so nothing
+	// after the status line is missed. The filters apply to replayed
+	// events too.
+	//
+	// Served by content negotiation: a WebSocket when the request asks to
+	// upgrade (`Upgrade: websocket`; see `x-websocket`); else by `Accept`:
+	// `text/event-stream` is Server-Sent Events, `application/x-ndjson`,
+	// `application/*`, `*/*` or no `Accept` is NDJSON, and anything else
+	// is a 406. The stream stays open.
+	//
+	// A subscriber that falls behind catches up from the journal; one that
+	// falls more than the journal's size behind loses its place: its
+	// stream ends (the WebSocket closes with 4410 and the reason; SSE
+	// sends a last `event: error` message whose data is the JSON error
+	// with code 410; NDJSON just ends), and asking again with `after` =
+	// the last seq it read answers the 410 below. At agent shutdown the
+	// WebSocket closes with 1001 and the other streams end.
 	//
 	// Corresponds with GET /v1/events (the `StreamEvents` operationId).
 	StreamEvents(ctx context.Context, params *StreamEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetInfo Facts about the guest system.
 	//
+	// Kernel, OS, architecture, hostname, memory, CPUs, load averages,
+	// uptime and the addresses of the guest, read fresh for each
+	// request.
+	//
 	// Corresponds with GET /v1/info (the `GetInfo` operationId).
 	GetInfo(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetPing Answers pong and the agent's version.
+	//
+	// A cheap round trip: whether the agent answers, and which version
+	// it is.
 	//
 	// Corresponds with GET /v1/ping (the `GetPing` operationId).
 	GetPing(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -204,15 +241,26 @@ type ClientInterface interface {
 
 	// GetRuntimeLogs A runtime daemon's log as text, following it when asked.
 	//
+	// The log file the agent keeps for a runtime daemon, as text; with
+	// `follow`, the stream stays open and sends lines as they are
+	// written (see the 200 response).
+	//
 	// Corresponds with GET /v1/runtime/logs (the `GetRuntimeLogs` operationId).
 	GetRuntimeLogs(ctx context.Context, params *GetRuntimeLogsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetRuntimeStatus The state of containerd, dockerd and the data volume.
 	//
+	// Whether containerd and dockerd answer on their sockets, and the
+	// state of each service the runtime needs (the data volume too),
+	// without starting anything.
+	//
 	// Corresponds with GET /v1/runtime/status (the `GetRuntimeStatus` operationId).
 	GetRuntimeStatus(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListSandboxes Lists sandboxes, optionally filtered.
+	//
+	// Every sandbox the agent knows, oldest first, filtered by state
+	// and labels.
 	//
 	// Corresponds with GET /v1/sandboxes (the `ListSandboxes` operationId).
 	ListSandboxes(ctx context.Context, params *ListSandboxesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -241,10 +289,17 @@ type ClientInterface interface {
 
 	// RemoveSandbox Removes a sandbox and everything it left on the machine.
 	//
+	// Stops its workload when `force` says so, removes its root
+	// filesystem, network and records, and sends the `removed` event.
+	// Removing one that is gone is a 404.
+	//
 	// Corresponds with DELETE /v1/sandboxes/{id} (the `RemoveSandbox` operationId).
 	RemoveSandbox(ctx context.Context, id SandboxID, params *RemoveSandboxParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetSandbox Inspects a sandbox.
+	//
+	// One sandbox: its state, labels, limits, network, times, last
+	// exit and how it is confined.
 	//
 	// Corresponds with GET /v1/sandboxes/{id} (the `GetSandbox` operationId).
 	GetSandbox(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -269,27 +324,28 @@ type ClientInterface interface {
 
 	// ExecInSandbox Interactive exec over a WebSocket, with an optional terminal.
 	//
-	// The client's first message is `{"init": ExecInit}`, then any of
-	// `{"stdin": "<base64>"}`, `{"resize": {"width","height"}}` and
+	// Upgrade to a WebSocket (see `x-websocket`). The client's first
+	// message is `{"init": ExecInit}`, then any of `{"stdin":
+	// "<base64>"}`, `{"resize": {"width","height"}}` and
 	// `{"close_stdin": true}` (see `ExecClientMessage`); the server sends
-	// `OutputMessage`s, the last with `done: true` and the exit code. What
-	// is answered before the upgrade, and the close codes after it, are as
-	// for the run WebSocket.
+	// `OutputMessage`s, the last with `done: true` and the exit code, and
+	// closes with 1000. What is answered before the upgrade is as for the
+	// run WebSocket. Closing the socket hangs up the process.
 	//
 	// Corresponds with GET /v1/sandboxes/{id}/exec (the `ExecInSandbox` operationId).
 	ExecInSandbox(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RunInSandboxWebSocket Runs a command over a WebSocket.
 	//
-	// Upgrade to a WebSocket; the client's first message is a `RunRequest`,
-	// then the server sends `OutputMessage`s, the last with `done: true`.
-	// A sandbox that is unknown or not `ready` is answered before the
-	// upgrade (404, 409), and so is a request without a WebSocket handshake
-	// (426) or with a broken one (400). A failure after it closes the socket
-	// with code 4000 + the HTTP status it would have had (4400 for a bad run
-	// request, 4409 for a lost race with another run, 4507 when the state
-	// directory is out of space) and the message as the reason. Closing the
-	// socket kills the command.
+	// Upgrade to a WebSocket (see `x-websocket`); the client's first
+	// message is a `RunRequest`, then the server sends `OutputMessage`s,
+	// the last with `done: true`, and closes with 1000. A sandbox that is
+	// unknown or not `ready` is answered before the upgrade (404, 409),
+	// and so is a request without a WebSocket handshake (426) or with a
+	// broken one (400). A failure after it closes the socket with code
+	// 4000 + the HTTP status it would have had and the message as the
+	// reason. Closing the socket, or sending anything after the first
+	// message, kills the command.
 	//
 	// Corresponds with GET /v1/sandboxes/{id}/run (the `RunInSandboxWebSocket` operationId).
 	RunInSandboxWebSocket(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -320,6 +376,9 @@ type ClientInterface interface {
 
 	// StopSandboxWithBody Stops a sandbox, waiting for its workload, then killing it.
 	//
+	// Sends SIGTERM to the workload, waits up to `timeout_seconds` (30
+	// s when 0), then SIGKILL; answers once the sandbox is `stopped`.
+	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/stop (the `StopSandbox` operationId).
@@ -327,12 +386,18 @@ type ClientInterface interface {
 
 	// StopSandbox Stops a sandbox, waiting for its workload, then killing it.
 	//
+	// Sends SIGTERM to the workload, waits up to `timeout_seconds` (30
+	// s when 0), then SIGKILL; answers once the sandbox is `stopped`.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/stop (the `StopSandbox` operationId).
 	StopSandbox(ctx context.Context, id SandboxID, body StopSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListSnapshots Lists snapshots, optionally filtered.
+	//
+	// Every snapshot the agent keeps, oldest first, filtered by
+	// sandbox and labels.
 	//
 	// Corresponds with GET /v1/snapshots (the `ListSnapshots` operationId).
 	ListSnapshots(ctx context.Context, params *ListSnapshotsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -365,6 +430,9 @@ type ClientInterface interface {
 
 // GetHealthz Liveness, the same answer as /livez.
 //
+// The same answer as `/livez`, under the name many probes use by
+// default.
+//
 // Corresponds with GET /healthz (the `GetHealthz` operationId).
 func (c *Client) GetHealthz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetHealthzRequest(c.Server)
@@ -379,6 +447,10 @@ func (c *Client) GetHealthz(ctx context.Context, reqEditors ...RequestEditorFn) 
 }
 
 // GetLivez Liveness; 200 while the process serves.
+//
+// Answers 200 as long as the process serves HTTP; it checks
+// nothing else, so a supervisor restarts the agent only when it is
+// stuck. For readiness, see `/readyz`.
 //
 // Corresponds with GET /livez (the `GetLivez` operationId).
 func (c *Client) GetLivez(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -395,6 +467,9 @@ func (c *Client) GetLivez(ctx context.Context, reqEditors ...RequestEditorFn) (*
 
 // GetMetrics Prometheus metrics in the text exposition format.
 //
+// Prometheus text exposition format, for a scraper; the series and
+// their labels are documented in the README.
+//
 // Corresponds with GET /metrics (the `GetMetrics` operationId).
 func (c *Client) GetMetrics(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetMetricsRequest(c.Server)
@@ -409,6 +484,9 @@ func (c *Client) GetMetrics(ctx context.Context, reqEditors ...RequestEditorFn) 
 }
 
 // GetOpenAPI This contract, as served.
+//
+// This document, exactly as the agent was built with it, so a
+// client can be generated from the agent it talks to.
 //
 // Corresponds with GET /openapi.yaml (the `GetOpenAPI` operationId).
 func (c *Client) GetOpenAPI(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -443,14 +521,31 @@ func (c *Client) GetReadyz(ctx context.Context, reqEditors ...RequestEditorFn) (
 	return c.Client.Do(req)
 }
 
-// StreamEvents Sandbox lifecycle events, as NDJSON or over a WebSocket.
+// StreamEvents The sandboxes' lifecycle events, replayed from the journal and followed.
 //
-// A WebSocket when the request asks to upgrade, else an
-// `application/x-ndjson` stream of `Event`s that stays open. The
-// subscription starts before the response does, so no event after the
-// status line is missed. A client that leaves too many events unread
-// is cut off: the stream ends (the WebSocket closes with 4409 and the
-// reason); at shutdown the WebSocket closes with 1001.
+// Every event has a `seq` that only grows, across agent restarts too
+// (not necessarily by one: a restart after a crash may skip some).
+// The agent keeps the last `--event-journal-size` events (10000 by
+// default) on disk. With `after` (or `Last-Event-ID`, which wins) the
+// stream replays every kept event with a greater seq, then follows
+// live ones; without either it is live only, from the request on.
+// The subscription is made before the response begins, so nothing
+// after the status line is missed. The filters apply to replayed
+// events too.
+//
+// Served by content negotiation: a WebSocket when the request asks to
+// upgrade (`Upgrade: websocket`; see `x-websocket`); else by `Accept`:
+// `text/event-stream` is Server-Sent Events, `application/x-ndjson`,
+// `application/*`, `*/*` or no `Accept` is NDJSON, and anything else
+// is a 406. The stream stays open.
+//
+// A subscriber that falls behind catches up from the journal; one that
+// falls more than the journal's size behind loses its place: its
+// stream ends (the WebSocket closes with 4410 and the reason; SSE
+// sends a last `event: error` message whose data is the JSON error
+// with code 410; NDJSON just ends), and asking again with `after` =
+// the last seq it read answers the 410 below. At agent shutdown the
+// WebSocket closes with 1001 and the other streams end.
 //
 // Corresponds with GET /v1/events (the `StreamEvents` operationId).
 func (c *Client) StreamEvents(ctx context.Context, params *StreamEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -467,6 +562,10 @@ func (c *Client) StreamEvents(ctx context.Context, params *StreamEventsParams, r
 
 // GetInfo Facts about the guest system.
 //
+// Kernel, OS, architecture, hostname, memory, CPUs, load averages,
+// uptime and the addresses of the guest, read fresh for each
+// request.
+//
 // Corresponds with GET /v1/info (the `GetInfo` operationId).
 func (c *Client) GetInfo(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetInfoRequest(c.Server)
@@ -481,6 +580,9 @@ func (c *Client) GetInfo(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 }
 
 // GetPing Answers pong and the agent's version.
+//
+// A cheap round trip: whether the agent answers, and which version
+// it is.
 //
 // Corresponds with GET /v1/ping (the `GetPing` operationId).
 func (c *Client) GetPing(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -595,6 +697,10 @@ func (c *Client) EnsureRuntime(ctx context.Context, body EnsureRuntimeJSONReques
 
 // GetRuntimeLogs A runtime daemon's log as text, following it when asked.
 //
+// The log file the agent keeps for a runtime daemon, as text; with
+// `follow`, the stream stays open and sends lines as they are
+// written (see the 200 response).
+//
 // Corresponds with GET /v1/runtime/logs (the `GetRuntimeLogs` operationId).
 func (c *Client) GetRuntimeLogs(ctx context.Context, params *GetRuntimeLogsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetRuntimeLogsRequest(c.Server, params)
@@ -610,6 +716,10 @@ func (c *Client) GetRuntimeLogs(ctx context.Context, params *GetRuntimeLogsParam
 
 // GetRuntimeStatus The state of containerd, dockerd and the data volume.
 //
+// Whether containerd and dockerd answer on their sockets, and the
+// state of each service the runtime needs (the data volume too),
+// without starting anything.
+//
 // Corresponds with GET /v1/runtime/status (the `GetRuntimeStatus` operationId).
 func (c *Client) GetRuntimeStatus(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetRuntimeStatusRequest(c.Server)
@@ -624,6 +734,9 @@ func (c *Client) GetRuntimeStatus(ctx context.Context, reqEditors ...RequestEdit
 }
 
 // ListSandboxes Lists sandboxes, optionally filtered.
+//
+// Every sandbox the agent knows, oldest first, filtered by state
+// and labels.
 //
 // Corresponds with GET /v1/sandboxes (the `ListSandboxes` operationId).
 func (c *Client) ListSandboxes(ctx context.Context, params *ListSandboxesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -682,6 +795,10 @@ func (c *Client) CreateSandbox(ctx context.Context, body CreateSandboxJSONReques
 
 // RemoveSandbox Removes a sandbox and everything it left on the machine.
 //
+// Stops its workload when `force` says so, removes its root
+// filesystem, network and records, and sends the `removed` event.
+// Removing one that is gone is a 404.
+//
 // Corresponds with DELETE /v1/sandboxes/{id} (the `RemoveSandbox` operationId).
 func (c *Client) RemoveSandbox(ctx context.Context, id SandboxID, params *RemoveSandboxParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewRemoveSandboxRequest(c.Server, id, params)
@@ -696,6 +813,9 @@ func (c *Client) RemoveSandbox(ctx context.Context, id SandboxID, params *Remove
 }
 
 // GetSandbox Inspects a sandbox.
+//
+// One sandbox: its state, labels, limits, network, times, last
+// exit and how it is confined.
 //
 // Corresponds with GET /v1/sandboxes/{id} (the `GetSandbox` operationId).
 func (c *Client) GetSandbox(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -750,12 +870,13 @@ func (c *Client) CheckpointSandbox(ctx context.Context, id SandboxID, body Check
 
 // ExecInSandbox Interactive exec over a WebSocket, with an optional terminal.
 //
-// The client's first message is `{"init": ExecInit}`, then any of
-// `{"stdin": "<base64>"}`, `{"resize": {"width","height"}}` and
+// Upgrade to a WebSocket (see `x-websocket`). The client's first
+// message is `{"init": ExecInit}`, then any of `{"stdin":
+// "<base64>"}`, `{"resize": {"width","height"}}` and
 // `{"close_stdin": true}` (see `ExecClientMessage`); the server sends
-// `OutputMessage`s, the last with `done: true` and the exit code. What
-// is answered before the upgrade, and the close codes after it, are as
-// for the run WebSocket.
+// `OutputMessage`s, the last with `done: true` and the exit code, and
+// closes with 1000. What is answered before the upgrade is as for the
+// run WebSocket. Closing the socket hangs up the process.
 //
 // Corresponds with GET /v1/sandboxes/{id}/exec (the `ExecInSandbox` operationId).
 func (c *Client) ExecInSandbox(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -772,15 +893,15 @@ func (c *Client) ExecInSandbox(ctx context.Context, id SandboxID, reqEditors ...
 
 // RunInSandboxWebSocket Runs a command over a WebSocket.
 //
-// Upgrade to a WebSocket; the client's first message is a `RunRequest`,
-// then the server sends `OutputMessage`s, the last with `done: true`.
-// A sandbox that is unknown or not `ready` is answered before the
-// upgrade (404, 409), and so is a request without a WebSocket handshake
-// (426) or with a broken one (400). A failure after it closes the socket
-// with code 4000 + the HTTP status it would have had (4400 for a bad run
-// request, 4409 for a lost race with another run, 4507 when the state
-// directory is out of space) and the message as the reason. Closing the
-// socket kills the command.
+// Upgrade to a WebSocket (see `x-websocket`); the client's first
+// message is a `RunRequest`, then the server sends `OutputMessage`s,
+// the last with `done: true`, and closes with 1000. A sandbox that is
+// unknown or not `ready` is answered before the upgrade (404, 409),
+// and so is a request without a WebSocket handshake (426) or with a
+// broken one (400). A failure after it closes the socket with code
+// 4000 + the HTTP status it would have had and the message as the
+// reason. Closing the socket, or sending anything after the first
+// message, kills the command.
 //
 // Corresponds with GET /v1/sandboxes/{id}/run (the `RunInSandboxWebSocket` operationId).
 func (c *Client) RunInSandboxWebSocket(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -841,6 +962,9 @@ func (c *Client) RunInSandbox(ctx context.Context, id SandboxID, body RunInSandb
 
 // StopSandboxWithBody Stops a sandbox, waiting for its workload, then killing it.
 //
+// Sends SIGTERM to the workload, waits up to `timeout_seconds` (30
+// s when 0), then SIGKILL; answers once the sandbox is `stopped`.
+//
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/sandboxes/{id}/stop (the `StopSandbox` operationId).
@@ -858,6 +982,9 @@ func (c *Client) StopSandboxWithBody(ctx context.Context, id SandboxID, contentT
 
 // StopSandbox Stops a sandbox, waiting for its workload, then killing it.
 //
+// Sends SIGTERM to the workload, waits up to `timeout_seconds` (30
+// s when 0), then SIGKILL; answers once the sandbox is `stopped`.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/sandboxes/{id}/stop (the `StopSandbox` operationId).
@@ -874,6 +1001,9 @@ func (c *Client) StopSandbox(ctx context.Context, id SandboxID, body StopSandbox
 }
 
 // ListSnapshots Lists snapshots, optionally filtered.
+//
+// Every snapshot the agent keeps, oldest first, filtered by
+// sandbox and labels.
 //
 // Corresponds with GET /v1/snapshots (the `ListSnapshots` operationId).
 func (c *Client) ListSnapshots(ctx context.Context, params *ListSnapshotsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -1130,6 +1260,18 @@ func NewStreamEventsRequest(server string, params *StreamEventsParams) (*http.Re
 
 		}
 
+		if params.After != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "after", *params.After, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
 		if encoded := queryValues.Encode(); encoded != "" {
 			rawQueryFragments = append(rawQueryFragments, encoded)
 		}
@@ -1139,6 +1281,21 @@ func NewStreamEventsRequest(server string, params *StreamEventsParams) (*http.Re
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+
+		if params.LastEventID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Last-Event-ID", headerParam0)
+		}
+
 	}
 
 	return req, nil
@@ -1982,12 +2139,19 @@ type ClientWithResponsesInterface interface {
 
 	// GetHealthzWithResponse Liveness, the same answer as /livez.
 	//
+	// The same answer as `/livez`, under the name many probes use by
+	// default.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /healthz (the `GetHealthz` operationId).
 	GetHealthzWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetHealthzReply, error)
 
 	// GetLivezWithResponse Liveness; 200 while the process serves.
+	//
+	// Answers 200 as long as the process serves HTTP; it checks
+	// nothing else, so a supervisor restarts the agent only when it is
+	// stuck. For readiness, see `/readyz`.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1996,12 +2160,18 @@ type ClientWithResponsesInterface interface {
 
 	// GetMetricsWithResponse Prometheus metrics in the text exposition format.
 	//
+	// Prometheus text exposition format, for a scraper; the series and
+	// their labels are documented in the README.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /metrics (the `GetMetrics` operationId).
 	GetMetricsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetMetricsReply, error)
 
 	// GetOpenAPIWithResponse This contract, as served.
+	//
+	// This document, exactly as the agent was built with it, so a
+	// client can be generated from the agent it talks to.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2020,14 +2190,31 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /readyz (the `GetReadyz` operationId).
 	GetReadyzWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetReadyzReply, error)
 
-	// StreamEventsWithResponse Sandbox lifecycle events, as NDJSON or over a WebSocket.
+	// StreamEventsWithResponse The sandboxes' lifecycle events, replayed from the journal and followed.
 	//
-	// A WebSocket when the request asks to upgrade, else an
-	// `application/x-ndjson` stream of `Event`s that stays open. The
-	// subscription starts before the response does, so no event after the
-	// status line is missed. A client that leaves too many events unread
-	// is cut off: the stream ends (the WebSocket closes with 4409 and the
-	// reason); at shutdown the WebSocket closes with 1001.
+	// Every event has a `seq` that only grows, across agent restarts too
+	// (not necessarily by one: a restart after a crash may skip some).
+	// The agent keeps the last `--event-journal-size` events (10000 by
+	// default) on disk. With `after` (or `Last-Event-ID`, which wins) the
+	// stream replays every kept event with a greater seq, then follows
+	// live ones; without either it is live only, from the request on.
+	// The subscription is made before the response begins, so nothing
+	// after the status line is missed. The filters apply to replayed
+	// events too.
+	//
+	// Served by content negotiation: a WebSocket when the request asks to
+	// upgrade (`Upgrade: websocket`; see `x-websocket`); else by `Accept`:
+	// `text/event-stream` is Server-Sent Events, `application/x-ndjson`,
+	// `application/*`, `*/*` or no `Accept` is NDJSON, and anything else
+	// is a 406. The stream stays open.
+	//
+	// A subscriber that falls behind catches up from the journal; one that
+	// falls more than the journal's size behind loses its place: its
+	// stream ends (the WebSocket closes with 4410 and the reason; SSE
+	// sends a last `event: error` message whose data is the JSON error
+	// with code 410; NDJSON just ends), and asking again with `after` =
+	// the last seq it read answers the 410 below. At agent shutdown the
+	// WebSocket closes with 1001 and the other streams end.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2036,12 +2223,19 @@ type ClientWithResponsesInterface interface {
 
 	// GetInfoWithResponse Facts about the guest system.
 	//
+	// Kernel, OS, architecture, hostname, memory, CPUs, load averages,
+	// uptime and the addresses of the guest, read fresh for each
+	// request.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/info (the `GetInfo` operationId).
 	GetInfoWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetInfoReply, error)
 
 	// GetPingWithResponse Answers pong and the agent's version.
+	//
+	// A cheap round trip: whether the agent answers, and which version
+	// it is.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2108,6 +2302,10 @@ type ClientWithResponsesInterface interface {
 
 	// GetRuntimeLogsWithResponse A runtime daemon's log as text, following it when asked.
 	//
+	// The log file the agent keeps for a runtime daemon, as text; with
+	// `follow`, the stream stays open and sends lines as they are
+	// written (see the 200 response).
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/runtime/logs (the `GetRuntimeLogs` operationId).
@@ -2115,12 +2313,19 @@ type ClientWithResponsesInterface interface {
 
 	// GetRuntimeStatusWithResponse The state of containerd, dockerd and the data volume.
 	//
+	// Whether containerd and dockerd answer on their sockets, and the
+	// state of each service the runtime needs (the data volume too),
+	// without starting anything.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/runtime/status (the `GetRuntimeStatus` operationId).
 	GetRuntimeStatusWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetRuntimeStatusReply, error)
 
 	// ListSandboxesWithResponse Lists sandboxes, optionally filtered.
+	//
+	// Every sandbox the agent knows, oldest first, filtered by state
+	// and labels.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2151,12 +2356,19 @@ type ClientWithResponsesInterface interface {
 
 	// RemoveSandboxWithResponse Removes a sandbox and everything it left on the machine.
 	//
+	// Stops its workload when `force` says so, removes its root
+	// filesystem, network and records, and sends the `removed` event.
+	// Removing one that is gone is a 404.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /v1/sandboxes/{id} (the `RemoveSandbox` operationId).
 	RemoveSandboxWithResponse(ctx context.Context, id SandboxID, params *RemoveSandboxParams, reqEditors ...RequestEditorFn) (*RemoveSandboxReply, error)
 
 	// GetSandboxWithResponse Inspects a sandbox.
+	//
+	// One sandbox: its state, labels, limits, network, times, last
+	// exit and how it is confined.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2183,12 +2395,13 @@ type ClientWithResponsesInterface interface {
 
 	// ExecInSandboxWithResponse Interactive exec over a WebSocket, with an optional terminal.
 	//
-	// The client's first message is `{"init": ExecInit}`, then any of
-	// `{"stdin": "<base64>"}`, `{"resize": {"width","height"}}` and
+	// Upgrade to a WebSocket (see `x-websocket`). The client's first
+	// message is `{"init": ExecInit}`, then any of `{"stdin":
+	// "<base64>"}`, `{"resize": {"width","height"}}` and
 	// `{"close_stdin": true}` (see `ExecClientMessage`); the server sends
-	// `OutputMessage`s, the last with `done: true` and the exit code. What
-	// is answered before the upgrade, and the close codes after it, are as
-	// for the run WebSocket.
+	// `OutputMessage`s, the last with `done: true` and the exit code, and
+	// closes with 1000. What is answered before the upgrade is as for the
+	// run WebSocket. Closing the socket hangs up the process.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2197,15 +2410,15 @@ type ClientWithResponsesInterface interface {
 
 	// RunInSandboxWebSocketWithResponse Runs a command over a WebSocket.
 	//
-	// Upgrade to a WebSocket; the client's first message is a `RunRequest`,
-	// then the server sends `OutputMessage`s, the last with `done: true`.
-	// A sandbox that is unknown or not `ready` is answered before the
-	// upgrade (404, 409), and so is a request without a WebSocket handshake
-	// (426) or with a broken one (400). A failure after it closes the socket
-	// with code 4000 + the HTTP status it would have had (4400 for a bad run
-	// request, 4409 for a lost race with another run, 4507 when the state
-	// directory is out of space) and the message as the reason. Closing the
-	// socket kills the command.
+	// Upgrade to a WebSocket (see `x-websocket`); the client's first
+	// message is a `RunRequest`, then the server sends `OutputMessage`s,
+	// the last with `done: true`, and closes with 1000. A sandbox that is
+	// unknown or not `ready` is answered before the upgrade (404, 409),
+	// and so is a request without a WebSocket handshake (426) or with a
+	// broken one (400). A failure after it closes the socket with code
+	// 4000 + the HTTP status it would have had and the message as the
+	// reason. Closing the socket, or sending anything after the first
+	// message, kills the command.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2238,6 +2451,9 @@ type ClientWithResponsesInterface interface {
 
 	// StopSandboxWithBodyWithResponse Stops a sandbox, waiting for its workload, then killing it.
 	//
+	// Sends SIGTERM to the workload, waits up to `timeout_seconds` (30
+	// s when 0), then SIGKILL; answers once the sandbox is `stopped`.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/stop (the `StopSandbox` operationId).
@@ -2245,12 +2461,18 @@ type ClientWithResponsesInterface interface {
 
 	// StopSandboxWithResponse Stops a sandbox, waiting for its workload, then killing it.
 	//
+	// Sends SIGTERM to the workload, waits up to `timeout_seconds` (30
+	// s when 0), then SIGKILL; answers once the sandbox is `stopped`.
+	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/stop (the `StopSandbox` operationId).
 	StopSandboxWithResponse(ctx context.Context, id SandboxID, body StopSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*StopSandboxReply, error)
 
 	// ListSnapshotsWithResponse Lists snapshots, optionally filtered.
+	//
+	// Every snapshot the agent keeps, oldest first, filtered by
+	// sandbox and labels.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2560,26 +2782,56 @@ func (r GetReadyzReply) ContentType() string {
 	return ""
 }
 
+// StreamEventsReply101Headers the declared response headers of an HTTP 101 response for StreamEvents
+type StreamEventsReply101Headers struct {
+	SecWebSocketAccept string
+	Upgrade            string
+}
+
 // StreamEventsReply401Headers the declared response headers of an HTTP 401 response for StreamEvents
 type StreamEventsReply401Headers struct {
 	WWWAuthenticate string
+}
+
+// StreamEventsReply410Headers the declared response headers of an HTTP 410 response for StreamEvents
+type StreamEventsReply410Headers struct {
+	XEventOldestSeq int64
+}
+
+// StreamEventsReply426Headers the declared response headers of an HTTP 426 response for StreamEvents
+type StreamEventsReply426Headers struct {
+	Upgrade *string
 }
 
 type StreamEventsReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON400 the response for an HTTP 400 `application/json` response
-	JSON400 *BadRequest
+	JSON400 *Error
 	// JSON401 the response for an HTTP 401 `application/json` response
 	JSON401 *Unauthorized
-	// JSONDefault the response for an HTTP default `application/json` response
-	JSONDefault *Error
+	// JSON406 the response for an HTTP 406 `application/json` response
+	JSON406 *Error
+	// JSON410 the response for an HTTP 410 `application/json` response
+	JSON410 *Error
+	// JSON426 the response for an HTTP 426 `application/json` response
+	JSON426 *UpgradeRequired
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// Headers101 the parsed response headers for an HTTP 101 response
+	Headers101 *StreamEventsReply101Headers
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *StreamEventsReply401Headers
+	// Headers410 the parsed response headers for an HTTP 410 response
+	Headers410 *StreamEventsReply410Headers
+	// Headers426 the parsed response headers for an HTTP 426 response
+	Headers426 *StreamEventsReply426Headers
 }
 
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
-func (r StreamEventsReply) GetJSON400() *BadRequest {
+func (r StreamEventsReply) GetJSON400() *Error {
 	return r.JSON400
 }
 
@@ -2588,9 +2840,29 @@ func (r StreamEventsReply) GetJSON401() *Unauthorized {
 	return r.JSON401
 }
 
-// GetJSONDefault returns the response for an HTTP default `application/json` response
-func (r StreamEventsReply) GetJSONDefault() *Error {
-	return r.JSONDefault
+// GetJSON406 returns the response for an HTTP 406 `application/json` response
+func (r StreamEventsReply) GetJSON406() *Error {
+	return r.JSON406
+}
+
+// GetJSON410 returns the response for an HTTP 410 `application/json` response
+func (r StreamEventsReply) GetJSON410() *Error {
+	return r.JSON410
+}
+
+// GetJSON426 returns the response for an HTTP 426 `application/json` response
+func (r StreamEventsReply) GetJSON426() *UpgradeRequired {
+	return r.JSON426
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r StreamEventsReply) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r StreamEventsReply) GetJSON503() *Unavailable {
+	return r.JSON503
 }
 
 // GetBody returns the raw response body bytes
@@ -3528,6 +3800,12 @@ func (r CheckpointSandboxReply) ContentType() string {
 	return ""
 }
 
+// ExecInSandboxReply101Headers the declared response headers of an HTTP 101 response for ExecInSandbox
+type ExecInSandboxReply101Headers struct {
+	SecWebSocketAccept string
+	Upgrade            string
+}
+
 // ExecInSandboxReply401Headers the declared response headers of an HTTP 401 response for ExecInSandbox
 type ExecInSandboxReply401Headers struct {
 	WWWAuthenticate string
@@ -3553,6 +3831,8 @@ type ExecInSandboxReply struct {
 	JSON426 *UpgradeRequired
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers101 the parsed response headers for an HTTP 101 response
+	Headers101 *ExecInSandboxReply101Headers
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *ExecInSandboxReply401Headers
 	// Headers426 the parsed response headers for an HTTP 426 response
@@ -3618,6 +3898,12 @@ func (r ExecInSandboxReply) ContentType() string {
 	return ""
 }
 
+// RunInSandboxWebSocketReply101Headers the declared response headers of an HTTP 101 response for RunInSandboxWebSocket
+type RunInSandboxWebSocketReply101Headers struct {
+	SecWebSocketAccept string
+	Upgrade            string
+}
+
 // RunInSandboxWebSocketReply401Headers the declared response headers of an HTTP 401 response for RunInSandboxWebSocket
 type RunInSandboxWebSocketReply401Headers struct {
 	WWWAuthenticate string
@@ -3643,6 +3929,8 @@ type RunInSandboxWebSocketReply struct {
 	JSON426 *UpgradeRequired
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+	// Headers101 the parsed response headers for an HTTP 101 response
+	Headers101 *RunInSandboxWebSocketReply101Headers
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *RunInSandboxWebSocketReply401Headers
 	// Headers426 the parsed response headers for an HTTP 426 response
@@ -3713,6 +4001,11 @@ type RunInSandboxReply401Headers struct {
 	WWWAuthenticate string
 }
 
+// RunInSandboxReply429Headers the declared response headers of an HTTP 429 response for RunInSandbox
+type RunInSandboxReply429Headers struct {
+	RetryAfter int
+}
+
 type RunInSandboxReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -3722,18 +4015,26 @@ type RunInSandboxReply struct {
 	JSON401 *Unauthorized
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *NotFound
+	// JSON408 the response for an HTTP 408 `application/json` response
+	JSON408 *RequestTimeout
 	// JSON409 the response for an HTTP 409 `application/json` response
 	JSON409 *Conflict
 	// JSON413 the response for an HTTP 413 `application/json` response
 	JSON413 *TooLarge
 	// JSON415 the response for an HTTP 415 `application/json` response
 	JSON415 *UnsupportedMediaType
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *TooManyRequests
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
 	// JSON507 the response for an HTTP 507 `application/json` response
 	JSON507 *InsufficientStorage
-	// JSONDefault the response for an HTTP default `application/json` response
-	JSONDefault *Error
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *RunInSandboxReply401Headers
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *RunInSandboxReply429Headers
 }
 
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
@@ -3751,6 +4052,11 @@ func (r RunInSandboxReply) GetJSON404() *NotFound {
 	return r.JSON404
 }
 
+// GetJSON408 returns the response for an HTTP 408 `application/json` response
+func (r RunInSandboxReply) GetJSON408() *RequestTimeout {
+	return r.JSON408
+}
+
 // GetJSON409 returns the response for an HTTP 409 `application/json` response
 func (r RunInSandboxReply) GetJSON409() *Conflict {
 	return r.JSON409
@@ -3766,14 +4072,24 @@ func (r RunInSandboxReply) GetJSON415() *UnsupportedMediaType {
 	return r.JSON415
 }
 
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r RunInSandboxReply) GetJSON429() *TooManyRequests {
+	return r.JSON429
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r RunInSandboxReply) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r RunInSandboxReply) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
 // GetJSON507 returns the response for an HTTP 507 `application/json` response
 func (r RunInSandboxReply) GetJSON507() *InsufficientStorage {
 	return r.JSON507
-}
-
-// GetJSONDefault returns the response for an HTTP default `application/json` response
-func (r RunInSandboxReply) GetJSONDefault() *Error {
-	return r.JSONDefault
 }
 
 // GetBody returns the raw response body bytes
@@ -4181,6 +4497,9 @@ func (r RestoreSnapshotReply) ContentType() string {
 
 // GetHealthzWithResponse Liveness, the same answer as /livez.
 //
+// The same answer as `/livez`, under the name many probes use by
+// default.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /healthz (the `GetHealthz` operationId).
@@ -4193,6 +4512,10 @@ func (c *ClientWithResponses) GetHealthzWithResponse(ctx context.Context, reqEdi
 }
 
 // GetLivezWithResponse Liveness; 200 while the process serves.
+//
+// Answers 200 as long as the process serves HTTP; it checks
+// nothing else, so a supervisor restarts the agent only when it is
+// stuck. For readiness, see `/readyz`.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4207,6 +4530,9 @@ func (c *ClientWithResponses) GetLivezWithResponse(ctx context.Context, reqEdito
 
 // GetMetricsWithResponse Prometheus metrics in the text exposition format.
 //
+// Prometheus text exposition format, for a scraper; the series and
+// their labels are documented in the README.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /metrics (the `GetMetrics` operationId).
@@ -4219,6 +4545,9 @@ func (c *ClientWithResponses) GetMetricsWithResponse(ctx context.Context, reqEdi
 }
 
 // GetOpenAPIWithResponse This contract, as served.
+//
+// This document, exactly as the agent was built with it, so a
+// client can be generated from the agent it talks to.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4249,14 +4578,31 @@ func (c *ClientWithResponses) GetReadyzWithResponse(ctx context.Context, reqEdit
 	return ParseGetReadyzReply(rsp)
 }
 
-// StreamEventsWithResponse Sandbox lifecycle events, as NDJSON or over a WebSocket.
+// StreamEventsWithResponse The sandboxes' lifecycle events, replayed from the journal and followed.
 //
-// A WebSocket when the request asks to upgrade, else an
-// `application/x-ndjson` stream of `Event`s that stays open. The
-// subscription starts before the response does, so no event after the
-// status line is missed. A client that leaves too many events unread
-// is cut off: the stream ends (the WebSocket closes with 4409 and the
-// reason); at shutdown the WebSocket closes with 1001.
+// Every event has a `seq` that only grows, across agent restarts too
+// (not necessarily by one: a restart after a crash may skip some).
+// The agent keeps the last `--event-journal-size` events (10000 by
+// default) on disk. With `after` (or `Last-Event-ID`, which wins) the
+// stream replays every kept event with a greater seq, then follows
+// live ones; without either it is live only, from the request on.
+// The subscription is made before the response begins, so nothing
+// after the status line is missed. The filters apply to replayed
+// events too.
+//
+// Served by content negotiation: a WebSocket when the request asks to
+// upgrade (`Upgrade: websocket`; see `x-websocket`); else by `Accept`:
+// `text/event-stream` is Server-Sent Events, `application/x-ndjson`,
+// `application/*`, `*/*` or no `Accept` is NDJSON, and anything else
+// is a 406. The stream stays open.
+//
+// A subscriber that falls behind catches up from the journal; one that
+// falls more than the journal's size behind loses its place: its
+// stream ends (the WebSocket closes with 4410 and the reason; SSE
+// sends a last `event: error` message whose data is the JSON error
+// with code 410; NDJSON just ends), and asking again with `after` =
+// the last seq it read answers the 410 below. At agent shutdown the
+// WebSocket closes with 1001 and the other streams end.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4271,6 +4617,10 @@ func (c *ClientWithResponses) StreamEventsWithResponse(ctx context.Context, para
 
 // GetInfoWithResponse Facts about the guest system.
 //
+// Kernel, OS, architecture, hostname, memory, CPUs, load averages,
+// uptime and the addresses of the guest, read fresh for each
+// request.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/info (the `GetInfo` operationId).
@@ -4283,6 +4633,9 @@ func (c *ClientWithResponses) GetInfoWithResponse(ctx context.Context, reqEditor
 }
 
 // GetPingWithResponse Answers pong and the agent's version.
+//
+// A cheap round trip: whether the agent answers, and which version
+// it is.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4379,6 +4732,10 @@ func (c *ClientWithResponses) EnsureRuntimeWithResponse(ctx context.Context, bod
 
 // GetRuntimeLogsWithResponse A runtime daemon's log as text, following it when asked.
 //
+// The log file the agent keeps for a runtime daemon, as text; with
+// `follow`, the stream stays open and sends lines as they are
+// written (see the 200 response).
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/runtime/logs (the `GetRuntimeLogs` operationId).
@@ -4392,6 +4749,10 @@ func (c *ClientWithResponses) GetRuntimeLogsWithResponse(ctx context.Context, pa
 
 // GetRuntimeStatusWithResponse The state of containerd, dockerd and the data volume.
 //
+// Whether containerd and dockerd answer on their sockets, and the
+// state of each service the runtime needs (the data volume too),
+// without starting anything.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/runtime/status (the `GetRuntimeStatus` operationId).
@@ -4404,6 +4765,9 @@ func (c *ClientWithResponses) GetRuntimeStatusWithResponse(ctx context.Context, 
 }
 
 // ListSandboxesWithResponse Lists sandboxes, optionally filtered.
+//
+// Every sandbox the agent knows, oldest first, filtered by state
+// and labels.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4452,6 +4816,10 @@ func (c *ClientWithResponses) CreateSandboxWithResponse(ctx context.Context, bod
 
 // RemoveSandboxWithResponse Removes a sandbox and everything it left on the machine.
 //
+// Stops its workload when `force` says so, removes its root
+// filesystem, network and records, and sends the `removed` event.
+// Removing one that is gone is a 404.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /v1/sandboxes/{id} (the `RemoveSandbox` operationId).
@@ -4464,6 +4832,9 @@ func (c *ClientWithResponses) RemoveSandboxWithResponse(ctx context.Context, id 
 }
 
 // GetSandboxWithResponse Inspects a sandbox.
+//
+// One sandbox: its state, labels, limits, network, times, last
+// exit and how it is confined.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4508,12 +4879,13 @@ func (c *ClientWithResponses) CheckpointSandboxWithResponse(ctx context.Context,
 
 // ExecInSandboxWithResponse Interactive exec over a WebSocket, with an optional terminal.
 //
-// The client's first message is `{"init": ExecInit}`, then any of
-// `{"stdin": "<base64>"}`, `{"resize": {"width","height"}}` and
+// Upgrade to a WebSocket (see `x-websocket`). The client's first
+// message is `{"init": ExecInit}`, then any of `{"stdin":
+// "<base64>"}`, `{"resize": {"width","height"}}` and
 // `{"close_stdin": true}` (see `ExecClientMessage`); the server sends
-// `OutputMessage`s, the last with `done: true` and the exit code. What
-// is answered before the upgrade, and the close codes after it, are as
-// for the run WebSocket.
+// `OutputMessage`s, the last with `done: true` and the exit code, and
+// closes with 1000. What is answered before the upgrade is as for the
+// run WebSocket. Closing the socket hangs up the process.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4528,15 +4900,15 @@ func (c *ClientWithResponses) ExecInSandboxWithResponse(ctx context.Context, id 
 
 // RunInSandboxWebSocketWithResponse Runs a command over a WebSocket.
 //
-// Upgrade to a WebSocket; the client's first message is a `RunRequest`,
-// then the server sends `OutputMessage`s, the last with `done: true`.
-// A sandbox that is unknown or not `ready` is answered before the
-// upgrade (404, 409), and so is a request without a WebSocket handshake
-// (426) or with a broken one (400). A failure after it closes the socket
-// with code 4000 + the HTTP status it would have had (4400 for a bad run
-// request, 4409 for a lost race with another run, 4507 when the state
-// directory is out of space) and the message as the reason. Closing the
-// socket kills the command.
+// Upgrade to a WebSocket (see `x-websocket`); the client's first
+// message is a `RunRequest`, then the server sends `OutputMessage`s,
+// the last with `done: true`, and closes with 1000. A sandbox that is
+// unknown or not `ready` is answered before the upgrade (404, 409),
+// and so is a request without a WebSocket handshake (426) or with a
+// broken one (400). A failure after it closes the socket with code
+// 4000 + the HTTP status it would have had and the message as the
+// reason. Closing the socket, or sending anything after the first
+// message, kills the command.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4587,6 +4959,9 @@ func (c *ClientWithResponses) RunInSandboxWithResponse(ctx context.Context, id S
 
 // StopSandboxWithBodyWithResponse Stops a sandbox, waiting for its workload, then killing it.
 //
+// Sends SIGTERM to the workload, waits up to `timeout_seconds` (30
+// s when 0), then SIGKILL; answers once the sandbox is `stopped`.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/sandboxes/{id}/stop (the `StopSandbox` operationId).
@@ -4600,6 +4975,9 @@ func (c *ClientWithResponses) StopSandboxWithBodyWithResponse(ctx context.Contex
 
 // StopSandboxWithResponse Stops a sandbox, waiting for its workload, then killing it.
 //
+// Sends SIGTERM to the workload, waits up to `timeout_seconds` (30
+// s when 0), then SIGKILL; answers once the sandbox is `stopped`.
+//
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/sandboxes/{id}/stop (the `StopSandbox` operationId).
@@ -4612,6 +4990,9 @@ func (c *ClientWithResponses) StopSandboxWithResponse(ctx context.Context, id Sa
 }
 
 // ListSnapshotsWithResponse Lists snapshots, optionally filtered.
+//
+// Every snapshot the agent keeps, oldest first, filtered by
+// sandbox and labels.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4917,7 +5298,7 @@ func ParseStreamEventsReply(rsp *http.Response) (*StreamEventsReply, error) {
 		break // No content-type
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
-		var dest BadRequest
+		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
@@ -4930,16 +5311,61 @@ func ParseStreamEventsReply(rsp *http.Response) (*StreamEventsReply, error) {
 		}
 		response.JSON401 = &dest
 
-	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 406:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
-		response.JSONDefault = &dest
+		response.JSON406 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON410 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 426:
+		var dest UpgradeRequired
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON426 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
 
 	}
 
 	switch {
+	case rsp.StatusCode == 101:
+		var headers StreamEventsReply101Headers
+		if values := rsp.Header.Values("Sec-WebSocket-Accept"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Sec-WebSocket-Accept", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.SecWebSocketAccept = value
+		}
+		if values := rsp.Header.Values("Upgrade"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Upgrade", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Upgrade = value
+		}
+		response.Headers101 = &headers
 	case rsp.StatusCode == 401:
 		var headers StreamEventsReply401Headers
 		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
@@ -4950,6 +5376,26 @@ func ParseStreamEventsReply(rsp *http.Response) (*StreamEventsReply, error) {
 			headers.WWWAuthenticate = value
 		}
 		response.Headers401 = &headers
+	case rsp.StatusCode == 410:
+		var headers StreamEventsReply410Headers
+		if values := rsp.Header.Values("X-Event-Oldest-Seq"); len(values) > 0 {
+			var value int64
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Event-Oldest-Seq", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			}
+			headers.XEventOldestSeq = value
+		}
+		response.Headers410 = &headers
+	case rsp.StatusCode == 426:
+		var headers StreamEventsReply426Headers
+		if values := rsp.Header.Values("Upgrade"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Upgrade", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Upgrade = &value
+		}
+		response.Headers426 = &headers
 	}
 
 	return response, nil
@@ -5836,6 +6282,23 @@ func ParseExecInSandboxReply(rsp *http.Response) (*ExecInSandboxReply, error) {
 	}
 
 	switch {
+	case rsp.StatusCode == 101:
+		var headers ExecInSandboxReply101Headers
+		if values := rsp.Header.Values("Sec-WebSocket-Accept"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Sec-WebSocket-Accept", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.SecWebSocketAccept = value
+		}
+		if values := rsp.Header.Values("Upgrade"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Upgrade", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Upgrade = value
+		}
+		response.Headers101 = &headers
 	case rsp.StatusCode == 401:
 		var headers ExecInSandboxReply401Headers
 		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
@@ -5923,6 +6386,23 @@ func ParseRunInSandboxWebSocketReply(rsp *http.Response) (*RunInSandboxWebSocket
 	}
 
 	switch {
+	case rsp.StatusCode == 101:
+		var headers RunInSandboxWebSocketReply101Headers
+		if values := rsp.Header.Values("Sec-WebSocket-Accept"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Sec-WebSocket-Accept", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.SecWebSocketAccept = value
+		}
+		if values := rsp.Header.Values("Upgrade"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Upgrade", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Upgrade = value
+		}
+		response.Headers101 = &headers
 	case rsp.StatusCode == 401:
 		var headers RunInSandboxWebSocketReply401Headers
 		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
@@ -5983,6 +6463,13 @@ func ParseRunInSandboxReply(rsp *http.Response) (*RunInSandboxReply, error) {
 		}
 		response.JSON404 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest RequestTimeout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON408 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
 		var dest Conflict
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -6004,19 +6491,33 @@ func ParseRunInSandboxReply(rsp *http.Response) (*RunInSandboxReply, error) {
 		}
 		response.JSON415 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest TooManyRequests
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 507:
 		var dest InsufficientStorage
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.JSON507 = &dest
-
-	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
-		var dest Error
-		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
-			return nil, err
-		}
-		response.JSONDefault = &dest
 
 	}
 
@@ -6031,6 +6532,16 @@ func ParseRunInSandboxReply(rsp *http.Response) (*RunInSandboxReply, error) {
 			headers.WWWAuthenticate = value
 		}
 		response.Headers401 = &headers
+	case rsp.StatusCode == 429:
+		var headers RunInSandboxReply429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
 	}
 
 	return response, nil

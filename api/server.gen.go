@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/oapi-codegen/runtime"
@@ -231,9 +230,10 @@ type CheckpointRequest struct {
 
 // CheckpointResponse defines model for CheckpointResponse.
 type CheckpointResponse struct {
-	CreatedAt   time.Time `json:"created_at"`
-	SnapshotDir string    `json:"snapshot_dir"`
-	SnapshotId  string    `json:"snapshot_id"`
+	// CreatedAt Unix seconds.
+	CreatedAt   int64  `json:"created_at"`
+	SnapshotDir string `json:"snapshot_dir"`
+	SnapshotId  string `json:"snapshot_id"`
 }
 
 // CreateSandboxRequest A sandbox to create. `registry_auth` comes only with an `image` that
@@ -324,11 +324,16 @@ type Error struct {
 	Message string `json:"message"`
 }
 
-// Event defines model for Event.
+// Event Examples: {"action":"ready","sandbox_id":"box-1","seq":41,"timestamp":1764331200250000000}, {"action":"idle","attributes":{"exit_code":"0"},"sandbox_id":"box-1","seq":42,"timestamp":1764331260000000000}
 type Event struct {
 	Action     EventAction        `json:"action"`
 	Attributes *map[string]string `json:"attributes,omitempty"`
 	SandboxId  string             `json:"sandbox_id"`
+
+	// Seq The event's place in the journal: greater than every earlier
+	// event's, across agent restarts too, but not necessarily by one
+	// (a restart after a crash may skip some). Resume with `after`.
+	Seq int64 `json:"seq"`
 
 	// Timestamp Unix nanoseconds.
 	Timestamp int64 `json:"timestamp"`
@@ -701,7 +706,8 @@ type ServiceStatusStatus string
 
 // Snapshot defines model for Snapshot.
 type Snapshot struct {
-	CreatedAt   time.Time          `json:"created_at"`
+	// CreatedAt Unix seconds.
+	CreatedAt   int64              `json:"created_at"`
 	Id          string             `json:"id"`
 	Labels      *map[string]string `json:"labels,omitempty"`
 	Name        *string            `json:"name,omitempty"`
@@ -770,8 +776,14 @@ type Conflict = Error
 // InsufficientStorage defines model for InsufficientStorage.
 type InsufficientStorage = Error
 
+// InternalError defines model for InternalError.
+type InternalError = Error
+
 // NotFound defines model for NotFound.
 type NotFound = Error
+
+// RequestTimeout defines model for RequestTimeout.
+type RequestTimeout = Error
 
 // TooLarge defines model for TooLarge.
 type TooLarge = Error
@@ -798,6 +810,18 @@ type StreamEventsParams struct {
 
 	// Action Only events with this action.
 	Action *EventAction `form:"action,omitempty" json:"action,omitempty"`
+
+	// After Replay the kept events with a seq greater than this (the seq of
+	// the last event read; 0 for every kept event), then follow. Not
+	// more than the newest seq the agent has assigned (400 else: the
+	// journal was reset, as after a reboot with a new disk), and not
+	// older than the journal keeps (410).
+	After *int64 `form:"after,omitempty" json:"after,omitempty"`
+
+	// LastEventID As `after`, and wins over it: the header an EventSource sends
+	// when it reconnects to its first URL, with the `id:` of the last
+	// event it read.
+	LastEventID *string `json:"Last-Event-ID,omitempty"`
 }
 
 // GetRuntimeLogsParams defines parameters for GetRuntimeLogs.
@@ -874,7 +898,7 @@ type ServerInterface interface {
 	// GetReadyz Readiness; 200 once every configured listener is bound, else 503.
 	// (GET /readyz)
 	GetReadyz(w http.ResponseWriter, r *http.Request)
-	// StreamEvents Sandbox lifecycle events, as NDJSON or over a WebSocket.
+	// StreamEvents The sandboxes' lifecycle events, replayed from the journal and followed.
 	// (GET /v1/events)
 	StreamEvents(w http.ResponseWriter, r *http.Request, params StreamEventsParams)
 	// GetInfo Facts about the guest system.
@@ -967,7 +991,7 @@ func (_ Unimplemented) GetReadyz(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
-// StreamEvents Sandbox lifecycle events, as NDJSON or over a WebSocket.
+// StreamEvents The sandboxes' lifecycle events, replayed from the journal and followed.
 // (GET /v1/events)
 func (_ Unimplemented) StreamEvents(w http.ResponseWriter, r *http.Request, params StreamEventsParams) {
 	w.WriteHeader(http.StatusNotImplemented)
@@ -1193,6 +1217,40 @@ func (siw *ServerInterfaceWrapper) StreamEvents(w http.ResponseWriter, r *http.R
 			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "action", Err: err})
 		}
 		return
+	}
+
+	// ------------- Optional query parameter "after" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "after", r.URL.Query(), &params.After, runtime.BindQueryParameterOptions{Type: "integer", Format: "int64"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "after"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "after", Err: err})
+		}
+		return
+	}
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Last-Event-ID" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Last-Event-ID")]; found {
+		var LastEventID string
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Last-Event-ID", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Last-Event-ID", valueList[0], &LastEventID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Last-Event-ID", Err: err})
+			return
+		}
+
+		params.LastEventID = &LastEventID
+
 	}
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

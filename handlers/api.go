@@ -52,6 +52,9 @@ type Config struct {
 	// starts; an error (or a nil func) makes the sandbox operations answer
 	// 503 with it as the reason.
 	SandboxManager func(ctx context.Context) (SandboxManager, error)
+	// Events returns the event journal, waiting for it while it opens; an
+	// error (or a nil func) makes /v1/events answer 503 with the reason.
+	Events func(ctx context.Context) (EventJournal, error)
 	// Stopping ends when the agent begins to shut down, so streaming
 	// responses end then rather than hold the shutdown up.
 	Stopping context.Context

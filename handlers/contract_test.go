@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -374,6 +375,7 @@ func TestContractWebSocketMessages(t *testing.T) {
 	defer cancel()
 	run := apitest.Schema(t, "RunRequest")
 	msg := apitest.Schema(t, "ExecClientMessage")
+	codes := map[string]map[string]any{"run": closeCodes(t, "runInSandboxWebSocket"), "exec": closeCodes(t, "execInSandbox")}
 	var valid, invalid int
 	for i := range contractCalls {
 		endpoint, schema := "run", run
@@ -404,6 +406,9 @@ func TestContractWebSocketMessages(t *testing.T) {
 			_, b, err := c.Read(ctx)
 			if err != nil {
 				status := websocket.CloseStatus(err)
+				if codes[endpoint][strconv.Itoa(int(status))] == nil {
+					t.Errorf("%s: closed with %d, which its x-websocket does not list", endpoint, status)
+				}
 				switch {
 				case ok && status != websocket.StatusNormalClosure:
 					t.Errorf("%s: %s (%s): the contract accepts it, the server closed with %d: %v", endpoint, first, what, status, err)
@@ -431,4 +436,122 @@ func TestContractWebSocketMessages(t *testing.T) {
 		t.Errorf("%d valid and %d invalid first messages; want %d of each", valid, invalid, contractMinEach)
 	}
 	t.Logf("%d valid and %d invalid first messages", valid, invalid)
+}
+
+// TestContractStreams: every streamed response is a 200 whose body is a
+// binary string (so generators hand over a stream or raw body, not one
+// decoded value) with its item's schema in x-item-schema; every WebSocket
+// operation lists its 426, and its x-websocket says the frames, the
+// server's messages and its close codes.
+func TestContractStreams(t *testing.T) {
+	spec, _ := apitest.Spec(t)
+	streamed := map[string][]string{
+		"runInSandbox":   {"application/x-ndjson"},
+		"streamEvents":   {"application/x-ndjson", "text/event-stream"},
+		"getRuntimeLogs": {"text/plain"},
+	}
+	webSockets := map[string]bool{"runInSandboxWebSocket": true, "execInSandbox": true, "streamEvents": true}
+	seen := map[string]bool{}
+	for path, item := range spec.Paths.Map() {
+		for method, op := range item.Operations() {
+			what := fmt.Sprintf("%s %s (%s)", method, path, op.OperationID)
+			for _, ct := range streamed[op.OperationID] {
+				seen[op.OperationID] = true
+				mt := op.Responses.Status(http.StatusOK).Value.Content.Get(ct)
+				if mt == nil {
+					t.Errorf("%s: no 200 %s", what, ct)
+					continue
+				}
+				if s := mt.Schema.Value; !s.Type.Is("string") || s.Format != "binary" {
+					t.Errorf("%s: 200 %s is %v %q, want a binary string", what, ct, s.Type, s.Format)
+				}
+				if _, err := apitest.ItemSchema(t, op, http.StatusOK, ct); err != nil {
+					t.Errorf("%s: 200 %s: %v", what, ct, err)
+				}
+			}
+			if op.Responses.Status(http.StatusSwitchingProtocols) == nil {
+				if op.Extensions["x-websocket"] != nil {
+					t.Errorf("%s: x-websocket without a 101", what)
+				}
+				continue
+			}
+			seen[op.OperationID] = true
+			if !webSockets[op.OperationID] {
+				t.Errorf("%s: a WebSocket operation this test does not know", what)
+			}
+			checkWebSocketContract(t, what, op)
+		}
+	}
+	for id := range webSockets {
+		if !seen[id] {
+			t.Errorf("%s: not in the contract", id)
+		}
+	}
+}
+
+func checkWebSocketContract(t *testing.T, what string, op *openapi3.Operation) {
+	t.Helper()
+	if r := op.Responses.Status(http.StatusUpgradeRequired); r == nil || r.Value.Content.Get("application/json") == nil {
+		t.Errorf("%s: no 426 in the JSON error shape", what)
+	}
+	ws, ok := op.Extensions["x-websocket"].(map[string]any)
+	if !ok {
+		t.Errorf("%s: no x-websocket", what)
+		return
+	}
+	if ws["frames"] != "text" {
+		t.Errorf("%s: x-websocket frames %v, want text", what, ws["frames"])
+	}
+	schemas := []string{"server-messages", "first-client-message"}
+	if op.OperationID == "streamEvents" {
+		schemas = schemas[:1] // its client sends nothing
+	}
+	if op.OperationID == "execInSandbox" {
+		schemas = append(schemas, "client-messages")
+	}
+	for _, name := range schemas {
+		if _, err := apitest.ExtensionSchema(t, ws, name); err != nil {
+			t.Errorf("%s: x-websocket: %v", what, err)
+		}
+	}
+	codes, ok := ws["close-codes"].(map[string]any)
+	if !ok || len(codes) == 0 {
+		t.Errorf("%s: x-websocket has no close-codes", what)
+	}
+	for code, why := range codes {
+		if n, err := strconv.Atoi(code); err != nil || n < 1000 || n > 4999 || why == "" {
+			t.Errorf("%s: close code %q (%v) is not a code from 1000 to 4999 with what it means", what, code, why)
+		}
+	}
+}
+
+// closeCodes returns the close codes the contract lists for the WebSocket
+// operation id.
+func closeCodes(t *testing.T, id string) map[string]any {
+	t.Helper()
+	spec, _ := apitest.Spec(t)
+	for _, item := range spec.Paths.Map() {
+		for _, op := range item.Operations() {
+			if op.OperationID == id {
+				ws, _ := op.Extensions["x-websocket"].(map[string]any)
+				codes, _ := ws["close-codes"].(map[string]any)
+				return codes
+			}
+		}
+	}
+	t.Fatalf("no operation %s", id)
+	return nil
+}
+
+// TestContractExamples: every example in the contract's schemas is valid
+// against its schema, as a JSON Schema 2020-12 validator reads it.
+func TestContractExamples(t *testing.T) {
+	spec, _ := apitest.Spec(t)
+	for name := range spec.Components.Schemas {
+		for _, ex := range apitest.Examples(t, name) {
+			if err := apitest.ValidateJSON(t, name, ex); err != nil {
+				t.Errorf("schema %s: example %s: %v", name, ex, err)
+			}
+		}
+	}
 }

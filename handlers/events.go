@@ -4,21 +4,49 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/coder/websocket"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/events"
 	"github.com/arcbox/arcbox-agent/httpapi"
-	"github.com/arcbox/arcbox-agent/sandbox"
 )
 
-// StreamEvents streams lifecycle events: over a WebSocket when the client
-// asks to upgrade, else as NDJSON that stays open. The subscription is made
-// before the response begins, so nothing after the status line is missed.
+// EventJournal is the part of the event journal the API serves.
+type EventJournal interface {
+	Subscribe(from events.From, f events.Filter) (*events.Subscription, error)
+}
+
+var _ EventJournal = (*events.Journal)(nil)
+
+// OldestSeqHeader carries, on a 410, the oldest seq the journal still keeps.
+const OldestSeqHeader = "X-Event-Oldest-Seq"
+
+// lastEventIDHeader is the SSE resume header; it wins over ?after= because
+// an EventSource reconnects to its first URL with the header set.
+const lastEventIDHeader = "Last-Event-ID"
+
+// How an event stream is framed, by content negotiation.
+type eventFraming int
+
+const (
+	framingNDJSON eventFraming = iota
+	framingSSE
+	framingWebSocket
+)
+
+// StreamEvents serves the event journal: it replays the events after
+// ?after= (or Last-Event-ID) and then follows, as NDJSON, Server-Sent
+// Events or a WebSocket. Without a seq it is live only. The subscription
+// is made before the response begins, so nothing after the status line is
+// missed.
 func (a *API) StreamEvents(w http.ResponseWriter, r *http.Request, params api.StreamEventsParams) {
-	f := sandbox.EventFilter{SandboxID: deref(params.Id)}
+	f := events.Filter{SandboxID: deref(params.Id)}
 	if params.Id != nil {
 		if err := idRule.check(`query parameter "id"`, f.SandboxID); err != nil {
 			httpapi.WriteErr(w, err)
@@ -32,74 +60,190 @@ func (a *API) StreamEvents(w http.ResponseWriter, r *http.Request, params api.St
 		}
 		f.Action = string(*params.Action)
 	}
-	m := a.manager(w, r)
-	if m == nil {
+	from, what, msg := eventsFrom(r)
+	if msg != "" {
+		httpapi.WriteError(w, http.StatusBadRequest, msg)
 		return
 	}
-	sub := m.Subscribe(f)
+	framing, ok := negotiateEvents(r)
+	if !ok {
+		httpapi.WriteError(w, http.StatusNotAcceptable, fmt.Sprintf(
+			`header "Accept": %s takes none of what this stream is served as: application/x-ndjson, text/event-stream, or a WebSocket (Upgrade: websocket)`,
+			quoteShort(strings.Join(r.Header.Values("Accept"), ", "))))
+		return
+	}
+	if a.cfg.Events == nil {
+		httpapi.WriteError(w, http.StatusServiceUnavailable, "the event journal is unavailable: not configured")
+		return
+	}
+	j, err := a.cfg.Events(r.Context())
+	if err != nil {
+		httpapi.WriteError(w, http.StatusServiceUnavailable, "the event journal is unavailable: "+err.Error())
+		return
+	}
+	sub, err := j.Subscribe(from, f)
+	if err != nil {
+		writeSubscribeErr(w, what, err)
+		return
+	}
 	defer sub.Close()
 	ctx, cancel := a.streamContext(r)
 	defer cancel()
 
-	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+	if framing == framingWebSocket {
 		c := httpapi.AcceptWebSocket(w, r)
 		if c == nil {
 			return
 		}
 		defer func() { _ = c.CloseNow() }()
 		ctx = c.CloseRead(ctx)
-		err := forwardEvents(ctx, sub, func(b []byte) error { return c.Write(ctx, websocket.MessageText, b) })
+		err := forwardEvents(ctx, sub, func(_ events.Event, line []byte, _ bool) error {
+			return c.Write(ctx, websocket.MessageText, line[:len(line)-1])
+		})
+		var behind *events.FellBehindError
 		switch {
-		case errors.Is(err, sandbox.ErrSlowSubscriber):
-			closeWith(c, http.StatusConflict, err.Error())
-		case err != nil && ctx.Err() != nil:
+		case errors.As(err, &behind):
+			closeWith(c, http.StatusGone, err.Error())
+		case errors.Is(err, events.ErrClosed) || ctx.Err() != nil:
 			_ = c.Close(websocket.StatusGoingAway, "the agent is shutting down")
-		case err != nil:
+		default:
 			_ = c.Close(websocket.StatusInternalError, err.Error())
 		}
 		return
 	}
 
-	w.Header().Set("Content-Type", "application/x-ndjson")
+	contentType := "application/x-ndjson"
+	if framing == framingSSE {
+		contentType = "text/event-stream"
+		w.Header().Set("Cache-Control", "no-cache")
+	}
+	w.Header().Set("Content-Type", contentType)
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	_ = rc.Flush()
-	err := forwardEvents(ctx, sub, func(b []byte) error {
-		if _, err := w.Write(append(b, '\n')); err != nil {
+	var buf []byte
+	err = forwardEvents(ctx, sub, func(ev events.Event, line []byte, more bool) error {
+		if framing == framingSSE {
+			buf = append(buf, "id: "...)
+			buf = strconv.AppendUint(buf, ev.Seq, 10)
+			buf = append(buf, "\ndata: "...)
+			buf = append(buf, line...) // it ends in a newline
+			buf = append(buf, '\n')
+		} else {
+			buf = append(buf, line...)
+		}
+		if more && len(buf) < 32<<10 {
+			return nil // more are ready: one write and one flush for the lot
+		}
+		_, err := w.Write(buf)
+		buf = buf[:0]
+		if err != nil {
 			return err
 		}
 		return rc.Flush()
 	})
+	var behind *events.FellBehindError
+	if framing == framingSSE && errors.As(err, &behind) {
+		// EventSource would reconnect and be told the same by a 410; the
+		// message says it first.
+		msg, _ := json.Marshal(httpapi.Error{Code: http.StatusGone, Message: err.Error()})
+		_, _ = fmt.Fprintf(w, "event: error\ndata: %s\n\n", msg)
+		_ = rc.Flush()
+	}
 	a.log(r).Debug("event stream ended", "err", err)
 }
 
-// forwardEvents sends each event of sub until the subscription or ctx ends.
-func forwardEvents(ctx context.Context, sub *sandbox.Subscription, send func([]byte) error) error {
+// forwardEvents sends each event of sub until the subscription or ctx ends,
+// and returns why (never nil):
+// the event and its JSON line (newline included, shared: read-only). more
+// says another is ready already, so a sender may batch.
+func forwardEvents(ctx context.Context, sub *events.Subscription, send func(ev events.Event, line []byte, more bool) error) error {
 	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case ev, ok := <-sub.C():
-			if !ok {
-				return sub.Err()
-			}
-			b, err := json.Marshal(apiEvent(ev))
-			if err != nil {
-				return err
-			}
-			if err := send(b); err != nil {
-				return err
-			}
+		ev, line, err := sub.Next(ctx)
+		if err != nil {
+			return err
+		}
+		if err := send(ev, line, sub.Pending()); err != nil {
+			return err
 		}
 	}
 }
 
-func apiEvent(ev sandbox.Event) api.Event {
-	return api.Event{
-		SandboxId:  ev.SandboxID,
-		Action:     api.EventAction(ev.Action),
-		Timestamp:  ev.Time.UnixNano(),
-		Attributes: optMap(ev.Attributes),
+// eventsFrom is where a subscription starts: after the seq of
+// Last-Event-ID or ?after=, else live. what names the one it used; msg
+// says why it is no seq.
+func eventsFrom(r *http.Request) (from events.From, what, msg string) {
+	what, v := `header "Last-Event-ID"`, r.Header.Get(lastEventIDHeader)
+	if v == "" {
+		q, ok := r.URL.Query()["after"]
+		if !ok {
+			return events.Live(), "", ""
+		}
+		what, v = `query parameter "after"`, q[0]
+	}
+	seq, err := strconv.ParseUint(v, 10, 63)
+	if err != nil {
+		return events.From{}, what, fmt.Sprintf("%s: %s is not a seq (a whole number from 0: the seq of the last event read)", what, quoteShort(v))
+	}
+	return events.After(seq), what, ""
+}
+
+// negotiateEvents picks the framing: a WebSocket when asked to upgrade,
+// else by Accept: the type of the highest q-value (the first of equals),
+// never one of q=0; false when Accept takes none of them.
+func negotiateEvents(r *http.Request) (eventFraming, bool) {
+	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		return framingWebSocket, true
+	}
+	accept := r.Header.Values("Accept")
+	if len(accept) == 0 {
+		return framingNDJSON, true
+	}
+	best, bestQ := framingNDJSON, 0.0
+	for _, h := range accept {
+		for _, part := range strings.Split(h, ",") {
+			mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
+			if err != nil {
+				continue
+			}
+			q := 1.0
+			if v, ok := params["q"]; ok {
+				if q, err = strconv.ParseFloat(v, 64); err != nil {
+					continue
+				}
+			}
+			var framing eventFraming
+			switch mt {
+			case "text/event-stream":
+				framing = framingSSE
+			case "application/x-ndjson", "application/*", "*/*":
+				framing = framingNDJSON
+			default:
+				continue
+			}
+			if q > bestQ {
+				best, bestQ = framing, q
+			}
+		}
+	}
+	return best, bestQ > 0
+}
+
+// writeSubscribeErr answers a subscription the journal refused; what names
+// the parameter or header the seq came in.
+func writeSubscribeErr(w http.ResponseWriter, what string, err error) {
+	var expired *events.ExpiredError
+	var future *events.FutureError
+	switch {
+	case errors.As(err, &expired):
+		w.Header().Set(OldestSeqHeader, strconv.FormatUint(expired.Oldest, 10))
+		httpapi.WriteError(w, http.StatusGone, what+": "+err.Error())
+	case errors.As(err, &future):
+		httpapi.WriteError(w, http.StatusBadRequest, what+": "+err.Error())
+	case errors.Is(err, events.ErrClosed):
+		httpapi.WriteError(w, http.StatusServiceUnavailable, "the agent is shutting down: "+err.Error())
+	default:
+		httpapi.WriteError(w, http.StatusInternalServerError, err.Error())
 	}
 }

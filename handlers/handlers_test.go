@@ -523,3 +523,84 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestPingTimesAsTheContractSays sends every pairing of corner values of
+// timestamp_secs and timestamp_nanos and checks that the server refuses
+// exactly what PingRequest refuses, and that nanos, given as a whole
+// time, wins over secs.
+func TestPingTimesAsTheContractSays(t *testing.T) {
+	h := newHarness(t, false)
+	c := &http.Client{Transport: &apitest.Transport{T: t, SkipRequestValidation: true}}
+	secs := []string{"", "0", "1", "1764331200", "9223372036", "9223372037", "-1"}
+	nanos := []string{"", "0", "1", "500000000", "999999999", "1000000000", "1764331200250000000", "9223372036854775807", "-1"}
+	for _, s := range secs {
+		for _, n := range nanos {
+			var fields []string
+			if s != "" {
+				fields = append(fields, `"timestamp_secs":`+s)
+			}
+			if n != "" {
+				fields = append(fields, `"timestamp_nanos":`+n)
+			}
+			body := "{" + strings.Join(fields, ",") + "}"
+			wantOK := apitest.ValidateJSON(t, "PingRequest", []byte(body)) == nil
+			resp, err := c.Post(h.url+"/v1/ping", "application/json", strings.NewReader(body))
+			must(t, err)
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if gotOK := resp.StatusCode == http.StatusOK; gotOK != wantOK {
+				t.Errorf("%s: got %d %s; the contract accepts it: %v", body, resp.StatusCode, b, wantOK)
+				continue
+			}
+			if n == "1764331200250000000" && wantOK {
+				var pr api.PingResponse
+				must(t, json.Unmarshal(b, &pr))
+				want := guestNow.Sub(time.Unix(0, 1764331200250000000)).Milliseconds()
+				if pr.ClockDriftMs == nil || *pr.ClockDriftMs != want {
+					t.Errorf("%s: clock_drift_ms %v, want %d: the nanoseconds win", body, pr.ClockDriftMs, want)
+				}
+			}
+		}
+	}
+}
+
+// TestErrorMessagesNameNoClass: an error's message says what is wrong and
+// why; its class is the status, never words glued on ("invalid request:
+// ...", "...: conflict").
+func TestErrorMessagesNameNoClass(t *testing.T) {
+	h := newHarness(t, true)
+	h.sandboxes = &fakeSandboxes{}
+	classes := []string{"invalid request", "invalid input", "bad request", "not found", "conflict", "unavailable", "busy", "not implemented", "empty request body"}
+	c := &http.Client{Transport: &apitest.Transport{T: t, SkipRequestValidation: true}}
+	for _, tc := range []struct{ method, path, contentType, body string }{
+		{"POST", "/v1/ping", "application/json", `{"timestamp_nanos":-1}`},
+		{"POST", "/v1/ping", "application/json", `{"timestamp_nanos":5}`},
+		{"POST", "/v1/ping", "application/json", `{"bogus":1}`},
+		{"POST", "/v1/ping", "application/json", `{"message":null}`},
+		{"POST", "/v1/ping", "text/plain", `{}`},
+		{"POST", "/v1/sandboxes", "application/json", ``},
+		{"POST", "/v1/sandboxes/box-1/run", "application/json", `{"cmd":[""]}`},
+		{"GET", "/v1/sandboxes/-bad", "", ``},
+		{"GET", "/v1/runtime/logs?service=nope", "", ``},
+	} {
+		req, err := http.NewRequest(tc.method, h.url+tc.path, strings.NewReader(tc.body))
+		must(t, err)
+		if tc.contentType != "" {
+			req.Header.Set("Content-Type", tc.contentType)
+		}
+		resp, err := c.Do(req)
+		must(t, err)
+		var e api.Error
+		err = json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if err != nil || e.Code < 400 {
+			t.Errorf("%s %s %s: %d, want an error", tc.method, tc.path, tc.body, resp.StatusCode)
+			continue
+		}
+		for _, class := range classes {
+			if strings.HasPrefix(e.Message, class+":") || strings.HasSuffix(e.Message, ": "+class) {
+				t.Errorf("%s %s %s: message %q carries its class %q", tc.method, tc.path, tc.body, e.Message, class)
+			}
+		}
+	}
+}

@@ -2,7 +2,6 @@ package handlers
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -65,7 +64,7 @@ func hostTime(req api.PingRequest) (time.Time, time.Duration, error) {
 	case secs < 0 || secs > maxTimestampSecs:
 		return time.Time{}, 0, checkRange(fieldName("timestamp_secs"), secs, 0, maxTimestampSecs, "2262-04-11, the last second Unix nanoseconds hold")
 	case nanos < 0:
-		return time.Time{}, 0, fmt.Errorf("%w: field \"timestamp_nanos\" must not be negative", httpapi.ErrBadRequest)
+		return time.Time{}, 0, httpapi.Errorf(httpapi.ErrBadRequest, `field "timestamp_nanos" must not be negative`)
 	case nanos > 0 && nanos < int64(time.Second) && secs > 0:
 		// proto3 Timestamp style: nanos is the fraction of secs.
 		return time.Unix(secs, nanos), clock.PreciseThreshold, nil
@@ -74,8 +73,8 @@ func hostTime(req api.PingRequest) (time.Time, time.Duration, error) {
 		// contract says.
 		return time.Unix(0, nanos), clock.PreciseThreshold, nil
 	case nanos > 0:
-		return time.Time{}, 0, fmt.Errorf("%w: field \"timestamp_nanos\" (%d) is under one second since 1970; send Unix nanoseconds, or it with \"timestamp_secs\" as its fraction",
-			httpapi.ErrBadRequest, nanos)
+		return time.Time{}, 0, httpapi.Errorf(httpapi.ErrBadRequest, `field "timestamp_nanos" (%d) is under one second since 1970; send Unix nanoseconds, or it with "timestamp_secs" as its fraction`,
+			nanos)
 	case secs > 0:
 		return time.Unix(secs, 0), clock.WholeSecondThreshold, nil
 	}

@@ -29,10 +29,10 @@ func (a *API) GetRuntimeLogs(w http.ResponseWriter, r *http.Request, params api.
 	stream, err := a.cfg.Runtime.OpenLog(ctx, params.Service, opt)
 	switch {
 	case errors.Is(err, lifecycle.ErrUnknownService):
-		httpapi.WriteErr(w, fmt.Errorf("%w: service %q has no log; the services are containerd and dockerd", httpapi.ErrNotFound, params.Service))
+		httpapi.WriteErr(w, httpapi.Errorf(httpapi.ErrNotFound, "service %q has no log; the services are containerd and dockerd", params.Service))
 		return
 	case errors.Is(err, fs.ErrNotExist):
-		httpapi.WriteErr(w, fmt.Errorf("%w: %s has no log yet (has the runtime been started? POST /v1/runtime/ensure): %w", httpapi.ErrNotFound, params.Service, err))
+		httpapi.WriteErr(w, httpapi.Errorf(httpapi.ErrNotFound, "%s has no log yet (has the runtime been started? POST /v1/runtime/ensure): %w", params.Service, err))
 		return
 	case err != nil:
 		httpapi.WriteErr(w, fmt.Errorf("open the %s log: %w", params.Service, err))

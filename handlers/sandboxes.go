@@ -22,7 +22,6 @@ type SandboxManager interface {
 	Remove(ctx context.Context, id string, force bool) error
 	Run(ctx context.Context, id string, p sandbox.Process, out func(sandbox.Output) error) (int, error)
 	Exec(ctx context.Context, id string, p sandbox.Process, stdio sandbox.ExecIO, out func(sandbox.Output) error) (int, error)
-	Subscribe(f sandbox.EventFilter) *sandbox.Subscription
 	Checkpoint(ctx context.Context, id string, req sandbox.CheckpointRequest) (sandbox.Snapshot, error)
 	Snapshots(f sandbox.SnapshotFilter) []sandbox.Snapshot
 	DeleteSnapshot(ctx context.Context, id string) error
@@ -102,7 +101,7 @@ func decodeBody[Req, Out any](w http.ResponseWriter, r *http.Request, required b
 }
 
 func badRequest(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", httpapi.ErrBadRequest, fmt.Sprintf(format, args...))
+	return httpapi.Errorf(httpapi.ErrBadRequest, format, args...)
 }
 
 // CreateSandbox creates a sandbox: 202 while it starts, 200 when one with

@@ -31,7 +31,7 @@ func (a *API) CheckpointSandbox(w http.ResponseWriter, r *http.Request, id api.S
 	httpapi.WriteJSON(w, http.StatusCreated, api.CheckpointResponse{
 		SnapshotId:  snap.ID,
 		SnapshotDir: snap.Dir,
-		CreatedAt:   snap.CreatedAt.UTC(),
+		CreatedAt:   snap.CreatedAt.Unix(),
 	})
 }
 
@@ -69,7 +69,7 @@ func (a *API) ListSnapshots(w http.ResponseWriter, r *http.Request, params api.L
 			Name:        optString(s.Name),
 			Labels:      optMap(s.Labels),
 			SnapshotDir: s.Dir,
-			CreatedAt:   s.CreatedAt.UTC(),
+			CreatedAt:   s.CreatedAt.Unix(),
 		})
 	}
 	httpapi.WriteJSON(w, http.StatusOK, out)

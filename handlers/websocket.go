@@ -13,8 +13,9 @@ import (
 )
 
 // A WebSocket that fails after the upgrade closes with 4000 + the HTTP
-// status the same failure would have had (4400, 4404, 4409, 4503), and
-// the message as the close reason.
+// status the same failure would have had (4400, 4404, 4409, 4429, 4500,
+// 4503, 4507), and the message as the close reason; openapi.yaml lists
+// every code each WebSocket operation uses, in its x-websocket.
 const wsStatusBase = 4000
 
 // serveWorkload answers a run or exec WebSocket up to its first message:
@@ -68,7 +69,7 @@ func acceptWorkload(w http.ResponseWriter, r *http.Request, m SandboxManager, id
 // streamWorkload runs a workload (run or exec) whose output goes to c as
 // one message a piece, then the exit message and a normal close. A failure
 // before any output, not caused by runCtx ending, closes with 4000 + its
-// status instead. Writes use ctx.
+// status instead, and the agent's shutdown with 1001. Writes use ctx.
 func (a *API) streamWorkload(ctx, runCtx context.Context, c *websocket.Conn, r *http.Request, id string, start func(out func(sandbox.Output) error) (int, error)) {
 	var enc outputEncoder
 	var cut cutStreams
@@ -86,10 +87,21 @@ func (a *API) streamWorkload(ctx, runCtx context.Context, c *websocket.Conn, r *
 		return
 	}
 	a.logRun(r, id, code, err, began, &cut)
+	if a.stopping() {
+		// The agent's shutdown killed the workload: say so, rather than
+		// send an exit code the workload did not choose.
+		_ = c.Close(websocket.StatusGoingAway, "the agent is shutting down")
+		return
+	}
 	if err := c.Write(ctx, websocket.MessageText, enc.exit(code, &cut, false)); err != nil {
 		return
 	}
 	_ = c.Close(websocket.StatusNormalClosure, "")
+}
+
+// stopping reports whether the agent is shutting down.
+func (a *API) stopping() bool {
+	return a.cfg.Stopping != nil && a.cfg.Stopping.Err() != nil
 }
 
 // closeWith closes a WebSocket with 4000 + status and as much of message

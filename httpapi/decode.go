@@ -42,7 +42,7 @@ func DecodeJSON(r *http.Request, v any) error {
 func DecodeRequiredJSON(r *http.Request, v any) error {
 	err := DecodeJSON(r, v)
 	if errors.Is(err, ErrEmptyBody) || errors.Is(err, errNullBody) {
-		return fmt.Errorf("%w: request body is required: a %s object", ErrBadRequest, typeName(v))
+		return Errorf(ErrBadRequest, "request body is required: a %s object", typeName(v))
 	}
 	return err
 }
@@ -56,7 +56,7 @@ func DecodeJSONBytes(body []byte, v any) error {
 	body, err := scanJSON(body, reflect.TypeOf(v))
 	if err != nil {
 		if errors.Is(err, errNullBody) {
-			return fmt.Errorf("%w: %w; it must be a %s object", ErrBadRequest, err, typeName(v))
+			return Errorf(ErrBadRequest, "%w; it must be a %s object", err, typeName(v))
 		}
 		return err
 	}
@@ -64,7 +64,7 @@ func DecodeJSONBytes(body []byte, v any) error {
 	// included) and that nothing follows the value; what is left is the
 	// types, which encoding/json checks as it decodes.
 	if err := json.Unmarshal(body, v); err != nil {
-		return fmt.Errorf("%w: %s", ErrBadRequest, describeJSONError(err))
+		return Errorf(ErrBadRequest, "%s", describeJSONError(err))
 	}
 	return nil
 }
@@ -83,9 +83,9 @@ func readBody(r *http.Request) ([]byte, error) {
 	case errors.As(err, &mbe):
 		return nil, ErrTooLarge
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		return nil, fmt.Errorf("%w: %d bytes of it came, then it stalled", ErrBodyTimeout, len(body))
+		return nil, Errorf(ErrBodyTimeout, "the request body did not arrive in time: %d bytes of it came, then it stalled", len(body))
 	}
-	return nil, fmt.Errorf("%w: read the body: %w", ErrBadRequest, err)
+	return nil, Errorf(ErrBadRequest, "read the body: %w", err)
 }
 
 // checkContentType accepts application/json with any parameters, as
@@ -93,15 +93,15 @@ func readBody(r *http.Request) ([]byte, error) {
 func checkContentType(ct string) error {
 	base, _, _ := strings.Cut(strings.ToLower(strings.TrimSpace(ct)), ";")
 	if ct == "" {
-		return fmt.Errorf("%w: the request has a body but no Content-Type", ErrUnsupportedMediaType)
+		return Errorf(ErrUnsupportedMediaType, "request body is not application/json: the request has a body but no Content-Type")
 	}
 	switch strings.TrimSpace(base) {
 	case "application/json":
 		return nil
 	case "application/x-www-form-urlencoded":
-		return fmt.Errorf("%w: its Content-Type is %q (curl -d sends that; send JSON with curl --json)", ErrUnsupportedMediaType, ct)
+		return Errorf(ErrUnsupportedMediaType, "request body is not application/json: its Content-Type is %q (curl -d sends that; send JSON with curl --json)", ct)
 	}
-	return fmt.Errorf("%w: its Content-Type is %q", ErrUnsupportedMediaType, ct)
+	return Errorf(ErrUnsupportedMediaType, "request body is not application/json: its Content-Type is %q", ct)
 }
 
 // typeName is the name of the type v points to: the generated types are

@@ -2,11 +2,14 @@ package httpapi
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 )
 
-// The error classes handlers and domain packages wrap with %w; Status maps
-// each to its HTTP status in one place.
+// The error classes of handlers' and the decoder's errors; Status maps each
+// to its HTTP status in one place. Make an error of a class with Errorf or
+// Classify, so that the class is not part of the message: a client reads
+// `field "cmd" is required`, not `invalid request: field "cmd" ...`.
 var (
 	ErrBadRequest           = errors.New("invalid request")
 	ErrEmptyBody            = errors.New("empty request body")
@@ -18,6 +21,21 @@ var (
 	ErrUnavailable          = errors.New("unavailable")
 	ErrNotImplemented       = errors.New("not implemented")
 )
+
+// Errorf is fmt.Errorf's message, of class (one of the Err classes above):
+// errors.Is finds the class and every %w operand, and the message is only
+// what format says.
+func Errorf(class error, format string, args ...any) error {
+	return Classify(class, fmt.Errorf(format, args...))
+}
+
+// Classify gives err a class without changing its message.
+func Classify(class, err error) error { return &classified{err: err, class: class} }
+
+type classified struct{ err, class error }
+
+func (e *classified) Error() string   { return e.err.Error() }
+func (e *classified) Unwrap() []error { return []error{e.err, e.class} }
 
 // Status returns the HTTP status for err by its class; 500 when it has none.
 func Status(err error) int {

@@ -5,9 +5,11 @@
 package httpapi
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -62,7 +64,7 @@ func NewRouter(cfg RouterConfig) http.Handler {
 	api.HandlerWithOptions(cfg.API, api.ChiServerOptions{
 		BaseRouter: r,
 		ErrorHandlerFunc: func(w http.ResponseWriter, _ *http.Request, err error) {
-			WriteError(w, http.StatusBadRequest, err.Error())
+			WriteError(w, http.StatusBadRequest, paramMessage(err))
 		},
 	})
 	return r
@@ -76,4 +78,29 @@ func allowedMethods(routes chi.Routes, path string) []string {
 		}
 	}
 	return allowed
+}
+
+// paramMessage says what is wrong with a parameter the generated code
+// could not bind, naming it: `parameter "after": "abc" is not a whole
+// number`, not strconv's words.
+func paramMessage(err error) string {
+	var name string
+	var format *api.InvalidParamFormatError
+	var many *api.TooManyValuesForParamError
+	switch {
+	case errors.As(err, &format):
+		name = format.ParamName
+	case errors.As(err, &many):
+		return fmt.Sprintf("parameter %q: given %d times; give it once", many.ParamName, many.Count)
+	default:
+		return err.Error()
+	}
+	var num *strconv.NumError
+	switch {
+	case errors.As(err, &num) && errors.Is(num.Err, strconv.ErrRange):
+		return fmt.Sprintf("parameter %q: %q is out of range", name, num.Num)
+	case errors.As(err, &num):
+		return fmt.Sprintf("parameter %q: %q is not a whole number", name, num.Num)
+	}
+	return fmt.Sprintf("parameter %q: %v", name, format.Err)
 }

@@ -33,7 +33,7 @@ func scanJSON(body []byte, t reflect.Type) ([]byte, error) {
 		return nil, err
 	}
 	if _, err := s.dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: the body has data after the JSON value", ErrBadRequest)
+		return nil, Errorf(ErrBadRequest, "the body has data after the JSON value")
 	}
 	if len(s.edits) == 0 {
 		return body, nil
@@ -73,7 +73,7 @@ func (s *jsonScan) value(t reflect.Type, path string, depth int) error {
 	switch tok := tok.(type) {
 	case json.Delim:
 		if depth >= maxJSONDepth {
-			return fmt.Errorf("%w: the body nests deeper than %d levels", ErrBadRequest, maxJSONDepth)
+			return Errorf(ErrBadRequest, "the body nests deeper than %d levels", maxJSONDepth)
 		}
 		if tok == '{' {
 			return s.object(t, path, depth+1)
@@ -83,14 +83,14 @@ func (s *jsonScan) value(t reflect.Type, path string, depth int) error {
 		if path == "" {
 			return errNullBody
 		}
-		return fmt.Errorf("%w: field %q is null; leave it out instead", ErrBadRequest, path)
+		return Errorf(ErrBadRequest, "field %q is null; leave it out instead", path)
 	case json.Number:
 		if t != nil && isInteger(t.Kind()) {
 			s.integer(int(s.dec.InputOffset()), string(tok))
 		}
 	case string:
 		if t != nil && t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Uint8 && !isPaddedBase64(tok) {
-			return fmt.Errorf("%w: field %q is not base64 (the standard alphabet, padded with =)", ErrBadRequest, path)
+			return Errorf(ErrBadRequest, "field %q is not base64 (the standard alphabet, padded with =)", path)
 		}
 	}
 	return nil
@@ -116,9 +116,9 @@ func (s *jsonScan) object(t reflect.Type, path string, depth int) error {
 		key, _ := tok.(string)
 		if seen[key] {
 			if path == "" {
-				return fmt.Errorf("%w: key %q is given twice", ErrBadRequest, key)
+				return Errorf(ErrBadRequest, "key %q is given twice", key)
 			}
-			return fmt.Errorf("%w: field %q: key %q is given twice", ErrBadRequest, path, key)
+			return Errorf(ErrBadRequest, "field %q: key %q is given twice", path, key)
 		}
 		seen[key] = true
 		sub := key
@@ -243,17 +243,17 @@ var base64Alphabet = func() (t [256]bool) {
 func unknownField(path, key string, fields map[string]reflect.Type) error {
 	for name := range fields {
 		if strings.EqualFold(name, key) {
-			return fmt.Errorf("%w: unknown field %q (names are case-sensitive: did you mean %q?)", ErrBadRequest, path, name)
+			return Errorf(ErrBadRequest, "unknown field %q (names are case-sensitive: did you mean %q?)", path, name)
 		}
 	}
-	return fmt.Errorf("%w: unknown field %q", ErrBadRequest, path)
+	return Errorf(ErrBadRequest, "unknown field %q", path)
 }
 
 func malformed(err error) error {
 	if errors.Is(err, io.EOF) {
 		err = io.ErrUnexpectedEOF
 	}
-	return fmt.Errorf("%w: %s", ErrBadRequest, describeJSONError(err))
+	return Errorf(ErrBadRequest, "%s", describeJSONError(err))
 }
 
 // jsonFields maps the JSON names of a struct's fields, exactly as spelled,

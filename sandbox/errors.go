@@ -45,10 +45,5 @@ type classified struct{ err, class error }
 func (e *classified) Error() string   { return e.err.Error() }
 func (e *classified) Unwrap() []error { return []error{e.err, e.class} }
 
-// Why a Subscription was cut off (Subscription.Err).
-var (
-	// ErrSlowSubscriber: the subscriber did not keep up and its buffer filled.
-	ErrSlowSubscriber = errors.New("event subscriber fell behind: its buffer is full, events were dropped")
-	// ErrManagerClosed: the manager was closed (agent shutdown).
-	ErrManagerClosed = errors.New("sandbox manager closed")
-)
+// ErrManagerClosed: the manager was closed (agent shutdown).
+var ErrManagerClosed = errors.New("sandbox manager closed")

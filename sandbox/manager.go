@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/arcbox/arcbox-agent/events"
 	"github.com/arcbox/arcbox-agent/sandbox/network"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -52,9 +53,10 @@ type Config struct {
 	// than keep it until the runtime's next forced collection minutes
 	// later.
 	OnIdle func()
-	// EventBuffer is how many events a subscriber may leave unread before
-	// it is cut off; 0 is DefaultEventBuffer.
-	EventBuffer int
+	// Events is the journal the manager's events go to (the agent's one
+	// journal, which the HTTP layer serves); nil: a journal of its own in
+	// memory, which Close closes.
+	Events *events.Journal
 	// Logger logs; nil discards.
 	Logger *slog.Logger
 	// Registerer takes the metrics; nil keeps them unregistered.
@@ -73,7 +75,8 @@ type Manager struct {
 	now       func() time.Time
 	afterFunc afterFunc
 	metrics   *metrics
-	bus       *bus
+	events    *events.Journal
+	ownEvents bool   // made by the manager, closed by Close
 	dir       string // StateDir/sandboxes
 	snapDir   string // StateDir/snapshots
 
@@ -190,6 +193,12 @@ func newManager(ctx context.Context, cfg Config, backend Backend, afterFunc afte
 	if err != nil {
 		return nil, err
 	}
+	ownEvents := cfg.Events == nil
+	if ownEvents {
+		if cfg.Events, err = events.Open(events.Config{Logger: cfg.Logger, Now: cfg.Now}); err != nil {
+			return nil, err
+		}
+	}
 	if err := os.MkdirAll(cfg.IDRangeDir, 0o755); err != nil {
 		// Sandboxes with a user namespace are refused (503) saying so;
 		// the others, and the rest of the manager, work.
@@ -205,7 +214,8 @@ func newManager(ctx context.Context, cfg Config, backend Backend, afterFunc afte
 		now:         cfg.Now,
 		afterFunc:   afterFunc,
 		metrics:     met,
-		bus:         newBus(cfg.EventBuffer, met.eventsDropped.Inc),
+		events:      cfg.Events,
+		ownEvents:   ownEvents,
 		dir:         filepath.Join(cfg.StateDir, "sandboxes"),
 		snapDir:     filepath.Join(cfg.StateDir, "snapshots"),
 		starts:      newWorkQueue("sandbox starts", cfg.Workers, cfg.QueueDepth, closing),
@@ -259,12 +269,8 @@ type afterFunc func(d time.Duration, f func()) (stop func() bool)
 
 func realAfterFunc(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
 
-// Subscribe returns a subscription to the events that match f, from now on.
-// Close it when done. A subscriber that leaves more than Config.EventBuffer
-// events unread is cut off: C closes and Err is ErrSlowSubscriber.
-func (m *Manager) Subscribe(f EventFilter) *Subscription {
-	return m.bus.subscribe(f)
-}
+// Events is the journal the manager's events go to.
+func (m *Manager) Events() *events.Journal { return m.events }
 
 // Close is the agent's shutdown: it disarms the TTL timers, kills the
 // workloads in progress (their output has nowhere to go once the agent
@@ -307,7 +313,9 @@ func (m *Manager) Close(ctx context.Context) error {
 		<-done
 	}
 	m.cancelBase()
-	m.bus.close(ErrManagerClosed)
+	if m.ownEvents {
+		_ = m.events.Close()
+	}
 	if berr := m.backend.Close(); berr != nil && err == nil {
 		err = berr
 	}

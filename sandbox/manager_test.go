@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/arcbox/arcbox-agent/events"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,7 +35,7 @@ type harness struct {
 	clock   *fakeClock
 	reg     *prometheus.Registry
 	dir     string
-	events  *Subscription
+	events  *events.Subscription
 }
 
 func newHarness(t *testing.T, tweak ...func(*Config)) *harness {
@@ -59,29 +60,29 @@ func (h *harness) start(tweak ...func(*Config)) {
 		h.t.Fatalf("newManager: %v", err)
 	}
 	h.m = m
-	h.events = m.Subscribe(EventFilter{})
+	sub, err := m.Events().Subscribe(events.Live(), events.Filter{})
+	if err != nil {
+		h.t.Fatalf("Subscribe: %v", err)
+	}
+	h.events = sub
 	h.t.Cleanup(func() { m.Close(context.Background()) })
 }
 
 // expect reads events until it has seen each of the actions about id, in
 // order; other events are skipped. It returns the events it matched.
-func (h *harness) expect(id string, actions ...string) []Event {
+func (h *harness) expect(id string, actions ...string) []events.Event {
 	h.t.Helper()
-	var got []Event
-	timer := time.NewTimer(time.Minute) // bounds a hang only
-	defer timer.Stop()
+	var got []events.Event
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // bounds a hang only
+	defer cancel()
 	for len(actions) > 0 {
-		select {
-		case e, ok := <-h.events.C():
-			if !ok {
-				h.t.Fatalf("event stream closed (%v) waiting for %v", h.events.Err(), actions)
-			}
-			if e.SandboxID == id && e.Action == actions[0] {
-				got = append(got, e)
-				actions = actions[1:]
-			}
-		case <-timer.C:
-			h.t.Fatalf("sandbox %s: timed out waiting for events %v", id, actions)
+		e, _, err := h.events.Next(ctx)
+		if err != nil {
+			h.t.Fatalf("sandbox %s: waiting for events %v: %v", id, actions, err)
+		}
+		if e.SandboxID == id && e.Action == actions[0] {
+			got = append(got, e)
+			actions = actions[1:]
 		}
 	}
 	return got
@@ -770,38 +771,29 @@ func TestListFilters(t *testing.T) {
 	}
 }
 
-func TestSlowSubscriberCutOff(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.EventBuffer = 4 })
-	slow := h.m.Subscribe(EventFilter{})
-	only := h.m.Subscribe(EventFilter{SandboxID: "s2", Action: ActionReady})
+func TestEventsGoToTheJournal(t *testing.T) {
+	h := newHarness(t)
 	h.createReady(Spec{ID: "s1"})
 	h.createReady(Spec{ID: "s2"})
-	h.createReady(Spec{ID: "s3"})
-	// slow never read: 4 events fit, the 5th cut it off.
-	n := 0
-	for range slow.C() {
-		n++
+	// A subscriber that comes late replays what it missed, filtered, in order.
+	sub, err := h.m.Events().Subscribe(events.After(0), events.Filter{SandboxID: "s2"})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if n != 4 || !errors.Is(slow.Err(), ErrSlowSubscriber) {
-		t.Errorf("slow subscriber got %d events, err %v; want 4, ErrSlowSubscriber", n, slow.Err())
-	}
-	if got := testutil.ToFloat64(h.m.metrics.eventsDropped); got != 1 {
-		t.Errorf("dropped counter %v, want 1", got)
-	}
-	// The filtered one and the harness's were not held up.
-	select {
-	case e := <-only.C():
-		if e.SandboxID != "s2" || e.Action != ActionReady {
-			t.Errorf("filtered subscriber got %+v", e)
+	defer sub.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // bounds a hang only
+	defer cancel()
+	var seq uint64
+	for _, want := range []string{ActionCreated, ActionReady} {
+		e, line, err := sub.Next(ctx)
+		if err != nil {
+			t.Fatalf("waiting for %s: %v", want, err)
 		}
-	default:
-		t.Error("filtered subscriber got nothing")
+		if e.SandboxID != "s2" || e.Action != want || e.Seq <= seq || len(line) == 0 {
+			t.Errorf("event %+v (after seq %d), want s2 %s", e, seq, want)
+		}
+		seq = e.Seq
 	}
-	only.Close()
-	if _, ok := <-only.C(); ok || only.Err() != nil {
-		t.Errorf("after Close: channel open or err %v", only.Err())
-	}
-	only.Close() // twice is fine
 }
 
 func TestStartFailureAndInitDeath(t *testing.T) {
@@ -955,10 +947,14 @@ func TestCloseKillsRunsAndEndsSubscriptions(t *testing.T) {
 	if code := <-done; code != 137 {
 		t.Errorf("run at close: exit %d, want 137", code)
 	}
-	for range h.events.C() {
-	}
-	if !errors.Is(h.events.Err(), ErrManagerClosed) {
-		t.Errorf("subscription err %v, want ErrManagerClosed", h.events.Err())
+	// The manager's own journal closed with it, ending its subscriptions.
+	for {
+		if _, _, err := h.events.Next(context.Background()); err != nil {
+			if !errors.Is(err, events.ErrClosed) {
+				t.Errorf("subscription ended with %v, want events.ErrClosed", err)
+			}
+			break
+		}
 	}
 	if _, _, err := h.m.Create(context.Background(), Spec{}); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Create after Close: %v, want ErrUnavailable", err)
@@ -966,8 +962,8 @@ func TestCloseKillsRunsAndEndsSubscriptions(t *testing.T) {
 	if h.clock.pending() != 0 {
 		t.Errorf("%d timers armed after Close", h.clock.pending())
 	}
-	if s := h.m.Subscribe(EventFilter{}); s.Err() == nil {
-		t.Error("Subscribe after Close: open subscription")
+	if _, err := h.m.Events().Subscribe(events.Live(), events.Filter{}); !errors.Is(err, events.ErrClosed) {
+		t.Errorf("Subscribe after Close: %v, want events.ErrClosed", err)
 	}
 	// The record kept the sandbox ready for the next agent.
 	rec, _, err := readRecord(filepath.Join(h.dir, "sandboxes", "c"))
@@ -997,7 +993,7 @@ func TestMetricsPromtool(t *testing.T) {
 		}
 	}
 	for _, n := range []string{"arcbox_agent_sandboxes", "arcbox_agent_sandbox_create_to_ready_seconds",
-		"arcbox_agent_sandbox_run_seconds", "arcbox_agent_sandbox_events_dropped_total"} {
+		"arcbox_agent_sandbox_run_seconds", "arcbox_agent_sandbox_checkpoint_seconds", "arcbox_agent_sandbox_restore_to_ready_seconds"} {
 		if !names[n] {
 			t.Errorf("metric %s missing", n)
 		}
@@ -1006,7 +1002,7 @@ func TestMetricsPromtool(t *testing.T) {
 		t.Errorf("ready gauge %v, want 1", got)
 	}
 	for _, want := range []string{"arcbox_agent_sandbox_create_to_ready_seconds_count 1", "arcbox_agent_sandbox_run_seconds_count 1",
-		`arcbox_agent_sandboxes{state="ready"} 1`, "arcbox_agent_sandbox_events_dropped_total 0"} {
+		`arcbox_agent_sandboxes{state="ready"} 1`, "arcbox_agent_sandbox_checkpoint_seconds_count 0"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("metrics lack %q:\n%s", want, text.String())
 		}

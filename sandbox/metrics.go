@@ -12,7 +12,6 @@ type metrics struct {
 	sandboxes     *prometheus.GaugeVec
 	createToReady prometheus.Histogram
 	runSeconds    prometheus.Histogram
-	eventsDropped prometheus.Counter
 	// checkpointSeconds and restoreSeconds time checkpoints, and restores
 	// to ready.
 	checkpointSeconds prometheus.Histogram
@@ -45,10 +44,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time from a restore request to the restored sandbox's ready state.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}),
-		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "arcbox_agent_sandbox_events_dropped_total",
-			Help: "Event subscribers cut off because they fell behind (one per subscriber, for the event it could not take).",
-		}),
 	}
 	for _, s := range States {
 		m.sandboxes.WithLabelValues(string(s)).Set(0)
@@ -65,9 +60,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.runSeconds, err = register(reg, m.runSeconds); err != nil {
-		return nil, err
-	}
-	if m.eventsDropped, err = register(reg, m.eventsDropped); err != nil {
 		return nil, err
 	}
 	if m.checkpointSeconds, err = register(reg, m.checkpointSeconds); err != nil {

@@ -1,5 +1,7 @@
 package sandbox
 
+import "github.com/arcbox/arcbox-agent/events"
+
 // transitions is the state machine: the states each state may move to.
 // Anything else is refused, so a bug shows as an error, not a strange state.
 var transitions = map[State][]State{
@@ -48,7 +50,7 @@ func (m *Manager) transitionLocked(sb *sandbox, to State, attrs map[string]strin
 // publishLocked sends an event about sb; m.mu is held, which keeps the events in
 // the order of the transitions.
 func (m *Manager) publishLocked(sb *sandbox, action string, attrs map[string]string) {
-	m.bus.publish(Event{SandboxID: sb.id, Action: action, Time: m.now(), Attributes: attrs})
+	m.events.Append(events.Event{SandboxID: sb.id, Action: action, Time: m.now(), Attributes: attrs})
 }
 
 // fail moves sb to failed with why, and records it.

@@ -226,24 +226,10 @@ type Output struct {
 	Truncated string
 }
 
-// Event is a sandbox lifecycle event.
-type Event struct {
-	SandboxID  string
-	Action     string // one of the Action constants
-	Time       time.Time
-	Attributes map[string]string // exit_code for idle, error for failed
-}
-
 // Filter selects sandboxes; every set field must match.
 type Filter struct {
 	State  State             // empty: any
 	Labels map[string]string // each key must be present with this value
-}
-
-// EventFilter selects events; every set field must match.
-type EventFilter struct {
-	SandboxID string
-	Action    string
 }
 
 // Exit codes the Manager reports itself.

@@ -17,6 +17,7 @@ import (
 	"unicode"
 
 	"github.com/arcbox/arcbox-agent/disk"
+	"github.com/arcbox/arcbox-agent/events"
 	"github.com/arcbox/arcbox-agent/httpapi"
 	"github.com/arcbox/arcbox-agent/netconf"
 	"github.com/arcbox/arcbox-agent/sandbox"
@@ -55,6 +56,8 @@ type config struct {
 	AuditLog             string
 	SandboxMountRoots    []string
 	SandboxIDRangeDir    string
+	EventJournalDir      string
+	EventJournalSize     int
 	Registries           []string
 	RegistryAuthFile     string
 	PrepareSystem        bool
@@ -213,6 +216,18 @@ func (c *config) settings() []setting {
 			def: "/run/arcbox/disk", set: text(&c.DiskStateDir)},
 		{name: "state-dir", usage: "sandboxes, snapshots, image cache and agent records",
 			def: "/var/lib/arcbox", set: text(&c.StateDir)},
+		{name: "event-journal-dir", usage: "where the event journal keeps the last events, so a subscriber resumes from the seq it last read across agent restarts (default <state-dir>/events)",
+			defFrom: func() string { return filepath.Join(c.StateDir, "events") }, set: text(&c.EventJournalDir)},
+		{name: "event-journal-size", usage: "how many of the last events the journal keeps for subscribers to replay (1 to 1000000)",
+			def: strconv.Itoa(events.DefaultSize),
+			set: func(v string) error {
+				n, err := strconv.Atoi(v)
+				if err != nil || n < 1 || n > maxEventJournalSize {
+					return fmt.Errorf("%q is not a number of events from 1 to %d", v, maxEventJournalSize)
+				}
+				c.EventJournalSize = n
+				return nil
+			}},
 		{name: "log-dir", usage: "where runtime daemons log (default /arcbox/log when /arcbox exists, else /var/log/arcbox)",
 			defFrom: func() string {
 				if fi, err := os.Stat("/arcbox"); err == nil && fi.IsDir() {
@@ -330,6 +345,10 @@ func checkEndpoint(u string) error {
 	_, err := httpapi.ParseEndpoint(u)
 	return err
 }
+
+// maxEventJournalSize bounds --event-journal-size: the journal keeps its
+// events in memory too, about 300 bytes each.
+const maxEventJournalSize = 1_000_000
 
 // errHelp and errVersion end the program early with status 0.
 var (

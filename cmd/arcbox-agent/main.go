@@ -264,6 +264,7 @@ func (a *agent) build(reg *prometheus.Registry, phases *startup.Phases, startPro
 		Spec:           arcboxagent.OpenAPI,
 		Runtime:        a.runtime,
 		SandboxManager: a.sandboxManager.wait,
+		Events:         a.sandboxManager.events,
 		Stopping:       a.stopping,
 	})
 	a.server = &http.Server{

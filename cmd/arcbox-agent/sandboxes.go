@@ -2,34 +2,53 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/arcbox/arcbox-agent/events"
 	"github.com/arcbox/arcbox-agent/handlers"
 	"github.com/arcbox/arcbox-agent/sandbox"
 	"github.com/arcbox/arcbox-agent/sandbox/oci"
 	"github.com/arcbox/arcbox-agent/startup"
 )
 
-// pendingManager starts the sandbox manager in the background, so the
-// listeners need not wait for it; requests wait instead. When it cannot
-// start (no OCI runtime, say), the agent serves on and the sandbox
-// operations answer 503 with the reason, as the seed does.
+// pendingManager opens the event journal and starts the sandbox manager in
+// the background, so the listeners need not wait for them; requests wait
+// instead. When the manager cannot start (no OCI runtime, say), the agent
+// serves on and the sandbox operations answer 503 with the reason, as the
+// seed does; so does /v1/events when the journal cannot open.
 type pendingManager struct {
+	journalOpen chan struct{}
+	journal     *events.Journal
+	journalErr  error
+
 	done chan struct{}
 	m    *sandbox.Manager
 	err  error
 }
 
 func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phases *startup.Phases, reg prometheus.Registerer) *pendingManager {
-	s := &pendingManager{done: make(chan struct{})}
+	s := &pendingManager{journalOpen: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		began := time.Now()
-		s.m, s.err = newSandboxManager(ctx, cfg, logger, reg)
+		s.journal, s.journalErr = events.Open(events.Config{
+			Dir: cfg.EventJournalDir, Size: cfg.EventJournalSize, Logger: logger, Registerer: reg,
+		})
+		close(s.journalOpen)
+		if s.journalErr != nil {
+			// The sandboxes still work, their events kept in memory
+			// where no one can subscribe to them.
+			logger.Error("the event journal cannot open; /v1/events answers 503 until it can", "dir", cfg.EventJournalDir, "err", s.journalErr)
+		} else {
+			phases.Observe("events", began)
+		}
+		began = time.Now()
+		s.m, s.err = newSandboxManager(ctx, cfg, logger, reg, s.journal)
 		if s.err != nil {
 			logger.Warn("sandboxes are unavailable; the rest of the agent serves", "err", s.err)
 			return
@@ -39,8 +58,9 @@ func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phase
 	return s
 }
 
-// newSandboxManager builds the OCI backend and the sandbox manager over it.
-func newSandboxManager(ctx context.Context, cfg *config, logger *slog.Logger, reg prometheus.Registerer) (*sandbox.Manager, error) {
+// newSandboxManager builds the OCI backend and the sandbox manager over it,
+// its events going to journal.
+func newSandboxManager(ctx context.Context, cfg *config, logger *slog.Logger, reg prometheus.Registerer, journal *events.Journal) (*sandbox.Manager, error) {
 	backend, err := oci.New(ctx, oci.Config{
 		StateDir:      cfg.StateDir,
 		Runtime:       ociRuntime(cfg),
@@ -63,6 +83,7 @@ func newSandboxManager(ctx context.Context, cfg *config, logger *slog.Logger, re
 		BridgeCIDR: cfg.SandboxCIDR,
 		Logger:     logger,
 		Registerer: reg,
+		Events:     journal,
 		OnIdle:     freeMemory,
 	}, backend)
 }
@@ -80,11 +101,29 @@ func (s *pendingManager) wait(ctx context.Context) (handlers.SandboxManager, err
 	}
 }
 
-// close waits for the manager to have started, then closes it.
+// events waits for the event journal to be open, or for ctx.
+func (s *pendingManager) events(ctx context.Context) (handlers.EventJournal, error) {
+	select {
+	case <-s.journalOpen:
+		if s.journalErr != nil {
+			return nil, s.journalErr
+		}
+		return s.journal, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// close waits for the manager to have started, then closes it, and then
+// the journal its events went to.
 func (s *pendingManager) close(ctx context.Context) error {
 	<-s.done
-	if s.m == nil {
-		return nil
+	var err error
+	if s.m != nil {
+		err = s.m.Close(ctx)
 	}
-	return s.m.Close(ctx)
+	if s.journal != nil {
+		err = errors.Join(err, s.journal.Close())
+	}
+	return err
 }

@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -56,8 +57,9 @@ func Spec(t testing.TB) (*openapi3.T, routers.Router) {
 }
 
 // Transport validates each exchange against the contract and reports any
-// disagreement as a test error. Streaming bodies (NDJSON) are validated
-// line by line as the test reads them.
+// disagreement as a test error. Streaming bodies (NDJSON, Server-Sent
+// Events) are validated item by item, against their media type's
+// x-item-schema, as the test reads them.
 type Transport struct {
 	T    testing.TB
 	Base http.RoundTripper
@@ -101,14 +103,14 @@ func (tr *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	reqInput.Options = &openapi3filter.Options{MultiError: true, IncludeResponseStatus: true, AuthenticationFunc: Authenticate}
-	if isStream(resp) {
-		resp.Body = &streamValidator{t: tr.T, input: reqInput, resp: resp, r: bufio.NewReader(resp.Body), c: resp.Body}
-		return resp, nil
-	}
-	if isFollowedText(req, resp) {
-		// A followed log never ends by itself: check the status and
-		// headers now and hand the body over as it comes.
+	if isStream(resp) || isFollowedText(req, resp) {
+		// A stream may never end by itself: check the status and headers
+		// now, and each item as the test reads it.
+		reqInput.Options.ExcludeResponseBody = true
 		validateResponse(tr.T, reqInput, resp, nil)
+		if isStream(resp) {
+			resp.Body = newStreamValidator(tr.T, route.Operation, resp)
+		}
 		return resp, nil
 	}
 	body, err := io.ReadAll(resp.Body)
@@ -147,9 +149,11 @@ func (tr *Transport) base() http.RoundTripper {
 	return http.DefaultTransport
 }
 
+// isStream reports whether resp's body is a stream of items: NDJSON or
+// Server-Sent Events.
 func isStream(resp *http.Response) bool {
 	ct := resp.Header.Get("Content-Type")
-	return strings.HasPrefix(ct, "application/x-ndjson") || resp.StatusCode == http.StatusSwitchingProtocols
+	return strings.HasPrefix(ct, "application/x-ndjson") || strings.HasPrefix(ct, "text/event-stream")
 }
 
 func isFollowedText(req *http.Request, resp *http.Response) bool {
@@ -170,16 +174,77 @@ func validateResponse(t testing.TB, in *openapi3filter.RequestValidationInput, r
 	}
 }
 
-// streamValidator validates each NDJSON line of a streaming body against
-// the operation's schema for that content type, as the test reads it.
+// streamValidator validates a stream's items against the x-item-schema of
+// the operation's response, as the test reads them: each NDJSON line, or
+// each Server-Sent Event's data (an `event: error` one against Error),
+// whose id must be the item's seq.
 type streamValidator struct {
-	t     testing.TB
-	input *openapi3filter.RequestValidationInput
-	resp  *http.Response
-	r     *bufio.Reader
-	c     io.Closer
-	line  []byte
-	pend  []byte
+	t    testing.TB
+	what string
+	item *openapi3.Schema
+	sse  bool
+	r    *bufio.Reader
+	c    io.Closer
+	line []byte
+	pend []byte
+	// A Server-Sent Event as far as it has come.
+	id, event string
+	data      []byte
+}
+
+func newStreamValidator(t testing.TB, op *openapi3.Operation, resp *http.Response) *streamValidator {
+	ct, _, _ := strings.Cut(resp.Header.Get("Content-Type"), ";")
+	ct = strings.TrimSpace(ct)
+	s := &streamValidator{t: t, what: fmt.Sprintf("%s %d %s", op.OperationID, resp.StatusCode, ct),
+		sse: ct == "text/event-stream", r: bufio.NewReader(resp.Body), c: resp.Body}
+	var err error
+	if s.item, err = ItemSchema(t, op, resp.StatusCode, ct); err != nil {
+		t.Errorf("contract: %s: %v", s.what, err)
+	}
+	return s
+}
+
+// ItemSchema returns the schema of one item of a streamed response: the
+// x-item-schema of op's response for status, as contentType.
+func ItemSchema(t testing.TB, op *openapi3.Operation, status int, contentType string) (*openapi3.Schema, error) {
+	t.Helper()
+	r := op.Responses.Status(status)
+	if r == nil || r.Value == nil {
+		return nil, fmt.Errorf("no response %d", status)
+	}
+	mt := r.Value.Content.Get(contentType)
+	if mt == nil {
+		return nil, fmt.Errorf("response %d has no %s", status, contentType)
+	}
+	return ExtensionSchema(t, mt.Extensions, "x-item-schema")
+}
+
+// ExtensionSchema returns the schema an x- extension holds: a $ref to one
+// of the components' schemas, or a schema written out.
+func ExtensionSchema(t testing.TB, ext map[string]any, name string) (*openapi3.Schema, error) {
+	t.Helper()
+	v, ok := ext[name]
+	if !ok {
+		return nil, fmt.Errorf("no %s", name)
+	}
+	if m, ok := v.(map[string]any); ok {
+		if ref, ok := m["$ref"].(string); ok {
+			schemaName, found := strings.CutPrefix(ref, "#/components/schemas/")
+			if !found {
+				return nil, fmt.Errorf("%s: $ref %q is not to a component schema", name, ref)
+			}
+			return Schema(t, schemaName), nil
+		}
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	var s openapi3.Schema
+	if err := s.UnmarshalJSON(b); err != nil {
+		return nil, fmt.Errorf("%s is no schema: %w", name, err)
+	}
+	return &s, nil
 }
 
 func (s *streamValidator) Read(p []byte) (int, error) {
@@ -203,32 +268,69 @@ func (s *streamValidator) Read(p []byte) (int, error) {
 }
 
 func (s *streamValidator) checkLine() {
-	line := bytes.TrimSpace(s.line)
+	line := bytes.TrimRight(s.line, "\r\n")
 	s.line = s.line[:0]
-	if len(line) == 0 {
+	if !s.sse {
+		if len(bytes.TrimSpace(line)) > 0 {
+			s.checkItem(s.item, line)
+		}
 		return
 	}
-	fake := &http.Response{StatusCode: s.resp.StatusCode, Header: http.Header{"Content-Type": {"application/json"}}}
-	in := *s.input
-	// Validate the line as if the stream's schema were served as JSON.
-	route := *in.Route
-	op := *route.Operation
-	resps := openapi3.NewResponses()
-	for code, r := range op.Responses.Map() {
-		rc := *r.Value
-		content := openapi3.Content{}
-		for ct, mt := range rc.Content {
-			if strings.HasPrefix(ct, "application/x-ndjson") {
-				content["application/json"] = mt
-			}
+	field, value, _ := bytes.Cut(line, []byte(":"))
+	value = bytes.TrimPrefix(value, []byte(" "))
+	switch string(field) {
+	case "":
+		if len(line) == 0 {
+			s.endEvent()
 		}
-		rc.Content = content
-		resps.Set(code, &openapi3.ResponseRef{Value: &rc})
+		// else a comment (a line that begins with a colon)
+	case "id":
+		s.id = string(value)
+	case "event":
+		s.event = string(value)
+	case "data":
+		if s.data == nil {
+			s.data = []byte{} // this line's copy: value is s.line's
+		} else {
+			s.data = append(s.data, '\n')
+		}
+		s.data = append(s.data, value...)
+	default:
+		s.t.Errorf("contract: %s: line %q is not one the stream's description has", s.what, line)
 	}
-	op.Responses = resps
-	route.Operation = &op
-	in.Route = &route
-	validateResponse(s.t, &in, fake, line)
+}
+
+// endEvent checks a Server-Sent Event at the blank line that ends it.
+func (s *streamValidator) endEvent() {
+	id, event, data := s.id, s.event, s.data
+	s.id, s.event, s.data = "", "", nil
+	switch {
+	case data == nil && id == "" && event == "":
+		return
+	case event == "error":
+		if err := ValidateJSON(s.t, "Error", data); err != nil {
+			s.t.Errorf("contract: %s: event: error with data %s is no Error: %v", s.what, truncate(data), err)
+		}
+		return
+	case event != "":
+		s.t.Errorf("contract: %s: event %q is not one the stream's description has", s.what, event)
+	}
+	s.checkItem(s.item, data)
+	var item struct {
+		Seq *json.Number `json:"seq"`
+	}
+	if json.Unmarshal(data, &item) == nil && item.Seq != nil && id != item.Seq.String() {
+		s.t.Errorf("contract: %s: event with id %q has seq %s; the id is the seq", s.what, id, item.Seq)
+	}
+}
+
+func (s *streamValidator) checkItem(schema *openapi3.Schema, item []byte) {
+	if schema == nil {
+		return
+	}
+	if err := ValidateValue(schema, item); err != nil {
+		s.t.Errorf("contract: %s: item %s: %v", s.what, truncate(item), err)
+	}
 }
 
 func (s *streamValidator) Close() error { return s.c.Close() }

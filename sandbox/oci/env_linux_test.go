@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/arcbox/arcbox-agent/events"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 	"github.com/arcbox/arcbox-agent/sandbox"
 	"github.com/arcbox/arcbox-agent/sandbox/internal/sandboxtest"
@@ -31,7 +32,7 @@ type ociEnv struct {
 	cfg     Config
 	runtime string // the runtime binary's path
 	shared  string // the mount root: what sandboxes may mount is under it
-	events  *sandbox.Subscription
+	events  *events.Subscription
 	mu      sync.Mutex
 	ids     map[string]bool
 }
@@ -137,7 +138,9 @@ func (e *ociEnv) open() {
 		e.t.Fatalf("NewManager: %v", err)
 	}
 	e.m = m
-	e.events = m.Subscribe(sandbox.EventFilter{})
+	if e.events, err = m.Events().Subscribe(events.Live(), events.Filter{}); err != nil {
+		e.t.Fatalf("Subscribe: %v", err)
+	}
 }
 
 // restart closes the manager and opens another on the same state dir, as
@@ -202,30 +205,32 @@ func (e *ociEnv) create(s sandbox.Spec) sandbox.Info {
 	return info
 }
 
+// next is the next event of the environment's subscription.
+func (e *ociEnv) next(ctx context.Context) (events.Event, error) {
+	ev, _, err := e.events.Next(ctx)
+	return ev, err
+}
+
 // expect reads events until it has seen the actions about id, in order.
-func (e *ociEnv) expect(id string, actions ...string) []sandbox.Event {
+func (e *ociEnv) expect(id string, actions ...string) []events.Event {
 	e.t.Helper()
-	var got []sandbox.Event
-	timer := time.NewTimer(2 * time.Minute) // bounds a hang only
-	defer timer.Stop()
+	var got []events.Event
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // bounds a hang only
+	defer cancel()
 	for len(actions) > 0 {
-		select {
-		case ev, ok := <-e.events.C():
-			if !ok {
-				e.t.Fatalf("event stream closed: %v", e.events.Err())
-			}
-			if ev.SandboxID != id {
-				continue
-			}
-			if ev.Action == sandbox.ActionFailed && actions[0] != sandbox.ActionFailed {
-				e.t.Fatalf("sandbox %s failed: %s", id, ev.Attributes["error"])
-			}
-			if ev.Action == actions[0] {
-				got = append(got, ev)
-				actions = actions[1:]
-			}
-		case <-timer.C:
-			e.t.Fatalf("sandbox %s: timed out waiting for %v", id, actions)
+		ev, err := e.next(ctx)
+		if err != nil {
+			e.t.Fatalf("sandbox %s: waiting for %v: %v", id, actions, err)
+		}
+		if ev.SandboxID != id {
+			continue
+		}
+		if ev.Action == sandbox.ActionFailed && actions[0] != sandbox.ActionFailed {
+			e.t.Fatalf("sandbox %s failed: %s", id, ev.Attributes["error"])
+		}
+		if ev.Action == actions[0] {
+			got = append(got, ev)
+			actions = actions[1:]
 		}
 	}
 	return got

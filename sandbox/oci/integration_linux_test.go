@@ -605,19 +605,18 @@ func TestOCIConcurrentCreates(t *testing.T) {
 	}
 	wg.Wait()
 	ready := map[string]bool{}
-	timer := time.NewTimer(2 * time.Minute)
-	defer timer.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // bounds a hang only
+	defer cancel()
 	for len(ready) < 6 {
-		select {
-		case ev := <-e.events.C():
-			if ev.Action == sandbox.ActionFailed {
-				t.Fatalf("%s failed: %v", ev.SandboxID, ev.Attributes)
-			}
-			if ev.Action == sandbox.ActionReady {
-				ready[ev.SandboxID] = true
-			}
-		case <-timer.C:
-			t.Fatalf("ready: %v, want 6", ready)
+		ev, err := e.next(ctx)
+		if err != nil {
+			t.Fatalf("ready: %v, want 6: %v", ready, err)
+		}
+		if ev.Action == sandbox.ActionFailed {
+			t.Fatalf("%s failed: %v", ev.SandboxID, ev.Attributes)
+		}
+		if ev.Action == sandbox.ActionReady {
+			ready[ev.SandboxID] = true
 		}
 	}
 	if n := len(e.m.List(sandbox.Filter{State: sandbox.StateReady})); n != 6 {
