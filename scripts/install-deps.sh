@@ -34,3 +34,14 @@ if ! "$bin/golangci-lint" version 2>/dev/null | grep -q "${GOLANGCI_LINT_VERSION
 	echo "installing golangci-lint $GOLANGCI_LINT_VERSION"
 	GOBIN="$bin" go install "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$GOLANGCI_LINT_VERSION"
 fi
+
+# npm packages, as each package-lock.json pins them; installed again only
+# when the lock changes: the TypeScript client check's (e2e/tsclient) and
+# the OpenAPI linters `make lint` runs (scripts/apilint).
+for ts in e2e/tsclient scripts/apilint; do
+	if ! cmp -s "$ts/package-lock.json" "$ts/node_modules/.installed-lock.json"; then
+		echo "installing the npm packages of $ts"
+		(cd "$ts" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+		cp "$ts/package-lock.json" "$ts/node_modules/.installed-lock.json"
+	fi
+done
