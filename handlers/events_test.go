@@ -22,26 +22,32 @@ import (
 	"github.com/arcbox/arcbox-agent/httpapi"
 )
 
-// eventsServer serves /v1/events over a real journal in dir ("" keeps it
-// in memory), with size events kept.
+// eventsServer serves /v1/events over a real journal on disk with size
+// events kept.
 func eventsServer(t *testing.T, size int) (*events.Journal, string) {
 	t.Helper()
 	j, err := events.Open(events.Config{Dir: t.TempDir(), Size: size})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return j, serveEvents(t, j)
+}
+
+// serveEvents serves j's /v1/events through the router; the journal is
+// closed with the server.
+func serveEvents(tb testing.TB, j *events.Journal) string {
 	logger := slog.New(slog.DiscardHandler)
 	a := handlers.New(handlers.Config{
 		Logger: logger,
 		Events: func(context.Context) (handlers.EventJournal, error) { return j, nil },
 	})
 	srv := httptest.NewServer(httpapi.NewRouter(httpapi.RouterConfig{API: a, Logger: logger, Registerer: prometheus.NewRegistry()}))
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		srv.CloseClientConnections()
 		srv.Close()
 		_ = j.Close()
 	})
-	return j, srv.URL
+	return srv.URL
 }
 
 func publish(j *events.Journal, n int) {
