@@ -1,6 +1,22 @@
 // Package api is generated from openapi.yaml: the types of the agent's
 // HTTP/JSON contract, the chi server interface the agent implements, and a
 // client for host programs. Run `make generate` after changing the spec.
+//
+// The client's *WithResponse methods read a whole answer into one value,
+// which a stream is not: an NDJSON run would be decoded as one Error, an
+// event stream never ends. So client.cfg.yaml replaces oapi-codegen's
+// client-with-responses.tmpl with templates/client-with-responses.tmpl,
+// the same template with one test: an operation that answers a stream (a
+// 101 upgrade, a streaming content type such as application/x-ndjson or
+// text/event-stream, or the operation extension x-arcbox-stream: true)
+// gets no *WithResponse method, response type or Parse function. Its
+// request builder and plain Client method (which returns the
+// *http.Response) stay. Package client (the Go SDK) reads the streams as
+// iterators. getRuntimeLogs keeps its wrapper: it reads a log whole, which
+// is right without follow=true; the SDK's RuntimeLogs follows. The test
+// keys on the spec rather than a list of operation ids, so a new stream
+// cannot get a wrapper that hangs. The template is v2.8.2's: when
+// oapi-codegen is upgraded, copy its new one and add the test again.
 package api
 
 //go:generate go tool oapi-codegen -config server.cfg.yaml ../openapi.yaml

@@ -182,9 +182,10 @@ func TestNoSpaceAndBusy(t *testing.T) {
 			return r.StatusCode(), r.HTTPResponse.Header
 		},
 		"run": func() (int, http.Header) {
-			r, err := h.client.RunInSandboxWithResponse(ctx, "box-1", api.RunRequest{Cmd: []string{"true"}})
+			r, err := h.client.RunInSandbox(ctx, "box-1", api.RunRequest{Cmd: []string{"true"}})
 			must(t, err)
-			return r.StatusCode(), r.HTTPResponse.Header
+			_ = r.Body.Close()
+			return r.StatusCode, r.Header
 		},
 		"checkpoint": func() (int, http.Header) {
 			r, err := h.client.CheckpointSandboxWithResponse(ctx, "box-1", api.CheckpointRequest{})

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"maps"
 	"net"
 	"net/http"
@@ -25,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/client"
 	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 	"github.com/arcbox/arcbox-agent/internal/testregistry"
@@ -452,16 +454,7 @@ func (e *env) daemonLogs(t *testing.T) {
 	// in it (its shim's path names the container).
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	follow := true
-	resp, err := c.GetRuntimeLogs(ctx, &api.GetRuntimeLogsParams{Service: "containerd", Tail: &tail, Follow: &follow})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("follow containerd log: %d", resp.StatusCode)
-	}
-	f := readAsItComes(resp.Body)
+	f := readAsItComes(a.SDK(t).RuntimeLogs(ctx, "containerd", client.LogsOptions{Tail: tail, Follow: true}))
 	id := strings.TrimSpace(e.docker(t, nil, "run", "-d", e.ref, "echo", "started"))
 	if !f.waitFor(ctx, id) {
 		t.Fatalf("container %s never appeared in the followed containerd log; it ended %v with:\n%s", id, f.ended(), f.text())
@@ -470,7 +463,7 @@ func (e *env) daemonLogs(t *testing.T) {
 	e.docker(t, nil, "rm", id)
 }
 
-// followed is a response body read as it comes.
+// followed is a followed log read as it comes.
 type followed struct {
 	mu     sync.Mutex
 	buf    bytes.Buffer
@@ -479,28 +472,29 @@ type followed struct {
 	closed chan struct{} // closed when the body ends
 }
 
-// readAsItComes reads body in the background.
-func readAsItComes(body io.Reader) *followed {
+// readAsItComes reads a followed log's lines in the background; its end
+// without an error is io.EOF.
+func readAsItComes(lines iter.Seq2[string, error]) *followed {
 	f := &followed{more: make(chan struct{}, 1), closed: make(chan struct{})}
 	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := body.Read(buf)
+		defer close(f.closed)
+		end := io.EOF
+		for line, err := range lines {
 			f.mu.Lock()
-			f.buf.Write(buf[:n])
 			if err != nil {
-				f.err = err
+				end = err
+			} else {
+				f.buf.WriteString(line + "\n")
 			}
 			f.mu.Unlock()
 			select {
 			case f.more <- struct{}{}:
 			default:
 			}
-			if err != nil {
-				close(f.closed)
-				return
-			}
 		}
+		f.mu.Lock()
+		f.err = end
+		f.mu.Unlock()
 	}()
 	return f
 }
@@ -614,13 +608,7 @@ func (e *env) shutdown(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	follow := true
-	resp, err := a.Client(t).GetRuntimeLogs(ctx, &api.GetRuntimeLogsParams{Service: "dockerd", Follow: &follow})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	stream := readAsItComes(resp.Body)
+	stream := readAsItComes(a.SDK(t).RuntimeLogs(ctx, "dockerd", client.LogsOptions{Follow: true}))
 
 	took, exit := a.terminate(t, 2*time.Minute)
 	t.Logf("exit %v, %s after SIGTERM", exit, took.Round(time.Millisecond))

@@ -24,7 +24,10 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/coder/websocket"
+
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/client"
 	"github.com/arcbox/arcbox-agent/internal/agenttest"
 )
 
@@ -72,29 +75,31 @@ func benchSandbox(b *testing.B, a *agentProc, id string) {
 	b.Cleanup(func() { a.remove(b, id, true) })
 }
 
-// readyStream is an NDJSON subscription to ready and failed events.
-type readyStream struct {
-	body io.ReadCloser
-	dec  *json.Decoder
+// plainSDK is the SDK's client without contract checks, over rt (nil:
+// the agent's transport).
+func (a *agentProc) plainSDK(b testing.TB, rt http.RoundTripper) *client.Client {
+	b.Helper()
+	if rt == nil {
+		rt = a.Transport()
+	}
+	c, err := client.New("unix://"+a.Socket(), client.WithHTTPClient(&http.Client{Transport: rt}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c
 }
 
-func (a *agentProc) readyEvents(b testing.TB) *readyStream {
+// readyEvents subscribes to the events without contract checks; the
+// subscription is in place when it returns.
+func (a *agentProc) readyEvents(b testing.TB) *eventStream {
 	b.Helper()
-	resp, err := a.plainClient(b).StreamEvents(context.Background(), &api.StreamEventsParams{})
-	if err != nil || resp.StatusCode != http.StatusOK {
-		b.Fatalf("GET /v1/events: %v %v", err, statusOf(resp))
-	}
-	b.Cleanup(func() { resp.Body.Close() })
-	return &readyStream{body: resp.Body, dec: json.NewDecoder(resp.Body)}
+	return a.subscribe(b, a.plainSDK(b, nil), client.EventsOptions{})
 }
 
 // waitReady reads events until id's ready one.
-func (s *readyStream) waitReady(b testing.TB, id string) {
+func (s *eventStream) waitReady(b testing.TB, id string) {
 	for {
-		var ev api.Event
-		if err := s.dec.Decode(&ev); err != nil {
-			b.Fatalf("event stream: %v", err)
-		}
+		ev := s.next()
 		if ev.SandboxId != id {
 			continue
 		}
@@ -196,18 +201,18 @@ func BenchmarkRunTrue(b *testing.B) {
 	const id = "bench-true"
 	benchSandbox(b, a, id)
 	b.Run("api-ndjson", func(b *testing.B) {
-		c := a.plainClient(b)
+		c := a.plainSDK(b, nil)
 		for b.Loop() {
-			if res := runOver(context.Background(), b, c, id, api.RunRequest{Cmd: []string{"true"}}, nil, true); res.Code != 0 || res.Cut {
+			if res := runOver(context.Background(), b, c, id, api.RunRequest{Cmd: []string{"true"}}, nil); res.Code != 0 || res.Cut {
 				b.Fatalf("run true: %+v", res)
 			}
 		}
 	})
 	b.Run("api-websocket", func(b *testing.B) {
 		for b.Loop() {
-			w, resp := a.runWS(context.Background(), b, id, api.RunRequest{Cmd: []string{"true"}})
+			w, e := a.runWS(context.Background(), b, id, api.RunRequest{Cmd: []string{"true"}})
 			if w == nil {
-				b.Fatalf("WebSocket run: %s", statusOf(resp))
+				b.Fatalf("WebSocket run: %s", refusal(e))
 			}
 			if res := w.finish(context.Background()); res.Code != 0 {
 				b.Fatalf("run true: %+v", res)
@@ -277,11 +282,11 @@ func BenchmarkRunOutput(b *testing.B) {
 		}
 		b.Run(w.name+"/ndjson", func(b *testing.B) {
 			b.SetBytes(size)
-			c := a.plainClient(b)
+			c := a.plainSDK(b, nil)
 			var msgs int64
 			for b.Loop() {
 				var n int64
-				res := runOver(context.Background(), b, c, id, api.RunRequest{Cmd: w.cmd}, func(_ string, data []byte) { n += int64(len(data)) }, true)
+				res := runOver(context.Background(), b, c, id, api.RunRequest{Cmd: w.cmd}, func(_ string, data []byte) { n += int64(len(data)) })
 				if res.Code != 0 || res.Cut || n != size {
 					b.Fatalf("%+v, %d bytes", res, n)
 				}
@@ -436,15 +441,21 @@ func BenchmarkPingUnderChurn(b *testing.B) {
 // rather than the client's.
 func wsOutput(b *testing.B, a *agentProc, id string, cmd []string, decode bool) (n, msgs int64) {
 	ctx := context.Background()
-	w, resp := a.runWS(ctx, b, id, api.RunRequest{Cmd: cmd})
-	if w == nil {
-		b.Fatalf("WebSocket run: %s", statusOf(resp))
+	// The socket is read here, not through the SDK: the figure is the
+	// agent's and the transport's.
+	c, resp, err := a.dialWS(ctx, "/v1/sandboxes/"+id+"/run")
+	if err != nil {
+		b.Fatalf("WebSocket run: %v (%s)", err, statusOf(resp))
 	}
-	defer func() { _ = w.c.CloseNow() }()
+	defer func() { _ = c.CloseNow() }()
+	body, _ := json.Marshal(api.RunRequest{Cmd: cmd})
+	if err := c.Write(ctx, websocket.MessageText, body); err != nil {
+		b.Fatal(err)
+	}
 	msg := make([]byte, 0, 1<<20)
 	var data []byte
 	for {
-		_, r, err := w.c.Reader(ctx)
+		_, r, err := c.Reader(ctx)
 		if err != nil {
 			b.Fatalf("after %d bytes: %v", n, err)
 		}
@@ -462,7 +473,8 @@ func wsOutput(b *testing.B, a *agentProc, id string, cmd []string, decode bool) 
 				b.Fatalf("after %d bytes: %v", n, err)
 			}
 		}
-		if stream, b64, ok := fastOutput(msg); ok && stream == "stdout" {
+		if b64, ok := bytes.CutPrefix(msg, []byte(`{"stream":"stdout","data":"`)); ok {
+			b64 = bytes.TrimSuffix(b64, []byte(`"}`))
 			msgs++
 			if decode {
 				if data, err = base64.StdEncoding.AppendDecode(data[:0], b64); err != nil {

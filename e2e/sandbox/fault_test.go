@@ -1,12 +1,10 @@
 package sandbox
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
+	"fmt"
 	"io/fs"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -119,25 +117,22 @@ func TestCrashMidRun(t *testing.T) {
 // has printed its first line: the run is under way. The caller closes it.
 func (a *agentProc) startRun(t *testing.T, id, script string) interface{ Close() error } {
 	t.Helper()
-	resp, err := a.plainClient(t).RunInSandbox(context.Background(), id, api.RunRequest{Cmd: []string{"sh", "-c", script}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { resp.Body.Close() })
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("run %q: %s", script, resp.Status)
-	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
 	first := make(chan error, 1)
 	go func() {
-		line, err := bufio.NewReader(resp.Body).ReadBytes('\n')
-		var m api.OutputMessage
-		if err == nil {
-			err = json.Unmarshal(line, &m)
+		for o, err := range a.plainSDK(t, nil).Run(ctx, id, api.RunRequest{Cmd: []string{"sh", "-c", script}}) {
+			switch {
+			case err != nil:
+				first <- err
+			case o.Exit != nil:
+				first <- fmt.Errorf("the run ended: %+v", *o.Exit)
+			default:
+				first <- nil
+				<-ctx.Done() // the caller closes the stream
+			}
+			return
 		}
-		if err == nil && m.Stream == "exit" {
-			err = errors.New("the run ended: " + string(line))
-		}
-		first <- err
 	}()
 	select {
 	case err := <-first:
@@ -147,8 +142,13 @@ func (a *agentProc) startRun(t *testing.T, id, script string) interface{ Close()
 	case <-time.After(waitTimeout):
 		t.Fatalf("run %q printed nothing within %s", script, waitTimeout)
 	}
-	return resp.Body
+	return closerFunc(func() error { cancel(); return nil })
 }
+
+// closerFunc is a func as an io.Closer.
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
 
 // crashAndRestart kills the agent (SIGKILL) and starts it again on the
 // same state; it answers at once: start waits for it to serve.

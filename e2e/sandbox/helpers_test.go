@@ -1,17 +1,14 @@
 package sandbox
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
+	"iter"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,11 +18,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
 	"golang.org/x/sys/unix"
 
 	"github.com/arcbox/arcbox-agent/api"
-	"github.com/arcbox/arcbox-agent/internal/apitest"
+	"github.com/arcbox/arcbox-agent/client"
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 )
 
 // waitTimeout bounds every wait on the agent: a sandbox is ready in well
@@ -44,19 +41,7 @@ func reqCtx(t testing.TB) context.Context {
 // of openapi.yaml (the generated client's transport checks the rest).
 func checkSchema(t testing.TB, schema string, raw []byte) {
 	t.Helper()
-	spec, _ := apitest.Spec(t)
-	ref := spec.Components.Schemas[schema]
-	if ref == nil || ref.Value == nil {
-		t.Fatalf("openapi.yaml has no schema %s", schema)
-	}
-	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
-		t.Errorf("contract: WebSocket message is not JSON: %v: %.200s", err, raw)
-		return
-	}
-	if err := ref.Value.VisitJSON(v); err != nil {
-		t.Errorf("contract: WebSocket message is no %s: %v: %.200s", schema, err, raw)
-	}
+	agenttest.CheckSchema(t, schema, raw)
 }
 
 // mountDir makes an empty directory under the agents' mount root, for a
@@ -82,7 +67,9 @@ func mountDir(t testing.TB) string {
 
 // ---- events ----
 
-// eventStream is a subscription to /v1/events, read in the background.
+// eventStream is a subscription to /v1/events through the SDK, read in
+// the background. It does not reconnect: a stream that ends is over, as
+// the tests' expectations want.
 type eventStream struct {
 	t  testing.TB
 	ch chan api.Event
@@ -92,76 +79,47 @@ type eventStream struct {
 // place when it returns: the agent subscribes before it answers.
 func (a *agentProc) events(t testing.TB, params api.StreamEventsParams) *eventStream {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	resp, err := a.Client(t).StreamEvents(ctx, &params)
-	if err != nil {
-		cancel()
-		t.Fatalf("GET /v1/events: %v", err)
-	}
-	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/x-ndjson") {
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		cancel()
-		t.Fatalf("GET /v1/events: %d %s: %s", resp.StatusCode, resp.Header.Get("Content-Type"), body)
-	}
-	s := &eventStream{t: t, ch: make(chan api.Event, 256)}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer close(s.ch)
-		dec := json.NewDecoder(resp.Body)
-		for {
-			var ev api.Event
-			if err := dec.Decode(&ev); err != nil {
-				return
-			}
-			s.ch <- ev
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		resp.Body.Close()
-		for range s.ch { // drain, so the reader ends
-		}
-		<-done
-	})
-	return s
+	return a.subscribe(t, a.SDK(t), client.EventsOptions{ID: agenttest.Deref(params.Id), Action: agenttest.Deref(params.Action)})
 }
 
-// eventsWS subscribes to the event stream over a WebSocket; query is the
-// URL's query (such as "id=x").
-func (a *agentProc) eventsWS(t testing.TB, query string) *eventStream {
+// eventsWS subscribes to the event stream over a WebSocket, every
+// message checked against the contract.
+func (a *agentProc) eventsWS(t testing.TB, params api.StreamEventsParams) *eventStream {
+	t.Helper()
+	return a.subscribe(t, a.SDK(t), client.EventsOptions{ID: agenttest.Deref(params.Id), Action: agenttest.Deref(params.Action), WebSocket: true})
+}
+
+// subscribe subscribes over c; it returns once the agent has answered.
+func (a *agentProc) subscribe(t testing.TB, c *client.Client, o client.EventsOptions) *eventStream {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	c, resp, err := a.dialWS(ctx, "/v1/events?"+query)
-	if err != nil {
-		cancel()
-		t.Fatalf("WebSocket /v1/events: %v (%v)", err, statusOf(resp))
-	}
 	s := &eventStream{t: t, ch: make(chan api.Event, 256)}
+	answered := make(chan struct{})
+	o.OnConnect = func() { close(answered) }
+	o.OnReconnect = func(error) { cancel() } // one connection only
+	failed := make(chan error, 1)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		defer close(s.ch)
-		for {
-			typ, msg, err := c.Read(ctx)
+		for ev, err := range c.Events(ctx, o) {
 			if err != nil {
-				return
-			}
-			if typ != websocket.MessageText {
-				t.Errorf("event message of type %v, want text", typ)
-			}
-			checkSchema(t, "Event", msg)
-			var ev api.Event
-			if err := json.Unmarshal(msg, &ev); err != nil {
-				t.Errorf("event message: %v", err)
+				failed <- err
 				return
 			}
 			s.ch <- ev
 		}
 	}()
+	select {
+	case <-answered:
+	case err := <-failed:
+		cancel()
+		t.Fatalf("GET /v1/events: %v", err)
+	case <-time.After(waitTimeout):
+		cancel()
+		t.Fatalf("GET /v1/events: no answer within %s", waitTimeout)
+	}
 	t.Cleanup(func() {
-		_ = c.Close(websocket.StatusNormalClosure, "")
 		cancel()
 		for range s.ch { // drain, so the reader ends
 		}
@@ -363,131 +321,80 @@ type runResult struct {
 	Note      string
 }
 
-// runNDJSON posts a run and reads its NDJSON stream to the end. sink,
-// when set, takes the output instead of the result's buffers. A stream
-// must end with exactly one exit message, done, with an exit code.
+// runNDJSON posts a run and reads its NDJSON stream to the end through
+// the SDK, every message checked against the contract. sink, when set,
+// takes the output instead of the result's buffers. A stream must end
+// with exactly one exit message, done, with an exit code.
 func (a *agentProc) runNDJSON(ctx context.Context, t testing.TB, id string, req api.RunRequest, sink func(stream string, data []byte)) runResult {
 	t.Helper()
-	return runOver(ctx, t, a.Client(t), id, req, sink, false)
+	return runOver(ctx, t, a.SDK(t), id, req, sink)
 }
 
 // runBig is runNDJSON for output too large for the validating client,
 // which checks format: byte with a regular expression: about 130 ms a
 // 256 KiB message, 13 s for 100 MiB, minutes under -race. It checks the
 // exit message and a small first message (64 KiB at most) against the
-// schema itself, and the shape of every message: known fields only, valid
-// base64. Lines in the agent's own encoding of an output message are
-// decoded directly, the others (the exit message) as JSON: under -race,
-// encoding/json takes half a minute for 100 MiB.
+// schema; the SDK checks the shape of every message.
 func (a *agentProc) runBig(ctx context.Context, t testing.TB, id string, req api.RunRequest, sink func(stream string, data []byte)) runResult {
 	t.Helper()
-	c, err := api.NewClientWithResponses("http://agent", api.WithHTTPClient(&http.Client{Transport: a.Transport()}))
+	n := 0
+	c, err := client.New("unix://"+a.Socket(),
+		client.WithHTTPClient(&http.Client{Transport: a.Transport()}),
+		client.WithObserver(func(schema string, line []byte) {
+			if n++; n == 1 && len(line) <= 64<<10 || bytes.Contains(line, []byte(`"exit"`)) {
+				checkSchema(t, schema, line)
+			}
+		}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return runOver(ctx, t, c, id, req, sink, true)
+	return runOver(ctx, t, c, id, req, sink)
 }
 
-// runOver runs req over c. big: c does not validate the stream (see runBig).
-func runOver(ctx context.Context, t testing.TB, c *api.ClientWithResponses, id string, req api.RunRequest, sink func(stream string, data []byte), big bool) runResult {
+// runOver runs req over c's NDJSON run.
+func runOver(ctx context.Context, t testing.TB, c *client.Client, id string, req api.RunRequest, sink func(stream string, data []byte)) runResult {
 	t.Helper()
-	resp, err := c.RunInSandbox(ctx, id, req)
-	if err != nil {
-		t.Errorf("run %v in %s: %v", req.Cmd, id, err)
-		return runResult{Cut: true}
-	}
-	defer resp.Body.Close()
-	res := runResult{Status: resp.StatusCode}
-	if resp.StatusCode != http.StatusOK {
-		var e api.Error
-		body, _ := io.ReadAll(resp.Body)
-		if err := json.Unmarshal(body, &e); err != nil || int(e.Code) != resp.StatusCode || e.Message == "" {
-			t.Errorf("run refused with %d and body %s, want {code, message}", resp.StatusCode, body)
-		}
-		res.Message = e.Message
-		return res
-	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/x-ndjson") {
-		t.Errorf("run answered %s, want application/x-ndjson", ct)
-	}
+	return collectRun(ctx, t, c.Run(ctx, id, req), http.StatusOK, req.Cmd, sink)
+}
+
+// collectRun reads a run's output into a result. ok is the status of a
+// run that was not refused.
+func collectRun(ctx context.Context, t testing.TB, out iter.Seq2[client.Output, error], ok int, cmd []string, sink func(stream string, data []byte)) runResult {
+	t.Helper()
+	res := runResult{Status: ok, Code: -1000}
 	if sink == nil {
 		sink = res.collect
 	}
-	r := bufio.NewReaderSize(resp.Body, 1<<20)
-	var data []byte
-	for {
-		line, err := readLine(r)
-		if len(bytes.TrimSpace(line)) == 0 {
-			if err == nil {
-				continue
+	exited := false
+	for o, err := range out {
+		var e *client.Error
+		switch {
+		case errors.As(err, &e) && !exited && res.Messages == 0:
+			if e.Message == "" {
+				t.Errorf("run %v refused with %d and no message", cmd, e.Code)
 			}
-			res.Cut = true
-			if ctx.Err() == nil {
-				t.Errorf("run %v: the stream ended without an exit message after %d messages: %v", req.Cmd, res.Messages, err)
+			res.Status, res.Message = e.Code, e.Message
+			return res
+		case err != nil:
+			if !exited {
+				res.Cut = true
+			}
+			if !exited && ctx.Err() == nil || exited {
+				t.Errorf("run %v: %v", cmd, err)
 			}
 			return res
-		}
-		if big && res.Messages > 0 {
-			if stream, b64, ok := fastOutput(line); ok {
-				if data, err = base64.StdEncoding.AppendDecode(data[:0], b64); err != nil || len(data) == 0 {
-					t.Errorf("output message with bad data (%v): %.200s", err, line)
-					res.Cut = true
-					return res
-				}
-				res.Messages++
-				sink(stream, data)
-				continue
-			}
-		}
-		var m api.OutputMessage
-		strict := json.NewDecoder(bytes.NewReader(line))
-		strict.DisallowUnknownFields()
-		if err := strict.Decode(&m); err != nil {
-			t.Errorf("output message: %v: %.200s", err, line)
-			res.Cut = true
-			return res
-		}
-		if big && (res.Messages == 0 && len(line) <= 64<<10 || m.Stream == "exit") {
-			checkSchema(t, "OutputMessage", line)
-		}
-		if res.take(t, m, sink) {
-			res.exitNotes(line)
-			break
+		case o.Exit != nil:
+			exited = true
+			res.Code, res.Truncated, res.Note = o.Exit.Code, len(o.Exit.Truncated) > 0, o.Exit.Message
+		default:
+			res.Messages++
+			sink(o.Stream, o.Data)
 		}
 	}
-	if rest, err := io.ReadAll(r); err != nil || len(bytes.TrimSpace(rest)) > 0 {
-		t.Errorf("run %v: after the exit message: %.200q (%v), want the end of the stream", req.Cmd, rest, err)
+	if !exited {
+		res.Cut = true
 	}
 	return res
-}
-
-// readLine reads one NDJSON line, however long.
-func readLine(r *bufio.Reader) ([]byte, error) {
-	line, err := r.ReadSlice('\n')
-	if !errors.Is(err, bufio.ErrBufferFull) {
-		return line, err
-	}
-	long := append([]byte(nil), line...)
-	for errors.Is(err, bufio.ErrBufferFull) {
-		line, err = r.ReadSlice('\n')
-		long = append(long, line...)
-	}
-	return long, err
-}
-
-// fastOutput recognises an output message in the agent's own encoding,
-// {"stream":"stdout|stderr","data":"<base64>"}, and returns its parts.
-func fastOutput(line []byte) (stream string, b64 []byte, ok bool) {
-	line = bytes.TrimSpace(line)
-	for _, stream := range []string{"stdout", "stderr"} {
-		prefix := `{"stream":"` + stream + `","data":"`
-		if rest, found := bytes.CutPrefix(line, []byte(prefix)); found {
-			if b64, found := bytes.CutSuffix(rest, []byte(`"}`)); found {
-				return stream, b64, true
-			}
-		}
-	}
-	return "", nil, false
 }
 
 // collect keeps output in the result's buffers.
@@ -497,53 +404,6 @@ func (r *runResult) collect(stream string, data []byte) {
 	} else {
 		r.Stderr = append(r.Stderr, data...)
 	}
-}
-
-// exitNotes takes truncated and message from the exit message: decoded
-// on their own, so that they are read whatever the generated types hold.
-// A truncated that is absent, null, false or empty means nothing was cut.
-func (r *runResult) exitNotes(raw []byte) {
-	var x struct {
-		Truncated json.RawMessage `json:"truncated"`
-		Message   string          `json:"message"`
-	}
-	if json.Unmarshal(raw, &x) != nil {
-		return
-	}
-	switch string(bytes.TrimSpace(x.Truncated)) {
-	case "", "null", "false", "[]", "{}", `""`:
-	default:
-		r.Truncated = true
-	}
-	r.Note = x.Message
-}
-
-// take handles one output message and reports whether it was the last.
-func (r *runResult) take(t testing.TB, m api.OutputMessage, sink func(string, []byte)) bool {
-	t.Helper()
-	switch m.Stream {
-	case "stdout", "stderr":
-		if m.Done != nil && *m.Done || m.ExitCode != nil {
-			t.Errorf("output message with done or exit_code: %+v", m)
-		}
-		if m.Data == nil || len(*m.Data) == 0 {
-			t.Errorf("output message without data: %+v", m)
-			return false
-		}
-		r.Messages++
-		sink(string(m.Stream), *m.Data)
-		return false
-	case "exit":
-		if m.Done == nil || !*m.Done || m.ExitCode == nil {
-			t.Errorf("exit message %+v, want done and an exit code", m)
-			r.Code = -1000
-		} else {
-			r.Code = int(*m.ExitCode)
-		}
-		return true
-	}
-	t.Errorf("output message on stream %q", m.Stream)
-	return false
 }
 
 // run runs a command over NDJSON and requires the stream.
@@ -566,69 +426,79 @@ func (a *agentProc) sh(t testing.TB, id, script string) string {
 	return string(res.Stdout)
 }
 
-// wsRun is a run over the WebSocket.
+// wsRun is a run or an exec over a WebSocket, its output read through
+// the SDK a message at a time.
 type wsRun struct {
-	t testing.TB
-	c *websocket.Conn
+	t    testing.TB
+	pull func() (client.Output, error, bool)
+	cmd  []string
+	exec *client.ExecSession // an exec's, for its input
 }
 
-// runWS opens the run WebSocket of id and sends the request as its first
-// message. A refusal before the upgrade returns the response instead.
-func (a *agentProc) runWS(ctx context.Context, t testing.TB, id string, req api.RunRequest) (*wsRun, *http.Response) {
+func newWSRun(t testing.TB, out iter.Seq2[client.Output, error], cmd []string) *wsRun {
+	pull, stop := iter.Pull2(out)
+	t.Cleanup(stop)
+	return &wsRun{t: t, pull: pull, cmd: cmd}
+}
+
+// runWS opens the run WebSocket of id, sends the request as its first
+// message and waits for the first output. A refusal (before the upgrade,
+// or a close with 4000+status after it) returns nil and the *Error.
+func (a *agentProc) runWS(ctx context.Context, t testing.TB, id string, req api.RunRequest) (*wsRun, *client.Error) {
 	t.Helper()
-	c, resp, err := a.dialWS(ctx, "/v1/sandboxes/"+url.PathEscape(id)+"/run")
-	if err != nil {
-		if resp == nil {
-			t.Fatalf("WebSocket run in %s: %v", id, err)
+	w := newWSRun(t, a.SDK(t).RunWS(ctx, id, req), req.Cmd)
+	first, err, ok := w.pull()
+	var e *client.Error
+	if errors.As(err, &e) {
+		return nil, e
+	}
+	w.pull = pushBack(w.pull, first, err, ok)
+	return w, nil
+}
+
+// pushBack returns pull with (o, err, ok) put back in front.
+func pushBack(pull func() (client.Output, error, bool), o client.Output, err error, ok bool) func() (client.Output, error, bool) {
+	pending := true
+	return func() (client.Output, error, bool) {
+		if pending {
+			pending = false
+			return o, err, ok
 		}
-		return nil, resp
+		return pull()
 	}
-	t.Cleanup(func() { _ = c.CloseNow() })
-	body, err := json.Marshal(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Write(ctx, websocket.MessageText, body); err != nil {
-		t.Fatalf("send the run request: %v", err)
-	}
-	return &wsRun{t: t, c: c}, resp
 }
 
-// next reads the next output message; at the exit message it returns
-// done true and the exit code.
-func (w *wsRun) next(ctx context.Context) (m api.OutputMessage, raw []byte) {
+// refusal is an *Error's status, for a failure message.
+func refusal(e *client.Error) string {
+	if e == nil {
+		return "no refusal"
+	}
+	return e.Error()
+}
+
+// next returns the next output message, failing the test at an error or
+// the end of the stream.
+func (w *wsRun) next() client.Output {
 	w.t.Helper()
-	typ, raw, err := w.c.Read(ctx)
-	if err != nil {
-		w.t.Fatalf("WebSocket run: %v", err)
+	o, err, ok := w.pull()
+	if err != nil || !ok {
+		w.t.Fatalf("WebSocket %v: %v (ended: %v)", w.cmd, err, !ok)
 	}
-	if typ != websocket.MessageText {
-		w.t.Errorf("output message of type %v, want text", typ)
-	}
-	checkSchema(w.t, "OutputMessage", raw)
-	if err := json.Unmarshal(raw, &m); err != nil {
-		w.t.Fatalf("output message: %v: %.200s", err, raw)
-	}
-	return m, raw
+	return o
 }
 
-// finish reads to the exit message, then requires a normal close.
+// finish reads to the exit message and the normal close after it.
 func (w *wsRun) finish(ctx context.Context) runResult {
 	w.t.Helper()
-	var res runResult
-	res.Status = http.StatusSwitchingProtocols
-	for {
-		m, raw := w.next(ctx)
-		if res.take(w.t, m, res.collect) {
-			res.exitNotes(raw)
-			break
+	rest := func(yield func(client.Output, error) bool) {
+		for {
+			o, err, ok := w.pull()
+			if !ok || !yield(o, err) {
+				return
+			}
 		}
 	}
-	_, extra, err := w.c.Read(ctx)
-	if websocket.CloseStatus(err) != websocket.StatusNormalClosure {
-		w.t.Errorf("after the exit message: %q, %v; want a normal close", extra, err)
-	}
-	return res
+	return collectRun(ctx, w.t, rest, http.StatusSwitchingProtocols, w.cmd, nil)
 }
 
 // ---- nothing left ----

@@ -33,7 +33,7 @@ func TestLifecycle(t *testing.T) {
 	a.LogOnFailure(t)
 	const id = "life"
 	ndjson := a.events(t, api.StreamEventsParams{Id: agenttest.Ptr(id)})
-	ws := a.eventsWS(t, "id="+id)
+	ws := a.eventsWS(t, api.StreamEventsParams{Id: agenttest.Ptr(id)})
 	req := api.CreateSandboxRequest{Id: agenttest.Ptr(id), Labels: &map[string]string{"suite": "life"}}
 	a.createOnly(t, req)
 	for _, evs := range []*eventStream{ndjson, ws} {
@@ -148,8 +148,8 @@ func TestConcurrentRunAndClientGone(t *testing.T) {
 	if res := a.runNDJSON(reqCtx(t), t, id, api.RunRequest{Cmd: []string{"true"}}, nil); res.Status != http.StatusConflict {
 		t.Errorf("a second run: %d %q, want 409", res.Status, res.Message)
 	}
-	if w, resp := a.runWS(reqCtx(t), t, id, api.RunRequest{Cmd: []string{"true"}}); w != nil || resp.StatusCode != http.StatusConflict {
-		t.Errorf("a second run over the WebSocket: %v, want 409 before the upgrade", statusOf(resp))
+	if w, e := a.runWS(reqCtx(t), t, id, api.RunRequest{Cmd: []string{"true"}}); w != nil || e.Code != http.StatusConflict || e.Closed {
+		t.Errorf("a second run over the WebSocket: %v, want 409 before the upgrade", refusal(e))
 	}
 	if r, err := a.Client(t).RemoveSandboxWithResponse(reqCtx(t), id, &api.RemoveSandboxParams{}); err != nil {
 		t.Fatal(err)
@@ -237,7 +237,7 @@ func TestTTL(t *testing.T) {
 	a := sharedAgent(t)
 	a.LogOnFailure(t)
 	const id = "ttl"
-	ws := a.eventsWS(t, "id="+id)
+	ws := a.eventsWS(t, api.StreamEventsParams{Id: agenttest.Ptr(id)})
 	removed := a.events(t, api.StreamEventsParams{Action: agenttest.Ptr[api.EventAction]("removed")})
 	a.createOnly(t, api.CreateSandboxRequest{Id: agenttest.Ptr(id), TtlSeconds: agenttest.Ptr[int64](1)})
 	created := ws.expect(id, "created", "ready")[0]
@@ -341,9 +341,9 @@ func TestWebSocketRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 
-	w, resp := a.runWS(ctx, t, id, api.RunRequest{Cmd: []string{"sh", "-c", "echo out; echo err >&2; exit 7"}})
+	w, e := a.runWS(ctx, t, id, api.RunRequest{Cmd: []string{"sh", "-c", "echo out; echo err >&2; exit 7"}})
 	if w == nil {
-		t.Fatalf("WebSocket run: %s", statusOf(resp))
+		t.Fatalf("WebSocket run: %s", refusal(e))
 	}
 	res := w.finish(ctx)
 	if string(res.Stdout) != "out\n" || string(res.Stderr) != "err\n" || res.Code != 7 {
@@ -353,15 +353,16 @@ func TestWebSocketRun(t *testing.T) {
 		t.Errorf("idle %v, want exit_code 7", attrs(idle))
 	}
 
-	w, resp = a.runWS(ctx, t, id, api.RunRequest{Cmd: []string{"sh", "-c", "echo started; exec sleep 1001"}})
+	watch, stop := context.WithCancel(ctx)
+	w, e = a.runWS(watch, t, id, api.RunRequest{Cmd: []string{"sh", "-c", "echo started; exec sleep 1001"}})
 	if w == nil {
-		t.Fatalf("WebSocket run: %s", statusOf(resp))
+		t.Fatalf("WebSocket run: %s", refusal(e))
 	}
-	if m, raw := w.next(ctx); m.Stream != "stdout" || m.Data == nil || string(*m.Data) != "started\n" {
-		t.Fatalf("first message %s, want stdout started", raw)
+	if o := w.next(); o.Stream != "stdout" || string(o.Data) != "started\n" {
+		t.Fatalf("first message %+v, want stdout started", o)
 	}
 	evs.expect(id, "running")
-	_ = w.c.Close(websocket.StatusNormalClosure, "done watching")
+	stop() // the client goes away
 	if idle := evs.expect(id, "idle")[0]; attrs(idle)["exit_code"] != "137" {
 		t.Errorf("idle after the client closed: %v, want exit_code 137", attrs(idle))
 	}
@@ -373,11 +374,16 @@ func TestWebSocketRun(t *testing.T) {
 	}
 	evs.expect(id, "running", "idle") // the ps
 
-	w, resp = a.runWS(ctx, t, id, api.RunRequest{Cmd: []string{}})
-	if w == nil {
-		t.Fatalf("WebSocket run: %s", statusOf(resp))
+	// A bad request is refused after the upgrade, with close code 4400.
+	c, resp, err := a.dialWS(ctx, "/v1/sandboxes/"+id+"/run")
+	if err != nil {
+		t.Fatalf("run WebSocket: %v (%s)", err, statusOf(resp))
 	}
-	if _, _, err := w.c.Read(ctx); websocket.CloseStatus(err) != 4400 {
+	defer func() { _ = c.CloseNow() }()
+	if err := c.Write(ctx, websocket.MessageText, []byte(`{"cmd":[]}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != 4400 {
 		t.Errorf("a run request without cmd: %v, want a close with 4400", err)
 	}
 	a.remove(t, id, false)
@@ -500,11 +506,11 @@ func TestBadInput(t *testing.T) {
 	} else if r.JSON404 == nil {
 		t.Errorf("stop unknown: %d %s; want 404", r.StatusCode(), r.Body)
 	}
-	if res := runOver(ctx, t, raw, unknown, api.RunRequest{Cmd: []string{"true"}}, nil, false); res.Status != http.StatusNotFound {
+	if res := runOver(ctx, t, a.SDK(t), unknown, api.RunRequest{Cmd: []string{"true"}}, nil); res.Status != http.StatusNotFound {
 		t.Errorf("run in unknown: %d %q; want 404", res.Status, res.Message)
 	}
-	if w, resp := a.runWS(ctx, t, unknown, api.RunRequest{Cmd: []string{"true"}}); w != nil || resp.StatusCode != http.StatusNotFound {
-		t.Errorf("WebSocket run in unknown: %s; want 404 before the upgrade", statusOf(resp))
+	if w, e := a.runWS(ctx, t, unknown, api.RunRequest{Cmd: []string{"true"}}); w != nil || e.Code != http.StatusNotFound || e.Closed {
+		t.Errorf("WebSocket run in unknown: %s; want 404 before the upgrade", refusal(e))
 	}
 
 	id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("bad-input")})
@@ -517,7 +523,7 @@ func TestBadInput(t *testing.T) {
 		{api.RunRequest{Cmd: []string{""}}, "cmd"},
 		{api.RunRequest{Cmd: []string{"true"}, TimeoutSeconds: agenttest.Ptr[int64](-1)}, "timeout_seconds"},
 	} {
-		if res := runOver(ctx, t, raw, id, tc.req, nil, false); res.Status != http.StatusBadRequest || !strings.Contains(res.Message, tc.field) {
+		if res := runOver(ctx, t, a.RawSDK(t), id, tc.req, nil); res.Status != http.StatusBadRequest || !strings.Contains(res.Message, tc.field) {
 			t.Errorf("run %+v: %d %q; want 400 naming %s", tc.req, res.Status, res.Message, tc.field)
 		}
 	}
@@ -527,11 +533,11 @@ func TestBadInput(t *testing.T) {
 	} else if r.JSON200 == nil || r.JSON200.State != "stopped" {
 		t.Fatalf("stop: %d %s", r.StatusCode(), r.Body)
 	}
-	if res := runOver(ctx, t, raw, id, api.RunRequest{Cmd: []string{"true"}}, nil, false); res.Status != http.StatusConflict {
+	if res := runOver(ctx, t, a.SDK(t), id, api.RunRequest{Cmd: []string{"true"}}, nil); res.Status != http.StatusConflict {
 		t.Errorf("run in a stopped sandbox: %d %q; want 409", res.Status, res.Message)
 	}
-	if w, resp := a.runWS(ctx, t, id, api.RunRequest{Cmd: []string{"true"}}); w != nil || resp.StatusCode != http.StatusConflict {
-		t.Errorf("WebSocket run in a stopped sandbox: %s; want 409 before the upgrade", statusOf(resp))
+	if w, e := a.runWS(ctx, t, id, api.RunRequest{Cmd: []string{"true"}}); w != nil || e.Code != http.StatusConflict || e.Closed {
+		t.Errorf("WebSocket run in a stopped sandbox: %s; want 409 before the upgrade", refusal(e))
 	}
 	a.remove(t, id, false)
 }

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -30,47 +29,38 @@ import (
 
 // ---- exec ----
 
-// execWS opens the exec WebSocket of id and sends init as its first
-// message.
+// execWS starts init over the exec WebSocket of id through the SDK,
+// every message checked against the contract.
 func (a *agentProc) execWS(ctx context.Context, t testing.TB, id string, init api.ExecInit) *wsRun {
 	t.Helper()
-	c, resp, err := a.dialWS(ctx, "/v1/sandboxes/"+url.PathEscape(id)+"/exec")
+	s, err := a.SDK(t).Exec(ctx, id, init)
 	if err != nil {
-		t.Fatalf("exec WebSocket in %s: %v (%s)", id, err, statusOf(resp))
+		t.Fatalf("exec in %s: %v", id, err)
 	}
-	t.Cleanup(func() { _ = c.CloseNow() })
-	w := &wsRun{t: t, c: c}
-	w.send(ctx, api.ExecClientMessage{Init: &init})
+	t.Cleanup(func() { _ = s.Close() })
+	w := newWSRun(t, s.Output(), init.Cmd)
+	w.exec = s
 	return w
 }
 
-// send sends one client message of the exec WebSocket, checked against
-// the contract first.
-func (w *wsRun) send(ctx context.Context, m api.ExecClientMessage) {
+// stdin sends s as the exec's stdin.
+func (w *wsRun) stdin(s string) {
 	w.t.Helper()
-	raw, err := json.Marshal(m)
-	if err != nil {
+	if _, err := io.WriteString(w.exec, s); err != nil {
 		w.t.Fatal(err)
 	}
-	checkSchema(w.t, "ExecClientMessage", raw)
-	if err := w.c.Write(ctx, websocket.MessageText, raw); err != nil {
-		w.t.Fatalf("send %s: %v", raw, err)
-	}
-}
-
-func stdinMsg(s string) api.ExecClientMessage {
-	return api.ExecClientMessage{Stdin: agenttest.Ptr([]byte(s))}
 }
 
 // readUntil reads output messages into res until done says its stdout is
 // complete; an exit message before that fails the test.
-func (w *wsRun) readUntil(ctx context.Context, res *runResult, done func(stdout string) bool) {
+func (w *wsRun) readUntil(res *runResult, done func(stdout string) bool) {
 	w.t.Helper()
 	for !done(string(res.Stdout)) {
-		m, raw := w.next(ctx)
-		if res.take(w.t, m, res.collect) {
-			w.t.Fatalf("the exec ended (%s) with stdout %q, stderr %q", raw, res.Stdout, res.Stderr)
+		o := w.next()
+		if o.Exit != nil {
+			w.t.Fatalf("the exec ended (%+v) with stdout %q, stderr %q", *o.Exit, res.Stdout, res.Stderr)
 		}
+		res.collect(o.Stream, o.Data)
 	}
 }
 
@@ -97,8 +87,8 @@ func TestExecStdin(t *testing.T) {
 
 	w := a.execWS(ctx, t, id, api.ExecInit{Cmd: []string{"cat"}})
 	var res runResult
-	w.send(ctx, stdinMsg("hello\n"))
-	w.readUntil(ctx, &res, func(out string) bool { return len(out) >= len("hello\n") })
+	w.stdin("hello\n")
+	w.readUntil(&res, func(out string) bool { return len(out) >= len("hello\n") })
 	if string(res.Stdout) != "hello\n" {
 		t.Errorf("cat echoed %q, want hello", res.Stdout)
 	}
@@ -106,8 +96,10 @@ func TestExecStdin(t *testing.T) {
 	if info := a.get(t, id); info.State != "running" {
 		t.Errorf("state %s while the exec runs, want running", info.State)
 	}
-	w.send(ctx, stdinMsg("world, without a newline"))
-	w.send(ctx, api.ExecClientMessage{CloseStdin: agenttest.Ptr(true)})
+	w.stdin("world, without a newline")
+	if err := w.exec.CloseStdin(); err != nil {
+		t.Fatal(err)
+	}
 	rest := w.finish(ctx)
 	if got := string(res.Stdout) + string(rest.Stdout); got != "hello\nworld, without a newline" || len(rest.Stderr) != 0 || rest.Code != 0 {
 		t.Errorf("cat: stdout %q, stderr %q, exit %d; want all its input, nothing, 0", got, rest.Stderr, rest.Code)
@@ -164,16 +156,18 @@ func TestExecTerminal(t *testing.T) {
 		}
 		return got
 	}
-	w.readUntil(ctx, &res, func(out string) bool { return len(sizes(out)) >= 1 })
+	w.readUntil(&res, func(out string) bool { return len(sizes(out)) >= 1 })
 	if got := sizes(string(res.Stdout)); got[0] != "24 80" {
 		t.Errorf("stty size printed %q on a terminal of 80x24, want 24 80 (stdout %q)", got[0], res.Stdout)
 	}
-	w.send(ctx, api.ExecClientMessage{Resize: &api.TTYSize{Width: 100, Height: 30}})
+	if err := w.exec.Resize(100, 30); err != nil {
+		t.Fatal(err)
+	}
 	// The resize reaches the terminal apart from stdin: ask again, a
 	// line at a time, until the new size shows (or the deadline).
 	for asked := 1; ; asked++ {
-		w.send(ctx, stdinMsg("\n"))
-		w.readUntil(ctx, &res, func(out string) bool { return len(sizes(out)) > asked })
+		w.stdin("\n")
+		w.readUntil(&res, func(out string) bool { return len(sizes(out)) > asked })
 		got := sizes(string(res.Stdout))
 		last := got[len(got)-1]
 		if last == "30 100" {
@@ -183,7 +177,7 @@ func TestExecTerminal(t *testing.T) {
 			t.Fatalf("stty size printed %q after a resize from 80x24 to 100x30 (stdout %q)", last, res.Stdout)
 		}
 	}
-	w.send(ctx, stdinMsg("q\n"))
+	w.stdin("q\n")
 	rest := w.finish(ctx)
 	if rest.Code != 3 {
 		t.Errorf("exit %d, want 3 (stdout %q)", rest.Code, append(res.Stdout, rest.Stdout...))

@@ -3,7 +3,6 @@ package sandbox
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -21,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/client"
 	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
@@ -290,13 +290,9 @@ type runJob struct {
 // cycle is one client's create, ready, run and remove of sandbox id.
 func (a *agentProc) cycle(ctx context.Context, t testing.TB, w *readyWaiter, st *churnStats, id string, job runJob) error {
 	c := a.plainClient(t)
-	runClient := c
+	runClient := a.plainSDK(t, nil)
 	if job.slow {
-		var err error
-		runClient, err = api.NewClientWithResponses("http://agent", api.WithHTTPClient(&http.Client{Transport: slowTransport{a.Transport(), slowRate}}))
-		if err != nil {
-			return err
-		}
+		runClient = a.plainSDK(t, slowTransport{a.Transport(), slowRate})
 	}
 	ready := w.expect(id)
 	start := time.Now()
@@ -319,7 +315,7 @@ func (a *agentProc) cycle(ctx context.Context, t testing.TB, w *readyWaiter, st 
 	st.add(&st.ready, time.Since(start))
 
 	start = time.Now()
-	res := runOver(ctx, t, runClient, id, api.RunRequest{Cmd: []string{"sh", "-c", job.script}}, nil, true)
+	res := runOver(ctx, t, runClient, id, api.RunRequest{Cmd: []string{"sh", "-c", job.script}}, nil)
 	st.add(&st.run, time.Since(start))
 	var errs []string
 	switch {
@@ -464,24 +460,17 @@ type readyWaiter struct {
 func (a *agentProc) followReady(t testing.TB) *readyWaiter {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	resp, err := a.plainClient(t).StreamEvents(ctx, &api.StreamEventsParams{})
-	if err != nil {
-		cancel()
-		t.Fatalf("GET /v1/events: %v", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		cancel()
-		t.Fatalf("GET /v1/events: %s", resp.Status)
-	}
 	w := &readyWaiter{waiting: map[string]chan api.Event{}, ended: make(chan struct{}), cancel: cancel}
+	answered, failed := make(chan struct{}), make(chan error, 1)
 	go func() {
 		defer close(w.ended)
-		defer resp.Body.Close()
-		dec := json.NewDecoder(resp.Body)
-		for {
-			var ev api.Event
-			if err := dec.Decode(&ev); err != nil {
+		o := client.EventsOptions{
+			OnConnect:   func() { close(answered) },
+			OnReconnect: func(error) { cancel() }, // one connection only
+		}
+		for ev, err := range a.plainSDK(t, nil).Events(ctx, o) {
+			if err != nil {
+				failed <- err
 				return
 			}
 			w.events.Add(1)
@@ -497,6 +486,12 @@ func (a *agentProc) followReady(t testing.TB) *readyWaiter {
 			}
 		}
 	}()
+	select {
+	case <-answered:
+	case err := <-failed:
+		cancel()
+		t.Fatalf("GET /v1/events: %v", err)
+	}
 	return w
 }
 

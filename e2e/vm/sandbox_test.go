@@ -1,10 +1,8 @@
 package vm
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"path/filepath"
 	"regexp"
 	"testing"
@@ -63,28 +61,17 @@ func (g *guest) checkSandbox(t *testing.T) {
 	t.Logf("sandbox create to ready in the guest: %v", time.Since(began).Round(time.Millisecond))
 
 	began = time.Now()
-	// The plain client: the answer is NDJSON, read here line by line.
-	r, err := g.client.RunInSandbox(ctx, "vm-box", api.RunRequest{Cmd: []string{"sh", "-c", "echo hi from $(hostname); exit 4"}})
-	if err != nil {
-		t.Fatalf("run in the guest's sandbox: %v", err)
-	}
-	defer r.Body.Close()
-	if r.StatusCode != 200 {
-		t.Fatalf("run in the guest's sandbox: %s", r.Status)
-	}
+	// The SDK reads the NDJSON stream.
 	var stdout bytes.Buffer
 	code := -1
-	sc := bufio.NewScanner(r.Body)
-	for sc.Scan() {
-		var m api.OutputMessage
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			t.Fatalf("run output line %q: %v", sc.Text(), err)
-		}
-		switch m.Stream {
-		case api.Stdout:
-			stdout.Write(agenttest.Deref(m.Data))
-		case api.Exit:
-			code = int(agenttest.Deref(m.ExitCode))
+	for o, err := range g.sdk.Run(ctx, "vm-box", api.RunRequest{Cmd: []string{"sh", "-c", "echo hi from $(hostname); exit 4"}}) {
+		switch {
+		case err != nil:
+			t.Fatalf("run in the guest's sandbox: %v", err)
+		case o.Exit != nil:
+			code = o.Exit.Code
+		case o.Stream == "stdout":
+			stdout.Write(o.Data)
 		}
 	}
 	t.Logf("run in the guest's sandbox took %v", time.Since(began).Round(time.Millisecond))

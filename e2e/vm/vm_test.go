@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/client"
 	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
@@ -107,6 +108,7 @@ type guest struct {
 	stdin   io.WriteCloser
 	console *console
 	client  *api.ClientWithResponses
+	sdk     *client.Client // the SDK's, over the same listener
 	started time.Time
 	exited  chan error
 	// dockerHost is the host's way to the agent's Docker API proxy
@@ -203,6 +205,7 @@ func boot(t *testing.T, im vmImage, opt bootOptions) *guest {
 	})
 	g.url = fmt.Sprintf("http://127.0.0.1:%d", port)
 	g.client = agenttest.Client(t, g.url, nil, g.token)
+	g.sdk = agenttest.SDK(t, fmt.Sprintf("tcp://127.0.0.1:%d", port), client.WithToken(g.token))
 	return g
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/client"
 	"github.com/arcbox/arcbox-agent/internal/apitest"
 )
 
@@ -232,6 +233,19 @@ func (a *Agent) Transport() *http.Transport { return a.tr }
 func (a *Agent) Client(t testing.TB) *api.ClientWithResponses {
 	t.Helper()
 	return Client(t, "http://agent", a.tr, "")
+}
+
+// SDK is the Go SDK's client over the agent's socket and Transport,
+// checked against openapi.yaml (see SDK). opts come after its own.
+func (a *Agent) SDK(t testing.TB, opts ...client.Option) *client.Client {
+	t.Helper()
+	return SDK(t, "unix://"+a.Socket(), append([]client.Option{client.WithHTTPClient(&http.Client{Transport: a.tr})}, opts...)...)
+}
+
+// RawSDK is SDK without the request checks (see RawSDK).
+func (a *Agent) RawSDK(t testing.TB, opts ...client.Option) *client.Client {
+	t.Helper()
+	return RawSDK(t, "unix://"+a.Socket(), append([]client.Option{client.WithHTTPClient(&http.Client{Transport: a.tr})}, opts...)...)
 }
 
 // RawClient is Client without the request checks, to send what the

@@ -4,11 +4,13 @@ package agenttest
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"net/http"
 	"testing"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/client"
 	"github.com/arcbox/arcbox-agent/internal/apitest"
 )
 
@@ -42,4 +44,65 @@ func Client(t testing.TB, server string, base http.RoundTripper, token string) *
 		t.Fatal(err)
 	}
 	return c
+}
+
+// SDK is the Go SDK's client of the agent at addr (see client.New), its
+// HTTP exchanges checked against openapi.yaml and each stream message
+// against its schema, disagreements reported as errors of t. A WebSocket
+// handshake goes past the exchange checks: the WebSocket library wants
+// the upgraded connection itself.
+func SDK(t testing.TB, addr string, opts ...client.Option) *client.Client {
+	t.Helper()
+	return sdk(t, addr, false, opts...)
+}
+
+// RawSDK is SDK without the request checks, to send what the contract
+// forbids; the answers are still checked.
+func RawSDK(t testing.TB, addr string, opts ...client.Option) *client.Client {
+	t.Helper()
+	return sdk(t, addr, true, opts...)
+}
+
+func sdk(t testing.TB, addr string, skipRequests bool, opts ...client.Option) *client.Client {
+	t.Helper()
+	opts = append(opts,
+		client.WithTransport(func(base http.RoundTripper) http.RoundTripper {
+			checked := &apitest.Transport{T: t, Base: base, SkipRequestValidation: skipRequests}
+			return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+				if req.Header.Get("Upgrade") != "" {
+					return base.RoundTrip(req)
+				}
+				return checked.RoundTrip(req)
+			})
+		}),
+		client.WithObserver(func(schema string, msg []byte) { CheckSchema(t, schema, msg) }))
+	c, err := client.New(addr, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
+
+// CheckSchema checks a stream message (an NDJSON line or a WebSocket
+// message) against schema of openapi.yaml.
+func CheckSchema(t testing.TB, schema string, raw []byte) {
+	t.Helper()
+	spec, _ := apitest.Spec(t)
+	ref := spec.Components.Schemas[schema]
+	if ref == nil || ref.Value == nil {
+		t.Errorf("openapi.yaml has no schema %s", schema)
+		return
+	}
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		t.Errorf("contract: a %s message is not JSON: %v: %.200s", schema, err, raw)
+		return
+	}
+	if err := ref.Value.VisitJSON(v); err != nil {
+		t.Errorf("contract: message is no %s: %v: %.200s", schema, err, raw)
+	}
 }

@@ -1,0 +1,218 @@
+// Package client is a Go SDK for the arcbox agent's HTTP/JSON API. New
+// connects to any of the agent's listeners (unix://, tcp:// or vsock://);
+// API gives the generated typed client for the plain JSON operations;
+// Run, RunWS, Events, RuntimeLogs and Exec give the streams as Go
+// iterators, so a caller never decodes a stream by hand. Every answer
+// outside 2xx is an *Error.
+package client
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/mdlayher/vsock"
+
+	"github.com/arcbox/arcbox-agent/api"
+)
+
+// Client talks to one agent. It is safe for concurrent use.
+type Client struct {
+	server  string // the base URL requests are made against
+	hc      *http.Client
+	api     *api.ClientWithResponses
+	token   string
+	traceID string
+	observe func(schema string, msg []byte)
+}
+
+// Option configures New.
+type Option func(*options)
+
+type options struct {
+	token   string
+	traceID string
+	hc      *http.Client
+	wrap    func(http.RoundTripper) http.RoundTripper
+	observe func(schema string, msg []byte)
+}
+
+// WithToken sends token as the bearer token of every request, as a TCP
+// listener wants. It never appears in an error.
+func WithToken(token string) Option { return func(o *options) { o.token = token } }
+
+// WithTraceID sends id as the X-Trace-Id of every request, so the
+// agent's log lines about them carry it.
+func WithTraceID(id string) Option { return func(o *options) { o.traceID = id } }
+
+// WithHTTPClient makes requests with hc (a copy of it). A nil Transport
+// means the one New makes to reach the address. hc's Timeout bounds whole
+// exchanges, streams included: leave it 0 and use contexts for streams.
+func WithHTTPClient(hc *http.Client) Option { return func(o *options) { o.hc = hc } }
+
+// WithTransport wraps the transport that reaches the address, to add
+// checks, metrics or logging around every exchange.
+func WithTransport(wrap func(base http.RoundTripper) http.RoundTripper) Option {
+	return func(o *options) { o.wrap = wrap }
+}
+
+// WithObserver calls observe with every stream message as it comes or
+// goes, before it is decoded: schema is the name of its schema in
+// openapi.yaml ("OutputMessage", "Event", "ExecClientMessage"). It is for
+// contract tests and debugging, and must not keep msg.
+func WithObserver(observe func(schema string, msg []byte)) Option {
+	return func(o *options) { o.observe = observe }
+}
+
+// New returns a client of the agent at addr: unix:///path/to/socket,
+// tcp://host:port or vsock://CID:PORT.
+func New(addr string, opts ...Option) (*Client, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	server, dial, err := parseAddress(addr)
+	if err != nil {
+		return nil, err
+	}
+	hc := &http.Client{}
+	if o.hc != nil {
+		*hc = *o.hc
+	}
+	if hc.Transport == nil {
+		// No proxy: the agent is on this machine or behind a local bridge.
+		hc.Transport = &http.Transport{DialContext: dial, MaxIdleConnsPerHost: 16}
+	}
+	if o.wrap != nil {
+		hc.Transport = o.wrap(hc.Transport)
+	}
+	c := &Client{server: server, hc: hc, token: o.token, traceID: o.traceID, observe: o.observe}
+	c.api, err = api.NewClientWithResponses(server, api.WithHTTPClient(hc), api.WithRequestEditorFn(c.edit))
+	if err != nil {
+		return nil, fmt.Errorf("client for %q: %w", addr, err)
+	}
+	return c, nil
+}
+
+// API is the generated client for the plain JSON operations; its answers
+// outside 2xx become an *Error with Check. Streams have no *WithResponse
+// method there: use Run, RunWS, Events, RuntimeLogs and Exec.
+func (c *Client) API() *api.ClientWithResponses { return c.api }
+
+// HTTPClient is the client requests are made with.
+func (c *Client) HTTPClient() *http.Client { return c.hc }
+
+// edit adds the token and the trace id to a request.
+func (c *Client) edit(_ context.Context, req *http.Request) error {
+	c.setHeaders(req.Header)
+	return nil
+}
+
+func (c *Client) setHeaders(h http.Header) {
+	if c.token != "" {
+		h.Set("Authorization", "Bearer "+c.token)
+	}
+	if c.traceID != "" {
+		h.Set("X-Trace-Id", c.traceID)
+	}
+}
+
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// parseAddress returns the base URL and the dialer for addr.
+func parseAddress(addr string) (string, dialFunc, error) {
+	bad := func(why string) error {
+		return fmt.Errorf("agent address %q: %s; want unix:///path, tcp://host:port or vsock://CID:PORT", addr, why)
+	}
+	u, err := url.Parse(addr)
+	if err != nil {
+		return "", nil, bad(err.Error())
+	}
+	if u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.Opaque != "" {
+		return "", nil, bad("it has a user, a query or a fragment")
+	}
+	switch u.Scheme {
+	case "unix":
+		path := u.Path
+		if u.Host != "" || !filepath.IsAbs(path) || strings.ContainsRune(path, 0) {
+			return "", nil, bad("a unix socket needs an absolute path")
+		}
+		return "http://agent", func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", path)
+		}, nil
+	case "tcp":
+		if u.Hostname() == "" || u.Port() == "" || u.Path != "" {
+			return "", nil, bad("TCP needs a host and a port")
+		}
+		if _, err := strconv.ParseUint(u.Port(), 10, 16); err != nil {
+			return "", nil, bad(fmt.Sprintf("port %q is not a number from 0 to 65535", u.Port()))
+		}
+		return "http://" + u.Host, (&net.Dialer{}).DialContext, nil
+	case "vsock":
+		if u.Hostname() == "" || u.Port() == "" || u.Path != "" {
+			return "", nil, bad("vsock needs a CID and a port")
+		}
+		cid, err := strconv.ParseUint(u.Hostname(), 10, 32)
+		if err != nil {
+			return "", nil, bad(fmt.Sprintf("CID %q is not a 32-bit number", u.Hostname()))
+		}
+		port, err := strconv.ParseUint(u.Port(), 10, 32)
+		if err != nil || port == 0 {
+			return "", nil, bad(fmt.Sprintf("port %q is not a positive 32-bit number", u.Port()))
+		}
+		return "http://agent", func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return vsock.DialContext(ctx, uint32(cid), uint32(port), nil)
+		}, nil
+	}
+	return "", nil, bad(fmt.Sprintf("unknown scheme %q", u.Scheme))
+}
+
+// newRequest makes a request for path (with its query) on the agent.
+func (c *Client) newRequest(ctx context.Context, method, path string, query url.Values) (*http.Request, error) {
+	u := c.server + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	return req, nil
+}
+
+// do sends req; an answer outside 2xx is an *Error, its body read and
+// closed.
+func (c *Client) do(req *http.Request) (*http.Response, error) {
+	c.setHeaders(req.Header)
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		defer resp.Body.Close()
+		return nil, errorFrom(resp)
+	}
+	return resp, nil
+}
+
+func (c *Client) see(schema string, msg []byte) {
+	if c.observe != nil {
+		c.observe(schema, msg)
+	}
+}
+
+// openStream sends req (see do) and returns the answer's body, for the
+// caller to read and close.
+func (c *Client) openStream(req *http.Request) (io.ReadCloser, error) {
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
