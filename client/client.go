@@ -39,7 +39,7 @@ type options struct {
 	token   string
 	traceID string
 	hc      *http.Client
-	wrap    func(http.RoundTripper) http.RoundTripper
+	wraps   []func(http.RoundTripper) http.RoundTripper
 	observe func(schema string, msg []byte)
 }
 
@@ -57,9 +57,10 @@ func WithTraceID(id string) Option { return func(o *options) { o.traceID = id } 
 func WithHTTPClient(hc *http.Client) Option { return func(o *options) { o.hc = hc } }
 
 // WithTransport wraps the transport that reaches the address, to add
-// checks, metrics or logging around every exchange.
+// checks, metrics or logging around every exchange. Each WithTransport
+// wraps what the ones before it made.
 func WithTransport(wrap func(base http.RoundTripper) http.RoundTripper) Option {
-	return func(o *options) { o.wrap = wrap }
+	return func(o *options) { o.wraps = append(o.wraps, wrap) }
 }
 
 // WithObserver calls observe with every stream message as it comes or
@@ -89,8 +90,8 @@ func New(addr string, opts ...Option) (*Client, error) {
 		// No proxy: the agent is on this machine or behind a local bridge.
 		hc.Transport = &http.Transport{DialContext: dial, MaxIdleConnsPerHost: 16}
 	}
-	if o.wrap != nil {
-		hc.Transport = o.wrap(hc.Transport)
+	for _, wrap := range o.wraps {
+		hc.Transport = wrap(hc.Transport)
 	}
 	c := &Client{server: server, hc: hc, token: o.token, traceID: o.traceID, observe: o.observe}
 	c.api, err = api.NewClientWithResponses(server, api.WithHTTPClient(hc), api.WithRequestEditorFn(c.edit))

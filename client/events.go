@@ -196,11 +196,13 @@ func (c *Client) openEvents(ctx context.Context, q url.Values, overWS bool) (nex
 	next = func() ([]byte, error) {
 		for {
 			line, err := readLine(r)
+			if err != nil {
+				// A line the end of the stream cut short is no message:
+				// the reconnect brings it whole.
+				return nil, err
+			}
 			if line = bytes.TrimSpace(line); len(line) > 0 {
 				return line, nil
-			}
-			if err != nil {
-				return nil, err
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -34,6 +35,7 @@ type step struct {
 	status int   // an answer instead of a stream
 	count  int   // events to send before the drop
 	kill   bool  // cut the connection instead of ending the stream
+	torn   bool  // with kill: half of the next event is sent before the cut
 	oldest int64 // the X-Event-Oldest-Seq of a 410
 }
 
@@ -83,6 +85,9 @@ func (j *journal) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	for _, m := range msgs {
 		_, _ = w.Write([]byte(m + "\n"))
+	}
+	if next := event(from + int64(len(msgs))); s.torn {
+		_, _ = w.Write([]byte(next[:len(next)/2]))
 	}
 	if s.kill {
 		rc := http.NewResponseController(w)
@@ -152,6 +157,26 @@ func TestEventsResume(t *testing.T) {
 	}
 	if want := []string{"0", "0", "3", "5", "5"}; !slices.Equal(j.asked(), want) || drops != 4 || connects != 3 {
 		t.Errorf("connections asked after %q with %d reconnects and %d answered, want %q, 4 and 3", j.asked(), drops, connects, want)
+	}
+}
+
+// TestEventsTornLine: a connection cut in the middle of an event's line
+// yields no half event: the reconnect brings it whole.
+func TestEventsTornLine(t *testing.T) {
+	j := &journal{t: t, last: 5, plan: []step{{count: 2, kill: true, torn: true}, {count: 100}}}
+	observed := 0
+	c := serve(t, j, client.WithObserver(func(_ string, msg []byte) {
+		observed++
+		if !json.Valid(msg) {
+			t.Errorf("observed a message that is not JSON: %q", msg)
+		}
+	}))
+	got, err := read(t, c, client.EventsOptions{After: new(int64)}, 5)
+	if err != nil || !slices.Equal(got, seqs(1, 5)) || observed != 5 {
+		t.Errorf("events %v, %v, %d observed; want 1 to 5 once each", got, err, observed)
+	}
+	if want := []string{"0", "2"}; !slices.Equal(j.asked(), want) {
+		t.Errorf("connections asked after %q, want %q", j.asked(), want)
 	}
 }
 

@@ -68,12 +68,13 @@ func (c *Client) Run(ctx context.Context, id string, req api.RunRequest) iter.Se
 		r := bufio.NewReaderSize(resp.Body, 1<<20)
 		for {
 			line, err := readLine(r)
-			if len(bytes.TrimSpace(line)) == 0 {
-				if err == nil {
-					continue
-				}
+			if err != nil {
+				// A line the end of the stream cut short is no message.
 				yield(Output{}, streamEnd(ctx, "run", err, dec.n))
 				return
+			}
+			if len(bytes.TrimSpace(line)) == 0 {
+				continue
 			}
 			c.see("OutputMessage", line)
 			o, derr := dec.decode(line)
