@@ -326,26 +326,147 @@ type ClientInterface interface {
 	//
 	// Upgrade to a WebSocket (see `x-websocket`). The client's first
 	// message is `{"init": ExecInit}`, then any of `{"stdin":
-	// "<base64>"}`, `{"resize": {"width","height"}}` and
-	// `{"close_stdin": true}` (see `ExecClientMessage`); the server sends
-	// `OutputMessage`s, the last with `done: true` and the exit code, and
-	// closes with 1000. What is answered before the upgrade is as for the
-	// run WebSocket. Closing the socket hangs up the process.
+	// "<base64>"}`, `{"resize": {"width","height"}}`,
+	// `{"close_stdin": true}` and `{"signal": "SIGINT"}` (see
+	// `ExecClientMessage`); the server sends `OutputMessage`s, the last
+	// with `done: true` and the exit code, and closes with 1000. What is
+	// answered before the upgrade is as for the run WebSocket. Closing the
+	// socket hangs up the process (SIGHUP, then SIGKILL after a grace),
+	// unless `init` sets `detach_on_disconnect`.
 	//
 	// Corresponds with GET /v1/sandboxes/{id}/exec (the `ExecInSandbox` operationId).
 	ExecInSandbox(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RemoveSandboxFile Removes a file, symlink or directory of a ready or running sandbox.
+	//
+	// A symlink is removed, not its target. A directory that is not empty
+	// needs `recursive=true` (else a 409); symlinks inside are never
+	// followed. `/`, and a directory holding one of the sandbox's own
+	// mounts, are a 400.
+	//
+	// Corresponds with DELETE /v1/sandboxes/{id}/files (the `RemoveSandboxFile` operationId).
+	RemoveSandboxFile(ctx context.Context, id SandboxID, params *RemoveSandboxFileParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ReadSandboxFile Reads a regular file of a ready or running sandbox, raw.
+	//
+	// The file's bytes as `application/octet-stream`, with a strong `ETag`
+	// and `Last-Modified`. `Range: bytes=a-b` (one range; `a-`, `-n`
+	// too) answers 206 with `Content-Range`; a range that starts past the
+	// end is a 416 with `Content-Range: bytes */<size>`; several ranges,
+	// or a `Range` that does not parse, are ignored (200, the whole
+	// file), as RFC 9110 allows. `If-None-Match` with the file's tag is a
+	// 304; `If-Range` with another tag than the file's serves the whole
+	// file. Symlinks are followed, inside the sandbox's root. A directory,
+	// FIFO, socket or device is a 400 naming `path` (nothing is opened
+	// but to look at it, so a FIFO never blocks). A path at or under one
+	// of the sandbox's own mounts (its bind mounts, `/proc`, `/dev`, ...)
+	// is a 400 naming the mount: the agent works on the sandbox's root
+	// filesystem, not in its mount namespace. A sandbox that is not ready
+	// or running is a 409.
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/files (the `ReadSandboxFile` operationId).
+	ReadSandboxFile(ctx context.Context, id SandboxID, params *ReadSandboxFileParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// WriteSandboxFileWithBody Writes a regular file of a ready or running sandbox from the raw body.
+	//
+	// The body (any Content-Type; `curl -T file` works) is streamed to a
+	// temporary file beside `path`, which only the agent can open, then
+	// renamed over it: readers see the old file or the new one, never a
+	// part. Not subject to the 1 MiB limit of JSON bodies; bounded by the
+	// agent's `--file-upload-limit` (default 1 GiB): past it a 413, and
+	// nothing is left. The parent directory must exist. A symlink at
+	// `path` is replaced, not followed; a directory, FIFO, socket or device
+	// there is a 400. The new file's mode, uid and gid are those given,
+	// else those of the file it replaces, else 0644 and the sandbox's
+	// root; ids are as the sandbox sees them (its user namespace maps
+	// them). `If-Match` makes it a compare-and-swap on the ETag (412 when
+	// the file has another, or is absent); `If-None-Match: *` creates
+	// only (412 when the path exists). 201 with the file when it was
+	// created, 200 when it replaced one; `ETag` is the new file's.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PUT /v1/sandboxes/{id}/files (the `WriteSandboxFile` operationId).
+	WriteSandboxFileWithBody(ctx context.Context, id SandboxID, params *WriteSandboxFileParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetSandboxArchive A directory of a ready or running sandbox as a tar stream.
+	//
+	// `application/x-tar` (PAX where names or values need it), its
+	// entries named relative to the directory: files, directories,
+	// symlinks, hard links (a file's later names are links to its first),
+	// FIFOs and devices, with modes, owners (as the sandbox sees them) and
+	// modification times. Sockets and the sandbox's own mount points are
+	// left out. A failure once the stream has begun cuts the connection,
+	// so a truncated archive is never taken for a whole one.
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/files/archive (the `GetSandboxArchive` operationId).
+	GetSandboxArchive(ctx context.Context, id SandboxID, params *GetSandboxArchiveParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PutSandboxArchiveWithBody Extracts a tar stream into a directory of a ready or running sandbox.
+	//
+	// The body (`application/x-tar`, streamed, bounded by
+	// `--file-upload-limit`) is extracted into a temporary directory
+	// inside `path` (an existing directory) that only the agent may
+	// enter, every entry checked as it comes; only once the whole archive
+	// is there are its entries renamed into `path`, merged into the
+	// directories it has (an existing file is replaced; a directory
+	// cannot be replaced by a file: 400). So an archive that is refused
+	// leaves nothing: one with an absolute name or a `..` component, a
+	// hard link to anything but an earlier entry, a relative symlink
+	// that climbs out of `path`, a device node, an owner outside the
+	// sandbox's user namespace, an entry at or under one of the
+	// sandbox's own mounts, or one over the limit (413). Entries are
+	// never written through a symlink. Absolute symlinks are kept: the
+	// sandbox resolves them in its own root.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PUT /v1/sandboxes/{id}/files/archive (the `PutSandboxArchive` operationId).
+	PutSandboxArchiveWithBody(ctx context.Context, id SandboxID, params *PutSandboxArchiveParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListSandboxFiles Lists a directory of a ready or running sandbox.
+	//
+	// The directory's entries, and with `depth` > 1 those of its
+	// subdirectories too, sorted by path, at most 10000 (`truncated`
+	// says some were left out: list less deep, or get an archive).
+	// A symlink to a directory at `path` is followed; symlinks below it
+	// are listed, not descended, and so are the sandbox's own mount
+	// points.
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/files/list (the `ListSandboxFiles` operationId).
+	ListSandboxFiles(ctx context.Context, id SandboxID, params *ListSandboxFilesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// MakeSandboxDirectory Makes a directory in a ready or running sandbox.
+	//
+	// Without `parents` the parent must exist and the path must not
+	// (409). With it, missing parents are made too (with the same mode
+	// and owner) and an existing directory is no error (200). Mode
+	// defaults to 0755, the owner to the sandbox's root. No body.
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeSandboxDirectory` operationId).
+	MakeSandboxDirectory(ctx context.Context, id SandboxID, params *MakeSandboxDirectoryParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StatSandboxFile Describes a file of a ready or running sandbox.
+	//
+	// A symlink at the path is described, not followed (`link_target` says where it points).
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/files/stat (the `StatSandboxFile` operationId).
+	StatSandboxFile(ctx context.Context, id SandboxID, params *StatSandboxFileParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RunInSandboxWebSocket Runs a command over a WebSocket.
 	//
 	// Upgrade to a WebSocket (see `x-websocket`); the client's first
 	// message is a `RunRequest`, then the server sends `OutputMessage`s,
 	// the last with `done: true`, and closes with 1000. A sandbox that is
-	// unknown or not `ready` is answered before the upgrade (404, 409),
-	// and so is a request without a WebSocket handshake (426) or with a
-	// broken one (400). A failure after it closes the socket with code
-	// 4000 + the HTTP status it would have had and the message as the
-	// reason. Closing the socket, or sending anything after the first
-	// message, kills the command.
+	// unknown or not `ready` or `running` is answered before the upgrade
+	// (404, 409), and so is a request without a WebSocket handshake (426)
+	// or with a broken one (400). A failure after it closes the socket
+	// with code 4000 + the HTTP status it would have had and the message
+	// as the reason. After the run request the client may send
+	// `SignalRequest`s (`{"signal": "SIGINT"}`), each sent to the
+	// process. Closing the socket hangs the command up (SIGHUP, then
+	// SIGKILL after a grace), unless the request sets
+	// `detach_on_disconnect`.
 	//
 	// Corresponds with GET /v1/sandboxes/{id}/run (the `RunInSandboxWebSocket` operationId).
 	RunInSandboxWebSocket(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -354,8 +475,12 @@ type ClientInterface interface {
 	//
 	// Each line is an `OutputMessage`; stdout and stderr arrive as they are
 	// produced; the last line has `done: true` and the exit code, and names
-	// in `truncated` any stream that was cut (see `OutputMessage`). A client
-	// that goes away kills the command. Only one workload runs at a time (409).
+	// in `truncated` any stream that was cut (see `OutputMessage`), and the
+	// run's `run_id`. A client that goes away hangs the command up
+	// (SIGHUP, then SIGKILL after a grace), unless the request sets
+	// `detach_on_disconnect`. Runs run side by side, up to the cap
+	// `POST .../runs` describes (409 past it); every run is listed in
+	// `GET .../runs`.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -366,13 +491,188 @@ type ClientInterface interface {
 	//
 	// Each line is an `OutputMessage`; stdout and stderr arrive as they are
 	// produced; the last line has `done: true` and the exit code, and names
-	// in `truncated` any stream that was cut (see `OutputMessage`). A client
-	// that goes away kills the command. Only one workload runs at a time (409).
+	// in `truncated` any stream that was cut (see `OutputMessage`), and the
+	// run's `run_id`. A client that goes away hangs the command up
+	// (SIGHUP, then SIGKILL after a grace), unless the request sets
+	// `detach_on_disconnect`. Runs run side by side, up to the cap
+	// `POST .../runs` describes (409 past it); every run is listed in
+	// `GET .../runs`.
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/run (the `RunInSandbox` operationId).
 	RunInSandbox(ctx context.Context, id SandboxID, body RunInSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListRuns Lists a sandbox's runs, in progress and ended.
+	//
+	// Every run of the sandbox the agent keeps, in the order they
+	// started: those in progress, and the last 100 that ended (until the
+	// sandbox is removed). Ended runs are kept in the agent's memory: an
+	// agent restart forgets them, and lists the runs that were in
+	// progress as `lost`.
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/runs (the `ListRuns` operationId).
+	ListRuns(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StartRunWithBody Starts a detached run, answering its id at once.
+	//
+	// The run goes on without any client: its output is kept (the last
+	// `--sandbox-run-output-bytes`, 8 MiB by default; the oldest bytes
+	// are dropped past it) and read with `GET .../runs/{run_id}/output`
+	// from any kept offset, as often as wanted. It ends when its process
+	// exits, past `timeout_seconds` (SIGKILL), with a signal (`POST
+	// .../signal`), or when the sandbox is stopped (SIGTERM, then
+	// SIGKILL). The answer comes once the process has started. Its stdin
+	// is at its end at once unless `stdin=true`.
+	//
+	// A sandbox has at most `--sandbox-max-runs` runs in progress at
+	// once (64 by default), attached ones (`/run`, `/exec`) counted: past
+	// it, a 409 naming the cap. It is `running` while at least one run is
+	// in progress (event `running` with the first) and `ready` once the
+	// last ends (event `idle`, with that run's `exit_code`); every run
+	// has events `run.started` and `run.exited`. A checkpoint needs no
+	// run in progress (409). An agent restart loses the runs in progress,
+	// detached ones too: their processes are killed and they are listed
+	// as `lost`.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/runs (the `StartRun` operationId).
+	StartRunWithBody(ctx context.Context, id SandboxID, params *StartRunParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StartRun Starts a detached run, answering its id at once.
+	//
+	// The run goes on without any client: its output is kept (the last
+	// `--sandbox-run-output-bytes`, 8 MiB by default; the oldest bytes
+	// are dropped past it) and read with `GET .../runs/{run_id}/output`
+	// from any kept offset, as often as wanted. It ends when its process
+	// exits, past `timeout_seconds` (SIGKILL), with a signal (`POST
+	// .../signal`), or when the sandbox is stopped (SIGTERM, then
+	// SIGKILL). The answer comes once the process has started. Its stdin
+	// is at its end at once unless `stdin=true`.
+	//
+	// A sandbox has at most `--sandbox-max-runs` runs in progress at
+	// once (64 by default), attached ones (`/run`, `/exec`) counted: past
+	// it, a 409 naming the cap. It is `running` while at least one run is
+	// in progress (event `running` with the first) and `ready` once the
+	// last ends (event `idle`, with that run's `exit_code`); every run
+	// has events `run.started` and `run.exited`. A checkpoint needs no
+	// run in progress (409). An agent restart loses the runs in progress,
+	// detached ones too: their processes are killed and they are listed
+	// as `lost`.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/runs (the `StartRun` operationId).
+	StartRun(ctx context.Context, id SandboxID, params *StartRunParams, body StartRunJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetRun One run's state, pid, times, exit and kept output.
+	//
+	// A run in progress or one of the last 100 ended; `lost` for one that
+	// was in progress while the agent restarted.
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/runs/{run_id} (the `GetRun` operationId).
+	GetRun(ctx context.Context, id SandboxID, runId string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StreamRunOutput A run's kept output from a byte offset, followed if asked.
+	//
+	// The run's output as `OutputMessage`s, each with the `offset` of its
+	// first byte. Offsets count stdout and stderr together, in the order
+	// they were read: one number says where a reader is, and resuming
+	// from it gives both streams interleaved as they came. A reader that
+	// read a message at `offset` with `n` bytes resumes with `offset=`
+	// that + `n` and gets every byte after it exactly once. With a
+	// terminal all output is stdout.
+	//
+	// Without `follow` the stream is what is kept now, then the exit
+	// message if the run has ended. With `follow=true` it goes on as the
+	// run writes, until its exit message (`done: true`, `exit_code`,
+	// and `offset` the output's end). Reading never holds the run up: a
+	// reader that falls more than the kept bound behind loses its place
+	// (NDJSON ends without the exit message, the WebSocket closes with
+	// 4410), and asking again from its last offset answers the 410 below.
+	//
+	// A WebSocket when the request asks to upgrade (see `x-websocket`),
+	// else NDJSON.
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/runs/{run_id}/output (the `StreamRunOutput` operationId).
+	StreamRunOutput(ctx context.Context, id SandboxID, runId string, params *StreamRunOutputParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SignalRunWithBody Sends a signal to a run's process.
+	//
+	// The signal goes to the run's process alone (not its descendants),
+	// as kill(1) sends it; a run that has ended is a 409. Any run,
+	// attached or detached.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/signal (the `SignalRun` operationId).
+	SignalRunWithBody(ctx context.Context, id SandboxID, runId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SignalRun Sends a signal to a run's process.
+	//
+	// The signal goes to the run's process alone (not its descendants),
+	// as kill(1) sends it; a run that has ended is a 409. Any run,
+	// attached or detached.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/signal (the `SignalRun` operationId).
+	SignalRun(ctx context.Context, id SandboxID, runId string, body SignalRunJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// WriteRunStdinWithBody Writes to a detached run's stdin, or closes it.
+	//
+	// For a run started with `stdin: true`. The bytes are appended to
+	// its stdin in the order requests come (two requests' bytes never
+	// interleave); the answer comes once the process has taken them all
+	// (it may wait while the process does not read). `close: true` closes
+	// the stdin after them: the process reads its end. A run whose stdin
+	// is not open (started without it, closed, or ended) is a 409. A
+	// request that ends before the process took its bytes closes the
+	// stdin, since what was taken of them is not known. JSON like every
+	// body, so at most 1 MiB a request: send more in several.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/stdin (the `WriteRunStdin` operationId).
+	WriteRunStdinWithBody(ctx context.Context, id SandboxID, runId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// WriteRunStdin Writes to a detached run's stdin, or closes it.
+	//
+	// For a run started with `stdin: true`. The bytes are appended to
+	// its stdin in the order requests come (two requests' bytes never
+	// interleave); the answer comes once the process has taken them all
+	// (it may wait while the process does not read). `close: true` closes
+	// the stdin after them: the process reads its end. A run whose stdin
+	// is not open (started without it, closed, or ended) is a 409. A
+	// request that ends before the process took its bytes closes the
+	// stdin, since what was taken of them is not known. JSON like every
+	// body, so at most 1 MiB a request: send more in several.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/stdin (the `WriteRunStdin` operationId).
+	WriteRunStdin(ctx context.Context, id SandboxID, runId string, body WriteRunStdinJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetSandboxStats A sandbox's CPU, memory, pids, IO and pressure, once or streamed.
+	//
+	// Read from the sandbox's cgroup. On cgroup v2 (the agent's VM) every
+	// field is there but what the kernel lacks: `memory.peak_bytes`
+	// before Linux 5.19, `pressure` without PSI, `io` without the io
+	// controller. On cgroup v1 CPU, memory (`peak_bytes` is v1's
+	// max usage), pids and IO come from the v1 controllers, and
+	// `pressure` is left out unless the kernel keeps it in a hybrid
+	// layout's v2 hierarchy. Only a sandbox whose init runs (`ready` or
+	// `running`) has stats (409 else).
+	//
+	// Without `interval`: one `SandboxStats` as JSON. With it: NDJSON,
+	// one `SandboxStats` at once and then one every `interval`, until
+	// the client goes away, the sandbox stops or is removed (the body
+	// then ends), or the agent shuts down. Rates are differences of the
+	// counters over the `timestamp`s.
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/stats (the `GetSandboxStats` operationId).
+	GetSandboxStats(ctx context.Context, id SandboxID, params *GetSandboxStatsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// StopSandboxWithBody Stops a sandbox, waiting for its workload, then killing it.
 	//
@@ -426,6 +726,20 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/snapshots/{id}/restore (the `RestoreSnapshot` operationId).
 	RestoreSnapshot(ctx context.Context, id SnapshotID, body RestoreSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetGuestStats The guest's memory, load, pressure and data volume space, once or streamed.
+	//
+	// Read fresh from the guest kernel: `/proc/meminfo`, `/proc/loadavg`,
+	// `/proc/pressure/*` (left out without PSI), and `statfs` of the data
+	// volume while it is mounted (`data_volume` is left out before the
+	// volume is mounted, or when none is configured).
+	//
+	// Without `interval`: one `GuestStats` as JSON. With it: NDJSON, one
+	// `GuestStats` at once and then one every `interval`, until the
+	// client goes away or the agent shuts down.
+	//
+	// Corresponds with GET /v1/stats (the `GetGuestStats` operationId).
+	GetGuestStats(ctx context.Context, params *GetGuestStatsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 }
 
 // GetHealthz Liveness, the same answer as /livez.
@@ -872,15 +1186,213 @@ func (c *Client) CheckpointSandbox(ctx context.Context, id SandboxID, body Check
 //
 // Upgrade to a WebSocket (see `x-websocket`). The client's first
 // message is `{"init": ExecInit}`, then any of `{"stdin":
-// "<base64>"}`, `{"resize": {"width","height"}}` and
-// `{"close_stdin": true}` (see `ExecClientMessage`); the server sends
-// `OutputMessage`s, the last with `done: true` and the exit code, and
-// closes with 1000. What is answered before the upgrade is as for the
-// run WebSocket. Closing the socket hangs up the process.
+// "<base64>"}`, `{"resize": {"width","height"}}`,
+// `{"close_stdin": true}` and `{"signal": "SIGINT"}` (see
+// `ExecClientMessage`); the server sends `OutputMessage`s, the last
+// with `done: true` and the exit code, and closes with 1000. What is
+// answered before the upgrade is as for the run WebSocket. Closing the
+// socket hangs up the process (SIGHUP, then SIGKILL after a grace),
+// unless `init` sets `detach_on_disconnect`.
 //
 // Corresponds with GET /v1/sandboxes/{id}/exec (the `ExecInSandbox` operationId).
 func (c *Client) ExecInSandbox(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewExecInSandboxRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RemoveSandboxFile Removes a file, symlink or directory of a ready or running sandbox.
+//
+// A symlink is removed, not its target. A directory that is not empty
+// needs `recursive=true` (else a 409); symlinks inside are never
+// followed. `/`, and a directory holding one of the sandbox's own
+// mounts, are a 400.
+//
+// Corresponds with DELETE /v1/sandboxes/{id}/files (the `RemoveSandboxFile` operationId).
+func (c *Client) RemoveSandboxFile(ctx context.Context, id SandboxID, params *RemoveSandboxFileParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRemoveSandboxFileRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ReadSandboxFile Reads a regular file of a ready or running sandbox, raw.
+//
+// The file's bytes as `application/octet-stream`, with a strong `ETag`
+// and `Last-Modified`. `Range: bytes=a-b` (one range; `a-`, `-n`
+// too) answers 206 with `Content-Range`; a range that starts past the
+// end is a 416 with `Content-Range: bytes */<size>`; several ranges,
+// or a `Range` that does not parse, are ignored (200, the whole
+// file), as RFC 9110 allows. `If-None-Match` with the file's tag is a
+// 304; `If-Range` with another tag than the file's serves the whole
+// file. Symlinks are followed, inside the sandbox's root. A directory,
+// FIFO, socket or device is a 400 naming `path` (nothing is opened
+// but to look at it, so a FIFO never blocks). A path at or under one
+// of the sandbox's own mounts (its bind mounts, `/proc`, `/dev`, ...)
+// is a 400 naming the mount: the agent works on the sandbox's root
+// filesystem, not in its mount namespace. A sandbox that is not ready
+// or running is a 409.
+//
+// Corresponds with GET /v1/sandboxes/{id}/files (the `ReadSandboxFile` operationId).
+func (c *Client) ReadSandboxFile(ctx context.Context, id SandboxID, params *ReadSandboxFileParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReadSandboxFileRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// WriteSandboxFileWithBody Writes a regular file of a ready or running sandbox from the raw body.
+//
+// The body (any Content-Type; `curl -T file` works) is streamed to a
+// temporary file beside `path`, which only the agent can open, then
+// renamed over it: readers see the old file or the new one, never a
+// part. Not subject to the 1 MiB limit of JSON bodies; bounded by the
+// agent's `--file-upload-limit` (default 1 GiB): past it a 413, and
+// nothing is left. The parent directory must exist. A symlink at
+// `path` is replaced, not followed; a directory, FIFO, socket or device
+// there is a 400. The new file's mode, uid and gid are those given,
+// else those of the file it replaces, else 0644 and the sandbox's
+// root; ids are as the sandbox sees them (its user namespace maps
+// them). `If-Match` makes it a compare-and-swap on the ETag (412 when
+// the file has another, or is absent); `If-None-Match: *` creates
+// only (412 when the path exists). 201 with the file when it was
+// created, 200 when it replaced one; `ETag` is the new file's.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PUT /v1/sandboxes/{id}/files (the `WriteSandboxFile` operationId).
+func (c *Client) WriteSandboxFileWithBody(ctx context.Context, id SandboxID, params *WriteSandboxFileParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewWriteSandboxFileRequestWithBody(c.Server, id, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetSandboxArchive A directory of a ready or running sandbox as a tar stream.
+//
+// `application/x-tar` (PAX where names or values need it), its
+// entries named relative to the directory: files, directories,
+// symlinks, hard links (a file's later names are links to its first),
+// FIFOs and devices, with modes, owners (as the sandbox sees them) and
+// modification times. Sockets and the sandbox's own mount points are
+// left out. A failure once the stream has begun cuts the connection,
+// so a truncated archive is never taken for a whole one.
+//
+// Corresponds with GET /v1/sandboxes/{id}/files/archive (the `GetSandboxArchive` operationId).
+func (c *Client) GetSandboxArchive(ctx context.Context, id SandboxID, params *GetSandboxArchiveParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetSandboxArchiveRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PutSandboxArchiveWithBody Extracts a tar stream into a directory of a ready or running sandbox.
+//
+// The body (`application/x-tar`, streamed, bounded by
+// `--file-upload-limit`) is extracted into a temporary directory
+// inside `path` (an existing directory) that only the agent may
+// enter, every entry checked as it comes; only once the whole archive
+// is there are its entries renamed into `path`, merged into the
+// directories it has (an existing file is replaced; a directory
+// cannot be replaced by a file: 400). So an archive that is refused
+// leaves nothing: one with an absolute name or a `..` component, a
+// hard link to anything but an earlier entry, a relative symlink
+// that climbs out of `path`, a device node, an owner outside the
+// sandbox's user namespace, an entry at or under one of the
+// sandbox's own mounts, or one over the limit (413). Entries are
+// never written through a symlink. Absolute symlinks are kept: the
+// sandbox resolves them in its own root.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PUT /v1/sandboxes/{id}/files/archive (the `PutSandboxArchive` operationId).
+func (c *Client) PutSandboxArchiveWithBody(ctx context.Context, id SandboxID, params *PutSandboxArchiveParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPutSandboxArchiveRequestWithBody(c.Server, id, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListSandboxFiles Lists a directory of a ready or running sandbox.
+//
+// The directory's entries, and with `depth` > 1 those of its
+// subdirectories too, sorted by path, at most 10000 (`truncated`
+// says some were left out: list less deep, or get an archive).
+// A symlink to a directory at `path` is followed; symlinks below it
+// are listed, not descended, and so are the sandbox's own mount
+// points.
+//
+// Corresponds with GET /v1/sandboxes/{id}/files/list (the `ListSandboxFiles` operationId).
+func (c *Client) ListSandboxFiles(ctx context.Context, id SandboxID, params *ListSandboxFilesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListSandboxFilesRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// MakeSandboxDirectory Makes a directory in a ready or running sandbox.
+//
+// Without `parents` the parent must exist and the path must not
+// (409). With it, missing parents are made too (with the same mode
+// and owner) and an existing directory is no error (200). Mode
+// defaults to 0755, the owner to the sandbox's root. No body.
+//
+// Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeSandboxDirectory` operationId).
+func (c *Client) MakeSandboxDirectory(ctx context.Context, id SandboxID, params *MakeSandboxDirectoryParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMakeSandboxDirectoryRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StatSandboxFile Describes a file of a ready or running sandbox.
+//
+// A symlink at the path is described, not followed (`link_target` says where it points).
+//
+// Corresponds with GET /v1/sandboxes/{id}/files/stat (the `StatSandboxFile` operationId).
+func (c *Client) StatSandboxFile(ctx context.Context, id SandboxID, params *StatSandboxFileParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStatSandboxFileRequest(c.Server, id, params)
 	if err != nil {
 		return nil, err
 	}
@@ -896,12 +1408,15 @@ func (c *Client) ExecInSandbox(ctx context.Context, id SandboxID, reqEditors ...
 // Upgrade to a WebSocket (see `x-websocket`); the client's first
 // message is a `RunRequest`, then the server sends `OutputMessage`s,
 // the last with `done: true`, and closes with 1000. A sandbox that is
-// unknown or not `ready` is answered before the upgrade (404, 409),
-// and so is a request without a WebSocket handshake (426) or with a
-// broken one (400). A failure after it closes the socket with code
-// 4000 + the HTTP status it would have had and the message as the
-// reason. Closing the socket, or sending anything after the first
-// message, kills the command.
+// unknown or not `ready` or `running` is answered before the upgrade
+// (404, 409), and so is a request without a WebSocket handshake (426)
+// or with a broken one (400). A failure after it closes the socket
+// with code 4000 + the HTTP status it would have had and the message
+// as the reason. After the run request the client may send
+// `SignalRequest`s (`{"signal": "SIGINT"}`), each sent to the
+// process. Closing the socket hangs the command up (SIGHUP, then
+// SIGKILL after a grace), unless the request sets
+// `detach_on_disconnect`.
 //
 // Corresponds with GET /v1/sandboxes/{id}/run (the `RunInSandboxWebSocket` operationId).
 func (c *Client) RunInSandboxWebSocket(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -920,8 +1435,12 @@ func (c *Client) RunInSandboxWebSocket(ctx context.Context, id SandboxID, reqEdi
 //
 // Each line is an `OutputMessage`; stdout and stderr arrive as they are
 // produced; the last line has `done: true` and the exit code, and names
-// in `truncated` any stream that was cut (see `OutputMessage`). A client
-// that goes away kills the command. Only one workload runs at a time (409).
+// in `truncated` any stream that was cut (see `OutputMessage`), and the
+// run's `run_id`. A client that goes away hangs the command up
+// (SIGHUP, then SIGKILL after a grace), unless the request sets
+// `detach_on_disconnect`. Runs run side by side, up to the cap
+// `POST .../runs` describes (409 past it); every run is listed in
+// `GET .../runs`.
 //
 // Takes any type of body and a specified content type.
 //
@@ -942,14 +1461,289 @@ func (c *Client) RunInSandboxWithBody(ctx context.Context, id SandboxID, content
 //
 // Each line is an `OutputMessage`; stdout and stderr arrive as they are
 // produced; the last line has `done: true` and the exit code, and names
-// in `truncated` any stream that was cut (see `OutputMessage`). A client
-// that goes away kills the command. Only one workload runs at a time (409).
+// in `truncated` any stream that was cut (see `OutputMessage`), and the
+// run's `run_id`. A client that goes away hangs the command up
+// (SIGHUP, then SIGKILL after a grace), unless the request sets
+// `detach_on_disconnect`. Runs run side by side, up to the cap
+// `POST .../runs` describes (409 past it); every run is listed in
+// `GET .../runs`.
 //
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/sandboxes/{id}/run (the `RunInSandbox` operationId).
 func (c *Client) RunInSandbox(ctx context.Context, id SandboxID, body RunInSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewRunInSandboxRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListRuns Lists a sandbox's runs, in progress and ended.
+//
+// Every run of the sandbox the agent keeps, in the order they
+// started: those in progress, and the last 100 that ended (until the
+// sandbox is removed). Ended runs are kept in the agent's memory: an
+// agent restart forgets them, and lists the runs that were in
+// progress as `lost`.
+//
+// Corresponds with GET /v1/sandboxes/{id}/runs (the `ListRuns` operationId).
+func (c *Client) ListRuns(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListRunsRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StartRunWithBody Starts a detached run, answering its id at once.
+//
+// The run goes on without any client: its output is kept (the last
+// `--sandbox-run-output-bytes`, 8 MiB by default; the oldest bytes
+// are dropped past it) and read with `GET .../runs/{run_id}/output`
+// from any kept offset, as often as wanted. It ends when its process
+// exits, past `timeout_seconds` (SIGKILL), with a signal (`POST
+// .../signal`), or when the sandbox is stopped (SIGTERM, then
+// SIGKILL). The answer comes once the process has started. Its stdin
+// is at its end at once unless `stdin=true`.
+//
+// A sandbox has at most `--sandbox-max-runs` runs in progress at
+// once (64 by default), attached ones (`/run`, `/exec`) counted: past
+// it, a 409 naming the cap. It is `running` while at least one run is
+// in progress (event `running` with the first) and `ready` once the
+// last ends (event `idle`, with that run's `exit_code`); every run
+// has events `run.started` and `run.exited`. A checkpoint needs no
+// run in progress (409). An agent restart loses the runs in progress,
+// detached ones too: their processes are killed and they are listed
+// as `lost`.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/sandboxes/{id}/runs (the `StartRun` operationId).
+func (c *Client) StartRunWithBody(ctx context.Context, id SandboxID, params *StartRunParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStartRunRequestWithBody(c.Server, id, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StartRun Starts a detached run, answering its id at once.
+//
+// The run goes on without any client: its output is kept (the last
+// `--sandbox-run-output-bytes`, 8 MiB by default; the oldest bytes
+// are dropped past it) and read with `GET .../runs/{run_id}/output`
+// from any kept offset, as often as wanted. It ends when its process
+// exits, past `timeout_seconds` (SIGKILL), with a signal (`POST
+// .../signal`), or when the sandbox is stopped (SIGTERM, then
+// SIGKILL). The answer comes once the process has started. Its stdin
+// is at its end at once unless `stdin=true`.
+//
+// A sandbox has at most `--sandbox-max-runs` runs in progress at
+// once (64 by default), attached ones (`/run`, `/exec`) counted: past
+// it, a 409 naming the cap. It is `running` while at least one run is
+// in progress (event `running` with the first) and `ready` once the
+// last ends (event `idle`, with that run's `exit_code`); every run
+// has events `run.started` and `run.exited`. A checkpoint needs no
+// run in progress (409). An agent restart loses the runs in progress,
+// detached ones too: their processes are killed and they are listed
+// as `lost`.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/sandboxes/{id}/runs (the `StartRun` operationId).
+func (c *Client) StartRun(ctx context.Context, id SandboxID, params *StartRunParams, body StartRunJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStartRunRequest(c.Server, id, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetRun One run's state, pid, times, exit and kept output.
+//
+// A run in progress or one of the last 100 ended; `lost` for one that
+// was in progress while the agent restarted.
+//
+// Corresponds with GET /v1/sandboxes/{id}/runs/{run_id} (the `GetRun` operationId).
+func (c *Client) GetRun(ctx context.Context, id SandboxID, runId string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetRunRequest(c.Server, id, runId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StreamRunOutput A run's kept output from a byte offset, followed if asked.
+//
+// The run's output as `OutputMessage`s, each with the `offset` of its
+// first byte. Offsets count stdout and stderr together, in the order
+// they were read: one number says where a reader is, and resuming
+// from it gives both streams interleaved as they came. A reader that
+// read a message at `offset` with `n` bytes resumes with `offset=`
+// that + `n` and gets every byte after it exactly once. With a
+// terminal all output is stdout.
+//
+// Without `follow` the stream is what is kept now, then the exit
+// message if the run has ended. With `follow=true` it goes on as the
+// run writes, until its exit message (`done: true`, `exit_code`,
+// and `offset` the output's end). Reading never holds the run up: a
+// reader that falls more than the kept bound behind loses its place
+// (NDJSON ends without the exit message, the WebSocket closes with
+// 4410), and asking again from its last offset answers the 410 below.
+//
+// A WebSocket when the request asks to upgrade (see `x-websocket`),
+// else NDJSON.
+//
+// Corresponds with GET /v1/sandboxes/{id}/runs/{run_id}/output (the `StreamRunOutput` operationId).
+func (c *Client) StreamRunOutput(ctx context.Context, id SandboxID, runId string, params *StreamRunOutputParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStreamRunOutputRequest(c.Server, id, runId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SignalRunWithBody Sends a signal to a run's process.
+//
+// The signal goes to the run's process alone (not its descendants),
+// as kill(1) sends it; a run that has ended is a 409. Any run,
+// attached or detached.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/signal (the `SignalRun` operationId).
+func (c *Client) SignalRunWithBody(ctx context.Context, id SandboxID, runId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSignalRunRequestWithBody(c.Server, id, runId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SignalRun Sends a signal to a run's process.
+//
+// The signal goes to the run's process alone (not its descendants),
+// as kill(1) sends it; a run that has ended is a 409. Any run,
+// attached or detached.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/signal (the `SignalRun` operationId).
+func (c *Client) SignalRun(ctx context.Context, id SandboxID, runId string, body SignalRunJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSignalRunRequest(c.Server, id, runId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// WriteRunStdinWithBody Writes to a detached run's stdin, or closes it.
+//
+// For a run started with `stdin: true`. The bytes are appended to
+// its stdin in the order requests come (two requests' bytes never
+// interleave); the answer comes once the process has taken them all
+// (it may wait while the process does not read). `close: true` closes
+// the stdin after them: the process reads its end. A run whose stdin
+// is not open (started without it, closed, or ended) is a 409. A
+// request that ends before the process took its bytes closes the
+// stdin, since what was taken of them is not known. JSON like every
+// body, so at most 1 MiB a request: send more in several.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/stdin (the `WriteRunStdin` operationId).
+func (c *Client) WriteRunStdinWithBody(ctx context.Context, id SandboxID, runId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewWriteRunStdinRequestWithBody(c.Server, id, runId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// WriteRunStdin Writes to a detached run's stdin, or closes it.
+//
+// For a run started with `stdin: true`. The bytes are appended to
+// its stdin in the order requests come (two requests' bytes never
+// interleave); the answer comes once the process has taken them all
+// (it may wait while the process does not read). `close: true` closes
+// the stdin after them: the process reads its end. A run whose stdin
+// is not open (started without it, closed, or ended) is a 409. A
+// request that ends before the process took its bytes closes the
+// stdin, since what was taken of them is not known. JSON like every
+// body, so at most 1 MiB a request: send more in several.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/stdin (the `WriteRunStdin` operationId).
+func (c *Client) WriteRunStdin(ctx context.Context, id SandboxID, runId string, body WriteRunStdinJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewWriteRunStdinRequest(c.Server, id, runId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetSandboxStats A sandbox's CPU, memory, pids, IO and pressure, once or streamed.
+//
+// Read from the sandbox's cgroup. On cgroup v2 (the agent's VM) every
+// field is there but what the kernel lacks: `memory.peak_bytes`
+// before Linux 5.19, `pressure` without PSI, `io` without the io
+// controller. On cgroup v1 CPU, memory (`peak_bytes` is v1's
+// max usage), pids and IO come from the v1 controllers, and
+// `pressure` is left out unless the kernel keeps it in a hybrid
+// layout's v2 hierarchy. Only a sandbox whose init runs (`ready` or
+// `running`) has stats (409 else).
+//
+// Without `interval`: one `SandboxStats` as JSON. With it: NDJSON,
+// one `SandboxStats` at once and then one every `interval`, until
+// the client goes away, the sandbox stops or is removed (the body
+// then ends), or the agent shuts down. Rates are differences of the
+// counters over the `timestamp`s.
+//
+// Corresponds with GET /v1/sandboxes/{id}/stats (the `GetSandboxStats` operationId).
+func (c *Client) GetSandboxStats(ctx context.Context, id SandboxID, params *GetSandboxStatsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetSandboxStatsRequest(c.Server, id, params)
 	if err != nil {
 		return nil, err
 	}
@@ -1063,6 +1857,30 @@ func (c *Client) RestoreSnapshotWithBody(ctx context.Context, id SnapshotID, con
 // Corresponds with POST /v1/snapshots/{id}/restore (the `RestoreSnapshot` operationId).
 func (c *Client) RestoreSnapshot(ctx context.Context, id SnapshotID, body RestoreSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewRestoreSnapshotRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetGuestStats The guest's memory, load, pressure and data volume space, once or streamed.
+//
+// Read fresh from the guest kernel: `/proc/meminfo`, `/proc/loadavg`,
+// `/proc/pressure/*` (left out without PSI), and `statfs` of the data
+// volume while it is mounted (`data_volume` is left out before the
+// volume is mounted, or when none is configured).
+//
+// Without `interval`: one `GuestStats` as JSON. With it: NDJSON, one
+// `GuestStats` at once and then one every `interval`, until the
+// client goes away or the agent shuts down.
+//
+// Corresponds with GET /v1/stats (the `GetGuestStats` operationId).
+func (c *Client) GetGuestStats(ctx context.Context, params *GetGuestStatsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetGuestStatsRequest(c.Server, params)
 	if err != nil {
 		return nil, err
 	}
@@ -1818,6 +2636,637 @@ func NewExecInSandboxRequest(server string, id SandboxID) (*http.Request, error)
 	return req, nil
 }
 
+// NewRemoveSandboxFileRequest constructs an http.Request for the RemoveSandboxFile method
+func NewRemoveSandboxFileRequest(server string, id SandboxID, params *RemoveSandboxFileParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/files", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Recursive != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "recursive", *params.Recursive, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "boolean", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "path", params.Path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewReadSandboxFileRequest constructs an http.Request for the ReadSandboxFile method
+func NewReadSandboxFileRequest(server string, id SandboxID, params *ReadSandboxFileParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/files", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "path", params.Path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.Range != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Range", *params.Range, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Range", headerParam0)
+		}
+
+		if params.IfNoneMatch != nil {
+			var headerParam1 string
+
+			headerParam1, err = runtime.StyleParamWithOptions("simple", false, "If-None-Match", *params.IfNoneMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-None-Match", headerParam1)
+		}
+
+		if params.IfRange != nil {
+			var headerParam2 string
+
+			headerParam2, err = runtime.StyleParamWithOptions("simple", false, "If-Range", *params.IfRange, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-Range", headerParam2)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewWriteSandboxFileRequestWithBody constructs an http.Request for the WriteSandboxFile method, with any body, and a specified content type
+func NewWriteSandboxFileRequestWithBody(server string, id SandboxID, params *WriteSandboxFileParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/files", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Mode != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "mode", *params.Mode, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Uid != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "uid", *params.Uid, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Gid != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "gid", *params.Gid, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "path", params.Path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodPut, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IfMatch != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "If-Match", *params.IfMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-Match", headerParam0)
+		}
+
+		if params.IfNoneMatch != nil {
+			var headerParam1 string
+
+			headerParam1, err = runtime.StyleParamWithOptions("simple", false, "If-None-Match", *params.IfNoneMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-None-Match", headerParam1)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewGetSandboxArchiveRequest constructs an http.Request for the GetSandboxArchive method
+func NewGetSandboxArchiveRequest(server string, id SandboxID, params *GetSandboxArchiveParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/files/archive", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "path", params.Path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewPutSandboxArchiveRequestWithBody constructs an http.Request for the PutSandboxArchive method, with any body, and a specified content type
+func NewPutSandboxArchiveRequestWithBody(server string, id SandboxID, params *PutSandboxArchiveParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/files/archive", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "path", params.Path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodPut, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewListSandboxFilesRequest constructs an http.Request for the ListSandboxFiles method
+func NewListSandboxFilesRequest(server string, id SandboxID, params *ListSandboxFilesParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/files/list", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Depth != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "depth", *params.Depth, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "path", params.Path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewMakeSandboxDirectoryRequest constructs an http.Request for the MakeSandboxDirectory method
+func NewMakeSandboxDirectoryRequest(server string, id SandboxID, params *MakeSandboxDirectoryParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/files/mkdir", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Parents != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "parents", *params.Parents, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "boolean", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Mode != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "mode", *params.Mode, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Uid != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "uid", *params.Uid, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Gid != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "gid", *params.Gid, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "path", params.Path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewStatSandboxFileRequest constructs an http.Request for the StatSandboxFile method
+func NewStatSandboxFileRequest(server string, id SandboxID, params *StatSandboxFileParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/files/stat", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "path", params.Path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewRunInSandboxWebSocketRequest constructs an http.Request for the RunInSandboxWebSocket method
 func NewRunInSandboxWebSocketRequest(server string, id SandboxID) (*http.Request, error) {
 	var err error
@@ -1895,6 +3344,404 @@ func NewRunInSandboxRequestWithBody(server string, id SandboxID, contentType str
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewListRunsRequest constructs an http.Request for the ListRuns method
+func NewListRunsRequest(server string, id SandboxID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/runs", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewStartRunRequest calls the generic StartRun builder with application/json body
+func NewStartRunRequest(server string, id SandboxID, params *StartRunParams, body StartRunJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewStartRunRequestWithBody(server, id, params, "application/json", bodyReader)
+}
+
+// NewStartRunRequestWithBody constructs an http.Request for the StartRun method, with any body, and a specified content type
+func NewStartRunRequestWithBody(server string, id SandboxID, params *StartRunParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/runs", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Stdin != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "stdin", *params.Stdin, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "boolean", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewGetRunRequest constructs an http.Request for the GetRun method
+func NewGetRunRequest(server string, id SandboxID, runId string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "run_id", runId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/runs/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewStreamRunOutputRequest constructs an http.Request for the StreamRunOutput method
+func NewStreamRunOutputRequest(server string, id SandboxID, runId string, params *StreamRunOutputParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "run_id", runId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/runs/%s/output", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Offset != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "offset", *params.Offset, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Follow != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "follow", *params.Follow, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "boolean", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewSignalRunRequest calls the generic SignalRun builder with application/json body
+func NewSignalRunRequest(server string, id SandboxID, runId string, body SignalRunJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewSignalRunRequestWithBody(server, id, runId, "application/json", bodyReader)
+}
+
+// NewSignalRunRequestWithBody constructs an http.Request for the SignalRun method, with any body, and a specified content type
+func NewSignalRunRequestWithBody(server string, id SandboxID, runId string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "run_id", runId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/runs/%s/signal", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewWriteRunStdinRequest calls the generic WriteRunStdin builder with application/json body
+func NewWriteRunStdinRequest(server string, id SandboxID, runId string, body WriteRunStdinJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewWriteRunStdinRequestWithBody(server, id, runId, "application/json", bodyReader)
+}
+
+// NewWriteRunStdinRequestWithBody constructs an http.Request for the WriteRunStdin method, with any body, and a specified content type
+func NewWriteRunStdinRequestWithBody(server string, id SandboxID, runId string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "run_id", runId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/runs/%s/stdin", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewGetSandboxStatsRequest constructs an http.Request for the GetSandboxStats method
+func NewGetSandboxStatsRequest(server string, id SandboxID, params *GetSandboxStatsParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/stats", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Interval != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "interval", *params.Interval, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
 
 	return req, nil
 }
@@ -2089,6 +3936,60 @@ func NewRestoreSnapshotRequestWithBody(server string, id SnapshotID, contentType
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewGetGuestStatsRequest constructs an http.Request for the GetGuestStats method
+func NewGetGuestStatsRequest(server string, params *GetGuestStatsParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/stats")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Interval != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "interval", *params.Interval, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
 
 	return req, nil
 }
@@ -2361,6 +4262,228 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/checkpoint (the `CheckpointSandbox` operationId).
 	CheckpointSandboxWithResponse(ctx context.Context, id SandboxID, body CheckpointSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*CheckpointSandboxReply, error)
+
+	// RemoveSandboxFileWithResponse Removes a file, symlink or directory of a ready or running sandbox.
+	//
+	// A symlink is removed, not its target. A directory that is not empty
+	// needs `recursive=true` (else a 409); symlinks inside are never
+	// followed. `/`, and a directory holding one of the sandbox's own
+	// mounts, are a 400.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/sandboxes/{id}/files (the `RemoveSandboxFile` operationId).
+	RemoveSandboxFileWithResponse(ctx context.Context, id SandboxID, params *RemoveSandboxFileParams, reqEditors ...RequestEditorFn) (*RemoveSandboxFileReply, error)
+
+	// WriteSandboxFileWithBodyWithResponse Writes a regular file of a ready or running sandbox from the raw body.
+	//
+	// The body (any Content-Type; `curl -T file` works) is streamed to a
+	// temporary file beside `path`, which only the agent can open, then
+	// renamed over it: readers see the old file or the new one, never a
+	// part. Not subject to the 1 MiB limit of JSON bodies; bounded by the
+	// agent's `--file-upload-limit` (default 1 GiB): past it a 413, and
+	// nothing is left. The parent directory must exist. A symlink at
+	// `path` is replaced, not followed; a directory, FIFO, socket or device
+	// there is a 400. The new file's mode, uid and gid are those given,
+	// else those of the file it replaces, else 0644 and the sandbox's
+	// root; ids are as the sandbox sees them (its user namespace maps
+	// them). `If-Match` makes it a compare-and-swap on the ETag (412 when
+	// the file has another, or is absent); `If-None-Match: *` creates
+	// only (412 when the path exists). 201 with the file when it was
+	// created, 200 when it replaced one; `ETag` is the new file's.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /v1/sandboxes/{id}/files (the `WriteSandboxFile` operationId).
+	WriteSandboxFileWithBodyWithResponse(ctx context.Context, id SandboxID, params *WriteSandboxFileParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*WriteSandboxFileReply, error)
+
+	// PutSandboxArchiveWithBodyWithResponse Extracts a tar stream into a directory of a ready or running sandbox.
+	//
+	// The body (`application/x-tar`, streamed, bounded by
+	// `--file-upload-limit`) is extracted into a temporary directory
+	// inside `path` (an existing directory) that only the agent may
+	// enter, every entry checked as it comes; only once the whole archive
+	// is there are its entries renamed into `path`, merged into the
+	// directories it has (an existing file is replaced; a directory
+	// cannot be replaced by a file: 400). So an archive that is refused
+	// leaves nothing: one with an absolute name or a `..` component, a
+	// hard link to anything but an earlier entry, a relative symlink
+	// that climbs out of `path`, a device node, an owner outside the
+	// sandbox's user namespace, an entry at or under one of the
+	// sandbox's own mounts, or one over the limit (413). Entries are
+	// never written through a symlink. Absolute symlinks are kept: the
+	// sandbox resolves them in its own root.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /v1/sandboxes/{id}/files/archive (the `PutSandboxArchive` operationId).
+	PutSandboxArchiveWithBodyWithResponse(ctx context.Context, id SandboxID, params *PutSandboxArchiveParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PutSandboxArchiveReply, error)
+
+	// ListSandboxFilesWithResponse Lists a directory of a ready or running sandbox.
+	//
+	// The directory's entries, and with `depth` > 1 those of its
+	// subdirectories too, sorted by path, at most 10000 (`truncated`
+	// says some were left out: list less deep, or get an archive).
+	// A symlink to a directory at `path` is followed; symlinks below it
+	// are listed, not descended, and so are the sandbox's own mount
+	// points.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/files/list (the `ListSandboxFiles` operationId).
+	ListSandboxFilesWithResponse(ctx context.Context, id SandboxID, params *ListSandboxFilesParams, reqEditors ...RequestEditorFn) (*ListSandboxFilesReply, error)
+
+	// MakeSandboxDirectoryWithResponse Makes a directory in a ready or running sandbox.
+	//
+	// Without `parents` the parent must exist and the path must not
+	// (409). With it, missing parents are made too (with the same mode
+	// and owner) and an existing directory is no error (200). Mode
+	// defaults to 0755, the owner to the sandbox's root. No body.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeSandboxDirectory` operationId).
+	MakeSandboxDirectoryWithResponse(ctx context.Context, id SandboxID, params *MakeSandboxDirectoryParams, reqEditors ...RequestEditorFn) (*MakeSandboxDirectoryReply, error)
+
+	// StatSandboxFileWithResponse Describes a file of a ready or running sandbox.
+	//
+	// A symlink at the path is described, not followed (`link_target` says where it points).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/files/stat (the `StatSandboxFile` operationId).
+	StatSandboxFileWithResponse(ctx context.Context, id SandboxID, params *StatSandboxFileParams, reqEditors ...RequestEditorFn) (*StatSandboxFileReply, error)
+
+	// ListRunsWithResponse Lists a sandbox's runs, in progress and ended.
+	//
+	// Every run of the sandbox the agent keeps, in the order they
+	// started: those in progress, and the last 100 that ended (until the
+	// sandbox is removed). Ended runs are kept in the agent's memory: an
+	// agent restart forgets them, and lists the runs that were in
+	// progress as `lost`.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/runs (the `ListRuns` operationId).
+	ListRunsWithResponse(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*ListRunsReply, error)
+
+	// StartRunWithBodyWithResponse Starts a detached run, answering its id at once.
+	//
+	// The run goes on without any client: its output is kept (the last
+	// `--sandbox-run-output-bytes`, 8 MiB by default; the oldest bytes
+	// are dropped past it) and read with `GET .../runs/{run_id}/output`
+	// from any kept offset, as often as wanted. It ends when its process
+	// exits, past `timeout_seconds` (SIGKILL), with a signal (`POST
+	// .../signal`), or when the sandbox is stopped (SIGTERM, then
+	// SIGKILL). The answer comes once the process has started. Its stdin
+	// is at its end at once unless `stdin=true`.
+	//
+	// A sandbox has at most `--sandbox-max-runs` runs in progress at
+	// once (64 by default), attached ones (`/run`, `/exec`) counted: past
+	// it, a 409 naming the cap. It is `running` while at least one run is
+	// in progress (event `running` with the first) and `ready` once the
+	// last ends (event `idle`, with that run's `exit_code`); every run
+	// has events `run.started` and `run.exited`. A checkpoint needs no
+	// run in progress (409). An agent restart loses the runs in progress,
+	// detached ones too: their processes are killed and they are listed
+	// as `lost`.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/runs (the `StartRun` operationId).
+	StartRunWithBodyWithResponse(ctx context.Context, id SandboxID, params *StartRunParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StartRunReply, error)
+
+	// StartRunWithResponse Starts a detached run, answering its id at once.
+	//
+	// The run goes on without any client: its output is kept (the last
+	// `--sandbox-run-output-bytes`, 8 MiB by default; the oldest bytes
+	// are dropped past it) and read with `GET .../runs/{run_id}/output`
+	// from any kept offset, as often as wanted. It ends when its process
+	// exits, past `timeout_seconds` (SIGKILL), with a signal (`POST
+	// .../signal`), or when the sandbox is stopped (SIGTERM, then
+	// SIGKILL). The answer comes once the process has started. Its stdin
+	// is at its end at once unless `stdin=true`.
+	//
+	// A sandbox has at most `--sandbox-max-runs` runs in progress at
+	// once (64 by default), attached ones (`/run`, `/exec`) counted: past
+	// it, a 409 naming the cap. It is `running` while at least one run is
+	// in progress (event `running` with the first) and `ready` once the
+	// last ends (event `idle`, with that run's `exit_code`); every run
+	// has events `run.started` and `run.exited`. A checkpoint needs no
+	// run in progress (409). An agent restart loses the runs in progress,
+	// detached ones too: their processes are killed and they are listed
+	// as `lost`.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/runs (the `StartRun` operationId).
+	StartRunWithResponse(ctx context.Context, id SandboxID, params *StartRunParams, body StartRunJSONRequestBody, reqEditors ...RequestEditorFn) (*StartRunReply, error)
+
+	// GetRunWithResponse One run's state, pid, times, exit and kept output.
+	//
+	// A run in progress or one of the last 100 ended; `lost` for one that
+	// was in progress while the agent restarted.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/runs/{run_id} (the `GetRun` operationId).
+	GetRunWithResponse(ctx context.Context, id SandboxID, runId string, reqEditors ...RequestEditorFn) (*GetRunReply, error)
+
+	// SignalRunWithBodyWithResponse Sends a signal to a run's process.
+	//
+	// The signal goes to the run's process alone (not its descendants),
+	// as kill(1) sends it; a run that has ended is a 409. Any run,
+	// attached or detached.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/signal (the `SignalRun` operationId).
+	SignalRunWithBodyWithResponse(ctx context.Context, id SandboxID, runId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SignalRunReply, error)
+
+	// SignalRunWithResponse Sends a signal to a run's process.
+	//
+	// The signal goes to the run's process alone (not its descendants),
+	// as kill(1) sends it; a run that has ended is a 409. Any run,
+	// attached or detached.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/signal (the `SignalRun` operationId).
+	SignalRunWithResponse(ctx context.Context, id SandboxID, runId string, body SignalRunJSONRequestBody, reqEditors ...RequestEditorFn) (*SignalRunReply, error)
+
+	// WriteRunStdinWithBodyWithResponse Writes to a detached run's stdin, or closes it.
+	//
+	// For a run started with `stdin: true`. The bytes are appended to
+	// its stdin in the order requests come (two requests' bytes never
+	// interleave); the answer comes once the process has taken them all
+	// (it may wait while the process does not read). `close: true` closes
+	// the stdin after them: the process reads its end. A run whose stdin
+	// is not open (started without it, closed, or ended) is a 409. A
+	// request that ends before the process took its bytes closes the
+	// stdin, since what was taken of them is not known. JSON like every
+	// body, so at most 1 MiB a request: send more in several.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/stdin (the `WriteRunStdin` operationId).
+	WriteRunStdinWithBodyWithResponse(ctx context.Context, id SandboxID, runId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*WriteRunStdinReply, error)
+
+	// WriteRunStdinWithResponse Writes to a detached run's stdin, or closes it.
+	//
+	// For a run started with `stdin: true`. The bytes are appended to
+	// its stdin in the order requests come (two requests' bytes never
+	// interleave); the answer comes once the process has taken them all
+	// (it may wait while the process does not read). `close: true` closes
+	// the stdin after them: the process reads its end. A run whose stdin
+	// is not open (started without it, closed, or ended) is a 409. A
+	// request that ends before the process took its bytes closes the
+	// stdin, since what was taken of them is not known. JSON like every
+	// body, so at most 1 MiB a request: send more in several.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/stdin (the `WriteRunStdin` operationId).
+	WriteRunStdinWithResponse(ctx context.Context, id SandboxID, runId string, body WriteRunStdinJSONRequestBody, reqEditors ...RequestEditorFn) (*WriteRunStdinReply, error)
 
 	// StopSandboxWithBodyWithResponse Stops a sandbox, waiting for its workload, then killing it.
 	//
@@ -3601,6 +5724,1031 @@ func (r CheckpointSandboxReply) ContentType() string {
 	return ""
 }
 
+// RemoveSandboxFileReply401Headers the declared response headers of an HTTP 401 response for RemoveSandboxFile
+type RemoveSandboxFileReply401Headers struct {
+	WWWAuthenticate string
+}
+
+type RemoveSandboxFileReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *RemoveSandboxFileReply401Headers
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r RemoveSandboxFileReply) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r RemoveSandboxFileReply) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r RemoveSandboxFileReply) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r RemoveSandboxFileReply) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r RemoveSandboxFileReply) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RemoveSandboxFileReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RemoveSandboxFileReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RemoveSandboxFileReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RemoveSandboxFileReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// WriteSandboxFileReply200Headers the declared response headers of an HTTP 200 response for WriteSandboxFile
+type WriteSandboxFileReply200Headers struct {
+	ETag string
+}
+
+// WriteSandboxFileReply201Headers the declared response headers of an HTTP 201 response for WriteSandboxFile
+type WriteSandboxFileReply201Headers struct {
+	ETag string
+}
+
+// WriteSandboxFileReply401Headers the declared response headers of an HTTP 401 response for WriteSandboxFile
+type WriteSandboxFileReply401Headers struct {
+	WWWAuthenticate string
+}
+
+type WriteSandboxFileReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *FileInfo
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *FileInfo
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON412 the response for an HTTP 412 `application/json` response
+	JSON412 *Error
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON507 the response for an HTTP 507 `application/json` response
+	JSON507 *InsufficientStorage
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *WriteSandboxFileReply200Headers
+	// Headers201 the parsed response headers for an HTTP 201 response
+	Headers201 *WriteSandboxFileReply201Headers
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *WriteSandboxFileReply401Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r WriteSandboxFileReply) GetJSON200() *FileInfo {
+	return r.JSON200
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r WriteSandboxFileReply) GetJSON201() *FileInfo {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r WriteSandboxFileReply) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r WriteSandboxFileReply) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r WriteSandboxFileReply) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r WriteSandboxFileReply) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON412 returns the response for an HTTP 412 `application/json` response
+func (r WriteSandboxFileReply) GetJSON412() *Error {
+	return r.JSON412
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r WriteSandboxFileReply) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON507 returns the response for an HTTP 507 `application/json` response
+func (r WriteSandboxFileReply) GetJSON507() *InsufficientStorage {
+	return r.JSON507
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r WriteSandboxFileReply) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r WriteSandboxFileReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r WriteSandboxFileReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r WriteSandboxFileReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r WriteSandboxFileReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// PutSandboxArchiveReply401Headers the declared response headers of an HTTP 401 response for PutSandboxArchive
+type PutSandboxArchiveReply401Headers struct {
+	WWWAuthenticate string
+}
+
+type PutSandboxArchiveReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON507 the response for an HTTP 507 `application/json` response
+	JSON507 *InsufficientStorage
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *PutSandboxArchiveReply401Headers
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r PutSandboxArchiveReply) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r PutSandboxArchiveReply) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r PutSandboxArchiveReply) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r PutSandboxArchiveReply) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r PutSandboxArchiveReply) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON507 returns the response for an HTTP 507 `application/json` response
+func (r PutSandboxArchiveReply) GetJSON507() *InsufficientStorage {
+	return r.JSON507
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r PutSandboxArchiveReply) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r PutSandboxArchiveReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PutSandboxArchiveReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PutSandboxArchiveReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PutSandboxArchiveReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// ListSandboxFilesReply401Headers the declared response headers of an HTTP 401 response for ListSandboxFiles
+type ListSandboxFilesReply401Headers struct {
+	WWWAuthenticate string
+}
+
+type ListSandboxFilesReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *FileList
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *ListSandboxFilesReply401Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListSandboxFilesReply) GetJSON200() *FileList {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ListSandboxFilesReply) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListSandboxFilesReply) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ListSandboxFilesReply) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r ListSandboxFilesReply) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r ListSandboxFilesReply) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ListSandboxFilesReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListSandboxFilesReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListSandboxFilesReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListSandboxFilesReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// MakeSandboxDirectoryReply401Headers the declared response headers of an HTTP 401 response for MakeSandboxDirectory
+type MakeSandboxDirectoryReply401Headers struct {
+	WWWAuthenticate string
+}
+
+type MakeSandboxDirectoryReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *FileInfo
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *FileInfo
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *MakeSandboxDirectoryReply401Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r MakeSandboxDirectoryReply) GetJSON200() *FileInfo {
+	return r.JSON200
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r MakeSandboxDirectoryReply) GetJSON201() *FileInfo {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r MakeSandboxDirectoryReply) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r MakeSandboxDirectoryReply) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r MakeSandboxDirectoryReply) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r MakeSandboxDirectoryReply) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r MakeSandboxDirectoryReply) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r MakeSandboxDirectoryReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r MakeSandboxDirectoryReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r MakeSandboxDirectoryReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r MakeSandboxDirectoryReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// StatSandboxFileReply401Headers the declared response headers of an HTTP 401 response for StatSandboxFile
+type StatSandboxFileReply401Headers struct {
+	WWWAuthenticate string
+}
+
+type StatSandboxFileReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *FileInfo
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *StatSandboxFileReply401Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r StatSandboxFileReply) GetJSON200() *FileInfo {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r StatSandboxFileReply) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r StatSandboxFileReply) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r StatSandboxFileReply) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r StatSandboxFileReply) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r StatSandboxFileReply) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r StatSandboxFileReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r StatSandboxFileReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r StatSandboxFileReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r StatSandboxFileReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// ListRunsReply401Headers the declared response headers of an HTTP 401 response for ListRuns
+type ListRunsReply401Headers struct {
+	WWWAuthenticate string
+}
+
+type ListRunsReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *RunList
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *ListRunsReply401Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListRunsReply) GetJSON200() *RunList {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ListRunsReply) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListRunsReply) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ListRunsReply) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r ListRunsReply) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r ListRunsReply) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ListRunsReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListRunsReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListRunsReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListRunsReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// StartRunReply401Headers the declared response headers of an HTTP 401 response for StartRun
+type StartRunReply401Headers struct {
+	WWWAuthenticate string
+}
+
+type StartRunReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *RunInfo
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *UnsupportedMediaType
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// JSON507 the response for an HTTP 507 `application/json` response
+	JSON507 *InsufficientStorage
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *StartRunReply401Headers
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r StartRunReply) GetJSON201() *RunInfo {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r StartRunReply) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r StartRunReply) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r StartRunReply) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r StartRunReply) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r StartRunReply) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r StartRunReply) GetJSON415() *UnsupportedMediaType {
+	return r.JSON415
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r StartRunReply) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetJSON507 returns the response for an HTTP 507 `application/json` response
+func (r StartRunReply) GetJSON507() *InsufficientStorage {
+	return r.JSON507
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r StartRunReply) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r StartRunReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r StartRunReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r StartRunReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r StartRunReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// GetRunReply401Headers the declared response headers of an HTTP 401 response for GetRun
+type GetRunReply401Headers struct {
+	WWWAuthenticate string
+}
+
+type GetRunReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *RunInfo
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetRunReply401Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetRunReply) GetJSON200() *RunInfo {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r GetRunReply) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetRunReply) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetRunReply) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r GetRunReply) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r GetRunReply) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r GetRunReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetRunReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetRunReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetRunReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// SignalRunReply401Headers the declared response headers of an HTTP 401 response for SignalRun
+type SignalRunReply401Headers struct {
+	WWWAuthenticate string
+}
+
+type SignalRunReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *RunInfo
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *UnsupportedMediaType
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *SignalRunReply401Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SignalRunReply) GetJSON200() *RunInfo {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SignalRunReply) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SignalRunReply) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SignalRunReply) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r SignalRunReply) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r SignalRunReply) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r SignalRunReply) GetJSON415() *UnsupportedMediaType {
+	return r.JSON415
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r SignalRunReply) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r SignalRunReply) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r SignalRunReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SignalRunReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SignalRunReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SignalRunReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// WriteRunStdinReply401Headers the declared response headers of an HTTP 401 response for WriteRunStdin
+type WriteRunStdinReply401Headers struct {
+	WWWAuthenticate string
+}
+
+type WriteRunStdinReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *UnsupportedMediaType
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *WriteRunStdinReply401Headers
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r WriteRunStdinReply) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r WriteRunStdinReply) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r WriteRunStdinReply) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r WriteRunStdinReply) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r WriteRunStdinReply) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r WriteRunStdinReply) GetJSON415() *UnsupportedMediaType {
+	return r.JSON415
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r WriteRunStdinReply) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r WriteRunStdinReply) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r WriteRunStdinReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r WriteRunStdinReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r WriteRunStdinReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r WriteRunStdinReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // StopSandboxReply401Headers the declared response headers of an HTTP 401 response for StopSandbox
 type StopSandboxReply401Headers struct {
 	WWWAuthenticate string
@@ -4318,6 +7466,312 @@ func (c *ClientWithResponses) CheckpointSandboxWithResponse(ctx context.Context,
 		return nil, err
 	}
 	return ParseCheckpointSandboxReply(rsp)
+}
+
+// RemoveSandboxFileWithResponse Removes a file, symlink or directory of a ready or running sandbox.
+//
+// A symlink is removed, not its target. A directory that is not empty
+// needs `recursive=true` (else a 409); symlinks inside are never
+// followed. `/`, and a directory holding one of the sandbox's own
+// mounts, are a 400.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/sandboxes/{id}/files (the `RemoveSandboxFile` operationId).
+func (c *ClientWithResponses) RemoveSandboxFileWithResponse(ctx context.Context, id SandboxID, params *RemoveSandboxFileParams, reqEditors ...RequestEditorFn) (*RemoveSandboxFileReply, error) {
+	rsp, err := c.RemoveSandboxFile(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRemoveSandboxFileReply(rsp)
+}
+
+// WriteSandboxFileWithBodyWithResponse Writes a regular file of a ready or running sandbox from the raw body.
+//
+// The body (any Content-Type; `curl -T file` works) is streamed to a
+// temporary file beside `path`, which only the agent can open, then
+// renamed over it: readers see the old file or the new one, never a
+// part. Not subject to the 1 MiB limit of JSON bodies; bounded by the
+// agent's `--file-upload-limit` (default 1 GiB): past it a 413, and
+// nothing is left. The parent directory must exist. A symlink at
+// `path` is replaced, not followed; a directory, FIFO, socket or device
+// there is a 400. The new file's mode, uid and gid are those given,
+// else those of the file it replaces, else 0644 and the sandbox's
+// root; ids are as the sandbox sees them (its user namespace maps
+// them). `If-Match` makes it a compare-and-swap on the ETag (412 when
+// the file has another, or is absent); `If-None-Match: *` creates
+// only (412 when the path exists). 201 with the file when it was
+// created, 200 when it replaced one; `ETag` is the new file's.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /v1/sandboxes/{id}/files (the `WriteSandboxFile` operationId).
+func (c *ClientWithResponses) WriteSandboxFileWithBodyWithResponse(ctx context.Context, id SandboxID, params *WriteSandboxFileParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*WriteSandboxFileReply, error) {
+	rsp, err := c.WriteSandboxFileWithBody(ctx, id, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseWriteSandboxFileReply(rsp)
+}
+
+// PutSandboxArchiveWithBodyWithResponse Extracts a tar stream into a directory of a ready or running sandbox.
+//
+// The body (`application/x-tar`, streamed, bounded by
+// `--file-upload-limit`) is extracted into a temporary directory
+// inside `path` (an existing directory) that only the agent may
+// enter, every entry checked as it comes; only once the whole archive
+// is there are its entries renamed into `path`, merged into the
+// directories it has (an existing file is replaced; a directory
+// cannot be replaced by a file: 400). So an archive that is refused
+// leaves nothing: one with an absolute name or a `..` component, a
+// hard link to anything but an earlier entry, a relative symlink
+// that climbs out of `path`, a device node, an owner outside the
+// sandbox's user namespace, an entry at or under one of the
+// sandbox's own mounts, or one over the limit (413). Entries are
+// never written through a symlink. Absolute symlinks are kept: the
+// sandbox resolves them in its own root.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /v1/sandboxes/{id}/files/archive (the `PutSandboxArchive` operationId).
+func (c *ClientWithResponses) PutSandboxArchiveWithBodyWithResponse(ctx context.Context, id SandboxID, params *PutSandboxArchiveParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PutSandboxArchiveReply, error) {
+	rsp, err := c.PutSandboxArchiveWithBody(ctx, id, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePutSandboxArchiveReply(rsp)
+}
+
+// ListSandboxFilesWithResponse Lists a directory of a ready or running sandbox.
+//
+// The directory's entries, and with `depth` > 1 those of its
+// subdirectories too, sorted by path, at most 10000 (`truncated`
+// says some were left out: list less deep, or get an archive).
+// A symlink to a directory at `path` is followed; symlinks below it
+// are listed, not descended, and so are the sandbox's own mount
+// points.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/sandboxes/{id}/files/list (the `ListSandboxFiles` operationId).
+func (c *ClientWithResponses) ListSandboxFilesWithResponse(ctx context.Context, id SandboxID, params *ListSandboxFilesParams, reqEditors ...RequestEditorFn) (*ListSandboxFilesReply, error) {
+	rsp, err := c.ListSandboxFiles(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListSandboxFilesReply(rsp)
+}
+
+// MakeSandboxDirectoryWithResponse Makes a directory in a ready or running sandbox.
+//
+// Without `parents` the parent must exist and the path must not
+// (409). With it, missing parents are made too (with the same mode
+// and owner) and an existing directory is no error (200). Mode
+// defaults to 0755, the owner to the sandbox's root. No body.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeSandboxDirectory` operationId).
+func (c *ClientWithResponses) MakeSandboxDirectoryWithResponse(ctx context.Context, id SandboxID, params *MakeSandboxDirectoryParams, reqEditors ...RequestEditorFn) (*MakeSandboxDirectoryReply, error) {
+	rsp, err := c.MakeSandboxDirectory(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMakeSandboxDirectoryReply(rsp)
+}
+
+// StatSandboxFileWithResponse Describes a file of a ready or running sandbox.
+//
+// A symlink at the path is described, not followed (`link_target` says where it points).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/sandboxes/{id}/files/stat (the `StatSandboxFile` operationId).
+func (c *ClientWithResponses) StatSandboxFileWithResponse(ctx context.Context, id SandboxID, params *StatSandboxFileParams, reqEditors ...RequestEditorFn) (*StatSandboxFileReply, error) {
+	rsp, err := c.StatSandboxFile(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStatSandboxFileReply(rsp)
+}
+
+// ListRunsWithResponse Lists a sandbox's runs, in progress and ended.
+//
+// Every run of the sandbox the agent keeps, in the order they
+// started: those in progress, and the last 100 that ended (until the
+// sandbox is removed). Ended runs are kept in the agent's memory: an
+// agent restart forgets them, and lists the runs that were in
+// progress as `lost`.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/sandboxes/{id}/runs (the `ListRuns` operationId).
+func (c *ClientWithResponses) ListRunsWithResponse(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*ListRunsReply, error) {
+	rsp, err := c.ListRuns(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListRunsReply(rsp)
+}
+
+// StartRunWithBodyWithResponse Starts a detached run, answering its id at once.
+//
+// The run goes on without any client: its output is kept (the last
+// `--sandbox-run-output-bytes`, 8 MiB by default; the oldest bytes
+// are dropped past it) and read with `GET .../runs/{run_id}/output`
+// from any kept offset, as often as wanted. It ends when its process
+// exits, past `timeout_seconds` (SIGKILL), with a signal (`POST
+// .../signal`), or when the sandbox is stopped (SIGTERM, then
+// SIGKILL). The answer comes once the process has started. Its stdin
+// is at its end at once unless `stdin=true`.
+//
+// A sandbox has at most `--sandbox-max-runs` runs in progress at
+// once (64 by default), attached ones (`/run`, `/exec`) counted: past
+// it, a 409 naming the cap. It is `running` while at least one run is
+// in progress (event `running` with the first) and `ready` once the
+// last ends (event `idle`, with that run's `exit_code`); every run
+// has events `run.started` and `run.exited`. A checkpoint needs no
+// run in progress (409). An agent restart loses the runs in progress,
+// detached ones too: their processes are killed and they are listed
+// as `lost`.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sandboxes/{id}/runs (the `StartRun` operationId).
+func (c *ClientWithResponses) StartRunWithBodyWithResponse(ctx context.Context, id SandboxID, params *StartRunParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StartRunReply, error) {
+	rsp, err := c.StartRunWithBody(ctx, id, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStartRunReply(rsp)
+}
+
+// StartRunWithResponse Starts a detached run, answering its id at once.
+//
+// The run goes on without any client: its output is kept (the last
+// `--sandbox-run-output-bytes`, 8 MiB by default; the oldest bytes
+// are dropped past it) and read with `GET .../runs/{run_id}/output`
+// from any kept offset, as often as wanted. It ends when its process
+// exits, past `timeout_seconds` (SIGKILL), with a signal (`POST
+// .../signal`), or when the sandbox is stopped (SIGTERM, then
+// SIGKILL). The answer comes once the process has started. Its stdin
+// is at its end at once unless `stdin=true`.
+//
+// A sandbox has at most `--sandbox-max-runs` runs in progress at
+// once (64 by default), attached ones (`/run`, `/exec`) counted: past
+// it, a 409 naming the cap. It is `running` while at least one run is
+// in progress (event `running` with the first) and `ready` once the
+// last ends (event `idle`, with that run's `exit_code`); every run
+// has events `run.started` and `run.exited`. A checkpoint needs no
+// run in progress (409). An agent restart loses the runs in progress,
+// detached ones too: their processes are killed and they are listed
+// as `lost`.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sandboxes/{id}/runs (the `StartRun` operationId).
+func (c *ClientWithResponses) StartRunWithResponse(ctx context.Context, id SandboxID, params *StartRunParams, body StartRunJSONRequestBody, reqEditors ...RequestEditorFn) (*StartRunReply, error) {
+	rsp, err := c.StartRun(ctx, id, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStartRunReply(rsp)
+}
+
+// GetRunWithResponse One run's state, pid, times, exit and kept output.
+//
+// A run in progress or one of the last 100 ended; `lost` for one that
+// was in progress while the agent restarted.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/sandboxes/{id}/runs/{run_id} (the `GetRun` operationId).
+func (c *ClientWithResponses) GetRunWithResponse(ctx context.Context, id SandboxID, runId string, reqEditors ...RequestEditorFn) (*GetRunReply, error) {
+	rsp, err := c.GetRun(ctx, id, runId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetRunReply(rsp)
+}
+
+// SignalRunWithBodyWithResponse Sends a signal to a run's process.
+//
+// The signal goes to the run's process alone (not its descendants),
+// as kill(1) sends it; a run that has ended is a 409. Any run,
+// attached or detached.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/signal (the `SignalRun` operationId).
+func (c *ClientWithResponses) SignalRunWithBodyWithResponse(ctx context.Context, id SandboxID, runId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SignalRunReply, error) {
+	rsp, err := c.SignalRunWithBody(ctx, id, runId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSignalRunReply(rsp)
+}
+
+// SignalRunWithResponse Sends a signal to a run's process.
+//
+// The signal goes to the run's process alone (not its descendants),
+// as kill(1) sends it; a run that has ended is a 409. Any run,
+// attached or detached.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/signal (the `SignalRun` operationId).
+func (c *ClientWithResponses) SignalRunWithResponse(ctx context.Context, id SandboxID, runId string, body SignalRunJSONRequestBody, reqEditors ...RequestEditorFn) (*SignalRunReply, error) {
+	rsp, err := c.SignalRun(ctx, id, runId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSignalRunReply(rsp)
+}
+
+// WriteRunStdinWithBodyWithResponse Writes to a detached run's stdin, or closes it.
+//
+// For a run started with `stdin: true`. The bytes are appended to
+// its stdin in the order requests come (two requests' bytes never
+// interleave); the answer comes once the process has taken them all
+// (it may wait while the process does not read). `close: true` closes
+// the stdin after them: the process reads its end. A run whose stdin
+// is not open (started without it, closed, or ended) is a 409. A
+// request that ends before the process took its bytes closes the
+// stdin, since what was taken of them is not known. JSON like every
+// body, so at most 1 MiB a request: send more in several.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/stdin (the `WriteRunStdin` operationId).
+func (c *ClientWithResponses) WriteRunStdinWithBodyWithResponse(ctx context.Context, id SandboxID, runId string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*WriteRunStdinReply, error) {
+	rsp, err := c.WriteRunStdinWithBody(ctx, id, runId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseWriteRunStdinReply(rsp)
+}
+
+// WriteRunStdinWithResponse Writes to a detached run's stdin, or closes it.
+//
+// For a run started with `stdin: true`. The bytes are appended to
+// its stdin in the order requests come (two requests' bytes never
+// interleave); the answer comes once the process has taken them all
+// (it may wait while the process does not read). `close: true` closes
+// the stdin after them: the process reads its end. A run whose stdin
+// is not open (started without it, closed, or ended) is a 409. A
+// request that ends before the process took its bytes closes the
+// stdin, since what was taken of them is not known. JSON like every
+// body, so at most 1 MiB a request: send more in several.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sandboxes/{id}/runs/{run_id}/stdin (the `WriteRunStdin` operationId).
+func (c *ClientWithResponses) WriteRunStdinWithResponse(ctx context.Context, id SandboxID, runId string, body WriteRunStdinJSONRequestBody, reqEditors ...RequestEditorFn) (*WriteRunStdinReply, error) {
+	rsp, err := c.WriteRunStdin(ctx, id, runId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseWriteRunStdinReply(rsp)
 }
 
 // StopSandboxWithBodyWithResponse Stops a sandbox, waiting for its workload, then killing it.
@@ -5457,6 +8911,947 @@ func ParseCheckpointSandboxReply(rsp *http.Response) (*CheckpointSandboxReply, e
 			headers.RetryAfter = value
 		}
 		response.Headers429 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseRemoveSandboxFileReply parses an HTTP response from a RemoveSandboxFileWithResponse call
+func ParseRemoveSandboxFileReply(rsp *http.Response) (*RemoveSandboxFileReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RemoveSandboxFileReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers RemoveSandboxFileReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseWriteSandboxFileReply parses an HTTP response from a WriteSandboxFileWithResponse call
+func ParseWriteSandboxFileReply(rsp *http.Response) (*WriteSandboxFileReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &WriteSandboxFileReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest FileInfo
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest FileInfo
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 412:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON412 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 507:
+		var dest InsufficientStorage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON507 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers WriteSandboxFileReply200Headers
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 201:
+		var headers WriteSandboxFileReply201Headers
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = value
+		}
+		response.Headers201 = &headers
+	case rsp.StatusCode == 401:
+		var headers WriteSandboxFileReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
+// ParsePutSandboxArchiveReply parses an HTTP response from a PutSandboxArchiveWithResponse call
+func ParsePutSandboxArchiveReply(rsp *http.Response) (*PutSandboxArchiveReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PutSandboxArchiveReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 507:
+		var dest InsufficientStorage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON507 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers PutSandboxArchiveReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseListSandboxFilesReply parses an HTTP response from a ListSandboxFilesWithResponse call
+func ParseListSandboxFilesReply(rsp *http.Response) (*ListSandboxFilesReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListSandboxFilesReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest FileList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers ListSandboxFilesReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseMakeSandboxDirectoryReply parses an HTTP response from a MakeSandboxDirectoryWithResponse call
+func ParseMakeSandboxDirectoryReply(rsp *http.Response) (*MakeSandboxDirectoryReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &MakeSandboxDirectoryReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest FileInfo
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest FileInfo
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers MakeSandboxDirectoryReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseStatSandboxFileReply parses an HTTP response from a StatSandboxFileWithResponse call
+func ParseStatSandboxFileReply(rsp *http.Response) (*StatSandboxFileReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &StatSandboxFileReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest FileInfo
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers StatSandboxFileReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseListRunsReply parses an HTTP response from a ListRunsWithResponse call
+func ParseListRunsReply(rsp *http.Response) (*ListRunsReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListRunsReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest RunList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers ListRunsReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseStartRunReply parses an HTTP response from a StartRunWithResponse call
+func ParseStartRunReply(rsp *http.Response) (*StartRunReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &StartRunReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest RunInfo
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 507:
+		var dest InsufficientStorage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON507 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers StartRunReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseGetRunReply parses an HTTP response from a GetRunWithResponse call
+func ParseGetRunReply(rsp *http.Response) (*GetRunReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetRunReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest RunInfo
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers GetRunReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseSignalRunReply parses an HTTP response from a SignalRunWithResponse call
+func ParseSignalRunReply(rsp *http.Response) (*SignalRunReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SignalRunReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest RunInfo
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers SignalRunReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseWriteRunStdinReply parses an HTTP response from a WriteRunStdinWithResponse call
+func ParseWriteRunStdinReply(rsp *http.Response) (*WriteRunStdinReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &WriteRunStdinReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers WriteRunStdinReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil

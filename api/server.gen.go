@@ -14,14 +14,16 @@ import (
 
 // Defines values for EventAction.
 const (
-	EventActionCreated  EventAction = "created"
-	EventActionFailed   EventAction = "failed"
-	EventActionIdle     EventAction = "idle"
-	EventActionReady    EventAction = "ready"
-	EventActionRemoved  EventAction = "removed"
-	EventActionRunning  EventAction = "running"
-	EventActionStopped  EventAction = "stopped"
-	EventActionStopping EventAction = "stopping"
+	EventActionCreated    EventAction = "created"
+	EventActionFailed     EventAction = "failed"
+	EventActionIdle       EventAction = "idle"
+	EventActionReady      EventAction = "ready"
+	EventActionRemoved    EventAction = "removed"
+	EventActionRunExited  EventAction = "run.exited"
+	EventActionRunStarted EventAction = "run.started"
+	EventActionRunning    EventAction = "running"
+	EventActionStopped    EventAction = "stopped"
+	EventActionStopping   EventAction = "stopping"
 )
 
 // Valid indicates whether the value is a known member of the EventAction enum.
@@ -37,11 +39,51 @@ func (e EventAction) Valid() bool {
 		return true
 	case EventActionRemoved:
 		return true
+	case EventActionRunExited:
+		return true
+	case EventActionRunStarted:
+		return true
 	case EventActionRunning:
 		return true
 	case EventActionStopped:
 		return true
 	case EventActionStopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for FileInfoType.
+const (
+	BlockDevice FileInfoType = "block_device"
+	CharDevice  FileInfoType = "char_device"
+	Dir         FileInfoType = "dir"
+	Fifo        FileInfoType = "fifo"
+	File        FileInfoType = "file"
+	Socket      FileInfoType = "socket"
+	Symlink     FileInfoType = "symlink"
+	Unknown     FileInfoType = "unknown"
+)
+
+// Valid indicates whether the value is a known member of the FileInfoType enum.
+func (e FileInfoType) Valid() bool {
+	switch e {
+	case BlockDevice:
+		return true
+	case CharDevice:
+		return true
+	case Dir:
+		return true
+	case Fifo:
+		return true
+	case File:
+		return true
+	case Socket:
+		return true
+	case Symlink:
+		return true
+	case Unknown:
 		return true
 	default:
 		return false
@@ -111,6 +153,7 @@ func (e NetworkSpecMode) Valid() bool {
 // Defines values for OutputMessageStream.
 const (
 	Exit   OutputMessageStream = "exit"
+	Start  OutputMessageStream = "start"
 	Stderr OutputMessageStream = "stderr"
 	Stdout OutputMessageStream = "stdout"
 )
@@ -119,6 +162,8 @@ const (
 func (e OutputMessageStream) Valid() bool {
 	switch e {
 	case Exit:
+		return true
+	case Start:
 		return true
 	case Stderr:
 		return true
@@ -141,6 +186,45 @@ func (e OutputMessageTruncated) Valid() bool {
 	case TruncatedStderr:
 		return true
 	case TruncatedStdout:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RunInfoTruncated.
+const (
+	RunTruncatedStderr RunInfoTruncated = "stderr"
+	RunTruncatedStdout RunInfoTruncated = "stdout"
+)
+
+// Valid indicates whether the value is a known member of the RunInfoTruncated enum.
+func (e RunInfoTruncated) Valid() bool {
+	switch e {
+	case RunTruncatedStderr:
+		return true
+	case RunTruncatedStdout:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RunState.
+const (
+	RunStateExited  RunState = "exited"
+	RunStateLost    RunState = "lost"
+	RunStateRunning RunState = "running"
+)
+
+// Valid indicates whether the value is a known member of the RunState enum.
+func (e RunState) Valid() bool {
+	switch e {
+	case RunStateExited:
+		return true
+	case RunStateLost:
+		return true
+	case RunStateRunning:
 		return true
 	default:
 		return false
@@ -219,6 +303,204 @@ func (e ServiceStatusStatus) Valid() bool {
 	}
 }
 
+// Defines values for SignalName.
+const (
+	ABRT      SignalName = "ABRT"
+	ALRM      SignalName = "ALRM"
+	BUS       SignalName = "BUS"
+	CHLD      SignalName = "CHLD"
+	CONT      SignalName = "CONT"
+	FPE       SignalName = "FPE"
+	HUP       SignalName = "HUP"
+	ILL       SignalName = "ILL"
+	INT       SignalName = "INT"
+	IO        SignalName = "IO"
+	KILL      SignalName = "KILL"
+	PIPE      SignalName = "PIPE"
+	PROF      SignalName = "PROF"
+	PWR       SignalName = "PWR"
+	QUIT      SignalName = "QUIT"
+	SEGV      SignalName = "SEGV"
+	SIGABRT   SignalName = "SIGABRT"
+	SIGALRM   SignalName = "SIGALRM"
+	SIGBUS    SignalName = "SIGBUS"
+	SIGCHLD   SignalName = "SIGCHLD"
+	SIGCONT   SignalName = "SIGCONT"
+	SIGFPE    SignalName = "SIGFPE"
+	SIGHUP    SignalName = "SIGHUP"
+	SIGILL    SignalName = "SIGILL"
+	SIGINT    SignalName = "SIGINT"
+	SIGIO     SignalName = "SIGIO"
+	SIGKILL   SignalName = "SIGKILL"
+	SIGPIPE   SignalName = "SIGPIPE"
+	SIGPROF   SignalName = "SIGPROF"
+	SIGPWR    SignalName = "SIGPWR"
+	SIGQUIT   SignalName = "SIGQUIT"
+	SIGSEGV   SignalName = "SIGSEGV"
+	SIGSTKFLT SignalName = "SIGSTKFLT"
+	SIGSTOP   SignalName = "SIGSTOP"
+	SIGSYS    SignalName = "SIGSYS"
+	SIGTERM   SignalName = "SIGTERM"
+	SIGTRAP   SignalName = "SIGTRAP"
+	SIGTSTP   SignalName = "SIGTSTP"
+	SIGTTIN   SignalName = "SIGTTIN"
+	SIGTTOU   SignalName = "SIGTTOU"
+	SIGURG    SignalName = "SIGURG"
+	SIGUSR1   SignalName = "SIGUSR1"
+	SIGUSR2   SignalName = "SIGUSR2"
+	SIGVTALRM SignalName = "SIGVTALRM"
+	SIGWINCH  SignalName = "SIGWINCH"
+	SIGXCPU   SignalName = "SIGXCPU"
+	SIGXFSZ   SignalName = "SIGXFSZ"
+	STKFLT    SignalName = "STKFLT"
+	STOP      SignalName = "STOP"
+	SYS       SignalName = "SYS"
+	TERM      SignalName = "TERM"
+	TRAP      SignalName = "TRAP"
+	TSTP      SignalName = "TSTP"
+	TTIN      SignalName = "TTIN"
+	TTOU      SignalName = "TTOU"
+	URG       SignalName = "URG"
+	USR1      SignalName = "USR1"
+	USR2      SignalName = "USR2"
+	VTALRM    SignalName = "VTALRM"
+	WINCH     SignalName = "WINCH"
+	XCPU      SignalName = "XCPU"
+	XFSZ      SignalName = "XFSZ"
+)
+
+// Valid indicates whether the value is a known member of the SignalName enum.
+func (e SignalName) Valid() bool {
+	switch e {
+	case ABRT:
+		return true
+	case ALRM:
+		return true
+	case BUS:
+		return true
+	case CHLD:
+		return true
+	case CONT:
+		return true
+	case FPE:
+		return true
+	case HUP:
+		return true
+	case ILL:
+		return true
+	case INT:
+		return true
+	case IO:
+		return true
+	case KILL:
+		return true
+	case PIPE:
+		return true
+	case PROF:
+		return true
+	case PWR:
+		return true
+	case QUIT:
+		return true
+	case SEGV:
+		return true
+	case SIGABRT:
+		return true
+	case SIGALRM:
+		return true
+	case SIGBUS:
+		return true
+	case SIGCHLD:
+		return true
+	case SIGCONT:
+		return true
+	case SIGFPE:
+		return true
+	case SIGHUP:
+		return true
+	case SIGILL:
+		return true
+	case SIGINT:
+		return true
+	case SIGIO:
+		return true
+	case SIGKILL:
+		return true
+	case SIGPIPE:
+		return true
+	case SIGPROF:
+		return true
+	case SIGPWR:
+		return true
+	case SIGQUIT:
+		return true
+	case SIGSEGV:
+		return true
+	case SIGSTKFLT:
+		return true
+	case SIGSTOP:
+		return true
+	case SIGSYS:
+		return true
+	case SIGTERM:
+		return true
+	case SIGTRAP:
+		return true
+	case SIGTSTP:
+		return true
+	case SIGTTIN:
+		return true
+	case SIGTTOU:
+		return true
+	case SIGURG:
+		return true
+	case SIGUSR1:
+		return true
+	case SIGUSR2:
+		return true
+	case SIGVTALRM:
+		return true
+	case SIGWINCH:
+		return true
+	case SIGXCPU:
+		return true
+	case SIGXFSZ:
+		return true
+	case STKFLT:
+		return true
+	case STOP:
+		return true
+	case SYS:
+		return true
+	case TERM:
+		return true
+	case TRAP:
+		return true
+	case TSTP:
+		return true
+	case TTIN:
+		return true
+	case TTOU:
+		return true
+	case URG:
+		return true
+	case USR1:
+		return true
+	case USR2:
+		return true
+	case VTALRM:
+		return true
+	case WINCH:
+		return true
+	case XCPU:
+		return true
+	case XFSZ:
+		return true
+	default:
+		return false
+	}
+}
+
 // CheckpointRequest Examples: {}, {"labels":{"team":"ci"},"name":"before-upgrade"}
 type CheckpointRequest struct {
 	// Labels Keys are not empty.
@@ -246,7 +528,10 @@ type CreateSandboxRequest struct {
 	BootArgs *string `json:"boot_args,omitempty"`
 
 	// Cmd Started once the sandbox is ready: the program (not empty) and its
-	// arguments, none holding a NUL.
+	// arguments, none holding a NUL. Absent: nothing is started, not
+	// even the image's entrypoint and cmd (a run without `cmd` runs
+	// those); `env`, `working_dir` and `user` below are laid over the
+	// image's config, and under each run's own.
 	Cmd *[]string `json:"cmd,omitempty"`
 
 	// Env Names are not empty and hold no `=` or NUL; values hold no NUL.
@@ -315,6 +600,22 @@ type CreateSandboxResponse struct {
 	State     SandboxState `json:"state"`
 }
 
+// DataVolumeStats The data volume's space (statfs), while it is mounted: left out
+// before it is mounted or when none is configured.
+type DataVolumeStats struct {
+	// FreeBytes Bytes an unprivileged writer may still use (statfs's available blocks).
+	FreeBytes int64 `json:"free_bytes"`
+
+	// MountPoint Where it is mounted (`--data-mount`).
+	MountPoint string `json:"mount_point"`
+
+	// TotalBytes The filesystem's size.
+	TotalBytes int64 `json:"total_bytes"`
+
+	// UsedBytes Bytes in use.
+	UsedBytes int64 `json:"used_bytes"`
+}
+
 // Error defines model for Error.
 type Error struct {
 	// Code The HTTP status.
@@ -345,21 +646,33 @@ type EventAction string
 // ExecClientMessage One message from the client of an exec WebSocket; exactly one field is
 // set. `init` comes first and only first.
 //
-// Examples: {"init":{"cmd":["sh"],"tty":true,"tty_size":{"height":24,"width":80}}}, {"init":{"cmd":["cat"],"env":{"A":"1"},"timeout_seconds":60}}, {"stdin":"aGVsbG8K"}, {"resize":{"height":43,"width":132}}, {"close_stdin":true}
+// Examples: {"init":{"cmd":["sh"],"tty":true,"tty_size":{"height":24,"width":80}}}, {"init":{"cmd":["cat"],"env":{"A":"1"},"timeout_seconds":60}}, {"stdin":"aGVsbG8K"}, {"resize":{"height":43,"width":132}}, {"close_stdin":true}, {"signal":"SIGINT"}
 type ExecClientMessage struct {
 	// CloseStdin `true` closes the process's stdin; `false` does nothing.
-	CloseStdin *bool     `json:"close_stdin,omitempty"`
-	Init       *ExecInit `json:"init,omitempty"`
-	Resize     *TTYSize  `json:"resize,omitempty"`
+	CloseStdin *bool `json:"close_stdin,omitempty"`
+
+	// Init The process to start; its fields mean what a RunRequest's do.
+	Init   *ExecInit `json:"init,omitempty"`
+	Resize *TTYSize  `json:"resize,omitempty"`
+
+	// Signal A signal's name as in signal(7), with or without `SIG` (`SIGINT`,
+	// `INT`, `SIGTERM`, `SIGHUP`, `SIGKILL`, `SIGUSR1`...); upper case.
+	// Numbers are not taken: they differ between architectures. Any other
+	// name is a 400 naming `signal`.
+	Signal *SignalName `json:"signal,omitempty"`
 
 	// Stdin Bytes for the process's stdin, base64 with padding.
 	Stdin *[]byte `json:"stdin,omitempty"`
 }
 
-// ExecInit defines model for ExecInit.
+// ExecInit The process to start; its fields mean what a RunRequest's do.
 type ExecInit struct {
 	// Cmd The program (not empty) and its arguments, none holding a NUL.
-	Cmd []string `json:"cmd"`
+	// Absent or empty: the image's entrypoint and cmd, as for a run.
+	Cmd []string `json:"cmd,omitempty"`
+
+	// DetachOnDisconnect As a run request's; the stdin closes with the socket.
+	DetachOnDisconnect *bool `json:"detach_on_disconnect,omitempty"`
 
 	// Env Names are not empty and hold no `=` or NUL; values hold no NUL.
 	Env *map[string]string `json:"env,omitempty"`
@@ -377,6 +690,88 @@ type ExecInit struct {
 	WorkingDir *string `json:"working_dir,omitempty"`
 }
 
+// FileInfo A file as the sandbox sees it.
+type FileInfo struct {
+	// Etag A regular file's strong entity tag, as `ETag` gives it.
+	Etag *string `json:"etag,omitempty"`
+
+	// Gid The group as the sandbox sees it.
+	Gid int64 `json:"gid"`
+
+	// LinkTarget A symlink's target, as written.
+	LinkTarget *string `json:"link_target,omitempty"`
+
+	// Mode Permission bits in octal, with setuid, setgid and sticky.
+	Mode string `json:"mode"`
+
+	// ModifiedAt The modification time, Unix seconds.
+	ModifiedAt int64 `json:"modified_at"`
+
+	// ModifiedAtNanos Its nanoseconds.
+	ModifiedAtNanos *int64 `json:"modified_at_nanos,omitempty"`
+
+	// Path The path, absolute, as asked (or below the directory listed).
+	Path string `json:"path"`
+
+	// Size Bytes (a symlink's is its target's length).
+	Size int64        `json:"size"`
+	Type FileInfoType `json:"type"`
+
+	// Uid The owner as the sandbox sees it; 65534 for one outside its user namespace.
+	Uid int64 `json:"uid"`
+}
+
+// FileInfoType defines model for FileInfo.Type.
+type FileInfoType string
+
+// FileList defines model for FileList.
+type FileList struct {
+	Entries []FileInfo `json:"entries"`
+
+	// Truncated More entries than 10000; some were left out.
+	Truncated bool `json:"truncated"`
+}
+
+// GuestMemoryStats The guest's memory as `/proc/meminfo` has it, in bytes.
+type GuestMemoryStats struct {
+	// AvailableBytes Memory that new work can have without swapping (MemAvailable).
+	AvailableBytes int64 `json:"available_bytes"`
+
+	// SwapFreeBytes Swap not in use.
+	SwapFreeBytes int64 `json:"swap_free_bytes"`
+
+	// SwapTotalBytes All swap (0 without swap).
+	SwapTotalBytes int64 `json:"swap_total_bytes"`
+
+	// TotalBytes All memory (MemTotal).
+	TotalBytes int64 `json:"total_bytes"`
+
+	// UsedBytes `total_bytes` - `available_bytes`, as free(1) counts it.
+	UsedBytes int64 `json:"used_bytes"`
+}
+
+// GuestStats The guest's resource use.
+type GuestStats struct {
+	// DataVolume The data volume's space (statfs), while it is mounted: left out
+	// before it is mounted or when none is configured.
+	DataVolume *DataVolumeStats `json:"data_volume,omitempty"`
+
+	// LoadAverage The 1, 5 and 15 minute load averages.
+	LoadAverage []float64 `json:"load_average"`
+
+	// Memory The guest's memory as `/proc/meminfo` has it, in bytes.
+	Memory GuestMemoryStats `json:"memory"`
+
+	// Pressure Pressure stall information (PSI) of CPU, memory and IO. A resource
+	// is left out where the kernel keeps none: built without PSI, booted
+	// with `psi=0`, a cgroup v1 sandbox, or a cgroup whose
+	// `cgroup.pressure` is 0.
+	Pressure PressureStats `json:"pressure"`
+
+	// Timestamp When the stats were read, in Unix nanoseconds.
+	Timestamp int64 `json:"timestamp"`
+}
+
 // Health defines model for Health.
 type Health struct {
 	Status HealthStatus `json:"status"`
@@ -391,6 +786,26 @@ type HealthStatus string
 type IDMap struct {
 	HostId uint32 `json:"host_id"`
 	Size   uint32 `json:"size"`
+}
+
+// ImageConfig What a sandbox made from an image took from the image's config (read
+// once when it was made; kept across agent restarts and by restores):
+// the defaults of every run and exec in it, as `docker exec` inherits
+// a container's. `env`, `working_dir` and `user` lie under the create
+// request's and then the run's own; `entrypoint` then `cmd` is what a
+// run without `cmd` runs. Empty where the image sets nothing.
+type ImageConfig struct {
+	Cmd        []string `json:"cmd"`
+	Entrypoint []string `json:"entrypoint"`
+
+	// Env The image's variables by name (an entry without `=` sets nothing; the last of a name wins).
+	Env map[string]string `json:"env"`
+
+	// User `uid`, `uid:gid`, `name` or `name:group`, resolved in the sandbox's /etc/passwd and /etc/group at each run; empty: root.
+	User string `json:"user"`
+
+	// WorkingDir An absolute path; empty: `/`.
+	WorkingDir string `json:"working_dir"`
 }
 
 // Limits defines model for Limits.
@@ -469,8 +884,22 @@ type OutputMessage struct {
 	ExitCode *int32  `json:"exit_code,omitempty"`
 
 	// Message On the exit message, for people, why a stream in `truncated` was cut.
-	Message *string             `json:"message,omitempty"`
-	Stream  OutputMessageStream `json:"stream"`
+	Message *string `json:"message,omitempty"`
+
+	// Offset In `GET .../runs/{run_id}/output`: the run's output offset of the
+	// first byte of `data` (stdout and stderr counted together); on the
+	// exit message, the output's end.
+	Offset *int64 `json:"offset,omitempty"`
+
+	// RunId On the start and exit messages: the run's id.
+	RunId *string `json:"run_id,omitempty"`
+
+	// Signal On the exit message, for an exit code 128+n: the signal n's name.
+	Signal *string `json:"signal,omitempty"`
+
+	// Stream `start` comes first, alone, on a run or exec with
+	// `detach_on_disconnect`, with its `run_id`.
+	Stream OutputMessageStream `json:"stream"`
 
 	// Truncated On the exit message: the streams whose output was cut. Everything
 	// the command wrote before it exited is always sent; a stream is cut
@@ -479,7 +908,8 @@ type OutputMessage struct {
 	Truncated *[]OutputMessageTruncated `json:"truncated,omitempty"`
 }
 
-// OutputMessageStream defines model for OutputMessage.Stream.
+// OutputMessageStream `start` comes first, alone, on a run or exec with
+// `detach_on_disconnect`, with its `run_id`.
 type OutputMessageStream string
 
 // OutputMessageTruncated defines model for OutputMessage.Truncated.
@@ -517,6 +947,54 @@ type PingResponse struct {
 	// Message `pong`, or `pong: <message>`.
 	Message string `json:"message"`
 	Version string `json:"version"`
+}
+
+// Pressure One resource's pressure.
+type Pressure struct {
+	// Full One line of a PSI file: `some` is the time at least one task was
+	// stalled on the resource, `full` the time all non-idle tasks were at
+	// once (left out where the kernel writes no full line: the guest's cpu
+	// before Linux 5.13).
+	Full *PressureAverages `json:"full,omitempty"`
+
+	// Some One line of a PSI file: `some` is the time at least one task was
+	// stalled on the resource, `full` the time all non-idle tasks were at
+	// once (left out where the kernel writes no full line: the guest's cpu
+	// before Linux 5.13).
+	Some PressureAverages `json:"some"`
+}
+
+// PressureAverages One line of a PSI file: `some` is the time at least one task was
+// stalled on the resource, `full` the time all non-idle tasks were at
+// once (left out where the kernel writes no full line: the guest's cpu
+// before Linux 5.13).
+type PressureAverages struct {
+	// Avg10 Percent of the last 10 s stalled.
+	Avg10 float64 `json:"avg10"`
+
+	// Avg300 Percent of the last 300 s stalled.
+	Avg300 float64 `json:"avg300"`
+
+	// Avg60 Percent of the last 60 s stalled.
+	Avg60 float64 `json:"avg60"`
+
+	// TotalUsec Time stalled since the count began, in microseconds.
+	TotalUsec int64 `json:"total_usec"`
+}
+
+// PressureStats Pressure stall information (PSI) of CPU, memory and IO. A resource
+// is left out where the kernel keeps none: built without PSI, booted
+// with `psi=0`, a cgroup v1 sandbox, or a cgroup whose
+// `cgroup.pressure` is 0.
+type PressureStats struct {
+	// Cpu One resource's pressure.
+	Cpu *Pressure `json:"cpu,omitempty"`
+
+	// Io One resource's pressure.
+	Io *Pressure `json:"io,omitempty"`
+
+	// Memory One resource's pressure.
+	Memory *Pressure `json:"memory,omitempty"`
 }
 
 // Readiness defines model for Readiness.
@@ -566,10 +1044,93 @@ type RestoreResponse struct {
 	IpAddress *string `json:"ip_address,omitempty"`
 }
 
-// RunRequest Examples: {"cmd":["echo","hello"]}, {"cmd":["sh","-c","echo out; echo err \u003e\u00262"],"env":{"A":"1"},"timeout_seconds":60,"user":"nobody","working_dir":"/tmp"}, {"cmd":["top","-b","-n","1"],"tty":true}
-type RunRequest struct {
-	// Cmd The program (not empty) and its arguments, none holding a NUL.
+// RunInfo Examples: {"cmd":["python3","app.py"],"detached":true,"id":"r-6b1f0c2a9d3e4f58","output_end_offset":1234,"output_first_offset":0,"pid":7,"sandbox_id":"box-1","started_at":1764331200,"state":"running","stdin":false}, {"cmd":["sleep","100"],"detached":false,"ended_at":1764331205,"exit_code":130,"id":"r-0a1b2c3d4e5f6071","output_end_offset":0,"output_first_offset":0,"pid":9,"sandbox_id":"box-1","signal":"SIGINT","started_at":1764331200,"state":"exited"}
+type RunInfo struct {
+	// Cmd The command as kept, at most 32 arguments and 512 bytes ("..." for the rest).
 	Cmd []string `json:"cmd"`
+
+	// Detached Started with `POST .../runs`, or attached with `detach_on_disconnect`; it outlives its client.
+	Detached bool `json:"detached"`
+
+	// EndedAt Unix seconds; absent while it runs.
+	EndedAt *int64 `json:"ended_at,omitempty"`
+
+	// Error Why it never started, or was lost.
+	Error *string `json:"error,omitempty"`
+
+	// ExitCode Absent while it runs, and for a run that never started or was
+	// lost. 128+n when a signal n ended it (as a shell reports it).
+	ExitCode *int32 `json:"exit_code,omitempty"`
+
+	// Id Unique in its sandbox: `r-` and 16 hex digits.
+	Id string `json:"id"`
+
+	// OutputEndOffset The offset after the last byte of output: how much it wrote, stdout and stderr together.
+	OutputEndOffset int64 `json:"output_end_offset"`
+
+	// OutputFirstOffset The first byte of output still kept; the bytes before it were
+	// dropped to keep the run within its bound (the last
+	// `--sandbox-run-output-bytes`, 8 MiB by default; the ended runs
+	// of a sandbox keep at most four times that together, the oldest
+	// runs' output dropped first).
+	OutputFirstOffset int64 `json:"output_first_offset"`
+
+	// Pid The process's pid in the sandbox; absent when not known.
+	Pid       *int32 `json:"pid,omitempty"`
+	SandboxId string `json:"sandbox_id"`
+
+	// Signal For an exit code 128+n, the signal n's name (SIGINT for 130).
+	// A process that called exit(128+n) looks the same.
+	Signal *string `json:"signal,omitempty"`
+
+	// StartedAt Unix seconds.
+	StartedAt int64 `json:"started_at"`
+
+	// State `running`: its process runs. `exited`: it ended (`exit_code`), or
+	// its process never started (`error`). `lost`: it was in progress
+	// while the agent restarted; its exit is not known and what was left
+	// of it was killed.
+	State RunState `json:"state"`
+
+	// Stdin Its stdin is open for `POST .../stdin`.
+	Stdin *bool `json:"stdin,omitempty"`
+
+	// Truncated The streams cut after its process exited (see `OutputMessage`'s `truncated`).
+	Truncated *[]RunInfoTruncated `json:"truncated,omitempty"`
+	Tty       *bool               `json:"tty,omitempty"`
+}
+
+// RunInfoTruncated defines model for RunInfo.Truncated.
+type RunInfoTruncated string
+
+// RunList defines model for RunList.
+type RunList struct {
+	Runs []RunInfo `json:"runs"`
+}
+
+// RunRequest A command to run. `env`, `working_dir` and `user` are laid over the
+// sandbox's defaults: the create request's, then its image's config
+// (`image_config` in `GET /v1/sandboxes/{id}`); a variable is
+// replaced by name, the others whole.
+//
+// Examples: {"cmd":["echo","hello"]}, {"cmd":["sh","-c","echo out; echo err \u003e\u00262"],"env":{"A":"1"},"timeout_seconds":60,"user":"nobody","working_dir":"/tmp"}, {"cmd":["top","-b","-n","1"],"tty":true}, {"env":{"PORT":"8080"}}
+type RunRequest struct {
+	// Cmd The program (not empty) and its arguments, none holding a NUL,
+	// run exactly as given: the image's entrypoint is not put before
+	// it (as `docker exec`). Absent or empty: the sandbox's image's
+	// entrypoint followed by its cmd (as `docker run IMAGE`); a 400
+	// naming `cmd` when the sandbox was not made from an image or its
+	// image sets neither, a 409 while it is still starting.
+	Cmd []string `json:"cmd,omitempty"`
+
+	// DetachOnDisconnect Keep the run going when its client goes away (see `POST
+	// .../runs`): its output is kept and read with `GET
+	// .../runs/{run_id}/output`, and the first message is `{"stream":
+	// "start", "run_id"}`. Without it a client that goes away hangs
+	// the command up: SIGHUP, then SIGKILL after
+	// `--sandbox-hangup-grace` (2 s by default) if it still runs.
+	// Implied by `POST .../runs`.
+	DetachOnDisconnect *bool `json:"detach_on_disconnect,omitempty"`
 
 	// Env Names are not empty and hold no `=` or NUL; values hold no NUL.
 	Env *map[string]string `json:"env,omitempty"`
@@ -585,6 +1146,12 @@ type RunRequest struct {
 	// WorkingDir An absolute path (empty: the default).
 	WorkingDir *string `json:"working_dir,omitempty"`
 }
+
+// RunState `running`: its process runs. `exited`: it ended (`exit_code`), or
+// its process never started (`error`). `lost`: it was in progress
+// while the agent restarted; its exit is not known and what was left
+// of it was killed.
+type RunState string
 
 // RuntimeEnsureRequest Examples: {"start_if_needed":true}, {"start_if_needed":false}
 type RuntimeEnsureRequest struct {
@@ -613,11 +1180,65 @@ type RuntimeStatus struct {
 	Services        []ServiceStatus `json:"services"`
 }
 
+// SandboxCPUStats CPU time the sandbox's processes used.
+type SandboxCPUStats struct {
+	// SystemUsec CPU time in the kernel, in microseconds.
+	SystemUsec int64 `json:"system_usec"`
+
+	// Throttling How often the CPU limit (`limits.vcpus`) held the sandbox back. Left
+	// out where the kernel reports none (a cgroup without the cpu controller).
+	Throttling *SandboxCPUThrottling `json:"throttling,omitempty"`
+
+	// UsageUsec All CPU time, in microseconds.
+	UsageUsec int64 `json:"usage_usec"`
+
+	// UserUsec CPU time in user mode, in microseconds.
+	UserUsec int64 `json:"user_usec"`
+}
+
+// SandboxCPUThrottling How often the CPU limit (`limits.vcpus`) held the sandbox back. Left
+// out where the kernel reports none (a cgroup without the cpu controller).
+type SandboxCPUThrottling struct {
+	// Periods Enforcement periods (100 ms each) in which the sandbox ran.
+	Periods int64 `json:"periods"`
+
+	// ThrottledPeriods Periods in which it used up its quota and was held back.
+	ThrottledPeriods int64 `json:"throttled_periods"`
+
+	// ThrottledUsec Time held back, in microseconds.
+	ThrottledUsec int64 `json:"throttled_usec"`
+}
+
+// SandboxIOStats The sandbox's block IO, summed over devices. Left out where the
+// cgroup keeps no IO accounting (its io controller is not enabled).
+// Writes to tmpfs are memory, not IO.
+type SandboxIOStats struct {
+	// ReadBytes Bytes read.
+	ReadBytes int64 `json:"read_bytes"`
+
+	// ReadOps Read operations.
+	ReadOps int64 `json:"read_ops"`
+
+	// WriteBytes Bytes written.
+	WriteBytes int64 `json:"write_bytes"`
+
+	// WriteOps Write operations.
+	WriteOps int64 `json:"write_ops"`
+}
+
 // SandboxInfo defines model for SandboxInfo.
 type SandboxInfo struct {
-	CreatedAt    int64              `json:"created_at"`
-	Error        *string            `json:"error,omitempty"`
-	Id           string             `json:"id"`
+	CreatedAt int64   `json:"created_at"`
+	Error     *string `json:"error,omitempty"`
+	Id        string  `json:"id"`
+
+	// ImageConfig What a sandbox made from an image took from the image's config (read
+	// once when it was made; kept across agent restarts and by restores):
+	// the defaults of every run and exec in it, as `docker exec` inherits
+	// a container's. `env`, `working_dir` and `user` lie under the create
+	// request's and then the run's own; `entrypoint` then `cmd` is what a
+	// run without `cmd` runs. Empty where the image sets nothing.
+	ImageConfig  *ImageConfig       `json:"image_config,omitempty"`
 	Labels       *map[string]string `json:"labels,omitempty"`
 	LastExitCode *int32             `json:"last_exit_code,omitempty"`
 	LastExitedAt *int64             `json:"last_exited_at,omitempty"`
@@ -635,11 +1256,32 @@ type SandboxList struct {
 	Sandboxes []SandboxSummary `json:"sandboxes"`
 }
 
+// SandboxMemoryStats The sandbox's memory, page cache and tmpfs files included.
+type SandboxMemoryStats struct {
+	// CurrentBytes Bytes used now.
+	CurrentBytes int64 `json:"current_bytes"`
+
+	// LimitBytes The limit in bytes; left out when there is none.
+	LimitBytes *int64 `json:"limit_bytes,omitempty"`
+
+	// PeakBytes The most bytes used since the sandbox started; left out where the kernel keeps no peak (cgroup v2 before Linux 5.19).
+	PeakBytes *int64 `json:"peak_bytes,omitempty"`
+}
+
 // SandboxNetwork defines model for SandboxNetwork.
 type SandboxNetwork struct {
 	Gateway   *string `json:"gateway,omitempty"`
 	IpAddress *string `json:"ip_address,omitempty"`
 	Mode      *string `json:"mode,omitempty"`
+}
+
+// SandboxPidsStats The sandbox's tasks (processes and threads).
+type SandboxPidsStats struct {
+	// Current Tasks now.
+	Current int64 `json:"current"`
+
+	// Limit The most tasks allowed; left out when there is no limit.
+	Limit *int64 `json:"limit,omitempty"`
 }
 
 // SandboxSecurity How the sandbox is confined, as it runs.
@@ -663,6 +1305,33 @@ type SandboxSecurity struct {
 
 // SandboxState defines model for SandboxState.
 type SandboxState string
+
+// SandboxStats A sandbox's resource use, read from its cgroup. Counters count from the sandbox's start.
+type SandboxStats struct {
+	// Cpu CPU time the sandbox's processes used.
+	Cpu SandboxCPUStats `json:"cpu"`
+
+	// Io The sandbox's block IO, summed over devices. Left out where the
+	// cgroup keeps no IO accounting (its io controller is not enabled).
+	// Writes to tmpfs are memory, not IO.
+	Io *SandboxIOStats `json:"io,omitempty"`
+
+	// Memory The sandbox's memory, page cache and tmpfs files included.
+	Memory SandboxMemoryStats `json:"memory"`
+
+	// Pids The sandbox's tasks (processes and threads).
+	Pids SandboxPidsStats `json:"pids"`
+
+	// Pressure Pressure stall information (PSI) of CPU, memory and IO. A resource
+	// is left out where the kernel keeps none: built without PSI, booted
+	// with `psi=0`, a cgroup v1 sandbox, or a cgroup whose
+	// `cgroup.pressure` is 0.
+	Pressure  PressureStats `json:"pressure"`
+	SandboxId string        `json:"sandbox_id"`
+
+	// Timestamp When the stats were read, in Unix nanoseconds.
+	Timestamp int64 `json:"timestamp"`
+}
 
 // SandboxSummary defines model for SandboxSummary.
 type SandboxSummary struct {
@@ -704,6 +1373,21 @@ type ServiceStatus struct {
 // ServiceStatusStatus defines model for ServiceStatus.Status.
 type ServiceStatusStatus string
 
+// SignalName A signal's name as in signal(7), with or without `SIG` (`SIGINT`,
+// `INT`, `SIGTERM`, `SIGHUP`, `SIGKILL`, `SIGUSR1`...); upper case.
+// Numbers are not taken: they differ between architectures. Any other
+// name is a 400 naming `signal`.
+type SignalName string
+
+// SignalRequest Examples: {"signal":"SIGINT"}, {"signal":"TERM"}
+type SignalRequest struct {
+	// Signal A signal's name as in signal(7), with or without `SIG` (`SIGINT`,
+	// `INT`, `SIGTERM`, `SIGHUP`, `SIGKILL`, `SIGUSR1`...); upper case.
+	// Numbers are not taken: they differ between architectures. Any other
+	// name is a 400 naming `signal`.
+	Signal SignalName `json:"signal"`
+}
+
 // Snapshot defines model for Snapshot.
 type Snapshot struct {
 	// CreatedAt Unix seconds.
@@ -718,6 +1402,15 @@ type Snapshot struct {
 // SnapshotList defines model for SnapshotList.
 type SnapshotList struct {
 	Snapshots []Snapshot `json:"snapshots"`
+}
+
+// StdinRequest Examples: {"data":"aGVsbG8K"}, {"close":true,"data":"aGVsbG8K"}, {"close":true}
+type StdinRequest struct {
+	// Close `true` closes the stdin after the bytes.
+	Close *bool `json:"close,omitempty"`
+
+	// Data Bytes for the run's stdin, base64 with padding.
+	Data *[]byte `json:"data,omitempty"`
 }
 
 // StopSandboxRequest Examples: {}, {"timeout_seconds":10}
@@ -761,11 +1454,26 @@ type TTYSize struct {
 	Width int32 `json:"width"`
 }
 
+// FileGID defines model for FileGID.
+type FileGID = int
+
+// FileMode defines model for FileMode.
+type FileMode = string
+
+// FilePath defines model for FilePath.
+type FilePath = string
+
+// FileUID defines model for FileUID.
+type FileUID = int
+
 // SandboxID defines model for SandboxID.
 type SandboxID = string
 
 // SnapshotID defines model for SnapshotID.
 type SnapshotID = string
+
+// StatsInterval defines model for StatsInterval.
+type StatsInterval = string
 
 // BadRequest defines model for BadRequest.
 type BadRequest = Error
@@ -851,6 +1559,138 @@ type RemoveSandboxParams struct {
 	Force *bool `form:"force,omitempty" json:"force,omitempty"`
 }
 
+// RemoveSandboxFileParams defines parameters for RemoveSandboxFile.
+type RemoveSandboxFileParams struct {
+	// Recursive Remove a directory and everything in it.
+	Recursive *bool `form:"recursive,omitempty" json:"recursive,omitempty"`
+
+	// Path A path in the sandbox, absolute, as the sandbox sees it; resolved
+	// in the sandbox's root (no symlink leads out of it). A relative path,
+	// a NUL byte or a `..` component is a 400.
+	Path FilePath `form:"path" json:"path"`
+}
+
+// ReadSandboxFileParams defines parameters for ReadSandboxFile.
+type ReadSandboxFileParams struct {
+	// Path A path in the sandbox, absolute, as the sandbox sees it; resolved
+	// in the sandbox's root (no symlink leads out of it). A relative path,
+	// a NUL byte or a `..` component is a 400.
+	Path FilePath `form:"path" json:"path"`
+
+	// Range `bytes=<first>-<last>`, `bytes=<first>-` or `bytes=-<suffix length>`.
+	Range *string `json:"Range,omitempty"`
+
+	// IfNoneMatch Entity tags (or `*`); the file's answers 304.
+	IfNoneMatch *string `json:"If-None-Match,omitempty"`
+
+	// IfRange An entity tag; `Range` applies only when it is the file's.
+	IfRange *string `json:"If-Range,omitempty"`
+}
+
+// WriteSandboxFileParams defines parameters for WriteSandboxFile.
+type WriteSandboxFileParams struct {
+	// Mode Permission bits in octal, with setuid, setgid and sticky (`0644`, `4755`).
+	Mode *FileMode `form:"mode,omitempty" json:"mode,omitempty"`
+
+	// Uid The owner, as the sandbox sees it (its user namespace maps 0 to 65535).
+	Uid *FileUID `form:"uid,omitempty" json:"uid,omitempty"`
+
+	// Gid The group, as the sandbox sees it.
+	Gid *FileGID `form:"gid,omitempty" json:"gid,omitempty"`
+
+	// Path A path in the sandbox, absolute, as the sandbox sees it; resolved
+	// in the sandbox's root (no symlink leads out of it). A relative path,
+	// a NUL byte or a `..` component is a 400.
+	Path FilePath `form:"path" json:"path"`
+
+	// IfMatch Entity tags (comma-separated) or `*`; the file must have one of them now.
+	IfMatch *string `json:"If-Match,omitempty"`
+
+	// IfNoneMatch `*`: write only if nothing is at the path. Any other value is a 400.
+	IfNoneMatch *string `json:"If-None-Match,omitempty"`
+}
+
+// GetSandboxArchiveParams defines parameters for GetSandboxArchive.
+type GetSandboxArchiveParams struct {
+	// Path A path in the sandbox, absolute, as the sandbox sees it; resolved
+	// in the sandbox's root (no symlink leads out of it). A relative path,
+	// a NUL byte or a `..` component is a 400.
+	Path FilePath `form:"path" json:"path"`
+}
+
+// PutSandboxArchiveParams defines parameters for PutSandboxArchive.
+type PutSandboxArchiveParams struct {
+	// Path A path in the sandbox, absolute, as the sandbox sees it; resolved
+	// in the sandbox's root (no symlink leads out of it). A relative path,
+	// a NUL byte or a `..` component is a 400.
+	Path FilePath `form:"path" json:"path"`
+}
+
+// ListSandboxFilesParams defines parameters for ListSandboxFiles.
+type ListSandboxFilesParams struct {
+	// Depth How many levels to list; 1 is the directory's own entries.
+	Depth *int `form:"depth,omitempty" json:"depth,omitempty"`
+
+	// Path A path in the sandbox, absolute, as the sandbox sees it; resolved
+	// in the sandbox's root (no symlink leads out of it). A relative path,
+	// a NUL byte or a `..` component is a 400.
+	Path FilePath `form:"path" json:"path"`
+}
+
+// MakeSandboxDirectoryParams defines parameters for MakeSandboxDirectory.
+type MakeSandboxDirectoryParams struct {
+	// Parents Make missing parents; an existing directory is fine.
+	Parents *bool `form:"parents,omitempty" json:"parents,omitempty"`
+
+	// Mode Permission bits in octal, with setuid, setgid and sticky (`0644`, `4755`).
+	Mode *FileMode `form:"mode,omitempty" json:"mode,omitempty"`
+
+	// Uid The owner, as the sandbox sees it (its user namespace maps 0 to 65535).
+	Uid *FileUID `form:"uid,omitempty" json:"uid,omitempty"`
+
+	// Gid The group, as the sandbox sees it.
+	Gid *FileGID `form:"gid,omitempty" json:"gid,omitempty"`
+
+	// Path A path in the sandbox, absolute, as the sandbox sees it; resolved
+	// in the sandbox's root (no symlink leads out of it). A relative path,
+	// a NUL byte or a `..` component is a 400.
+	Path FilePath `form:"path" json:"path"`
+}
+
+// StatSandboxFileParams defines parameters for StatSandboxFile.
+type StatSandboxFileParams struct {
+	// Path A path in the sandbox, absolute, as the sandbox sees it; resolved
+	// in the sandbox's root (no symlink leads out of it). A relative path,
+	// a NUL byte or a `..` component is a 400.
+	Path FilePath `form:"path" json:"path"`
+}
+
+// StartRunParams defines parameters for StartRun.
+type StartRunParams struct {
+	// Stdin Keep the run's stdin open for `POST .../runs/{run_id}/stdin` (until closed there).
+	Stdin *bool `form:"stdin,omitempty" json:"stdin,omitempty"`
+}
+
+// StreamRunOutputParams defines parameters for StreamRunOutput.
+type StreamRunOutputParams struct {
+	// Offset The byte offset to read from (default 0): not negative, not past
+	// the output's end (400; a reader never has an offset past it), and
+	// not older than the first byte kept (410).
+	Offset *int64 `form:"offset,omitempty" json:"offset,omitempty"`
+
+	// Follow Go on as the run writes, until it exits.
+	Follow *bool `form:"follow,omitempty" json:"follow,omitempty"`
+}
+
+// GetSandboxStatsParams defines parameters for GetSandboxStats.
+type GetSandboxStatsParams struct {
+	// Interval Stream the stats, one message at once and then one every this
+	// long: a whole number and a unit, `ms`, `s`, `m` or `h`, from 100ms
+	// to 1h (`500ms`, `1s`, `5m`). Anything else is a 400 naming
+	// `interval`.
+	Interval *StatsInterval `form:"interval,omitempty" json:"interval,omitempty"`
+}
+
 // ListSnapshotsParams defines parameters for ListSnapshots.
 type ListSnapshotsParams struct {
 	// SandboxId Only this sandbox's snapshots.
@@ -858,6 +1698,15 @@ type ListSnapshotsParams struct {
 
 	// Label `key=value` (the key not empty, the value may be); repeat it, and every one must match.
 	Label *[]string `form:"label,omitempty" json:"label,omitempty"`
+}
+
+// GetGuestStatsParams defines parameters for GetGuestStats.
+type GetGuestStatsParams struct {
+	// Interval Stream the stats, one message at once and then one every this
+	// long: a whole number and a unit, `ms`, `s`, `m` or `h`, from 100ms
+	// to 1h (`500ms`, `1s`, `5m`). Anything else is a 400 naming
+	// `interval`.
+	Interval *StatsInterval `form:"interval,omitempty" json:"interval,omitempty"`
 }
 
 // PostPingJSONRequestBody defines body for PostPing for application/json ContentType.
@@ -874,6 +1723,15 @@ type CheckpointSandboxJSONRequestBody = CheckpointRequest
 
 // RunInSandboxJSONRequestBody defines body for RunInSandbox for application/json ContentType.
 type RunInSandboxJSONRequestBody = RunRequest
+
+// StartRunJSONRequestBody defines body for StartRun for application/json ContentType.
+type StartRunJSONRequestBody = RunRequest
+
+// SignalRunJSONRequestBody defines body for SignalRun for application/json ContentType.
+type SignalRunJSONRequestBody = SignalRequest
+
+// WriteRunStdinJSONRequestBody defines body for WriteRunStdin for application/json ContentType.
+type WriteRunStdinJSONRequestBody = StdinRequest
 
 // StopSandboxJSONRequestBody defines body for StopSandbox for application/json ContentType.
 type StopSandboxJSONRequestBody = StopSandboxRequest
@@ -937,12 +1795,57 @@ type ServerInterface interface {
 	// ExecInSandbox Interactive exec over a WebSocket, with an optional terminal.
 	// (GET /v1/sandboxes/{id}/exec)
 	ExecInSandbox(w http.ResponseWriter, r *http.Request, id SandboxID)
+	// RemoveSandboxFile Removes a file, symlink or directory of a ready or running sandbox.
+	// (DELETE /v1/sandboxes/{id}/files)
+	RemoveSandboxFile(w http.ResponseWriter, r *http.Request, id SandboxID, params RemoveSandboxFileParams)
+	// ReadSandboxFile Reads a regular file of a ready or running sandbox, raw.
+	// (GET /v1/sandboxes/{id}/files)
+	ReadSandboxFile(w http.ResponseWriter, r *http.Request, id SandboxID, params ReadSandboxFileParams)
+	// WriteSandboxFile Writes a regular file of a ready or running sandbox from the raw body.
+	// (PUT /v1/sandboxes/{id}/files)
+	WriteSandboxFile(w http.ResponseWriter, r *http.Request, id SandboxID, params WriteSandboxFileParams)
+	// GetSandboxArchive A directory of a ready or running sandbox as a tar stream.
+	// (GET /v1/sandboxes/{id}/files/archive)
+	GetSandboxArchive(w http.ResponseWriter, r *http.Request, id SandboxID, params GetSandboxArchiveParams)
+	// PutSandboxArchive Extracts a tar stream into a directory of a ready or running sandbox.
+	// (PUT /v1/sandboxes/{id}/files/archive)
+	PutSandboxArchive(w http.ResponseWriter, r *http.Request, id SandboxID, params PutSandboxArchiveParams)
+	// ListSandboxFiles Lists a directory of a ready or running sandbox.
+	// (GET /v1/sandboxes/{id}/files/list)
+	ListSandboxFiles(w http.ResponseWriter, r *http.Request, id SandboxID, params ListSandboxFilesParams)
+	// MakeSandboxDirectory Makes a directory in a ready or running sandbox.
+	// (POST /v1/sandboxes/{id}/files/mkdir)
+	MakeSandboxDirectory(w http.ResponseWriter, r *http.Request, id SandboxID, params MakeSandboxDirectoryParams)
+	// StatSandboxFile Describes a file of a ready or running sandbox.
+	// (GET /v1/sandboxes/{id}/files/stat)
+	StatSandboxFile(w http.ResponseWriter, r *http.Request, id SandboxID, params StatSandboxFileParams)
 	// RunInSandboxWebSocket Runs a command over a WebSocket.
 	// (GET /v1/sandboxes/{id}/run)
 	RunInSandboxWebSocket(w http.ResponseWriter, r *http.Request, id SandboxID)
 	// RunInSandbox Runs a command, streaming its output as NDJSON.
 	// (POST /v1/sandboxes/{id}/run)
 	RunInSandbox(w http.ResponseWriter, r *http.Request, id SandboxID)
+	// ListRuns Lists a sandbox's runs, in progress and ended.
+	// (GET /v1/sandboxes/{id}/runs)
+	ListRuns(w http.ResponseWriter, r *http.Request, id SandboxID)
+	// StartRun Starts a detached run, answering its id at once.
+	// (POST /v1/sandboxes/{id}/runs)
+	StartRun(w http.ResponseWriter, r *http.Request, id SandboxID, params StartRunParams)
+	// GetRun One run's state, pid, times, exit and kept output.
+	// (GET /v1/sandboxes/{id}/runs/{run_id})
+	GetRun(w http.ResponseWriter, r *http.Request, id SandboxID, runId string)
+	// StreamRunOutput A run's kept output from a byte offset, followed if asked.
+	// (GET /v1/sandboxes/{id}/runs/{run_id}/output)
+	StreamRunOutput(w http.ResponseWriter, r *http.Request, id SandboxID, runId string, params StreamRunOutputParams)
+	// SignalRun Sends a signal to a run's process.
+	// (POST /v1/sandboxes/{id}/runs/{run_id}/signal)
+	SignalRun(w http.ResponseWriter, r *http.Request, id SandboxID, runId string)
+	// WriteRunStdin Writes to a detached run's stdin, or closes it.
+	// (POST /v1/sandboxes/{id}/runs/{run_id}/stdin)
+	WriteRunStdin(w http.ResponseWriter, r *http.Request, id SandboxID, runId string)
+	// GetSandboxStats A sandbox's CPU, memory, pids, IO and pressure, once or streamed.
+	// (GET /v1/sandboxes/{id}/stats)
+	GetSandboxStats(w http.ResponseWriter, r *http.Request, id SandboxID, params GetSandboxStatsParams)
 	// StopSandbox Stops a sandbox, waiting for its workload, then killing it.
 	// (POST /v1/sandboxes/{id}/stop)
 	StopSandbox(w http.ResponseWriter, r *http.Request, id SandboxID)
@@ -955,6 +1858,9 @@ type ServerInterface interface {
 	// RestoreSnapshot Makes a new sandbox from a snapshot, ready at once.
 	// (POST /v1/snapshots/{id}/restore)
 	RestoreSnapshot(w http.ResponseWriter, r *http.Request, id SnapshotID)
+	// GetGuestStats The guest's memory, load, pressure and data volume space, once or streamed.
+	// (GET /v1/stats)
+	GetGuestStats(w http.ResponseWriter, r *http.Request, params GetGuestStatsParams)
 }
 
 // Unimplemented server implementation that returns http.StatusNotImplemented for each endpoint.
@@ -1069,6 +1975,54 @@ func (_ Unimplemented) ExecInSandbox(w http.ResponseWriter, r *http.Request, id 
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// RemoveSandboxFile Removes a file, symlink or directory of a ready or running sandbox.
+// (DELETE /v1/sandboxes/{id}/files)
+func (_ Unimplemented) RemoveSandboxFile(w http.ResponseWriter, r *http.Request, id SandboxID, params RemoveSandboxFileParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ReadSandboxFile Reads a regular file of a ready or running sandbox, raw.
+// (GET /v1/sandboxes/{id}/files)
+func (_ Unimplemented) ReadSandboxFile(w http.ResponseWriter, r *http.Request, id SandboxID, params ReadSandboxFileParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// WriteSandboxFile Writes a regular file of a ready or running sandbox from the raw body.
+// (PUT /v1/sandboxes/{id}/files)
+func (_ Unimplemented) WriteSandboxFile(w http.ResponseWriter, r *http.Request, id SandboxID, params WriteSandboxFileParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetSandboxArchive A directory of a ready or running sandbox as a tar stream.
+// (GET /v1/sandboxes/{id}/files/archive)
+func (_ Unimplemented) GetSandboxArchive(w http.ResponseWriter, r *http.Request, id SandboxID, params GetSandboxArchiveParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// PutSandboxArchive Extracts a tar stream into a directory of a ready or running sandbox.
+// (PUT /v1/sandboxes/{id}/files/archive)
+func (_ Unimplemented) PutSandboxArchive(w http.ResponseWriter, r *http.Request, id SandboxID, params PutSandboxArchiveParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ListSandboxFiles Lists a directory of a ready or running sandbox.
+// (GET /v1/sandboxes/{id}/files/list)
+func (_ Unimplemented) ListSandboxFiles(w http.ResponseWriter, r *http.Request, id SandboxID, params ListSandboxFilesParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// MakeSandboxDirectory Makes a directory in a ready or running sandbox.
+// (POST /v1/sandboxes/{id}/files/mkdir)
+func (_ Unimplemented) MakeSandboxDirectory(w http.ResponseWriter, r *http.Request, id SandboxID, params MakeSandboxDirectoryParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// StatSandboxFile Describes a file of a ready or running sandbox.
+// (GET /v1/sandboxes/{id}/files/stat)
+func (_ Unimplemented) StatSandboxFile(w http.ResponseWriter, r *http.Request, id SandboxID, params StatSandboxFileParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // RunInSandboxWebSocket Runs a command over a WebSocket.
 // (GET /v1/sandboxes/{id}/run)
 func (_ Unimplemented) RunInSandboxWebSocket(w http.ResponseWriter, r *http.Request, id SandboxID) {
@@ -1078,6 +2032,48 @@ func (_ Unimplemented) RunInSandboxWebSocket(w http.ResponseWriter, r *http.Requ
 // RunInSandbox Runs a command, streaming its output as NDJSON.
 // (POST /v1/sandboxes/{id}/run)
 func (_ Unimplemented) RunInSandbox(w http.ResponseWriter, r *http.Request, id SandboxID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ListRuns Lists a sandbox's runs, in progress and ended.
+// (GET /v1/sandboxes/{id}/runs)
+func (_ Unimplemented) ListRuns(w http.ResponseWriter, r *http.Request, id SandboxID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// StartRun Starts a detached run, answering its id at once.
+// (POST /v1/sandboxes/{id}/runs)
+func (_ Unimplemented) StartRun(w http.ResponseWriter, r *http.Request, id SandboxID, params StartRunParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetRun One run's state, pid, times, exit and kept output.
+// (GET /v1/sandboxes/{id}/runs/{run_id})
+func (_ Unimplemented) GetRun(w http.ResponseWriter, r *http.Request, id SandboxID, runId string) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// StreamRunOutput A run's kept output from a byte offset, followed if asked.
+// (GET /v1/sandboxes/{id}/runs/{run_id}/output)
+func (_ Unimplemented) StreamRunOutput(w http.ResponseWriter, r *http.Request, id SandboxID, runId string, params StreamRunOutputParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// SignalRun Sends a signal to a run's process.
+// (POST /v1/sandboxes/{id}/runs/{run_id}/signal)
+func (_ Unimplemented) SignalRun(w http.ResponseWriter, r *http.Request, id SandboxID, runId string) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// WriteRunStdin Writes to a detached run's stdin, or closes it.
+// (POST /v1/sandboxes/{id}/runs/{run_id}/stdin)
+func (_ Unimplemented) WriteRunStdin(w http.ResponseWriter, r *http.Request, id SandboxID, runId string) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetSandboxStats A sandbox's CPU, memory, pids, IO and pressure, once or streamed.
+// (GET /v1/sandboxes/{id}/stats)
+func (_ Unimplemented) GetSandboxStats(w http.ResponseWriter, r *http.Request, id SandboxID, params GetSandboxStatsParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1102,6 +2098,12 @@ func (_ Unimplemented) DeleteSnapshot(w http.ResponseWriter, r *http.Request, id
 // RestoreSnapshot Makes a new sandbox from a snapshot, ready at once.
 // (POST /v1/snapshots/{id}/restore)
 func (_ Unimplemented) RestoreSnapshot(w http.ResponseWriter, r *http.Request, id SnapshotID) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetGuestStats The guest's memory, load, pressure and data volume space, once or streamed.
+// (GET /v1/stats)
+func (_ Unimplemented) GetGuestStats(w http.ResponseWriter, r *http.Request, params GetGuestStatsParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1573,6 +2575,558 @@ func (siw *ServerInterfaceWrapper) ExecInSandbox(w http.ResponseWriter, r *http.
 	handler.ServeHTTP(w, r)
 }
 
+// RemoveSandboxFile operation middleware
+func (siw *ServerInterfaceWrapper) RemoveSandboxFile(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SandboxID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params RemoveSandboxFileParams
+
+	// ------------- Optional query parameter "recursive" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "recursive", r.URL.Query(), &params.Recursive, runtime.BindQueryParameterOptions{Type: "boolean", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "recursive"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "recursive", Err: err})
+		}
+		return
+	}
+
+	// ------------- Required query parameter "path" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "path", r.URL.Query(), &params.Path, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "path"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "path", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RemoveSandboxFile(w, r, id, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ReadSandboxFile operation middleware
+func (siw *ServerInterfaceWrapper) ReadSandboxFile(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SandboxID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ReadSandboxFileParams
+
+	// ------------- Required query parameter "path" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "path", r.URL.Query(), &params.Path, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "path"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "path", Err: err})
+		}
+		return
+	}
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Range" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Range")]; found {
+		var Range string
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Range", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Range", valueList[0], &Range, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Range", Err: err})
+			return
+		}
+
+		params.Range = &Range
+
+	}
+
+	// ------------- Optional header parameter "If-None-Match" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("If-None-Match")]; found {
+		var IfNoneMatch string
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "If-None-Match", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "If-None-Match", valueList[0], &IfNoneMatch, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "If-None-Match", Err: err})
+			return
+		}
+
+		params.IfNoneMatch = &IfNoneMatch
+
+	}
+
+	// ------------- Optional header parameter "If-Range" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("If-Range")]; found {
+		var IfRange string
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "If-Range", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "If-Range", valueList[0], &IfRange, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "If-Range", Err: err})
+			return
+		}
+
+		params.IfRange = &IfRange
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ReadSandboxFile(w, r, id, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// WriteSandboxFile operation middleware
+func (siw *ServerInterfaceWrapper) WriteSandboxFile(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SandboxID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params WriteSandboxFileParams
+
+	// ------------- Optional query parameter "mode" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "mode", r.URL.Query(), &params.Mode, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "mode"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "mode", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "uid" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "uid", r.URL.Query(), &params.Uid, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "uid"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "uid", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "gid" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "gid", r.URL.Query(), &params.Gid, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "gid"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "gid", Err: err})
+		}
+		return
+	}
+
+	// ------------- Required query parameter "path" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "path", r.URL.Query(), &params.Path, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "path"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "path", Err: err})
+		}
+		return
+	}
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "If-Match" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("If-Match")]; found {
+		var IfMatch string
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "If-Match", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "If-Match", valueList[0], &IfMatch, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "If-Match", Err: err})
+			return
+		}
+
+		params.IfMatch = &IfMatch
+
+	}
+
+	// ------------- Optional header parameter "If-None-Match" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("If-None-Match")]; found {
+		var IfNoneMatch string
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "If-None-Match", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "If-None-Match", valueList[0], &IfNoneMatch, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "If-None-Match", Err: err})
+			return
+		}
+
+		params.IfNoneMatch = &IfNoneMatch
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.WriteSandboxFile(w, r, id, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetSandboxArchive operation middleware
+func (siw *ServerInterfaceWrapper) GetSandboxArchive(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SandboxID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params GetSandboxArchiveParams
+
+	// ------------- Required query parameter "path" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "path", r.URL.Query(), &params.Path, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "path"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "path", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetSandboxArchive(w, r, id, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// PutSandboxArchive operation middleware
+func (siw *ServerInterfaceWrapper) PutSandboxArchive(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SandboxID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params PutSandboxArchiveParams
+
+	// ------------- Required query parameter "path" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "path", r.URL.Query(), &params.Path, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "path"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "path", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.PutSandboxArchive(w, r, id, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ListSandboxFiles operation middleware
+func (siw *ServerInterfaceWrapper) ListSandboxFiles(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SandboxID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListSandboxFilesParams
+
+	// ------------- Optional query parameter "depth" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "depth", r.URL.Query(), &params.Depth, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "depth"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "depth", Err: err})
+		}
+		return
+	}
+
+	// ------------- Required query parameter "path" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "path", r.URL.Query(), &params.Path, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "path"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "path", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListSandboxFiles(w, r, id, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// MakeSandboxDirectory operation middleware
+func (siw *ServerInterfaceWrapper) MakeSandboxDirectory(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SandboxID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params MakeSandboxDirectoryParams
+
+	// ------------- Optional query parameter "parents" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "parents", r.URL.Query(), &params.Parents, runtime.BindQueryParameterOptions{Type: "boolean", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "parents"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "parents", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "mode" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "mode", r.URL.Query(), &params.Mode, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "mode"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "mode", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "uid" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "uid", r.URL.Query(), &params.Uid, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "uid"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "uid", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "gid" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "gid", r.URL.Query(), &params.Gid, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "gid"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "gid", Err: err})
+		}
+		return
+	}
+
+	// ------------- Required query parameter "path" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "path", r.URL.Query(), &params.Path, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "path"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "path", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.MakeSandboxDirectory(w, r, id, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// StatSandboxFile operation middleware
+func (siw *ServerInterfaceWrapper) StatSandboxFile(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SandboxID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params StatSandboxFileParams
+
+	// ------------- Required query parameter "path" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "path", r.URL.Query(), &params.Path, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "path"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "path", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.StatSandboxFile(w, r, id, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // RunInSandboxWebSocket operation middleware
 func (siw *ServerInterfaceWrapper) RunInSandboxWebSocket(w http.ResponseWriter, r *http.Request) {
 
@@ -1616,6 +3170,285 @@ func (siw *ServerInterfaceWrapper) RunInSandbox(w http.ResponseWriter, r *http.R
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.RunInSandbox(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ListRuns operation middleware
+func (siw *ServerInterfaceWrapper) ListRuns(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SandboxID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListRuns(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// StartRun operation middleware
+func (siw *ServerInterfaceWrapper) StartRun(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SandboxID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params StartRunParams
+
+	// ------------- Optional query parameter "stdin" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "stdin", r.URL.Query(), &params.Stdin, runtime.BindQueryParameterOptions{Type: "boolean", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "stdin"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "stdin", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.StartRun(w, r, id, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetRun operation middleware
+func (siw *ServerInterfaceWrapper) GetRun(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SandboxID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "run_id" -------------
+	var runId string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "run_id", chi.URLParam(r, "run_id"), &runId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "run_id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetRun(w, r, id, runId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// StreamRunOutput operation middleware
+func (siw *ServerInterfaceWrapper) StreamRunOutput(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SandboxID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "run_id" -------------
+	var runId string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "run_id", chi.URLParam(r, "run_id"), &runId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "run_id", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params StreamRunOutputParams
+
+	// ------------- Optional query parameter "offset" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "offset", r.URL.Query(), &params.Offset, runtime.BindQueryParameterOptions{Type: "integer", Format: "int64"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "offset"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "offset", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "follow" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "follow", r.URL.Query(), &params.Follow, runtime.BindQueryParameterOptions{Type: "boolean", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "follow"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "follow", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.StreamRunOutput(w, r, id, runId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// SignalRun operation middleware
+func (siw *ServerInterfaceWrapper) SignalRun(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SandboxID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "run_id" -------------
+	var runId string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "run_id", chi.URLParam(r, "run_id"), &runId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "run_id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.SignalRun(w, r, id, runId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// WriteRunStdin operation middleware
+func (siw *ServerInterfaceWrapper) WriteRunStdin(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SandboxID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "run_id" -------------
+	var runId string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "run_id", chi.URLParam(r, "run_id"), &runId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "run_id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.WriteRunStdin(w, r, id, runId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetSandboxStats operation middleware
+func (siw *ServerInterfaceWrapper) GetSandboxStats(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id SandboxID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", chi.URLParam(r, "id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params GetSandboxStatsParams
+
+	// ------------- Optional query parameter "interval" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "interval", r.URL.Query(), &params.Interval, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "interval"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "interval", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetSandboxStats(w, r, id, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -1740,6 +3573,39 @@ func (siw *ServerInterfaceWrapper) RestoreSnapshot(w http.ResponseWriter, r *htt
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.RestoreSnapshot(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetGuestStats operation middleware
+func (siw *ServerInterfaceWrapper) GetGuestStats(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params GetGuestStatsParams
+
+	// ------------- Optional query parameter "interval" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "interval", r.URL.Query(), &params.Interval, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "interval"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "interval", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetGuestStats(w, r, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -1881,6 +3747,9 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Get(options.BaseURL+"/v1/info", wrapper.GetInfo)
 	})
 	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/stats", wrapper.GetGuestStats)
+	})
+	r.Group(func(r chi.Router) {
 		r.Post(options.BaseURL+"/v1/runtime/ensure", wrapper.EnsureRuntime)
 	})
 	r.Group(func(r chi.Router) {
@@ -1912,6 +3781,51 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/v1/sandboxes/{id}/exec", wrapper.ExecInSandbox)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/v1/sandboxes/{id}/files", wrapper.RemoveSandboxFile)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/sandboxes/{id}/files", wrapper.ReadSandboxFile)
+	})
+	r.Group(func(r chi.Router) {
+		r.Put(options.BaseURL+"/v1/sandboxes/{id}/files", wrapper.WriteSandboxFile)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/sandboxes/{id}/files/stat", wrapper.StatSandboxFile)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/sandboxes/{id}/files/list", wrapper.ListSandboxFiles)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/sandboxes/{id}/files/mkdir", wrapper.MakeSandboxDirectory)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/sandboxes/{id}/files/archive", wrapper.GetSandboxArchive)
+	})
+	r.Group(func(r chi.Router) {
+		r.Put(options.BaseURL+"/v1/sandboxes/{id}/files/archive", wrapper.PutSandboxArchive)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/sandboxes/{id}/stats", wrapper.GetSandboxStats)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/sandboxes/{id}/runs", wrapper.ListRuns)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/sandboxes/{id}/runs", wrapper.StartRun)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/sandboxes/{id}/runs/{run_id}", wrapper.GetRun)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/sandboxes/{id}/runs/{run_id}/output", wrapper.StreamRunOutput)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/sandboxes/{id}/runs/{run_id}/signal", wrapper.SignalRun)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/sandboxes/{id}/runs/{run_id}/stdin", wrapper.WriteRunStdin)
 	})
 	r.Group(func(r chi.Router) {
 		r.Post(options.BaseURL+"/v1/sandboxes/{id}/checkpoint", wrapper.CheckpointSandbox)

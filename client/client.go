@@ -1,9 +1,11 @@
 // Package client is a Go SDK for the arcbox agent's HTTP/JSON API. New
 // connects to any of the agent's listeners (unix://, tcp:// or vsock://);
 // API gives the generated typed client for the plain JSON operations;
-// Run, RunWS, Events, RuntimeLogs and Exec give the streams as Go
-// iterators, so a caller never decodes a stream by hand. Every answer
-// outside 2xx is an *Error.
+// Run, RunWS, RunOutput, Events, RuntimeLogs, WatchSandboxStats and Exec
+// give the streams as Go iterators, so a caller never decodes a stream by
+// hand; StartRun and the other run methods, ReadFile, WriteFile and the
+// other file methods, and the stats methods wrap the rest of the
+// workload API. Every answer outside 2xx is an *Error.
 package client
 
 import (
@@ -103,7 +105,8 @@ func New(addr string, opts ...Option) (*Client, error) {
 
 // API is the generated client for the plain JSON operations; its answers
 // outside 2xx become an *Error with Check. Streams have no *WithResponse
-// method there: use Run, RunWS, Events, RuntimeLogs and Exec.
+// method there: use this package's methods (Run, RunOutput, Events,
+// ReadFile, WatchSandboxStats ...).
 func (c *Client) API() *api.ClientWithResponses { return c.api }
 
 // HTTPClient is the client requests are made with.

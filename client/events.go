@@ -1,8 +1,6 @@
 package client
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,8 +10,6 @@ import (
 	"net/url"
 	"strconv"
 	"time"
-
-	"github.com/coder/websocket"
 
 	"github.com/arcbox/arcbox-agent/api"
 )
@@ -68,20 +64,13 @@ func (e *GoneError) Unwrap() error { return e.Err }
 // answer that reconnecting cannot change: an *Error for a 4xx (a
 // *GoneError for a 410).
 func (c *Client) Events(ctx context.Context, o EventsOptions) iter.Seq2[api.Event, error] {
-	minWait, maxWait := o.MinBackoff, o.MaxBackoff
-	if minWait <= 0 {
-		minWait = 100 * time.Millisecond
-	}
-	if maxWait < minWait {
-		maxWait = max(5*time.Second, minWait)
-	}
 	return func(yield func(api.Event, error) bool) {
 		var after *int64
 		if o.After != nil {
 			after = new(int64)
 			*after = *o.After
 		}
-		wait := minWait
+		b := newBackoff(o.MinBackoff, o.MaxBackoff)
 		for {
 			yielded, dropped, why := c.subscribe(ctx, o, &after, yield)
 			if why == nil { // the loop broke
@@ -97,21 +86,47 @@ func (c *Client) Events(ctx context.Context, o EventsOptions) iter.Seq2[api.Even
 				return
 			}
 			if yielded {
-				wait = minWait // it was up: a new outage starts afresh
+				b.reset() // it was up: a new outage starts afresh
 			}
 			if o.OnReconnect != nil {
 				o.OnReconnect(why)
 			}
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			if !b.sleep(ctx) {
 				yield(api.Event{}, ctx.Err())
 				return
-			case <-t.C:
 			}
-			wait = min(2*wait, maxWait)
 		}
+	}
+}
+
+// backoff is the wait before a stream's reconnect: it starts at min and
+// doubles after each failed try up to max.
+type backoff struct{ wait, min, max time.Duration }
+
+// newBackoff bounds the waits by minWait (0: 100 ms) and maxWait (0, or
+// below minWait: 5 s or minWait).
+func newBackoff(minWait, maxWait time.Duration) *backoff {
+	if minWait <= 0 {
+		minWait = 100 * time.Millisecond
+	}
+	if maxWait < minWait {
+		maxWait = max(5*time.Second, minWait)
+	}
+	return &backoff{wait: minWait, min: minWait, max: maxWait}
+}
+
+func (b *backoff) reset() { b.wait = b.min }
+
+// sleep waits before the next try; false when ctx ended first.
+func (b *backoff) sleep(ctx context.Context) bool {
+	t := time.NewTimer(b.wait)
+	defer t.Stop()
+	b.wait = min(2*b.wait, b.max)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
@@ -130,9 +145,9 @@ func (c *Client) subscribe(ctx context.Context, o EventsOptions, after **int64, 
 	if *after != nil {
 		q.Set("after", strconv.FormatInt(**after, 10))
 	}
-	next, closeConn, err := c.openEvents(ctx, q, o.WebSocket)
+	next, closeConn, err := c.openMessages(ctx, "/v1/events", q, o.WebSocket, "event")
 	if err != nil {
-		return false, false, err
+		return false, false, gone(err)
 	}
 	defer closeConn()
 	if o.OnConnect != nil {
@@ -161,52 +176,6 @@ func (c *Client) subscribe(ctx context.Context, o EventsOptions, after **int64, 
 			return true, false, nil
 		}
 	}
-}
-
-// openEvents opens one event stream and returns how to read its next
-// message and how to close it.
-func (c *Client) openEvents(ctx context.Context, q url.Values, overWS bool) (next func() ([]byte, error), closeConn func(), err error) {
-	if overWS {
-		ws, release, err := c.dialWS(ctx, "/v1/events", q)
-		if err != nil {
-			return nil, nil, gone(err)
-		}
-		next = func() ([]byte, error) {
-			typ, msg, err := ws.Read(ctx)
-			if err == nil && typ != websocket.MessageText {
-				err = fmt.Errorf("event message of type %v, want text", typ)
-			}
-			return msg, err
-		}
-		return next, func() {
-			_ = ws.Close(websocket.StatusNormalClosure, "")
-			release()
-		}, nil
-	}
-	req, err := c.newRequest(ctx, http.MethodGet, "/v1/events", q)
-	if err != nil {
-		return nil, nil, err
-	}
-	req.Header.Set("Accept", "application/x-ndjson")
-	body, err := c.openStream(req)
-	if err != nil {
-		return nil, nil, gone(err)
-	}
-	r := bufio.NewReader(body)
-	next = func() ([]byte, error) {
-		for {
-			line, err := readLine(r)
-			if err != nil {
-				// A line the end of the stream cut short is no message:
-				// the reconnect brings it whole.
-				return nil, err
-			}
-			if line = bytes.TrimSpace(line); len(line) > 0 {
-				return line, nil
-			}
-		}
-	}
-	return next, func() { _ = body.Close() }, nil
 }
 
 // gone makes a 410's *Error a *GoneError, read from the

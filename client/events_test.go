@@ -39,6 +39,15 @@ type step struct {
 	oldest int64 // the X-Event-Oldest-Seq of a 410
 }
 
+// writePlanned answers a planned refusal with status, and header set to
+// value unless it is 0.
+func writePlanned(w http.ResponseWriter, status int, header string, value int64) {
+	if value != 0 {
+		w.Header().Set(header, strconv.FormatInt(value, 10))
+	}
+	writeError(w, status, "planned")
+}
+
 func event(seq int64) string {
 	return fmt.Sprintf(`{"seq":%d,"sandbox_id":"box","action":"created","timestamp":%d}`, seq, seq)
 }
@@ -54,10 +63,7 @@ func (j *journal) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s := j.plan[n]
 	if s.status != 0 {
-		if s.oldest != 0 {
-			w.Header().Set("X-Event-Oldest-Seq", strconv.FormatInt(s.oldest, 10))
-		}
-		writeError(w, s.status, "planned")
+		writePlanned(w, s.status, "X-Event-Oldest-Seq", s.oldest)
 		return
 	}
 	from := int64(1)

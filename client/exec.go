@@ -16,8 +16,8 @@ import (
 
 // ExecSession is an interactive exec (GET /v1/sandboxes/{id}/exec):
 // Write sends stdin, Resize the terminal's size, CloseStdin the end of
-// input; Output yields the output and the exit. Writes may come from any
-// goroutine while another one reads the output.
+// input, Signal a signal; Output yields the output and the exit. Writes
+// may come from any goroutine while another one reads the output.
 type ExecSession struct {
 	c       *Client
 	ctx     context.Context
@@ -73,6 +73,14 @@ func (s *ExecSession) Resize(width, height int) error {
 	return s.send(api.ExecClientMessage{Resize: &api.TTYSize{Width: int32(width), Height: int32(height)}})
 }
 
+// Signal sends the process a signal by name, with or without SIG
+// ("SIGINT", "TERM"), as Ctrl-C would without a terminal. An unknown
+// name ends the session with a 400 *Error from Output.
+func (s *ExecSession) Signal(sig string) error {
+	name := api.SignalName(sig)
+	return s.send(api.ExecClientMessage{Signal: &name})
+}
+
 func (s *ExecSession) send(m api.ExecClientMessage) error {
 	raw, err := json.Marshal(m)
 	if err != nil {
@@ -93,6 +101,8 @@ func messageKind(m api.ExecClientMessage) string {
 		return "stdin"
 	case m.Resize != nil:
 		return "resize"
+	case m.Signal != nil:
+		return "signal " + string(*m.Signal)
 	}
 	return "close_stdin"
 }

@@ -12,6 +12,7 @@ import (
 	"iter"
 	"net/http"
 	"net/url"
+	"strconv"
 
 	"github.com/coder/websocket"
 
@@ -19,19 +20,31 @@ import (
 )
 
 // Output is one message of a run's or an exec's output: a piece of
-// stdout or stderr, or, last, the exit.
+// stdout or stderr, or, last, the exit. A run or exec with
+// detach_on_disconnect announces its id first, in a "start" message.
 type Output struct {
-	// Stream is "stdout", "stderr", or "exit" for the last message.
+	// Stream is "stdout", "stderr", "start" (first, alone, on a run or
+	// exec with detach_on_disconnect), or "exit" for the last message.
 	Stream string
 	// Data is the piece's bytes, decoded; the caller may keep it.
 	Data []byte
+	// Offset is, from RunOutput, the run's output offset of Data's first
+	// byte (stdout and stderr counted together), and on the exit the
+	// output's end; 0 from the other streams, which carry none.
+	Offset int64
+	// RunID is the run's id, on the start message and on the exit.
+	RunID string
 	// Exit is set on the last message only.
 	Exit *Exit
 }
 
 // Exit is how a command ended.
 type Exit struct {
+	// Code is the exit code, 128+n when signal n ended it; -1, from
+	// RunOutput, for a run that never started or was lost.
 	Code int
+	// Signal is, for a Code of 128+n, the signal n's name ("SIGINT").
+	Signal string
 	// Truncated names the streams whose output was cut (a background
 	// child kept writing after the command exited); Message says why.
 	Truncated []string
@@ -46,7 +59,10 @@ const maxWSMessage = 16 << 20
 // yields its output as it comes, the exit last. A refusal (404, 409 ...)
 // is an *Error; a stream that ends without an exit message, or that
 // breaks the contract, is an error too. Breaking out of the loop, or
-// ending ctx, closes the stream, which kills the command.
+// ending ctx, closes the stream, which hangs the command up (SIGHUP,
+// then SIGKILL after a grace) unless req sets detach_on_disconnect: then
+// the first message is a "start" with the run's id, and RunOutput reads
+// on from where the loop stopped.
 //
 // Streams are iter.Seq2 values rather than an iterator type with
 // Next/Err/Close: a range loop cannot forget to close or to check the
@@ -243,24 +259,31 @@ func readLine(r *bufio.Reader) ([]byte, error) {
 }
 
 // outputDecoder decodes OutputMessages and checks them against the
-// contract: output on stdout or stderr with data, the exit with done and
-// an exit code.
+// contract: output on stdout or stderr with data, the start with a run
+// id, the exit with done and an exit code.
 type outputDecoder struct {
 	n int // output messages so far
+	// offsets says every output message carries its offset (a run's
+	// kept output).
+	offsets bool
 }
 
 func (d *outputDecoder) decode(msg []byte) (Output, error) {
-	if stream, b64, ok := fastOutput(msg); ok {
+	if stream, b64, offset, ok := fastOutput(msg); ok && (offset >= 0 || !d.offsets) {
 		if data, err := base64.StdEncoding.AppendDecode(nil, b64); err == nil && len(data) > 0 {
 			d.n++
-			return Output{Stream: stream, Data: data}, nil
+			return Output{Stream: stream, Data: data, Offset: max(offset, 0)}, nil
 		}
 	}
 	var m api.OutputMessage
 	if err := json.Unmarshal(msg, &m); err != nil {
 		return Output{}, fmt.Errorf("output message: %w: %.200s", err, msg)
 	}
-	switch string(m.Stream) {
+	if m.Offset != nil && *m.Offset < 0 {
+		return Output{}, fmt.Errorf("output message with a negative offset: %.200s", msg)
+	}
+	o := Output{Stream: string(m.Stream), Offset: deref(m.Offset), RunID: deref(m.RunId)}
+	switch o.Stream {
 	case "stdout", "stderr":
 		if m.Done != nil && *m.Done || m.ExitCode != nil {
 			return Output{}, fmt.Errorf("output message with done or exit_code: %.200s", msg)
@@ -268,37 +291,70 @@ func (d *outputDecoder) decode(msg []byte) (Output, error) {
 		if m.Data == nil || len(*m.Data) == 0 {
 			return Output{}, fmt.Errorf("output message without data: %.200s", msg)
 		}
+		if d.offsets && m.Offset == nil {
+			return Output{}, fmt.Errorf("output message without its offset: %.200s", msg)
+		}
 		d.n++
-		return Output{Stream: string(m.Stream), Data: *m.Data}, nil
+		o.Data = *m.Data
+		return o, nil
+	case "start":
+		if o.RunID == "" || m.Data != nil || m.Done != nil || m.ExitCode != nil {
+			return Output{}, fmt.Errorf("start message without a run id alone: %.200s", msg)
+		}
+		return o, nil
 	case "exit":
 		if m.Done == nil || !*m.Done || m.ExitCode == nil {
 			return Output{}, fmt.Errorf("exit message without done and an exit code: %.200s", msg)
 		}
-		x := &Exit{Code: int(*m.ExitCode)}
+		if d.offsets && m.Offset == nil {
+			return Output{}, fmt.Errorf("exit message without the output's end offset: %.200s", msg)
+		}
+		o.Exit = &Exit{Code: int(*m.ExitCode), Signal: deref(m.Signal), Message: deref(m.Message)}
 		if m.Truncated != nil {
 			for _, s := range *m.Truncated {
-				x.Truncated = append(x.Truncated, string(s))
+				o.Exit.Truncated = append(o.Exit.Truncated, string(s))
 			}
 		}
-		if m.Message != nil {
-			x.Message = *m.Message
-		}
-		return Output{Stream: string(m.Stream), Exit: x}, nil
+		return o, nil
 	}
 	return Output{}, fmt.Errorf("output message on stream %q: %.200s", m.Stream, msg)
 }
 
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
 // fastOutput recognises an output message in the agent's own encoding,
-// {"stream":"stdout|stderr","data":"<base64>"}, and returns its parts:
-// decoding it without encoding/json keeps a 100 MiB run cheap.
-func fastOutput(msg []byte) (stream string, b64 []byte, ok bool) {
+// {"stream":"stdout|stderr","data":"<base64>"} with ,"offset":N before
+// the brace in a run's kept output, and returns its parts (offset -1
+// when it has none): decoding it without encoding/json keeps a 100 MiB
+// run cheap.
+func fastOutput(msg []byte) (stream string, b64 []byte, offset int64, ok bool) {
 	msg = bytes.TrimSpace(msg)
 	for _, stream := range []string{"stdout", "stderr"} {
-		if rest, found := bytes.CutPrefix(msg, []byte(`{"stream":"`+stream+`","data":"`)); found {
-			if b64, found := bytes.CutSuffix(rest, []byte(`"}`)); found {
-				return stream, b64, true
+		rest, found := bytes.CutPrefix(msg, []byte(`{"stream":"`+stream+`","data":"`))
+		if !found {
+			continue
+		}
+		end := bytes.IndexByte(rest, '"')
+		if end < 0 {
+			return "", nil, 0, false
+		}
+		b64, tail := rest[:end], rest[end:]
+		if string(tail) == `"}` {
+			return stream, b64, -1, true
+		}
+		digits, found := bytes.CutPrefix(tail, []byte(`","offset":`))
+		if digits, found2 := bytes.CutSuffix(digits, []byte("}")); found && found2 {
+			if n, err := strconv.ParseInt(string(digits), 10, 64); err == nil && n >= 0 {
+				return stream, b64, n, true
 			}
 		}
+		return "", nil, 0, false
 	}
-	return "", nil, false
+	return "", nil, 0, false
 }

@@ -14,6 +14,9 @@
 //	/v1/sandboxes/{id}/run (NDJSON and WebSocket)    run.go
 //	/v1/sandboxes/{id}/exec                          exec.go
 //	/v1/sandboxes/{id}/checkpoint, /v1/snapshots...  snapshots.go
+//	/v1/sandboxes/{id}/runs...                       runs.go
+//	/v1/sandboxes/{id}/files...                      files.go
+//	/v1/sandboxes/{id}/stats, /v1/stats              stats.go
 //	/v1/events                                       events.go
 //
 // websocket.go holds what the run and exec WebSockets share (the checks
@@ -25,6 +28,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/clock"
@@ -40,6 +44,9 @@ type Config struct {
 	Clock *clock.Syncer
 	// SystemInfo collects the guest's facts.
 	SystemInfo func() (sysinfo.Info, error)
+	// GuestStats reads the guest's resource use (/v1/stats); nil answers
+	// 503.
+	GuestStats func() (sysinfo.Stats, error)
 	// Listeners reports whether every listener is bound, and their states.
 	Listeners func() (bool, []httpapi.ListenerStatus)
 	// Metrics serves the Prometheus registry.
@@ -58,6 +65,20 @@ type Config struct {
 	// Stopping ends when the agent begins to shut down, so streaming
 	// responses end then rather than hold the shutdown up.
 	Stopping context.Context
+	// FileUploadLimit bounds one upload to a sandbox (a file or an
+	// archive); 0 is DefaultFileUploadLimit.
+	FileUploadLimit int64
+}
+
+// StreamedBody says whether r's body is an upload (a file or an archive
+// put into a sandbox), which its handler reads as a stream and bounds by
+// Config.FileUploadLimit, rather than JSON of 1 MiB at most: the router's
+// RouterConfig.StreamedBody.
+func StreamedBody(r *http.Request) bool {
+	if r.Method != http.MethodPut || !strings.HasPrefix(r.URL.Path, "/v1/sandboxes/") {
+		return false
+	}
+	return strings.HasSuffix(r.URL.Path, "/files") || strings.HasSuffix(r.URL.Path, "/files/archive")
 }
 
 // API serves every operation of the contract.

@@ -33,7 +33,8 @@ func (a *API) serveExec(ctx context.Context, m SandboxManager, c *websocket.Conn
 		closeWith(c, http.StatusBadRequest, err.Error())
 		return
 	}
-	stdio := sandbox.ExecIO{Size: size}
+	sigs := make(chan sandbox.Signal)
+	stdio := sandbox.ExecIO{Size: size, Signals: sigs}
 	stdinR, stdinW := io.Pipe()
 	defer stdinR.Close()
 	resize := make(chan sandbox.TTYSize, 1)
@@ -56,6 +57,10 @@ func (a *API) serveExec(ctx context.Context, m SandboxManager, c *websocket.Conn
 			var size *sandbox.TTYSize
 			if err == nil {
 				_, size, err = checkClientMessage(cm)
+			}
+			var sig sandbox.Signal
+			if err == nil && cm.Signal != nil {
+				sig, err = sandbox.ParseSignal(string(*cm.Signal))
 			}
 			if err == nil && cm.Init != nil {
 				err = badRequest(`"init" is only for the first message`)
@@ -82,12 +87,22 @@ func (a *API) serveExec(ctx context.Context, m SandboxManager, c *websocket.Conn
 				}
 			case cm.CloseStdin != nil && *cm.CloseStdin:
 				_ = stdinW.Close()
+			case cm.Signal != nil:
+				select {
+				case sigs <- sig:
+				case <-runCtx.Done():
+					return
+				}
 			}
 		}
 	}()
 
-	a.streamWorkload(ctx, runCtx, c, r, id, func(out func(sandbox.Output) error) (int, error) {
-		return m.Exec(runCtx, id, p, stdio, out)
+	a.streamWorkload(ctx, runCtx, c, r, id, p, stdio, func(eio sandbox.ExecIO, out func(sandbox.Output) error) (int, error) {
+		p, err := m.ResolveCmd(id, p)
+		if err != nil {
+			return -1, err
+		}
+		return m.Exec(runCtx, id, p, eio, out)
 	})
 }
 
@@ -107,7 +122,8 @@ func checkClientMessage(cm api.ExecClientMessage) (sandbox.Process, *sandbox.TTY
 		return sandbox.Process{}, nil, nil
 	}
 	in := cm.Init
-	p, err := processFromRequest(api.RunRequest{Cmd: in.Cmd, Env: in.Env, TimeoutSeconds: in.TimeoutSeconds, Tty: in.Tty, User: in.User, WorkingDir: in.WorkingDir}, "init.")
+	p, err := processFromRequest(api.RunRequest{Cmd: in.Cmd, Env: in.Env, TimeoutSeconds: in.TimeoutSeconds, Tty: in.Tty, User: in.User, WorkingDir: in.WorkingDir,
+		DetachOnDisconnect: in.DetachOnDisconnect}, "init.")
 	if err != nil || in.TtySize == nil {
 		return p, nil, err
 	}
@@ -119,13 +135,13 @@ func checkClientMessage(cm api.ExecClientMessage) (sandbox.Process, *sandbox.TTY
 // each says one thing.
 func checkOneField(cm api.ExecClientMessage) error {
 	n := 0
-	for _, set := range []bool{cm.Init != nil, cm.Stdin != nil, cm.Resize != nil, cm.CloseStdin != nil} {
+	for _, set := range []bool{cm.Init != nil, cm.Stdin != nil, cm.Resize != nil, cm.CloseStdin != nil, cm.Signal != nil} {
 		if set {
 			n++
 		}
 	}
 	if n != 1 {
-		return badRequest("a message sets exactly one of init, stdin, resize and close_stdin; this one sets %d", n)
+		return badRequest("a message sets exactly one of init, stdin, resize, close_stdin and signal; this one sets %d", n)
 	}
 	return nil
 }

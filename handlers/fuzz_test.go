@@ -160,7 +160,7 @@ func FuzzExecClientMessage(f *testing.F) {
 		if err != nil {
 			return err
 		}
-		if (cm.Init != nil && len(p.Cmd) == 0) || (cm.Resize != nil && (size == nil || int32(size.Width) != cm.Resize.Width)) {
+		if (cm.Init != nil && len(p.Cmd) != len(cm.Init.Cmd)) || (cm.Resize != nil && (size == nil || int32(size.Width) != cm.Resize.Width)) {
 			panic("the message is not what was sent")
 		}
 		return nil

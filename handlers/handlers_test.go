@@ -173,9 +173,10 @@ func newHarness(t *testing.T, setClock bool) *harness {
 			}
 			return false, []httpapi.ListenerStatus{{Name: "control", URL: "vsock://:1024", State: httpapi.StateBinding, Error: "no such device"}}
 		},
-		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
-		Spec:    arcboxagent.OpenAPI,
-		Runtime: h.runtime,
+		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Spec:       arcboxagent.OpenAPI,
+		Runtime:    h.runtime,
+		GuestStats: func() (sysinfo.Stats, error) { return fakeGuestStats(), nil },
 		SandboxManager: func(context.Context) (handlers.SandboxManager, error) {
 			if h.sandboxes == nil {
 				return nil, errors.New("no OCI runtime: neither crun nor runc is on PATH")

@@ -18,7 +18,8 @@ import (
 
 // RunInSandbox runs a command and streams its output as NDJSON, each piece
 // as it is produced, the exit code last. The status line waits for the
-// first output, so a run that cannot start still gets its error status.
+// process to start (or for its first output), so a run that cannot start
+// still gets its error status.
 func (a *API) RunInSandbox(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
 	if !checkPathID(w, id) {
 		return
@@ -29,6 +30,9 @@ func (a *API) RunInSandbox(w http.ResponseWriter, r *http.Request, id api.Sandbo
 	}
 	m := a.manager(w, r)
 	if m == nil {
+		return
+	}
+	if p, ok = resolveCmdOrAnswer(w, m, id, p); !ok {
 		return
 	}
 	ctx, cancel := a.streamContext(r)
@@ -45,8 +49,17 @@ func (a *API) RunInSandbox(w http.ResponseWriter, r *http.Request, id api.Sandbo
 	}
 	var enc outputEncoder
 	var cut cutStreams
+	var runID string
 	began := time.Now()
-	code, err := m.Run(ctx, id, p, func(o sandbox.Output) error {
+	eio := sandbox.ExecIO{Started: func(info sandbox.RunInfo) {
+		runID = info.ID
+		if p.DetachOnDisconnect {
+			start()
+			_, _ = w.Write(enc.start(runID, true))
+			_ = rc.Flush()
+		}
+	}}
+	code, err := m.Exec(ctx, id, p, eio, func(o sandbox.Output) error {
 		if cut.note(o) {
 			return nil
 		}
@@ -61,8 +74,11 @@ func (a *API) RunInSandbox(w http.ResponseWriter, r *http.Request, id api.Sandbo
 		return
 	}
 	a.logRun(r, id, code, err, began, &cut)
+	if code == sandbox.ExitDetached {
+		return // its client is gone; the run goes on
+	}
 	start()
-	_, _ = w.Write(enc.exit(code, &cut, true))
+	_, _ = w.Write(enc.exit(code, runID, &cut, true))
 }
 
 // logRun logs how a run or exec ended: its exit code, how long it took,
@@ -81,7 +97,8 @@ func (a *API) logRun(r *http.Request, id string, code int, err error, began time
 
 // RunInSandboxWebSocket runs a command over a WebSocket: the client's first
 // message is the run request, then every output message is one text
-// message. The client closing the socket kills the command.
+// message. The client's later messages are signals for the command;
+// closing the socket hangs it up.
 func (a *API) RunInSandboxWebSocket(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
 	var req api.RunRequest
 	a.serveWorkload(w, r, id, "a run", &req, func(ctx context.Context, m SandboxManager, c *websocket.Conn) {
@@ -90,9 +107,16 @@ func (a *API) RunInSandboxWebSocket(w http.ResponseWriter, r *http.Request, id a
 			closeWith(c, http.StatusBadRequest, err.Error())
 			return
 		}
-		ctx = c.CloseRead(ctx) // a client that closes, or sends more, ends the run
-		a.streamWorkload(ctx, ctx, c, r, id, func(out func(sandbox.Output) error) (int, error) {
-			return m.Run(ctx, id, p, out)
+		runCtx, hangUp := context.WithCancel(ctx)
+		defer hangUp()
+		sigs := make(chan sandbox.Signal)
+		go signalMessages(runCtx, c, sigs, hangUp)
+		a.streamWorkload(ctx, runCtx, c, r, id, p, sandbox.ExecIO{Signals: sigs}, func(eio sandbox.ExecIO, out func(sandbox.Output) error) (int, error) {
+			p, err := m.ResolveCmd(id, p)
+			if err != nil {
+				return -1, err
+			}
+			return m.Exec(runCtx, id, p, eio, out)
 		})
 	})
 }
@@ -107,8 +131,10 @@ func processFromRequest(req api.RunRequest, prefix string) (sandbox.Process, err
 		WorkingDir: deref(req.WorkingDir),
 		User:       deref(req.User),
 		TTY:        deref(req.Tty),
+
+		DetachOnDisconnect: deref(req.DetachOnDisconnect),
 	}
-	if err := checkCmd(prefix+"cmd", p.Cmd, true); err != nil {
+	if err := checkCmd(prefix+"cmd", p.Cmd, false); err != nil { // none: the image's (ResolveCmd)
 		return p, err
 	}
 	if err := checkEnv(prefix+"env", p.Env); err != nil {
@@ -161,16 +187,77 @@ func (e *outputEncoder) data(stream string, p []byte, newline bool) []byte {
 	return e.buf
 }
 
-// exit writes the exit message, which names the streams that were cut.
-func (e *outputEncoder) exit(code int, cut *cutStreams, newline bool) []byte {
+// chunk writes a piece of a run's kept output, with its offset.
+func (e *outputEncoder) chunk(c sandbox.OutputChunk, newline bool) []byte {
+	e.data(c.Stream, c.Data, false)
+	e.buf = e.buf[:len(e.buf)-1] // reopen the object
+	e.buf = append(e.buf, `,"offset":`...)
+	e.buf = strconv.AppendInt(e.buf, c.Offset, 10)
+	e.buf = append(e.buf, '}')
+	if newline {
+		e.buf = append(e.buf, '\n')
+	}
+	return e.buf
+}
+
+// start writes the first message of a run that detaches on disconnect:
+// its id, to reattach with.
+func (e *outputEncoder) start(runID string, newline bool) []byte {
+	e.buf = append(e.buf[:0], `{"stream":"start","run_id":`...)
+	e.buf = strconv.AppendQuote(e.buf, runID) // r- and hex digits: nothing to escape
+	e.buf = append(e.buf, '}')
+	if newline {
+		e.buf = append(e.buf, '\n')
+	}
+	return e.buf
+}
+
+// exit writes the exit message, which names the run and the streams that
+// were cut.
+func (e *outputEncoder) exit(code int, runID string, cut *cutStreams, newline bool) []byte {
+	var streams []string
+	if cut != nil {
+		streams = cut.streams
+	}
+	return e.exitMessage(code, runID, -1, streams, cut, newline)
+}
+
+// runExit writes the exit message of a run's kept output: its exit code
+// (-1 for a run that never started or was lost), and the output's end.
+func (e *outputEncoder) runExit(info sandbox.RunInfo, newline bool) []byte {
+	code := -1
+	if info.ExitCode != nil {
+		code = *info.ExitCode
+	}
+	var cut *cutStreams
+	if len(info.Truncated) > 0 {
+		cut = &cutStreams{streams: info.Truncated, why: []string{"a process it left behind kept writing to " + strings.Join(info.Truncated, " and ") + " after it exited: stopped reading it"}}
+	}
+	return e.exitMessage(code, info.ID, info.OutputEnd, info.Truncated, cut, newline)
+}
+
+func (e *outputEncoder) exitMessage(code int, runID string, offset int64, streams []string, cut *cutStreams, newline bool) []byte {
 	e.buf = append(e.buf[:0], `{"stream":"exit","exit_code":`...)
 	e.buf = strconv.AppendInt(e.buf, int64(code), 10)
 	e.buf = append(e.buf, `,"done":true`...)
-	if len(cut.streams) > 0 {
-		streams, _ := json.Marshal(cut.streams)
+	if runID != "" {
+		e.buf = append(e.buf, `,"run_id":`...)
+		e.buf = strconv.AppendQuote(e.buf, runID)
+	}
+	if sig := sandbox.ExitSignal(code); sig != "" {
+		e.buf = append(e.buf, `,"signal":"`...)
+		e.buf = append(e.buf, sig...)
+		e.buf = append(e.buf, '"')
+	}
+	if offset >= 0 {
+		e.buf = append(e.buf, `,"offset":`...)
+		e.buf = strconv.AppendInt(e.buf, offset, 10)
+	}
+	if len(streams) > 0 {
+		list, _ := json.Marshal(streams)
 		message, _ := json.Marshal(strings.Join(cut.why, "; "))
 		e.buf = append(e.buf, `,"truncated":`...)
-		e.buf = append(e.buf, streams...)
+		e.buf = append(e.buf, list...)
 		e.buf = append(e.buf, `,"message":`...)
 		e.buf = append(e.buf, message...)
 	}

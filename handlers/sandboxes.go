@@ -26,6 +26,23 @@ type SandboxManager interface {
 	Snapshots(f sandbox.SnapshotFilter) []sandbox.Snapshot
 	DeleteSnapshot(ctx context.Context, id string) error
 	Restore(ctx context.Context, snapshotID string, req sandbox.RestoreRequest) (sandbox.Info, error)
+
+	// Runs by id: /v1/sandboxes/{id}/runs...
+	StartRun(id string, req sandbox.RunRequest) (sandbox.RunInfo, error)
+	Runs(id string) ([]sandbox.RunInfo, error)
+	GetRun(id, runID string) (sandbox.RunInfo, error)
+	ReadRunOutput(ctx context.Context, id, runID string, offset int64, follow bool, fn func([]sandbox.OutputChunk) error) (sandbox.RunInfo, error)
+	SignalRun(ctx context.Context, id, runID string, sig sandbox.Signal) error
+	WriteRunStdin(ctx context.Context, id, runID string, data []byte, closeAfter bool) error
+
+	// Files opens a sandbox's file tree for one request: /v1/sandboxes/{id}/files...
+	Files(id string, write bool) (sandbox.FileTree, error)
+	// Stats reads a sandbox's resource use: /v1/sandboxes/{id}/stats.
+	Stats(ctx context.Context, id string) (sandbox.Stats, error)
+	// ImageConfig is the config of the image a sandbox was made from, nil
+	// when none; ResolveCmd gives a process without cmd the image's.
+	ImageConfig(id string) (*sandbox.ImageConfig, error)
+	ResolveCmd(id string, p sandbox.Process) (sandbox.Process, error)
 }
 
 var _ SandboxManager = (*sandbox.Manager)(nil)
@@ -404,7 +421,9 @@ func (a *API) GetSandbox(w http.ResponseWriter, r *http.Request, id api.SandboxI
 		writeSandboxErr(w, err)
 		return
 	}
-	httpapi.WriteJSON(w, http.StatusOK, sandboxInfo(info))
+	out := sandboxInfo(info)
+	out.ImageConfig = a.imageConfig(r, m, id)
+	httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
 func sandboxInfo(info sandbox.Info) api.SandboxInfo {
@@ -467,7 +486,9 @@ func (a *API) StopSandbox(w http.ResponseWriter, r *http.Request, id api.Sandbox
 		return
 	}
 	a.log(r).Info("sandbox stopped", "sandbox", id, "state", info.State)
-	httpapi.WriteJSON(w, http.StatusOK, sandboxInfo(info))
+	out := sandboxInfo(info)
+	out.ImageConfig = a.imageConfig(r, m, id)
+	httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
 // RemoveSandbox removes a sandbox and all it left on the machine.

@@ -50,32 +50,43 @@ func (a *API) serveWorkload(w http.ResponseWriter, r *http.Request, id, what str
 }
 
 // acceptWorkload answers what can be known before the upgrade with a plain
-// status (an unknown sandbox 404, one that is not ready 409), then upgrades
-// to a WebSocket (a request that is no handshake is a 426); nil when it
-// has answered instead.
+// status (an unknown sandbox 404, one that is neither ready nor running
+// 409), then upgrades to a WebSocket (a request that is no handshake is a
+// 426); nil when it has answered instead.
 func acceptWorkload(w http.ResponseWriter, r *http.Request, m SandboxManager, id, what string) *websocket.Conn {
 	info, err := m.Get(id)
 	if err != nil {
 		writeSandboxErr(w, err)
 		return nil
 	}
-	if info.State != sandbox.StateReady {
-		httpapi.WriteError(w, http.StatusConflict, fmt.Sprintf("sandbox %q is %s; %s needs it ready", id, info.State, what))
+	if info.State != sandbox.StateReady && info.State != sandbox.StateRunning {
+		httpapi.WriteError(w, http.StatusConflict, fmt.Sprintf("sandbox %q is %s; %s needs it ready or running", id, info.State, what))
 		return nil
 	}
 	return httpapi.AcceptWebSocket(w, r)
 }
 
 // streamWorkload runs a workload (run or exec) whose output goes to c as
-// one message a piece, then the exit message and a normal close. A failure
-// before any output, not caused by runCtx ending, closes with 4000 + its
-// status instead, and the agent's shutdown with 1001. Writes use ctx.
-func (a *API) streamWorkload(ctx, runCtx context.Context, c *websocket.Conn, r *http.Request, id string, start func(out func(sandbox.Output) error) (int, error)) {
+// one message a piece, then the exit message and a normal close; with
+// p.DetachOnDisconnect a start message with the run's id comes first. A
+// failure before any output, not caused by runCtx ending, closes with
+// 4000 + its status instead, and the agent's shutdown with 1001. Writes
+// use ctx. start runs it with eio (Started set) and the output callback.
+func (a *API) streamWorkload(ctx, runCtx context.Context, c *websocket.Conn, r *http.Request, id string, p sandbox.Process, eio sandbox.ExecIO,
+	start func(eio sandbox.ExecIO, out func(sandbox.Output) error) (int, error)) {
 	var enc outputEncoder
 	var cut cutStreams
+	var runID string
 	started := false
 	began := time.Now()
-	code, err := start(func(o sandbox.Output) error {
+	eio.Started = func(info sandbox.RunInfo) {
+		runID = info.ID
+		if p.DetachOnDisconnect {
+			started = true
+			_ = c.Write(ctx, websocket.MessageText, enc.start(runID, false))
+		}
+	}
+	code, err := start(eio, func(o sandbox.Output) error {
 		if cut.note(o) {
 			return nil
 		}
@@ -87,13 +98,16 @@ func (a *API) streamWorkload(ctx, runCtx context.Context, c *websocket.Conn, r *
 		return
 	}
 	a.logRun(r, id, code, err, began, &cut)
+	if code == sandbox.ExitDetached {
+		return // its client is gone; the run goes on
+	}
 	if a.stopping() {
 		// The agent's shutdown killed the workload: say so, rather than
 		// send an exit code the workload did not choose.
 		_ = c.Close(websocket.StatusGoingAway, "the agent is shutting down")
 		return
 	}
-	if err := c.Write(ctx, websocket.MessageText, enc.exit(code, &cut, false)); err != nil {
+	if err := c.Write(ctx, websocket.MessageText, enc.exit(code, runID, &cut, false)); err != nil {
 		return
 	}
 	_ = c.Close(websocket.StatusNormalClosure, "")

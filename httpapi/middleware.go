@@ -154,11 +154,15 @@ func recoverer(next http.Handler) http.Handler {
 // declared, else when the handler reads past the limit) and gives a body
 // timeout to arrive: the connection's read deadline is set while the body
 // is read, and cleared once it has all been read, so what follows (a
-// stream, the next request's idle wait) is not cut by it.
-func limitBody(timeout time.Duration) func(http.Handler) http.Handler {
+// stream, the next request's idle wait) is not cut by it. A streamed body
+// (streamed(r): an upload) is not capped here, its handler bounds it, and
+// each of its reads gets timeout instead of the whole body: an upload may
+// take as long as it keeps coming.
+func limitBody(timeout time.Duration, streamed func(*http.Request) bool) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.ContentLength > MaxBodyBytes {
+			stream := streamed != nil && streamed(r)
+			if r.ContentLength > MaxBodyBytes && !stream {
 				WriteError(w, http.StatusRequestEntityTooLarge,
 					fmt.Sprintf("request body is %d bytes; the limit is %d (1 MiB)", r.ContentLength, MaxBodyBytes))
 				return
@@ -166,9 +170,11 @@ func limitBody(timeout time.Duration) func(http.Handler) http.Handler {
 			if r.Body != nil && r.Body != http.NoBody {
 				rc := http.NewResponseController(w)
 				if rc.SetReadDeadline(time.Now().Add(timeout)) == nil {
-					r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc}
+					r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc, each: stream, timeout: timeout}
 				}
-				r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+				if !stream {
+					r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+				}
 			}
 			next.ServeHTTP(w, r)
 		})
@@ -176,18 +182,24 @@ func limitBody(timeout time.Duration) func(http.Handler) http.Handler {
 }
 
 // deadlineBody clears the connection's read deadline once the body has
-// been read to its end.
+// been read to its end; with each, every read that brings data moves the
+// deadline timeout on.
 type deadlineBody struct {
 	io.ReadCloser
-	rc   *http.ResponseController
-	done bool
+	rc      *http.ResponseController
+	done    bool
+	each    bool
+	timeout time.Duration
 }
 
 func (b *deadlineBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF && !b.done {
+	switch {
+	case err == io.EOF && !b.done:
 		b.done = true
 		_ = b.rc.SetReadDeadline(time.Time{})
+	case b.each && n > 0:
+		_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
 	}
 	return n, err
 }

@@ -36,6 +36,11 @@ type RouterConfig struct {
 	// Audit gets one line per mutating call; nil is Logger with
 	// component "audit".
 	Audit *slog.Logger
+	// StreamedBody, when set, picks the requests whose body is a stream
+	// (a file upload) rather than JSON: the handler bounds those itself,
+	// past the 1 MiB of JSON, and they need only keep arriving (each read
+	// within the body timeout) rather than arrive whole in it.
+	StreamedBody func(*http.Request) bool
 }
 
 // NewRouter returns the agent's HTTP handler: the routes of openapi.yaml,
@@ -51,7 +56,7 @@ func NewRouter(cfg RouterConfig) http.Handler {
 	}
 	r := chi.NewRouter()
 	r.Use(withTrace(cfg.Logger), accessLog(newHTTPMetrics(cfg.Registerer)), recoverer,
-		audit(auditLog, r), authenticate(bearer.New(cfg.Token)), limitBody(bodyTimeout))
+		audit(auditLog, r), authenticate(bearer.New(cfg.Token)), limitBody(bodyTimeout, cfg.StreamedBody))
 	r.NotFound(func(w http.ResponseWriter, req *http.Request) {
 		WriteError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", req.Method, req.URL.Path))
 	})

@@ -168,3 +168,66 @@ func assertJSONError(t *testing.T, resp *http.Response, code int, inMsg string) 
 		t.Errorf("content type %q, want application/json", ct)
 	}
 }
+
+// uploadAPI reads POST /v1/ping's body raw, as an upload handler does,
+// and answers how many bytes came, or why they stopped.
+type uploadAPI struct{ api.Unimplemented }
+
+func (uploadAPI) PostPing(w http.ResponseWriter, r *http.Request) {
+	n, err := io.Copy(io.Discard, r.Body)
+	if err != nil {
+		httpapi.WriteError(w, http.StatusRequestTimeout, fmt.Sprintf("after %d bytes: %v", n, err))
+		return
+	}
+	httpapi.WriteJSON(w, http.StatusOK, api.PingResponse{Message: fmt.Sprint(n)})
+}
+
+// TestStreamedBodies: a body the router is told is a stream (an upload)
+// is not held to the 1 MiB of JSON, but still may not stall past the body
+// timeout; every other body keeps the cap.
+func TestStreamedBodies(t *testing.T) {
+	stalled := make(chan struct{})
+	defer close(stalled)
+	for _, tc := range []struct {
+		name    string
+		stream  bool
+		timeout time.Duration
+		body    io.Reader
+		status  int
+		says    string
+	}{
+		{"an upload of 3 MiB", true, time.Minute, strings.NewReader(strings.Repeat("x", 3<<20)), 200, fmt.Sprint(3 << 20)},
+		{"JSON of 3 MiB", false, time.Minute, strings.NewReader(strings.Repeat("x", 3<<20)), 413, "1 MiB"},
+		{"an upload that stalls", true, 100 * time.Millisecond, io.MultiReader(strings.NewReader("abc"), stall(stalled)), 408, "after 3 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(httpapi.NewRouter(httpapi.RouterConfig{API: uploadAPI{}, Logger: slog.New(slog.DiscardHandler),
+				Registerer: prometheus.NewRegistry(), BodyReadTimeout: tc.timeout,
+				StreamedBody: func(*http.Request) bool { return tc.stream }}))
+			defer srv.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // bounds a hang only
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/v1/ping", tc.body)
+			if sr, ok := tc.body.(*strings.Reader); ok {
+				req.ContentLength = int64(sr.Len())
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.status || !strings.Contains(string(body), tc.says) {
+				t.Errorf("got %d %s, want %d saying %q", resp.StatusCode, body, tc.status, tc.says)
+			}
+		})
+	}
+}
+
+// stall is a body that brings no more bytes until it is closed.
+type stall chan struct{}
+
+func (s stall) Read([]byte) (int, error) {
+	<-s
+	return 0, io.EOF
+}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 )
 
 // readopt loads the records in the state dir and brings each sandbox back.
@@ -131,27 +132,64 @@ func (m *Manager) adopt(ctx context.Context, sb *sandbox) {
 		return
 	}
 	if sb.rec.State == StateRunning {
-		// The workload's output went nowhere once the agent died, and its
-		// exit cannot be known: record the run as lost and clear what is
-		// left of it, so the sandbox is ready for the next one.
+		// The runs' output went nowhere once the agent died (it was kept
+		// in its memory), and their exits cannot be known: record them as
+		// lost, listed so, and clear what is left of them, so the sandbox
+		// is ready for the next. Detached runs too: the agent is their
+		// only reader and their only waiter.
 		if err := m.backend.KillWorkloads(ctx, sb.id); err != nil {
-			log.Error("kill the processes of a lost run", "err", err)
+			log.Error("kill the processes of lost runs", "err", err)
 		}
-		cmd := ""
+		lost := sb.rec.Runs
 		if sb.rec.Run != nil {
-			cmd = fmt.Sprintf(" (%q)", sb.rec.Run.Cmd)
+			lost = append(lost, *sb.rec.Run)
 		}
-		note := "last run lost: the agent restarted while it ran" + cmd
+		var cmds []string
+		for _, r := range lost {
+			cmds = append(cmds, fmt.Sprintf("%q", r.Cmd))
+		}
+		note := "last run lost: the agent restarted while it ran"
+		if len(lost) > 1 {
+			note = fmt.Sprintf("%d runs lost: the agent restarted while they ran", len(lost))
+		}
+		if len(cmds) > 0 {
+			note += " (" + strings.Join(cmds, ", ") + ")"
+		}
 		code := ExitLost
 		m.mu.Lock()
-		sb.rec.Run = nil
+		for _, r := range lost {
+			m.addLostRunLocked(sb, r)
+		}
+		sb.rec.Run, sb.rec.Runs = nil, nil
 		sb.rec.LastExitCode = &code
 		sb.rec.LastExitedAt = m.now()
 		sb.rec.Error = recordText(note)
-		m.transitionLocked(sb, StateReady, map[string]string{"exit_code": strconv.Itoa(code), "error": note}, ActionIdle)
+		m.transitionLocked(sb, StateReady, map[string]string{"exit_code": strconv.Itoa(code), "error": sb.rec.Error}, ActionIdle)
 		m.mu.Unlock()
 		m.persistLogged(sb)
-		log.Warn("run lost across an agent restart", "cmd", cmd)
+		log.Warn("runs lost across an agent restart", "runs", len(lost))
 	}
 	m.watch(sb, exited)
+}
+
+// addLostRunLocked lists a run that was in progress while the agent
+// restarted, as lost, and publishes its run.exited; m.mu is held.
+func (m *Manager) addLostRunLocked(sb *sandbox, rec runRecord) {
+	id := rec.ID
+	if id == "" || sb.runs.byID[id] != nil {
+		id = sb.runs.newID() // an earlier agent's run, which had none
+	}
+	r := newActiveRun(id, Process{Cmd: rec.Cmd}, rec.StartedAt, 1)
+	r.cmd = rec.Cmd
+	r.detached = rec.Detached
+	r.listed = true
+	r.state = RunLost
+	r.ended = m.now()
+	r.errText = "lost: the agent restarted while it ran; its output and exit are not known, and what was left of it was killed"
+	r.out.close()
+	close(r.pumping)
+	close(r.done)
+	sb.runs.add(r)
+	sb.runs.finish(r, m.cfg.RunOutputBytes*finishedOutputRuns)
+	m.publishLocked(sb, ActionRunExited, map[string]string{"run_id": id, "exit_code": strconv.Itoa(ExitLost), "error": "lost across an agent restart"})
 }

@@ -36,6 +36,18 @@ type Backend interface {
 	// DeleteSnapshot removes a snapshot directory made by Checkpoint, or
 	// what a failed one left. A missing directory is not an error.
 	DeleteSnapshot(ctx context.Context, dir string) error
+	// OpenFiles opens the file tree of sandbox id, whose root filesystem
+	// is mounted (the sandbox is ready or running), for one request. The
+	// Manager calls it with no lock held.
+	OpenFiles(id string, r FilesRequest) (FileTree, error)
+	// Stats reads the resource use of sandbox id, whose init runs (Time
+	// is the Manager's to set). The Manager calls it with no lock held.
+	Stats(ctx context.Context, id string) (Stats, error)
+	// ImageConfig returns the config of the image sandbox id was made
+	// from, kept beside its files (so an agent restart and a restore from
+	// a snapshot keep it); nil when the backend has not made the
+	// sandbox's files (yet).
+	ImageConfig(id string) (*ImageConfig, error)
 	// KillWorkloads kills every process of the sandbox but its init: what
 	// is left of a run lost across an agent restart.
 	KillWorkloads(ctx context.Context, id string) error
@@ -74,6 +86,8 @@ type RunningProcess interface {
 	Stderr() *os.File
 	// Signal sends sig to the process; tree also signals its descendants.
 	Signal(sig unix.Signal, tree bool) error
+	// Pid is the process's pid as the sandbox sees it; 0 when unknown.
+	Pid() int
 	// Resize sets the terminal's size; an error without a terminal.
 	Resize(width, height uint16) error
 	// Wait blocks until the process has exited and returns its exit code

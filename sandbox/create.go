@@ -216,8 +216,10 @@ func (m *Manager) start(ctx context.Context, sb *sandbox, place *queuePlace) {
 	if sb.rec.Restored == nil {
 		m.metrics.createToReady.Observe(sb.rec.ReadyAt.Sub(sb.rec.CreatedAt).Seconds())
 	}
+	// The create request's cmd is a detached run: no client waits on it,
+	// and it is listed and read by id (Runs, ReadRunOutput) as one.
 	var cmdRun *activeRun
-	cmd := Process{Cmd: sb.rec.Spec.Cmd}
+	cmd := Process{Cmd: sb.rec.Spec.Cmd, DetachOnDisconnect: true}
 	if len(cmd.Cmd) > 0 {
 		if run, err := m.beginRunLocked(sb, cmd); err == nil {
 			cmdRun = run

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"sort"
@@ -32,6 +33,7 @@ import (
 //	                    (until Close) to a background writer of "y"s
 //	silent              writes "x" to stdout and exits, leaving stdout open
 //	                    (until Close) to nobody that writes
+//	cat                 copies its stdin to stdout until its end, exits 0
 //	nope                cannot start
 type fakeBackend struct {
 	mu          sync.Mutex
@@ -169,6 +171,22 @@ func (f *fakeBackend) DeleteSnapshot(ctx context.Context, dir string) error {
 	return os.RemoveAll(dir)
 }
 
+// OpenFiles: the fake has no files to open (filesBackend, in
+// files_test.go, stands in for a backend that has).
+func (f *fakeBackend) OpenFiles(id string, r FilesRequest) (FileTree, error) {
+	return nil, Errorf(ErrUnavailable, "the fake backend has no files of sandbox %q", id)
+}
+
+// Stats: the fake has no cgroups to read (statsBackend, in stats_test.go,
+// answers scripted stats).
+func (f *fakeBackend) Stats(ctx context.Context, id string) (Stats, error) {
+	return Stats{}, Errorf(ErrUnavailable, "the fake backend has no cgroup of sandbox %q", id)
+}
+
+// ImageConfig: the fake keeps no image configs (imageBackend, in
+// imageconfig_test.go, does), as for a sandbox whose files are not made.
+func (f *fakeBackend) ImageConfig(id string) (*ImageConfig, error) { return nil, nil }
+
 func (f *fakeBackend) CheckProcess(p Process) error { return nil }
 
 func (f *fakeBackend) StartProcess(ctx context.Context, id string, s Spec, p Process, stdio ExecIO) (RunningProcess, error) {
@@ -179,9 +197,11 @@ func (f *fakeBackend) StartProcess(ctx context.Context, id string, s Spec, p Pro
 	if err != nil {
 		return nil, err
 	}
+	e.stdin = stdio.Stdin
 	f.mu.Lock()
 	f.procs = append(f.procs, e)
 	e.gate = f.burstGate
+	e.pid = len(f.procs) + 1
 	f.mu.Unlock()
 	go e.run(p)
 	return e, nil
@@ -195,6 +215,8 @@ type fakeProcess struct {
 	done             chan struct{}
 	gate             chan struct{} // see burst
 	code             int
+	stdin            io.Reader // nil: none
+	pid              int
 
 	mu       sync.Mutex
 	received []unix.Signal
@@ -245,6 +267,10 @@ func (e *fakeProcess) run(p Process) {
 		_, _ = e.stderrW.Write(data)
 	case "echo":
 		fmt.Fprintln(e.stdoutW, p.Cmd[1:])
+	case "cat":
+		if e.stdin != nil {
+			_, _ = io.Copy(e.stdoutW, e.stdin)
+		}
 	case "fail":
 		e.code, _ = strconv.Atoi(p.Cmd[1])
 		fmt.Fprint(e.stderrW, p.Cmd[2])
@@ -290,6 +316,7 @@ func floodPattern(n int) []byte {
 }
 
 func (e *fakeProcess) Stdout() *os.File { return e.stdoutR }
+func (e *fakeProcess) Pid() int         { return e.pid }
 func (e *fakeProcess) Stderr() *os.File { return e.stderrR }
 func (e *fakeProcess) Signal(sig unix.Signal, tree bool) error {
 	e.mu.Lock()

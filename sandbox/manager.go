@@ -53,6 +53,17 @@ type Config struct {
 	// than keep it until the runtime's next forced collection minutes
 	// later.
 	OnIdle func()
+	// MaxRuns is how many runs a sandbox may have in progress at once,
+	// past which a run is refused (ErrConflict); 0 is DefaultMaxRuns, 64.
+	MaxRuns int
+	// RunOutputBytes is how much of each run's output is kept for
+	// ReadRunOutput, the oldest bytes dropped past it; 0 is
+	// DefaultRunOutputBytes, 8 MiB. The ended runs of a sandbox keep at
+	// most four times that together.
+	RunOutputBytes int64
+	// HangupGrace is how long a process whose client hung up has, after
+	// SIGHUP, before SIGKILL; 0 is DefaultHangupGrace, 2 s.
+	HangupGrace time.Duration
 	// Events is the journal the manager's events go to (the agent's one
 	// journal, which the HTTP layer serves); nil: a journal of its own in
 	// memory, which Close closes.
@@ -118,7 +129,7 @@ type sandbox struct {
 
 	startCancel context.CancelCauseFunc // cancels the start in progress
 	startErr    error                   // why the start failed, if it did
-	run         *activeRun              // the workload in progress
+	runs        runTable                // its runs, in progress and ended
 	// checkpointing is set while a checkpoint captures the sandbox: no
 	// workload may start.
 	checkpointing bool
@@ -169,6 +180,15 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.QueueDepth <= 0 {
 		cfg.QueueDepth = 64
+	}
+	if cfg.MaxRuns <= 0 {
+		cfg.MaxRuns = DefaultMaxRuns
+	}
+	if cfg.RunOutputBytes <= 0 {
+		cfg.RunOutputBytes = DefaultRunOutputBytes
+	}
+	if cfg.HangupGrace <= 0 {
+		cfg.HangupGrace = DefaultHangupGrace
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -273,8 +293,9 @@ func realAfterFunc(d time.Duration, f func()) func() bool { return time.AfterFun
 func (m *Manager) Events() *events.Journal { return m.events }
 
 // Close is the agent's shutdown: it disarms the TTL timers, kills the
-// workloads in progress (their output has nowhere to go once the agent
-// exits; they end with exit code 137), waits for starts and stops in
+// runs in progress, detached ones too (their output has nowhere to go
+// once the agent exits, and is kept in its memory; they end with exit
+// code 137), waits for starts and stops in
 // progress (until ctx ends, then cancels them), ends the subscriptions
 // (ErrManagerClosed) and releases the backend. The sandboxes keep running
 // and a later NewManager on the same StateDir re-adopts them.
@@ -289,8 +310,8 @@ func (m *Manager) Close(ctx context.Context) error {
 		if sb.stopTTL != nil {
 			sb.stopTTL()
 		}
-		if sb.run != nil {
-			sb.run.kill(ErrManagerClosed)
+		for _, r := range sb.runs.running() {
+			r.kill(ErrManagerClosed)
 		}
 	}
 	close(m.closing)

@@ -530,7 +530,7 @@ func TestRunOutputHeldOpenIsCutAndSaysSo(t *testing.T) {
 	}
 }
 
-func TestRunConflict(t *testing.T) {
+func TestRunRemoveNeedsForce(t *testing.T) {
 	h := newHarness(t)
 	h.createReady(Spec{ID: "c"})
 	done := make(chan int)
@@ -539,9 +539,6 @@ func TestRunConflict(t *testing.T) {
 		done <- code
 	}()
 	h.expect("c", ActionRunning)
-	if _, err := h.m.Run(context.Background(), "c", Process{Cmd: []string{"echo"}}, nil); !errors.Is(err, ErrConflict) {
-		t.Fatalf("concurrent Run: %v, want ErrConflict", err)
-	}
 	if err := h.m.Remove(context.Background(), "c", false); !errors.Is(err, ErrConflict) {
 		t.Fatalf("Remove running without force: %v, want ErrConflict", err)
 	}
@@ -582,6 +579,8 @@ func TestRunOrderAndBackPressure(t *testing.T) {
 	}
 }
 
+// TestRunClientGoneAndOutError: a client that goes away, or whose output
+// fails, hangs the process up: SIGHUP, and its exit code stands.
 func TestRunClientGoneAndOutError(t *testing.T) {
 	h := newHarness(t)
 	h.createReady(Spec{ID: "g"})
@@ -596,21 +595,50 @@ func TestRunClientGoneAndOutError(t *testing.T) {
 	h.expect("g", ActionRunning)
 	cancel()
 	err := <-done
-	if !errors.Is(err, context.Canceled) || code != ExitKilled {
-		t.Fatalf("Run after cancel = %d, %v; want 137, context.Canceled", code, err)
+	if !errors.Is(err, context.Canceled) || code != 128+int(unix.SIGHUP) {
+		t.Fatalf("Run after cancel = %d, %v; want 129, context.Canceled", code, err)
+	}
+	if sigs := h.backend.process(t, 0).signals(); !slices.Equal(sigs, []unix.Signal{unix.SIGHUP}) {
+		t.Errorf("signals %v, want SIGHUP alone", sigs)
 	}
 	evs := h.expect("g", ActionIdle)
-	if evs[0].Attributes["exit_code"] != "137" {
-		t.Errorf("idle = %v, want exit_code 137", evs[0].Attributes)
+	if evs[0].Attributes["exit_code"] != "129" {
+		t.Errorf("idle = %v, want exit_code 129", evs[0].Attributes)
 	}
 	if st := h.state("g"); st != StateReady {
 		t.Errorf("state %s, want ready", st)
 	}
-	// out failing (a broken connection) kills the process too.
+	// out failing (a broken connection) hangs it up too; its output goes
+	// on into the run's buffer meanwhile, so it is not held up.
 	boom := errors.New("broken pipe")
 	code, err = h.m.Run(context.Background(), "g", Process{Cmd: []string{"flood", "10000000"}}, func(Output) error { return boom })
-	if !errors.Is(err, boom) || code != ExitKilled {
-		t.Fatalf("Run with failing out = %d, %v; want 137, %v", code, err, boom)
+	if !errors.Is(err, boom) || code != 129 {
+		t.Fatalf("Run with failing out = %d, %v; want 129, %v", code, err, boom)
+	}
+}
+
+// TestHangupThenKill: a process that ignores SIGHUP is killed once the
+// hang-up grace has passed.
+func TestHangupThenKill(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.HangupGrace = 5 * time.Second })
+	h.createReady(Spec{ID: "h"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int)
+	go func() {
+		code, _ := h.m.Run(ctx, "h", Process{Cmd: []string{"stubborn"}}, nil)
+		done <- code
+	}()
+	h.expect("h", ActionRunning)
+	e := h.backend.process(t, 0)
+	cancel()
+	sandboxtest.WaitFor(t, "SIGHUP", func() bool { return len(e.signals()) > 0 })
+	sandboxtest.WaitFor(t, "the grace timer", func() bool { return h.clock.pending() > 0 })
+	h.clock.Advance(5 * time.Second)
+	if code := <-done; code != ExitKilled {
+		t.Errorf("exit %d, want 137", code)
+	}
+	if sigs := e.signals(); !slices.Equal(sigs, []unix.Signal{unix.SIGHUP, unix.SIGKILL}) {
+		t.Errorf("signals %v, want SIGHUP then SIGKILL", sigs)
 	}
 }
 
@@ -835,6 +863,16 @@ func TestCreateCmdRunsOnceReady(t *testing.T) {
 	if info.State != StateReady || info.LastExitCode == nil || *info.LastExitCode != 7 {
 		t.Errorf("after the create cmd: %+v", info)
 	}
+	// It is a detached run like any other: listed, its output kept.
+	runs, err := h.m.Runs("cmd")
+	if err != nil || len(runs) != 1 || !runs[0].Detached || runs[0].ExitCode == nil || *runs[0].ExitCode != 7 ||
+		!slices.Equal(runs[0].Cmd, []string{"fail", "7", "x"}) {
+		t.Fatalf("Runs: %+v, %v; want the create cmd, detached, exited 7", runs, err)
+	}
+	chunks, _ := readAll(t, h.m, "cmd", runs[0].ID, 0)
+	if _, stderr := joined(t, chunks, 0); string(stderr) != "x" {
+		t.Errorf("its stderr %q, want %q", stderr, "x")
+	}
 }
 
 // TestReadopt restarts the manager over records of every kind.
@@ -849,9 +887,13 @@ func TestReadopt(t *testing.T) {
 	}
 	go func() { _, _ = h.m.Run(context.Background(), "busy", Process{Cmd: []string{"block"}}, nil) }()
 	h.expect("busy", ActionRunning)
+	detached, err := h.m.StartRun("busy", RunRequest{Process: Process{Cmd: []string{"block"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	sandboxtest.WaitFor(t, "the running record", func() bool {
 		rec, _, err := readRecord(filepath.Join(h.dir, "sandboxes", "busy"))
-		return err == nil && rec.State == StateRunning
+		return err == nil && rec.State == StateRunning && len(rec.Runs) == 2
 	})
 	// The agent dies: no Close, the records stay as they are. A second
 	// manager must not see the first one's goroutines, so copy the state
@@ -885,6 +927,22 @@ func TestReadopt(t *testing.T) {
 	busy, _ := h2.m.Get("busy")
 	if busy.LastExitCode == nil || *busy.LastExitCode != ExitLost || !strings.Contains(busy.Error, "lost") {
 		t.Errorf("busy: %+v, want the run recorded as lost", busy)
+	}
+	// Both runs, the attached one and the detached one, are listed lost.
+	runs, err := h2.m.Runs("busy")
+	if err != nil || len(runs) != 2 {
+		t.Fatalf("Runs(busy) after restart = %+v, %v; want 2 lost runs", runs, err)
+	}
+	for _, r := range runs {
+		if r.State != RunLost || r.ExitCode != nil || r.Error == "" {
+			t.Errorf("run after restart: %+v, want lost", r)
+		}
+	}
+	if r, err := h2.m.GetRun("busy", detached.ID); err != nil || !r.Detached || r.State != RunLost {
+		t.Errorf("the detached run after restart: %+v, %v; want it lost, by its id", r, err)
+	}
+	if _, err := h2.m.ReadRunOutput(context.Background(), "busy", detached.ID, 0, true, func([]OutputChunk) error { return nil }); err != nil {
+		t.Errorf("reading a lost run's output: %v, want an empty output", err)
 	}
 	h.backend.mu.Lock()
 	killed := strings.Join(h.backend.killed, ",")
@@ -967,7 +1025,7 @@ func TestCloseKillsRunsAndEndsSubscriptions(t *testing.T) {
 	}
 	// The record kept the sandbox ready for the next agent.
 	rec, _, err := readRecord(filepath.Join(h.dir, "sandboxes", "c"))
-	if err != nil || rec.State != StateReady || rec.Run != nil {
+	if err != nil || rec.State != StateReady || rec.Run != nil || rec.Runs != nil {
 		t.Errorf("record after Close = %+v, %v", rec, err)
 	}
 }

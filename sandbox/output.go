@@ -91,16 +91,21 @@ func (m *Manager) pumpOutput(ctx context.Context, proc RunningProcess, run *acti
 		exited   atomic.Bool
 		pumps    sync.WaitGroup
 	)
+	var clientGone atomic.Bool // out is called no more: its client hung up
 	send := func(o Output) bool {
 		outMu.Lock()
 		defer outMu.Unlock()
-		if outErr != nil {
-			return false
+		if o.Truncated != "" {
+			run.out.noteCut(o.Stream)
+		}
+		run.out.write(o.Stream, o.Data)
+		if outErr != nil || clientGone.Load() {
+			return true // kept in the run's output; the process is not held up
 		}
 		if oerr := streams.out(o); oerr != nil {
 			outErr = oerr
 			abortOne.Do(func() { close(aborted) })
-			return false
+			return true
 		}
 		return true
 	}
@@ -174,7 +179,26 @@ func (m *Manager) pumpOutput(ctx context.Context, proc RunningProcess, run *acti
 			m.log.Warn("kill workload", "cmd", p.Cmd, "err", err)
 		}
 	}
-	done, term, killc, resize := ctx.Done(), run.termCh, run.killCh, streams.Resize
+	// hangUp is a terminal's hang-up: SIGHUP to the process and its
+	// descendants (as a terminal's goes to its whole session), SIGKILL to
+	// them once the grace has passed. Its output goes on into the run's
+	// buffer, so it is never held up meanwhile.
+	var hungUp error
+	hupKill := make(chan struct{})
+	stopHupKill := func() bool { return false }
+	defer func() { stopHupKill() }()
+	hangUp := func(why error) {
+		if hungUp != nil || killedBy != nil {
+			return
+		}
+		hungUp = why
+		clientGone.Store(true)
+		if err := proc.Signal(unix.SIGHUP, true); err != nil {
+			m.log.Warn("hang up workload", "cmd", p.Cmd, "err", err)
+		}
+		stopHupKill = m.afterFunc(m.cfg.HangupGrace, func() { close(hupKill) })
+	}
+	done, term, killc, resize, sigs, ownSigs := ctx.Done(), run.termCh, run.killCh, streams.Resize, streams.Signals, run.sigs
 	var res result
 wait:
 	for {
@@ -182,14 +206,25 @@ wait:
 		case res = <-waited:
 			break wait
 		case <-done:
-			kill(fmt.Errorf("the client went away: %w", context.Cause(ctx)))
+			hangUp(fmt.Errorf("the client went away: %w", context.Cause(ctx)))
 			done = nil
+		case <-hupKill:
+			kill(hungUp)
+			hupKill = nil
 		case <-timeout:
 			kill(fmt.Errorf("%w after %s", errTimeout, p.Timeout))
 			timeout = nil
 		case <-aborted:
-			kill(fmt.Errorf("output: %w", outErr))
+			hangUp(fmt.Errorf("output: %w", outErr))
 			aborted = nil
+		case req := <-ownSigs:
+			req.reply <- proc.Signal(req.sig, false)
+		case sig, ok := <-sigs:
+			if !ok {
+				sigs = nil
+			} else if err := proc.Signal(sig, false); err != nil {
+				m.log.Warn("signal workload", "cmd", p.Cmd, "signal", sig, "err", err)
+			}
 		case <-term:
 			if err := proc.Signal(unix.SIGTERM, false); err != nil {
 				m.log.Warn("terminate workload", "cmd", p.Cmd, "err", err)
@@ -210,6 +245,7 @@ wait:
 			}
 		}
 	}
+	close(run.pumping) // no more signals: the process is gone
 	// Wake the pumps: each reads what is left of the process's output,
 	// however late it runs (drainExited).
 	exited.Store(true)
@@ -222,6 +258,9 @@ wait:
 	}
 	if killedBy != nil && !errors.Is(killedBy, errStopped) && !errors.Is(killedBy, ErrManagerClosed) {
 		res.code = ExitKilled
+	}
+	if killedBy == nil && hungUp != nil {
+		killedBy = hungUp // it ended in its grace; its code stands
 	}
 	if killedBy == nil && outErr != nil {
 		// out failed on what was left after the exit: the process ended

@@ -31,15 +31,18 @@ func IsRecordFile(name string) bool { return name == recordFile || name == legac
 // record is what the agent keeps of a sandbox across restarts, in
 // StateDir/sandboxes/<id>/record (see recordStore).
 type record struct {
-	Version      int        `json:"version"`
-	Spec         Spec       `json:"spec"`
-	State        State      `json:"state"`
-	CreatedAt    time.Time  `json:"created_at"`
-	ReadyAt      time.Time  `json:"ready_at,omitzero"`
-	LastExitedAt time.Time  `json:"last_exited_at,omitzero"`
-	LastExitCode *int       `json:"last_exit_code,omitempty"`
-	Error        string     `json:"error,omitempty"`
-	Run          *runRecord `json:"run,omitempty"` // the workload in progress, if any
+	Version      int       `json:"version"`
+	Spec         Spec      `json:"spec"`
+	State        State     `json:"state"`
+	CreatedAt    time.Time `json:"created_at"`
+	ReadyAt      time.Time `json:"ready_at,omitzero"`
+	LastExitedAt time.Time `json:"last_exited_at,omitzero"`
+	LastExitCode *int      `json:"last_exit_code,omitempty"`
+	Error        string    `json:"error,omitempty"`
+	// Runs are the runs in progress; Run is where an agent before runs
+	// with ids kept its one run in progress (read, never written).
+	Runs []runRecord `json:"runs,omitempty"`
+	Run  *runRecord  `json:"run,omitempty"`
 	// IPAddress and Gateway are a bridged sandbox's address, held from
 	// its creation to its removal, and the bridge's.
 	IPAddress string `json:"ip_address,omitempty"`
@@ -57,10 +60,12 @@ type restoredFrom struct {
 	SnapshotID string `json:"snapshot_id"`
 }
 
-// runRecord is a workload in progress.
+// runRecord is a run in progress.
 type runRecord struct {
+	ID        string    `json:"id,omitempty"` // empty in an earlier agent's Run
 	Cmd       []string  `json:"cmd"`
 	StartedAt time.Time `json:"started_at"`
+	Detached  bool      `json:"detached,omitempty"`
 }
 
 func (r record) clone() record {
@@ -72,6 +77,13 @@ func (r record) clone() record {
 	if r.Restored != nil {
 		from := *r.Restored
 		c.Restored = &from
+	}
+	if r.Runs != nil {
+		c.Runs = make([]runRecord, len(r.Runs))
+		for i, run := range r.Runs {
+			run.Cmd = slices.Clone(run.Cmd)
+			c.Runs[i] = run
+		}
 	}
 	if r.Run != nil {
 		run := *r.Run

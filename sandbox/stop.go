@@ -17,7 +17,7 @@ const (
 	ttlStopTimeout = 10 * time.Second
 )
 
-// Stop stops a sandbox: a workload in progress gets SIGTERM, then SIGKILL
+// Stop stops a sandbox: every run in progress gets SIGTERM, then SIGKILL
 // once timeout (0: 30 s) has passed, then the sandbox's init is ended and
 // its container released; the sandbox ends stopped (failed if the
 // teardown fails). Stopping a stopped or failed sandbox changes nothing.
@@ -61,7 +61,7 @@ func (m *Manager) Stop(ctx context.Context, id string, timeout time.Duration) (I
 // but the next agent would not know it.
 func (m *Manager) stop(sb *sandbox, grace time.Duration) error {
 	m.mu.Lock()
-	run := sb.run
+	runs := sb.runs.running()
 	switch sb.rec.State {
 	case StateStarting, StateReady, StateRunning:
 		m.transitionLocked(sb, StateStopping, nil)
@@ -72,7 +72,7 @@ func (m *Manager) stop(sb *sandbox, grace time.Duration) error {
 	m.mu.Unlock()
 	m.persistLogged(sb)
 
-	if run != nil {
+	for _, run := range runs {
 		run.terminate(grace, m.afterFunc)
 	}
 
@@ -84,7 +84,7 @@ func (m *Manager) stop(sb *sandbox, grace time.Duration) error {
 	if st != StateStopping {
 		return nil // stopped by another call meanwhile, or never live
 	}
-	if run != nil {
+	for _, run := range runs {
 		<-run.done
 	}
 	if err := m.backend.Stop(m.baseCtx, sb.id); err != nil {
@@ -104,7 +104,7 @@ func (m *Manager) stop(sb *sandbox, grace time.Duration) error {
 
 // Remove removes a sandbox and everything it left on the machine: its
 // container, mounts, cgroup, processes and files. A live sandbox is stopped
-// first (a workload is killed at once); one running a workload needs force,
+// first (its runs are killed at once); one with a run in progress needs force,
 // else the error is ErrConflict.
 func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 	m.mu.Lock()
@@ -119,7 +119,7 @@ func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 	}
 	if sb.rec.State == StateRunning && !force {
 		m.mu.Unlock()
-		return Errorf(ErrConflict, "sandbox %q is running a workload; stop it or remove with force", id)
+		return Errorf(ErrConflict, "sandbox %q has runs in progress; stop it or remove with force", id)
 	}
 	place, err := m.removals.reserve()
 	if err != nil {

@@ -16,8 +16,8 @@ type State string
 // The sandbox states.
 const (
 	StateStarting State = "starting" // created; its container is being made
-	StateReady    State = "ready"    // its init runs; no workload runs
-	StateRunning  State = "running"  // a workload runs (one at a time)
+	StateReady    State = "ready"    // its init runs; no run is in progress
+	StateRunning  State = "running"  // at least one run is in progress
 	StateStopping State = "stopping" // being stopped
 	StateStopped  State = "stopped"  // its container is gone; files kept until removed
 	StateFailed   State = "failed"   // it could not start or its init died; see Info.Error
@@ -46,6 +46,11 @@ const (
 	ActionStopped  = "stopped"
 	ActionFailed   = "failed" // attribute error
 	ActionRemoved  = "removed"
+	// ActionRunStarted and ActionRunExited are a run's: attributes
+	// run_id (and pid), and run_id, exit_code and, for an exit code
+	// 128+n, signal.
+	ActionRunStarted = "run.started"
+	ActionRunExited  = "run.exited"
 )
 
 // Limits are a sandbox's resources. Zero fields take Config.DefaultLimits.
@@ -203,6 +208,12 @@ type Process struct {
 	// Timeout > 0: the process is killed (SIGKILL) after this long and the
 	// run ends with exit code 137.
 	Timeout time.Duration
+	// DetachOnDisconnect keeps an attached run (Run, Exec) going when its
+	// client goes away (ctx ends, or the output callback fails): its
+	// output is kept as a detached run's is, readable with ReadRunOutput.
+	// Without it the process is hung up (SIGHUP, then SIGKILL after
+	// Config.HangupGrace).
+	DetachOnDisconnect bool
 }
 
 // The output streams.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/arcbox/arcbox-agent/disk"
 	"github.com/arcbox/arcbox-agent/events"
+	"github.com/arcbox/arcbox-agent/handlers"
 	"github.com/arcbox/arcbox-agent/httpapi"
 	"github.com/arcbox/arcbox-agent/netconf"
 	"github.com/arcbox/arcbox-agent/sandbox"
@@ -27,51 +28,55 @@ import (
 // config is every setting of the agent, resolved from flags, then the
 // environment (ARCBOX_<FLAG>), then the kernel command line, then defaults.
 type config struct {
-	Listen               []string
-	DockerListen         string
-	GuestDockerVsockPort uint32
-	DockerSocket         string
-	ContainerdSocket     string
-	RuntimeBinDir        string
-	DataDevice           string
-	WipeDataDevice       bool
-	DataMount            string
-	DockerDataRoot       string
-	ContainerdRoot       string
-	ContainerdState      string
-	ContainerdConfig     string
-	DockerExecRoot       string
-	DataSubvolumes       []disk.Subvolume
-	StateDir             string
-	DiskStateDir         string
-	DockerdArgs          []string
-	LogDir               string
-	CmdlineFile          string
-	AllowCIDs            []uint32
-	AuthTokenFile        string
-	InsecureLoopback     bool
-	SocketGroup          string // as given, for messages
-	SocketGID            int
-	HasSocketGID         bool
-	AuditLog             string
-	SandboxMountRoots    []string
-	SandboxIDRangeDir    string
-	EventJournalDir      string
-	EventJournalSize     int
-	Registries           []string
-	RegistryAuthFile     string
-	PrepareSystem        bool
-	SetClock             bool
-	NTPServer            string
-	OCIRuntime           string
-	SandboxRootfs        string
-	BusyboxPath          string
-	SandboxCIDR          netip.Prefix
-	LogLevel             string
-	LogFormat            string
-	ShutdownTimeout      time.Duration
-	Modules              []string
-	NetAddresses         []netconf.Address
+	Listen                []string
+	DockerListen          string
+	GuestDockerVsockPort  uint32
+	DockerSocket          string
+	ContainerdSocket      string
+	RuntimeBinDir         string
+	DataDevice            string
+	WipeDataDevice        bool
+	DataMount             string
+	DockerDataRoot        string
+	ContainerdRoot        string
+	ContainerdState       string
+	ContainerdConfig      string
+	DockerExecRoot        string
+	DataSubvolumes        []disk.Subvolume
+	StateDir              string
+	DiskStateDir          string
+	DockerdArgs           []string
+	LogDir                string
+	CmdlineFile           string
+	AllowCIDs             []uint32
+	AuthTokenFile         string
+	InsecureLoopback      bool
+	SocketGroup           string // as given, for messages
+	SocketGID             int
+	HasSocketGID          bool
+	AuditLog              string
+	SandboxMountRoots     []string
+	SandboxIDRangeDir     string
+	EventJournalDir       string
+	EventJournalSize      int
+	SandboxMaxRuns        int
+	SandboxRunOutputBytes int64
+	SandboxHangupGrace    time.Duration
+	FileUploadLimit       int64
+	Registries            []string
+	RegistryAuthFile      string
+	PrepareSystem         bool
+	SetClock              bool
+	NTPServer             string
+	OCIRuntime            string
+	SandboxRootfs         string
+	BusyboxPath           string
+	SandboxCIDR           netip.Prefix
+	LogLevel              string
+	LogFormat             string
+	ShutdownTimeout       time.Duration
+	Modules               []string
+	NetAddresses          []netconf.Address
 
 	// Where each value came from, for the startup log.
 	Sources map[string]string
@@ -125,6 +130,30 @@ func text(dst *string, checks ...func(string) error) func(v string) error {
 }
 
 // boolean sets a true-or-false setting.
+// number sets a whole number from lo to hi.
+func number[T int | int64](dst *T, lo, hi T) func(v string) error {
+	return func(v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || T(n) < lo || T(n) > hi {
+			return fmt.Errorf("%q is not a whole number from %d to %d", v, lo, hi)
+		}
+		*dst = T(n)
+		return nil
+	}
+}
+
+// duration sets a duration that is not negative, such as 10s.
+func duration(dst *time.Duration) func(v string) error {
+	return func(v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return fmt.Errorf("%q is not a duration such as 10s", v)
+		}
+		*dst = d
+		return nil
+	}
+}
+
 func boolean(dst *bool) func(v string) error {
 	return func(v string) error {
 		b, err := strconv.ParseBool(v)
@@ -219,15 +248,7 @@ func (c *config) settings() []setting {
 		{name: "event-journal-dir", usage: "where the event journal keeps the last events, so a subscriber resumes from the seq it last read across agent restarts (default <state-dir>/events)",
 			defFrom: func() string { return filepath.Join(c.StateDir, "events") }, set: text(&c.EventJournalDir)},
 		{name: "event-journal-size", usage: "how many of the last events the journal keeps for subscribers to replay (1 to 1000000)",
-			def: strconv.Itoa(events.DefaultSize),
-			set: func(v string) error {
-				n, err := strconv.Atoi(v)
-				if err != nil || n < 1 || n > maxEventJournalSize {
-					return fmt.Errorf("%q is not a number of events from 1 to %d", v, maxEventJournalSize)
-				}
-				c.EventJournalSize = n
-				return nil
-			}},
+			def: strconv.Itoa(events.DefaultSize), set: number(&c.EventJournalSize, 1, maxEventJournalSize)},
 		{name: "log-dir", usage: "where runtime daemons log (default /arcbox/log when /arcbox exists, else /var/log/arcbox)",
 			defFrom: func() string {
 				if fi, err := os.Stat("/arcbox"); err == nil && fi.IsDir() {
@@ -305,6 +326,14 @@ func (c *config) settings() []setting {
 			})},
 		{name: "sandbox-id-range-dir", usage: "where the machine's agents claim their sandboxes' user namespace id ranges, so two never share one",
 			def: sandbox.DefaultIDRangeDir, set: text(&c.SandboxIDRangeDir)},
+		{name: "sandbox-max-runs", usage: "how many runs a sandbox may have in progress at once (1 to 4096); past it a run is refused (409)",
+			def: strconv.Itoa(sandbox.DefaultMaxRuns), set: number(&c.SandboxMaxRuns, 1, 4096)},
+		{name: "sandbox-run-output-bytes", usage: "how many bytes of each run's output are kept for reading from an offset (64 KiB to 1 GiB); the oldest go first",
+			def: strconv.Itoa(sandbox.DefaultRunOutputBytes), set: number(&c.SandboxRunOutputBytes, 64<<10, 1<<30)},
+		{name: "sandbox-hangup-grace", usage: "how long a run whose client hung up has after SIGHUP before SIGKILL",
+			def: sandbox.DefaultHangupGrace.String(), set: duration(&c.SandboxHangupGrace)},
+		{name: "file-upload-limit", usage: "the largest upload the files API takes, a file or an archive, in bytes (1 to 1 TiB); past it 413",
+			def: strconv.Itoa(handlers.DefaultFileUploadLimit), set: number(&c.FileUploadLimit, 1, 1<<40)},
 		{name: "registry", repeatable: true, usage: "a registry, HOST[:PORT], sandbox images may be pulled from (repeatable; none given: any but loopback and link-local ones)",
 			set: each(&c.Registries, valid(checkRegistry))},
 		{name: "registry-auth-file", usage: "a Docker config.json whose \"auths\" credentials image pulls use when a create brings none (empty: none)",
@@ -320,15 +349,7 @@ func (c *config) settings() []setting {
 			usage: "an interface's static IPv4 address, IFACE=ADDRESS/BITS, set before listening (repeatable)",
 			set:   each(&c.NetAddresses, netconf.ParseAddress)},
 		{name: "shutdown-timeout", usage: "how long requests in flight may finish after SIGTERM",
-			def: "10s",
-			set: func(v string) error {
-				d, err := time.ParseDuration(v)
-				if err != nil || d < 0 {
-					return fmt.Errorf("%q is not a duration such as 10s", v)
-				}
-				c.ShutdownTimeout = d
-				return nil
-			}},
+			def: "10s", set: duration(&c.ShutdownTimeout)},
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func cmdlineFile(t *testing.T, content string) string {
@@ -44,6 +45,10 @@ func TestConfigDefaults(t *testing.T) {
 		c.StateDir != "/var/lib/arcbox" || c.SandboxRootfs != "/var/lib/arcbox/rootfs/default" ||
 		!c.SetClock || c.PrepareSystem || c.NTPServer != "" || c.SandboxCIDR.String() != "172.20.0.0/16" || len(c.AllowCIDs) != 0 {
 		t.Errorf("defaults: %+v", c)
+	}
+	if c.EventJournalDir != "/var/lib/arcbox/events" || c.EventJournalSize != 10000 || c.SandboxMaxRuns != 64 ||
+		c.SandboxRunOutputBytes != 8<<20 || c.SandboxHangupGrace != 2*time.Second || c.FileUploadLimit != 1<<30 {
+		t.Errorf("the journal's and the workload API's defaults: %+v", c)
 	}
 	if len(w) != 0 {
 		t.Errorf("warnings: %v", w)
@@ -169,6 +174,10 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{nil, map[string]string{"ARCBOX_SET_CLOCK": "maybe"}, "--set-clock from env ARCBOX_SET_CLOCK: \"maybe\" is not a boolean"},
 		{nil, map[string]string{"ARCBOX_ALLOW_CID": "host"}, "--allow-cid from env ARCBOX_ALLOW_CID"},
 		{[]string{"--shutdown-timeout", "soon"}, nil, "--shutdown-timeout from flag"},
+		{[]string{"--sandbox-max-runs", "0"}, nil, `--sandbox-max-runs from flag: "0" is not a whole number from 1 to 4096`},
+		{[]string{"--file-upload-limit", "1G"}, nil, `--file-upload-limit from flag: "1G" is not a whole number`},
+		{nil, map[string]string{"ARCBOX_EVENT_JOURNAL_SIZE": "-5"}, "--event-journal-size from env ARCBOX_EVENT_JOURNAL_SIZE"},
+		{[]string{"--sandbox-hangup-grace", "-1s"}, nil, `--sandbox-hangup-grace from flag: "-1s" is not a duration`},
 		{[]string{"--no-such-flag"}, nil, "flag provided but not defined: -no-such-flag"},
 		{[]string{"stray"}, nil, `unexpected argument "stray"`},
 	}

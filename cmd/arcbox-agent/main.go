@@ -255,21 +255,23 @@ func (a *agent) build(reg *prometheus.Registry, phases *startup.Phases, startPro
 		return err
 	}
 	api := handlers.New(handlers.Config{
-		Version:        version,
-		Logger:         logger,
-		Clock:          clock.NewSyncer(time.Now, setClock),
-		SystemInfo:     sysinfo.Source{}.Collect,
-		Listeners:      a.listeners.Status,
-		Metrics:        promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
-		Spec:           arcboxagent.OpenAPI,
-		Runtime:        a.runtime,
-		SandboxManager: a.sandboxManager.wait,
-		Events:         a.sandboxManager.events,
-		Stopping:       a.stopping,
+		Version:         version,
+		Logger:          logger,
+		Clock:           clock.NewSyncer(time.Now, setClock),
+		SystemInfo:      sysinfo.Source{}.Collect,
+		GuestStats:      sysinfo.StatsSource{DataMount: cfg.DataMount}.Collect,
+		Listeners:       a.listeners.Status,
+		Metrics:         promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		Spec:            arcboxagent.OpenAPI,
+		Runtime:         a.runtime,
+		SandboxManager:  a.sandboxManager.wait,
+		Events:          a.sandboxManager.events,
+		FileUploadLimit: cfg.FileUploadLimit,
+		Stopping:        a.stopping,
 	})
 	a.server = &http.Server{
 		Handler: httpapi.NewRouter(httpapi.RouterConfig{API: api, Logger: logger, Registerer: reg,
-			Token: a.token, Audit: auditLog}),
+			Token: a.token, Audit: auditLog, StreamedBody: handlers.StreamedBody}),
 		// Each request learns who is calling (for the token check and the
 		// audit log) from its connection's listener.
 		ConnContext:       httpapi.ConnContext,

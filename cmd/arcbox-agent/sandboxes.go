@@ -78,13 +78,16 @@ func newSandboxManager(ctx context.Context, cfg *config, logger *slog.Logger, re
 		return nil, fmt.Errorf("sandbox backend: %w", err)
 	}
 	return sandbox.NewManager(ctx, sandbox.Config{
-		StateDir:   cfg.StateDir,
-		IDRangeDir: cfg.SandboxIDRangeDir,
-		BridgeCIDR: cfg.SandboxCIDR,
-		Logger:     logger,
-		Registerer: reg,
-		Events:     journal,
-		OnIdle:     freeMemory,
+		StateDir:       cfg.StateDir,
+		IDRangeDir:     cfg.SandboxIDRangeDir,
+		BridgeCIDR:     cfg.SandboxCIDR,
+		Logger:         logger,
+		Registerer:     reg,
+		Events:         journal,
+		MaxRuns:        cfg.SandboxMaxRuns,
+		RunOutputBytes: cfg.SandboxRunOutputBytes,
+		HangupGrace:    cfg.SandboxHangupGrace,
+		OnIdle:         freeMemory,
 	}, backend)
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/internal/agenttest"
+	"github.com/arcbox/arcbox-agent/sandbox/oci"
 )
 
 // agentProc is the agent binary run as a process, every path under its
@@ -70,6 +71,9 @@ func startAgentWith(a *agentProc) (*agentProc, error) {
 	suite.mu.Unlock()
 	return a, a.start()
 }
+
+// cgroupParent is the parent cgroup of the agent's sandboxes.
+func (a *agentProc) cgroupParent() string { return oci.DefaultCgroupParent(a.stateDir) }
 
 // ownAgent starts an agent of the test's own (see startAgentWith), which
 // logs on failure and is stopped when the test ends.

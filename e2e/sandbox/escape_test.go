@@ -511,6 +511,10 @@ func (a *agentProc) lightForkBomb(t testing.TB, id string, pidsLimit int) (cgrou
 	t.Helper()
 	a.create(t, api.CreateSandboxRequest{Id: &id, Limits: &api.Limits{Pids: agenttest.Ptr(int64(pidsLimit))}})
 	cgroup = sandboxCgroup(t, id)
+	if parent := filepath.Base(filepath.Dir(cgroup)); parent != a.cgroupParent() {
+		// The suite's leak check (removeAgentCgroups) looks there.
+		t.Errorf("the cgroup %s is not under the agent's parent %s", cgroup, a.cgroupParent())
+	}
 	if got := cgroupValue(t, cgroup, "pids.max", ""); got != strconv.Itoa(pidsLimit) {
 		t.Errorf("pids.max of %s is %s, want %d", cgroup, got, pidsLimit)
 	}

@@ -30,9 +30,9 @@ var suite struct {
 	// mountRoot is every agent's --sandbox-mount-root: the sources of the
 	// tests' bind mounts are made under it (see mountDir).
 	mountRoot string
-	// cgroupsBefore are the parent cgroups of sandboxes and containers
-	// that existed before the suite: those it made are removed at its end.
-	cgroupsBefore map[string]bool
+	// dockerCgroupsBefore are dockerd's parent cgroups that existed
+	// before the suite: those it made are removed at its end.
+	dockerCgroupsBefore map[string]bool
 
 	sharedMu sync.Mutex // held while the shared agent starts
 	shared   *agentProc // the agent most tests use, started on first need
@@ -66,7 +66,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	suite.cgroupsBefore = parentCgroups("arcbox", "docker")
+	suite.dockerCgroupsBefore = parentCgroups("docker")
 	_, _ = agenttest.Build(false) // a failed build fails each test
 	code := m.Run()
 	err = shutdownSuite()
@@ -114,17 +114,15 @@ func shutdownSuite() error {
 	for _, stop := range slices.Backward(stops) {
 		stop()
 	}
-	for d := range parentCgroups("arcbox", "docker") {
-		if suite.cgroupsBefore[d] {
-			continue
-		}
-		// "docker" is also the cgroup of any dockerd another test package
-		// runs meanwhile (go test runs packages in parallel): one still
-		// in use is not ours to report. "arcbox" is only our agents'.
-		if err := os.Remove(d); err != nil && filepath.Base(d) == "arcbox" {
-			problems = append(problems, fmt.Sprintf("cgroup %s left: %v", d, err))
+	for d := range parentCgroups("docker") {
+		// It is also the cgroup of any dockerd another test package runs
+		// meanwhile (go test runs packages in parallel): one still in use
+		// is not ours to report.
+		if !suite.dockerCgroupsBefore[d] {
+			_ = os.Remove(d)
 		}
 	}
+	problems = append(problems, removeAgentCgroups(agents)...)
 	// Nothing is removed while something is still mounted below dir.
 	if left := agenttest.UnmountUnder(suite.dir); len(left) > 0 {
 		problems = append(problems, fmt.Sprintf("could not unmount %v; leaving %s", left, suite.dir))
@@ -137,10 +135,38 @@ func shutdownSuite() error {
 	return nil
 }
 
-// parentCgroups lists the cgroups of these names, such as "arcbox" (the
-// agent's parent of its sandboxes' cgroups) and "docker" (dockerd's), at
-// the root of each hierarchy and under this process's own cgroups, where
-// runc makes the relative paths it is given.
+// removeAgentCgroups removes the parent cgroups of the agents' sandboxes,
+// and reports each one that is not empty: a sandbox's cgroup left behind.
+// Each agent has a parent of its own, named after its state dir
+// (oci.DefaultCgroupParent), so the agents of other test packages running
+// meanwhile (go test runs packages in parallel) are never looked at.
+func removeAgentCgroups(agents []*agentProc) []string {
+	var problems []string
+	names := map[string]bool{}
+	for _, a := range agents {
+		names[a.cgroupParent()] = true // restarts of an agent share it
+	}
+	for name := range names {
+		for d := range parentCgroups(name) {
+			if err := os.Remove(d); err != nil {
+				var left []string
+				entries, _ := os.ReadDir(d)
+				for _, e := range entries {
+					if e.IsDir() {
+						left = append(left, e.Name())
+					}
+				}
+				problems = append(problems, fmt.Sprintf("cgroup %s left, holding %v: %v", d, left, err))
+			}
+		}
+	}
+	return problems
+}
+
+// parentCgroups lists the cgroups of these names, such as an agent's
+// parent of its sandboxes' cgroups (agentProc.cgroupParent) and "docker"
+// (dockerd's), at the root of each hierarchy and under this process's own
+// cgroups, where runc makes the relative paths it is given.
 func parentCgroups(names ...string) map[string]bool {
 	var own []string
 	if data, err := os.ReadFile("/proc/self/cgroup"); err == nil {

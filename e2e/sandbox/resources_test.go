@@ -54,7 +54,7 @@ func (a *agentProc) resources(prefix string) (agentResources, error) {
 		return r, err
 	}
 	r.Loops = loopsUnder(a.Dir)
-	r.Cgroups = sandboxCgroups(prefix)
+	r.Cgroups = a.sandboxCgroups(prefix)
 	r.Zombies = len(zombieChildren(pid))
 	return r, nil
 }
@@ -116,11 +116,11 @@ func loopsUnder(dir string) int {
 	return n
 }
 
-// sandboxCgroups counts the cgroups of sandboxes whose id starts with
-// prefix, under every "arcbox" parent of every hierarchy.
-func sandboxCgroups(prefix string) int {
+// sandboxCgroups counts the cgroups of the agent's sandboxes whose id
+// starts with prefix, under its parent cgroup in every hierarchy.
+func (a *agentProc) sandboxCgroups(prefix string) int {
 	n := 0
-	for parent := range parentCgroups("arcbox") {
+	for parent := range parentCgroups(a.cgroupParent()) {
 		entries, _ := os.ReadDir(parent)
 		for _, e := range entries {
 			if e.IsDir() && strings.HasPrefix(e.Name(), prefix) {

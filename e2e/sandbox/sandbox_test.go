@@ -107,11 +107,11 @@ func psArgs(t *testing.T, a *agentProc, id string) string {
 	return a.sh(t, id, "ps -o args")
 }
 
-// TestConcurrentRunAndClientGone: while a run runs, a second run is 409
-// (over NDJSON and, before the upgrade, over the WebSocket), and so is a
-// remove without force. The first run's client going away kills its
-// command: the sandbox is ready again with exit code 137, and nothing of
-// the command is left in it.
+// TestConcurrentRunAndClientGone: while a run runs, a second run runs too
+// (over NDJSON and over the WebSocket), but a remove without force is 409.
+// The first run's client going away hangs its command up: SIGHUP ends it
+// (129), the sandbox is ready again, and nothing of the command is left
+// in it.
 func TestConcurrentRunAndClientGone(t *testing.T) {
 	t.Parallel()
 	a := sharedAgent(t)
@@ -145,11 +145,16 @@ func TestConcurrentRunAndClientGone(t *testing.T) {
 		t.Errorf("state %s while a run runs, want running", info.State)
 	}
 
-	if res := a.runNDJSON(reqCtx(t), t, id, api.RunRequest{Cmd: []string{"true"}}, nil); res.Status != http.StatusConflict {
-		t.Errorf("a second run: %d %q, want 409", res.Status, res.Message)
+	if res := a.run(t, id, api.RunRequest{Cmd: []string{"echo", "second"}}); res.Code != 0 || string(res.Stdout) != "second\n" {
+		t.Errorf("a second run: exit %d, %q; want 0, second", res.Code, res.Stdout)
 	}
-	if w, e := a.runWS(reqCtx(t), t, id, api.RunRequest{Cmd: []string{"true"}}); w != nil || e.Code != http.StatusConflict || e.Closed {
-		t.Errorf("a second run over the WebSocket: %v, want 409 before the upgrade", refusal(e))
+	if w, e := a.runWS(reqCtx(t), t, id, api.RunRequest{Cmd: []string{"echo", "third"}}); w == nil {
+		t.Errorf("a second run over the WebSocket: %v", refusal(e))
+	} else if res := w.finish(reqCtx(t)); res.Code != 0 || string(res.Stdout) != "third\n" {
+		t.Errorf("a second run over the WebSocket: exit %d, %q; want 0, third", res.Code, res.Stdout)
+	}
+	if info := a.get(t, id); info.State != "running" {
+		t.Errorf("state %s while the first run still runs, want running", info.State)
 	}
 	if r, err := a.Client(t).RemoveSandboxWithResponse(reqCtx(t), id, &api.RemoveSandboxParams{}); err != nil {
 		t.Fatal(err)
@@ -162,15 +167,37 @@ func TestConcurrentRunAndClientGone(t *testing.T) {
 		t.Errorf("the cancelled run: %+v, want a stream cut short", res)
 	}
 	idle, _ := evs.until(id, "idle")
-	if attrs(idle)["exit_code"] != "137" {
-		t.Errorf("idle after the client went away: %v, want exit_code 137", attrs(idle))
+	if attrs(idle)["exit_code"] != "129" {
+		t.Errorf("idle after the client went away: %v, want exit_code 129 (SIGHUP)", attrs(idle))
 	}
 	info := a.get(t, id)
-	if info.State != "ready" || info.LastExitCode == nil || *info.LastExitCode != 137 {
-		t.Errorf("after the client went away: %+v; want ready, last exit 137", info)
+	if info.State != "ready" || info.LastExitCode == nil || *info.LastExitCode != 129 {
+		t.Errorf("after the client went away: %+v; want ready, last exit 129", info)
 	}
 	if ps := psArgs(t, a, id); strings.Contains(ps, "sleep 1000") {
 		t.Errorf("the command outlived its client:\n%s", ps)
+	}
+	a.remove(t, id, false)
+}
+
+// TestCreateCmdIsARun: the create request's cmd is a detached run, listed
+// with the sandbox's runs, its output kept and its exit known.
+func TestCreateCmdIsARun(t *testing.T) {
+	t.Parallel()
+	a := sharedAgent(t)
+	a.LogOnFailure(t)
+	const id = "create-cmd"
+	evs := a.events(t, api.StreamEventsParams{Id: agenttest.Ptr(id)})
+	a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr(id), Cmd: &[]string{"sh", "-c", "echo from-create; exit 4"}})
+	started, _ := evs.until(id, "run.started")
+	list, err := a.Client(t).ListRunsWithResponse(reqCtx(t), id)
+	if err != nil || list.JSON200 == nil || len(list.JSON200.Runs) != 1 || !list.JSON200.Runs[0].Detached ||
+		list.JSON200.Runs[0].Id != attrs(started)["run_id"] {
+		t.Fatalf("runs: %v %s; want the create cmd's (%v), detached", err, list.Body, attrs(started))
+	}
+	out := a.readRunOutput(reqCtx(t), t, id, list.JSON200.Runs[0].Id, 0, true, 0)
+	if string(out.data) != "from-create\n" || out.exit == nil || agenttest.Deref(out.exit.ExitCode) != 4 {
+		t.Errorf("the create cmd: %q, exit %+v; want from-create, 4", out.data, out.exit)
 	}
 	a.remove(t, id, false)
 }
@@ -330,7 +357,7 @@ func TestFilters(t *testing.T) {
 
 // TestWebSocketRun: a run over the WebSocket sends stdout and stderr apart
 // and the exit code last, then closes normally; the client closing the
-// socket kills the command and the sandbox is ready again; a bad run
+// socket hangs the command up (129) and the sandbox is ready again; a bad run
 // request closes the socket with 4400.
 func TestWebSocketRun(t *testing.T) {
 	t.Parallel()
@@ -362,12 +389,12 @@ func TestWebSocketRun(t *testing.T) {
 		t.Fatalf("first message %+v, want stdout started", o)
 	}
 	evs.expect(id, "running")
-	stop() // the client goes away
-	if idle := evs.expect(id, "idle")[0]; attrs(idle)["exit_code"] != "137" {
-		t.Errorf("idle after the client closed: %v, want exit_code 137", attrs(idle))
+	stop() // the client goes away: the command is hung up, and SIGHUP ends it
+	if idle := evs.expect(id, "idle")[0]; attrs(idle)["exit_code"] != "129" {
+		t.Errorf("idle after the client closed: %v, want exit_code 129", attrs(idle))
 	}
-	if info := a.get(t, id); info.State != "ready" || info.LastExitCode == nil || *info.LastExitCode != 137 {
-		t.Errorf("after the client closed: %+v; want ready, last exit 137", info)
+	if info := a.get(t, id); info.State != "ready" || info.LastExitCode == nil || *info.LastExitCode != 129 {
+		t.Errorf("after the client closed: %+v; want ready, last exit 129", info)
 	}
 	if ps := psArgs(t, a, id); strings.Contains(ps, "sleep 1001") {
 		t.Errorf("the command outlived its socket:\n%s", ps)

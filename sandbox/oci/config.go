@@ -40,8 +40,8 @@ type Config struct {
 	// running executable.
 	InitPath string
 	// CgroupParent is the cgroup the sandboxes' cgroups are made under, as
-	// <CgroupParent>/<id>; "" is "arcbox-<8 hex digits of the state dir's
-	// hash>", one per agent instance, so two agents on a machine never
+	// <CgroupParent>/<id>; "" is DefaultCgroupParent(StateDir), one per
+	// agent instance, so two agents on a machine never
 	// share a sandbox's cgroup. A relative path is taken by runc
 	// relative to the agent's own cgroup and by crun relative to the root.
 	CgroupParent string
@@ -98,7 +98,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.BridgeCIDR = sandbox.DefaultBridgeCIDR
 	}
 	if cfg.CgroupParent == "" {
-		cfg.CgroupParent = defaultCgroupParent(cfg.StateDir)
+		cfg.CgroupParent = DefaultCgroupParent(cfg.StateDir)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -106,9 +106,11 @@ func (cfg Config) withDefaults() (Config, error) {
 	return cfg, nil
 }
 
-// defaultCgroupParent is the sandboxes' parent cgroup of the agent whose
-// state dir is stateDir: one per agent instance.
-func defaultCgroupParent(stateDir string) string {
+// DefaultCgroupParent is the sandboxes' parent cgroup of the agent whose
+// state dir is stateDir, "arcbox-<8 hex digits of the absolute path's
+// SHA-256>": one per agent instance, so that tests can tell their own
+// agents' cgroups from those of agents running beside them.
+func DefaultCgroupParent(stateDir string) string {
 	abs, err := filepath.Abs(stateDir)
 	if err != nil {
 		abs = stateDir

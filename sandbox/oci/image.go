@@ -28,13 +28,23 @@ import (
 )
 
 // imageConfig is what a sandbox takes from its image's config: the
-// defaults of its processes. The image's entrypoint and cmd are not run:
-// the sandbox's init is the agent's.
-type imageConfig struct {
-	Env        []string `json:"env,omitempty"`
-	WorkingDir string   `json:"working_dir,omitempty"`
-	User       string   `json:"user,omitempty"`
+// defaults of its processes, and the command of a process that names
+// none. The sandbox's init is the agent's, never the image's entrypoint.
+type imageConfig = sandbox.ImageConfig
+
+// cachedConfig is an image's config as the cache keeps it (config.json
+// beside the unpacked root). Version tells the configs of every field
+// from those an earlier agent wrote, which lack the entrypoint and cmd:
+// such an image is not served from the cache until a pull has written its
+// config again (its layers are not unpacked again).
+type cachedConfig struct {
+	imageConfig
+	Version int `json:"version,omitempty"`
 }
+
+// cachedConfigVersion is the version of cachedConfig that holds every
+// field of imageConfig.
+const cachedConfigVersion = 2
 
 // pulledImage is an unpacked image in the cache.
 type pulledImage struct {
@@ -276,10 +286,11 @@ func (s *imageStore) cached(key string) (pulledImage, bool) {
 	if err != nil {
 		return pulledImage{}, false
 	}
-	img := pulledImage{Rootfs: filepath.Join(dir, "rootfs")}
-	if err := json.Unmarshal(data, &img.Config); err != nil {
+	var conf cachedConfig
+	if err := json.Unmarshal(data, &conf); err != nil || conf.Version < cachedConfigVersion {
 		return pulledImage{}, false
 	}
+	img := pulledImage{Rootfs: filepath.Join(dir, "rootfs"), Config: conf.imageConfig}
 	if _, err := os.Lstat(filepath.Join(dir, privateMark)); err == nil {
 		img.Private = true
 	}
@@ -307,6 +318,14 @@ func (s *imageStore) pull(r name.Reference, a authn.Authenticator) (pulledImage,
 	if err != nil {
 		return pulledImage{}, fmt.Errorf("pull %s: config: %w", r.Name(), err)
 	}
+	c := cfgFile.Config
+	conf := sandbox.NewImageConfig(c.Entrypoint, c.Cmd, c.Env, c.WorkingDir, c.User)
+	if unpacked, ok, err := s.rewriteConfig(key, conf); err != nil || ok {
+		if err != nil {
+			return pulledImage{}, fmt.Errorf("pull %s: %w", r.Name(), err)
+		}
+		return unpacked, s.writeRef(r, key)
+	}
 	log.Info("pulling image", "digest", digest.String())
 	tmp, err := os.MkdirTemp(s.dir, ".pull-")
 	if err != nil {
@@ -326,16 +345,7 @@ func (s *imageStore) pull(r name.Reference, a authn.Authenticator) (pulledImage,
 	if err != nil {
 		return pulledImage{}, fmt.Errorf("pull %s: unpack: %w", r.Name(), err)
 	}
-	conf := imageConfig{
-		Env:        cfgFile.Config.Env,
-		WorkingDir: cfgFile.Config.WorkingDir,
-		User:       cfgFile.Config.User,
-	}
-	data, err := json.Marshal(conf)
-	if err != nil {
-		return pulledImage{}, err
-	}
-	if err := atomicfile.WriteFile(filepath.Join(tmp, "config.json"), data, 0o644); err != nil {
+	if err := writeCachedConfig(tmp, conf); err != nil {
 		return pulledImage{}, err
 	}
 	private := a != authn.Anonymous
@@ -356,6 +366,32 @@ func (s *imageStore) pull(r name.Reference, a authn.Authenticator) (pulledImage,
 	}
 	log.Info("image unpacked", "digest", digest.String(), "dir", final)
 	return pulledImage{Rootfs: filepath.Join(final, "rootfs"), Config: conf, Private: private}, s.writeRef(r, key)
+}
+
+// writeCachedConfig writes an image's config.json into its cache
+// directory dir.
+func writeCachedConfig(dir string, conf imageConfig) error {
+	data, err := json.Marshal(cachedConfig{imageConfig: conf, Version: cachedConfigVersion})
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(filepath.Join(dir, "config.json"), data, 0o644)
+}
+
+// rewriteConfig completes the config of an image an earlier agent
+// unpacked (cached refused it, for its version): the layers stay, the
+// config is written again whole. ok is false when the cache has no root
+// of key: the image is to be unpacked.
+func (s *imageStore) rewriteConfig(key string, conf imageConfig) (img pulledImage, ok bool, err error) {
+	dir := filepath.Join(s.dir, key)
+	if st, err := os.Lstat(filepath.Join(dir, "rootfs")); err != nil || !st.IsDir() {
+		return pulledImage{}, false, nil
+	}
+	if err := writeCachedConfig(dir, conf); err != nil {
+		return pulledImage{}, false, err
+	}
+	img, ok = s.cached(key)
+	return img, ok, nil
 }
 
 func (s *imageStore) writeRef(r name.Reference, key string) error {

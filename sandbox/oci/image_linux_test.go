@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -332,5 +333,132 @@ func writeHeader(t *testing.T, tw *tar.Writer, h *tar.Header) {
 	t.Helper()
 	if err := tw.WriteHeader(h); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestOCIImageConfig: a sandbox made from an image runs its entrypoint and
+// cmd when a run names no program, as its user, in its working directory,
+// with its environment; the create request's fields and then the run's
+// win over the image's; an agent restart and a restore keep the config;
+// an image an earlier agent cached without entrypoint and cmd gets them
+// from its manifest, its layers not downloaded again.
+func TestOCIImageConfig(t *testing.T) {
+	reg := testregistry.New(t)
+	e := newOCIEnv(t, "crun", withRegistries(reg.Host()))
+	ref := reg.Host() + "/test/app:v1"
+	img := testregistry.Busybox{
+		Applets: []string{"sh", "echo", "id", "pwd"},
+		Files: map[string]string{
+			"etc/passwd": "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+			"etc/group":  "root:x:0:\napp:x:1000:\nstaff:x:50:app\n",
+		},
+		Config: v1.Config{
+			Entrypoint: []string{"/bin/sh", "-c"},
+			Cmd:        []string{`echo "run:$GREETING:$KEEP:$(pwd):$(id -u):$(id -g):$HOME"`},
+			Env:        []string{"PATH=/bin", "GREETING=image", "KEEP=image"},
+			WorkingDir: "/srv/app",
+			User:       "app:staff",
+		},
+	}.Image(t)
+	reg.Push(t, ref, img)
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, err := layers[0].Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	e.create(sandbox.Spec{ID: "app", Image: ref})
+	// run resolves the command as the API does, then runs it.
+	run := func(id string, p sandbox.Process) string {
+		t.Helper()
+		p, err := e.m.ResolveCmd(id, p)
+		if err != nil {
+			t.Fatalf("ResolveCmd in %s: %v", id, err)
+		}
+		out, errOut, code := e.run(id, p)
+		if code != 0 {
+			t.Fatalf("%s: %q: exit %d, stderr %q", id, p.Cmd, code, errOut)
+		}
+		return out
+	}
+	const imageDefault = "run:image:image:/srv/app:1000:50:/home/app\n"
+	if out := run("app", sandbox.Process{}); out != imageDefault {
+		t.Errorf("a run without cmd: %q, want %q", out, imageDefault)
+	}
+	// The run's own fields win; its cmd runs as given, without the entrypoint.
+	out := run("app", sandbox.Process{Cmd: []string{"sh", "-c", `echo "$GREETING:$KEEP:$(pwd):$(id -u):$(id -g)"`},
+		Env: map[string]string{"GREETING": "run"}, WorkingDir: "/tmp", User: "0"})
+	if want := "run:image:/tmp:0:0\n"; out != want {
+		t.Errorf("a run with its own fields: %q, want %q", out, want)
+	}
+	// Env of its own only: the image's command with the run's variable.
+	if out := run("app", sandbox.Process{Env: map[string]string{"KEEP": "run"}}); out != "run:image:run:/srv/app:1000:50:/home/app\n" {
+		t.Errorf("a run without cmd, with env: %q", out)
+	}
+
+	// The create request's fields lie over the image's, under the run's.
+	e.create(sandbox.Spec{ID: "over", Image: ref, Env: map[string]string{"GREETING": "create"}, WorkingDir: "/work", User: "1000"})
+	if out, want := run("over", sandbox.Process{}), "run:create:image:/work:1000:1000:/home/app\n"; out != want {
+		t.Errorf("a run in a sandbox whose create set env, working dir and user: %q, want %q", out, want)
+	}
+	if out, want := run("over", sandbox.Process{User: "app:0"}), "run:create:image:/work:1000:0:/home/app\n"; out != want {
+		t.Errorf("name:gid over the create's user: %q, want %q", out, want)
+	}
+
+	checkConfig := func(id string) {
+		t.Helper()
+		cfg, err := e.m.ImageConfig(id)
+		want := sandbox.ImageConfig{Entrypoint: []string{"/bin/sh", "-c"}, Cmd: []string{`echo "run:$GREETING:$KEEP:$(pwd):$(id -u):$(id -g):$HOME"`},
+			Env: []string{"PATH=/bin", "GREETING=image", "KEEP=image"}, WorkingDir: "/srv/app", User: "app:staff"}
+		if err != nil || cfg == nil || !reflect.DeepEqual(*cfg, want) {
+			t.Errorf("ImageConfig(%s) = %+v, %v; want %+v", id, cfg, err, want)
+		}
+	}
+	checkConfig("app")
+	checkConfig("over")
+
+	// An agent restart keeps it.
+	e.restart(nil)
+	checkConfig("app")
+	if out := run("app", sandbox.Process{}); out != imageDefault {
+		t.Errorf("after a restart, a run without cmd: %q", out)
+	}
+
+	// So does a restore.
+	ctx := context.Background()
+	snap, err := e.m.Checkpoint(ctx, "app", sandbox.CheckpointRequest{Name: "with-config"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.track("copy")
+	if _, err := e.m.Restore(ctx, snap.ID, sandbox.RestoreRequest{ID: "copy"}); err != nil {
+		t.Fatal(err)
+	}
+	checkConfig("copy")
+	if out := run("copy", sandbox.Process{}); out != imageDefault {
+		t.Errorf("in a restored sandbox, a run without cmd: %q", out)
+	}
+
+	// An image an earlier agent cached, with a config.json of env,
+	// working_dir and user only.
+	digest, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cached := filepath.Join(e.cfg.StateDir, "images", digestKey(digest.String()), "config.json")
+	if err := os.WriteFile(cached, []byte(`{"env":["PATH=/bin"],"working_dir":"/srv/app","user":"app:staff"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := reg.Gets("/blobs/" + layer.String())
+	e.create(sandbox.Spec{ID: "stale", Image: ref})
+	if n := reg.Gets("/blobs/" + layer.String()); n != before {
+		t.Errorf("the layer of an image cached by an earlier agent was downloaded again")
+	}
+	checkConfig("stale")
+	if out := run("stale", sandbox.Process{}); out != imageDefault {
+		t.Errorf("an image cached by an earlier agent, a run without cmd: %q", out)
 	}
 }

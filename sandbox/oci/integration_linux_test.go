@@ -102,7 +102,7 @@ func TestOCILifecycle(t *testing.T) {
 				return !strings.Contains(e.sh(id, "ps -o stat | grep ^Z || true"), "Z")
 			})
 
-			// A second run while one runs is refused.
+			// A second run while one runs runs too.
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error)
 			go func() {
@@ -110,8 +110,8 @@ func TestOCILifecycle(t *testing.T) {
 				done <- err
 			}()
 			e.waitState(id, sandbox.StateRunning)
-			if _, err := e.m.Run(context.Background(), id, sandbox.Process{Cmd: []string{"true"}}, nil); !errors.Is(err, sandbox.ErrConflict) {
-				t.Errorf("concurrent Run: %v, want ErrConflict", err)
+			if code, err := e.m.Run(context.Background(), id, sandbox.Process{Cmd: []string{"true"}}, nil); code != 0 || err != nil {
+				t.Errorf("concurrent Run = %d, %v; want 0, nil", code, err)
 			}
 			// While a run is in progress (its pipes, pidfds and the
 			// init's pidfd open), every descriptor of the agent past
@@ -168,32 +168,44 @@ func TestOCILargeOutput(t *testing.T) {
 	}
 }
 
-// TestOCIKillPaths: a client that goes away and a timeout both kill the
-// command and its children, and the sandbox is ready again.
+// TestOCIKillPaths: a client that goes away hangs the command up
+// (SIGHUP; one that ignores it is killed with its children after the
+// grace), a timeout kills the command and its children, and the sandbox
+// is ready again.
 func TestOCIKillPaths(t *testing.T) {
 	e := newOCIEnv(t, "crun")
 	id := e.create(sandbox.Spec{ID: "kill"}).ID
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	var code int
-	go func() {
-		var err error
-		code, err = e.m.Run(ctx, id, sandbox.Process{Cmd: []string{"sh", "-c", "sleep 1001 & sleep 1002; echo never"}}, nil)
-		done <- err
-	}()
-	e.expect(id, sandbox.ActionRunning)
-	e.waitProcess(id, "sleep 1002")
-	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) || code != sandbox.ExitKilled {
-		t.Fatalf("Run after cancel = %d, %v; want 137, context.Canceled", code, err)
-	}
-	e.expect(id, sandbox.ActionIdle)
-	if got, _ := e.m.Get(id); got.State != sandbox.StateReady {
-		t.Fatalf("after cancel: %s, want ready", got.State)
-	}
-	if ps := e.sh(id, "ps -o stat,args | grep -v '^Z'"); strings.Contains(ps, "sleep") {
-		t.Errorf("processes left after cancel:\n%s", ps)
+	for _, c := range []struct {
+		cmd, waitFor string
+		want         int
+	}{
+		{"exec sleep 1000", "sleep 1000", 128 + int(unix.SIGHUP)},
+		// A hang-up reaches the children too, as a terminal's whole session.
+		{"sleep 1007 & exec sleep 1008", "sleep 1008", 128 + int(unix.SIGHUP)},
+		{"trap '' HUP; sleep 1001 & sleep 1002; echo never", "sleep 1002", sandbox.ExitKilled},
+	} {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error)
+		var code int
+		go func() {
+			var err error
+			code, err = e.m.Run(ctx, id, sandbox.Process{Cmd: []string{"sh", "-c", c.cmd}}, nil)
+			done <- err
+		}()
+		e.expect(id, sandbox.ActionRunning)
+		e.waitProcess(id, c.waitFor)
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) || code != c.want {
+			t.Fatalf("%s: Run after cancel = %d, %v; want %d, context.Canceled", c.cmd, code, err, c.want)
+		}
+		e.expect(id, sandbox.ActionIdle)
+		if got, _ := e.m.Get(id); got.State != sandbox.StateReady {
+			t.Fatalf("%s: after cancel: %s, want ready", c.cmd, got.State)
+		}
+		if ps := e.sh(id, "ps -o stat,args | grep -v '^Z'"); strings.Contains(ps, "sleep") {
+			t.Errorf("%s: processes left after cancel:\n%s", c.cmd, ps)
+		}
 	}
 
 	var c liveOut

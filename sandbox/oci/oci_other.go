@@ -4,7 +4,6 @@ package oci
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"runtime"
 

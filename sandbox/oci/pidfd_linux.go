@@ -126,7 +126,8 @@ func children(pid int) []int {
 
 // signalTree sends sig to pid and all its descendants in namespace ns.
 // Each process is stopped (SIGSTOP) before its children are listed, so it
-// cannot fork one the walk would miss; meant for SIGKILL.
+// cannot fork one the walk would miss; for any signal but SIGKILL they are
+// all continued (SIGCONT) once signalled, so they act on it.
 func signalTree(pid int, ns string, sig unix.Signal) error {
 	var errs []error
 	queue := []int{pid}
@@ -144,6 +145,11 @@ func signalTree(pid int, ns string, sig unix.Signal) error {
 		}
 		queue = append(queue, children(p)...)
 		errs = append(errs, signalInNamespace(p, ns, sig))
+	}
+	if sig != unix.SIGKILL {
+		for p := range seen {
+			_ = signalInNamespace(p, ns, unix.SIGCONT) // one that is gone needs none
+		}
 	}
 	return errors.Join(errs...)
 }

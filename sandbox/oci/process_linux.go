@@ -351,6 +351,10 @@ func (e *process) runtimeMessage() string {
 	return ""
 }
 
+// Pid is the process's pid in the sandbox, as its init said; 0 for one
+// the runtime started (a sandbox an earlier agent made).
+func (e *process) Pid() int { return e.nsPid }
+
 func (e *process) Stdout() *os.File { return e.stdout }
 func (e *process) Stderr() *os.File { return e.stderr }
 
