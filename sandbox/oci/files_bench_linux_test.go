@@ -11,13 +11,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/arcbox/arcbox-agent/api"
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/arcbox/arcbox-agent/handlers"
+	"github.com/arcbox/arcbox-agent/httpapi"
 )
 
-// filesServer serves the files API of e's manager on a unix socket, with
-// the generated router alone (the agent's middleware bounds request
-// bodies at 1 MiB until uploads are exempt), and returns a client of it.
+// filesServer serves the files API of e's manager on a unix socket
+// through the agent's router and middleware (uploads stream past the
+// JSON body limit, as handlers.StreamedBody picks them), and returns a
+// client of it.
 func filesServer(b testing.TB, e *filesEnv) (*http.Client, string) {
 	a := handlers.New(handlers.Config{
 		Logger: slog.New(slog.DiscardHandler),
@@ -28,7 +31,9 @@ func filesServer(b testing.TB, e *filesEnv) (*http.Client, string) {
 	sock := filepath.Join(b.TempDir(), "agent.sock")
 	l, err := net.Listen("unix", sock)
 	must(b, err)
-	srv := &http.Server{Handler: api.HandlerWithOptions(a, api.ChiServerOptions{}), ReadHeaderTimeout: time.Minute}
+	router := httpapi.NewRouter(httpapi.RouterConfig{API: a, Logger: slog.New(slog.DiscardHandler),
+		Registerer: prometheus.NewRegistry(), StreamedBody: handlers.StreamedBody})
+	srv := &http.Server{Handler: router, ReadHeaderTimeout: time.Minute, ConnContext: httpapi.ConnContext}
 	go func() { _ = srv.Serve(l) }()
 	b.Cleanup(func() { srv.Close() })
 	c := &http.Client{Transport: &http.Transport{
