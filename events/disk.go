@@ -250,8 +250,10 @@ func readSegmentFile(path string, after uint64, log *slog.Logger) (segmentRead, 
 // append writes one event's line. On failure the file is cut back to its
 // whole lines, so a later write does not glue onto a fragment.
 func (s *store) append(seq uint64, line []byte) error {
+	var synced error // a sync that failed: reported, but the line is still written
 	if s.f == nil || s.segs[len(s.segs)-1].count >= s.segCap {
-		if err := s.rotate(seq); err != nil {
+		var err error
+		if synced, err = s.rotate(seq); err != nil {
 			return err
 		}
 	}
@@ -265,33 +267,37 @@ func (s *store) append(seq uint64, line []byte) error {
 	}
 	s.size += int64(n)
 	s.segs[len(s.segs)-1].count++
-	return s.trim()
+	return errors.Join(synced, s.trim())
 }
 
 // rotate closes the current segment, durably, and starts one named after
-// seq.
-func (s *store) rotate(seq uint64) error {
+// seq. A sync that fails (of the old segment, of the directory) is
+// returned as synced: the new segment is open all the same, so the event
+// that asked for it is still written.
+func (s *store) rotate(seq uint64) (synced, err error) {
 	if s.f != nil {
-		err := s.f.Sync()
+		if err := s.f.Sync(); err != nil {
+			synced = fmt.Errorf("sync the event journal: %w", err)
+		}
 		s.f.Close()
 		s.f = nil
-		if err != nil {
-			return fmt.Errorf("sync the event journal: %w", err)
-		}
 	}
 	p := filepath.Join(s.dir, segmentName(seq))
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("start an event journal segment: %w", err)
+		return synced, fmt.Errorf("start an event journal segment: %w", err)
 	}
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return fmt.Errorf("start an event journal segment: %w", err)
+		return synced, fmt.Errorf("start an event journal segment: %w", err)
 	}
 	s.f, s.size = f, st.Size()
 	s.segs = append(s.segs, segment{path: p})
-	return syncDir(s.dir)
+	if err := syncDir(s.dir); err != nil {
+		synced = errors.Join(synced, fmt.Errorf("sync the event journal's directory: %w", err))
+	}
+	return synced, nil
 }
 
 // trim deletes the oldest segments while the others hold keep events.

@@ -143,6 +143,14 @@ func (a *API) StreamEvents(w http.ResponseWriter, r *http.Request, params api.St
 		}
 		return rc.Flush()
 	})
+	if len(buf) > 0 {
+		// Events batched when the stream ended (the agent shutting
+		// down, the subscriber falling behind): they were ready, and
+		// come before whatever ended it.
+		if _, werr := w.Write(buf); werr == nil {
+			_ = rc.Flush()
+		}
+	}
 	var behind *events.FellBehindError
 	if framing == framingSSE && errors.As(err, &behind) {
 		// EventSource would reconnect and be told the same by a 410; the
@@ -155,9 +163,10 @@ func (a *API) StreamEvents(w http.ResponseWriter, r *http.Request, params api.St
 }
 
 // forwardEvents sends each event of sub until the subscription or ctx ends,
-// and returns why (never nil):
-// the event and its JSON line (newline included, shared: read-only). more
-// says another is ready already, so a sender may batch.
+// and returns why (never nil). send gets the event and its JSON line
+// (newline included, shared: read-only); more says another is ready
+// already, so a sender may batch, and must send what it holds once
+// forwardEvents returns.
 func forwardEvents(ctx context.Context, sub *events.Subscription, send func(ev events.Event, line []byte, more bool) error) error {
 	for {
 		ev, line, err := sub.Next(ctx)

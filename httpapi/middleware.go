@@ -170,7 +170,7 @@ func limitBody(timeout time.Duration, streamed func(*http.Request) bool) func(ht
 			if r.Body != nil && r.Body != http.NoBody {
 				rc := http.NewResponseController(w)
 				if rc.SetReadDeadline(time.Now().Add(timeout)) == nil {
-					r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc, each: stream, timeout: timeout}
+					r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc, each: stream, timeout: timeout, left: r.ContentLength}
 				}
 				if !stream {
 					r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
@@ -183,19 +183,26 @@ func limitBody(timeout time.Duration, streamed func(*http.Request) bool) func(ht
 
 // deadlineBody clears the connection's read deadline once the body has
 // been read to its end; with each, every read that brings data moves the
-// deadline timeout on.
+// deadline timeout on. A body of known length clears it as its last byte
+// comes, before the read that sees its end: net/http starts reading the
+// connection in the background then, and must not inherit the deadline.
 type deadlineBody struct {
 	io.ReadCloser
 	rc      *http.ResponseController
 	done    bool
 	each    bool
 	timeout time.Duration
+	left    int64 // bytes still to come; -1: unknown
 }
 
 func (b *deadlineBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
+	if b.left > 0 {
+		b.left -= int64(n)
+	}
 	switch {
-	case err == io.EOF && !b.done:
+	case b.done:
+	case err == io.EOF || b.left == 0:
 		b.done = true
 		_ = b.rc.SetReadDeadline(time.Time{})
 	case b.each && n > 0:

@@ -98,7 +98,7 @@ func TestBodyThatTricklesIsCutOff(t *testing.T) {
 // longer applies, so a response that streams for longer is not cut (the
 // server would cancel the request when its connection's read timed out).
 func TestBodyTimeoutEndsWithTheBody(t *testing.T) {
-	const timeout = 50 * time.Millisecond
+	const timeout = 500 * time.Millisecond
 	srv, a := newBodyServer(t, timeout)
 	resp, err := http.Post(srv.URL+"/v1/ping", "application/json", strings.NewReader(`{"message":"x"}`))
 	if err != nil {
