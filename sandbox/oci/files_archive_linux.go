@@ -173,13 +173,14 @@ func (t *fileTree) ExtractArchive(p string, r io.Reader, limit int64) error {
 	if err := unix.Mkdirat(int(dir.Fd()), tmpName, 0o700); err != nil {
 		return pathErr(p, err)
 	}
-	defer func() { _ = removeAllAt(dir, tmpName) }()
 	tmp, err := openChild(dir, tmpName, unix.O_RDONLY|unix.O_DIRECTORY)
 	if err != nil {
+		// Swapped already: the name is the sandbox's now.
+		t.log.Warn("files: the temporary directory of an archive extraction is left", "path", path.Join(real, tmpName), "err", err)
 		return pathErr(p, err)
 	}
-	defer tmp.Close()
-	x := &extractor{t: t, tmp: tmp, target: dir, real: real, explicit: map[string]*tar.Header{}, buf: make([]byte, copyBufSize)}
+	defer t.removeTemp(dir, tmp, tmpName, path.Join(real, tmpName))
+	x := &extractor{t: t, tmp: tmp, target: dir, real: real, explicit: map[string]*tar.Header{}, buf: make([]byte, copyBufSize), left: limit}
 	body := &limitedBody{r: r, left: limit}
 	tr := tar.NewReader(body)
 	for {
@@ -204,6 +205,42 @@ func (t *fileTree) ExtractArchive(p string, r io.Reader, limit int64) error {
 		return err
 	}
 	return x.merge(tmp, dir, "", real)
+}
+
+// removeTemp removes an extraction's temporary directory tmp, named
+// tmpName in dir (real in the sandbox), and closes it. Its contents go
+// through tmp itself; its name, which the sandbox could have swapped for
+// one of its own directories, only while it still names tmp.
+func (t *fileTree) removeTemp(dir, tmp *os.File, tmpName, real string) {
+	defer tmp.Close()
+	// A descriptor of its own: tmp's read offset is past its entries.
+	fresh, err := openChild(tmp, ".", unix.O_RDONLY|unix.O_DIRECTORY)
+	if err == nil {
+		var names []string
+		names, err = fresh.Readdirnames(-1)
+		for _, n := range names {
+			if err == nil {
+				err = removeAllAt(fresh, n)
+			}
+		}
+		fresh.Close()
+	}
+	var want, now unix.Stat_t
+	if err == nil {
+		err = unix.Fstat(int(tmp.Fd()), &want)
+	}
+	if err == nil {
+		err = unix.Fstatat(int(dir.Fd()), tmpName, &now, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err == nil && (now.Dev != want.Dev || now.Ino != want.Ino) {
+		err = errors.New("the name is no longer the agent's directory; left alone")
+	}
+	if err == nil {
+		err = unix.Unlinkat(int(dir.Fd()), tmpName, unix.AT_REMOVEDIR)
+	}
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		t.log.Warn("files: the temporary directory of an archive extraction is left", "path", real, "err", err)
+	}
 }
 
 // limitedBody reads at most left bytes of r, and notes a read past them.
@@ -241,6 +278,9 @@ type extractor struct {
 	// whose modes, owners and times are set once the rest is in.
 	explicit map[string]*tar.Header
 	buf      []byte
+	// left is what the files may still take of the limit: a sparse
+	// entry's size is what it writes, not what the stream holds.
+	left int64
 }
 
 // entryErr is a refused entry: a 400 naming it.
@@ -314,7 +354,11 @@ func (x *extractor) entry(hdr *tar.Header, body io.Reader) error {
 		x.explicit[name] = hdr
 		return nil
 	case tar.TypeReg:
-		err = x.file(pfd, base, body, mode, uid, gid)
+		if hdr.Size > x.left {
+			return sandbox.Errorf(sandbox.ErrTooLarge, "archive entry %q: its %d bytes would take the extracted files over the archive's limit", hdr.Name, hdr.Size)
+		}
+		x.left -= hdr.Size
+		err = x.file(pfd, base, body)
 	case tar.TypeSymlink:
 		if err := checkSymlink(hdr.Name, name, hdr.Linkname); err != nil {
 			return err
@@ -346,15 +390,36 @@ func (x *extractor) entry(hdr *tar.Header, body io.Reader) error {
 	}
 	if hdr.Typeflag != tar.TypeSymlink {
 		// chown cleared setuid and setgid: the mode goes after it.
-		if err := unix.Fchmodat(pfd, base, mode, 0); err != nil {
+		if err := chmodAt(pfd, base, mode); err != nil {
 			return entryErr(hdr.Name, "%v", err)
 		}
 	}
 	return setMtime(pfd, base, hdr.ModTime)
 }
 
+// chmodAt sets the mode of name in dirFD through a descriptor of it
+// opened without following a symlink (chmod has no such flag before
+// fchmodat2): a symlink swapped in is refused, never followed.
+func chmodAt(dirFD int, name string, mode uint32) error {
+	fd, err := unix.Openat(dirFD, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return fmt.Errorf("replaced by a symlink while extracted: %w", unix.ELOOP)
+	}
+	// An O_PATH descriptor takes no fchmod; its /proc link reaches
+	// that very inode.
+	return unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), mode)
+}
+
 // file writes a regular file's contents from the archive.
-func (x *extractor) file(dirFD int, base string, body io.Reader, mode, uid, gid uint32) error {
+func (x *extractor) file(dirFD int, base string, body io.Reader) error {
 	fd, err := unix.Openat(dirFD, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return err

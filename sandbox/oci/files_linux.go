@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path"
 	"path/filepath"
@@ -50,8 +51,11 @@ const tempPrefix = ".arcbox-tmp-"
 
 // fileTree is a sandbox's file tree for one request.
 type fileTree struct {
-	root     *os.File // O_PATH, the merged root
-	rootPath string   // its path on the host
+	root *os.File // O_PATH, the merged root
+	// rootPath is its path on the host, as the kernel gives it
+	// (readlink of /proc/self/fd), so it compares with pathOf's.
+	rootPath string
+	log      *slog.Logger
 	idmap    sandbox.IDMap
 	readOnly string
 	// mounts are the sandbox's mount points but /, as paths in it
@@ -62,8 +66,7 @@ type fileTree struct {
 // OpenFiles opens sandbox id's merged root.
 func (b *Backend) OpenFiles(id string, r sandbox.FilesRequest) (sandbox.FileTree, error) {
 	dir := b.bundle(id)
-	rootPath := filepath.Join(dir, "rootfs")
-	fd, err := unix.Open(rootPath, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(filepath.Join(dir, "rootfs"), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, sandbox.Errorf(sandbox.ErrConflict, "sandbox %q has no root filesystem: %w", id, err)
 	}
@@ -72,7 +75,14 @@ func (b *Backend) OpenFiles(id string, r sandbox.FilesRequest) (sandbox.FileTree
 		unix.Close(fd)
 		return nil, sandbox.Errorf(sandbox.ErrConflict, "sandbox %q: its root filesystem is not mounted", id)
 	}
-	t := &fileTree{root: os.NewFile(uintptr(fd), rootPath), rootPath: rootPath, idmap: r.IDMap, readOnly: r.ReadOnly}
+	// The path as the kernel resolved it, not as configured: the state
+	// dir may be reached through a symlink.
+	rootPath, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("sandbox %q: the path of its root filesystem: %w", id, err)
+	}
+	t := &fileTree{root: os.NewFile(uintptr(fd), rootPath), rootPath: rootPath, log: b.log, idmap: r.IDMap, readOnly: r.ReadOnly}
 	targets, err := mountTargets(filepath.Join(dir, "config.json"))
 	if err != nil {
 		t.Close()
@@ -731,7 +741,7 @@ func (t *fileTree) Mkdir(p string, o sandbox.MkdirOptions) (sandbox.FileInfo, bo
 	}
 	defer dir.Close()
 	p = path.Clean(p)
-	created, err := mkdirAt(dir, name, mode, uid, gid)
+	created, err := mkdirAt(dir, name, p, mode, uid, gid)
 	if err != nil {
 		if o.Parents && errors.Is(err, unix.EEXIST) {
 			fi, serr := t.statAt(dir, name, p)
@@ -762,23 +772,34 @@ func (t *fileTree) mkdirParents(dir string, mode, uid, gid uint32) error {
 		return err
 	}
 	defer parent.Close()
-	if _, err := mkdirAt(parent, name, mode, uid, gid); err != nil && !errors.Is(err, unix.EEXIST) {
+	if _, err := mkdirAt(parent, name, dir, mode, uid, gid); err != nil && !errors.Is(err, unix.EEXIST) {
 		return pathErr(dir, err)
 	}
 	return nil
 }
 
-// mkdirAt makes name in dir with mode and owner.
-func mkdirAt(dir *os.File, name string, mode, uid, gid uint32) (bool, error) {
-	dfd := int(dir.Fd())
-	if err := unix.Mkdirat(dfd, name, 0o700); err != nil {
+// mkdirAt makes name in dir (p in the sandbox) with mode and owner. The
+// owner and mode are set through the new directory, opened without
+// following a symlink: the sandbox can swap the name for a symlink
+// between the calls, whose target the agent would resolve on the host.
+func mkdirAt(dir *os.File, name, p string, mode, uid, gid uint32) (bool, error) {
+	if err := unix.Mkdirat(int(dir.Fd()), name, 0o700); err != nil {
 		return false, err
 	}
-	if err := unix.Fchownat(dfd, name, int(uid), int(gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	d, err := openChild(dir, name, unix.O_RDONLY|unix.O_DIRECTORY)
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ENOENT) {
+		return true, sandbox.Errorf(sandbox.ErrConflict, "field %q: %q was replaced or removed in the sandbox while it was being made; its owner and mode are not set", "path", p)
+	}
+	if err != nil {
 		return true, err
 	}
-	// Fchmodat: the umask narrowed Mkdirat's mode.
-	return true, unix.Fchmodat(dfd, name, mode, 0)
+	defer d.Close()
+	if err := unix.Fchown(int(d.Fd()), int(uid), int(gid)); err != nil {
+		return true, err
+	}
+	// Fchmod: the umask narrowed Mkdirat's mode, and chown cleared
+	// setgid.
+	return true, unix.Fchmod(int(d.Fd()), mode)
 }
 
 // Remove removes p.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -172,6 +173,61 @@ func TestFilesEscape(t *testing.T) {
 	}
 }
 
+// TestFilesMkdirSwap: the sandbox swaps each directory the files API
+// makes for a symlink to a host file while mkdirs run; the agent never
+// sets the mode of what the symlink leads to on the host.
+func TestFilesMkdirSwap(t *testing.T) {
+	e := newFilesEnv(t, "crun")
+	e.sh(e.id, "mkdir /race")
+	secret := filepath.Join(e.hostDir, "secret")
+	must(t, os.WriteFile(secret, []byte("HOST SECRET"), 0o600))
+	tree := e.tree(true)
+	d, aside := filepath.Join(e.rootfs, "race", "d"), filepath.Join(e.rootfs, "race", "aside")
+
+	// The sandbox's side (from the host, as it could from inside): as
+	// soon as d is a directory, move it aside and put a symlink there.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var swaps atomic.Int64
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			os.Remove(aside)
+			if os.Rename(d, aside) == nil && os.Symlink(secret, d) == nil {
+				swaps.Add(1)
+			}
+		}
+	}()
+	mode := uint32(0o777)
+	var made, replaced int
+	for range 3000 {
+		os.Remove(d)
+		_, _, err := tree.Mkdir("/race/d", sandbox.MkdirOptions{Mode: &mode})
+		switch {
+		case err == nil:
+			made++
+		case strings.Contains(err.Error(), "replaced"):
+			replaced++
+		case !errors.Is(err, sandbox.ErrConflict) && !errors.Is(err, sandbox.ErrNotFound) && !errors.Is(err, sandbox.ErrInvalid):
+			t.Errorf("mkdir during swaps: %v", err)
+		}
+		if st, err := os.Stat(secret); err != nil || st.Mode().Perm() != 0o600 {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("the host file after a mkdir during swaps: %v, %v; want mode 0600", st.Mode(), err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("3000 mkdirs: %d made, %d refused as replaced, %d swaps", made, replaced, swaps.Load())
+}
+
 // TestFilesOps: writes (mode, owner, ETag, If-Match, If-None-Match, the
 // limit), stat, list, mkdir and remove, seen from inside the sandbox.
 func TestFilesOps(t *testing.T) {
@@ -261,6 +317,18 @@ func TestFilesOps(t *testing.T) {
 	if err := tree.Remove("/a", true); !errors.Is(err, sandbox.ErrNotFound) {
 		t.Errorf("remove again: %v, want ErrNotFound", err)
 	}
+	// A state dir reached through a symlink: the root's path compares
+	// with the kernel's paths of what is opened in it.
+	link := filepath.Join(t.TempDir(), "state")
+	must(t, os.Symlink(e.cfg.StateDir, link))
+	linked, err := (&Backend{boxesDir: filepath.Join(link, "sandboxes"), log: testLogger()}).OpenFiles(e.id, sandbox.FilesRequest{})
+	if err != nil {
+		t.Fatalf("OpenFiles through a symlinked state dir: %v", err)
+	}
+	if fi, err := linked.Stat("/f"); err != nil || fi.Size != 5 {
+		t.Errorf("Stat through a symlinked state dir = %+v, %v", fi, err)
+	}
+	linked.Close()
 	// A read-only tree refuses writes.
 	ro := e.tree(false)
 	if _, _, err := ro.Write(ctx, "/f", strings.NewReader("x"), sandbox.WriteOptions{Limit: 100}); !errors.Is(err, sandbox.ErrConflict) {
@@ -322,7 +390,55 @@ func TestFilesArchive(t *testing.T) {
 			t.Errorf("%s: %v, want a 400 naming the entry", name, err)
 		}
 	}
+	// A sparse entry: a few bytes of archive that would write more than
+	// the limit.
+	err := tree.ExtractArchive("/bad", bytes.NewReader(sparseArchive(t, 4<<20)), 1<<20)
+	if !errors.Is(err, sandbox.ErrTooLarge) {
+		t.Errorf("a sparse entry over the limit: %v, want ErrTooLarge", err)
+	}
 	if got := e.sh(e.id, "ls -A /bad; ls / | grep -c evil || true"); got != "0\n" {
 		t.Errorf("a refused archive left: %q", got)
 	}
+
+	// An extraction's temporary directory swapped for the sandbox's own:
+	// the cleanup leaves the sandbox's.
+	ft, err := (&Backend{boxesDir: filepath.Dir(filepath.Dir(e.rootfs)), log: testLogger()}).OpenFiles(e.id, sandbox.FilesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ft.Close()
+	dir, err := os.Open(filepath.Join(e.rootfs, "bad"))
+	must(t, err)
+	defer dir.Close()
+	tmpPath := filepath.Join(e.rootfs, "bad", "tmp")
+	must(t, os.MkdirAll(filepath.Join(tmpPath, "sub"), 0o700))
+	tmp, err := os.Open(tmpPath)
+	must(t, err)
+	must(t, os.Rename(tmpPath, filepath.Join(e.rootfs, "bad", "moved")))
+	must(t, os.MkdirAll(filepath.Join(tmpPath, "theirs"), 0o755))
+	ft.(*fileTree).removeTemp(dir, tmp, "tmp", "/bad/tmp")
+	if got := e.sh(e.id, "cd /bad && find . | sort"); got != ".\n./moved\n./tmp\n./tmp/theirs\n" {
+		t.Errorf("after the cleanup of a swapped temporary directory: %q; want the sandbox's kept, the agent's emptied", got)
+	}
+}
+
+// sparseArchive is a tar stream of one PAX sparse file (GNU format 0.1)
+// of size bytes, one of data: tar.Writer writes no sparse files, so
+// its records are written under another name, renamed in the stream.
+func sparseArchive(t *testing.T, size int64) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	must(t, tw.WriteHeader(&tar.Header{Name: "sparse", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1, Format: tar.FormatPAX,
+		PAXRecords: map[string]string{"XXX.sparse.size": strconv.FormatInt(size, 10), "XXX.sparse.map": "0,1", "XXX.sparse.numblocks": "1"}}))
+	_, err := tw.Write([]byte("x"))
+	must(t, err)
+	must(t, tw.Close())
+	out := bytes.ReplaceAll(b.Bytes(), []byte("XXX.sparse."), []byte("GNU.sparse."))
+	// As the extraction reads it: a regular file of size bytes.
+	hdr, err := tar.NewReader(bytes.NewReader(out)).Next()
+	if err != nil || hdr.Typeflag != tar.TypeReg || hdr.Size != size {
+		t.Fatalf("the sparse archive reads as %+v, %v", hdr, err)
+	}
+	return out
 }
