@@ -36,7 +36,14 @@ func (a *API) serveExec(ctx context.Context, m SandboxManager, c *websocket.Conn
 	sigs := make(chan sandbox.Signal)
 	stdio := sandbox.ExecIO{Size: size, Signals: sigs}
 	stdinR, stdinW := io.Pipe()
-	defer stdinR.Close()
+	defer func() {
+		if p.DetachOnDisconnect {
+			// A run that outlives this handler keeps its stdin open.
+			_ = stdinW.CloseWithError(sandbox.ErrStdinDetached)
+			return
+		}
+		_ = stdinR.Close()
+	}()
 	resize := make(chan sandbox.TTYSize, 1)
 	stdio.Stdin, stdio.Resize = stdinR, resize
 
@@ -49,6 +56,11 @@ func (a *API) serveExec(ctx context.Context, m SandboxManager, c *websocket.Conn
 		for {
 			_, msg, err := c.Read(ctx)
 			if err != nil {
+				if p.DetachOnDisconnect {
+					// The process outlives its client: its stdin is
+					// left open, not ended.
+					err = sandbox.ErrStdinDetached
+				}
 				_ = stdinW.CloseWithError(err)
 				return
 			}

@@ -87,6 +87,12 @@ func (r *activeRun) kill(why error) {
 
 var errStopped = errors.New("the sandbox is being stopped")
 
+// ErrStdinDetached, as the error ExecIO.Stdin ends with, says its client
+// went away from a run that outlives it (Process.DetachOnDisconnect): the
+// end is not passed on, so the process's stdin stays open rather than
+// reaching its end (a shell on a terminal would take it as ^D and exit).
+var ErrStdinDetached = errors.New("the client detached from the process's stdin")
+
 // ExecIO is what an interactive exec reads besides its output callback.
 type ExecIO struct {
 	// Stdin is the process's input. nil: none, the process sees its end at

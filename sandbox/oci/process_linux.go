@@ -286,12 +286,14 @@ func (e *process) receiveTerminal(sock *runc.Socket) error {
 // copyStdin copies r into the process's stdin until r ends (EOF or an
 // error), then passes the end on: it closes the stdin pipe, or on a
 // terminal writes its EOF character (twice after an unfinished line: the
-// first only ends the line). It stops early when the process's stdin is
-// gone.
+// first only ends the line). An end of sandbox.ErrStdinDetached is not
+// passed on: the process's stdin stays open. It stops early when the
+// process's stdin is gone.
 func (e *process) copyStdin(r io.Reader) {
 	if e.term == nil {
-		_, _ = io.Copy(e.stdinW, r)
-		e.stdinW.Close()
+		if _, err := io.Copy(e.stdinW, r); !errors.Is(err, sandbox.ErrStdinDetached) {
+			e.stdinW.Close()
+		}
 		return
 	}
 	w := e.stdout // the terminal's master, in the poller
@@ -307,6 +309,9 @@ func (e *process) copyStdin(r io.Reader) {
 			lineStart = c == '\n' || c == '\r'
 		}
 		if err != nil {
+			if errors.Is(err, sandbox.ErrStdinDetached) {
+				return
+			}
 			break
 		}
 	}
