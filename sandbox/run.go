@@ -96,10 +96,10 @@ var ErrStdinDetached = errors.New("the client detached from the process's stdin"
 // ExecIO is what an interactive exec reads besides its output callback.
 type ExecIO struct {
 	// Stdin is the process's input. nil: none, the process sees its end at
-	// once. Its end (EOF, or any error from Read) is passed on: without a
-	// terminal the process's stdin is closed; with one the terminal's EOF
-	// character (VEOF, ^D) is written, twice if a line was left unfinished,
-	// which ends a read in canonical mode. Exec does not wait for a Read
+	// once. Its end (EOF, or any error from Read but ErrStdinDetached) is
+	// passed on: without a terminal the process's stdin is closed; with
+	// one the terminal's EOF character (VEOF, ^D) is written, twice if a
+	// line was left unfinished, which ends a read in canonical mode. Exec does not wait for a Read
 	// in progress: once Exec returned, the caller should make Stdin return
 	// (close its pipe, say); what it reads from then on is dropped.
 	Stdin io.Reader
