@@ -1441,6 +1441,12 @@ type SystemInfo struct {
 	// TotalMemory Bytes.
 	TotalMemory int64 `json:"total_memory"`
 
+	// Unavailable The facts that could not be read, each with why (`read
+	// /proc/meminfo: ...`); their fields are zero or empty. Absent when
+	// every fact was read: the agent answers what it could, as the seed
+	// did, rather than a 500 for one missing file.
+	Unavailable *[]string `json:"unavailable,omitempty"`
+
 	// Uptime Seconds since boot.
 	Uptime int64 `json:"uptime"`
 }

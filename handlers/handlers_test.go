@@ -161,7 +161,8 @@ func newHarness(t *testing.T, setClock bool) *harness {
 		Clock:   clock.NewSyncer(h.clock.Now, setter),
 		SystemInfo: func() (sysinfo.Info, error) {
 			if h.infoErr != nil {
-				return sysinfo.Info{}, h.infoErr
+				// What a failing source leaves: the facts it still read.
+				return sysinfo.Info{KernelVersion: "6.1.0", OSName: "Linux", CPUCount: 2}, h.infoErr
 			}
 			return sysinfo.Info{KernelVersion: "6.1.0", OSName: "Linux", OSVersion: "#1", Arch: "x86_64",
 				Hostname: "vm", TotalMemory: 4 << 30, AvailableMemory: 3 << 30, CPUCount: 2,
@@ -382,11 +383,16 @@ func TestInfo(t *testing.T) {
 		len(got.LoadAverage) != 3 || got.Uptime != 90 || got.IpAddresses[0] != "192.168.64.2" {
 		t.Fatalf("got %d %s", r.StatusCode(), r.Body)
 	}
-	h.infoErr = errors.New("/proc/meminfo: no such file or directory")
+	if got.Unavailable != nil {
+		t.Errorf("unavailable %v with every fact read, want it absent", *got.Unavailable)
+	}
+	// What cannot be read is named, and the rest is answered: the seed did.
+	h.infoErr = errors.Join(errors.New("read /proc/meminfo: no such file or directory"), errors.New("uname: operation not permitted"))
 	r, err = h.client.GetInfoWithResponse(context.Background())
 	must(t, err)
-	if r.StatusCode() != 500 || r.JSONDefault == nil || !strings.Contains(r.JSONDefault.Message, "/proc/meminfo") {
-		t.Fatalf("failing source: got %d %s, want 500 naming it", r.StatusCode(), r.Body)
+	if r.StatusCode() != 200 || r.JSON200 == nil || r.JSON200.Unavailable == nil || len(*r.JSON200.Unavailable) != 2 ||
+		!strings.Contains((*r.JSON200.Unavailable)[0], "/proc/meminfo") || r.JSON200.KernelVersion != "6.1.0" {
+		t.Fatalf("failing sources: got %d %s, want 200 with what was read and both failures named", r.StatusCode(), r.Body)
 	}
 }
 

@@ -1,21 +1,31 @@
 package handlers
 
 import (
-	"fmt"
 	"net/http"
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/httpapi"
 )
 
-// GetInfo answers the guest system's facts.
-func (a *API) GetInfo(w http.ResponseWriter, _ *http.Request) {
+// GetInfo answers the guest system's facts: those it could read, and in
+// "unavailable" why the others could not be.
+func (a *API) GetInfo(w http.ResponseWriter, r *http.Request) {
 	info, err := a.cfg.SystemInfo()
+	var unavailable *[]string
 	if err != nil {
-		httpapi.WriteErr(w, fmt.Errorf("collect system info: %w", err))
-		return
+		a.log(r).Warn("some system facts could not be read", "err", err)
+		var each []string
+		if joined, ok := err.(interface{ Unwrap() []error }); ok {
+			for _, e := range joined.Unwrap() {
+				each = append(each, e.Error())
+			}
+		} else {
+			each = []string{err.Error()}
+		}
+		unavailable = &each
 	}
 	httpapi.WriteJSON(w, http.StatusOK, api.SystemInfo{
+		Unavailable:     unavailable,
 		KernelVersion:   info.KernelVersion,
 		OsName:          info.OSName,
 		OsVersion:       info.OSVersion,
@@ -26,6 +36,6 @@ func (a *API) GetInfo(w http.ResponseWriter, _ *http.Request) {
 		CpuCount:        int32(info.CPUCount),
 		LoadAverage:     info.LoadAverage[:],
 		Uptime:          int64(info.Uptime.Seconds()),
-		IpAddresses:     info.IPAddresses,
+		IpAddresses:     append([]string{}, info.IPAddresses...), // [] when none could be read, never null
 	})
 }

@@ -305,6 +305,9 @@ func TestVM(t *testing.T) {
 		if len(i.IpAddresses) == 0 || i.IpAddresses[0] != "10.0.2.15" {
 			t.Errorf("ip addresses %v, want 10.0.2.15", i.IpAddresses)
 		}
+		if i.Unavailable != nil {
+			t.Errorf("facts the VM's agent could not read: %v", *i.Unavailable)
+		}
 
 		// The TCP listener wants the token: without it, a 401.
 		resp, err := http.Get(g.url + "/v1/ping")
