@@ -52,6 +52,6 @@ func RequireIsolated(t testing.TB) {
 	t.Helper()
 	RequireRoot(t)
 	if os.Getenv(isolatedEnv) != "1" {
-		skipOrFail(t, "test must run inside testenv.RunIsolated (call it from TestMain)")
+		SkipOrFail(t, "test must run inside testenv.RunIsolated (call it from TestMain)")
 	}
 }

@@ -14,8 +14,9 @@ import (
 // InCI reports whether the tests run under CI, where nothing may skip.
 func InCI() bool { return os.Getenv("CI") == "true" }
 
-// skipOrFail skips the test on a developer's machine and fails it in CI.
-func skipOrFail(t testing.TB, format string, args ...any) {
+// SkipOrFail skips the test on a developer's machine and fails it in CI,
+// saying why: the gate of every Require.
+func SkipOrFail(t testing.TB, format string, args ...any) {
 	t.Helper()
 	msg := fmt.Sprintf(format, args...)
 	if InCI() {
@@ -28,7 +29,7 @@ func skipOrFail(t testing.TB, format string, args ...any) {
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		skipOrFail(t, "test needs root")
+		SkipOrFail(t, "test needs root")
 	}
 }
 
@@ -37,7 +38,7 @@ func RequireBinary(t testing.TB, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		skipOrFail(t, "test needs %s on PATH: %v", name, err)
+		SkipOrFail(t, "test needs %s on PATH: %v", name, err)
 	}
 	return p
 }
@@ -46,6 +47,6 @@ func RequireBinary(t testing.TB, name string) string {
 func RequireFile(t testing.TB, path string) {
 	t.Helper()
 	if _, err := os.Stat(path); err != nil {
-		skipOrFail(t, "test needs %s: %v", path, err)
+		SkipOrFail(t, "test needs %s: %v", path, err)
 	}
 }
