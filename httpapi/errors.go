@@ -2,8 +2,9 @@ package httpapi
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
+
+	"github.com/arcbox/arcbox-agent/internal/errclass"
 )
 
 // The error classes of handlers' and the decoder's errors; Status maps each
@@ -26,16 +27,11 @@ var (
 // errors.Is finds the class and every %w operand, and the message is only
 // what format says.
 func Errorf(class error, format string, args ...any) error {
-	return Classify(class, fmt.Errorf(format, args...))
+	return errclass.Errorf(class, format, args...)
 }
 
 // Classify gives err a class without changing its message.
-func Classify(class, err error) error { return &classified{err: err, class: class} }
-
-type classified struct{ err, class error }
-
-func (e *classified) Error() string   { return e.err.Error() }
-func (e *classified) Unwrap() []error { return []error{e.err, e.class} }
+func Classify(class, err error) error { return errclass.Classify(class, err) }
 
 // Status returns the HTTP status for err by its class; 500 when it has none.
 func Status(err error) int {

@@ -2,7 +2,8 @@ package sandbox
 
 import (
 	"errors"
-	"fmt"
+
+	"github.com/arcbox/arcbox-agent/internal/errclass"
 )
 
 // The error classes the Manager returns. Every error it returns is of one of
@@ -34,16 +35,11 @@ var (
 // errors.Is finds the class and every %w operand, and the message is only
 // what format says, so people read no "...: conflict" tail.
 func Errorf(class error, format string, args ...any) error {
-	return Classify(class, fmt.Errorf(format, args...))
+	return errclass.Errorf(class, format, args...)
 }
 
 // Classify gives err a class without changing its message.
-func Classify(class, err error) error { return &classified{err: err, class: class} }
-
-type classified struct{ err, class error }
-
-func (e *classified) Error() string   { return e.err.Error() }
-func (e *classified) Unwrap() []error { return []error{e.err, e.class} }
+func Classify(class, err error) error { return errclass.Classify(class, err) }
 
 // ErrManagerClosed: the manager was closed (agent shutdown).
 var ErrManagerClosed = errors.New("sandbox manager closed")

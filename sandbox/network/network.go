@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/arcbox/arcbox-agent/internal/errclass"
 	"github.com/arcbox/arcbox-agent/netconf"
 )
 
@@ -33,16 +34,10 @@ var (
 	ErrExhausted = errors.New("address range exhausted")
 )
 
-// errorf is fmt.Errorf's message, of class: errors.Is finds the class, and
-// the message does not end in it.
+// errorf is an error of class whose message does not end in it.
 func errorf(class error, format string, args ...any) error {
-	return classified{err: fmt.Errorf(format, args...), class: class}
+	return errclass.Errorf(class, format, args...)
 }
-
-type classified struct{ err, class error }
-
-func (e classified) Error() string   { return e.err.Error() }
-func (e classified) Unwrap() []error { return []error{e.err, e.class} }
 
 // Defaults for the optional Config fields.
 const (
