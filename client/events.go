@@ -165,12 +165,10 @@ func (c *Client) subscribe(ctx context.Context, o EventsOptions, after **int64, 
 			yield(api.Event{}, err)
 			return yielded, false, nil
 		}
-		if seq > 0 && *after != nil && seq <= **after {
+		if *after != nil && seq <= **after {
 			continue // seen before the reconnect
 		}
-		if seq > 0 {
-			*after = &seq
-		}
+		*after = &seq
 		yielded = true
 		if !yield(ev, nil) {
 			return true, false, nil
@@ -192,18 +190,15 @@ func gone(err error) error {
 	return g
 }
 
-// decodeEvent decodes an Event and its seq (absent from an agent older
-// than the event journal: 0).
+// decodeEvent decodes an Event, once, and its seq: an event without one
+// (0) breaks the contract, since every event the journal serves has one.
 func decodeEvent(raw []byte) (api.Event, int64, error) {
 	var ev api.Event
 	if err := json.Unmarshal(raw, &ev); err != nil {
 		return ev, 0, fmt.Errorf("event message: %w: %.200s", err, raw)
 	}
-	var s struct {
-		Seq int64 `json:"seq"`
-	}
-	if err := json.Unmarshal(raw, &s); err != nil || s.Seq < 0 {
+	if ev.Seq < 1 {
 		return ev, 0, fmt.Errorf("event message: seq is not a positive integer: %.200s", raw)
 	}
-	return ev, s.Seq, nil
+	return ev, ev.Seq, nil
 }
