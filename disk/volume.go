@@ -212,6 +212,22 @@ func (v *Volume) Ensure(ctx context.Context) (note string, err error) {
 	return note, err
 }
 
+// Unmount undoes Ensure's mounts for a clean shutdown: each subvolume,
+// last first, then the top level (a loop device the agent attached goes
+// with it: it is autoclear). It touches only mounts of the volume's own
+// device where the configuration puts them, and returns the paths it
+// unmounted; a busy mount is an error naming it, and the top level is then
+// left mounted. Nothing mounted is not an error.
+func (v *Volume) Unmount() ([]string, error) {
+	v.ensureMu.Lock()
+	defer v.ensureMu.Unlock()
+	done, err := v.unmount()
+	if len(done) > 0 {
+		v.log.Info("data volume unmounted", "paths", done)
+	}
+	return done, err
+}
+
 func (v *Volume) setPhase(p string) {
 	v.stateMu.Lock()
 	v.phase = p

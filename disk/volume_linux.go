@@ -218,3 +218,43 @@ func (v *Volume) describe(dev *device) string {
 	}
 	return fmt.Sprintf("%s (on %s)", v.cfg.Device, dev.path)
 }
+
+// unmount is Unmount's work, run under ensureMu.
+func (v *Volume) unmount() ([]string, error) {
+	mounts, err := readMountInfo(v.cfg.MountInfoPath)
+	if err != nil {
+		return nil, err
+	}
+	top := findMount(mounts, resolvePath(v.cfg.MountPoint))
+	if top == nil || top.FSType != "btrfs" || top.Root != "/" {
+		return nil, nil // not mounted: nothing of the volume's to undo
+	}
+	// Only the volume's own mounts: btrfs of the top level's device, each
+	// subvolume where the configuration puts it, last mounted first.
+	ours := func(path, root string) bool {
+		m := findMount(mounts, resolvePath(path))
+		return m != nil && m.FSType == "btrfs" && m.Root == root && m.Major == top.Major && m.Minor == top.Minor
+	}
+	var done []string
+	var errs []error
+	for i := len(v.cfg.Subvolumes) - 1; i >= 0; i-- {
+		sv := v.cfg.Subvolumes[i]
+		if !ours(sv.Target, "/"+sv.Name) {
+			continue
+		}
+		if err := unix.Unmount(sv.Target, 0); err != nil {
+			errs = append(errs, fmt.Errorf("unmount %s from %s: %w", sv.Name, sv.Target, err))
+			continue
+		}
+		done = append(done, sv.Target)
+	}
+	if len(errs) > 0 {
+		// The top level stays while a subvolume is still mounted: the
+		// device is busy anyway, and the error says which one holds it.
+		return done, errors.Join(errs...)
+	}
+	if err := unix.Unmount(v.cfg.MountPoint, 0); err != nil {
+		return done, fmt.Errorf("unmount the data volume's top level from %s: %w", v.cfg.MountPoint, err)
+	}
+	return append(done, v.cfg.MountPoint), nil
+}

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 const imageSize = 256 << 20
@@ -342,4 +345,56 @@ func TestEnsureFormatDoesNotMount(t *testing.T) {
 		t.Fatalf("Ensure with the journal: got %q, %v; want the format redone", note, err)
 	}
 	checkMountedVolume(t, cfg, loop)
+}
+
+// TestUnmount: Unmount undoes Ensure's mounts, subvolumes first, and the
+// loop device it attached goes with them; a busy subvolume is named and
+// keeps the top level mounted; a mount that is not the volume's is left.
+func TestUnmount(t *testing.T) {
+	requireMountTests(t)
+	ctx := context.Background()
+	img := newImage(t, imageSize)
+	t.Cleanup(func() { waitNoLoop(t, img) })
+	cfg := testConfig(t, img)
+	v := newVolume(t, cfg)
+	if done, err := v.Unmount(); err != nil || len(done) != 0 {
+		t.Fatalf("Unmount before Ensure: %v, %v; want nothing done, no error", done, err)
+	}
+	if _, err := v.Ensure(ctx); err != nil {
+		t.Fatalf("Ensure: %v", err)
+	}
+
+	// A busy subvolume: a directory in it is the working directory of a
+	// process, which makes unmount fail with EBUSY.
+	busy := exec.Command("sleep", "600")
+	busy.Dir = cfg.Subvolumes[1].Target
+	if err := busy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done, err := v.Unmount()
+	if err == nil || !strings.Contains(err.Error(), "@containerd") || !errors.Is(err, unix.EBUSY) {
+		t.Errorf("Unmount with @containerd busy: %v, want EBUSY naming @containerd", err)
+	}
+	// @containerd, the last subvolume, is tried first and fails; @docker
+	// is unmounted.
+	if len(done) != 1 || done[0] != cfg.Subvolumes[0].Target {
+		t.Errorf("unmounted %v, want only %s", done, cfg.Subvolumes[0].Target)
+	}
+	if got := mountsAt(t, cfg.MountPoint, cfg.Subvolumes[1].Target); len(got) != 2 {
+		t.Errorf("mounts left with a busy subvolume: %v, want the top level and @containerd", got)
+	}
+	_ = busy.Process.Kill()
+	_ = busy.Wait()
+
+	done, err = v.Unmount()
+	if err != nil {
+		t.Fatalf("Unmount: %v", err)
+	}
+	if want := []string{cfg.Subvolumes[1].Target, cfg.MountPoint}; !reflect.DeepEqual(done, want) {
+		t.Errorf("unmounted %v, want %v", done, want)
+	}
+	if got := mountsAt(t, volumePaths(cfg)...); len(got) != 0 {
+		t.Errorf("still mounted: %v", got)
+	}
+	waitNoLoop(t, img) // autoclear
 }

@@ -15,3 +15,5 @@ func (v *Volume) ensure(context.Context) (string, error) {
 func freeBytes(path string) (uint64, error) {
 	return 0, fmt.Errorf("free space of %s on %s: %w", path, runtime.GOOS, ErrNotSupported)
 }
+
+func (v *Volume) unmount() ([]string, error) { return nil, nil }
