@@ -26,8 +26,10 @@ import (
 )
 
 // waitTimeout bounds every wait on the agent: a sandbox is ready in well
-// under a second, so this only ends a test that would otherwise hang.
-const waitTimeout = 30 * time.Second
+// under a second, so this only ends a test that would otherwise hang,
+// even on a machine so loaded that reading a few MiB of output takes half
+// a minute.
+const waitTimeout = 2 * time.Minute
 
 // reqCtx bounds a request, so that an agent that never answers fails the
 // test instead of hanging it.
