@@ -1,10 +1,51 @@
 // Package network gives sandboxes bridge networking: an IPv4 address from a
 // pool, a network namespace bind-mounted to a file, and a veth pair joining
-// that namespace to a host bridge whose address is the sandboxes' gateway.
+// that namespace to a host bridge whose address is the sandboxes' gateway,
+// with egress through NAT out of the guest's uplinks.
 //
 // A Pool hands out the addresses, in memory; a Manager's Setup and Teardown
-// change the machine (Linux only), for addresses its Pool holds. The package never touches ip_forward, iptables or NAT:
-// what lies beyond the bridge is the caller's business.
+// change the machine (Linux only), for addresses its Pool holds.
+//
+// # Egress
+//
+// Each time Setup ensures the bridge, before any veth is attached to it, the
+// Manager replaces, in one nftables transaction, a table of its own,
+// inet arcbox-<bridge> (EgressTable; no other table is ever touched, so
+// dockerd's iptables-nft rules live on beside it):
+//
+//   - postrouting: what leaves the range through any other interface is
+//     masqueraded behind that interface's address;
+//   - forward (policy accept, so others' forwarding is unaffected): the
+//     sandboxes' packets with a source in the range leave the bridge, and
+//     replies come back; nothing else leaves it (spoofed sources, IPv6),
+//     and nothing else is routed into it. Sandbox to sandbox is bridged,
+//     not routed: it crosses this chain only when br_netfilter hands
+//     bridged packets to it, and is accepted;
+//   - input: sandboxes hold unreviewed code, so they open no connection
+//     to the guest itself, at any of its addresses (TCP is reset, the rest
+//     gets ICMP admin-prohibited): not the agent's API, not the Docker
+//     proxy, not whatever else listens. Replies to the guest's own
+//     connections into sandboxes pass, and so does ICMP (ping the gateway).
+//
+// IPv4 forwarding is a property of the receiving interface. When
+// net.ipv4.ip_forward is on (as the agent sets it when it is PID 1, before
+// dockerd starts) nothing global changes. When it is off, forwarding is
+// turned on for the bridge and the uplinks only (the interfaces of the main
+// table's IPv4 default routes, read afresh each time), and the forward
+// chain drops whatever the guest would forward from those uplinks that is
+// not a reply to a sandbox, so the guest does not become a router for its
+// network. dockerd enables ip_forward itself when it finds it off, and then
+// sets its FORWARD chain's policy to drop, which no other table can undo:
+// where dockerd runs, ip_forward must be on before it starts.
+//
+// Sandboxes get the guest's nameservers (ResolvConf); one outside the guest
+// is reached through the NAT like any other server. A resolver on the
+// guest's loopback is unreachable from a sandbox and is left out.
+//
+// The table stays when the agent stops: sandboxes outlive it, and so does
+// their egress. It needs nf_tables with nft_chain_nat, nft_masq, nft_ct and
+// nft_reject_inet, built in or loadable; without them Setup fails, saying
+// so, rather than attach a sandbox the guest cannot fence.
 package network
 
 import (
@@ -82,7 +123,12 @@ type Manager struct {
 	*Pool
 	cfg Config
 
-	bridgeMu sync.Mutex // serialises the bridge's creation and address check
+	bridgeMu sync.Mutex // serialises the bridge's creation, address check and egress table
+	// notRouters are the uplinks seen while ip_forward was off, whose
+	// forwarding is on for the sandboxes' sake only (under bridgeMu).
+	notRouters []string
+	// sysctlDir is /proc/sys/net/ipv4, where forwarding is read and set.
+	sysctlDir string
 }
 
 // New validates cfg and returns a Manager with an empty address pool. It has
@@ -108,11 +154,16 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.ResolvConf == "" {
 		cfg.ResolvConf = DefaultResolvConf
 	}
-	return &Manager{Pool: pool, cfg: cfg}, nil
+	return &Manager{Pool: pool, cfg: cfg, sysctlDir: "/proc/sys/net/ipv4"}, nil
 }
 
 // Bridge returns the bridge's name.
 func (m *Manager) Bridge() string { return m.cfg.Bridge }
+
+// EgressTable returns the name of the nftables table (family inet) that
+// holds the bridge's egress rules: arcbox-<bridge>, so agents with
+// different bridges never share one.
+func (m *Manager) EgressTable() string { return "arcbox-" + m.cfg.Bridge }
 
 // NetnsPath returns where Setup bind-mounts id's network namespace.
 func (m *Manager) NetnsPath(id string) string { return filepath.Join(m.cfg.NetnsDir, id) }

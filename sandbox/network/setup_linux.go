@@ -23,7 +23,8 @@ const sandboxIf = "eth0"
 //   - ensures the bridge exists, has the gateway address and is up (creating
 //     it, or adding the address, as needed; a bridge made concurrently by
 //     another caller is fine, a gateway address with another prefix length is
-//     an error);
+//     an error), and puts its egress table in place and forwarding on (see
+//     the package comment), before any sandbox is attached to it;
 //   - creates a network namespace and bind-mounts it at NetnsDir/<id>;
 //   - creates a veth pair: the host end (HostIfName(id), alias id) is attached
 //     to the bridge and brought up; the other end is created inside the
@@ -138,7 +139,8 @@ func (m *Manager) Teardown(id string) error {
 	return nil
 }
 
-// ensureBridge makes sure the bridge exists, holds the gateway address and is up.
+// ensureBridge makes sure the bridge exists, holds the gateway address, is
+// up and has its egress.
 func (m *Manager) ensureBridge() (netlink.Link, error) {
 	m.bridgeMu.Lock()
 	defer m.bridgeMu.Unlock()
@@ -183,6 +185,9 @@ func (m *Manager) ensureBridge() (netlink.Link, error) {
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("bring bridge %s up: %w", name, err)
+	}
+	if err := m.ensureEgress(); err != nil {
+		return nil, fmt.Errorf("egress of bridge %s: %w", name, err)
 	}
 	return link, nil
 }

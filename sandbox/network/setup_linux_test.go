@@ -39,6 +39,7 @@ func newPrivilegedManager(t *testing.T, cidr, bridge string) *Manager {
 				t.Errorf("delete bridge %s: %v", bridge, err)
 			}
 		}
+		deleteTable(t, m.EgressTable())
 	})
 	return m
 }
