@@ -135,7 +135,7 @@ type ClientInterface interface {
 	// Corresponds with GET /readyz (the `GetReadyz` operationId).
 	GetReadyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// StreamEvents The sandboxes' lifecycle events, replayed from the journal and followed.
+	// StreamEvents Lifecycle and port events, replayed from the journal and followed.
 	//
 	// Every event has a `seq` that only grows, across agent restarts too
 	// (not necessarily by one: a restart after a crash may skip some).
@@ -740,6 +740,44 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/stats (the `GetGuestStats` operationId).
 	GetGuestStats(ctx context.Context, params *GetGuestStatsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ShutdownSystemWithBody Shuts the guest down cleanly, or reboots it.
+	//
+	// Answers 202 at once, then does what SIGTERM does: stops taking
+	// requests (those in flight may finish), stops the sandboxes, dockerd
+	// and containerd, gracefully (SIGTERM, then SIGKILL at the grace's
+	// end), syncs, unmounts the data volume and the VirtioFS shares the
+	// agent mounted, and powers the machine off or reboots it when the
+	// agent is PID 1. When it is not, the agent exits instead (status 0)
+	// and the action is only logged. The whole path is bounded by
+	// `grace_seconds`, each step by what is left of it.
+	//
+	// One shutdown at a time: a second request while one is under way is
+	// a 409 naming the one in progress.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/system/shutdown (the `ShutdownSystem` operationId).
+	ShutdownSystemWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ShutdownSystem Shuts the guest down cleanly, or reboots it.
+	//
+	// Answers 202 at once, then does what SIGTERM does: stops taking
+	// requests (those in flight may finish), stops the sandboxes, dockerd
+	// and containerd, gracefully (SIGTERM, then SIGKILL at the grace's
+	// end), syncs, unmounts the data volume and the VirtioFS shares the
+	// agent mounted, and powers the machine off or reboots it when the
+	// agent is PID 1. When it is not, the agent exits instead (status 0)
+	// and the action is only logged. The whole path is bounded by
+	// `grace_seconds`, each step by what is left of it.
+	//
+	// One shutdown at a time: a second request while one is under way is
+	// a 409 naming the one in progress.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/system/shutdown (the `ShutdownSystem` operationId).
+	ShutdownSystem(ctx context.Context, body ShutdownSystemJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 }
 
 // GetHealthz Liveness, the same answer as /livez.
@@ -835,7 +873,7 @@ func (c *Client) GetReadyz(ctx context.Context, reqEditors ...RequestEditorFn) (
 	return c.Client.Do(req)
 }
 
-// StreamEvents The sandboxes' lifecycle events, replayed from the journal and followed.
+// StreamEvents Lifecycle and port events, replayed from the journal and followed.
 //
 // Every event has a `seq` that only grows, across agent restarts too
 // (not necessarily by one: a restart after a crash may skip some).
@@ -1881,6 +1919,64 @@ func (c *Client) RestoreSnapshot(ctx context.Context, id SnapshotID, body Restor
 // Corresponds with GET /v1/stats (the `GetGuestStats` operationId).
 func (c *Client) GetGuestStats(ctx context.Context, params *GetGuestStatsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetGuestStatsRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ShutdownSystemWithBody Shuts the guest down cleanly, or reboots it.
+//
+// Answers 202 at once, then does what SIGTERM does: stops taking
+// requests (those in flight may finish), stops the sandboxes, dockerd
+// and containerd, gracefully (SIGTERM, then SIGKILL at the grace's
+// end), syncs, unmounts the data volume and the VirtioFS shares the
+// agent mounted, and powers the machine off or reboots it when the
+// agent is PID 1. When it is not, the agent exits instead (status 0)
+// and the action is only logged. The whole path is bounded by
+// `grace_seconds`, each step by what is left of it.
+//
+// One shutdown at a time: a second request while one is under way is
+// a 409 naming the one in progress.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/system/shutdown (the `ShutdownSystem` operationId).
+func (c *Client) ShutdownSystemWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewShutdownSystemRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ShutdownSystem Shuts the guest down cleanly, or reboots it.
+//
+// Answers 202 at once, then does what SIGTERM does: stops taking
+// requests (those in flight may finish), stops the sandboxes, dockerd
+// and containerd, gracefully (SIGTERM, then SIGKILL at the grace's
+// end), syncs, unmounts the data volume and the VirtioFS shares the
+// agent mounted, and powers the machine off or reboots it when the
+// agent is PID 1. When it is not, the agent exits instead (status 0)
+// and the action is only logged. The whole path is bounded by
+// `grace_seconds`, each step by what is left of it.
+//
+// One shutdown at a time: a second request while one is under way is
+// a 409 naming the one in progress.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/system/shutdown (the `ShutdownSystem` operationId).
+func (c *Client) ShutdownSystem(ctx context.Context, body ShutdownSystemJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewShutdownSystemRequest(c.Server, body)
 	if err != nil {
 		return nil, err
 	}
@@ -3994,6 +4090,46 @@ func NewGetGuestStatsRequest(server string, params *GetGuestStatsParams) (*http.
 	return req, nil
 }
 
+// NewShutdownSystemRequest calls the generic ShutdownSystem builder with application/json body
+func NewShutdownSystemRequest(server string, body ShutdownSystemJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewShutdownSystemRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewShutdownSystemRequestWithBody constructs an http.Request for the ShutdownSystem method, with any body, and a specified content type
+func NewShutdownSystemRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/system/shutdown")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 func (c *Client) applyEditors(ctx context.Context, req *http.Request, additionalEditors []RequestEditorFn) error {
 	for _, r := range c.RequestEditors {
 		if err := r(ctx, req); err != nil {
@@ -4541,6 +4677,44 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/snapshots/{id}/restore (the `RestoreSnapshot` operationId).
 	RestoreSnapshotWithResponse(ctx context.Context, id SnapshotID, body RestoreSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*RestoreSnapshotReply, error)
+
+	// ShutdownSystemWithBodyWithResponse Shuts the guest down cleanly, or reboots it.
+	//
+	// Answers 202 at once, then does what SIGTERM does: stops taking
+	// requests (those in flight may finish), stops the sandboxes, dockerd
+	// and containerd, gracefully (SIGTERM, then SIGKILL at the grace's
+	// end), syncs, unmounts the data volume and the VirtioFS shares the
+	// agent mounted, and powers the machine off or reboots it when the
+	// agent is PID 1. When it is not, the agent exits instead (status 0)
+	// and the action is only logged. The whole path is bounded by
+	// `grace_seconds`, each step by what is left of it.
+	//
+	// One shutdown at a time: a second request while one is under way is
+	// a 409 naming the one in progress.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/system/shutdown (the `ShutdownSystem` operationId).
+	ShutdownSystemWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ShutdownSystemReply, error)
+
+	// ShutdownSystemWithResponse Shuts the guest down cleanly, or reboots it.
+	//
+	// Answers 202 at once, then does what SIGTERM does: stops taking
+	// requests (those in flight may finish), stops the sandboxes, dockerd
+	// and containerd, gracefully (SIGTERM, then SIGKILL at the grace's
+	// end), syncs, unmounts the data volume and the VirtioFS shares the
+	// agent mounted, and powers the machine off or reboots it when the
+	// agent is PID 1. When it is not, the agent exits instead (status 0)
+	// and the action is only logged. The whole path is bounded by
+	// `grace_seconds`, each step by what is left of it.
+	//
+	// One shutdown at a time: a second request while one is under way is
+	// a 409 naming the one in progress.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/system/shutdown (the `ShutdownSystem` operationId).
+	ShutdownSystemWithResponse(ctx context.Context, body ShutdownSystemJSONRequestBody, reqEditors ...RequestEditorFn) (*ShutdownSystemReply, error)
 }
 
 // GetHealthzReply401Headers the declared response headers of an HTTP 401 response for GetHealthz
@@ -7123,6 +7297,96 @@ func (r RestoreSnapshotReply) ContentType() string {
 	return ""
 }
 
+// ShutdownSystemReply401Headers the declared response headers of an HTTP 401 response for ShutdownSystem
+type ShutdownSystemReply401Headers struct {
+	WWWAuthenticate string
+}
+
+type ShutdownSystemReply struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *ShutdownResponse
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON415 the response for an HTTP 415 `application/json` response
+	JSON415 *UnsupportedMediaType
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *ShutdownSystemReply401Headers
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r ShutdownSystemReply) GetJSON202() *ShutdownResponse {
+	return r.JSON202
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ShutdownSystemReply) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ShutdownSystemReply) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r ShutdownSystemReply) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r ShutdownSystemReply) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON415 returns the response for an HTTP 415 `application/json` response
+func (r ShutdownSystemReply) GetJSON415() *UnsupportedMediaType {
+	return r.JSON415
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r ShutdownSystemReply) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ShutdownSystemReply) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ShutdownSystemReply) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ShutdownSystemReply) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ShutdownSystemReply) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // GetHealthzWithResponse Liveness, the same answer as /livez.
 //
 // The same answer as `/livez`, under the name many probes use by
@@ -7865,6 +8129,56 @@ func (c *ClientWithResponses) RestoreSnapshotWithResponse(ctx context.Context, i
 		return nil, err
 	}
 	return ParseRestoreSnapshotReply(rsp)
+}
+
+// ShutdownSystemWithBodyWithResponse Shuts the guest down cleanly, or reboots it.
+//
+// Answers 202 at once, then does what SIGTERM does: stops taking
+// requests (those in flight may finish), stops the sandboxes, dockerd
+// and containerd, gracefully (SIGTERM, then SIGKILL at the grace's
+// end), syncs, unmounts the data volume and the VirtioFS shares the
+// agent mounted, and powers the machine off or reboots it when the
+// agent is PID 1. When it is not, the agent exits instead (status 0)
+// and the action is only logged. The whole path is bounded by
+// `grace_seconds`, each step by what is left of it.
+//
+// One shutdown at a time: a second request while one is under way is
+// a 409 naming the one in progress.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/system/shutdown (the `ShutdownSystem` operationId).
+func (c *ClientWithResponses) ShutdownSystemWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ShutdownSystemReply, error) {
+	rsp, err := c.ShutdownSystemWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseShutdownSystemReply(rsp)
+}
+
+// ShutdownSystemWithResponse Shuts the guest down cleanly, or reboots it.
+//
+// Answers 202 at once, then does what SIGTERM does: stops taking
+// requests (those in flight may finish), stops the sandboxes, dockerd
+// and containerd, gracefully (SIGTERM, then SIGKILL at the grace's
+// end), syncs, unmounts the data volume and the VirtioFS shares the
+// agent mounted, and powers the machine off or reboots it when the
+// agent is PID 1. When it is not, the agent exits instead (status 0)
+// and the action is only logged. The whole path is bounded by
+// `grace_seconds`, each step by what is left of it.
+//
+// One shutdown at a time: a second request while one is under way is
+// a 409 naming the one in progress.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/system/shutdown (the `ShutdownSystem` operationId).
+func (c *ClientWithResponses) ShutdownSystemWithResponse(ctx context.Context, body ShutdownSystemJSONRequestBody, reqEditors ...RequestEditorFn) (*ShutdownSystemReply, error) {
+	rsp, err := c.ShutdownSystem(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseShutdownSystemReply(rsp)
 }
 
 // ParseGetHealthzReply parses an HTTP response from a GetHealthzWithResponse call
@@ -10196,6 +10510,87 @@ func ParseRestoreSnapshotReply(rsp *http.Response) (*RestoreSnapshotReply, error
 			headers.RetryAfter = value
 		}
 		response.Headers429 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseShutdownSystemReply parses an HTTP response from a ShutdownSystemWithResponse call
+func ParseShutdownSystemReply(rsp *http.Response) (*ShutdownSystemReply, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ShutdownSystemReply{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest ShutdownResponse
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers ShutdownSystemReply401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		response.Headers401 = &headers
 	}
 
 	return response, nil

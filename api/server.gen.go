@@ -17,6 +17,8 @@ const (
 	EventActionCreated    EventAction = "created"
 	EventActionFailed     EventAction = "failed"
 	EventActionIdle       EventAction = "idle"
+	EventActionPortClose  EventAction = "port.close"
+	EventActionPortOpen   EventAction = "port.open"
 	EventActionReady      EventAction = "ready"
 	EventActionRemoved    EventAction = "removed"
 	EventActionRunExited  EventAction = "run.exited"
@@ -34,6 +36,10 @@ func (e EventAction) Valid() bool {
 	case EventActionFailed:
 		return true
 	case EventActionIdle:
+		return true
+	case EventActionPortClose:
+		return true
+	case EventActionPortOpen:
 		return true
 	case EventActionReady:
 		return true
@@ -297,6 +303,42 @@ func (e ServiceStatusStatus) Valid() bool {
 	case ServiceStatusStatusNotReady:
 		return true
 	case ServiceStatusStatusReady:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ShutdownRequestAction.
+const (
+	ShutdownRequestActionPoweroff ShutdownRequestAction = "poweroff"
+	ShutdownRequestActionReboot   ShutdownRequestAction = "reboot"
+)
+
+// Valid indicates whether the value is a known member of the ShutdownRequestAction enum.
+func (e ShutdownRequestAction) Valid() bool {
+	switch e {
+	case ShutdownRequestActionPoweroff:
+		return true
+	case ShutdownRequestActionReboot:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ShutdownResponseAction.
+const (
+	ShutdownResponseActionPoweroff ShutdownResponseAction = "poweroff"
+	ShutdownResponseActionReboot   ShutdownResponseAction = "reboot"
+)
+
+// Valid indicates whether the value is a known member of the ShutdownResponseAction enum.
+func (e ShutdownResponseAction) Valid() bool {
+	switch e {
+	case ShutdownResponseActionPoweroff:
+		return true
+	case ShutdownResponseActionReboot:
 		return true
 	default:
 		return false
@@ -625,11 +667,20 @@ type Error struct {
 	Message string `json:"message"`
 }
 
-// Event Examples: {"action":"ready","sandbox_id":"box-1","seq":41,"timestamp":1764331200250000000}, {"action":"idle","attributes":{"exit_code":"0"},"sandbox_id":"box-1","seq":42,"timestamp":1764331260000000000}
+// Event Examples: {"action":"ready","sandbox_id":"box-1","seq":41,"timestamp":1764331200250000000}, {"action":"idle","attributes":{"exit_code":"0"},"sandbox_id":"box-1","seq":42,"timestamp":1764331260000000000}, {"action":"port.open","attributes":{"address":"0.0.0.0","port":"8080","protocol":"tcp"},"seq":43,"timestamp":1764331261000000000}
 type Event struct {
+	// Action A sandbox's lifecycle (`created` ... `removed`), its runs
+	// (`run.started`, `run.exited`), and listening ports: `port.open`
+	// when a TCP listener or a bound, unconnected UDP socket appears in
+	// the guest's or a bridged sandbox's network namespace, `port.close`
+	// when it goes. A port event carries `protocol` (`tcp` or `udp`),
+	// `address` and `port` in its attributes, and the sandbox's id, or
+	// no `sandbox_id` for the guest's own.
 	Action     EventAction        `json:"action"`
 	Attributes *map[string]string `json:"attributes,omitempty"`
-	SandboxId  string             `json:"sandbox_id"`
+
+	// SandboxId The sandbox the event is about; absent for the guest's own (port events).
+	SandboxId string `json:"sandbox_id,omitempty"`
 
 	// Seq The event's place in the journal: greater than every earlier
 	// event's, across agent restarts too, but not necessarily by one
@@ -640,7 +691,13 @@ type Event struct {
 	Timestamp int64 `json:"timestamp"`
 }
 
-// EventAction defines model for EventAction.
+// EventAction A sandbox's lifecycle (`created` ... `removed`), its runs
+// (`run.started`, `run.exited`), and listening ports: `port.open`
+// when a TCP listener or a bound, unconnected UDP socket appears in
+// the guest's or a bridged sandbox's network namespace, `port.close`
+// when it goes. A port event carries `protocol` (`tcp` or `udp`),
+// `address` and `port` in its attributes, and the sandbox's id, or
+// no `sandbox_id` for the guest's own.
 type EventAction string
 
 // ExecClientMessage One message from the client of an exec WebSocket; exactly one field is
@@ -1373,6 +1430,43 @@ type ServiceStatus struct {
 // ServiceStatusStatus defines model for ServiceStatus.Status.
 type ServiceStatusStatus string
 
+// Share Examples: {"dax":true,"options":"rw,nosuid,nodev,relatime,dax=always","path":"/arcbox","tag":"arcbox"}
+type Share struct {
+	// Dax Whether file pages are mapped from the host (DAX) instead of copied.
+	Dax bool `json:"dax"`
+
+	// Options The mount's options, as /proc/self/mountinfo shows them.
+	Options string `json:"options"`
+
+	// Path Where it is mounted in the guest.
+	Path string `json:"path"`
+
+	// Tag The VirtioFS tag the host gave the share.
+	Tag string `json:"tag"`
+}
+
+// ShutdownRequest Examples: {"action":"poweroff"}, {"action":"reboot","grace_seconds":30}
+type ShutdownRequest struct {
+	Action ShutdownRequestAction `json:"action"`
+
+	// GraceSeconds How long the sandboxes and the daemons have to stop before they
+	// are killed, and requests in flight to finish (absent: the
+	// agent's `--shutdown-timeout`, 10 s by default).
+	GraceSeconds *int32 `json:"grace_seconds,omitempty"`
+}
+
+// ShutdownRequestAction defines model for ShutdownRequest.Action.
+type ShutdownRequestAction string
+
+// ShutdownResponse defines model for ShutdownResponse.
+type ShutdownResponse struct {
+	Action       ShutdownResponseAction `json:"action"`
+	GraceSeconds int32                  `json:"grace_seconds"`
+}
+
+// ShutdownResponseAction defines model for ShutdownResponse.Action.
+type ShutdownResponseAction string
+
 // SignalName A signal's name as in signal(7), with or without `SIG` (`SIGINT`,
 // `INT`, `SIGTERM`, `SIGHUP`, `SIGKILL`, `SIGUSR1`...); upper case.
 // Numbers are not taken: they differ between architectures. Any other
@@ -1425,9 +1519,15 @@ type SystemInfo struct {
 	Arch string `json:"arch"`
 
 	// AvailableMemory Bytes.
-	AvailableMemory int64  `json:"available_memory"`
-	CpuCount        int32  `json:"cpu_count"`
-	Hostname        string `json:"hostname"`
+	AvailableMemory int64 `json:"available_memory"`
+	CpuCount        int32 `json:"cpu_count"`
+
+	// Errors The facts that could not be read, each with why (`read
+	// /proc/meminfo: ...`); their fields are zero or empty. Absent when
+	// every fact was read: the agent answers what it could, as the seed
+	// did, rather than a 500 for one missing file.
+	Errors   *[]string `json:"errors,omitempty"`
+	Hostname string    `json:"hostname"`
 
 	// IpAddresses The interfaces' addresses, without loopback, IPv6 link-local or duplicates.
 	IpAddresses   []string `json:"ip_addresses"`
@@ -1438,14 +1538,13 @@ type SystemInfo struct {
 	OsName      string    `json:"os_name"`
 	OsVersion   string    `json:"os_version"`
 
+	// Shares The VirtioFS shares mounted (by the agent or before it), as
+	// `--share` configured them; a configured share whose tag the VM
+	// does not have is left out.
+	Shares *[]Share `json:"shares,omitempty"`
+
 	// TotalMemory Bytes.
 	TotalMemory int64 `json:"total_memory"`
-
-	// Unavailable The facts that could not be read, each with why (`read
-	// /proc/meminfo: ...`); their fields are zero or empty. Absent when
-	// every fact was read: the agent answers what it could, as the seed
-	// did, rather than a 500 for one missing file.
-	Unavailable *[]string `json:"unavailable,omitempty"`
 
 	// Uptime Seconds since boot.
 	Uptime int64 `json:"uptime"`
@@ -1745,6 +1844,9 @@ type StopSandboxJSONRequestBody = StopSandboxRequest
 // RestoreSnapshotJSONRequestBody defines body for RestoreSnapshot for application/json ContentType.
 type RestoreSnapshotJSONRequestBody = RestoreRequest
 
+// ShutdownSystemJSONRequestBody defines body for ShutdownSystem for application/json ContentType.
+type ShutdownSystemJSONRequestBody = ShutdownRequest
+
 // ServerInterface represents all server handlers.
 type ServerInterface interface {
 	// GetHealthz Liveness, the same answer as /livez.
@@ -1762,7 +1864,7 @@ type ServerInterface interface {
 	// GetReadyz Readiness; 200 once every configured listener is bound, else 503.
 	// (GET /readyz)
 	GetReadyz(w http.ResponseWriter, r *http.Request)
-	// StreamEvents The sandboxes' lifecycle events, replayed from the journal and followed.
+	// StreamEvents Lifecycle and port events, replayed from the journal and followed.
 	// (GET /v1/events)
 	StreamEvents(w http.ResponseWriter, r *http.Request, params StreamEventsParams)
 	// GetInfo Facts about the guest system.
@@ -1867,6 +1969,9 @@ type ServerInterface interface {
 	// GetGuestStats The guest's memory, load, pressure and data volume space, once or streamed.
 	// (GET /v1/stats)
 	GetGuestStats(w http.ResponseWriter, r *http.Request, params GetGuestStatsParams)
+	// ShutdownSystem Shuts the guest down cleanly, or reboots it.
+	// (POST /v1/system/shutdown)
+	ShutdownSystem(w http.ResponseWriter, r *http.Request)
 }
 
 // Unimplemented server implementation that returns http.StatusNotImplemented for each endpoint.
@@ -1903,7 +2008,7 @@ func (_ Unimplemented) GetReadyz(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
-// StreamEvents The sandboxes' lifecycle events, replayed from the journal and followed.
+// StreamEvents Lifecycle and port events, replayed from the journal and followed.
 // (GET /v1/events)
 func (_ Unimplemented) StreamEvents(w http.ResponseWriter, r *http.Request, params StreamEventsParams) {
 	w.WriteHeader(http.StatusNotImplemented)
@@ -2110,6 +2215,12 @@ func (_ Unimplemented) RestoreSnapshot(w http.ResponseWriter, r *http.Request, i
 // GetGuestStats The guest's memory, load, pressure and data volume space, once or streamed.
 // (GET /v1/stats)
 func (_ Unimplemented) GetGuestStats(w http.ResponseWriter, r *http.Request, params GetGuestStatsParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ShutdownSystem Shuts the guest down cleanly, or reboots it.
+// (POST /v1/system/shutdown)
+func (_ Unimplemented) ShutdownSystem(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -3621,6 +3732,20 @@ func (siw *ServerInterfaceWrapper) GetGuestStats(w http.ResponseWriter, r *http.
 	handler.ServeHTTP(w, r)
 }
 
+// ShutdownSystem operation middleware
+func (siw *ServerInterfaceWrapper) ShutdownSystem(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ShutdownSystem(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 type UnescapedCookieParamError struct {
 	ParamName string
 	Err       error
@@ -3754,6 +3879,9 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/v1/stats", wrapper.GetGuestStats)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/system/shutdown", wrapper.ShutdownSystem)
 	})
 	r.Group(func(r chi.Router) {
 		r.Post(options.BaseURL+"/v1/runtime/ensure", wrapper.EnsureRuntime)

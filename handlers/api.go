@@ -8,6 +8,7 @@
 //	/livez /healthz /readyz /metrics /openapi.yaml   health.go
 //	/v1/ping                                         ping.go
 //	/v1/info                                         info.go
+//	/v1/system/shutdown                              system.go
 //	/v1/runtime/ensure, /v1/runtime/status           runtime.go
 //	/v1/runtime/logs                                 runtime_logs.go
 //	/v1/sandboxes, /v1/sandboxes/{id}[/stop]         sandboxes.go
@@ -29,6 +30,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/clock"
@@ -68,6 +70,17 @@ type Config struct {
 	// FileUploadLimit bounds one upload to a sandbox (a file or an
 	// archive); 0 is DefaultFileUploadLimit.
 	FileUploadLimit int64
+	// Shares lists the VirtioFS shares mounted, for /v1/info; nil: none.
+	Shares func() []api.Share
+	// Shutdown orders the agent's shutdown with "poweroff" or "reboot",
+	// grace bounding it, and returns the func that begins it, which the
+	// handler calls once its answer is written; an error (classed
+	// httpapi.ErrConflict when one is under way already) is answered as
+	// is. nil answers 503.
+	Shutdown func(action string, grace time.Duration) (begin func(), err error)
+	// DefaultShutdownGrace is a shutdown request's grace when it names
+	// none: the agent's --shutdown-timeout.
+	DefaultShutdownGrace time.Duration
 }
 
 // StreamedBody says whether r's body is an upload (a file or an archive

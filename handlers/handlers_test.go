@@ -129,6 +129,7 @@ type harness struct {
 	logs      *syncBuffer
 	ready     bool
 	infoErr   error
+	shutdowns *fakeShutdown
 }
 
 type syncBuffer struct {
@@ -148,7 +149,8 @@ var guestNow = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 func newHarness(t *testing.T, setClock bool) *harness {
 	t.Helper()
 	h := &harness{clock: &fakeClock{now: guestNow}, logs: &syncBuffer{}, ready: true,
-		runtime: &fakeRuntime{logDir: t.TempDir(), followed: make(chan struct{})}}
+		runtime:   &fakeRuntime{logDir: t.TempDir(), followed: make(chan struct{})},
+		shutdowns: &fakeShutdown{}}
 	logger := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
 	var setter clock.Setter
@@ -178,6 +180,11 @@ func newHarness(t *testing.T, setClock bool) *harness {
 		Spec:       arcboxagent.OpenAPI,
 		Runtime:    h.runtime,
 		GuestStats: func() (sysinfo.Stats, error) { return fakeGuestStats(), nil },
+		Shares: func() []api.Share {
+			return []api.Share{{Tag: "arcbox", Path: "/arcbox", Options: "rw,nosuid,nodev,relatime", Dax: false}}
+		},
+		Shutdown:             h.shutdowns.order,
+		DefaultShutdownGrace: 10 * time.Second,
 		SandboxManager: func(context.Context) (handlers.SandboxManager, error) {
 			if h.sandboxes == nil {
 				return nil, errors.New("no OCI runtime: neither crun nor runc is on PATH")
@@ -383,15 +390,15 @@ func TestInfo(t *testing.T) {
 		len(got.LoadAverage) != 3 || got.Uptime != 90 || got.IpAddresses[0] != "192.168.64.2" {
 		t.Fatalf("got %d %s", r.StatusCode(), r.Body)
 	}
-	if got.Unavailable != nil {
-		t.Errorf("unavailable %v with every fact read, want it absent", *got.Unavailable)
+	if got.Errors != nil {
+		t.Errorf("errors %v with every fact read, want it absent", *got.Errors)
 	}
 	// What cannot be read is named, and the rest is answered: the seed did.
 	h.infoErr = errors.Join(errors.New("read /proc/meminfo: no such file or directory"), errors.New("uname: operation not permitted"))
 	r, err = h.client.GetInfoWithResponse(context.Background())
 	must(t, err)
-	if r.StatusCode() != 200 || r.JSON200 == nil || r.JSON200.Unavailable == nil || len(*r.JSON200.Unavailable) != 2 ||
-		!strings.Contains((*r.JSON200.Unavailable)[0], "/proc/meminfo") || r.JSON200.KernelVersion != "6.1.0" {
+	if r.StatusCode() != 200 || r.JSON200 == nil || r.JSON200.Errors == nil || len(*r.JSON200.Errors) != 2 ||
+		!strings.Contains((*r.JSON200.Errors)[0], "/proc/meminfo") || r.JSON200.KernelVersion != "6.1.0" {
 		t.Fatalf("failing sources: got %d %s, want 200 with what was read and both failures named", r.StatusCode(), r.Body)
 	}
 }

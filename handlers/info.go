@@ -8,10 +8,10 @@ import (
 )
 
 // GetInfo answers the guest system's facts: those it could read, and in
-// "unavailable" why the others could not be.
+// "errors" why the others could not be; and the VirtioFS shares mounted.
 func (a *API) GetInfo(w http.ResponseWriter, r *http.Request) {
 	info, err := a.cfg.SystemInfo()
-	var unavailable *[]string
+	var errs *[]string
 	if err != nil {
 		a.log(r).Warn("some system facts could not be read", "err", err)
 		var each []string
@@ -22,10 +22,11 @@ func (a *API) GetInfo(w http.ResponseWriter, r *http.Request) {
 		} else {
 			each = []string{err.Error()}
 		}
-		unavailable = &each
+		errs = &each
 	}
 	httpapi.WriteJSON(w, http.StatusOK, api.SystemInfo{
-		Unavailable:     unavailable,
+		Errors:          errs,
+		Shares:          a.shares(),
 		KernelVersion:   info.KernelVersion,
 		OsName:          info.OSName,
 		OsVersion:       info.OSVersion,
@@ -38,4 +39,13 @@ func (a *API) GetInfo(w http.ResponseWriter, r *http.Request) {
 		Uptime:          int64(info.Uptime.Seconds()),
 		IpAddresses:     append([]string{}, info.IPAddresses...), // [] when none could be read, never null
 	})
+}
+
+// shares lists the shares mounted: [] when none, never null.
+func (a *API) shares() *[]api.Share {
+	list := []api.Share{}
+	if a.cfg.Shares != nil {
+		list = append(list, a.cfg.Shares()...)
+	}
+	return &list
 }

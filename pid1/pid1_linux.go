@@ -40,3 +40,11 @@ func PowerOff() error {
 	time.Sleep(50 * time.Millisecond)
 	return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 }
+
+// Reboot flushes the filesystems and restarts the machine. It returns only
+// if the kernel refused.
+func Reboot() error {
+	unix.Sync()
+	time.Sleep(50 * time.Millisecond)
+	return unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+}

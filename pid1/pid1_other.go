@@ -23,3 +23,6 @@ var System = Mounter{
 
 // PowerOff is only supported on Linux.
 func PowerOff() error { return errNotLinux }
+
+// Reboot is only supported on Linux.
+func Reboot() error { return errNotLinux }

@@ -101,7 +101,7 @@ func forbiddenPaths(cfg *config) []string {
 	}
 	for _, p := range []string{
 		cfg.DockerSocket, cfg.ContainerdSocket, cfg.DataMount, cfg.DockerDataRoot, cfg.ContainerdRoot,
-		cfg.ContainerdState, cfg.ContainerdConfig, cfg.DockerExecRoot, cfg.DiskStateDir, cfg.LogDir,
+		cfg.ContainerdState, cfg.ContainerdConfig, cfg.DockerExecRoot, cfg.DiskStateDir, logDir(cfg),
 		cfg.RuntimeBinDir, cfg.AuthTokenFile, cfg.AuditLog, cfg.RegistryAuthFile, cfg.EventJournalDir,
 	} {
 		if p == "" {

@@ -66,7 +66,7 @@ func TestRunRefusesUnauthenticatedListeners(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
 			sock := agenttest.Socket(dir)
-			err := run(context.Background(), agenttest.Flags(dir, tt.args...), func(string) string { return "" }, io.Discard, io.Discard)
+			_, err := run(context.Background(), agenttest.Flags(dir, tt.args...), func(string) string { return "" }, io.Discard, io.Discard)
 			if err == nil {
 				t.Fatal("the agent started")
 			}
@@ -104,7 +104,7 @@ func TestRunWithToken(t *testing.T) {
 	tokenPath := tokenFile(t, testToken, 0o600)
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, agenttest.Flags(dir, "--set-clock=false", "--log-level", "debug",
+		done <- runErr(ctx, agenttest.Flags(dir, "--set-clock=false", "--log-level", "debug",
 			"--listen", fmt.Sprintf("tcp://127.0.0.1:%d", port), "--socket-group", fmt.Sprint(gid), "--audit-log", auditPath),
 			func(k string) string {
 				if k == "ARCBOX_AUTH_TOKEN_FILE" { // the environment works as for every flag
@@ -256,7 +256,7 @@ func TestRunDockerProxyOnTCPWithToken(t *testing.T) {
 	logs := &lockedBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, agenttest.Flags(dir, "--set-clock=false", "--log-level", "debug",
+		done <- runErr(ctx, agenttest.Flags(dir, "--set-clock=false", "--log-level", "debug",
 			"--docker-listen", fmt.Sprintf("tcp://127.0.0.1:%d", port), "--auth-token-file", tokenFile(t, testToken, 0o600)),
 			func(string) string { return "" }, io.Discard, logs)
 	}()

@@ -23,6 +23,7 @@ import (
 	"github.com/arcbox/arcbox-agent/netconf"
 	"github.com/arcbox/arcbox-agent/sandbox"
 	"github.com/arcbox/arcbox-agent/sandbox/oci"
+	"github.com/arcbox/arcbox-agent/shares"
 )
 
 // config is every setting of the agent, resolved from flags, then the
@@ -34,6 +35,7 @@ type config struct {
 	DockerSocket          string
 	ContainerdSocket      string
 	RuntimeBinDir         string
+	Shares                []shares.Spec
 	DataDevice            string
 	WipeDataDevice        bool
 	DataMount             string
@@ -44,6 +46,7 @@ type config struct {
 	DockerExecRoot        string
 	DataSubvolumes        []disk.Subvolume
 	StateDir              string
+	StateOnDataVolume     bool
 	DiskStateDir          string
 	DockerdArgs           []string
 	LogDir                string
@@ -217,6 +220,19 @@ func (c *config) settings() []setting {
 			def: "/run/containerd/containerd.sock", set: text(&c.ContainerdSocket)},
 		{name: "runtime-bin-dir", usage: "where dockerd, containerd, containerd-shim-runc-v2 and runc are",
 			def: "/arcbox/runtime/bin", set: text(&c.RuntimeBinDir)},
+		{name: "share", repeatable: true, cmdline: "arcbox.shares",
+			usage: "a VirtioFS share mounted at startup when the VM has its tag, TAG=PATH[:OPTIONS], OPTIONS being mount options separated by commas (repeatable; \"none\": no share)",
+			def:   shares.Format(shares.Defaults()),
+			set: func(v string) error {
+				// Not each: an item that is no TAG=/path is one more
+				// option of the share before it.
+				specs, err := shares.Parse(v)
+				if err != nil {
+					return err
+				}
+				c.Shares = append(c.Shares, specs...)
+				return shares.Validate(c.Shares)
+			}},
 		{name: "data-device", cmdline: "arcbox.docker_data_device", usage: "the data volume: a block device, or an image file attached to a loop device",
 			def: "/dev/vdb", set: text(&c.DataDevice)},
 		{name: "wipe-data-device", isBool: true, usage: "format the data device even though it carries another filesystem (destroys its data)",
@@ -245,17 +261,14 @@ func (c *config) settings() []setting {
 			def: "/run/arcbox/disk", set: text(&c.DiskStateDir)},
 		{name: "state-dir", usage: "sandboxes, snapshots, image cache and agent records",
 			def: "/var/lib/arcbox", set: text(&c.StateDir)},
+		{name: "state-on-data-volume", isBool: true, usage: "keep the state dir on the data volume's @arcbox subvolume, prepared at startup (a blank volume is formatted then), so checkpoints are btrfs snapshots (default true when the agent is PID 1)",
+			defFrom: func() string { return strconv.FormatBool(os.Getpid() == 1) }, set: boolean(&c.StateOnDataVolume)},
 		{name: "event-journal-dir", usage: "where the event journal keeps the last events, so a subscriber resumes from the seq it last read across agent restarts (default <state-dir>/events)",
 			defFrom: func() string { return filepath.Join(c.StateDir, "events") }, set: text(&c.EventJournalDir)},
 		{name: "event-journal-size", usage: "how many of the last events the journal keeps for subscribers to replay (1 to 1000000)",
 			def: strconv.Itoa(events.DefaultSize), set: number(&c.EventJournalSize, 1, maxEventJournalSize)},
-		{name: "log-dir", usage: "where runtime daemons log (default /arcbox/log when /arcbox exists, else /var/log/arcbox)",
-			defFrom: func() string {
-				if fi, err := os.Stat("/arcbox"); err == nil && fi.IsDir() {
-					return "/arcbox/log"
-				}
-				return "/var/log/arcbox"
-			}, set: text(&c.LogDir)},
+		{name: "log-dir", usage: "where runtime daemons log (default /arcbox/log when /arcbox exists once the shares are mounted, else /var/log/arcbox)",
+			set: text(&c.LogDir)},
 		{name: "dockerd-arg", repeatable: true, usage: "an extra flag for dockerd, such as --iptables=false for an image without iptables (repeatable)",
 			set: each(&c.DockerdArgs, asIs)},
 		{name: "allow-cid", repeatable: true, usage: "a vsock peer CID accepted besides the host's 2 (repeatable)",

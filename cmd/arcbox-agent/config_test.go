@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/arcbox/arcbox-agent/shares"
 )
 
 func cmdlineFile(t *testing.T, content string) string {
@@ -50,8 +52,28 @@ func TestConfigDefaults(t *testing.T) {
 		c.SandboxRunOutputBytes != 8<<20 || c.SandboxHangupGrace != 2*time.Second || c.FileUploadLimit != 1<<30 {
 		t.Errorf("the journal's and the workload API's defaults: %+v", c)
 	}
+	if got := shares.Format(c.Shares); got != "arcbox=/arcbox:dax=always,users=/Users,private=/private" || c.StateOnDataVolume {
+		t.Errorf("shares %q, state on the data volume %v: want the seed's three shares, and no volume off PID 1", got, c.StateOnDataVolume)
+	}
 	if len(w) != 0 {
 		t.Errorf("warnings: %v", w)
+	}
+}
+
+// TestConfigShares: the kernel command line's list groups options with
+// the share before them; "none" is no share.
+func TestConfigShares(t *testing.T) {
+	c, err := loadConfig([]string{"--cmdline-file", cmdlineFile(t, "arcbox.shares=arcbox=/arcbox:dax=always,ro,users=/Users")}, envOf(nil), nil, func(string, ...any) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []shares.Spec{{Tag: "arcbox", Path: "/arcbox", Options: []string{"dax=always", "ro"}}, {Tag: "users", Path: "/Users"}}
+	if !reflect.DeepEqual(c.Shares, want) || c.Sources["share"] != "kernel command line arcbox.shares" {
+		t.Errorf("shares %+v from %q, want %+v from the kernel command line", c.Shares, c.Sources["share"], want)
+	}
+	c, err = loadConfig([]string{"--cmdline-file", "/nonexistent", "--share", "none"}, envOf(nil), nil, func(string, ...any) {})
+	if err != nil || len(c.Shares) != 0 {
+		t.Errorf("--share none: %+v, %v; want no share", c.Shares, err)
 	}
 }
 
@@ -178,6 +200,10 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{[]string{"--file-upload-limit", "1G"}, nil, `--file-upload-limit from flag: "1G" is not a whole number`},
 		{nil, map[string]string{"ARCBOX_EVENT_JOURNAL_SIZE": "-5"}, "--event-journal-size from env ARCBOX_EVENT_JOURNAL_SIZE"},
 		{[]string{"--sandbox-hangup-grace", "-1s"}, nil, `--sandbox-hangup-grace from flag: "-1s" is not a duration`},
+		{[]string{"--share", "arcbox=/arcbox:dax=always,turbo"}, nil, `--share from flag: `},
+		{[]string{"--share", "users=Users"}, nil, `--share from flag: `},
+		{[]string{"--share", "a=/a", "--share", "a=/b"}, nil, `--share from flag: `},
+		{nil, map[string]string{"ARCBOX_SHARE": "ro,users=/Users"}, "--share from env ARCBOX_SHARE"},
 		{[]string{"--no-such-flag"}, nil, "flag provided but not defined: -no-such-flag"},
 		{[]string{"stray"}, nil, `unexpected argument "stray"`},
 	}

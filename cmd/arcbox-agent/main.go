@@ -25,6 +25,7 @@ import (
 
 	arcboxagent "github.com/arcbox/arcbox-agent"
 	"github.com/arcbox/arcbox-agent/clock"
+	"github.com/arcbox/arcbox-agent/disk"
 	"github.com/arcbox/arcbox-agent/dockerproxy"
 	"github.com/arcbox/arcbox-agent/handlers"
 	"github.com/arcbox/arcbox-agent/httpapi"
@@ -33,16 +34,13 @@ import (
 	"github.com/arcbox/arcbox-agent/netconf"
 	"github.com/arcbox/arcbox-agent/pid1"
 	"github.com/arcbox/arcbox-agent/sandbox"
+	"github.com/arcbox/arcbox-agent/shares"
 	"github.com/arcbox/arcbox-agent/startup"
 	"github.com/arcbox/arcbox-agent/sysinfo"
 )
 
 // version is stamped at build time: -ldflags "-X main.version=...".
 var version = "dev"
-
-// runtimeStopTimeout bounds how long shutdown waits for dockerd and
-// containerd, SIGTERM grace and SIGKILL included.
-const runtimeStopTimeout = 30 * time.Second
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "sandbox-init" {
@@ -61,7 +59,7 @@ func main() {
 		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	action, err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	switch {
 	case errors.Is(err, errHelp):
@@ -73,9 +71,14 @@ func main() {
 		fmt.Fprintf(os.Stderr, "arcbox-agent: %v\n", err)
 	}
 	if isInit {
-		// An init that exits panics the kernel: power off instead.
-		if perr := pid1.PowerOff(); perr != nil {
-			fmt.Fprintf(os.Stderr, "arcbox-agent: power off: %v\n", perr)
+		// An init that exits panics the kernel: power off (or reboot, when
+		// that was asked) instead.
+		halt := pid1.PowerOff
+		if action == actionReboot {
+			halt = pid1.Reboot
+		}
+		if perr := halt(); perr != nil {
+			fmt.Fprintf(os.Stderr, "arcbox-agent: %s: %v\n", action, perr)
 		}
 		select {}
 	}
@@ -84,19 +87,22 @@ func main() {
 	}
 }
 
-// run is the agent: it returns when ctx ends (SIGTERM or SIGINT) and every
-// request in flight has finished, or the shutdown deadline passed.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+// run is the agent: it returns when ctx ends (SIGTERM or SIGINT) or a
+// shutdown is asked for through the API, once the shutdown is done or its
+// grace has passed, with what should become of the machine: actionPowerOff
+// or actionReboot.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) (string, error) {
 	a, err := start(ctx, args, getenv, stdout, stderr)
 	if err != nil {
-		return err
+		return actionPowerOff, err
 	}
 	defer a.release()
 	if err := a.serve(); err != nil {
-		return err
+		return actionPowerOff, err
 	}
-	a.shutdown()
-	return nil
+	order := a.haltOrder()
+	a.shutdown(order)
+	return order.action, nil
 }
 
 // agent is the running agent: what start builds, serve puts on the
@@ -119,11 +125,21 @@ type agent struct {
 	proxyCtx  context.Context
 	stopProxy context.CancelFunc
 
+	isInit bool
+
+	// halting is the shutdown under way: the API's order, or a signal's
+	// once serve has returned; nil before either.
+	haltMu  sync.Mutex
+	halting *haltOrder
+
 	listeners      *httpapi.Listeners
 	server         *http.Server
 	proxy          *dockerproxy.Proxy
 	proxyDone      sync.WaitGroup
 	sandboxManager *pendingManager
+	volume         *disk.Volume
+	mounter        *shares.Mounter // nil when no share is configured
+	shares         []shares.Share  // the shares mounted at startup
 	runtime        *lifecycle.Runtime
 	closeAudit     func()
 }
@@ -163,7 +179,7 @@ func start(ctx context.Context, args []string, getenv func(string) string, stdou
 	phases := startup.New(reg, began)
 	phases.Observe("config", configBegan)
 
-	a := &agent{cfg: cfg, logger: logger, began: began, token: token, closeAudit: closeAudit}
+	a := &agent{cfg: cfg, logger: logger, began: began, token: token, closeAudit: closeAudit, isInit: isInit}
 	a.ctx, a.cancel = context.WithCancel(ctx)
 	a.stopping, a.beginStopping = context.WithCancel(context.Background())
 	a.proxyCtx, a.stopProxy = context.WithCancel(context.Background())
@@ -203,8 +219,9 @@ func configure(args []string, getenv func(string) string, stdout, stderr io.Writ
 }
 
 // prepareMachine loads the kernel modules and sets the static addresses
-// asked for; as init it always configures the network, which brings
-// loopback up. A failure is logged, and the agent serves on.
+// asked for (as init it always configures the network, which brings
+// loopback up), then mounts the VirtioFS shares the VM has. A failure is
+// logged, and the agent serves on.
 func (a *agent) prepareMachine(isInit bool, phases *startup.Phases) {
 	if len(a.cfg.Modules) > 0 {
 		modulesBegan := time.Now()
@@ -224,6 +241,8 @@ func (a *agent) prepareMachine(isInit bool, phases *startup.Phases) {
 		cancelNet()
 		phases.Observe("network", netBegan)
 	}
+	// After the modules: virtiofs may be one.
+	a.mountShares(phases)
 }
 
 // build makes the parts of the agent: the listeners' registry, the
@@ -246,10 +265,17 @@ func (a *agent) build(reg *prometheus.Registry, phases *startup.Phases, startPro
 	var err error
 	// The runtime's phases are a family of their own: a start may come
 	// long after the agent's startup, and again.
-	if a.runtime, err = newRuntime(cfg, logger, startup.NewRuntime(reg, phases.Start()), reg, startProcess); err != nil {
+	if a.volume, err = newVolume(cfg, logger); err != nil {
 		return err
 	}
-	a.sandboxManager = startSandboxes(a.ctx, cfg, logger, phases, reg)
+	if a.runtime, err = newRuntime(cfg, a.volume, logger, startup.NewRuntime(reg, phases.Start()), reg, startProcess); err != nil {
+		return err
+	}
+	var prepareState func(context.Context) error
+	if cfg.StateOnDataVolume {
+		prepareState = a.prepareStateDir
+	}
+	a.sandboxManager = startSandboxes(a.ctx, cfg, logger, phases, reg, prepareState)
 	a.proxy, err = dockerproxy.New(dockerproxy.Config{Socket: cfg.DockerSocket, Logger: logger, Registerer: reg, Token: a.token})
 	if err != nil {
 		return err
@@ -268,6 +294,10 @@ func (a *agent) build(reg *prometheus.Registry, phases *startup.Phases, startPro
 		Events:          a.sandboxManager.events,
 		FileUploadLimit: cfg.FileUploadLimit,
 		Stopping:        a.stopping,
+		Shares:          a.mountedShares,
+		Shutdown:        a.requestShutdown,
+		// A shutdown through the API has the time a signal's has.
+		DefaultShutdownGrace: cfg.ShutdownTimeout + runtimeStopTimeout,
 	})
 	a.server = &http.Server{
 		Handler: httpapi.NewRouter(httpapi.RouterConfig{API: api, Logger: logger, Registerer: reg,
@@ -331,36 +361,6 @@ func (a *agent) serveProxy(ln net.Listener) {
 			a.logger.Error("docker proxy stopped", "address", ln.Addr().String(), "err", err)
 		}
 	})
-}
-
-// shutdown stops the agent, first what depends on the rest: the
-// listeners, the requests in flight (within the shutdown timeout), the
-// Docker proxy, the sandbox manager, and the runtime's daemons last.
-func (a *agent) shutdown() {
-	a.logger.Info("shutting down", "grace", a.cfg.ShutdownTimeout)
-	a.listeners.MarkClosed()
-	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
-	defer cancelShutdown()
-	if err := a.server.Shutdown(shutdownCtx); err != nil {
-		a.logger.Warn("requests still in flight at the deadline; closing them", "err", err)
-		_ = a.server.Close()
-	}
-	a.stopProxy()
-	a.proxyDone.Wait()
-	// The requests may have used up shutdownCtx; the sandboxes and the
-	// daemons get their own time, so dockerd and containerd get SIGTERM
-	// and their grace rather than an immediate SIGKILL.
-	closeCtx, cancelClose := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
-	defer cancelClose()
-	if err := a.sandboxManager.close(closeCtx); err != nil {
-		a.logger.Warn("close the sandbox manager", "err", err)
-	}
-	stopCtx, cancelStop := context.WithTimeout(context.Background(), runtimeStopTimeout)
-	defer cancelStop()
-	if err := a.runtime.Shutdown(stopCtx); err != nil {
-		a.logger.Warn("stop the runtime", "err", err)
-	}
-	a.logger.Info("stopped")
 }
 
 // release lets go of what start holds, last made first, whether or not

@@ -46,7 +46,7 @@ func waitDial(t testing.TB, sock string) {
 func runAgent(t testing.TB, args []string, stderr io.Writer) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, args, func(string) string { return "" }, io.Discard, stderr) }()
+	go func() { done <- runErr(ctx, args, func(string) string { return "" }, io.Discard, stderr) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -78,7 +78,7 @@ func TestRunFinishesRequestsInFlight(t *testing.T) {
 	logs := &lockedBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, agenttest.Flags(dir, "--set-clock=false"),
+		done <- runErr(ctx, agenttest.Flags(dir, "--set-clock=false"),
 			func(string) string { return "" }, io.Discard, logs)
 	}()
 	waitDial(t, sock)
@@ -135,7 +135,7 @@ func TestRunRefusesABusyTCPPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	err = run(context.Background(), agenttest.Flags(t.TempDir(), "--listen", "tcp://"+busy.Addr().String(), "--insecure-loopback"),
+	_, err = run(context.Background(), agenttest.Flags(t.TempDir(), "--listen", "tcp://"+busy.Addr().String(), "--insecure-loopback"),
 		func(string) string { return "" }, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), busy.Addr().String()) {
 		t.Fatalf("err = %v, want one naming the busy address", err)
@@ -250,5 +250,55 @@ func TestProbe(t *testing.T) {
 	}
 	if err := runProbe([]string{"vsock://x:1", "/"}, io.Discard); err == nil {
 		t.Error("bad vsock URL accepted")
+	}
+}
+
+// runErr is run for tests that wait for its error alone.
+func runErr(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	_, err := run(ctx, args, getenv, stdout, stderr)
+	return err
+}
+
+// TestShutdownThroughTheAPI: POST /v1/system/shutdown answers 202, then the
+// agent stops by itself and run returns the action asked for; a second
+// order in the meantime is refused.
+func TestShutdownThroughTheAPI(t *testing.T) {
+	dir := t.TempDir()
+	sock := agenttest.Socket(dir)
+	logs := &lockedBuffer{}
+	type result struct {
+		action string
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		action, err := run(context.Background(), agenttest.Flags(dir, "--set-clock=false", "--log-format", "json"),
+			func(string) string { return "" }, io.Discard, logs)
+		done <- result{action, err}
+	}()
+	waitDial(t, sock)
+	c := apitest.NewClient(t, "http://agent", agenttest.UnixTransport(sock))
+	grace := int32(5)
+	r, err := c.ShutdownSystemWithResponse(context.Background(), api.ShutdownRequest{Action: api.ShutdownRequestActionReboot, GraceSeconds: &grace})
+	if err != nil || r.StatusCode() != http.StatusAccepted || r.JSON202 == nil || r.JSON202.Action != "reboot" || r.JSON202.GraceSeconds != 5 {
+		t.Fatalf("shutdown: %v %v", err, r)
+	}
+	// Until the listener closes, a second order is a 409; after, the
+	// socket is gone. Either way it is not a second shutdown.
+	if r2, err := c.ShutdownSystemWithResponse(context.Background(), api.ShutdownRequest{Action: api.ShutdownRequestActionPoweroff}); err == nil && r2.StatusCode() != http.StatusConflict {
+		t.Errorf("a second shutdown: %d %s, want 409 or no answer", r2.StatusCode(), r2.Body)
+	}
+	res := <-done
+	if res.err != nil || res.action != actionReboot {
+		t.Fatalf("run returned %q, %v; want reboot and no error", res.action, res.err)
+	}
+	log := logs.String()
+	for _, want := range []string{`"msg":"shutdown requested"`, `"msg":"shutting down","action":"reboot","grace":5000000000,"system":true,"asked_by":"the API"`, `"msg":"stopped"`} {
+		if !strings.Contains(log, want) {
+			t.Errorf("the log lacks %s:\n%s", want, log)
+		}
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket left behind: %v", err)
 	}
 }

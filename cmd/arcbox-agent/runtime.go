@@ -19,13 +19,17 @@ import (
 	"github.com/arcbox/arcbox-agent/startup"
 )
 
-// newRuntime builds the container runtime and its data volume from the
-// configuration. start starts the daemons (the reaper's, when init).
-func newRuntime(cfg *config, logger *slog.Logger, phases *startup.Phases, reg prometheus.Registerer, start func(*exec.Cmd) error) (*lifecycle.Runtime, error) {
+// newVolume is the data volume: btrfs with the daemons' subvolumes, the
+// configured extra ones and, with --state-on-data-volume, @arcbox at the
+// state dir.
+func newVolume(cfg *config, logger *slog.Logger) (*disk.Volume, error) {
 	subvols := append([]disk.Subvolume{
 		{Name: "@docker", Target: cfg.DockerDataRoot},
 		{Name: "@containerd", Target: cfg.ContainerdRoot},
 	}, cfg.DataSubvolumes...)
+	if cfg.StateOnDataVolume {
+		subvols = append(subvols, disk.Subvolume{Name: stateSubvolume, Target: cfg.StateDir})
+	}
 	vol, err := disk.NewVolume(disk.Config{
 		Device:     cfg.DataDevice,
 		Wipe:       cfg.WipeDataDevice,
@@ -37,6 +41,29 @@ func newRuntime(cfg *config, logger *slog.Logger, phases *startup.Phases, reg pr
 	if err != nil {
 		return nil, fmt.Errorf("data volume: %w", err)
 	}
+	return vol, nil
+}
+
+// prepareStateDir mounts the state dir from the data volume before the
+// sandboxes and the event journal start, formatting a blank volume as
+// ensure would: the same Ensure, so ensure later finds it done. A volume
+// that carries another filesystem is refused as ever.
+func (a *agent) prepareStateDir(ctx context.Context) error {
+	note, err := a.volume.Ensure(ctx)
+	if err != nil {
+		return err
+	}
+	a.logger.Info("the state dir is on the data volume", "state_dir", a.cfg.StateDir, "note", note)
+	return nil
+}
+
+// stateSubvolume holds the sandboxes, their snapshots and the event
+// journal when --state-on-data-volume is on.
+const stateSubvolume = "@arcbox"
+
+// newRuntime builds the container runtime over the data volume. start
+// starts the daemons (the reaper's, when init).
+func newRuntime(cfg *config, vol *disk.Volume, logger *slog.Logger, phases *startup.Phases, reg prometheus.Registerer, start func(*exec.Cmd) error) (*lifecycle.Runtime, error) {
 	return lifecycle.New(lifecycle.Config{
 		RuntimeBinDir:    cfg.RuntimeBinDir,
 		ContainerdSocket: cfg.ContainerdSocket,
@@ -48,7 +75,7 @@ func newRuntime(cfg *config, logger *slog.Logger, phases *startup.Phases, reg pr
 		DockerDataRoot:   cfg.DockerDataRoot,
 		DockerExecRoot:   cfg.DockerExecRoot,
 		ExtraDockerdArgs: cfg.DockerdArgs,
-		LogDir:           cfg.LogDir,
+		LogDir:           logDir(cfg),
 		PrepareSystem:    cfg.PrepareSystem,
 		NTPServer:        cfg.NTPServer,
 		Volume:           dataVolume{vol},
@@ -57,6 +84,19 @@ func newRuntime(cfg *config, logger *slog.Logger, phases *startup.Phases, reg pr
 		Registerer:       reg,
 		StartProcess:     start,
 	})
+}
+
+// logDir is where the daemons log: --log-dir, or by default the arcbox
+// share's log directory when /arcbox is there (the host reads it), as the
+// seed did; else /var/log/arcbox. Decided once the shares are mounted.
+func logDir(cfg *config) string {
+	if cfg.LogDir != "" {
+		return cfg.LogDir
+	}
+	if fi, err := os.Stat("/arcbox"); err == nil && fi.IsDir() {
+		return "/arcbox/log"
+	}
+	return "/var/log/arcbox"
 }
 
 // dockerEndpoint is where the host reaches dockerd, as the seed said it:

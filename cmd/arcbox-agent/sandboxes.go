@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/arcbox/arcbox-agent/events"
 	"github.com/arcbox/arcbox-agent/handlers"
+	"github.com/arcbox/arcbox-agent/portwatch"
 	"github.com/arcbox/arcbox-agent/sandbox"
 	"github.com/arcbox/arcbox-agent/sandbox/oci"
 	"github.com/arcbox/arcbox-agent/startup"
@@ -25,21 +28,42 @@ type pendingManager struct {
 	journalOpen chan struct{}
 	journal     *events.Journal
 	journalErr  error
+	// ports is the port watcher's goroutine, which appends to the
+	// journal: close waits for it before closing the journal.
+	ports sync.WaitGroup
 
 	done chan struct{}
 	m    *sandbox.Manager
 	err  error
 }
 
-func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phases *startup.Phases, reg prometheus.Registerer) *pendingManager {
+// prepare, when set, makes the state dir ready first (mounts it from the
+// data volume); when it fails, neither the journal nor the manager start,
+// and both answer 503 with its error.
+func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phases *startup.Phases, reg prometheus.Registerer,
+	prepare func(context.Context) error) *pendingManager {
 	s := &pendingManager{journalOpen: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
+		if prepare != nil {
+			began := time.Now()
+			if err := prepare(ctx); err != nil {
+				err = fmt.Errorf("the state dir %s is not ready on the data volume: %w", cfg.StateDir, err)
+				logger.Error("sandboxes and events are unavailable", "err", err)
+				s.journalErr, s.err = err, err
+				close(s.journalOpen)
+				return
+			}
+			phases.Observe("state_dir", began)
+		}
 		began := time.Now()
 		s.journal, s.journalErr = events.Open(events.Config{
 			Dir: cfg.EventJournalDir, Size: cfg.EventJournalSize, Logger: logger, Registerer: reg,
 		})
 		close(s.journalOpen)
+		if s.journalErr == nil {
+			s.watchPorts(ctx, cfg, logger)
+		}
 		if s.journalErr != nil {
 			// The sandboxes still work, their events kept in memory
 			// where no one can subscribe to them.
@@ -118,15 +142,76 @@ func (s *pendingManager) events(ctx context.Context) (handlers.EventJournal, err
 }
 
 // close waits for the manager to have started, then closes it, and then
-// the journal its events went to.
+// the journal its events and the port watcher's went to (the watcher ends
+// with the agent's context, which has ended by now).
 func (s *pendingManager) close(ctx context.Context) error {
 	<-s.done
 	var err error
 	if s.m != nil {
 		err = s.m.Close(ctx)
 	}
+	s.ports.Wait()
 	if s.journal != nil {
 		err = errors.Join(err, s.journal.Close())
 	}
 	return err
+}
+
+// stopAll stops every sandbox that is not stopped, all at once, for a
+// system shutdown: each run gets SIGTERM, and SIGKILL when ctx's deadline
+// comes.
+func (s *pendingManager) stopAll(ctx context.Context) error {
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		return fmt.Errorf("the sandbox manager did not start in time to stop its sandboxes: %w", ctx.Err())
+	}
+	if s.m == nil {
+		return nil
+	}
+	grace := time.Millisecond // a deadline already passed: kill at once
+	if d, ok := ctx.Deadline(); ok && time.Until(d) > grace {
+		grace = time.Until(d)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var all []error
+	for _, info := range s.m.List(sandbox.Filter{}) {
+		if info.State == sandbox.StateStopped || info.State == sandbox.StateFailed {
+			continue
+		}
+		wg.Go(func() {
+			if _, err := s.m.Stop(ctx, info.ID, grace); err != nil {
+				mu.Lock()
+				all = append(all, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(all...)
+}
+
+// watchPorts publishes port.open and port.close events, until ctx ends,
+// for the listeners of the guest and of the bridged sandboxes, whose
+// network namespaces the sandbox backend keeps in its state dir.
+func (s *pendingManager) watchPorts(ctx context.Context, cfg *config, logger *slog.Logger) {
+	publish := func(action string) func(portwatch.Listener) {
+		return func(l portwatch.Listener) {
+			s.journal.Append(events.Event{SandboxID: l.Sandbox, Action: action, Attributes: map[string]string{
+				"protocol": l.Protocol, "address": l.Address.String(), "port": strconv.Itoa(int(l.Port)),
+			}})
+		}
+	}
+	w := portwatch.New(portwatch.Config{
+		NetnsDir: oci.NetnsDir(cfg.StateDir),
+		OnOpen:   publish("port.open"),
+		OnClose:  publish("port.close"),
+		Logger:   logger.With("component", "portwatch"),
+	})
+	s.ports.Go(func() {
+		if err := w.Run(ctx); err != nil && ctx.Err() == nil {
+			logger.Warn("the port watcher stopped; no more port events", "err", err)
+		}
+	})
 }

@@ -50,14 +50,7 @@ func BenchmarkFilesVsDockerCp(b *testing.B) {
 	if err := os.Truncate(a.image, cpVolumeSize); err != nil {
 		b.Fatal(err)
 	}
-	// A sandbox's root is an unprivileged user of this machine: the path
-	// to its root filesystem, under the agent's state dir, must be
-	// searchable (MkdirTemp made both 0700).
-	for _, d := range []string{suite.dir, a.Dir} {
-		if err := os.Chmod(d, 0o711); err != nil {
-			b.Fatal(err)
-		}
-	}
+	e.allowSandboxes(b)
 	src, sum := randomFile(b, bigSize)
 
 	a.start(b, "--sandbox-busybox", e.bins["busybox"])
@@ -188,7 +181,7 @@ func randomFile(b *testing.B, size int64) (string, [sha256.Size]byte) {
 
 // createSandbox creates sandbox id from the agent's default root
 // filesystem and waits for its ready event.
-func createSandbox(b *testing.B, sdk *client.Client, id string) {
+func createSandbox(b testing.TB, sdk *client.Client, id string) {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

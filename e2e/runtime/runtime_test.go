@@ -111,6 +111,19 @@ func setup(t testing.TB) *env {
 	return e
 }
 
+// allowSandboxes lets the agent's sandboxes start: a sandbox's root is an
+// unprivileged user of this machine, so the path to its root filesystem,
+// under the agent's state dir, must be searchable (MkdirTemp made the
+// directories above it 0700).
+func (e *env) allowSandboxes(tb testing.TB) {
+	tb.Helper()
+	for _, d := range []string{suite.dir, e.agent.Dir} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
 // cleanup ends whatever the test left running, unmounts what is mounted
 // under the agent's directory and detaches its loop device, and fails
 // the test for anything that should not have been left.

@@ -178,6 +178,21 @@ func (a *Agent) Terminate(timeout time.Duration) (time.Duration, error) {
 	return time.Since(began), a.waitErr
 }
 
+// Wait waits up to timeout for the agent to exit by itself (after a
+// shutdown asked through the API, say) and returns how it ended (nil:
+// status 0); one that outlives timeout is killed, and the error is
+// ErrNoExit.
+func (a *Agent) Wait(timeout time.Duration) error {
+	select {
+	case <-a.exited:
+	case <-time.After(timeout):
+		_ = a.Kill()
+		return fmt.Errorf("%w within %s; killed", ErrNoExit, timeout)
+	}
+	a.tr.CloseIdleConnections()
+	return a.waitErr
+}
+
 // Stop ends the agent with SIGTERM and checks that it exits with status
 // 0 within 30 seconds.
 func (a *Agent) Stop() error {

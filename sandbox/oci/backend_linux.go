@@ -139,7 +139,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	netMgr, err := network.New(network.Config{
 		CIDR:       cfg.BridgeCIDR,
 		Bridge:     cfg.Bridge,
-		NetnsDir:   filepath.Join(cfg.StateDir, "netns"),
+		NetnsDir:   NetnsDir(cfg.StateDir),
 		ResolvConf: cfg.ResolvConf,
 	})
 	if err != nil {

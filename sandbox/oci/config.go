@@ -78,6 +78,11 @@ const DefaultBusyboxPath = "/bin/busybox"
 // DefaultRootfsDir is Config.DefaultRootfs's default for a state dir.
 func DefaultRootfsDir(stateDir string) string { return filepath.Join(stateDir, "rootfs", "default") }
 
+// NetnsDir is where a backend on stateDir bind-mounts its bridged
+// sandboxes' network namespaces, one file per sandbox id: what a port
+// watcher looks into.
+func NetnsDir(stateDir string) string { return filepath.Join(stateDir, "netns") }
+
 // withDefaults fills what cfg leaves unset, once, in New.
 func (cfg Config) withDefaults() (Config, error) {
 	if cfg.StateDir == "" {
