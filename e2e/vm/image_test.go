@@ -20,8 +20,9 @@ import (
 )
 
 // modules are what the agent loads as the VM's init; their dependencies
-// come along.
-var modules = []string{"virtio_pci", "virtio_net", "virtio_blk", "vsock_loopback", "btrfs", "overlay"}
+// come along (fuse with virtiofs). A module the kernel has built in is
+// left out of the image and the agent skips it.
+var modules = []string{"virtio_pci", "virtio_net", "virtio_blk", "vsock_loopback", "btrfs", "overlay", "fuse", "virtiofs"}
 
 // vmImage is a bootable kernel and initramfs whose /init hands PID 1 to
 // the agent.
@@ -31,8 +32,9 @@ type vmImage struct {
 	// token is the agent's bearer token, in the initramfs at
 	// guestTokenFile (0600): the agent serves its TCP listeners with it.
 	token string
-	// runtimeInitrd is initrd with the runtime layer appended: the
-	// daemons, mkfs.btrfs and their libraries.
+	// runtimeInitrd is initrd with the runtime layer appended:
+	// mkfs.btrfs and the libraries it and the daemons (which come on
+	// the arcbox share) load.
 	runtimeInitrd string
 	runtimeBuilt  time.Duration
 }
@@ -109,12 +111,18 @@ func fetchKernel(t *testing.T, cache string) (vmlinuz, modRoot, release string) 
 }
 
 // moduleFiles returns the module files for names and all they depend on,
-// relative to the module tree.
+// relative to the module tree; names the kernel has built in need none.
 func moduleFiles(t *testing.T, modRoot string, names []string) []string {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(modRoot, "modules.dep"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	builtin := map[string]bool{}
+	if b, err := os.ReadFile(filepath.Join(modRoot, "modules.builtin")); err == nil {
+		for _, line := range strings.Fields(string(b)) {
+			builtin[moduleName(line)] = true
+		}
 	}
 	deps := map[string][]string{}
 	byName := map[string]string{}
@@ -123,7 +131,7 @@ func moduleFiles(t *testing.T, modRoot string, names []string) []string {
 	for sc.Scan() {
 		mod, rest, _ := strings.Cut(sc.Text(), ":")
 		deps[mod] = strings.Fields(rest)
-		byName[strings.ReplaceAll(strings.TrimSuffix(filepath.Base(mod), ".ko"), "-", "_")] = mod
+		byName[moduleName(mod)] = mod
 	}
 	seen := map[string]bool{}
 	var walk func(string)
@@ -138,6 +146,9 @@ func moduleFiles(t *testing.T, modRoot string, names []string) []string {
 	}
 	for _, n := range names {
 		p, ok := byName[n]
+		if !ok && builtin[n] {
+			continue
+		}
 		if !ok {
 			t.Fatalf("module %s is not in this kernel", n)
 		}
@@ -148,6 +159,12 @@ func moduleFiles(t *testing.T, modRoot string, names []string) []string {
 		out = append(out, p)
 	}
 	return out
+}
+
+// moduleName is a module's name from its path in modules.dep or
+// modules.builtin: kernel/fs/fuse/virtiofs.ko is virtiofs.
+func moduleName(path string) string {
+	return strings.ReplaceAll(strings.TrimSuffix(filepath.Base(path), ".ko"), "-", "_")
 }
 
 const initScript = `#!/bin/busybox sh
@@ -162,7 +179,9 @@ exec /sbin/arcbox-agent
 // guestScript reports to the host, on the serial console, what only the
 // guest can see, and takes the host's orders from it, one a line:
 // "write PATH TOKEN" (then sync), "check PATH" (answers its content),
-// "mounts" (the btrfs and ext4 mounts), "shutdown" (SIGTERM to PID 1).
+// "mounts" (the btrfs, ext4 and virtiofs mounts), "stat PATH" (the
+// filesystem type in hex, as statfs(2) has it, and the inode number: 256
+// is a btrfs subvolume's root), "shutdown" (SIGTERM to PID 1).
 const guestScript = `#!/bin/busybox sh
 export PATH=/bin:/sbin
 echo "E2E-GUEST: started"
@@ -178,9 +197,10 @@ while read -r cmd path token; do
 	check) if [ -f "$path" ]; then echo "E2E-FOUND: $path $(cat "$path")"; else echo "E2E-MISSING: $path"; fi ;;
 	mounts)
 		while read -r dev dir fs opts rest; do
-			case "$fs" in btrfs|ext4) echo "E2E-MOUNT: $dev $dir $fs $opts" ;; esac
+			case "$fs" in btrfs|ext4|virtiofs) echo "E2E-MOUNT: $dev $dir $fs $opts" ;; esac
 		done < /proc/mounts
 		echo "E2E-MOUNTS: end" ;;
+	stat) echo "E2E-STAT: $path $(stat -f -c %t "$path") $(stat -c %i "$path")" ;;
 	esac
 done
 echo "E2E-GUEST: the console closed"
@@ -255,7 +275,7 @@ func buildImage(t *testing.T) vmImage {
 	must(w.write(cpioEntry{name: "dev/console", mode: sIFCHR | 0o600, rdevMajor: 5, rdevMinor: 1}))
 	must(w.write(cpioEntry{name: "dev/null", mode: sIFCHR | 0o666, rdevMajor: 1, rdevMinor: 3}))
 	file("bin/busybox", busybox, 0o755)
-	for _, applet := range []string{"sh", "mount", "kill", "sync", "cat", "echo", "ls", "mkdir", "sleep"} {
+	for _, applet := range []string{"sh", "mount", "kill", "sync", "cat", "echo", "ls", "mkdir", "sleep", "stat"} {
 		must(w.write(cpioEntry{name: "bin/" + applet, mode: sIFLNK | 0o777, linkTarget: "busybox"}))
 	}
 	file("sbin/arcbox-agent", agent, 0o755)

@@ -18,11 +18,14 @@ import (
 )
 
 // runtimeBinaries are the daemons the agent starts: Debian's, from the
-// host, put where the agent looks for its bundled runtime.
+// host. They come to the guest on the arcbox share, where the agent
+// looks for its bundled runtime; the libraries they load are the
+// image's.
 var runtimeBinaries = []string{"containerd", "containerd-shim-runc-v2", "dockerd", "runc"}
 
-// runtimeBinDir is the agent's default --runtime-bin-dir, in the image.
-const runtimeBinDir = "arcbox/runtime/bin"
+// runtimeBinDir is where the daemons are in the arcbox share: the
+// agent's default --runtime-bin-dir is /arcbox/runtime/bin.
+const runtimeBinDir = "runtime/bin"
 
 // dockerDaemonJSON is dockerd's configuration in the image. The agent
 // starts dockerd without --iptables=false and has no setting that passes
@@ -75,17 +78,16 @@ func sharedLibs(t *testing.T, ldd, bin string) []string {
 	return libs
 }
 
-// runtimeFiles lists the runtime layer: the four daemons, mkfs.btrfs (the
-// one program the data volume runs), every library they load, and
-// dockerd's configuration.
+// runtimeFiles lists the runtime layer, the system the daemons of the
+// arcbox share run on: mkfs.btrfs (the one program the data volume runs),
+// every library it and the daemons load, and dockerd's configuration.
 func runtimeFiles(t *testing.T) []layerFile {
 	t.Helper()
 	ldd := testenv.RequireBinary(t, "ldd")
 	var files []layerFile
 	seen := map[string]bool{}
-	add := func(dst, src string) {
-		files = append(files, layerFile{dst: dst, src: src, mode: 0o755})
-		for _, lib := range sharedLibs(t, ldd, src) {
+	addLibs := func(bin string) {
+		for _, lib := range sharedLibs(t, ldd, bin) {
 			if !seen[lib] {
 				seen[lib] = true
 				files = append(files, layerFile{dst: strings.TrimPrefix(lib, "/"), src: lib, mode: 0o755})
@@ -93,9 +95,11 @@ func runtimeFiles(t *testing.T) []layerFile {
 		}
 	}
 	for _, b := range runtimeBinaries {
-		add(runtimeBinDir+"/"+b, testenv.RequireBinary(t, b))
+		addLibs(testenv.RequireBinary(t, b))
 	}
-	add("usr/sbin/mkfs.btrfs", testenv.RequireBinary(t, "mkfs.btrfs"))
+	mkfs := testenv.RequireBinary(t, "mkfs.btrfs")
+	files = append(files, layerFile{dst: "usr/sbin/mkfs.btrfs", src: mkfs, mode: 0o755})
+	addLibs(mkfs)
 	files = append(files, layerFile{dst: "etc/docker/daemon.json", data: []byte(dockerDaemonJSON), mode: 0o644})
 	return files
 }
@@ -108,7 +112,7 @@ func runtimeLayer(t *testing.T, cache string) string {
 	t.Helper()
 	files := runtimeFiles(t)
 	h := sha256.New()
-	fmt.Fprintln(h, "runtime layer v1")
+	fmt.Fprintln(h, "runtime layer v2")
 	for _, f := range files {
 		if f.src == "" {
 			fmt.Fprintf(h, "%s %o %q\n", f.dst, f.mode, f.data)

@@ -5,15 +5,18 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
 
@@ -201,10 +204,13 @@ func hostDockerdVersion(t *testing.T) string {
 	return m[1]
 }
 
-// testDataVolume boots the runtime image with a blank data disk, starts
-// the runtime through the agent, and boots again on the same disk; then
-// with an ext4 disk, which must be refused and left intact.
-func testDataVolume(t *testing.T, im vmImage) {
+// testDataVolume boots the runtime image, with the daemons on the arcbox
+// share, on a blank data disk: starts the runtime through the agent, runs
+// a container on a host directory and a sandbox checkpointed and restored
+// on the volume, and powers off through the API, leaving a filesystem
+// btrfs check finds clean; boots again on the same disk; then with an
+// ext4 disk, which must be refused and left intact.
+func testDataVolume(t *testing.T, im vmImage, shares shareDirs) {
 	dir := t.TempDir()
 	// vda stands for a system disk: blank, so a data volume set up on the
 	// wrong disk would format it.
@@ -212,7 +218,8 @@ func testDataVolume(t *testing.T, im vmImage) {
 	data := sparseFile(t, filepath.Join(dir, "data.img"), 2<<30)
 	marker := "/var/lib/docker/e2e-reboot.marker"
 	token := fmt.Sprintf("token-%d", time.Now().UnixNano())
-	opts := bootOptions{initrd: im.runtimeInitrd, drives: []string{system, data}, docker: true}
+	opts := bootOptions{initrd: im.runtimeInitrd, drives: []string{system, data}, docker: true, shares: shares.shares()}
+	var snapshotID string // the sandbox's checkpoint, kept on the volume
 
 	formatted := t.Run("blank disk", func(t *testing.T) {
 		testenv.RequireBinary(t, "docker")
@@ -224,13 +231,17 @@ func testDataVolume(t *testing.T, im vmImage) {
 			g.logDaemons(t)
 			t.Fatalf("ensure answered %s, want started and ready", res.Status)
 		}
-		if !strings.Contains(res.Message, "formatted "+dataDevice+" as btrfs") {
-			t.Errorf("ensure's message does not say it formatted %s: %s", dataDevice, res.Message)
+		// The agent formatted the volume at startup, for the sandboxes'
+		// state; ensure found it ready.
+		if note := g.stateVolumeNote(t); !strings.Contains(note, "formatted "+dataDevice+" as btrfs") ||
+			!strings.Contains(note, "mounted @arcbox at /var/lib/arcbox") {
+			t.Errorf("the agent's startup did not format %s and mount @arcbox at the state dir: %s", dataDevice, note)
 		}
 		if want := fmt.Sprintf("tcp://0.0.0.0:%d", guestDockerPort); res.Endpoint != want {
 			t.Errorf("endpoint %q, want %q", res.Endpoint, want)
 		}
 		t.Logf("runtime phase durations (s): %v", g.phases(t, "prerequisites", "data_volume", "containerd_ready", "dockerd_ready", "ensure"))
+		g.checkRuntimeFromShare(t, shares)
 		if again, _ := g.ensure(t); again.Status != api.RuntimeEnsureResponseStatus("reused") || !again.Ready {
 			t.Errorf("a second ensure answered %s (ready %v), want reused", again.Status, again.Ready)
 		}
@@ -253,6 +264,7 @@ func testDataVolume(t *testing.T, im vmImage) {
 			dataDevice + " /run/arcbox/data btrfs ",
 			dataDevice + " /var/lib/docker btrfs .*subvol=/@docker",
 			dataDevice + " /var/lib/containerd btrfs .*subvol=/@containerd",
+			dataDevice + " /var/lib/arcbox btrfs .*subvol=/@arcbox",
 		} {
 			if !anyMatch(mounts, want) {
 				t.Errorf("the guest's mounts lack %q: %q", want, mounts)
@@ -278,13 +290,15 @@ func testDataVolume(t *testing.T, im vmImage) {
 			t.Errorf("dockerd's log: %v %v", err, r)
 		}
 
-		g.checkSandbox(t)
-		g.checkDockerRun(t)
+		snapshotID = g.checkSandbox(t)
+		g.checkDockerRun(t, shares)
 
 		g.send(t, "write "+marker+" "+token)
 		g.expect(t, `^E2E-WROTE: `+regexp.QuoteMeta(marker), 30*time.Second)
-		g.shutdown(t)
+		g.powerOff(t)
 		g.checkDaemonsStopped(t)
+		g.checkUnmounted(t)
+		checkBtrfs(t, data)
 	})
 
 	t.Run("reboot", func(t *testing.T) {
@@ -300,8 +314,8 @@ func testDataVolume(t *testing.T, im vmImage) {
 			g.logDaemons(t)
 			t.Fatalf("ensure answered %s, want started and ready", res.Status)
 		}
-		if strings.Contains(res.Message, "formatted") || !strings.Contains(res.Message, "mounted "+dataDevice+" at /run/arcbox/data") {
-			t.Errorf("ensure's message should say it mounted the volume, and not that it formatted it: %s", res.Message)
+		if note := g.stateVolumeNote(t); strings.Contains(note, "formatted") || !strings.Contains(note, "mounted "+dataDevice+" at /run/arcbox/data") {
+			t.Errorf("the agent's startup should have mounted the volume, and not formatted it: %s", note)
 		}
 		if info := g.docker(t, "info", "--format", "{{.Driver}} {{.DockerRootDir}}"); info != "btrfs /var/lib/docker" {
 			t.Errorf("docker info after a reboot: %q, want the btrfs driver on /var/lib/docker", info)
@@ -311,8 +325,21 @@ func testDataVolume(t *testing.T, im vmImage) {
 		if want := "E2E-FOUND: " + marker + " " + token; line != want {
 			t.Errorf("after a reboot the guest says %q, want %q", line, want)
 		}
+		// The sandboxes' state is on the volume: the checkpoint is still
+		// there.
+		if snapshotID != "" {
+			r, err := g.client.ListSnapshotsWithResponse(context.Background(), &api.ListSnapshotsParams{})
+			if err != nil || r.JSON200 == nil {
+				t.Fatalf("list snapshots: %v %v", err, r)
+			}
+			if !slices.ContainsFunc(r.JSON200.Snapshots, func(s api.Snapshot) bool { return s.Id == snapshotID }) {
+				t.Errorf("after a reboot the snapshots are %+v; the checkpoint %s made before is gone", r.JSON200.Snapshots, snapshotID)
+			}
+		}
 		g.shutdown(t)
 		g.checkDaemonsStopped(t)
+		g.checkUnmounted(t)
+		checkBtrfs(t, data)
 	})
 
 	t.Run("ext4 disk", func(t *testing.T) {
@@ -330,7 +357,7 @@ func testDataVolume(t *testing.T, im vmImage) {
 		ext4 := filepath.Join(t.TempDir(), "ext4.img")
 		run(t, "", mkfs, "-q", "-F", "-d", tree, ext4, "64M")
 
-		g := boot(t, im, bootOptions{initrd: im.runtimeInitrd, drives: []string{system, ext4}})
+		g := boot(t, im, bootOptions{initrd: im.runtimeInitrd, drives: []string{system, ext4}, shares: shares.shares()})
 		g.waitReady(t, 3*time.Minute)
 		res, took := g.ensure(t)
 		t.Logf("ensure on an ext4 disk took %v: %s: %s", took, res.Status, res.Message)
@@ -349,8 +376,16 @@ func testDataVolume(t *testing.T, im vmImage) {
 		if st.ContainerdReady || st.DockerReady {
 			t.Errorf("the daemons started on a refused volume: %+v", st)
 		}
-		if mounts := g.guestMounts(t); len(mounts) != 0 {
-			t.Errorf("the guest mounted %q", mounts)
+		// The sandboxes' state would have been on the volume: they are
+		// unavailable, and say why.
+		c, err := g.client.CreateSandboxWithResponse(context.Background(), api.CreateSandboxRequest{Id: agenttest.Ptr("vm-refused")})
+		if err != nil || c.StatusCode() != http.StatusServiceUnavailable || !strings.Contains(string(c.Body), "ext4") {
+			t.Errorf("create a sandbox on a refused volume: %v %v %s; want 503 naming ext4", err, c.StatusCode(), c.Body)
+		}
+		for _, m := range g.guestMounts(t) {
+			if strings.HasPrefix(m, "/dev/") {
+				t.Errorf("the guest mounted %q", m)
+			}
 		}
 		g.shutdown(t)
 
@@ -361,6 +396,80 @@ func testDataVolume(t *testing.T, im vmImage) {
 	})
 
 	checkZero(t, system)
+}
+
+// stateVolumeNote is what the agent did at startup to put the sandboxes'
+// state on the data volume, as its console log says.
+func (g *guest) stateVolumeNote(t *testing.T) string {
+	t.Helper()
+	line := g.expect(t, `"msg":"the state dir is on the data volume"`, 10*time.Second)
+	var rec struct{ Note string }
+	if err := json.Unmarshal([]byte(line), &rec); err != nil {
+		t.Fatalf("the agent's log line %q: %v", line, err)
+	}
+	return rec.Note
+}
+
+// checkRuntimeFromShare checks that the daemons the agent started, and
+// the sandboxes' runc, are the arcbox share's (the image has none), and
+// that dockerd's log, written in the guest on the share, is on the host,
+// with dockerd's startup in it.
+func (g *guest) checkRuntimeFromShare(t *testing.T, shares shareDirs) {
+	t.Helper()
+	bin := arcboxMount + "/" + runtimeBinDir
+	for _, svc := range []string{"containerd", "dockerd"} {
+		if _, ok := g.console.wait(regexp.MustCompile(`"msg":"spawned daemon".*"service":"`+svc+`".*"path":"`+regexp.QuoteMeta(bin+"/"+svc)+`"`), 0); !ok {
+			t.Errorf("the console does not show %s spawned from %s", svc, bin)
+		}
+	}
+	if _, ok := g.console.wait(regexp.MustCompile(`"msg":"sandbox backend ready".*"runtime":"`+regexp.QuoteMeta(bin+"/runc")+`"`), 0); !ok {
+		t.Errorf("the console does not show the sandboxes' runc from %s", bin)
+	}
+	path := filepath.Join(shares.arcbox, "log", "dockerd.log")
+	var data []byte
+	// dockerd said it listens before ensure answered, and FUSE writes
+	// through: the line is there, or comes at once.
+	if !agenttest.WaitFor(30*time.Second, func() bool {
+		data, _ = os.ReadFile(path)
+		return bytes.Contains(data, []byte("API listen on"))
+	}) {
+		t.Errorf("dockerd's log on the host (%s) lacks its startup lines; it has %d bytes:\n%s", path, len(data), tail(data, 2048))
+	}
+}
+
+// tail is the last n bytes of b at most.
+func tail(b []byte, n int) []byte { return b[max(0, len(b)-n):] }
+
+// checkUnmounted checks that the console shows the agent unmounting, at
+// power-off, the data volume (its subvolumes, the state dir's among them,
+// and its top level) and then the shares it mounted, with no warning.
+func (g *guest) checkUnmounted(t *testing.T) {
+	t.Helper()
+	for _, dir := range []string{"/var/lib/docker", "/var/lib/containerd", "/var/lib/arcbox", "/run/arcbox/data"} {
+		if _, ok := g.console.wait(regexp.MustCompile(`"msg":"data volume unmounted".*"paths":\[[^\]]*"`+regexp.QuoteMeta(dir)+`"`), 0); !ok {
+			t.Errorf("the console does not show %s unmounted at power-off", dir)
+		}
+	}
+	for _, dir := range []string{arcboxMount, usersMount} {
+		if _, ok := g.console.wait(regexp.MustCompile(`"msg":"VirtioFS share unmounted".*"path":"`+regexp.QuoteMeta(dir)+`"`), 0); !ok {
+			t.Errorf("the console does not show the share at %s unmounted at power-off", dir)
+		}
+	}
+	if line, ok := g.console.wait(regexp.MustCompile(`"msg":"unmount the (data volume|shares)"`), 0); ok {
+		t.Errorf("an unmount failed at power-off: %s", line)
+	}
+}
+
+// checkBtrfs runs btrfs check on the data volume's image, now the VM is
+// off: a clean power-off leaves nothing to repair.
+func checkBtrfs(t *testing.T, image string) {
+	t.Helper()
+	out := run(t, "", testenv.RequireBinary(t, "btrfs"), "check", "--readonly", image)
+	line, ok := regexp.MustCompile(`(?m)^found .*`).FindString(out), strings.Contains(out, "no error found")
+	if !ok {
+		t.Errorf("btrfs check --readonly %s:\n%s", image, out)
+	}
+	t.Logf("btrfs check --readonly: %s", line)
 }
 
 // anyMatch reports whether any of lines matches the pattern.

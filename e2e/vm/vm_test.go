@@ -1,9 +1,13 @@
 // Package vm boots the agent as PID 1 of a real VM under QEMU and checks it
 // from the host: the listeners, the clock, the system facts, vsock inside
-// the guest, the startup metrics and a clean power-off; then, with Debian's
-// containerd and dockerd in the image, the runtime on a virtio data disk:
-// formatted btrfs when blank, `docker` through the agent's proxy, a file
-// under the Docker data root that survives a reboot, and an ext4 disk
+// the guest, the startup metrics, the VirtioFS shares (QEMU's virtiofsd
+// serving host directories) mounted by tag, and a clean power-off; then,
+// with Debian's containerd and dockerd on the arcbox share, the runtime on
+// a virtio data disk: formatted btrfs when blank, `docker` through the
+// agent's proxy reading a host file through the users share, dockerd's
+// log read on the host, a sandbox checkpointed and restored as btrfs
+// snapshots, a power-off through the API that leaves the volume clean, a
+// file under the Docker data root that survives a reboot, and an ext4 disk
 // refused and left intact.
 package vm
 
@@ -20,6 +24,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/client"
@@ -128,6 +134,8 @@ type bootOptions struct {
 	docker  bool   // serve the Docker API proxy on TCP, forwarded from the host
 	cmdline []string
 	rtcBase string
+	// shares are served by a virtiofsd each, as VirtioFS devices.
+	shares []share
 }
 
 // boot starts QEMU under software emulation (KVM hangs Linux guests early
@@ -160,6 +168,9 @@ func boot(t *testing.T, im vmImage, opt bootOptions) *guest {
 	}
 	args := []string{
 		"-machine", "q35,accel=tcg", "-cpu", "max", "-smp", fmt.Sprint(guestCPUs), "-m", fmt.Sprint(guestMemMiB),
+		// The guest's memory is a memfd, shared, so that each virtiofsd
+		// can map it: vhost-user devices want it so.
+		"-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", guestMemMiB), "-numa", "node,memdev=mem",
 		"-kernel", im.kernel, "-initrd", initrd, "-append", strings.Join(cmdline, " "),
 		"-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
 		"-nic", "user,restrict=on,model=virtio-net-pci," + hostfwd,
@@ -170,7 +181,10 @@ func boot(t *testing.T, im vmImage, opt bootOptions) *guest {
 	for _, d := range opt.drives {
 		args = append(args, "-drive", "file="+d+",if=virtio,format=raw")
 	}
+	args = append(args, shareArgs(t, opt.shares)...)
 	g.cmd = exec.Command(qemu, args...)
+	// Killed with the test binary too, should it die before its cleanup.
+	g.cmd.SysProcAttr = &unix.SysProcAttr{Pdeathsig: unix.SIGKILL}
 	var err error
 	if g.stdin, err = g.cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
@@ -253,6 +267,31 @@ func (g *guest) shutdown(t *testing.T) {
 	t.Helper()
 	began := time.Now()
 	g.send(t, "shutdown")
+	g.waitPowerOff(t, began)
+}
+
+// powerOff asks the agent to power the machine off through the API, and
+// waits for QEMU to end by itself.
+func (g *guest) powerOff(t *testing.T) {
+	t.Helper()
+	began := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	grace := int32(30)
+	r, err := g.client.ShutdownSystemWithResponse(ctx, api.ShutdownRequest{Action: api.ShutdownRequestActionPoweroff, GraceSeconds: &grace})
+	if err != nil || r.JSON202 == nil {
+		t.Fatalf("POST /v1/system/shutdown: %v %v", err, r)
+	}
+	if a := r.JSON202; a.Action != api.ShutdownResponseActionPoweroff || a.GraceSeconds != grace {
+		t.Errorf("the shutdown answered %+v, want a power-off with %d s of grace", *a, grace)
+	}
+	g.waitPowerOff(t, began)
+}
+
+// waitPowerOff waits for QEMU to exit, with status 0, and checks from
+// the console that the agent powered off cleanly.
+func (g *guest) waitPowerOff(t *testing.T, began time.Time) {
+	t.Helper()
 	select {
 	case err := <-g.exited:
 		if err != nil {
@@ -287,8 +326,10 @@ func TestVM(t *testing.T) {
 	im := buildImage(t)
 	t.Logf("image built in %v (%s)", im.built, im)
 
+	shares := newShareDirs(t)
+
 	t.Run("first boot", func(t *testing.T) {
-		g := boot(t, im, bootOptions{rtcBase: "2000-01-01", cmdline: []string{"ARCBOX_LOG_LEVEL=debug"}})
+		g := boot(t, im, bootOptions{rtcBase: "2000-01-01", cmdline: []string{"ARCBOX_LOG_LEVEL=debug"}, shares: shares.shares()})
 		ready := g.waitReady(t, 3*time.Minute)
 		t.Logf("boot to first answered request: %v", ready)
 		ctx := context.Background()
@@ -305,8 +346,8 @@ func TestVM(t *testing.T) {
 		if len(i.IpAddresses) == 0 || i.IpAddresses[0] != "10.0.2.15" {
 			t.Errorf("ip addresses %v, want 10.0.2.15", i.IpAddresses)
 		}
-		if i.Unavailable != nil {
-			t.Errorf("facts the VM's agent could not read: %v", *i.Unavailable)
+		if i.Errors != nil {
+			t.Errorf("facts the VM's agent could not read: %v", *i.Errors)
 		}
 
 		// The TCP listener wants the token: without it, a 401.
@@ -350,7 +391,7 @@ func TestVM(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, phase := range []string{"config", "init", "modules", "network", "listen_control_tcp", "listen_control_vsock", "listen_docker_vsock"} {
+		for _, phase := range []string{"config", "init", "modules", "network", "shares", "listen_control_tcp", "listen_control_vsock", "listen_docker_vsock"} {
 			re := regexp.MustCompile(`arcbox_agent_startup_phase_end_seconds\{phase="` + regexp.QuoteMeta(phase) + `"\} (\S+)`)
 			if mm := re.FindSubmatch(m.Body); mm == nil {
 				t.Errorf("metrics lack the startup phase %q", phase)
@@ -364,6 +405,10 @@ func TestVM(t *testing.T) {
 			g.expect(t, regexp.QuoteMeta(fmt.Sprintf("%q:%q", setting, "kernel command line "+key)), 10*time.Second)
 		}
 
+		g.checkShares(t)
+		// The VM has no private share: a debug line, not a failure.
+		g.expect(t, `"level":"DEBUG".*no such tag.*"tag":"`+privateTag+`"`, 10*time.Second)
+
 		// Without --allow-cid 1, the guest's own vsock client is refused.
 		g.expect(t, `^E2E-VSOCK: refused`, time.Minute)
 		g.expect(t, `refused vsock peer`, 10*time.Second)
@@ -375,10 +420,16 @@ func TestVM(t *testing.T) {
 		g.waitReady(t, 3*time.Minute)
 		g.expect(t, `^probe GET vsock://1:1024 /v1/ping: 200 `+regexp.QuoteMeta(`{"message":"pong","version":"`+agenttest.Version+`"}`), time.Minute)
 		g.expect(t, `^E2E-VSOCK: ok`, 10*time.Second)
+		// A VM without any VirtioFS device: the agent serves all the same.
+		if info, err := g.client.GetInfoWithResponse(context.Background()); err != nil || info.JSON200 == nil {
+			t.Errorf("info: %v %v", err, info)
+		} else if sh := agenttest.Deref(info.JSON200.Shares); len(sh) != 0 {
+			t.Errorf("info lists shares %+v in a VM that has none", sh)
+		}
 		g.shutdown(t)
 	})
 
 	im.addRuntime(t)
 	t.Logf("runtime layer added in %v (%s)", im.runtimeBuilt, im.runtimeInitrd)
-	testDataVolume(t, im)
+	testDataVolume(t, im, shares)
 }
