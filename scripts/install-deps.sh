@@ -13,6 +13,7 @@ packages=(
 	qemu-guest-agent                          # the peer of the ping benchmark
 	prometheus                                # promtool, to check the metrics
 	socat curl                                # the documented ways to poke the agent
+	tmux                                      # arcboxctl exec -it is tested in a real terminal
 	qemu-system-x86                           # the VM test boots the agent as PID 1
 )
 missing=()

@@ -52,11 +52,11 @@ func main() {
 		_ = os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	}
 	if len(os.Args) > 1 && os.Args[1] == "probe" {
-		if err := runProbe(os.Args[2:], os.Stdout); err != nil {
+		err := runProbe(os.Args[2:], os.Stdout)
+		if err != nil {
 			fmt.Fprintf(os.Stderr, "arcbox-agent: %v\n", err)
-			os.Exit(1)
 		}
-		return
+		os.Exit(probeExitStatus(err))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	action, err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)

@@ -236,7 +236,7 @@ func TestProbe(t *testing.T) {
 	probeDone := make(chan error, 1)
 	// The probe starts before the agent and keeps trying until it answers.
 	go func() {
-		probeDone <- runProbe([]string{"-timeout", "10s", "-X", "POST", "-d", `{"message":"p"}`, "unix://" + sock, "/v1/ping"}, &out)
+		probeDone <- runProbe([]string{"-timeout", "60s", "-X", "POST", "-d", `{"message":"p"}`, "unix://" + sock, "/v1/ping"}, &out)
 	}()
 	runAgent(t, agenttest.Flags(dir), io.Discard)
 	if err := <-probeDone; err != nil {
@@ -245,11 +245,16 @@ func TestProbe(t *testing.T) {
 	if !strings.Contains(out.String(), `: 200 {"message":"pong: p"`) {
 		t.Errorf("probe printed %q", out.String())
 	}
-	if err := runProbe([]string{"-timeout", "50ms", "unix://" + sock + ".none", "/v1/ping"}, io.Discard); err == nil || !strings.Contains(err.Error(), "gave up") {
-		t.Errorf("probe of nothing: %v", err)
+	// The exit status says whether the agent answered, and how.
+	if err := runProbe([]string{"unix://" + sock, "/v1/nothing"}, io.Discard); probeExitStatus(err) != probeAnswerError {
+		t.Errorf("probe of a missing route: %v, exit status %d; want %d", err, probeExitStatus(err), probeAnswerError)
 	}
-	if err := runProbe([]string{"vsock://x:1", "/"}, io.Discard); err == nil {
-		t.Error("bad vsock URL accepted")
+	if err := runProbe([]string{"-timeout", "50ms", "unix://" + sock + ".none", "/v1/ping"}, io.Discard); err == nil ||
+		!strings.Contains(err.Error(), "gave up") || probeExitStatus(err) != probeUnreachable {
+		t.Errorf("probe of nothing: %v, exit status %d; want %d", err, probeExitStatus(err), probeUnreachable)
+	}
+	if err := runProbe([]string{"vsock://x:1", "/"}, io.Discard); err == nil || probeExitStatus(err) != probeUnreachable {
+		t.Errorf("bad vsock URL: %v, exit status %d; want %d", err, probeExitStatus(err), probeUnreachable)
 	}
 }
 

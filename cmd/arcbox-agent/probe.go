@@ -18,11 +18,44 @@ import (
 	"github.com/arcbox/arcbox-agent/httpapi"
 )
 
-// runProbe is `arcbox-agent probe URL PATH`: one request to an agent over a
-// listener URL (vsock://CID:PORT, unix:///path, tcp://HOST:PORT), printing
-// the status and body. It retries connecting until --timeout, so it can run
-// while the agent starts: how a VM's own processes check the agent, and how
-// the VM test reaches the control API over vsock from inside the guest.
+// Exit statuses of `arcbox-agent probe`, for health checks and scripts.
+const (
+	probeOK          = 0 // the agent answered 2xx
+	probeAnswerError = 1 // the agent answered, with another status
+	probeUnreachable = 2 // no answer: bad usage, nothing to connect to, or the connection failed
+)
+
+// probeError is a failed probe and the exit status it means.
+type probeError struct {
+	status int
+	err    error
+}
+
+func (e *probeError) Error() string { return e.err.Error() }
+func (e *probeError) Unwrap() error { return e.err }
+
+// probeExitStatus is the exit status err means: probeUnreachable unless
+// the agent answered.
+func probeExitStatus(err error) int {
+	var pe *probeError
+	switch {
+	case err == nil:
+		return probeOK
+	case errors.As(err, &pe):
+		return pe.status
+	}
+	return probeUnreachable
+}
+
+// runProbe is `arcbox-agent probe URL PATH`, the agent's health probe: one
+// request to an agent over a listener URL (vsock://CID:PORT,
+// unix:///path, tcp://HOST:PORT), printing the status and body. It
+// retries connecting until --timeout, so it can run while the agent
+// starts: how a VM's own processes check the agent (a service manager's
+// health check: GET /readyz), and how the VM test reaches the control API
+// over vsock from inside the guest. Its exit status is probeOK,
+// probeAnswerError or probeUnreachable (see probeExitStatus); for work in
+// sandboxes, use arcboxctl.
 func runProbe(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to keep trying to connect")
@@ -32,6 +65,7 @@ func runProbe(args []string, stdout io.Writer) error {
 	fs.SetOutput(stdout)
 	fs.Usage = func() {
 		fmt.Fprintln(stdout, "Usage: arcbox-agent probe [-timeout 30s] [-X METHOD] [-d JSON] [-token-file FILE] URL PATH")
+		fmt.Fprintln(stdout, "Exit status: 0 the agent answered 2xx, 1 it answered another status, 2 no answer (or bad usage).")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -99,7 +133,7 @@ func runProbe(args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "probe %s %s %s: %d %s\n", *method, fs.Arg(0), fs.Arg(1), resp.StatusCode, strings.TrimSpace(string(out)))
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("probe: status %d", resp.StatusCode)
+		return &probeError{status: probeAnswerError, err: fmt.Errorf("probe: status %d", resp.StatusCode)}
 	}
 	return nil
 }
