@@ -20,6 +20,7 @@ import (
 	"github.com/arcbox/arcbox-agent/events"
 	"github.com/arcbox/arcbox-agent/handlers"
 	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/lifecycle"
 	"github.com/arcbox/arcbox-agent/netconf"
 	"github.com/arcbox/arcbox-agent/sandbox"
 	"github.com/arcbox/arcbox-agent/sandbox/oci"
@@ -29,57 +30,59 @@ import (
 // config is every setting of the agent, resolved from flags, then the
 // environment (ARCBOX_<FLAG>), then the kernel command line, then defaults.
 type config struct {
-	Listen                []string
-	DockerListen          string
-	GuestDockerVsockPort  uint32
-	DockerSocket          string
-	ContainerdSocket      string
-	RuntimeBinDir         string
-	Shares                []shares.Spec
-	DataDevice            string
-	WipeDataDevice        bool
-	DataMount             string
-	DockerDataRoot        string
-	ContainerdRoot        string
-	ContainerdState       string
-	ContainerdConfig      string
-	DockerExecRoot        string
-	DataSubvolumes        []disk.Subvolume
-	StateDir              string
-	StateOnDataVolume     bool
-	DiskStateDir          string
-	DockerdArgs           []string
-	LogDir                string
-	CmdlineFile           string
-	AllowCIDs             []uint32
-	AuthTokenFile         string
-	InsecureLoopback      bool
-	SocketGroup           string // as given, for messages
-	SocketGID             int
-	HasSocketGID          bool
-	AuditLog              string
-	SandboxMountRoots     []string
-	SandboxIDRangeDir     string
-	EventJournalDir       string
-	EventJournalSize      int
-	SandboxMaxRuns        int
-	SandboxRunOutputBytes int64
-	SandboxHangupGrace    time.Duration
-	FileUploadLimit       int64
-	Registries            []string
-	RegistryAuthFile      string
-	PrepareSystem         bool
-	SetClock              bool
-	NTPServer             string
-	OCIRuntime            string
-	SandboxRootfs         string
-	BusyboxPath           string
-	SandboxCIDR           netip.Prefix
-	LogLevel              string
-	LogFormat             string
-	ShutdownTimeout       time.Duration
-	Modules               []string
-	NetAddresses          []netconf.Address
+	Listen                 []string
+	DockerListen           string
+	GuestDockerVsockPort   uint32
+	DockerSocket           string
+	ContainerdSocket       string
+	RuntimeBinDir          string
+	Shares                 []shares.Spec
+	DataDevice             string
+	WipeDataDevice         bool
+	DataMount              string
+	DockerDataRoot         string
+	ContainerdRoot         string
+	ContainerdState        string
+	ContainerdConfig       string
+	DockerExecRoot         string
+	DataSubvolumes         []disk.Subvolume
+	StateDir               string
+	StateOnDataVolume      bool
+	DiskStateDir           string
+	DockerdArgs            []string
+	ContainerdStartTimeout time.Duration
+	DockerdStartTimeout    time.Duration
+	LogDir                 string
+	CmdlineFile            string
+	AllowCIDs              []uint32
+	AuthTokenFile          string
+	InsecureLoopback       bool
+	SocketGroup            string // as given, for messages
+	SocketGID              int
+	HasSocketGID           bool
+	AuditLog               string
+	SandboxMountRoots      []string
+	SandboxIDRangeDir      string
+	EventJournalDir        string
+	EventJournalSize       int
+	SandboxMaxRuns         int
+	SandboxRunOutputBytes  int64
+	SandboxHangupGrace     time.Duration
+	FileUploadLimit        int64
+	Registries             []string
+	RegistryAuthFile       string
+	PrepareSystem          bool
+	SetClock               bool
+	NTPServer              string
+	OCIRuntime             string
+	SandboxRootfs          string
+	BusyboxPath            string
+	SandboxCIDR            netip.Prefix
+	LogLevel               string
+	LogFormat              string
+	ShutdownTimeout        time.Duration
+	Modules                []string
+	NetAddresses           []netconf.Address
 
 	// Where each value came from, for the startup log.
 	Sources map[string]string
@@ -269,6 +272,10 @@ func (c *config) settings() []setting {
 			def: strconv.Itoa(events.DefaultSize), set: number(&c.EventJournalSize, 1, maxEventJournalSize)},
 		{name: "log-dir", usage: "where runtime daemons log (default /arcbox/log when /arcbox exists once the shares are mounted, else /var/log/arcbox)",
 			set: text(&c.LogDir)},
+		{name: "containerd-start-timeout", usage: "how long a start waits for containerd's socket before going on to dockerd, which waits for it too",
+			def: lifecycle.DefaultContainerdTimeout.String(), set: duration(&c.ContainerdStartTimeout)},
+		{name: "dockerd-start-timeout", usage: "how long a start waits for dockerd to answer before ensure answers failed (a slow, emulated machine may need more)",
+			def: lifecycle.DefaultDockerdTimeout.String(), set: duration(&c.DockerdStartTimeout)},
 		{name: "dockerd-arg", repeatable: true, usage: "an extra flag for dockerd, such as --iptables=false for an image without iptables (repeatable)",
 			set: each(&c.DockerdArgs, asIs)},
 		{name: "allow-cid", repeatable: true, usage: "a vsock peer CID accepted besides the host's 2 (repeatable)",

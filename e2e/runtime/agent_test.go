@@ -76,6 +76,9 @@ func (a *agentProc) start(t testing.TB, extra ...string) {
 		"--prepare-system=false",
 		"--set-clock=false",
 		"--log-format", "json",
+		// Waits that guard against a hang, not measures: a loaded
+		// machine may start the daemons slowly.
+		"--containerd-start-timeout", "2m", "--dockerd-start-timeout", "5m",
 	), extra...)
 	if err := a.Start(); err != nil {
 		t.Fatal(err)

@@ -107,7 +107,8 @@ func TestSystemShutdown(t *testing.T) {
 			t.Errorf("loop devices %v still attached to %s: %v", loops, img, errs)
 		}
 	})
-	a := ownAgent(t, &agentProc{Agent: &agenttest.Agent{Dir: dir}, extra: []string{"--state-on-data-volume"}})
+	a := ownAgent(t, &agentProc{Agent: &agenttest.Agent{Dir: dir}, extra: []string{"--state-on-data-volume",
+		"--containerd-start-timeout", "2m", "--dockerd-start-timeout", "5m"}})
 	if m, ok := agenttest.MountAt(a.stateDir); !ok || m.FSType != "btrfs" {
 		t.Fatalf("the state dir: %+v (mounted %v), want the data volume's btrfs", m, ok)
 	}

@@ -153,6 +153,10 @@ func boot(t *testing.T, im vmImage, opt bootOptions) *guest {
 		"ARCBOX_LOG_FORMAT=json",
 		fmt.Sprintf("ARCBOX_LISTEN=tcp://0.0.0.0:%d,vsock://:1024", guestPort),
 		"ARCBOX_AUTH_TOKEN_FILE=/" + guestTokenFile,
+		// An emulated guest on a loaded host starts dockerd in tens of
+		// seconds, not the few a real VM takes: the start's waits are a
+		// guard against a hang here, not a measure.
+		"ARCBOX_CONTAINERD_START_TIMEOUT=5m", "ARCBOX_DOCKERD_START_TIMEOUT=10m",
 	}, opt.cmdline...)
 	hostfwd := fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d", port, guestPort)
 	g := &guest{console: &console{more: make(chan struct{})}, exited: make(chan error, 1), token: im.token}
