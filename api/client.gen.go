@@ -220,6 +220,13 @@ type ClientInterface interface {
 	// only reports, never starts anything. An absent body means
 	// `start_if_needed: true`.
 	//
+	// With `Accept: application/x-ndjson` (named with a q-value above 0
+	// and no lower than `application/json`'s) the answer is a stream of
+	// the start's phases as each ends, then the answer (see the 200).
+	// Either way a client that goes away does not stop the start: it goes
+	// on, and the next call shares its outcome. Every start also publishes
+	// its phases as `runtime.phase` events (`GET /v1/events`).
+	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/runtime/ensure (the `EnsureRuntime` operationId).
@@ -233,6 +240,13 @@ type ClientInterface interface {
 	// tried again by the next call that asks. With `start_if_needed: false` it
 	// only reports, never starts anything. An absent body means
 	// `start_if_needed: true`.
+	//
+	// With `Accept: application/x-ndjson` (named with a q-value above 0
+	// and no lower than `application/json`'s) the answer is a stream of
+	// the start's phases as each ends, then the answer (see the 200).
+	// Either way a client that goes away does not stop the start: it goes
+	// on, and the next call shares its outcome. Every start also publishes
+	// its phases as `runtime.phase` events (`GET /v1/events`).
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -1008,6 +1022,13 @@ func (c *Client) PostPing(ctx context.Context, body PostPingJSONRequestBody, req
 // only reports, never starts anything. An absent body means
 // `start_if_needed: true`.
 //
+// With `Accept: application/x-ndjson` (named with a q-value above 0
+// and no lower than `application/json`'s) the answer is a stream of
+// the start's phases as each ends, then the answer (see the 200).
+// Either way a client that goes away does not stop the start: it goes
+// on, and the next call shares its outcome. Every start also publishes
+// its phases as `runtime.phase` events (`GET /v1/events`).
+//
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/runtime/ensure (the `EnsureRuntime` operationId).
@@ -1031,6 +1052,13 @@ func (c *Client) EnsureRuntimeWithBody(ctx context.Context, contentType string, 
 // tried again by the next call that asks. With `start_if_needed: false` it
 // only reports, never starts anything. An absent body means
 // `start_if_needed: true`.
+//
+// With `Accept: application/x-ndjson` (named with a q-value above 0
+// and no lower than `application/json`'s) the answer is a stream of
+// the start's phases as each ends, then the answer (see the 200).
+// Either way a client that goes away does not stop the start: it goes
+// on, and the next call shares its outcome. Every start also publishes
+// its phases as `runtime.phase` events (`GET /v1/events`).
 //
 // Takes a body of the `application/json` content type.
 //
@@ -4287,6 +4315,13 @@ type ClientWithResponsesInterface interface {
 	// only reports, never starts anything. An absent body means
 	// `start_if_needed: true`.
 	//
+	// With `Accept: application/x-ndjson` (named with a q-value above 0
+	// and no lower than `application/json`'s) the answer is a stream of
+	// the start's phases as each ends, then the answer (see the 200).
+	// Either way a client that goes away does not stop the start: it goes
+	// on, and the next call shares its outcome. Every start also publishes
+	// its phases as `runtime.phase` events (`GET /v1/events`).
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/runtime/ensure (the `EnsureRuntime` operationId).
@@ -4300,6 +4335,13 @@ type ClientWithResponsesInterface interface {
 	// tried again by the next call that asks. With `start_if_needed: false` it
 	// only reports, never starts anything. An absent body means
 	// `start_if_needed: true`.
+	//
+	// With `Accept: application/x-ndjson` (named with a q-value above 0
+	// and no lower than `application/json`'s) the answer is a stream of
+	// the start's phases as each ends, then the answer (see the 200).
+	// Either way a client that goes away does not stop the start: it goes
+	// on, and the next call shares its outcome. Every start also publishes
+	// its phases as `runtime.phase` events (`GET /v1/events`).
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -7554,6 +7596,13 @@ func (c *ClientWithResponses) PostPingWithResponse(ctx context.Context, body Pos
 // only reports, never starts anything. An absent body means
 // `start_if_needed: true`.
 //
+// With `Accept: application/x-ndjson` (named with a q-value above 0
+// and no lower than `application/json`'s) the answer is a stream of
+// the start's phases as each ends, then the answer (see the 200).
+// Either way a client that goes away does not stop the start: it goes
+// on, and the next call shares its outcome. Every start also publishes
+// its phases as `runtime.phase` events (`GET /v1/events`).
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/runtime/ensure (the `EnsureRuntime` operationId).
@@ -7573,6 +7622,13 @@ func (c *ClientWithResponses) EnsureRuntimeWithBodyWithResponse(ctx context.Cont
 // tried again by the next call that asks. With `start_if_needed: false` it
 // only reports, never starts anything. An absent body means
 // `start_if_needed: true`.
+//
+// With `Accept: application/x-ndjson` (named with a q-value above 0
+// and no lower than `application/json`'s) the answer is a stream of
+// the start's phases as each ends, then the answer (see the 200).
+// Either way a client that goes away does not stop the start: it goes
+// on, and the next call shares its outcome. Every start also publishes
+// its phases as `runtime.phase` events (`GET /v1/events`).
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -8639,6 +8695,9 @@ func ParseEnsureRuntimeReply(rsp *http.Response) (*EnsureRuntimeReply, error) {
 			return nil, err
 		}
 		response.JSONDefault = &dest
+
+	case rsp.StatusCode == 200:
+		// Content-type (application/x-ndjson) unsupported
 
 	}
 

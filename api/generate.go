@@ -9,10 +9,12 @@
 // the same template with one test: an operation that answers a stream (a
 // 101 upgrade, a streaming content type such as application/x-ndjson or
 // text/event-stream, or the operation extension x-arcbox-stream: true)
-// gets no *WithResponse method, response type or Parse function. Its
-// request builder and plain Client method (which returns the
-// *http.Response) stay. Package client (the Go SDK) reads the streams as
-// iterators. getRuntimeLogs keeps its wrapper: it reads a log whole, which
+// gets no *WithResponse method, response type or Parse function, unless
+// it is marked x-arcbox-stream-by-accept: true (ensureRuntime): it
+// streams only when the request's Accept asks, so the wrapper, which
+// sends no Accept, reads its one JSON answer. Its request builder and
+// plain Client method (which returns the *http.Response) stay. Package
+// client (the Go SDK) reads the streams as iterators. getRuntimeLogs keeps its wrapper: it reads a log whole, which
 // is right without follow=true; the SDK's RuntimeLogs follows. The test
 // keys on the spec rather than a list of operation ids, so a new stream
 // cannot get a wrapper that hangs. The template is v2.8.2's: when

@@ -14,18 +14,20 @@ import (
 
 // Defines values for EventAction.
 const (
-	EventActionCreated    EventAction = "created"
-	EventActionFailed     EventAction = "failed"
-	EventActionIdle       EventAction = "idle"
-	EventActionPortClose  EventAction = "port.close"
-	EventActionPortOpen   EventAction = "port.open"
-	EventActionReady      EventAction = "ready"
-	EventActionRemoved    EventAction = "removed"
-	EventActionRunExited  EventAction = "run.exited"
-	EventActionRunStarted EventAction = "run.started"
-	EventActionRunning    EventAction = "running"
-	EventActionStopped    EventAction = "stopped"
-	EventActionStopping   EventAction = "stopping"
+	EventActionCreated      EventAction = "created"
+	EventActionFailed       EventAction = "failed"
+	EventActionIdle         EventAction = "idle"
+	EventActionImagePull    EventAction = "image.pull"
+	EventActionPortClose    EventAction = "port.close"
+	EventActionPortOpen     EventAction = "port.open"
+	EventActionReady        EventAction = "ready"
+	EventActionRemoved      EventAction = "removed"
+	EventActionRunExited    EventAction = "run.exited"
+	EventActionRunStarted   EventAction = "run.started"
+	EventActionRunning      EventAction = "running"
+	EventActionRuntimePhase EventAction = "runtime.phase"
+	EventActionStopped      EventAction = "stopped"
+	EventActionStopping     EventAction = "stopping"
 )
 
 // Valid indicates whether the value is a known member of the EventAction enum.
@@ -36,6 +38,8 @@ func (e EventAction) Valid() bool {
 	case EventActionFailed:
 		return true
 	case EventActionIdle:
+		return true
+	case EventActionImagePull:
 		return true
 	case EventActionPortClose:
 		return true
@@ -50,6 +54,8 @@ func (e EventAction) Valid() bool {
 	case EventActionRunStarted:
 		return true
 	case EventActionRunning:
+		return true
+	case EventActionRuntimePhase:
 		return true
 	case EventActionStopped:
 		return true
@@ -231,6 +237,54 @@ func (e RunState) Valid() bool {
 	case RunStateLost:
 		return true
 	case RunStateRunning:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RuntimeEnsureProgressPhase.
+const (
+	RuntimeEnsureProgressPhaseContainerdReady RuntimeEnsureProgressPhase = "containerd_ready"
+	RuntimeEnsureProgressPhaseDataVolume      RuntimeEnsureProgressPhase = "data_volume"
+	RuntimeEnsureProgressPhaseDockerdReady    RuntimeEnsureProgressPhase = "dockerd_ready"
+	RuntimeEnsureProgressPhaseEnsure          RuntimeEnsureProgressPhase = "ensure"
+	RuntimeEnsureProgressPhasePrerequisites   RuntimeEnsureProgressPhase = "prerequisites"
+)
+
+// Valid indicates whether the value is a known member of the RuntimeEnsureProgressPhase enum.
+func (e RuntimeEnsureProgressPhase) Valid() bool {
+	switch e {
+	case RuntimeEnsureProgressPhaseContainerdReady:
+		return true
+	case RuntimeEnsureProgressPhaseDataVolume:
+		return true
+	case RuntimeEnsureProgressPhaseDockerdReady:
+		return true
+	case RuntimeEnsureProgressPhaseEnsure:
+		return true
+	case RuntimeEnsureProgressPhasePrerequisites:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RuntimeEnsureProgressStatus.
+const (
+	RuntimeEnsureProgressStatusFailed  RuntimeEnsureProgressStatus = "failed"
+	RuntimeEnsureProgressStatusReused  RuntimeEnsureProgressStatus = "reused"
+	RuntimeEnsureProgressStatusStarted RuntimeEnsureProgressStatus = "started"
+)
+
+// Valid indicates whether the value is a known member of the RuntimeEnsureProgressStatus enum.
+func (e RuntimeEnsureProgressStatus) Valid() bool {
+	switch e {
+	case RuntimeEnsureProgressStatusFailed:
+		return true
+	case RuntimeEnsureProgressStatusReused:
+		return true
+	case RuntimeEnsureProgressStatusStarted:
 		return true
 	default:
 		return false
@@ -670,16 +724,36 @@ type Error struct {
 // Event Examples: {"action":"ready","sandbox_id":"box-1","seq":41,"timestamp":1764331200250000000}, {"action":"idle","attributes":{"exit_code":"0"},"sandbox_id":"box-1","seq":42,"timestamp":1764331260000000000}, {"action":"port.open","attributes":{"address":"0.0.0.0","port":"8080","protocol":"tcp"},"seq":43,"timestamp":1764331261000000000}
 type Event struct {
 	// Action A sandbox's lifecycle (`created` ... `removed`), its runs
-	// (`run.started`, `run.exited`), and listening ports: `port.open`
-	// when a TCP listener or a bound, unconnected UDP socket appears in
-	// the guest's or a bridged sandbox's network namespace, `port.close`
-	// when it goes. A port event carries `protocol` (`tcp` or `udp`),
-	// `address` and `port` in its attributes, and the sandbox's id, or
-	// no `sandbox_id` for the guest's own.
+	// (`run.started`, `run.exited`), the pull of its image, listening
+	// ports, and the phases of runtime starts.
+	//
+	// `image.pull`: progress of the download of a layer of the image a
+	// starting sandbox is made from, between its `created` and its
+	// `ready` (or `failed`); none when the image is in the agent's
+	// cache. Attributes: `image` (the reference as the create gave it),
+	// `layer` (the layer's digest), `done` and `total` (bytes of the
+	// compressed layer, as decimal strings). Each layer has one with
+	// `done` 0 when its download begins, then at most one every 100 ms
+	// or so as it progresses (progress in between is coalesced, and
+	// `done` only grows), and always a last one with `done` equal to
+	// `total`. Creates that share a pull each get its events from
+	// when they joined it.
+	//
+	// `port.open` when a TCP listener or a bound, unconnected UDP socket
+	// appears in the guest's or a bridged sandbox's network namespace,
+	// `port.close` when it goes. A port event carries `protocol` (`tcp`
+	// or `udp`), `address` and `port` in its attributes, and the
+	// sandbox's id, or no `sandbox_id` for the guest's own.
+	//
+	// `runtime.phase`: a phase of a runtime start (`POST
+	// /v1/runtime/ensure`) has ended; no `sandbox_id`. Attributes:
+	// `phase` (as `RuntimeEnsureProgress.phase`) and `took_ms` (whole
+	// milliseconds, a decimal string); the start's last, `phase`
+	// `ensure`, also has `status` (`started`, `reused` or `failed`).
 	Action     EventAction        `json:"action"`
 	Attributes *map[string]string `json:"attributes,omitempty"`
 
-	// SandboxId The sandbox the event is about; absent for the guest's own (port events).
+	// SandboxId The sandbox the event is about; absent for the guest's own (port events, runtime phases).
 	SandboxId string `json:"sandbox_id,omitempty"`
 
 	// Seq The event's place in the journal: greater than every earlier
@@ -692,12 +766,32 @@ type Event struct {
 }
 
 // EventAction A sandbox's lifecycle (`created` ... `removed`), its runs
-// (`run.started`, `run.exited`), and listening ports: `port.open`
-// when a TCP listener or a bound, unconnected UDP socket appears in
-// the guest's or a bridged sandbox's network namespace, `port.close`
-// when it goes. A port event carries `protocol` (`tcp` or `udp`),
-// `address` and `port` in its attributes, and the sandbox's id, or
-// no `sandbox_id` for the guest's own.
+// (`run.started`, `run.exited`), the pull of its image, listening
+// ports, and the phases of runtime starts.
+//
+// `image.pull`: progress of the download of a layer of the image a
+// starting sandbox is made from, between its `created` and its
+// `ready` (or `failed`); none when the image is in the agent's
+// cache. Attributes: `image` (the reference as the create gave it),
+// `layer` (the layer's digest), `done` and `total` (bytes of the
+// compressed layer, as decimal strings). Each layer has one with
+// `done` 0 when its download begins, then at most one every 100 ms
+// or so as it progresses (progress in between is coalesced, and
+// `done` only grows), and always a last one with `done` equal to
+// `total`. Creates that share a pull each get its events from
+// when they joined it.
+//
+// `port.open` when a TCP listener or a bound, unconnected UDP socket
+// appears in the guest's or a bridged sandbox's network namespace,
+// `port.close` when it goes. A port event carries `protocol` (`tcp`
+// or `udp`), `address` and `port` in its attributes, and the
+// sandbox's id, or no `sandbox_id` for the guest's own.
+//
+// `runtime.phase`: a phase of a runtime start (`POST
+// /v1/runtime/ensure`) has ended; no `sandbox_id`. Attributes:
+// `phase` (as `RuntimeEnsureProgress.phase`) and `took_ms` (whole
+// milliseconds, a decimal string); the start's last, `phase`
+// `ensure`, also has `status` (`started`, `reused` or `failed`).
 type EventAction string
 
 // ExecClientMessage One message from the client of an exec WebSocket; exactly one field is
@@ -1209,6 +1303,44 @@ type RunRequest struct {
 // while the agent restarted; its exit is not known and what was left
 // of it was killed.
 type RunState string
+
+// RuntimeEnsureProgress One line of a streamed ensure: either a phase of the start that
+// has ended (`phase`, `took_ms`, and `status` on the last), or the
+// answer (`result`), which is the last line.
+//
+// Examples: {"phase":"data_volume","took_ms":35}, {"phase":"containerd_ready","took_ms":412}, {"phase":"ensure","status":"started","took_ms":1804}, {"result":{"endpoint":"vsock:2375","message":"spawned bundled containerd (pid=812); spawned bundled dockerd (pid=830); docker socket ready","ready":true,"status":"started"}}
+type RuntimeEnsureProgress struct {
+	// Phase The phase that ended, in this order; a start goes through those
+	// it needs (`prerequisites` only when the agent prepares the
+	// machine, `data_volume` only with a data volume, a daemon's only
+	// when the start spawned it or waited for it) and always ends
+	// with `ensure`, the whole start. The same names as the
+	// `arcbox_agent_runtime_phase_*` metrics.
+	Phase  *RuntimeEnsureProgressPhase `json:"phase,omitempty"`
+	Result *RuntimeEnsureResponse      `json:"result,omitempty"`
+
+	// Status On the `ensure` phase only: the start's outcome. The caller's
+	// own answer is the `result`'s status, which is `reused` for a
+	// caller that joined a start another caller drove.
+	Status *RuntimeEnsureProgressStatus `json:"status,omitempty"`
+
+	// TookMs How long the phase took, in whole milliseconds: a daemon's from
+	// its spawn to its socket answering, `ensure`'s the whole start.
+	TookMs *int64 `json:"took_ms,omitempty"`
+}
+
+// RuntimeEnsureProgressPhase The phase that ended, in this order; a start goes through those
+// it needs (`prerequisites` only when the agent prepares the
+// machine, `data_volume` only with a data volume, a daemon's only
+// when the start spawned it or waited for it) and always ends
+// with `ensure`, the whole start. The same names as the
+// `arcbox_agent_runtime_phase_*` metrics.
+type RuntimeEnsureProgressPhase string
+
+// RuntimeEnsureProgressStatus On the `ensure` phase only: the start's outcome. The caller's
+// own answer is the `result`'s status, which is `reused` for a
+// caller that joined a start another caller drove.
+type RuntimeEnsureProgressStatus string
 
 // RuntimeEnsureRequest Examples: {"start_if_needed":true}, {"start_if_needed":false}
 type RuntimeEnsureRequest struct {

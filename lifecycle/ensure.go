@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 )
 
@@ -82,11 +83,21 @@ type attempt struct {
 	// stale is set when a daemon exited while the attempt ran: a ready
 	// outcome then leaves the machine in stateNotStarted, not stateReady.
 	stale bool
+	// phases are the phases the attempt has ended so far, told to each
+	// watch that joins later; watches are those of the callers waiting
+	// on it. Both are guarded by the ensurer's mu.
+	phases  []Phase
+	watches []*phaseWatch
 }
 
+// phaseWatch is one caller's watch on an attempt (a pointer, so that the
+// caller removes its own).
+type phaseWatch struct{ fn func(Phase) }
+
 // startFunc runs a start sequence. It is given a context detached from the
-// caller's request, which ends only with the machine's own lifetime.
-type startFunc func(ctx context.Context) EnsureResult
+// caller's request, which ends only with the machine's own lifetime, and
+// tells report each phase as it ends.
+type startFunc func(ctx context.Context, report func(Phase)) EnsureResult
 
 // probeFunc reports the runtime's state without starting anything.
 type probeFunc func(ctx context.Context) EnsureResult
@@ -140,7 +151,8 @@ func (e *ensurer) snapshot() ensureState {
 //
 // A caller whose ctx ends while it waits, driver included, gets a failed
 // answer naming ctx's error; the attempt goes on and its outcome is kept
-// for the next caller.
+// for the next caller. A caller whose ctx carries a watch (WithPhaseWatch)
+// is told the attempt's phases while it waits.
 func (e *ensurer) ensure(ctx context.Context, startIfNeeded bool, start startFunc, probe probeFunc) EnsureResult {
 	e.mu.Lock()
 	if e.state == stateReady {
@@ -165,6 +177,7 @@ func (e *ensurer) ensure(ctx context.Context, startIfNeeded bool, start startFun
 		go e.run(a, start)
 	}
 	e.waiting++
+	w := a.watch(PhaseWatch(ctx))
 	e.mu.Unlock()
 
 	select {
@@ -172,6 +185,7 @@ func (e *ensurer) ensure(ctx context.Context, startIfNeeded bool, start startFun
 	case <-ctx.Done():
 		e.mu.Lock()
 		e.waiting--
+		a.unwatch(w)
 		e.mu.Unlock()
 		return EnsureResult{
 			Status:  StatusFailed,
@@ -180,6 +194,7 @@ func (e *ensurer) ensure(ctx context.Context, startIfNeeded bool, start startFun
 	}
 	e.mu.Lock()
 	e.waiting--
+	a.unwatch(w)
 	e.mu.Unlock()
 	if driver {
 		return a.result
@@ -199,7 +214,7 @@ func (e *ensurer) run(a *attempt, start startFunc) {
 				res = EnsureResult{Status: StatusFailed, Message: fmt.Sprintf("runtime start panicked: %v", p)}
 			}
 		}()
-		res = start(e.base)
+		res = start(e.base, func(p Phase) { e.report(a, p) })
 	}()
 
 	e.mu.Lock()
@@ -217,6 +232,40 @@ func (e *ensurer) run(a *attempt, start startFunc) {
 	}
 	e.current = nil
 	close(a.done)
+}
+
+// report tells every watch of a the phase that has ended, and keeps it
+// for those that join later.
+func (e *ensurer) report(a *attempt, p Phase) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	a.phases = append(a.phases, p)
+	for _, w := range a.watches {
+		w.fn(p)
+	}
+}
+
+// watch adds fn as a watch of a, telling it first the phases that have
+// ended already, and returns it for unwatch; nil fn: none. e.mu is held,
+// so no phase is told between the replay and the first live one.
+func (a *attempt) watch(fn func(Phase)) *phaseWatch {
+	if fn == nil {
+		return nil
+	}
+	for _, p := range a.phases {
+		fn(p)
+	}
+	w := &phaseWatch{fn: fn}
+	a.watches = append(a.watches, w)
+	return w
+}
+
+// unwatch removes w (nil: none); e.mu is held. After it, w is told
+// nothing more.
+func (a *attempt) unwatch(w *phaseWatch) {
+	if w != nil {
+		a.watches = slices.DeleteFunc(a.watches, func(x *phaseWatch) bool { return x == w })
+	}
 }
 
 // invalidate records that a daemon went down: a ready machine goes back to

@@ -21,11 +21,11 @@ func failedResponse() EnsureResult {
 }
 
 func startReturning(r EnsureResult) startFunc {
-	return func(context.Context) EnsureResult { return r }
+	return func(context.Context, func(Phase)) EnsureResult { return r }
 }
 
 func mustNotStart(t *testing.T) startFunc {
-	return func(context.Context) EnsureResult {
+	return func(context.Context, func(Phase)) EnsureResult {
 		t.Error("start must not be called")
 		return failedResponse()
 	}
@@ -137,7 +137,7 @@ func concurrentCallers(t *testing.T, n int, outcome EnsureResult) ([]EnsureResul
 	e := newTestEnsurer(t)
 	var starts atomic.Int32
 	release := make(chan struct{})
-	start := func(context.Context) EnsureResult {
+	start := func(context.Context, func(Phase)) EnsureResult {
 		starts.Add(1)
 		<-release
 		return outcome
@@ -203,7 +203,7 @@ func TestEnsureNoLostWakeupWhenDriverFinishesFast(t *testing.T) {
 		release := make(chan struct{})
 		driver := make(chan EnsureResult, 1)
 		go func() {
-			driver <- e.ensure(context.Background(), true, func(context.Context) EnsureResult {
+			driver <- e.ensure(context.Background(), true, func(context.Context, func(Phase)) EnsureResult {
 				close(entered)
 				<-release
 				return readyResponse()
@@ -286,7 +286,7 @@ func TestEnsureProbeOnlyNeverStartsEvenWhileStarting(t *testing.T) {
 	release := make(chan struct{})
 	done := make(chan EnsureResult, 1)
 	go func() {
-		done <- e.ensure(context.Background(), true, func(context.Context) EnsureResult {
+		done <- e.ensure(context.Background(), true, func(context.Context, func(Phase)) EnsureResult {
 			<-release
 			return readyResponse()
 		}, mustNotProbe(t))
@@ -315,7 +315,7 @@ func TestEnsureWaiterContextEndsStartGoesOn(t *testing.T) {
 	release := make(chan struct{})
 	var startCtxErr atomic.Value
 	finished := make(chan struct{})
-	start := func(ctx context.Context) EnsureResult {
+	start := func(ctx context.Context, _ func(Phase)) EnsureResult {
 		<-release
 		if ctx.Err() != nil {
 			startCtxErr.Store(ctx.Err())
@@ -370,7 +370,7 @@ func TestEnsureInvalidateWhenReadyStartsAgain(t *testing.T) {
 
 func TestEnsureInvalidateDuringStartIsNotLost(t *testing.T) {
 	e := newTestEnsurer(t)
-	r := e.ensure(context.Background(), true, func(context.Context) EnsureResult {
+	r := e.ensure(context.Background(), true, func(context.Context, func(Phase)) EnsureResult {
 		e.invalidate() // a daemon exits while the start runs
 		return readyResponse()
 	}, mustNotProbe(t))
@@ -384,7 +384,7 @@ func TestEnsureInvalidateDuringStartIsNotLost(t *testing.T) {
 
 func TestEnsureStartPanicIsAFailure(t *testing.T) {
 	e := newTestEnsurer(t)
-	r := e.ensure(context.Background(), true, func(context.Context) EnsureResult { panic("boom") }, mustNotProbe(t))
+	r := e.ensure(context.Background(), true, func(context.Context, func(Phase)) EnsureResult { panic("boom") }, mustNotProbe(t))
 	if r.Status != StatusFailed || !strings.Contains(r.Message, "boom") {
 		t.Fatalf("got %+v, want failed naming the panic", r)
 	}
@@ -397,7 +397,7 @@ func TestEnsureCloseWaitsForTheStartAndRefusesNewOnes(t *testing.T) {
 	base, cancel := context.WithCancel(context.Background())
 	e := newEnsurer(base)
 	started := make(chan struct{})
-	go e.ensure(context.Background(), true, func(ctx context.Context) EnsureResult {
+	go e.ensure(context.Background(), true, func(ctx context.Context, _ func(Phase)) EnsureResult {
 		close(started)
 		<-ctx.Done() // a start abandons when the owner shuts down
 		return EnsureResult{Status: StatusFailed, Message: "abandoned"}

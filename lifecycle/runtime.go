@@ -141,6 +141,11 @@ type Config struct {
 	Phases *startup.Phases
 	// Registerer, when set, receives the runtime's metrics.
 	Registerer prometheus.Registerer
+	// OnPhase, when set, is told each phase of every start as it ends,
+	// PhaseEnsure last (the agent publishes them as events). It is
+	// called from the start's goroutine, which waits for it: it must not
+	// wait on anything slow.
+	OnPhase func(Phase)
 
 	// StartProcess starts a prepared command, as (*exec.Cmd).Start does
 	// (the default). The Runtime waits for it. Tests wrap it to count or
@@ -350,7 +355,9 @@ func New(cfg Config) (*Runtime, error) {
 // without it, it only reports. The answer's Status is StatusStarted for the
 // caller that drove a start, StatusReused once ready, StatusFailed with the
 // reason otherwise. The start runs detached from ctx: a caller that gives
-// up (its ctx ends) gets a failed answer, and the start goes on.
+// up (its ctx ends) gets a failed answer, and the start goes on. A watch
+// set on ctx with WithPhaseWatch is told the phases of the start the call
+// waits for.
 func (r *Runtime) Ensure(ctx context.Context, startIfNeeded bool) EnsureResult {
 	res := r.ens.ensure(ctx, startIfNeeded, r.start, r.probe)
 	r.ensureTotal.WithLabelValues(res.Status).Inc()

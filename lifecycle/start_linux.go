@@ -30,11 +30,12 @@ func setProcAttr(cmd *exec.Cmd) {
 
 // start is the seed agent's do_ensure_runtime_start: start what is down,
 // wait for dockerd, and report. It runs with the Runtime's lifetime, not a
-// request's context.
-func (r *Runtime) start(ctx context.Context) EnsureResult {
+// request's context, and tells report each phase as it ends, PhaseEnsure
+// last.
+func (r *Runtime) start(ctx context.Context, report func(Phase)) EnsureResult {
 	began := time.Now()
 	r.log.Info("runtime start")
-	notes, failure, spawned := r.startDaemons(ctx)
+	notes, failure, spawned := r.startDaemons(ctx, report)
 	st := r.Status(ctx)
 
 	var parts []string
@@ -53,6 +54,7 @@ func (r *Runtime) start(ctx context.Context) EnsureResult {
 		Message:  strings.Join(parts, "; "),
 		Status:   StatusFailed,
 	}
+	took := time.Since(began)
 	if st.DockerReady {
 		// What really happened: a start that found every daemon serving
 		// (adopted, or not the agent's) started nothing.
@@ -60,22 +62,26 @@ func (r *Runtime) start(ctx context.Context) EnsureResult {
 		if spawned {
 			res.Status = StatusStarted
 		}
-		r.observe("ensure", began)
-		r.log.Info("runtime ready", "took", time.Since(began).Round(time.Millisecond).String(), "message", res.Message)
+		// The metric is of the starts that ended ready; the phase is
+		// told of every start.
+		r.observe(PhaseEnsure, began)
+		r.log.Info("runtime ready", "took", took.Round(time.Millisecond).String(), "message", res.Message)
 	} else {
-		r.log.Warn("runtime start failed", "took", time.Since(began).Round(time.Millisecond).String(), "message", res.Message)
+		r.log.Warn("runtime start failed", "took", took.Round(time.Millisecond).String(), "message", res.Message)
 	}
+	r.tell(report, Phase{Name: PhaseEnsure, Took: took, Status: res.Status})
 	return res
 }
 
 // startDaemons is the seed agent's try_start_bundled_runtime followed by
-// its wait for dockerd, after adopting what an earlier agent left running.
-// It returns notes on what it did, whether it spawned a daemon and, when
-// a daemon did not come up, why, ending with that daemon's last log lines.
+// its wait for dockerd, after adopting what an earlier agent left running,
+// telling report each phase that ends. It returns notes on what it did,
+// whether it spawned a daemon and, when a daemon did not come up, why,
+// ending with that daemon's last log lines.
 // It stops early (missing binaries, a failed data volume, a daemon that
 // could not be spawned or exited) instead of waiting out a deadline that
 // cannot help.
-func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure string, spawned bool) {
+func (r *Runtime) startDaemons(ctx context.Context, report func(Phase)) (notes []string, failure string, spawned bool) {
 	cfg := &r.cfg
 	r.adoptStrays(ctx)
 	notes = r.adoptedNotes()
@@ -100,7 +106,7 @@ func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure str
 			r.log.Info("runtime prerequisites", "notes", strings.Join(pre, "; "))
 		}
 		notes = append(notes, pre...)
-		r.observe("prerequisites", t)
+		r.endPhase(report, PhasePrerequisites, t)
 	}
 
 	if cfg.Volume != nil {
@@ -112,7 +118,7 @@ func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure str
 		if note != "" {
 			notes = append(notes, note)
 		}
-		r.observe("data_volume", t)
+		r.endPhase(report, PhaseDataVolume, t)
 	}
 
 	for _, dir := range []string{
@@ -154,7 +160,7 @@ func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure str
 		// end sets both again.
 		r.setReady(Containerd, true, exits)
 		if c != nil {
-			r.observe("containerd_ready", c.started)
+			r.endPhase(report, PhaseContainerdReady, c.started)
 		}
 	case errors.Is(kind, errNotReady):
 		notes = append(notes, fmt.Sprintf("containerd socket not ready after %s", cfg.ContainerdTimeout))
@@ -185,7 +191,7 @@ func (r *Runtime) startDaemons(ctx context.Context) (notes []string, failure str
 		return notes, msg, spawned
 	}
 	if d != nil {
-		r.observe("dockerd_ready", d.started)
+		r.endPhase(report, PhaseDockerdReady, d.started)
 	}
 	return notes, "", spawned
 }
@@ -251,11 +257,4 @@ func daemonEnv(binDir string) []string {
 		path = binDir + ":" + standardPath
 	}
 	return append(env, "PATH="+path)
-}
-
-// observe records a runtime phase when Phases is set.
-func (r *Runtime) observe(phase string, began time.Time) {
-	if r.cfg.Phases != nil {
-		r.cfg.Phases.Observe(phase, began)
-	}
 }

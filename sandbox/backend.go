@@ -75,6 +75,19 @@ type StartRequest struct {
 	// From, when set, is a snapshot directory made by Checkpoint: the
 	// sandbox starts with its files.
 	From string
+	// Progress, when set, is told how the download of each layer of the
+	// sandbox's image goes while Start pulls it (not when the image is
+	// in the cache): Done 0 when a layer's download begins, then now and
+	// then as it grows, and Done == Total last once it is whole. It is
+	// called from the pull's goroutines and must return promptly.
+	Progress func(PullProgress)
+}
+
+// PullProgress is how far the download of one layer of an image has come.
+type PullProgress struct {
+	Layer string // the layer's digest, "sha256:<hex>"
+	Done  int64  // bytes of the compressed layer downloaded
+	Total int64  // the compressed layer's size
 }
 
 // RunningProcess is a process started by Backend.StartProcess.

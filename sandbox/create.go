@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 )
 
 // Create makes a sandbox. It returns promptly in state starting; the start
@@ -175,7 +176,7 @@ func (m *Manager) start(ctx context.Context, sb *sandbox, place *queuePlace) {
 	var exited <-chan struct{}
 	release, err := place.wait(ctx)
 	if err == nil {
-		r := StartRequest{ID: sb.id, Spec: sb.rec.Spec, From: from}
+		r := StartRequest{ID: sb.id, Spec: sb.rec.Spec, From: from, Progress: m.pullProgress(sb)}
 		if sb.rec.IDMap != nil {
 			r.IDMap = *sb.rec.IDMap
 		}
@@ -252,6 +253,20 @@ func (m *Manager) start(ctx context.Context, sb *sandbox, place *queuePlace) {
 }
 
 func discardOutput(Output) error { return nil }
+
+// pullProgress publishes the progress of the pull of sb's image as
+// image.pull events, for StartRequest.Progress.
+func (m *Manager) pullProgress(sb *sandbox) func(PullProgress) {
+	image := sb.rec.Spec.Image
+	return func(p PullProgress) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.publishLocked(sb, ActionImagePull, map[string]string{
+			"image": image, "layer": p.Layer,
+			"done": strconv.FormatInt(p.Done, 10), "total": strconv.FormatInt(p.Total, 10),
+		})
+	}
+}
 
 // watch fails the sandbox if its init exits while it should run.
 func (m *Manager) watch(sb *sandbox, exited <-chan struct{}) {

@@ -51,6 +51,9 @@ const (
 	// 128+n, signal.
 	ActionRunStarted = "run.started"
 	ActionRunExited  = "run.exited"
+	// ActionImagePull is the progress of a layer of a starting sandbox's
+	// image: attributes image, layer, done and total (see PullProgress).
+	ActionImagePull = "image.pull"
 )
 
 // Limits are a sandbox's resources. Zero fields take Config.DefaultLimits.

@@ -263,12 +263,7 @@ func (a *agent) build(reg *prometheus.Registry, phases *startup.Phases, startPro
 		HasSocketGID: cfg.HasSocketGID,
 	})
 	var err error
-	// The runtime's phases are a family of their own: a start may come
-	// long after the agent's startup, and again.
 	if a.volume, err = newVolume(cfg, logger); err != nil {
-		return err
-	}
-	if a.runtime, err = newRuntime(cfg, a.volume, logger, startup.NewRuntime(reg, phases.Start()), reg, startProcess); err != nil {
 		return err
 	}
 	var prepareState func(context.Context) error
@@ -276,6 +271,13 @@ func (a *agent) build(reg *prometheus.Registry, phases *startup.Phases, startPro
 		prepareState = a.prepareStateDir
 	}
 	a.sandboxManager = startSandboxes(a.ctx, cfg, logger, phases, reg, prepareState)
+	// The runtime's phases are a family of their own (a start may come
+	// long after the agent's startup, and again), and events too, in the
+	// journal the sandbox manager opens in the background.
+	if a.runtime, err = newRuntime(cfg, a.volume, logger, startup.NewRuntime(reg, phases.Start()), reg, startProcess,
+		a.sandboxManager.publishRuntimePhase); err != nil {
+		return err
+	}
 	a.proxy, err = dockerproxy.New(dockerproxy.Config{Socket: cfg.DockerSocket, Logger: logger, Registerer: reg, Token: a.token})
 	if err != nil {
 		return err

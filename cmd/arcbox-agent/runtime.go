@@ -62,8 +62,10 @@ func (a *agent) prepareStateDir(ctx context.Context) error {
 const stateSubvolume = "@arcbox"
 
 // newRuntime builds the container runtime over the data volume. start
-// starts the daemons (the reaper's, when init).
-func newRuntime(cfg *config, vol *disk.Volume, logger *slog.Logger, phases *startup.Phases, reg prometheus.Registerer, start func(*exec.Cmd) error) (*lifecycle.Runtime, error) {
+// starts the daemons (the reaper's, when init); onPhase publishes each
+// phase of a start as it ends (pendingManager.publishRuntimePhase).
+func newRuntime(cfg *config, vol *disk.Volume, logger *slog.Logger, phases *startup.Phases, reg prometheus.Registerer,
+	start func(*exec.Cmd) error, onPhase func(lifecycle.Phase)) (*lifecycle.Runtime, error) {
 	return lifecycle.New(lifecycle.Config{
 		RuntimeBinDir:     cfg.RuntimeBinDir,
 		ContainerdSocket:  cfg.ContainerdSocket,
@@ -84,6 +86,7 @@ func newRuntime(cfg *config, vol *disk.Volume, logger *slog.Logger, phases *star
 		Logger:            logger,
 		Phases:            phases,
 		Registerer:        reg,
+		OnPhase:           onPhase,
 		StartProcess:      start,
 	})
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/arcbox/arcbox-agent/events"
 	"github.com/arcbox/arcbox-agent/handlers"
+	"github.com/arcbox/arcbox-agent/lifecycle"
 	"github.com/arcbox/arcbox-agent/portwatch"
 	"github.com/arcbox/arcbox-agent/sandbox"
 	"github.com/arcbox/arcbox-agent/sandbox/oci"
@@ -35,7 +36,18 @@ type pendingManager struct {
 	done chan struct{}
 	m    *sandbox.Manager
 	err  error
+
+	// The runtime's phases, published to the journal once it is open:
+	// until then (opened false) kept in early, at most maxEarlyEvents,
+	// so a runtime start never waits for the journal.
+	phaseMu sync.Mutex
+	opened  bool
+	early   []events.Event
 }
+
+// maxEarlyEvents bounds the runtime phases kept while the journal opens:
+// a few starts' worth.
+const maxEarlyEvents = 64
 
 // prepare, when set, makes the state dir ready first (mounts it from the
 // data volume); when it fails, neither the journal nor the manager start,
@@ -52,6 +64,7 @@ func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phase
 				logger.Error("sandboxes and events are unavailable", "err", err)
 				s.journalErr, s.err = err, err
 				close(s.journalOpen)
+				s.flushEarly()
 				return
 			}
 			phases.Observe("state_dir", began)
@@ -61,6 +74,7 @@ func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phase
 			Dir: cfg.EventJournalDir, Size: cfg.EventJournalSize, Logger: logger, Registerer: reg,
 		})
 		close(s.journalOpen)
+		s.flushEarly()
 		if s.journalErr == nil {
 			s.watchPorts(ctx, cfg, logger)
 		}
@@ -190,6 +204,41 @@ func (s *pendingManager) stopAll(ctx context.Context) error {
 	}
 	wg.Wait()
 	return errors.Join(all...)
+}
+
+// publishRuntimePhase publishes a phase of a runtime start as a
+// runtime.phase event (lifecycle.Config.OnPhase). Before the journal is
+// open it is kept for it, never waited for; when the journal cannot open
+// it is dropped, as every event is then.
+func (s *pendingManager) publishRuntimePhase(p lifecycle.Phase) {
+	attrs := map[string]string{"phase": p.Name, "took_ms": strconv.FormatInt(p.Took.Milliseconds(), 10)}
+	if p.Status != "" {
+		attrs["status"] = p.Status
+	}
+	ev := events.Event{Time: time.Now(), Action: "runtime.phase", Attributes: attrs}
+	s.phaseMu.Lock()
+	defer s.phaseMu.Unlock()
+	switch {
+	case !s.opened && len(s.early) < maxEarlyEvents:
+		s.early = append(s.early, ev)
+	case s.opened && s.journal != nil:
+		s.journal.Append(ev)
+	}
+}
+
+// flushEarly publishes the phases kept while the journal opened, once it
+// has (or drops them, when it could not), in their order and before any
+// later one.
+func (s *pendingManager) flushEarly() {
+	s.phaseMu.Lock()
+	defer s.phaseMu.Unlock()
+	s.opened = true
+	if s.journal != nil {
+		for _, ev := range s.early {
+			s.journal.Append(ev)
+		}
+	}
+	s.early = nil
 }
 
 // watchPorts publishes port.open and port.close events, until ctx ends,

@@ -31,10 +31,11 @@ import (
 // the agent allow for loopback without being told), remembering the paths
 // of the GET requests it served so a test can tell what was pulled.
 type Registry struct {
-	srv   *httptest.Server
-	mu    sync.Mutex
-	gets  []string
-	holds []*hold
+	srv    *httptest.Server
+	mu     sync.Mutex
+	gets   []string
+	holds  []*hold
+	stalls []*stall
 }
 
 // hold is a Hold in force: the GET requests whose path contains part wait
@@ -43,6 +44,50 @@ type hold struct {
 	part     string
 	arrived  chan string
 	released chan struct{}
+}
+
+// stall is a Stall in force: the GET responses whose path contains part
+// send their first after bytes, then wait until released is closed.
+type stall struct {
+	part     string
+	after    int64
+	reached  chan struct{}
+	once     sync.Once
+	released chan struct{}
+}
+
+// stallWriter sends a response's first bytes, then waits for its stall's
+// release before the rest.
+type stallWriter struct {
+	http.ResponseWriter
+	st   *stall
+	done <-chan struct{} // the request's: the client went away
+	left int64           // bytes to send before the stall; -1 past it
+}
+
+func (w *stallWriter) Write(p []byte) (int, error) {
+	if w.left < 0 || int64(len(p)) <= w.left {
+		if w.left >= 0 {
+			w.left -= int64(len(p))
+		}
+		return w.ResponseWriter.Write(p)
+	}
+	n, err := w.ResponseWriter.Write(p[:w.left])
+	if err != nil {
+		return n, err
+	}
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+	w.st.once.Do(func() { close(w.st.reached) })
+	select {
+	case <-w.st.released:
+	case <-w.done:
+		return n, http.ErrAbortHandler
+	}
+	w.left = -1
+	m, err := w.ResponseWriter.Write(p[n:])
+	return n + m, err
 }
 
 // New starts a registry that stops when the test ends.
@@ -58,6 +103,11 @@ func New(t testing.TB) *Registry {
 			for _, hd := range r.holds {
 				if strings.Contains(req.URL.Path, hd.part) {
 					held = hd
+				}
+			}
+			for _, st := range r.stalls {
+				if strings.Contains(req.URL.Path, st.part) {
+					w = &stallWriter{ResponseWriter: w, st: st, done: req.Context().Done(), left: st.after}
 				}
 			}
 			r.mu.Unlock()
@@ -121,6 +171,31 @@ func (r *Registry) Hold(t testing.TB, part string) (arrived <-chan string, relea
 	// which waits for the requests in progress.
 	t.Cleanup(release)
 	return hd.arrived, release
+}
+
+// Stall slows the GET responses whose path contains part (such as
+// "/blobs/sha256:…"), so a test can watch a download in the middle: each
+// sends its first after bytes (its headers too) and flushes them, then
+// waits for release before the rest. reached is closed once the first
+// response has sent them. The end of the test releases them too.
+func (r *Registry) Stall(t testing.TB, part string, after int64) (reached <-chan struct{}, release func()) {
+	t.Helper()
+	st := &stall{part: part, after: after, reached: make(chan struct{}), released: make(chan struct{})}
+	r.mu.Lock()
+	r.stalls = append(r.stalls, st)
+	r.mu.Unlock()
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			r.mu.Lock()
+			r.stalls = slices.DeleteFunc(r.stalls, func(s *stall) bool { return s == st })
+			r.mu.Unlock()
+			close(st.released)
+		})
+	}
+	// Registered after New's, so it runs before the server is closed.
+	t.Cleanup(release)
+	return st.reached, release
 }
 
 // Push uploads img as ref (HOST/REPO:TAG).

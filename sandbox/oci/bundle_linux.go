@@ -69,7 +69,7 @@ func (b *Backend) Start(ctx context.Context, r sandbox.StartRequest) (exited <-c
 		}
 		layerMap = meta.IDMap
 	case s.Image != "":
-		img, err := b.images.get(ctx, s.Image, s.RegistryAuth)
+		img, err := b.images.get(ctx, s.Image, s.RegistryAuth, r.Progress)
 		if err != nil {
 			return nil, err
 		}

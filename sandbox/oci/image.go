@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 
@@ -82,6 +83,46 @@ type pullFlight struct {
 	done chan struct{}
 	img  pulledImage
 	err  error
+
+	// watches are told the pull's progress: those of the creates that
+	// wait on it, each from when it joined.
+	mu      sync.Mutex
+	watches []*progressWatch
+}
+
+// progressWatch is one create's watch on a flight (a pointer, so that the
+// create removes its own).
+type progressWatch struct{ fn func(sandbox.PullProgress) }
+
+// watch adds fn (nil: none) and returns it for unwatch.
+func (f *pullFlight) watch(fn func(sandbox.PullProgress)) *progressWatch {
+	if fn == nil {
+		return nil
+	}
+	w := &progressWatch{fn: fn}
+	f.mu.Lock()
+	f.watches = append(f.watches, w)
+	f.mu.Unlock()
+	return w
+}
+
+// unwatch removes w (nil: none): it is told nothing after.
+func (f *pullFlight) unwatch(w *progressWatch) {
+	if w == nil {
+		return
+	}
+	f.mu.Lock()
+	f.watches = slices.DeleteFunc(f.watches, func(x *progressWatch) bool { return x == w })
+	f.mu.Unlock()
+}
+
+// tell gives p to every watch, in the order the pull tells them.
+func (f *pullFlight) tell(p sandbox.PullProgress) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, w := range f.watches {
+		w.fn(p)
+	}
 }
 
 func newImageStore(ctx context.Context, dir string, log *slog.Logger, cfg Config) (*imageStore, error) {
@@ -163,8 +204,10 @@ func (s *imageStore) authenticator(r name.Reference, auth *sandbox.RegistryAuth)
 // get returns the unpacked image ref, pulling it if the cache lacks it;
 // auth, when set, authenticates the pull. An image that took credentials
 // to pull is served from the cache only to a create whose credentials
-// the registry accepts for it too.
-func (s *imageStore) get(ctx context.Context, ref string, auth *sandbox.RegistryAuth) (pulledImage, error) {
+// the registry accepts for it too. progress, when set, is told how the
+// layers' downloads go while get waits for a pull (see
+// sandbox.StartRequest.Progress).
+func (s *imageStore) get(ctx context.Context, ref string, auth *sandbox.RegistryAuth, progress func(sandbox.PullProgress)) (pulledImage, error) {
 	r, err := s.parseRef(ref)
 	if err != nil {
 		return pulledImage{}, err
@@ -202,14 +245,16 @@ func (s *imageStore) get(ctx context.Context, ref string, auth *sandbox.Registry
 		s.pulls.Add(1)
 		go func() {
 			defer s.pulls.Done()
-			f.img, f.err = s.pull(r, a)
+			f.img, f.err = s.pull(r, a, f.tell)
 			s.mu.Lock()
 			delete(s.flights, flight)
 			s.mu.Unlock()
 			close(f.done)
 		}()
 	}
+	w := f.watch(progress)
 	s.mu.Unlock()
+	defer f.unwatch(w)
 	select {
 	case <-f.done:
 		return f.img, s.pullErr(f.err)
@@ -298,8 +343,9 @@ func (s *imageStore) cached(key string) (pulledImage, bool) {
 }
 
 // pull fetches and unpacks an image: into a temporary directory, renamed
-// into place once complete, so the cache never holds half an image.
-func (s *imageStore) pull(r name.Reference, a authn.Authenticator) (pulledImage, error) {
+// into place once complete, so the cache never holds half an image. It
+// tells progress how each layer's download goes.
+func (s *imageStore) pull(r name.Reference, a authn.Authenticator, progress func(sandbox.PullProgress)) (pulledImage, error) {
 	ctx := s.ctx
 	log := s.log.With("image", r.Name())
 	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithPlatform(s.platform), remote.WithAuth(a), remote.WithTransport(s.tr))
@@ -339,10 +385,7 @@ func (s *imageStore) pull(r name.Reference, a authn.Authenticator) (pulledImage,
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return pulledImage{}, err
 	}
-	rc := mutate.Extract(img)
-	err = extractTar(rc, rootfs)
-	rc.Close()
-	if err != nil {
+	if err := s.unpack(img, rootfs, progress); err != nil {
 		return pulledImage{}, fmt.Errorf("pull %s: unpack: %w", r.Name(), err)
 	}
 	if err := writeCachedConfig(tmp, conf); err != nil {
@@ -366,6 +409,25 @@ func (s *imageStore) pull(r name.Reference, a authn.Authenticator) (pulledImage,
 	}
 	log.Info("image unpacked", "digest", digest.String(), "dir", final)
 	return pulledImage{Rootfs: filepath.Join(final, "rootfs"), Config: conf, Private: private}, s.writeRef(r, key)
+}
+
+// unpack extracts img's layers, flattened, into rootfs, telling progress
+// how each layer's download goes.
+func (s *imageStore) unpack(img v1.Image, rootfs string, progress func(sandbox.PullProgress)) error {
+	pm := newPullMeter(progress)
+	metered, err := pm.meter(img)
+	if err != nil {
+		return errors.Join(err, pm.close())
+	}
+	rc := mutate.Extract(metered)
+	if err = extractTar(rc, rootfs); err != nil {
+		pm.abandon()
+		rc.Close()
+		_ = pm.close() // its error is of what the failure cut short
+		return err
+	}
+	rc.Close()
+	return pm.close()
 }
 
 // writeCachedConfig writes an image's config.json into its cache
