@@ -2,6 +2,7 @@
 
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BIN      := bin/arcbox-agent
+CTL      := bin/arcboxctl
 LINT     := .cache/bin/golangci-lint
 RUN_DIR  ?= $(CURDIR)/.run
 PORT     ?= 8080
@@ -19,8 +20,9 @@ deps: ## Install what building and testing need (Debian packages, Go tools).
 	@./scripts/install-deps.sh
 
 .PHONY: build
-build: ## Build the static agent binary into bin/.
+build: ## Build the static agent binary and arcboxctl into bin/.
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/arcbox-agent
+	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(CTL) ./cmd/arcboxctl
 
 .PHONY: run
 run: deps build ## Run the agent on built-in defaults: loopback TCP with a bearer token, unix sockets, vsock where there is one.
