@@ -144,3 +144,29 @@ func deref[T any](p *T) T {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// show prints an answer as -o asks: the agent's JSON as it sent it, or
+// view's rendering of it for people.
+func show[T any](c *cli, body []byte, view func(*T) error) error {
+	if c.json() {
+		return writeJSON(c.stdout, body)
+	}
+	answer, err := decodeAnswer[T](body)
+	if err != nil {
+		return err
+	}
+	return view(answer)
+}
+
+// showList is show for a list: with --quiet, the ids alone, one a line.
+func showList[L any](c *cli, body []byte, quiet bool, ids func(L) []string, table func(L) error) error {
+	return show(c, body, func(list *L) error {
+		if !quiet {
+			return table(*list)
+		}
+		for _, id := range ids(*list) {
+			fmt.Fprintln(c.stdout, id)
+		}
+		return nil
+	})
+}

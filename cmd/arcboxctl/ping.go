@@ -109,14 +109,7 @@ func (c *cli) infoCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if c.json() {
-				return writeJSON(c.stdout, resp.Body)
-			}
-			in, err := decodeAnswer[api.SystemInfo](resp.Body)
-			if err != nil {
-				return err
-			}
-			return c.printInfo(in)
+			return show(c, resp.Body, c.printInfo)
 		},
 	}
 }

@@ -86,14 +86,7 @@ func (c *cli) runtimeStatusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if c.json() {
-				return writeJSON(c.stdout, resp.Body)
-			}
-			st, err := decodeAnswer[api.RuntimeStatus](resp.Body)
-			if err != nil {
-				return err
-			}
-			return c.printRuntimeStatus(st)
+			return show(c, resp.Body, c.printRuntimeStatus)
 		},
 	}
 }

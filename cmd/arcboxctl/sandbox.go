@@ -354,20 +354,13 @@ func (c *cli) sandboxLsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if c.json() {
-				return writeJSON(c.stdout, resp.Body)
-			}
-			list, err := decodeAnswer[api.SandboxList](resp.Body)
-			if err != nil {
-				return err
-			}
-			if quiet {
-				for _, s := range list.Sandboxes {
-					fmt.Fprintln(c.stdout, s.Id)
+			return showList(c, resp.Body, quiet, func(l api.SandboxList) []string {
+				ids := make([]string, len(l.Sandboxes))
+				for i, s := range l.Sandboxes {
+					ids[i] = s.Id
 				}
-				return nil
-			}
-			return c.printSandboxes(list.Sandboxes)
+				return ids
+			}, func(l api.SandboxList) error { return c.printSandboxes(l.Sandboxes) })
 		},
 	}
 	cmd.Flags().StringVar(&state, "state", "", "only sandboxes in this state: starting, ready, running, stopping, stopped or failed")
@@ -402,14 +395,7 @@ func (c *cli) sandboxInspectCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if c.json() {
-				return writeJSON(c.stdout, resp.Body)
-			}
-			info, err := decodeAnswer[api.SandboxInfo](resp.Body)
-			if err != nil {
-				return err
-			}
-			return c.printSandbox(info)
+			return show(c, resp.Body, c.printSandbox)
 		},
 	}
 }

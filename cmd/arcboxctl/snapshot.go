@@ -154,20 +154,13 @@ func (c *cli) snapshotLsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if c.json() {
-				return writeJSON(c.stdout, resp.Body)
-			}
-			list, err := decodeAnswer[api.SnapshotList](resp.Body)
-			if err != nil {
-				return err
-			}
-			if quiet {
-				for _, s := range list.Snapshots {
-					fmt.Fprintln(c.stdout, s.Id)
+			return showList(c, resp.Body, quiet, func(l api.SnapshotList) []string {
+				ids := make([]string, len(l.Snapshots))
+				for i, s := range l.Snapshots {
+					ids[i] = s.Id
 				}
-				return nil
-			}
-			return c.printSnapshots(list.Snapshots)
+				return ids
+			}, func(l api.SnapshotList) error { return c.printSnapshots(l.Snapshots) })
 		},
 	}
 	cmd.Flags().StringVar(&sandbox, "sandbox", "", "only this sandbox's snapshots")
