@@ -98,6 +98,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer a.release()
 	if err := a.serve(); err != nil {
+		a.abort()
 		return actionPowerOff, err
 	}
 	order := a.haltOrder()
@@ -195,6 +196,7 @@ func start(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	a.prepareMachine(isInit, phases)
 	if err := a.build(reg, phases, startProcess, auditLog); err != nil {
+		a.abort()
 		a.release()
 		return nil, err
 	}
@@ -363,6 +365,22 @@ func (a *agent) serveProxy(ln net.Listener) {
 			a.logger.Error("docker proxy stopped", "address", ln.Addr().String(), "err", err)
 		}
 	})
+}
+
+// abort undoes, when the agent cannot serve, what build began in the
+// background: the journal, the port watcher and the sandbox manager are
+// waited for and closed, so nothing writes to the state dir once run has
+// returned. The daemons were never started.
+func (a *agent) abort() {
+	a.cancel()
+	if a.sandboxManager == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := a.sandboxManager.close(ctx); err != nil {
+		a.logger.Warn("close the sandbox manager", "err", err)
+	}
 }
 
 // release lets go of what start holds, last made first, whether or not
