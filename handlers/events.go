@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -210,32 +209,20 @@ func negotiateEvents(r *http.Request) (eventFraming, bool) {
 		return framingNDJSON, true
 	}
 	best, bestQ := framingNDJSON, 0.0
-	for _, h := range accept {
-		for _, part := range strings.Split(h, ",") {
-			mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
-			if err != nil {
-				continue
-			}
-			q := 1.0
-			if v, ok := params["q"]; ok {
-				if q, err = strconv.ParseFloat(v, 64); err != nil {
-					continue
-				}
-			}
-			var framing eventFraming
-			switch mt {
-			case "text/event-stream":
-				framing = framingSSE
-			case "application/x-ndjson", "application/*", "*/*":
-				framing = framingNDJSON
-			default:
-				continue
-			}
-			if q > bestQ {
-				best, bestQ = framing, q
-			}
+	acceptEach(r, func(mt string, q float64) {
+		var framing eventFraming
+		switch mt {
+		case "text/event-stream":
+			framing = framingSSE
+		case "application/x-ndjson", "application/*", "*/*":
+			framing = framingNDJSON
+		default:
+			return
 		}
-	}
+		if q > bestQ {
+			best, bestQ = framing, q
+		}
+	})
 	return best, bestQ > 0
 }
 

@@ -5,10 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"mime"
 	"net/http"
-	"strconv"
-	"strings"
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/httpapi"
@@ -131,28 +128,6 @@ func phaseLine(p lifecycle.Phase) api.RuntimeEnsureProgress {
 func prefersNDJSON(r *http.Request) bool {
 	ndjson, plain := acceptQ(r, "application/x-ndjson"), acceptQ(r, "application/json")
 	return ndjson > 0 && ndjson >= plain
-}
-
-// acceptQ is the highest q-value at which r's Accept names mediaType
-// itself; 0 when it does not.
-func acceptQ(r *http.Request, mediaType string) float64 {
-	best := 0.0
-	for _, h := range r.Header.Values("Accept") {
-		for _, part := range strings.Split(h, ",") {
-			mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
-			if err != nil || mt != mediaType {
-				continue
-			}
-			q := 1.0
-			if v, ok := params["q"]; ok {
-				if q, err = strconv.ParseFloat(v, 64); err != nil {
-					continue
-				}
-			}
-			best = max(best, q)
-		}
-	}
-	return best
 }
 
 // GetRuntimeStatus reports containerd, dockerd and the data volume.
