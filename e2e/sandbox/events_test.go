@@ -209,7 +209,13 @@ func TestEventsResumeAfterACut(t *testing.T) {
 	if n := j.reconnects.Load(); n < 2 {
 		t.Errorf("%d reconnects, want 2 (one per cut)", n)
 	}
-	if want := seqsOf(replay(t, a, 0, is("cut-b", api.EventActionRemoved))); !slices.Equal(got, want) {
+	want := seqsOf(replay(t, a, 0, is("cut-b", api.EventActionRemoved)))
+	// Events after the last one replayed (port events of the machine's
+	// listeners come at any time) are not the comparison's.
+	if len(want) > 0 {
+		got = slices.DeleteFunc(got, func(seq int64) bool { return seq > want[len(want)-1] })
+	}
+	if !slices.Equal(got, want) {
 		t.Errorf("the subscriber saw %v, the journal keeps %v", got, want)
 	}
 }
