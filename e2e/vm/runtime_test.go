@@ -104,7 +104,7 @@ func (g *guest) docker(t *testing.T, args ...string) string {
 func (g *guest) dockerWith(t *testing.T, config map[string]any, args ...string) (string, error) {
 	t.Helper()
 	bin := testenv.RequireBinary(t, "docker")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := untilTestEnds(t)
 	defer cancel()
 	home := t.TempDir()
 	b, err := json.Marshal(config)

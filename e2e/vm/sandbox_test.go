@@ -17,6 +17,18 @@ import (
 	"github.com/arcbox/arcbox-agent/internal/testregistry"
 )
 
+// untilTestEnds is a context for a step of the guest that has no bound of
+// its own: an emulated guest on a loaded host may be many times slower
+// than on an idle one, so the step may take until a minute before the
+// test binary's own deadline, which then still has time to say what
+// happened.
+func untilTestEnds(t *testing.T) (context.Context, context.CancelFunc) {
+	if d, ok := t.Deadline(); ok {
+		return context.WithDeadline(context.Background(), d.Add(-time.Minute))
+	}
+	return context.WithCancel(context.Background())
+}
+
 // btrfsMagic is btrfs's filesystem type as statfs(2) gives it, in hex;
 // btrfsSubvolumeInode is the inode number of every subvolume's root.
 const (
@@ -34,12 +46,14 @@ const (
 // returns the snapshot's id; the snapshot is kept.
 func (g *guest) checkSandbox(t *testing.T) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := untilTestEnds(t)
 	defer cancel()
 	began := time.Now()
 	c, err := g.client.CreateSandboxWithResponse(ctx, api.CreateSandboxRequest{Id: agenttest.Ptr("vm-box")})
-	if err != nil || c.JSON202 == nil {
-		t.Fatalf("create a sandbox in the guest: %v %s", err, c.Body)
+	if err != nil {
+		t.Fatalf("create a sandbox in the guest: %v", err)
+	} else if c.JSON202 == nil {
+		t.Fatalf("create a sandbox in the guest: %s %s", c.Status(), c.Body)
 	}
 	sb := g.waitSandboxReady(ctx, t, "vm-box")
 	created := time.Since(began)
@@ -66,15 +80,19 @@ func (g *guest) checkSandbox(t *testing.T) string {
 	}
 
 	ck, err := g.client.CheckpointSandboxWithResponse(ctx, "vm-box", api.CheckpointRequest{})
-	if err != nil || ck.JSON201 == nil {
-		t.Fatalf("checkpoint the guest's sandbox: %v %s", err, ck.Body)
+	if err != nil {
+		t.Fatalf("checkpoint the guest's sandbox: %v", err)
+	} else if ck.JSON201 == nil {
+		t.Fatalf("checkpoint the guest's sandbox: %s %s", ck.Status(), ck.Body)
 	}
 	snap := ck.JSON201
 	began = time.Now()
 	rs, err := g.client.RestoreSnapshotWithResponse(ctx, snap.SnapshotId, api.RestoreRequest{Id: agenttest.Ptr("vm-box-restored")})
 	restored := time.Since(began)
-	if err != nil || rs.JSON201 == nil {
-		t.Fatalf("restore the guest's sandbox: %v %s", err, rs.Body)
+	if err != nil {
+		t.Fatalf("restore the guest's sandbox: %v", err)
+	} else if rs.JSON201 == nil {
+		t.Fatalf("restore the guest's sandbox: %s %s", rs.Status(), rs.Body)
 	}
 	t.Logf("restore to ready in the guest: %v, %.2fx the create's %v (the aim: at most 0.5x)",
 		restored.Round(time.Millisecond), restored.Seconds()/created.Seconds(), created.Round(time.Millisecond))
@@ -104,8 +122,10 @@ func (g *guest) waitSandboxReady(ctx context.Context, t *testing.T, id string) *
 	t.Helper()
 	for {
 		r, err := g.client.GetSandboxWithResponse(ctx, id)
-		if err != nil || r.JSON200 == nil {
-			t.Fatalf("sandbox %s in the guest: %v %s", id, err, r.Body)
+		if err != nil {
+			t.Fatalf("sandbox %s in the guest: %v", id, err)
+		} else if r.JSON200 == nil {
+			t.Fatalf("sandbox %s in the guest: %s %s", id, r.Status(), r.Body)
 		}
 		if st := r.JSON200.State; st == api.SandboxStateReady {
 			return r.JSON200

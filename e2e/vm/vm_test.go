@@ -279,7 +279,7 @@ func (g *guest) shutdown(t *testing.T) {
 func (g *guest) powerOff(t *testing.T) {
 	t.Helper()
 	began := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := untilTestEnds(t)
 	defer cancel()
 	grace := int32(30)
 	r, err := g.client.ShutdownSystemWithResponse(ctx, api.ShutdownRequest{Action: api.ShutdownRequestActionPoweroff, GraceSeconds: &grace})
@@ -367,8 +367,10 @@ func TestVM(t *testing.T) {
 		// The guest started in 2000: a ping with the host's time steps it.
 		now := time.Now().UnixNano()
 		p, err := g.client.PostPingWithResponse(ctx, api.PingRequest{TimestampNanos: &now})
-		if err != nil || p.JSON200 == nil || p.JSON200.ClockStepped == nil || !*p.JSON200.ClockStepped {
-			t.Fatalf("first ping: %v %s", err, p.Body)
+		if err != nil {
+			t.Fatalf("first ping: %v", err)
+		} else if p.JSON200 == nil || p.JSON200.ClockStepped == nil || !*p.JSON200.ClockStepped {
+			t.Fatalf("first ping: %s %s", p.Status(), p.Body)
 		}
 		if d := *p.JSON200.ClockDriftMs; d > -20*365*24*3600*1000 {
 			t.Errorf("drift before the step = %d ms, want about 26 years behind", d)
@@ -379,8 +381,10 @@ func TestVM(t *testing.T) {
 		// ping steps again exactly when its drift says so.
 		now = time.Now().UnixNano()
 		p, err = g.client.PostPingWithResponse(ctx, api.PingRequest{TimestampNanos: &now})
-		if err != nil || p.JSON200 == nil || p.JSON200.ClockStepped == nil || p.JSON200.ClockDriftMs == nil {
-			t.Fatalf("second ping: %v %s", err, p.Body)
+		if err != nil {
+			t.Fatalf("second ping: %v", err)
+		} else if p.JSON200 == nil || p.JSON200.ClockStepped == nil || p.JSON200.ClockDriftMs == nil {
+			t.Fatalf("second ping: %s %s", p.Status(), p.Body)
 		}
 		d := *p.JSON200.ClockDriftMs
 		if d < -1000 || d > 1000 {

@@ -2,9 +2,12 @@ package oci
 
 import (
 	"bufio"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -50,12 +53,40 @@ func cgroupDirs(rel string) []string {
 }
 
 // removeCgroups removes the (empty) cgroups of a sandbox the runtime left:
-// a start that failed half way can leave them. A cgroup with processes
-// cannot be removed and stays.
+// a start that failed half way can leave them, and so can a delete whose
+// last process was reaped a moment before: the kernel counts an exited
+// task in its cgroup until the task has switched out for the last time,
+// and rmdir answers EBUSY until then (cgroup v1 has no event that says
+// when). An empty cgroup that is busy is tried again, with a short
+// backoff and a bound; one that still holds processes is a leak, and is
+// logged with their number.
 func (b *Backend) removeCgroups(id string) {
 	for _, d := range cgroupDirs(filepath.Join(b.cgroupParent, id)) {
-		if err := os.Remove(d); err == nil {
+		err := os.Remove(d)
+		for wait := time.Millisecond; errors.Is(err, unix.EBUSY) && wait <= cgroupBusyBackoffMax && cgroupProcs(d) == 0; wait *= 2 {
+			time.Sleep(wait)
+			err = os.Remove(d)
+		}
+		switch {
+		case err == nil:
 			b.log.Debug("removed a cgroup the runtime left", "dir", d)
+		case errors.Is(err, fs.ErrNotExist):
+		default:
+			b.log.Warn("a cgroup of the sandbox is left", "dir", d, "processes", cgroupProcs(d), "err", err)
 		}
 	}
+}
+
+// cgroupBusyBackoffMax bounds the waits between tries to remove an empty
+// cgroup the kernel still calls busy: about a second in all.
+const cgroupBusyBackoffMax = 512 * time.Millisecond
+
+// cgroupProcs is the number of processes in the cgroup dir (0 when it
+// cannot be read).
+func cgroupProcs(dir string) int {
+	data, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(data), "\n")
 }
