@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,12 +12,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +24,19 @@ import (
 	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
+
+// The benchmarks here measure the agent as a host meets it, each beside its
+// peer in the same run (go test -run '^$' -bench . ./cmd/arcbox-agent/):
+//
+//	BenchmarkPing     GET /v1/ping over a unix socket (and TCP): the agent
+//	                  binary at its default log level against a bare
+//	                  net/http handler in a process of its own and
+//	                  qemu-guest-agent's guest-ping, with a raw keep-alive
+//	                  client and with Go's http.Client; its last
+//	                  sub-benchmark, "ratios", reports agent/peer ratios
+//	BenchmarkStartup  exec to the first listener bound, from the startup
+//	                  metric, and the agent's resident memory idle and
+//	                  after 10,000 pings
 
 // pinger sends one ping and waits for its answer.
 type pinger interface {
@@ -57,9 +71,62 @@ func newHTTPPinger(network, addr, path string) httpPinger {
 	return httpPinger{client: &http.Client{Transport: tr}, url: "http://bench" + path}
 }
 
-// qgaPinger speaks qemu-guest-agent's JSON protocol over its unix socket.
-// qemu-ga serves one connection and one request at a time, so concurrent
-// clients share the connection, in turn.
+// rawPinger is the leanest HTTP/1.1 client a host could write: one
+// kept-alive connection, the request's bytes written as they are, the
+// response read by its Content-Length. It measures the server, not a
+// client library.
+type rawPinger struct {
+	c   net.Conn
+	r   *bufio.Reader
+	req []byte
+}
+
+func dialRaw(network, addr, path string) (*rawPinger, error) {
+	c, err := net.Dial(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return &rawPinger{c: c, r: bufio.NewReader(c), req: []byte("GET " + path + " HTTP/1.1\r\nHost: bench\r\n\r\n")}, nil
+}
+
+func (p *rawPinger) ping() error {
+	if _, err := p.c.Write(p.req); err != nil {
+		return err
+	}
+	status, err := p.r.ReadSlice('\n')
+	if err != nil {
+		return err
+	}
+	if !bytes.HasPrefix(status, []byte("HTTP/1.1 200 ")) {
+		return fmt.Errorf("status line %q", status)
+	}
+	length := -1
+	for {
+		line, err := p.r.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if len(line) <= 2 { // the blank line ending the header
+			break
+		}
+		if name, value, ok := bytes.Cut(line, []byte(":")); ok && strings.EqualFold(string(name), "Content-Length") {
+			if length, err = strconv.Atoi(string(bytes.TrimSpace(value))); err != nil {
+				return fmt.Errorf("Content-Length %q", value)
+			}
+		}
+	}
+	if length < 0 {
+		return errors.New("an answer without Content-Length")
+	}
+	_, err = p.r.Discard(length)
+	return err
+}
+
+func (p *rawPinger) close() { _ = p.c.Close() }
+
+// qgaPinger speaks qemu-guest-agent's JSON protocol over its unix socket,
+// raw as rawPinger. qemu-ga serves one connection and one request at a
+// time, so concurrent clients share the connection, in turn.
 type qgaPinger struct {
 	mu sync.Mutex
 	c  net.Conn
@@ -72,106 +139,219 @@ func (q *qgaPinger) ping() error {
 	if _, err := io.WriteString(q.c, `{"execute":"guest-ping"}`+"\n"); err != nil {
 		return err
 	}
-	line, err := q.r.ReadString('\n')
+	line, err := q.r.ReadSlice('\n')
 	if err != nil {
 		return err
 	}
-	if !strings.Contains(line, `"return"`) {
+	if !bytes.Contains(line, []byte(`"return"`)) {
 		return fmt.Errorf("qemu-ga answered %q", line)
 	}
 	return nil
 }
 
-// runPings measures one peer: sequential, reporting the p50 latency, or
-// with 8 concurrent clients, reporting throughput.
-func runPings(b *testing.B, p pinger, concurrent bool) {
-	for range 50 { // warm up connections
+// pingFigures are a sub-benchmark's last figures, for the ratios.
+type pingFigures struct {
+	mu  sync.Mutex
+	p50 map[string]float64 // µs
+	qps map[string]float64
+}
+
+func (f *pingFigures) set(m map[string]float64, name string, v float64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	m[name] = v
+}
+
+// seqPings measures one client, one ping after another, reporting the
+// p50 and p99 latency.
+func seqPings(b *testing.B, p pinger, figs *pingFigures, name string) {
+	for range 50 { // warm up the connection and both ends
 		if err := p.ping(); err != nil {
 			b.Fatal(err)
 		}
 	}
+	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	start := time.Now()
-	if !concurrent {
-		lat := make([]time.Duration, 0, b.N)
-		for range b.N {
-			t0 := time.Now()
-			if err := p.ping(); err != nil {
-				b.Fatal(err)
-			}
-			lat = append(lat, time.Since(t0))
+	for range b.N {
+		t0 := time.Now()
+		if err := p.ping(); err != nil {
+			b.Fatal(err)
 		}
-		slices.Sort(lat)
-		b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
-		b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
-	} else {
-		b.SetParallelism(8 / max(1, runtimeProcs()))
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
+		lat = append(lat, time.Since(t0))
+	}
+	elapsed := time.Since(start)
+	slices.Sort(lat)
+	p50 := float64(lat[len(lat)/2].Nanoseconds()) / 1e3
+	b.ReportMetric(p50, "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "req/s")
+	figs.set(figs.p50, name, p50)
+}
+
+// concurrentPings measures len(clients) clients pinging at once, each
+// from its own goroutine, reporting the rate.
+func concurrentPings(b *testing.B, clients []pinger, figs *pingFigures, name string) {
+	for _, p := range clients {
+		if err := p.ping(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var next atomic.Int64
+	var failed atomic.Pointer[error]
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, p := range clients {
+		wg.Go(func() {
+			for next.Add(1) <= int64(b.N) {
 				if err := p.ping(); err != nil {
-					b.Error(err)
+					failed.CompareAndSwap(nil, &err)
 					return
 				}
 			}
 		})
 	}
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "req/s")
+	wg.Wait()
+	elapsed := time.Since(start)
+	if err := failed.Load(); err != nil {
+		b.Fatal(*err)
+	}
+	qps := float64(b.N) / elapsed.Seconds()
+	b.ReportMetric(qps, "req/s")
+	figs.set(figs.qps, name, qps)
 }
 
-func runtimeProcs() int { return testingProcs }
+// concurrency is how many clients the concurrent sub-benchmarks run.
+const concurrency = 8
 
-// testingProcs is GOMAXPROCS, read once; RunParallel starts
-// parallelism×GOMAXPROCS goroutines, and 8 clients are wanted.
-var testingProcs = func() int { n, _ := strconv.Atoi(os.Getenv("GOMAXPROCS")); return max(n, numCPU()) }()
-
-// BenchmarkPing compares GET /v1/ping through the agent's router and
-// middleware with a bare net/http handler answering the same JSON and with
-// qemu-guest-agent's guest-ping, over a unix socket and TCP, one client and
-// eight, all from this one Go client.
+// BenchmarkPing compares GET /v1/ping through the agent (its binary, at
+// its default log level, logging to a file) with a bare net/http handler
+// answering the same JSON from a process of its own, and with
+// qemu-guest-agent's guest-ping: one client and eight, each on its own
+// connection (qemu-ga serves one connection: its eight share it). "raw"
+// is rawPinger; "go" is Go's http.Client.
 func BenchmarkPing(b *testing.B) {
 	dir := b.TempDir()
 	agentSock := agenttest.Socket(dir)
-	agentPort := agenttest.FreePort(b)
-	runAgent(b, agenttest.Flags(dir, "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", agentPort), "--insecure-loopback", "--set-clock=false", "--log-level", "error"), io.Discard)
+	agentTCP := fmt.Sprintf("127.0.0.1:%d", agenttest.FreePort(b))
+	startProcess(b, agenttest.Binary(b), agenttest.Flags(dir, "--listen", "tcp://"+agentTCP, "--insecure-loopback", "--set-clock=false"),
+		nil, filepath.Join(dir, "agent.log"))
 	waitDial(b, agentSock)
 
-	bare := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, `{"message":"pong","version":"dev"}`+"\n")
-	})
 	bareSock := filepath.Join(dir, "bare.sock")
-	bareUnix, err := net.Listen("unix", bareSock)
+	bareTCP := fmt.Sprintf("127.0.0.1:%d", agenttest.FreePort(b))
+	self, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)
 	}
-	bareTCP, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	bareSrv := &http.Server{Handler: bare}
-	go func() { _ = bareSrv.Serve(bareUnix) }()
-	go func() { _ = bareSrv.Serve(bareTCP) }()
-	b.Cleanup(func() { _ = bareSrv.Close() })
+	startProcess(b, self, []string{"-test.run", "^$"}, []string{bareServerEnv + "=" + bareSock + "," + bareTCP}, filepath.Join(dir, "bare.log"))
+	waitDial(b, bareSock)
 
-	peers := []struct {
-		name string
-		p    pinger
-	}{
-		{"agent/unix", newHTTPPinger("unix", agentSock, "/v1/ping")},
-		{"bare/unix", newHTTPPinger("unix", bareSock, "/v1/ping")},
-		{"agent/tcp", newHTTPPinger("tcp", fmt.Sprintf("127.0.0.1:%d", agentPort), "/v1/ping")},
-		{"bare/tcp", newHTTPPinger("tcp", bareTCP.Addr().String(), "/v1/ping")},
+	figs := &pingFigures{p50: map[string]float64{}, qps: map[string]float64{}}
+	for _, s := range []struct{ name, network, addr string }{
+		{"agent/unix", "unix", agentSock},
+		{"bare/unix", "unix", bareSock},
+		{"agent/tcp", "tcp", agentTCP},
+		{"bare/tcp", "tcp", bareTCP},
+	} {
+		b.Run(s.name+"/raw/seq", func(b *testing.B) {
+			p := mustDialRaw(b, s.network, s.addr)
+			seqPings(b, p, figs, s.name)
+		})
+		b.Run(s.name+"/raw/8conns", func(b *testing.B) {
+			clients := make([]pinger, concurrency)
+			for i := range clients {
+				clients[i] = mustDialRaw(b, s.network, s.addr)
+			}
+			concurrentPings(b, clients, figs, s.name)
+		})
+		b.Run(s.name+"/go/seq", func(b *testing.B) {
+			seqPings(b, newHTTPPinger(s.network, s.addr, "/v1/ping"), figs, s.name+"/go")
+		})
+		b.Run(s.name+"/go/8clients", func(b *testing.B) {
+			p := newHTTPPinger(s.network, s.addr, "/v1/ping")
+			concurrentPings(b, slices.Repeat([]pinger{p}, concurrency), figs, s.name+"/go")
+		})
 	}
 	if qga := startQGA(b, dir); qga != nil {
-		peers = append(peers, struct {
-			name string
-			p    pinger
-		}{"qemu-ga/unix", qga})
+		b.Run("qemu-ga/unix/raw/seq", func(b *testing.B) { seqPings(b, qga, figs, "qemu-ga/unix") })
+		b.Run("qemu-ga/unix/raw/8clients", func(b *testing.B) {
+			concurrentPings(b, slices.Repeat([]pinger{qga}, concurrency), figs, "qemu-ga/unix")
+		})
 	}
-	for _, peer := range peers {
-		b.Run(peer.name+"/seq", func(b *testing.B) { runPings(b, peer.p, false) })
-		b.Run(peer.name+"/8clients", func(b *testing.B) { runPings(b, peer.p, true) })
+	b.Run("ratios", func(b *testing.B) {
+		// Not timed: the figures of the sub-benchmarks above, agent/peer.
+		ratio := func(m map[string]float64, a, peer, unit string) {
+			if m[a] > 0 && m[peer] > 0 {
+				b.ReportMetric(m[a]/m[peer], unit)
+			}
+		}
+		ratio(figs.p50, "agent/unix", "bare/unix", "p50-agent/bare")
+		ratio(figs.p50, "agent/unix", "qemu-ga/unix", "p50-agent/qemu-ga")
+		ratio(figs.qps, "agent/unix", "bare/unix", "8conns-agent/bare")
+		ratio(figs.qps, "agent/unix", "qemu-ga/unix", "8conns-agent/qemu-ga")
+		ratio(figs.p50, "agent/unix/go", "bare/unix/go", "go-p50-agent/bare")
+		ratio(figs.p50, "agent/unix/go", "qemu-ga/unix", "go-p50-agent/qemu-ga")
+		ratio(figs.qps, "agent/unix/go", "bare/unix/go", "go-8clients-agent/bare")
+	})
+}
+
+func mustDialRaw(b *testing.B, network, addr string) *rawPinger {
+	p, err := dialRaw(network, addr, "/v1/ping")
+	if err != nil {
+		b.Fatal(err)
 	}
+	b.Cleanup(p.close)
+	return p
+}
+
+// bareServerEnv makes the test binary a bare net/http server instead (see
+// TestMain): "unix-socket,tcp-address".
+const bareServerEnv = "ARCBOX_BENCH_BARE_SERVER"
+
+// serveBare answers GET /v1/ping as the agent does, with nothing around
+// the handler: the peer BenchmarkPing measures the agent's router,
+// middleware and logging against. It serves until it is killed.
+func serveBare(addrs string) error {
+	unixPath, tcpAddr, _ := strings.Cut(addrs, ",")
+	body := `{"message":"pong","version":"` + agenttest.Version + `"}` + "\n"
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, body)
+	})}
+	tcp, err := net.Listen("tcp", tcpAddr)
+	if err != nil {
+		return err
+	}
+	unix, err := net.Listen("unix", unixPath)
+	if err != nil {
+		return err
+	}
+	go func() { _ = srv.Serve(tcp) }()
+	return srv.Serve(unix)
+}
+
+// startProcess runs bin with args (and env added) until the benchmark
+// ends, its output to logFile; then it is stopped with SIGTERM.
+func startProcess(b *testing.B, bin string, args, env []string, logFile string) *exec.Cmd {
+	b.Helper()
+	log, err := os.Create(logFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		log.Close()
+	})
+	return cmd
 }
 
 func startQGA(b *testing.B, dir string) *qgaPinger {
@@ -182,10 +362,11 @@ func startQGA(b *testing.B, dir string) *qgaPinger {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		c, err := net.Dial("unix", sock)
 		if err == nil {
+			b.Cleanup(func() { c.Close() })
 			return &qgaPinger{c: c, r: bufio.NewReader(c)}
 		}
 		if time.Now().After(deadline) {
@@ -195,80 +376,167 @@ func startQGA(b *testing.B, dir string) *qgaPinger {
 	}
 }
 
-var listenEnd = regexp.MustCompile(`arcbox_agent_startup_phase_end_seconds\{phase="listen_control_unix"\} ([0-9.e+-]+)`)
+// minStarts is the fewest agent starts BenchmarkStartup takes its p50
+// from, whatever b.N.
+const minStarts = 20
 
-// BenchmarkStartup execs the agent binary and reports how soon after exec
-// its first listener was bound (from the startup metric, and as the time
-// until a client could connect), and its resident memory once idle.
+// footprintPings is how many pings BenchmarkStartup sends one agent
+// before it reads its resident memory again.
+const footprintPings = 10_000
+
+// BenchmarkStartup execs the agent binary, at its default log level, at
+// least minStarts times, and reports the p50 and p90 of how soon after
+// exec its first listener was bound (the startup metric; the smallest
+// listen_control_* phase) and of the time until a client could connect;
+// the first agent's resident memory once it is idle (VmRSS; its RssAnon,
+// the heap and stacks without the binary's pages), and after
+// footprintPings pings from concurrency raw clients.
 func BenchmarkStartup(b *testing.B) {
 	bin := agenttest.Binary(b)
-	var metricSum, dialSum time.Duration
-	var rssMax int64
-	b.ResetTimer()
-	for range b.N {
+	var listen, dial []time.Duration
+	var idle, loaded procMemory
+	start := func(first bool) {
 		dir := b.TempDir()
 		sock := agenttest.Socket(dir)
-		cmd := exec.Command(bin, agenttest.Flags(dir, "--log-level", "error")...)
+		log, err := os.Create(filepath.Join(dir, "agent.log"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer log.Close()
+		cmd := exec.Command(bin, agenttest.Flags(dir, "--set-clock=false")...)
+		cmd.Stdout, cmd.Stderr = log, log
 		t0 := time.Now()
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
 		}
+		defer func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			if err := cmd.Wait(); err != nil {
+				b.Errorf("agent exit: %v", err)
+			}
+		}()
 		for {
 			c, err := net.Dial("unix", sock)
 			if err == nil {
 				c.Close()
 				break
 			}
-			if time.Since(t0) > 10*time.Second {
+			if time.Since(t0) > 60*time.Second {
 				b.Fatal("agent never listened")
 			}
 			time.Sleep(50 * time.Microsecond)
 		}
-		dialSum += time.Since(t0)
-		p := newHTTPPinger("unix", sock, "/metrics")
-		resp, err := p.client.Get(p.url)
-		if err != nil {
-			b.Fatal(err)
+		dial = append(dial, time.Since(t0))
+		listen = append(listen, firstListen(b, sock))
+		if !first {
+			return
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		m := listenEnd.FindSubmatch(body)
-		if m == nil {
-			b.Fatalf("no listen phase in metrics:\n%s", body)
-		}
-		secs, _ := strconv.ParseFloat(string(m[1]), 64)
-		metricSum += time.Duration(secs * float64(time.Second))
-		for range 10 {
-			if err := newHTTPPinger("unix", sock, "/v1/ping").ping(); err != nil {
+		b.StopTimer()
+		defer b.StartTimer()
+		time.Sleep(time.Second) // the sandbox manager's start, in the background, done
+		idle = readMemory(b, cmd.Process.Pid)
+		clients := make([]pinger, concurrency)
+		for i := range clients {
+			p, err := dialRaw("unix", sock, "/v1/ping")
+			if err != nil {
 				b.Fatal(err)
 			}
+			defer p.close()
+			clients[i] = p
 		}
-		if rss := vmRSS(b, cmd.Process.Pid); rss > rssMax {
-			rssMax = rss
+		var wg sync.WaitGroup
+		for _, p := range clients {
+			wg.Go(func() {
+				for range footprintPings / concurrency {
+					if err := p.ping(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
 		}
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		if err := cmd.Wait(); err != nil {
-			b.Fatalf("agent exit: %v", err)
-		}
+		wg.Wait()
+		loaded = readMemory(b, cmd.Process.Pid)
 	}
-	b.ReportMetric(float64(metricSum.Microseconds())/1e3/float64(b.N), "ms-to-listen(metric)")
-	b.ReportMetric(float64(dialSum.Microseconds())/1e3/float64(b.N), "ms-to-dial")
-	b.ReportMetric(float64(rssMax)/(1<<20), "idle-RSS-MiB")
+	for i := 0; b.Loop(); i++ {
+		start(i == 0)
+	}
+	b.StopTimer()
+	for len(listen) < minStarts {
+		start(false)
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1e3 }
+	p50 := func(ds []time.Duration) time.Duration { slices.Sort(ds); return ds[len(ds)/2] }
+	p90 := func(ds []time.Duration) time.Duration { slices.Sort(ds); return ds[len(ds)*9/10] }
+	b.ReportMetric(float64(len(listen)), "starts")
+	b.ReportMetric(ms(p50(listen)), "p50-ms-to-listen(metric)")
+	b.ReportMetric(ms(p90(listen)), "p90-ms-to-listen(metric)")
+	b.ReportMetric(ms(p50(dial)), "p50-ms-to-dial")
+	b.ReportMetric(idle.rss.mib(), "idle-RSS-MiB")
+	b.ReportMetric(idle.anon.mib(), "idle-RssAnon-MiB")
+	b.ReportMetric(loaded.rss.mib(), "10k-pings-RSS-MiB")
+	b.ReportMetric(loaded.anon.mib(), "10k-pings-RssAnon-MiB")
+	b.ReportMetric(loaded.hwm.mib(), "10k-pings-VmHWM-MiB")
 }
 
-func vmRSS(b *testing.B, pid int) int64 {
+// firstListen reads from the agent's metrics how long after exec its first
+// control listener was bound.
+func firstListen(b *testing.B, sock string) time.Duration {
+	p := newHTTPPinger("unix", sock, "/metrics")
+	resp, err := p.client.Get(p.url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	first := time.Duration(-1)
+	for line := range strings.Lines(string(body)) {
+		rest, ok := strings.CutPrefix(line, `arcbox_agent_startup_phase_end_seconds{phase="listen_control_`)
+		if !ok {
+			continue
+		}
+		_, value, _ := strings.Cut(rest, " ")
+		secs, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		if err != nil {
+			b.Fatalf("metric %q: %v", line, err)
+		}
+		if d := time.Duration(secs * float64(time.Second)); first < 0 || d < first {
+			first = d
+		}
+	}
+	if first < 0 {
+		b.Fatalf("no listen_control phase in the metrics:\n%s", body)
+	}
+	return first
+}
+
+// bytesKiB is a figure of /proc/<pid>/status, in KiB.
+type bytesKiB int64
+
+func (k bytesKiB) mib() float64 { return float64(k) / 1024 }
+
+// procMemory is a process's resident memory.
+type procMemory struct{ rss, hwm, anon bytesKiB }
+
+func readMemory(b *testing.B, pid int) procMemory {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
-			return kb << 10
+	var m procMemory
+	fields := map[string]*bytesKiB{"VmRSS": &m.rss, "VmHWM": &m.hwm, "RssAnon": &m.anon}
+	for line := range strings.Lines(string(data)) {
+		key, val, _ := strings.Cut(line, ":")
+		if dst, ok := fields[key]; ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(val), " kB"), 10, 64)
+			if err != nil {
+				b.Fatalf("/proc/%d/status: %q: %v", pid, line, err)
+			}
+			*dst = bytesKiB(kb)
 		}
 	}
-	b.Fatal("no VmRSS")
-	return 0
+	return m
 }
-
-func numCPU() int { return runtime.GOMAXPROCS(0) }

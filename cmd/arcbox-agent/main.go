@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	arcboxagent "github.com/arcbox/arcbox-agent"
@@ -58,6 +57,7 @@ func main() {
 		}
 		os.Exit(probeExitStatus(err))
 	}
+	limitMemory(os.Getenv)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	action, err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
@@ -272,7 +272,7 @@ func (a *agent) build(reg *prometheus.Registry, phases *startup.Phases, startPro
 	if cfg.StateOnDataVolume {
 		prepareState = a.prepareStateDir
 	}
-	a.sandboxManager = startSandboxes(a.ctx, cfg, logger, phases, reg, prepareState)
+	a.sandboxManager = newSandboxes(a.ctx, cfg, logger, phases, reg, prepareState)
 	// The runtime's phases are a family of their own (a start may come
 	// long after the agent's startup, and again), and events too, in the
 	// journal the sandbox manager opens in the background.
@@ -317,8 +317,9 @@ func (a *agent) build(reg *prometheus.Registry, phases *startup.Phases, startPro
 	return nil
 }
 
-// serve binds the control API's listeners, then the Docker proxy's,
-// serving on each as soon as it is bound, and returns when ctx ends.
+// serve binds the control API's listeners, starts the sandbox manager,
+// then binds the Docker proxy's listener, serving on each as soon as it is
+// bound, and returns when ctx ends.
 func (a *agent) serve() error {
 	cfg := a.cfg
 	for _, u := range cfg.Listen {
@@ -331,6 +332,9 @@ func (a *agent) serve() error {
 			return fmt.Errorf("listen on %s: %w", u, err)
 		}
 	}
+	// Only now: on a VM's one or two CPUs, the manager's start would
+	// delay the first bind.
+	a.sandboxManager.start()
 	dockerEP, err := httpapi.ParseEndpoint(cfg.DockerListen)
 	if err != nil {
 		return err
@@ -367,15 +371,16 @@ func (a *agent) serveProxy(ln net.Listener) {
 	})
 }
 
-// abort undoes, when the agent cannot serve, what build began in the
-// background: the journal, the port watcher and the sandbox manager are
-// waited for and closed, so nothing writes to the state dir once run has
-// returned. The daemons were never started.
+// abort undoes, when the agent cannot serve, what build and serve began in
+// the background: the journal, the port watcher and the sandbox manager,
+// when they were started, are waited for and closed, so nothing writes to
+// the state dir once run has returned. The daemons were never started.
 func (a *agent) abort() {
 	a.cancel()
 	if a.sandboxManager == nil {
 		return
 	}
+	a.sandboxManager.abandon()
 	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 	defer cancel()
 	if err := a.sandboxManager.close(ctx); err != nil {
@@ -394,11 +399,16 @@ func (a *agent) release() {
 
 // newRegistry is the agent's metrics registry, with the Go runtime's, the
 // process's and the build's own metrics.
+//
+// The collectors are the prometheus package's own: the collectors package
+// wraps these very ones, and importing it would bring database/sql and
+// its initialisation into the agent for a database collector it never
+// uses.
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGoCollector(),                                       //nolint:staticcheck // SA1019: what collectors.NewGoCollector returns
+		prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}), //nolint:staticcheck // SA1019: as collectors'
 		buildInfo(),
 	)
 	return reg

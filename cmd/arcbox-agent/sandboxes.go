@@ -21,8 +21,9 @@ import (
 )
 
 // pendingManager opens the event journal and starts the sandbox manager in
-// the background, so the listeners need not wait for them; requests wait
-// instead. When the manager cannot start (no OCI runtime, say), the agent
+// the background once the control listeners are bound (start), so the
+// listeners need not wait for them nor share the CPU with them; requests
+// wait instead. When the manager cannot start (no OCI runtime, say), the agent
 // serves on and the sandbox operations answer 503 with the reason, as the
 // seed does; so does /v1/events when the journal cannot open.
 type pendingManager struct {
@@ -37,6 +38,10 @@ type pendingManager struct {
 	m    *sandbox.Manager
 	err  error
 
+	// began is taken by start, or by abandon when start never ran.
+	began sync.Once
+	run   func() // what start runs in the background
+
 	// The runtime's phases, published to the journal once it is open:
 	// until then (opened false) kept in early, at most maxEarlyEvents,
 	// so a runtime start never waits for the journal.
@@ -49,13 +54,14 @@ type pendingManager struct {
 // a few starts' worth.
 const maxEarlyEvents = 64
 
-// prepare, when set, makes the state dir ready first (mounts it from the
-// data volume); when it fails, neither the journal nor the manager start,
-// and both answer 503 with its error.
-func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phases *startup.Phases, reg prometheus.Registerer,
+// newSandboxes makes the pending manager; start begins it. prepare, when
+// set, makes the state dir ready first (mounts it from the data volume);
+// when it fails, neither the journal nor the manager start, and both
+// answer 503 with its error.
+func newSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phases *startup.Phases, reg prometheus.Registerer,
 	prepare func(context.Context) error) *pendingManager {
 	s := &pendingManager{journalOpen: make(chan struct{}), done: make(chan struct{})}
-	go func() {
+	s.run = func() {
 		defer close(s.done)
 		if prepare != nil {
 			began := time.Now()
@@ -92,8 +98,23 @@ func startSandboxes(ctx context.Context, cfg *config, logger *slog.Logger, phase
 			return
 		}
 		phases.Observe("sandboxes", began)
-	}()
+	}
 	return s
+}
+
+// start opens the journal and starts the manager in the background; only
+// its first call does.
+func (s *pendingManager) start() { s.began.Do(func() { go s.run() }) }
+
+// abandon makes the journal and the manager unavailable for good when
+// start never ran (the agent could not serve), so close need not wait.
+func (s *pendingManager) abandon() {
+	s.began.Do(func() {
+		s.journalErr, s.err = sandbox.ErrManagerClosed, sandbox.ErrManagerClosed
+		close(s.journalOpen)
+		s.flushEarly()
+		close(s.done)
+	})
 }
 
 // newSandboxManager builds the OCI backend and the sandbox manager over it,
