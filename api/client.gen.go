@@ -346,7 +346,10 @@ type ClientInterface interface {
 	// with `done: true` and the exit code, and closes with 1000. What is
 	// answered before the upgrade is as for the run WebSocket. Closing the
 	// socket hangs up the process (SIGHUP, then SIGKILL after a grace),
-	// unless `init` sets `detach_on_disconnect`.
+	// unless `init` sets `detach_on_disconnect`. A client that offers the
+	// subprotocol `v5.channel.k8s.io` sends stdin and gets the output as
+	// raw bytes in binary messages instead (see
+	// `x-websocket.subprotocols`).
 	//
 	// Corresponds with GET /v1/sandboxes/{id}/exec (the `ExecInSandbox` operationId).
 	ExecInSandbox(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -480,7 +483,9 @@ type ClientInterface interface {
 	// `SignalRequest`s (`{"signal": "SIGINT"}`), each sent to the
 	// process. Closing the socket hangs the command up (SIGHUP, then
 	// SIGKILL after a grace), unless the request sets
-	// `detach_on_disconnect`.
+	// `detach_on_disconnect`. A client that offers the subprotocol
+	// `v5.channel.k8s.io` gets the output as raw bytes in binary
+	// messages instead (see `x-websocket.subprotocols`).
 	//
 	// Corresponds with GET /v1/sandboxes/{id}/run (the `RunInSandboxWebSocket` operationId).
 	RunInSandboxWebSocket(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -1258,7 +1263,10 @@ func (c *Client) CheckpointSandbox(ctx context.Context, id SandboxID, body Check
 // with `done: true` and the exit code, and closes with 1000. What is
 // answered before the upgrade is as for the run WebSocket. Closing the
 // socket hangs up the process (SIGHUP, then SIGKILL after a grace),
-// unless `init` sets `detach_on_disconnect`.
+// unless `init` sets `detach_on_disconnect`. A client that offers the
+// subprotocol `v5.channel.k8s.io` sends stdin and gets the output as
+// raw bytes in binary messages instead (see
+// `x-websocket.subprotocols`).
 //
 // Corresponds with GET /v1/sandboxes/{id}/exec (the `ExecInSandbox` operationId).
 func (c *Client) ExecInSandbox(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -1482,7 +1490,9 @@ func (c *Client) StatSandboxFile(ctx context.Context, id SandboxID, params *Stat
 // `SignalRequest`s (`{"signal": "SIGINT"}`), each sent to the
 // process. Closing the socket hangs the command up (SIGHUP, then
 // SIGKILL after a grace), unless the request sets
-// `detach_on_disconnect`.
+// `detach_on_disconnect`. A client that offers the subprotocol
+// `v5.channel.k8s.io` gets the output as raw bytes in binary
+// messages instead (see `x-websocket.subprotocols`).
 //
 // Corresponds with GET /v1/sandboxes/{id}/run (the `RunInSandboxWebSocket` operationId).
 func (c *Client) RunInSandboxWebSocket(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error) {

@@ -32,6 +32,7 @@ type Client struct {
 	token   string
 	traceID string
 	observe func(schema string, msg []byte)
+	jsonWS  bool // RunWS and Exec do not offer the channel subprotocol
 }
 
 // Option configures New.
@@ -43,6 +44,7 @@ type options struct {
 	hc      *http.Client
 	wraps   []func(http.RoundTripper) http.RoundTripper
 	observe func(schema string, msg []byte)
+	jsonWS  bool
 }
 
 // WithToken sends token as the bearer token of every request, as a TCP
@@ -73,6 +75,12 @@ func WithObserver(observe func(schema string, msg []byte)) Option {
 	return func(o *options) { o.observe = observe }
 }
 
+// WithJSONWebSockets makes RunWS and Exec speak the JSON messages (bytes
+// in base64) even to an agent that speaks the binary channel subprotocol,
+// as one without it would: for a proxy on the way that passes only text
+// messages, or to compare the two.
+func WithJSONWebSockets() Option { return func(o *options) { o.jsonWS = true } }
+
 // New returns a client of the agent at addr: unix:///path/to/socket,
 // tcp://host:port or vsock://CID:PORT.
 func New(addr string, opts ...Option) (*Client, error) {
@@ -95,7 +103,7 @@ func New(addr string, opts ...Option) (*Client, error) {
 	for _, wrap := range o.wraps {
 		hc.Transport = wrap(hc.Transport)
 	}
-	c := &Client{server: server, hc: hc, token: o.token, traceID: o.traceID, observe: o.observe}
+	c := &Client{server: server, hc: hc, token: o.token, traceID: o.traceID, observe: o.observe, jsonWS: o.jsonWS}
 	c.api, err = api.NewClientWithResponses(server, api.WithHTTPClient(hc), api.WithRequestEditorFn(c.edit))
 	if err != nil {
 		return nil, fmt.Errorf("client for %q: %w", addr, err)

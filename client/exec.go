@@ -19,11 +19,15 @@ import (
 // input, Signal a signal; Output yields the output and the exit. Writes
 // may come from any goroutine while another one reads the output.
 type ExecSession struct {
-	c       *Client
-	ctx     context.Context
-	ws      *websocket.Conn
-	release func()
-	dec     outputDecoder
+	c        *Client
+	ctx      context.Context
+	ws       *websocket.Conn
+	release  func()
+	dec      outputDecoder
+	channels bool // the agent selected the channel subprotocol
+
+	frameMu sync.Mutex
+	frame   []byte // a channel message being sent, reused
 
 	mu   sync.Mutex
 	exit *Exit
@@ -33,13 +37,15 @@ type ExecSession struct {
 // Exec starts init in sandbox id. A refusal before the upgrade (404,
 // 409 ...) is an *Error; one after it, such as a bad init, ends Output
 // with an *Error. ctx bounds the whole session; Close ends it early,
-// or ending ctx, hangs up the process.
+// or ending ctx, hangs up the process. Like RunWS it offers the binary
+// channel subprotocol, in which stdin and the output travel as raw
+// bytes, and falls back to the JSON messages.
 func (c *Client) Exec(ctx context.Context, id string, init api.ExecInit) (*ExecSession, error) {
-	ws, release, err := c.dialWS(ctx, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", nil)
+	ws, release, err := c.dialWS(ctx, "/v1/sandboxes/"+url.PathEscape(id)+"/exec", nil, c.workloadProtocols()...)
 	if err != nil {
 		return nil, err
 	}
-	s := &ExecSession{c: c, ctx: ctx, ws: ws, release: release}
+	s := &ExecSession{c: c, ctx: ctx, ws: ws, release: release, channels: ws.Subprotocol() == channelProtocol}
 	if err := s.send(api.ExecClientMessage{Init: &init}); err != nil {
 		release()
 		return nil, err
@@ -52,6 +58,12 @@ func (s *ExecSession) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if s.channels {
+		if err := s.sendFrame("stdin", channelStdin, p); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	b := append([]byte(nil), p...)
 	if err := s.send(api.ExecClientMessage{Stdin: &b}); err != nil {
 		return 0, err
@@ -61,6 +73,9 @@ func (s *ExecSession) Write(p []byte) (int, error) {
 
 // CloseStdin closes the process's stdin: it reads the end of its input.
 func (s *ExecSession) CloseStdin() error {
+	if s.channels {
+		return s.sendFrame("close_stdin", channelClose, []byte{channelStdin})
+	}
 	t := true
 	return s.send(api.ExecClientMessage{CloseStdin: &t})
 }
@@ -69,6 +84,9 @@ func (s *ExecSession) CloseStdin() error {
 func (s *ExecSession) Resize(width, height int) error {
 	if width < 1 || width > 65535 || height < 1 || height > 65535 {
 		return fmt.Errorf("resize to %dx%d: width and height are 1 to 65535", width, height)
+	}
+	if s.channels {
+		return s.sendFrame("resize", channelResize, fmt.Appendf(nil, `{"width":%d,"height":%d}`, width, height))
 	}
 	return s.send(api.ExecClientMessage{Resize: &api.TTYSize{Width: int32(width), Height: int32(height)}})
 }
@@ -89,6 +107,19 @@ func (s *ExecSession) send(m api.ExecClientMessage) error {
 	s.c.see("ExecClientMessage", raw)
 	if err := s.ws.Write(s.ctx, websocket.MessageText, raw); err != nil {
 		return fmt.Errorf("exec: send %s: %w", messageKind(m), err)
+	}
+	return nil
+}
+
+// sendFrame sends payload on channel ch of the channel subprotocol, the
+// channel byte and the payload copied once into a buffer kept for the
+// next; what names it in errors.
+func (s *ExecSession) sendFrame(what string, ch byte, payload []byte) error {
+	s.frameMu.Lock()
+	defer s.frameMu.Unlock()
+	s.frame = append(append(s.frame[:0], ch), payload...)
+	if err := s.ws.Write(s.ctx, websocket.MessageBinary, s.frame); err != nil {
+		return fmt.Errorf("exec: send %s (channel %d): %w", what, ch, err)
 	}
 	return nil
 }

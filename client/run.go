@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 
 	"github.com/coder/websocket"
 
@@ -26,7 +27,10 @@ type Output struct {
 	// Stream is "stdout", "stderr", "start" (first, alone, on a run or
 	// exec with detach_on_disconnect), or "exit" for the last message.
 	Stream string
-	// Data is the piece's bytes, decoded; the caller may keep it.
+	// Data is the piece's bytes, decoded. It is valid until the loop's
+	// next iteration: every message is read and decoded into a buffer
+	// that is reused for the next, so that a gigabyte of output allocates
+	// nothing per piece. Copy it to keep it.
 	Data []byte
 	// Offset is, from RunOutput, the run's output offset of Data's first
 	// byte (stdout and stderr counted together), and on the exit the
@@ -54,6 +58,21 @@ type Exit struct {
 // maxWSMessage bounds a WebSocket message the client takes: the agent's
 // output messages are far smaller.
 const maxWSMessage = 16 << 20
+
+// channelProtocol is the binary subprotocol of the run and exec
+// WebSockets, after Kubernetes' of that name: each message's first byte
+// is its channel.
+const channelProtocol = "v5.channel.k8s.io"
+
+// The channels of channelProtocol.
+const (
+	channelStdin  byte = 0
+	channelStdout byte = 1
+	channelStderr byte = 2
+	channelStatus byte = 3 // the start and the exit, as JSON OutputMessages
+	channelResize byte = 4
+	channelClose  byte = 255 // [255, 0] ends stdin
+)
 
 // Run runs a command in sandbox id (POST /v1/sandboxes/{id}/run) and
 // yields its output as it comes, the exit last. A refusal (404, 409 ...)
@@ -123,10 +142,13 @@ func (c *Client) Run(ctx context.Context, id string, req api.RunRequest) iter.Se
 // RunWS is Run over the run WebSocket (GET /v1/sandboxes/{id}/run). A
 // refusal before the upgrade is an *Error with its HTTP status; one after
 // it (close code 4000+status) is an *Error with that status and the close
-// reason as its message.
+// reason as its message. It offers the binary channel subprotocol
+// (v5.channel.k8s.io), in which the output travels as raw bytes, and
+// speaks the JSON messages when the agent does not select it (or with
+// WithJSONWebSockets); the Outputs are the same either way.
 func (c *Client) RunWS(ctx context.Context, id string, req api.RunRequest) iter.Seq2[Output, error] {
 	return func(yield func(Output, error) bool) {
-		ws, release, err := c.dialWS(ctx, "/v1/sandboxes/"+url.PathEscape(id)+"/run", nil)
+		ws, release, err := c.dialWS(ctx, "/v1/sandboxes/"+url.PathEscape(id)+"/run", nil, c.workloadProtocols()...)
 		if err != nil {
 			yield(Output{}, err)
 			return
@@ -151,21 +173,28 @@ func (c *Client) RunWS(ctx context.Context, id string, req api.RunRequest) iter.
 
 // wsOutput yields the output messages of a run or exec WebSocket up to
 // and with the exit, then an error if the socket does not close normally
-// after it.
+// after it. Each message is read into a pooled buffer, which the channel
+// subprotocol's Outputs' Data point into.
 func (c *Client) wsOutput(ctx context.Context, ws *websocket.Conn, dec *outputDecoder) iter.Seq2[Output, error] {
 	return func(yield func(Output, error) bool) {
+		bufp := readBufs.Get().(*[]byte)
+		defer readBufs.Put(bufp)
+		channels := ws.Subprotocol() == channelProtocol
 		for {
-			typ, msg, err := ws.Read(ctx)
+			typ, msg, err := readMessage(ctx, ws, bufp)
 			if err != nil {
 				yield(Output{}, wsEnd(ctx, err, dec.n))
 				return
 			}
-			if typ != websocket.MessageText {
-				yield(Output{}, fmt.Errorf("output message of type %v, want text", typ))
-				return
+			var o Output
+			if channels {
+				o, err = c.decodeChannel(dec, typ, msg)
+			} else if typ != websocket.MessageText {
+				err = fmt.Errorf("output message of type %v, want text", typ)
+			} else {
+				c.see("OutputMessage", msg)
+				o, err = dec.decode(msg)
 			}
-			c.see("OutputMessage", msg)
-			o, err := dec.decode(msg)
 			if err != nil {
 				yield(Output{}, err)
 				return
@@ -176,7 +205,7 @@ func (c *Client) wsOutput(ctx context.Context, ws *websocket.Conn, dec *outputDe
 				}
 				continue
 			}
-			_, extra, err := ws.Read(ctx)
+			_, extra, err := readMessage(ctx, ws, bufp)
 			if !yield(o, nil) {
 				return
 			}
@@ -188,11 +217,85 @@ func (c *Client) wsOutput(ctx context.Context, ws *websocket.Conn, dec *outputDe
 	}
 }
 
-// dialWS opens a WebSocket on path; a refusal before the upgrade is an
-// *Error. The socket closes when ctx ends, even while nobody reads it
-// (a paused loop): the agent then ends the command at once. release
-// closes it sooner.
-func (c *Client) dialWS(ctx context.Context, path string, query url.Values) (ws *websocket.Conn, release func(), err error) {
+// decodeChannel decodes a message of the channel subprotocol: stdout or
+// stderr bytes on channels 1 and 2, the start or the exit as JSON on
+// channel 3.
+func (c *Client) decodeChannel(dec *outputDecoder, typ websocket.MessageType, msg []byte) (Output, error) {
+	if typ != websocket.MessageBinary {
+		return Output{}, fmt.Errorf("%s: a text message %.200q, want binary", channelProtocol, msg)
+	}
+	if len(msg) == 0 {
+		return Output{}, fmt.Errorf("%s: an empty message, want its channel byte first", channelProtocol)
+	}
+	switch ch, payload := msg[0], msg[1:]; ch {
+	case channelStdout, channelStderr:
+		if len(payload) == 0 {
+			return Output{}, fmt.Errorf("%s: an output message on channel %d without data", channelProtocol, ch)
+		}
+		dec.n++
+		stream := "stdout"
+		if ch == channelStderr {
+			stream = "stderr"
+		}
+		return Output{Stream: stream, Data: payload}, nil
+	case channelStatus:
+		c.see("OutputMessage", payload)
+		o, err := dec.decode(payload)
+		if err == nil && o.Exit == nil && o.Stream != "start" {
+			err = fmt.Errorf("%s: a %s message on the status channel, want the start or the exit", channelProtocol, o.Stream)
+		}
+		return o, err
+	default:
+		return Output{}, fmt.Errorf("%s: a message on channel %d, want stdout (1), stderr (2) or status (3)", channelProtocol, ch)
+	}
+}
+
+// readBufs recycles the buffers WebSocket messages are read into: a run's
+// output messages are up to a few hundred KiB each, and one buffer serves
+// a whole stream.
+var readBufs = sync.Pool{New: func() any {
+	b := make([]byte, 0, 64<<10)
+	return &b
+}}
+
+// readMessage reads ws's next message into *bufp, growing it as needed
+// (the read limit bounds it); the message is valid until the next read.
+// Unlike ws.Read, it allocates nothing for a message that fits.
+func readMessage(ctx context.Context, ws *websocket.Conn, bufp *[]byte) (websocket.MessageType, []byte, error) {
+	typ, r, err := ws.Reader(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	buf := (*bufp)[:0]
+	defer func() { *bufp = buf[:0] }()
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if errors.Is(err, io.EOF) {
+			return typ, buf, nil
+		}
+		if err != nil {
+			return 0, nil, err
+		}
+	}
+}
+
+// workloadProtocols are the subprotocols RunWS and Exec offer.
+func (c *Client) workloadProtocols() []string {
+	if c.jsonWS {
+		return nil
+	}
+	return []string{channelProtocol}
+}
+
+// dialWS opens a WebSocket on path, offering subprotocols; a refusal
+// before the upgrade is an *Error. The socket closes when ctx ends, even
+// while nobody reads it (a paused loop): the agent then ends the command
+// at once. release closes it sooner.
+func (c *Client) dialWS(ctx context.Context, path string, query url.Values, subprotocols ...string) (ws *websocket.Conn, release func(), err error) {
 	u := "ws" + c.server[len("http"):] + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()
@@ -203,6 +306,7 @@ func (c *Client) dialWS(ctx context.Context, path string, query url.Values) (ws 
 		HTTPClient:      c.hc,
 		HTTPHeader:      h,
 		CompressionMode: websocket.CompressionDisabled,
+		Subprotocols:    subprotocols,
 	})
 	if err != nil {
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
@@ -262,7 +366,8 @@ func readLine(r *bufio.Reader) ([]byte, error) {
 // contract: output on stdout or stderr with data, the start with a run
 // id, the exit with done and an exit code.
 type outputDecoder struct {
-	n int // output messages so far
+	n    int    // output messages so far
+	data []byte // the last message's data, decoded; reused
 	// offsets says every output message carries its offset (a run's
 	// kept output).
 	offsets bool
@@ -270,7 +375,8 @@ type outputDecoder struct {
 
 func (d *outputDecoder) decode(msg []byte) (Output, error) {
 	if stream, b64, offset, ok := fastOutput(msg); ok && (offset >= 0 || !d.offsets) {
-		if data, err := base64.StdEncoding.AppendDecode(nil, b64); err == nil && len(data) > 0 {
+		if data, err := base64.StdEncoding.AppendDecode(d.data[:0], b64); err == nil && len(data) > 0 {
+			d.data = data
 			d.n++
 			return Output{Stream: stream, Data: data, Offset: max(offset, 0)}, nil
 		}

@@ -359,6 +359,7 @@ func TestRunStart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		o.Data = bytes.Clone(o.Data) // valid until the next iteration
 		got = append(got, o)
 	}
 	if len(got) != 3 || got[0].Stream != "start" || got[0].RunID != "r-9" || string(got[1].Data) != "hello\n" ||

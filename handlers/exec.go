@@ -14,8 +14,9 @@ import (
 
 // ExecInSandbox is the interactive exec WebSocket: the client's first
 // message is {"init": ...}; then stdin, resize and close_stdin messages in,
-// output messages out, the exit code last. The client closing the socket
-// hangs up the process.
+// output messages out, the exit code last; on the channel subprotocol
+// (channel.go) stdin, resize, the end of stdin and the output are binary
+// messages instead. The client closing the socket hangs up the process.
 func (a *API) ExecInSandbox(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
 	var first api.ExecClientMessage
 	a.serveWorkload(w, r, id, "an exec", &first, func(ctx context.Context, m SandboxManager, c *websocket.Conn) {
@@ -53,8 +54,10 @@ func (a *API) serveExec(ctx context.Context, m SandboxManager, c *websocket.Conn
 		// The client's messages. Any read error (the client went away, or
 		// closed the socket) hangs up the process.
 		defer hangUp()
+		in := messageReader{c: c}
+		channels := c.Subprotocol() == channelProtocol
 		for {
-			_, msg, err := c.Read(ctx)
+			typ, msg, err := in.read(ctx)
 			if err != nil {
 				if p.DetachOnDisconnect {
 					// The process outlives its client: its stdin is
@@ -64,44 +67,42 @@ func (a *API) serveExec(ctx context.Context, m SandboxManager, c *websocket.Conn
 				_ = stdinW.CloseWithError(err)
 				return
 			}
-			var cm api.ExecClientMessage
-			err = httpapi.DecodeJSONBytes(msg, &cm)
-			var size *sandbox.TTYSize
-			if err == nil {
-				_, size, err = checkClientMessage(cm)
-			}
-			var sig sandbox.Signal
-			if err == nil && cm.Signal != nil {
-				sig, err = sandbox.ParseSignal(string(*cm.Signal))
-			}
-			if err == nil && cm.Init != nil {
-				err = badRequest(`"init" is only for the first message`)
+			var f clientFrame
+			if channels && typ == websocket.MessageBinary {
+				f, err = parseClientFrame(msg)
+			} else {
+				f, err = jsonFrame(msg)
 			}
 			if err != nil {
 				_ = stdinW.CloseWithError(err)
 				closeWith(c, http.StatusBadRequest, err.Error())
 				return
 			}
-			switch {
-			case cm.Stdin != nil:
-				if _, err := stdinW.Write(*cm.Stdin); err != nil {
+			switch f.kind {
+			case frameStdin:
+				// The pipe hands the bytes over before Write returns, so
+				// the message's buffer can be read into again.
+				if len(f.data) == 0 {
+					continue
+				}
+				if _, err := stdinW.Write(f.data); err != nil {
 					continue // the process no longer reads; its exit ends the exec
 				}
-			case cm.Resize != nil:
+			case frameResize:
 				select { // only the latest size matters
 				case <-resize:
 				default:
 				}
 				select {
-				case resize <- *size:
+				case resize <- f.size:
 				case <-runCtx.Done():
 					return
 				}
-			case cm.CloseStdin != nil && *cm.CloseStdin:
+			case frameCloseStdin:
 				_ = stdinW.Close()
-			case cm.Signal != nil:
+			case frameSignal:
 				select {
-				case sigs <- sig:
+				case sigs <- f.sig:
 				case <-runCtx.Done():
 					return
 				}
@@ -116,6 +117,35 @@ func (a *API) serveExec(ctx context.Context, m SandboxManager, c *websocket.Conn
 		}
 		return m.Exec(runCtx, id, p, eio, out)
 	})
+}
+
+// jsonFrame decodes and checks a JSON client message after the first,
+// as the frame it is the same as.
+func jsonFrame(msg []byte) (clientFrame, error) {
+	var cm api.ExecClientMessage
+	err := httpapi.DecodeJSONBytes(msg, &cm)
+	var size *sandbox.TTYSize
+	if err == nil {
+		_, size, err = checkClientMessage(cm)
+	}
+	if err == nil && cm.Init != nil {
+		err = badRequest(`"init" is only for the first message`)
+	}
+	if err != nil {
+		return clientFrame{}, err
+	}
+	switch {
+	case cm.Stdin != nil:
+		return clientFrame{kind: frameStdin, data: *cm.Stdin}, nil
+	case cm.Resize != nil:
+		return clientFrame{kind: frameResize, size: *size}, nil
+	case cm.Signal != nil:
+		sig, err := sandbox.ParseSignal(string(*cm.Signal))
+		return clientFrame{kind: frameSignal, sig: sig}, err
+	case *cm.CloseStdin:
+		return clientFrame{kind: frameCloseStdin}, nil
+	}
+	return clientFrame{kind: frameNone}, nil // {"close_stdin": false}
 }
 
 // checkClientMessage checks a client message against the contract: one

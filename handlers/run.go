@@ -97,7 +97,7 @@ func (a *API) logRun(r *http.Request, id string, code int, err error, began time
 
 // RunInSandboxWebSocket runs a command over a WebSocket: the client's first
 // message is the run request, then every output message is one text
-// message. The client's later messages are signals for the command;
+// message (on the channel subprotocol, one binary message: channel.go). The client's later messages are signals for the command;
 // closing the socket hangs it up.
 func (a *API) RunInSandboxWebSocket(w http.ResponseWriter, r *http.Request, id api.SandboxID) {
 	var req api.RunRequest

@@ -274,13 +274,19 @@ func runInfo(info sandbox.RunInfo) api.RunInfo {
 
 // signalMessages reads a run WebSocket's messages after the run request:
 // each a SignalRequest, whose signal goes to sigs. A message that is not
-// one closes the socket with 4400; any read error (the client went away)
-// ends it. hangUp is called when it ends.
+// one closes the socket with 4400 (on the channel subprotocol, any binary
+// message: a run has no stdin and no terminal to resize); any read error
+// (the client went away) ends it. hangUp is called when it ends.
 func signalMessages(ctx context.Context, c *websocket.Conn, sigs chan<- sandbox.Signal, hangUp func()) {
 	defer hangUp()
+	channels := c.Subprotocol() == channelProtocol
 	for {
-		_, msg, err := c.Read(ctx)
+		typ, msg, err := c.Read(ctx)
 		if err != nil {
+			return
+		}
+		if channels && typ == websocket.MessageBinary {
+			closeWith(c, http.StatusBadRequest, "binary message on a run: it has no stdin and no terminal; signals are JSON text messages")
 			return
 		}
 		var req api.SignalRequest

@@ -20,7 +20,8 @@ const wsStatusBase = 4000
 
 // serveWorkload answers a run or exec WebSocket up to its first message:
 // the sandbox's checks (acceptWorkload), the upgrade, and the first
-// message decoded into first (a 4400 close naming what is wrong with it).
+// message decoded into first (a 4400 close naming what is wrong with it;
+// on the channel subprotocol too it is the JSON text message).
 // Then serve runs with the request's stream context; the socket is closed
 // when it returns.
 func (a *API) serveWorkload(w http.ResponseWriter, r *http.Request, id, what string, first any, serve func(ctx context.Context, m SandboxManager, c *websocket.Conn)) {
@@ -38,8 +39,12 @@ func (a *API) serveWorkload(w http.ResponseWriter, r *http.Request, id, what str
 	defer func() { _ = c.CloseNow() }()
 	ctx, cancel := a.streamContext(r)
 	defer cancel()
-	_, msg, err := c.Read(ctx)
+	typ, msg, err := c.Read(ctx)
 	if err != nil {
+		return
+	}
+	if typ == websocket.MessageBinary && c.Subprotocol() == channelProtocol {
+		closeWith(c, http.StatusBadRequest, "first message: binary; on "+channelProtocol+" too the first is the JSON text message")
 		return
 	}
 	if err := httpapi.DecodeJSONBytes(msg, first); err != nil {
@@ -63,18 +68,20 @@ func acceptWorkload(w http.ResponseWriter, r *http.Request, m SandboxManager, id
 		httpapi.WriteError(w, http.StatusConflict, fmt.Sprintf("sandbox %q is %s; %s needs it ready or running", id, info.State, what))
 		return nil
 	}
-	return httpapi.AcceptWebSocket(w, r)
+	return httpapi.AcceptWebSocket(w, r, channelProtocol)
 }
 
 // streamWorkload runs a workload (run or exec) whose output goes to c as
 // one message a piece, then the exit message and a normal close; with
-// p.DetachOnDisconnect a start message with the run's id comes first. A
+// p.DetachOnDisconnect a start message with the run's id comes first. On
+// the channel subprotocol the pieces are binary messages on their
+// channels and the start and exit go on the status channel (wsOutput). A
 // failure before any output, not caused by runCtx ending, closes with
 // 4000 + its status instead, and the agent's shutdown with 1001. Writes
 // use ctx. start runs it with eio (Started set) and the output callback.
 func (a *API) streamWorkload(ctx, runCtx context.Context, c *websocket.Conn, r *http.Request, id string, p sandbox.Process, eio sandbox.ExecIO,
 	start func(eio sandbox.ExecIO, out func(sandbox.Output) error) (int, error)) {
-	var enc outputEncoder
+	out := newWSOutput(c)
 	var cut cutStreams
 	var runID string
 	started := false
@@ -83,7 +90,7 @@ func (a *API) streamWorkload(ctx, runCtx context.Context, c *websocket.Conn, r *
 		runID = info.ID
 		if p.DetachOnDisconnect {
 			started = true
-			_ = c.Write(ctx, websocket.MessageText, enc.start(runID, false))
+			_ = out.status(ctx, out.enc.start(runID, false))
 		}
 	}
 	code, err := start(eio, func(o sandbox.Output) error {
@@ -91,7 +98,7 @@ func (a *API) streamWorkload(ctx, runCtx context.Context, c *websocket.Conn, r *
 			return nil
 		}
 		started = true
-		return c.Write(ctx, websocket.MessageText, enc.data(o.Stream, o.Data, false))
+		return out.data(ctx, o.Stream, o.Data)
 	})
 	if err != nil && !started && runCtx.Err() == nil {
 		closeWith(c, sandboxStatus(err), err.Error())
@@ -107,7 +114,7 @@ func (a *API) streamWorkload(ctx, runCtx context.Context, c *websocket.Conn, r *
 		_ = c.Close(websocket.StatusGoingAway, "the agent is shutting down")
 		return
 	}
-	if err := c.Write(ctx, websocket.MessageText, enc.exit(code, runID, &cut, false)); err != nil {
+	if err := out.status(ctx, out.enc.exit(code, runID, &cut, false)); err != nil {
 		return
 	}
 	_ = c.Close(websocket.StatusNormalClosure, "")

@@ -8,14 +8,17 @@ import (
 )
 
 // AcceptWebSocket upgrades r to a WebSocket whose messages are at most
-// MaxBodyBytes. A request that is no WebSocket handshake, or a broken one,
-// is answered with the status coder/websocket chose for it (426 without
-// the Upgrade headers, 400 for a bad key or version, 403 for a foreign
-// Origin) in the API's JSON error shape, not its plain text; then it
-// returns nil.
-func AcceptWebSocket(w http.ResponseWriter, r *http.Request) *websocket.Conn {
+// MaxBodyBytes. subprotocols are the ones the endpoint speaks besides
+// its default messages: the first of the client's Sec-WebSocket-Protocol
+// offers that is among them is selected (the Conn's Subprotocol), and
+// none is selected when the client offers none of them. A request that
+// is no WebSocket handshake, or a broken one, is answered with the status
+// coder/websocket chose for it (426 without the Upgrade headers, 400 for
+// a bad key or version, 403 for a foreign Origin) in the API's JSON error
+// shape, not its plain text; then it returns nil.
+func AcceptWebSocket(w http.ResponseWriter, r *http.Request, subprotocols ...string) *websocket.Conn {
 	ew := &acceptErrors{ResponseWriter: w}
-	c, err := websocket.Accept(ew, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	c, err := websocket.Accept(ew, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled, Subprotocols: subprotocols})
 	if err != nil {
 		if ew.status != 0 {
 			msg := strings.TrimSpace(string(ew.body))

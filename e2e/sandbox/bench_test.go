@@ -41,8 +41,9 @@ import (
 //	BenchmarkRunTrue        a `true` run's round trip (NDJSON, WebSocket),
 //	                        against `<runtime> exec`, `docker exec` and
 //	                        qemu-guest-agent's guest-exec with status polling
-//	BenchmarkRunOutput      1 GiB of output over the WebSocket (and NDJSON),
-//	                        against `<runtime> exec` into a pipe
+//	BenchmarkRunOutput      1 GiB of output over the WebSocket (its binary
+//	                        channel subprotocol and its JSON messages) and
+//	                        NDJSON, against `<runtime> exec` into a pipe
 //	BenchmarkPingDuringForkBomb ping's latency while a fork bomb fills
 //	                        a sandbox's pids limit
 //	BenchmarkPingUnderChurn ping's latency while 50 clients churn
@@ -245,10 +246,13 @@ func BenchmarkRunTrue(b *testing.B) {
 }
 
 // BenchmarkRunOutput: 1 GiB of zeros through a run (MB/s is the
-// throughput), from busybox `head -c 1G /dev/zero` (4 KiB writes) and
-// `dd bs=1M`; over the WebSocket and NDJSON, against `<runtime> exec` of
-// the same command into a pipe the benchmark drains. The client decodes
-// every message (the base64 costs it about a third more bytes).
+// throughput), from `dd bs=1M` and busybox `head -c 1G /dev/zero` (4 KiB
+// writes); over the WebSocket's binary channel subprotocol through the
+// SDK (channels), its JSON messages through the SDK (websocket-sdk) and
+// read here (websocket), and NDJSON, against `<runtime> exec` of the same
+// command into a pipe the benchmark drains. The client decodes every
+// message (the base64 costs it about a third more bytes; the channel
+// subprotocol has none).
 func BenchmarkRunOutput(b *testing.B) {
 	const size = 1 << 30
 	a := sharedAgent(b)
@@ -258,10 +262,34 @@ func BenchmarkRunOutput(b *testing.B) {
 		name string
 		cmd  []string
 	}{
-		{"head", []string{"head", "-c", "1073741824", "/dev/zero"}},
 		{"dd1M", []string{"dd", "if=/dev/zero", "bs=1048576", "count=1024", "status=none"}},
+		{"head", []string{"head", "-c", "1073741824", "/dev/zero"}},
 	}
 	for _, w := range writers {
+		for _, sdk := range []struct {
+			name string
+			opts []client.Option
+		}{{"channels", nil}, {"websocket-sdk", []client.Option{client.WithJSONWebSockets()}}} {
+			b.Run(w.name+"/"+sdk.name, func(b *testing.B) {
+				b.SetBytes(size)
+				c, err := client.New("unix://"+a.Socket(), append(sdk.opts, client.WithHTTPClient(&http.Client{Transport: a.Transport()}))...)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ctx := context.Background()
+				var msgs int64
+				for b.Loop() {
+					var n int64
+					res := collectRun(ctx, b, c.RunWS(ctx, id, api.RunRequest{Cmd: w.cmd}), http.StatusSwitchingProtocols, w.cmd,
+						func(_ string, data []byte) { n += int64(len(data)) })
+					if res.Code != 0 || res.Cut || n != size {
+						b.Fatalf("%+v, %d bytes", res, n)
+					}
+					msgs += int64(res.Messages)
+				}
+				b.ReportMetric(float64(msgs)/float64(b.N), "msgs/op")
+			})
+		}
 		for _, decode := range []bool{true, false} {
 			name := w.name + "/websocket"
 			if !decode {
