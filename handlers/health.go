@@ -1,7 +1,9 @@
 package handlers
 
 import (
+	"encoding/json"
 	"net/http"
+	"sync"
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/httpapi"
@@ -9,8 +11,14 @@ import (
 
 // GetLivez answers while the process serves.
 func (a *API) GetLivez(w http.ResponseWriter, _ *http.Request) {
-	httpapi.WriteJSON(w, http.StatusOK, api.Health{Status: api.Ok})
+	writeJSONBody(w, livezBody())
 }
+
+// livezBody is the answer to /livez and /healthz, encoded once.
+var livezBody = sync.OnceValue(func() []byte {
+	body, _ := json.Marshal(api.Health{Status: api.Ok}) // a string only: no error
+	return append(body, '\n')
+})
 
 // GetHealthz is /livez under the name many probes expect.
 func (a *API) GetHealthz(w http.ResponseWriter, r *http.Request) { a.GetLivez(w, r) }

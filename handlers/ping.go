@@ -1,8 +1,10 @@
 package handlers
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/arcbox/arcbox-agent/api"
@@ -12,7 +14,37 @@ import (
 
 // GetPing answers pong and the version.
 func (a *API) GetPing(w http.ResponseWriter, _ *http.Request) {
-	httpapi.WriteJSON(w, http.StatusOK, api.PingResponse{Message: "pong", Version: a.cfg.Version})
+	writeJSONBody(w, pingBody(a.cfg.Version))
+}
+
+// pingAnswer is GET /v1/ping's answer for one version, encoded once: it is
+// the same for every ping.
+type pingAnswer struct {
+	version string
+	body    []byte // JSON and its newline
+}
+
+var lastPing atomic.Pointer[pingAnswer]
+
+// pingBody returns the answer to GET /v1/ping for version, encoding it
+// only when the version is not the last one asked for (once, in the
+// agent).
+func pingBody(version string) []byte {
+	if p := lastPing.Load(); p != nil && p.version == version {
+		return p.body
+	}
+	body, _ := json.Marshal(api.PingResponse{Message: "pong", Version: version}) // strings only: no error
+	p := &pingAnswer{version: version, body: append(body, '\n')}
+	lastPing.Store(p)
+	return p.body
+}
+
+// writeJSONBody answers 200 with body, JSON already encoded. Like
+// httpapi.WriteJSON's, the answer has a Content-Length: net/http counts a
+// body written whole before the handler returns.
+func writeJSONBody(w http.ResponseWriter, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(body)
 }
 
 // PostPing answers pong and, given the host's time, reports the guest

@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -74,12 +73,6 @@ const (
 	AuthRefused Auth = "refused"
 )
 
-type authKey struct{}
-
-// authState is set by authenticate for audit to read once the request
-// is done.
-type authState struct{ auth Auth }
-
 // check decides a request: how it is let in, or why it is refused. A
 // token in the URL is refused wherever it is, so that it never reaches a
 // log; unix sockets and vsock need no token; everything else (TCP, or a
@@ -113,13 +106,14 @@ func transportAuth(transport string, otherwise Auth) Auth {
 }
 
 // authenticate answers 401 to a request check refuses, in the API's error
-// shape with a Bearer challenge, and tells audit how each was let in.
+// shape with a Bearer challenge, and tells the audit line how each was let
+// in.
 func authenticate(token bearer.Token) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			auth, refusal := check(token, r)
-			if st, ok := r.Context().Value(authKey{}).(*authState); ok {
-				st.auth = auth
+			if q := requestOf(r.Context()); q != nil {
+				q.auth = auth // for the audit line
 			}
 			if auth == AuthRefused {
 				w.Header().Set("WWW-Authenticate", bearer.Challenge)
@@ -129,10 +123,4 @@ func authenticate(token bearer.Token) func(http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 		})
 	}
-}
-
-// withAuthState gives audit a place to learn how a request was let in.
-func withAuthState(ctx context.Context) (context.Context, *authState) {
-	st := &authState{}
-	return context.WithValue(ctx, authKey{}, st), st
 }

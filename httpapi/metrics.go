@@ -2,9 +2,14 @@ package httpapi
 
 import (
 	"bufio"
-	"mime"
+	"maps"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -29,6 +34,19 @@ type httpMetrics struct {
 	streamsOpen    *prometheus.GaugeVec
 	streams        *prometheus.CounterVec
 	streamDuration *prometheus.HistogramVec
+
+	// observers holds duration's series by their labels, so that a
+	// request finds its own without the vector hashing the labels and
+	// the status formatted: a map only added to (copied then, under mu),
+	// read without a lock.
+	observers atomic.Pointer[map[seriesKey]prometheus.Observer]
+	mu        sync.Mutex
+}
+
+// seriesKey is a request series' labels, the code still a number.
+type seriesKey struct {
+	method, route string
+	code          int
 }
 
 func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
@@ -57,20 +75,61 @@ func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
 		}, []string{"route", "kind"}),
 	}
 	reg.MustRegister(m.duration, m.streamsOpen, m.streams, m.streamDuration)
+	m.observers.Store(&map[seriesKey]prometheus.Observer{})
 	return m
+}
+
+// observe puts a plain request's duration in its series.
+func (m *httpMetrics) observe(method, route string, code int, took time.Duration) {
+	k := seriesKey{methodLabel(method), route, code}
+	o, ok := (*m.observers.Load())[k]
+	if !ok {
+		o = m.observer(k)
+	}
+	o.Observe(took.Seconds())
+}
+
+// observer adds k's series to observers and returns it.
+func (m *httpMetrics) observer(k seriesKey) prometheus.Observer {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := *m.observers.Load()
+	if o, ok := old[k]; ok {
+		return o
+	}
+	o := m.duration.WithLabelValues(k.method, k.route, strconv.Itoa(k.code))
+	grown := make(map[seriesKey]prometheus.Observer, len(old)+1)
+	maps.Copy(grown, old)
+	grown[k] = o
+	m.observers.Store(&grown)
+	return o
+}
+
+// methodLabel is a request's method as a label: the methods of HTTP, and
+// "other" for any other word a client sends, which would otherwise make
+// a series of each.
+func methodLabel(method string) string {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return method
+	}
+	return "other"
 }
 
 // responseWatch records a response's status and size for the access log,
 // and notices when the response is a stream, with no help from the
 // handler: its status is 101 or it is hijacked (a WebSocket), its
 // Content-Type is NDJSON or SSE, or the handler flushes it before it ends.
-// onStream is called once, when that is first seen.
+// A stream is counted in m's stream series when that is first seen.
 type responseWatch struct {
 	http.ResponseWriter
-	status   int // 0 until the header is written
-	bytes    int
-	kind     string // "" while the response is not a stream
-	onStream func(kind string)
+	q           *request
+	m           *httpMetrics
+	status      int // 0 until the header is written
+	bytes       int
+	kind        string // "" while the response is not a stream
+	streamRoute string // the open gauge's label, for its Dec
 }
 
 var (
@@ -88,18 +147,26 @@ func (w *responseWatch) WriteHeader(code int) {
 	if w.status != 0 {
 		return
 	}
-	w.status = code
-	if code == http.StatusSwitchingProtocols {
-		w.streaming(streamWebSocket)
-	} else if kind := streamMediaKind(w.Header().Get("Content-Type")); kind != "" {
-		w.streaming(kind)
-	}
+	w.final(code)
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// final records the response's final status and whether its header makes
+// it a stream.
+func (w *responseWatch) final(code int) {
+	w.status = code
+	if code == http.StatusSwitchingProtocols {
+		w.streaming(streamWebSocket)
+	} else if kind := streamMediaKind(w.Header()["Content-Type"]); kind != "" {
+		w.streaming(kind)
+	}
+}
+
+// Write records an implicit 200 without saying it to the writer beneath,
+// which says it itself, as it would without the watch.
 func (w *responseWatch) Write(p []byte) (int, error) {
 	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
+		w.final(http.StatusOK)
 	}
 	n, err := w.ResponseWriter.Write(p)
 	w.bytes += n
@@ -110,7 +177,7 @@ func (w *responseWatch) Write(p []byte) (int, error) {
 // before it ends is sent as it comes, a stream.
 func (w *responseWatch) FlushError() error {
 	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
+		w.final(http.StatusOK)
 	}
 	w.streaming(streamText) // unless already known as a stream of a kind
 	return http.NewResponseController(w.ResponseWriter).Flush()
@@ -131,28 +198,35 @@ func (w *responseWatch) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // Unwrap lets http.ResponseController reach the writer beneath.
 func (w *responseWatch) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// streaming marks the response a stream of kind, once.
+// streaming marks the response a stream of kind, once, and counts it by
+// the route it was routed to.
 func (w *responseWatch) streaming(kind string) {
 	if w.kind != "" {
 		return
 	}
 	w.kind = kind
-	if w.onStream != nil {
-		w.onStream(kind)
+	w.streamRoute = "unmatched"
+	if p := w.q.rctx.RoutePattern(); p != "" {
+		w.streamRoute = p
 	}
+	w.m.streamsOpen.WithLabelValues(w.streamRoute).Inc()
+	w.m.streams.WithLabelValues(w.streamRoute, kind).Inc()
 }
 
-// streamMediaKind is the stream kind of a Content-Type, or "" for one that
-// is not a stream's.
-func streamMediaKind(contentType string) string {
-	mt, _, err := mime.ParseMediaType(contentType)
-	if err != nil {
+// streamMediaKind is the stream kind of a response's Content-Type header
+// values, or "" for one that is not a stream's. It compares the media
+// type (before any parameter, case aside) rather than parse the header:
+// every response passes here.
+func streamMediaKind(contentType []string) string {
+	if len(contentType) == 0 {
 		return ""
 	}
-	switch mt {
-	case "application/x-ndjson":
+	mt, _, _ := strings.Cut(contentType[0], ";")
+	mt = strings.TrimSpace(mt)
+	switch {
+	case strings.EqualFold(mt, "application/x-ndjson"):
 		return streamNDJSON
-	case "text/event-stream":
+	case strings.EqualFold(mt, "text/event-stream"):
 		return streamSSE
 	}
 	return ""

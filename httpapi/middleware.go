@@ -2,16 +2,16 @@ package httpapi
 
 import (
 	"context"
-	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
-	"regexp"
 	"runtime/debug"
-	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -20,110 +20,177 @@ import (
 // TraceHeader carries a request's trace id in both directions.
 const TraceHeader = "X-Trace-Id"
 
-type ctxKey int
+// maxTraceID is the longest trace id a client may send.
+const maxTraceID = 128
 
-const (
-	traceIDKey ctxKey = iota
-	loggerKey
-)
+// traceIDChars are the bytes a client's trace id may hold: none that
+// could break a log line or a header.
+var traceIDChars = func() (ok [256]bool) {
+	for _, c := range []byte("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:/+=-") {
+		ok[c] = true
+	}
+	return ok
+}()
 
-// validTraceID keeps what a client sends from breaking log lines or headers.
-var validTraceID = regexp.MustCompile(`^[A-Za-z0-9._:/+=-]{1,128}$`)
+// validTraceID keeps what a client sends from breaking log lines or
+// headers: 1 to 128 of traceIDChars.
+func validTraceID(id string) bool {
+	if id == "" || len(id) > maxTraceID {
+		return false
+	}
+	for i := range len(id) {
+		if !traceIDChars[id[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+// traceIDs makes the trace ids of requests that come without one: 32 hex
+// digits, 16 of a random prefix drawn once per process and 16 of a
+// counter. They are not secrets: a trace id only ties a request's log
+// lines together, so an id one can guess harms nothing, and a counter
+// makes one without a system call. The prefix keeps ids of the agent's
+// different runs apart.
+type traceIDs struct {
+	prefix [16]byte // hex
+	n      atomic.Uint64
+}
+
+func newTraceIDs() *traceIDs {
+	t := &traceIDs{}
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], rand.Uint64())
+	hex.Encode(t.prefix[:], b[:])
+	return t
+}
+
+func (t *traceIDs) next() string {
+	var id [32]byte
+	copy(id[:16], t.prefix[:])
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], t.n.Add(1))
+	hex.Encode(id[16:], n[:])
+	return string(id[:])
+}
+
+// request is what the router keeps of one request while it serves it:
+// its trace id, its logger (made when something first asks for it), how
+// authenticate let it in, and its response as responseWatch sees it. It
+// is also the request's context, one that answers for chi's routing
+// context too: one allocation and one copy of the http.Request for all
+// the middleware, where a context.WithValue each would take several. It
+// is not reused, so a goroutine that outlives the request still reads
+// its trace id; chi's routing context is pooled, as chi itself pools it.
+type request struct {
+	context.Context // the request's context as net/http gave it
+	rctx            *chi.Context
+	traceID         string
+	traceHeader     [1]string // the response header's value, without a slice of its own
+	base            *slog.Logger
+	logger          atomic.Pointer[slog.Logger]
+	auth            Auth
+	w               responseWatch
+}
+
+type requestKey struct{}
+
+// Value answers for the request itself and chi's routing context, and
+// asks the parent for the rest.
+func (q *request) Value(key any) any {
+	switch key {
+	case requestKey{}:
+		return q
+	case chi.RouteCtxKey:
+		return q.rctx
+	}
+	return q.Context.Value(key)
+}
+
+// requestOf returns the request ctx belongs to; nil outside one.
+func requestOf(ctx context.Context) *request {
+	q, _ := ctx.Value(requestKey{}).(*request)
+	return q
+}
+
+// log returns the request's logger, made the first time it is asked for:
+// a request that logs nothing (a ping) makes none.
+func (q *request) log() *slog.Logger {
+	if l := q.logger.Load(); l != nil {
+		return l
+	}
+	l := q.base.With("trace_id", q.traceID)
+	if q.logger.CompareAndSwap(nil, l) {
+		return l
+	}
+	return q.logger.Load()
+}
 
 // TraceID returns the request's trace id, or "" outside a request.
 func TraceID(ctx context.Context) string {
-	id, _ := ctx.Value(traceIDKey).(string)
-	return id
+	if q := requestOf(ctx); q != nil {
+		return q.traceID
+	}
+	return ""
 }
 
 // Logger returns the request's logger, which carries its trace id; outside
 // a request it returns fallback.
 func Logger(ctx context.Context, fallback *slog.Logger) *slog.Logger {
-	if l, ok := ctx.Value(loggerKey).(*slog.Logger); ok {
-		return l
+	if q := requestOf(ctx); q != nil {
+		return q.log()
 	}
 	return fallback
 }
 
-func newTraceID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+// quietPath reports whether a request to path is one a client or a probe
+// makes all the time (ping, the health probes, the metrics scrape), whose
+// access log line is debug, not info: one line a ping would drown the log,
+// which for PID 1 is the VM's console.
+func quietPath(path string) bool {
+	switch path {
+	case "/v1/ping", "/livez", "/healthz", "/readyz", "/metrics":
+		return true
+	}
+	return false
 }
 
-// withTrace echoes the client's X-Trace-Id or makes one, and gives the
-// request a logger that carries it.
-func withTrace(base *slog.Logger) func(http.Handler) http.Handler {
-	return func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			id := r.Header.Get(TraceHeader)
-			if !validTraceID.MatchString(id) {
-				id = newTraceID()
-			}
-			w.Header().Set(TraceHeader, id)
-			ctx := context.WithValue(r.Context(), traceIDKey, id)
-			ctx = context.WithValue(ctx, loggerKey, base.With("trace_id", id))
-			next.ServeHTTP(w, r.WithContext(ctx))
-		})
+// logRequest writes a request's access log line once it ends: info, but
+// debug for a quiet path and error for a 5xx. Nothing is built when the
+// level is off.
+func (rt *router) logRequest(q *request, r *http.Request, route string, status int, took time.Duration) {
+	level := slog.LevelInfo
+	switch {
+	case status >= 500:
+		level = slog.LevelError
+	case quietPath(r.URL.Path):
+		level = slog.LevelDebug
 	}
-}
-
-// accessLog logs each request once it ends and observes it (see
-// httpMetrics): a plain request's duration in the request histogram, a
-// stream's in the stream series, by the route pattern chi matched.
-func accessLog(m *httpMetrics) func(http.Handler) http.Handler {
-	return func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			start := time.Now()
-			var streamRoute string // the open gauge's label, for its Dec
-			ww := &responseWatch{ResponseWriter: w, onStream: func(kind string) {
-				streamRoute = routePattern(r)
-				m.streamsOpen.WithLabelValues(streamRoute).Inc()
-				m.streams.WithLabelValues(streamRoute, kind).Inc()
-			}}
-			defer func() {
-				took := time.Since(start)
-				status := ww.status
-				if status == 0 {
-					status = http.StatusOK // nothing written: net/http answers 200
-				}
-				route := routePattern(r)
-				if ww.kind != "" {
-					m.streamsOpen.WithLabelValues(streamRoute).Dec()
-					m.streamDuration.WithLabelValues(streamRoute, ww.kind).Observe(took.Seconds())
-				} else {
-					m.duration.WithLabelValues(r.Method, route, strconv.Itoa(status)).Observe(took.Seconds())
-				}
-				level := slog.LevelInfo
-				switch {
-				case status >= 500:
-					level = slog.LevelError
-				case r.URL.Path == "/livez" || r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/metrics":
-					level = slog.LevelDebug // probes and scrapes would drown the log
-				}
-				attrs := []slog.Attr{
-					slog.String("method", r.Method),
-					slog.String("path", r.URL.Path),
-					slog.String("route", route),
-					slog.Int("status", status),
-					slog.Int("bytes", ww.bytes),
-					slog.Duration("took", took),
-					slog.String("remote", r.RemoteAddr),
-				}
-				if ww.kind != "" {
-					attrs = append(attrs, slog.String("stream", ww.kind))
-				}
-				Logger(r.Context(), slog.Default()).LogAttrs(r.Context(), level, "request", attrs...)
-			}()
-			next.ServeHTTP(ww, r)
-		})
+	if !rt.logger.Enabled(q, level) {
+		return
 	}
+	attrs := []slog.Attr{
+		slog.String("trace_id", q.traceID),
+		slog.String("method", r.Method),
+		slog.String("path", r.URL.Path),
+		slog.String("route", route),
+		slog.Int("status", status),
+		slog.Int("bytes", q.w.bytes),
+		slog.Duration("took", took),
+		slog.String("remote", r.RemoteAddr),
+	}
+	if q.w.kind != "" {
+		attrs = append(attrs, slog.String("stream", q.w.kind))
+	}
+	rt.logger.LogAttrs(q, level, "request", attrs...)
 }
 
 // routePattern is the route chi matched for r, or "unmatched".
 func routePattern(r *http.Request) string {
-	if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
-		return rc.RoutePattern()
+	if rc := chi.RouteContext(r.Context()); rc != nil {
+		if p := rc.RoutePattern(); p != "" {
+			return p
+		}
 	}
 	return "unmatched"
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -55,8 +56,7 @@ func NewRouter(cfg RouterConfig) http.Handler {
 		auditLog = cfg.Logger.With("component", "audit")
 	}
 	r := chi.NewRouter()
-	r.Use(withTrace(cfg.Logger), accessLog(newHTTPMetrics(cfg.Registerer)), recoverer,
-		audit(auditLog, r), authenticate(bearer.New(cfg.Token)), limitBody(bodyTimeout, cfg.StreamedBody))
+	r.Use(recoverer, authenticate(bearer.New(cfg.Token)), limitBody(bodyTimeout, cfg.StreamedBody))
 	r.NotFound(func(w http.ResponseWriter, req *http.Request) {
 		WriteError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", req.Method, req.URL.Path))
 	})
@@ -72,7 +72,70 @@ func NewRouter(cfg RouterConfig) http.Handler {
 			WriteError(w, http.StatusBadRequest, paramMessage(err))
 		},
 	})
-	return r
+	return &router{
+		Mux:     r,
+		logger:  cfg.Logger,
+		audit:   auditLog,
+		metrics: newHTTPMetrics(cfg.Registerer),
+		ids:     newTraceIDs(),
+		rctxs:   sync.Pool{New: func() any { return chi.NewRouteContext() }},
+	}
+}
+
+// router is chi's mux behind what every request gets first and last: a
+// trace id (the client's, when valid, echoed, or a new one), then, once it
+// ends, its request or stream metrics, its audit line if it changed
+// something, and its access log line. The middleware chi runs inside
+// (recoverer, authenticate, limitBody) sees the request this made.
+type router struct {
+	*chi.Mux
+	logger  *slog.Logger
+	audit   *slog.Logger
+	metrics *httpMetrics
+	ids     *traceIDs
+	rctxs   sync.Pool // *chi.Context
+}
+
+func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	q := &request{Context: r.Context(), base: rt.logger}
+	q.traceID = r.Header.Get(TraceHeader)
+	if !validTraceID(q.traceID) {
+		q.traceID = rt.ids.next()
+	}
+	q.traceHeader[0] = q.traceID
+	w.Header()[TraceHeader] = q.traceHeader[:]
+	rctx := rt.rctxs.Get().(*chi.Context)
+	rctx.Reset()
+	rctx.Routes = rt.Mux
+	q.rctx = rctx
+	q.w = responseWatch{ResponseWriter: w, q: q, m: rt.metrics}
+	r = r.WithContext(q)
+	defer func() {
+		rt.finish(q, r, time.Since(start))
+		rt.rctxs.Put(rctx)
+	}()
+	rt.Mux.ServeHTTP(&q.w, r) // chi finds its routing context in q and adds none
+}
+
+// finish observes a request that has ended, panicked or not: a plain
+// request's duration in the request histogram, a stream's in the stream
+// series (see httpMetrics), by the route pattern chi matched; then its
+// audit line and its access log line.
+func (rt *router) finish(q *request, r *http.Request, took time.Duration) {
+	status := q.w.status
+	if status == 0 {
+		status = http.StatusOK // nothing written: net/http answers 200
+	}
+	route := routePattern(r)
+	if q.w.kind != "" {
+		rt.metrics.streamsOpen.WithLabelValues(q.w.streamRoute).Dec()
+		rt.metrics.streamDuration.WithLabelValues(q.w.streamRoute, q.w.kind).Observe(took.Seconds())
+	} else {
+		rt.metrics.observe(r.Method, route, status, took)
+	}
+	rt.auditRequest(q, r, status, took)
+	rt.logRequest(q, r, route, status, took)
 }
 
 func allowedMethods(routes chi.Routes, path string) []string {
