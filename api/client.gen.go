@@ -13,8 +13,6 @@ import (
 	"net/url"
 	"strings"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/oapi-codegen/runtime"
 )
 
@@ -4935,17 +4933,10 @@ type GetOpenAPIReply401Headers struct {
 type GetOpenAPIReply struct {
 	Body         []byte
 	HTTPResponse *http.Response
-	// YAML200 the response for an HTTP 200 `application/yaml` response
-	YAML200 *map[string]interface{}
 	// JSON401 the response for an HTTP 401 `application/json` response
 	JSON401 *Unauthorized
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *GetOpenAPIReply401Headers
-}
-
-// GetYAML200 returns the response for an HTTP 200 `application/yaml` response
-func (r GetOpenAPIReply) GetYAML200() *map[string]interface{} {
-	return r.YAML200
 }
 
 // GetJSON401 returns the response for an HTTP 401 `application/json` response
@@ -8392,13 +8383,6 @@ func ParseGetOpenAPIReply(rsp *http.Response) (*GetOpenAPIReply, error) {
 	}
 
 	switch {
-	case strings.Contains(rsp.Header.Get("Content-Type"), "yaml") && rsp.StatusCode == 200:
-		var dest map[string]interface{}
-		if err := yaml.Unmarshal(bodyBytes, &dest); err != nil {
-			return nil, err
-		}
-		response.YAML200 = &dest
-
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
 		var dest Unauthorized
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {

@@ -19,6 +19,12 @@
 // keys on the spec rather than a list of operation ids, so a new stream
 // cannot get a wrapper that hangs. The template is v2.8.2's: when
 // oapi-codegen is upgraded, copy its new one and add the test again.
+//
+// GET /openapi.yaml's answer has no schema, so GetOpenAPIReply carries
+// the document as its Body, the text, and this package imports no YAML
+// decoder: oapi-codegen decodes any application/yaml answer that has a
+// schema, even a binary one, and the agent, which links this package for
+// the server interface, would carry the decoder and run its init.
 package api
 
 //go:generate go tool oapi-codegen -config server.cfg.yaml ../openapi.yaml

