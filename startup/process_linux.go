@@ -8,8 +8,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ProcessStart returns when the kernel started this process (its exec), to
-// the kernel's 10 ms precision; if that cannot be read, now.
+// ProcessStart returns when the kernel started this process, rounded down
+// to the kernel's 10 ms clock tick; if that cannot be read, now.
+//
+// It is the earliest the process can have started, so a figure measured
+// from it never understates and overstates by less than a tick. The
+// kernel keeps no finer start: /proc/<pid>/stat gives the start (the fork,
+// which the exec follows) in ticks only, and the figures it has in
+// nanoseconds (schedstat's time run and time waited) add up to less than
+// the process's age, so a start taken from them would understate.
+// BenchmarkStartup (cmd/arcbox-agent) reports how much of its figure the
+// rounding is.
 func ProcessStart() time.Time {
 	now := time.Now()
 	start, err := processStart(now)

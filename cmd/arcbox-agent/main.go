@@ -41,6 +41,12 @@ import (
 // version is stamped at build time: -ldflags "-X main.version=...".
 var version = "dev"
 
+// initDone is when the Go runtime and every package had been initialised:
+// package main's variables are the last initialised before main runs.
+// The go_init startup phase ends here; the agent's own code cannot
+// shorten what comes before it.
+var initDone = time.Now()
+
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "sandbox-init" {
 		sandbox.InitMain() // a sandbox's process 1; never returns
@@ -134,6 +140,7 @@ type agent struct {
 	halting *haltOrder
 
 	listeners      *httpapi.Listeners
+	held           heldListeners // the control listeners until serve
 	server         *http.Server
 	proxy          *dockerproxy.Proxy
 	proxyDone      sync.WaitGroup
@@ -146,8 +153,13 @@ type agent struct {
 }
 
 // start reads the configuration, does init's duties when the agent is
-// PID 1, prepares the machine and builds each part of the agent: nothing
-// listens yet. The sandbox manager starts in the background.
+// PID 1, binds the control API's listeners, prepares the machine and
+// builds each part of the agent. What a bind needs comes before it (the
+// configuration and its checks, init's mounts, the kernel modules and
+// the network); the rest after, as a host that connects meanwhile only
+// waits: its connection is queued, and its requests are answered once
+// serve hands the listeners to the server. The sandbox manager starts
+// in serve, in the background.
 func start(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) (*agent, error) {
 	began := startup.ProcessStart()
 	// As init, mount /proc and friends first: the configuration reads the
@@ -176,8 +188,10 @@ func start(ctx context.Context, args []string, getenv func(string) string, stdou
 		return nil, err
 	}
 
-	reg := newRegistry()
+	reg := prometheus.NewRegistry()
 	phases := startup.New(reg, began)
+	goInit := max(initDone.Sub(began), 0) // 0 when the process start could not be read
+	phases.Record("go_init", goInit, goInit)
 	phases.Observe("config", configBegan)
 
 	a := &agent{cfg: cfg, logger: logger, began: began, token: token, closeAudit: closeAudit, isInit: isInit}
@@ -194,7 +208,14 @@ func start(ctx context.Context, args []string, getenv func(string) string, stdou
 		startProcess = reaper.Start // so the reaper never takes a daemon's exit
 		phases.Record("init", mountsTook, configBegan.Sub(began))
 	}
-	a.prepareMachine(isInit, phases)
+	a.prepareListening(isInit, phases)
+	if err := a.bindControl(reg, phases); err != nil {
+		a.release()
+		return nil, err
+	}
+	// Bound: the rest is what a request needs, not the bind.
+	registerProcessMetrics(reg)
+	a.mountShares(phases) // after the modules: virtiofs may be one
 	if err := a.build(reg, phases, startProcess, auditLog); err != nil {
 		a.abort()
 		a.release()
@@ -220,11 +241,12 @@ func configure(args []string, getenv func(string) string, stdout, stderr io.Writ
 	return cfg, logger, nil
 }
 
-// prepareMachine loads the kernel modules and sets the static addresses
-// asked for (as init it always configures the network, which brings
-// loopback up), then mounts the VirtioFS shares the VM has. A failure is
+// prepareListening loads the kernel modules and sets the static
+// addresses asked for (as init it always configures the network, which
+// brings loopback up): a listener may need either (the vsock transport
+// may be a module; a TCP listener's address must be up). A failure is
 // logged, and the agent serves on.
-func (a *agent) prepareMachine(isInit bool, phases *startup.Phases) {
+func (a *agent) prepareListening(isInit bool, phases *startup.Phases) {
 	if len(a.cfg.Modules) > 0 {
 		modulesBegan := time.Now()
 		if err := loadModules(a.logger, a.cfg.Modules); err != nil {
@@ -243,12 +265,34 @@ func (a *agent) prepareMachine(isInit bool, phases *startup.Phases) {
 		cancelNet()
 		phases.Observe("network", netBegan)
 	}
-	// After the modules: virtiofs may be one.
-	a.mountShares(phases)
 }
 
-// build makes the parts of the agent: the listeners' registry, the
-// container runtime, the sandbox manager (starting in the background),
+// bindControl binds the control API's listeners and holds them (see
+// heldListeners) until serve hands them to the server. A listener that
+// cannot bind fails the start, and those bound before it are closed.
+func (a *agent) bindControl(reg prometheus.Registerer, phases *startup.Phases) error {
+	a.listeners = httpapi.NewListeners(httpapi.ListenersConfig{
+		Logger:       a.logger.With("component", "listeners"),
+		Phases:       phases,
+		Registerer:   reg,
+		AllowCIDs:    a.cfg.AllowCIDs,
+		SocketGID:    a.cfg.SocketGID,
+		HasSocketGID: a.cfg.HasSocketGID,
+	})
+	for _, u := range a.cfg.Listen {
+		ep, err := httpapi.ParseEndpoint(u)
+		if err != nil {
+			return err
+		}
+		if err := a.listeners.Bind(a.ctx, "control", ep, a.held.hold(a.serveAPI(ep))); err != nil {
+			return fmt.Errorf("listen on %s: %w", u, err)
+		}
+	}
+	return nil
+}
+
+// build makes the parts of the agent: the data volume, the container
+// runtime, the sandbox manager (starting in the background),
 // the Docker proxy and the HTTP server of the control API.
 func (a *agent) build(reg *prometheus.Registry, phases *startup.Phases, startProcess func(*exec.Cmd) error, auditLog *slog.Logger) error {
 	cfg, logger := a.cfg, a.logger
@@ -256,14 +300,6 @@ func (a *agent) build(reg *prometheus.Registry, phases *startup.Phases, startPro
 	if cfg.SetClock {
 		setClock = clock.SetRealtime
 	}
-	a.listeners = httpapi.NewListeners(httpapi.ListenersConfig{
-		Logger:       logger.With("component", "listeners"),
-		Phases:       phases,
-		Registerer:   reg,
-		AllowCIDs:    cfg.AllowCIDs,
-		SocketGID:    cfg.SocketGID,
-		HasSocketGID: cfg.HasSocketGID,
-	})
 	var err error
 	if a.volume, err = newVolume(cfg, logger); err != nil {
 		return err
@@ -317,32 +353,23 @@ func (a *agent) build(reg *prometheus.Registry, phases *startup.Phases, startPro
 	return nil
 }
 
-// serve binds the control API's listeners, starts the sandbox manager,
-// then binds the Docker proxy's listener, serving on each as soon as it is
-// bound, and returns when ctx ends.
+// serve binds the Docker proxy's listener, serving on it as soon as it is
+// bound, hands the control API's listeners to the server, then starts
+// the sandbox manager, and returns when ctx ends. The Docker listener is
+// bound first so that /readyz, from its first answer, counts it.
 func (a *agent) serve() error {
 	cfg := a.cfg
-	for _, u := range cfg.Listen {
-		ep, err := httpapi.ParseEndpoint(u)
-		if err != nil {
-			return err
-		}
-		if err := a.listeners.Bind(a.ctx, "control", ep, a.serveAPI(ep)); err != nil {
-			_ = a.server.Close()
-			return fmt.Errorf("listen on %s: %w", u, err)
-		}
-	}
-	// Only now: on a VM's one or two CPUs, the manager's start would
-	// delay the first bind.
-	a.sandboxManager.start()
 	dockerEP, err := httpapi.ParseEndpoint(cfg.DockerListen)
 	if err != nil {
 		return err
 	}
 	if err := a.listeners.Bind(a.ctx, "docker", dockerEP, a.serveProxy); err != nil {
-		_ = a.server.Close()
 		return fmt.Errorf("docker listener %s: %w", cfg.DockerListen, err)
 	}
+	a.held.handOver()
+	// Only now: on a VM's one or two CPUs, the manager's start would
+	// delay the first answers.
+	a.sandboxManager.start()
 	a.logger.Info("agent started", "version", version, "pid", os.Getpid(), "listen", cfg.Listen, "docker_listen", cfg.DockerListen,
 		"auth_token", a.token != "", "audit_log", cfg.AuditLog,
 		"since_exec", time.Since(a.began), "set_clock", cfg.SetClock, "prepare_system", cfg.PrepareSystem)
@@ -389,29 +416,30 @@ func (a *agent) abort() {
 }
 
 // release lets go of what start holds, last made first, whether or not
-// the agent served.
+// the agent served: the listeners still held are closed.
 func (a *agent) release() {
+	a.held.drop()
 	a.stopProxy()
 	a.beginStopping()
 	a.cancel()
 	a.closeAudit()
 }
 
-// newRegistry is the agent's metrics registry, with the Go runtime's, the
-// process's and the build's own metrics.
+// registerProcessMetrics adds the Go runtime's, the process's and the
+// build's own metrics to reg. The start registers them once the control
+// listeners are bound: making the Go runtime's collector describes every
+// runtime metric, and nothing reads them before the first request.
 //
 // The collectors are the prometheus package's own: the collectors package
 // wraps these very ones, and importing it would bring database/sql and
 // its initialisation into the agent for a database collector it never
 // uses.
-func newRegistry() *prometheus.Registry {
-	reg := prometheus.NewRegistry()
+func registerProcessMetrics(reg prometheus.Registerer) {
 	reg.MustRegister(
 		prometheus.NewGoCollector(),                                       //nolint:staticcheck // SA1019: what collectors.NewGoCollector returns
 		prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}), //nolint:staticcheck // SA1019: as collectors'
 		buildInfo(),
 	)
-	return reg
 }
 
 func loadModules(logger *slog.Logger, names []string) error {

@@ -220,6 +220,7 @@ func TestMetricsPassPromtool(t *testing.T) {
 	}
 	for _, want := range []string{
 		`arcbox_agent_startup_phase_duration_seconds{phase="config"}`,
+		`arcbox_agent_startup_phase_end_seconds{phase="go_init"}`,
 		`arcbox_agent_startup_phase_end_seconds{phase="listen_control_unix"}`,
 		`arcbox_agent_runtime_ready{service="dockerd"} 0`,
 		`arcbox_agent_runtime_daemon_exits_total{service="containerd"} 0`,
