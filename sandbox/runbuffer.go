@@ -13,10 +13,13 @@ import (
 // Config.RunOutputBytes does not say: 8 MiB.
 const DefaultRunOutputBytes = 8 << 20
 
-// maxChunk bounds how many bytes one kept chunk holds: output is merged
-// into the last chunk while it is of the same stream and below this, so a
-// process writing a byte at a time does not cost a chunk a byte.
-const maxChunk = 64 << 10
+// maxChunk bounds how many bytes one chunk read from the buffer holds,
+// as the live output's reads are bounded (outBufSize).
+const maxChunk = outBufSize
+
+// minRing is the smallest ring a run's kept output starts with: small
+// output costs little, and the ring doubles up to the bound as more comes.
+const minRing = 4 << 10
 
 // OutputChunk is a piece of a run's kept output. Offsets count the bytes
 // of stdout and stderr together, in the order they were read: one offset
@@ -27,8 +30,8 @@ const maxChunk = 64 << 10
 type OutputChunk struct {
 	Stream string // StreamStdout or StreamStderr
 	Offset int64  // of Data's first byte
-	// Data is shared with the buffer and must not be changed; it stays
-	// valid (the buffer never writes over a byte it handed out).
+	// Data is the reader's copy, valid until the call it was passed to
+	// returns (ReadRunOutput reuses it for the next chunks).
 	Data []byte
 }
 
@@ -46,18 +49,33 @@ func (e *OutputGoneError) Error() string {
 
 // outputBuffer is a run's kept output. Writes never block on readers: past
 // limit the oldest bytes are dropped. Safe for concurrent use.
+//
+// The bytes are kept in a ring, which grows (doubling) up to limit and is
+// then written over: output at memory speed costs one copy into memory
+// already in use, where a fresh allocation for each chunk cost a page
+// fault for each of its pages and the garbage collector's work. Readers
+// get copies (read), so a write never changes bytes a reader holds.
 type outputBuffer struct {
-	mu     sync.Mutex
-	limit  int64
-	chunks []OutputChunk
+	mu    sync.Mutex
+	limit int64
+	// ring holds the bytes kept, [first, end): offset o at o % len(ring).
+	ring []byte
+	// segs are where each stretch of one stream begins, in order; the
+	// first may begin before first (its bytes before first are gone).
+	segs   []outputSeg
 	first  int64    // the first offset kept
 	end    int64    // the offset of the next byte
-	size   int64    // bytes kept: end - first
 	closed bool     // the run's output is complete
 	cut    []string // the streams cut after the process exited
 	// wake is closed and replaced when bytes are added or the buffer is
 	// closed, waking the readers that follow.
 	wake chan struct{}
+}
+
+// outputSeg is where a stretch of one stream begins in the output.
+type outputSeg struct {
+	stream string
+	offset int64
 }
 
 func newOutputBuffer(limit int64) *outputBuffer {
@@ -80,38 +98,60 @@ func (b *outputBuffer) write(stream string, p []byte) {
 		drop := int64(len(p)) - b.limit
 		b.end += drop
 		p = p[drop:]
-		b.chunks = b.chunks[:0]
-		b.first, b.size = b.end, 0
+		b.first = b.end
+		b.segs = b.segs[:0]
 	}
-	if n := len(b.chunks); n > 0 && b.chunks[n-1].Stream == stream && len(b.chunks[n-1].Data)+len(p) <= maxChunk {
-		// Appending only writes past the bytes handed out, never over them.
-		b.chunks[n-1].Data = append(b.chunks[n-1].Data, p...)
-	} else {
-		b.chunks = append(b.chunks, OutputChunk{Stream: stream, Offset: b.end, Data: append(make([]byte, 0, min(max(len(p), 4<<10), maxChunk)), p...)})
+	if n := len(b.segs); n == 0 || b.segs[n-1].stream != stream {
+		b.segs = append(b.segs, outputSeg{stream: stream, offset: b.end})
 	}
+	b.reserve(b.end - b.first + int64(len(p)))
+	ringCopyIn(b.ring, b.end, p)
 	b.end += int64(len(p))
-	b.size += int64(len(p))
-	b.trim()
+	b.first = max(b.first, b.end-int64(len(b.ring)))
+	b.trimSegs()
 	close(b.wake)
 	b.wake = make(chan struct{})
 }
 
-// trim drops the oldest bytes until the buffer is within its bound.
-func (b *outputBuffer) trim() {
-	for b.size > b.limit {
-		excess := b.size - b.limit
-		c := &b.chunks[0]
-		if int64(len(c.Data)) <= excess {
-			b.size -= int64(len(c.Data))
-			b.chunks[0] = OutputChunk{}
-			b.chunks = b.chunks[1:]
-			continue
-		}
-		c.Data = c.Data[excess:]
-		c.Offset += excess
-		b.size -= excess
+// reserve grows the ring, within limit, to hold need bytes when it can.
+func (b *outputBuffer) reserve(need int64) {
+	size := int64(len(b.ring))
+	if need <= size || size >= b.limit {
+		return
 	}
-	b.first = b.end - b.size
+	size = min(b.limit, max(need, 2*size, minRing))
+	ring := make([]byte, size)
+	for o := b.first; o < b.end; {
+		piece := ringPiece(b.ring, o, b.end-o)
+		ringCopyIn(ring, o, piece)
+		o += int64(len(piece))
+	}
+	b.ring = ring
+}
+
+// trimSegs drops the stretches wholly before first.
+func (b *outputBuffer) trimSegs() {
+	i := 0
+	for i+1 < len(b.segs) && b.segs[i+1].offset <= b.first {
+		i++
+	}
+	if i > 0 {
+		b.segs = b.segs[i:]
+	}
+}
+
+// ringPiece is the longest contiguous piece of ring from offset o, at
+// most n bytes.
+func ringPiece(ring []byte, o, n int64) []byte {
+	pos := o % int64(len(ring))
+	return ring[pos:min(int64(len(ring)), pos+n)]
+}
+
+// ringCopyIn writes p at offset o of ring, wrapping; p fits the ring.
+func ringCopyIn(ring []byte, o int64, p []byte) {
+	pos := o % int64(len(ring))
+	n := copy(ring[pos:], p)
+	copy(ring, p[n:])
 }
 
 // release drops every byte kept (a finished run's output, past the
@@ -119,8 +159,8 @@ func (b *outputBuffer) trim() {
 func (b *outputBuffer) release() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.chunks = nil
-	b.first, b.size = b.end, 0
+	b.ring, b.segs = nil, nil
+	b.first = b.end
 }
 
 // noteCut records that stream was cut (Output.Truncated).
@@ -185,26 +225,38 @@ func checkOutputOffset(first, end, off int64) error {
 	return nil
 }
 
-// read returns the kept chunks from off on (the first one cut to begin at
-// off), the offset after them, a channel closed when there is more to
-// read, and whether the output is complete. An offset no longer kept is an
-// *OutputGoneError.
-func (b *outputBuffer) read(off int64) (chunks []OutputChunk, next int64, more <-chan struct{}, closed bool, err error) {
+// read copies the kept output from off on into buf (cut into chunks at
+// each change of stream, and of at most maxChunk bytes), as much as fits,
+// and returns the chunks (their Data in buf), the offset after them, a
+// channel closed when there is more to read, and whether the output is
+// complete. An offset no longer kept is an *OutputGoneError.
+func (b *outputBuffer) read(off int64, buf []byte) (chunks []OutputChunk, next int64, more <-chan struct{}, closed bool, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if off < b.first {
 		return nil, off, nil, b.closed, &OutputGoneError{Offset: off, First: b.first}
 	}
-	for _, c := range b.chunks {
-		cend := c.Offset + int64(len(c.Data))
-		if cend <= off {
-			continue
+	off = min(off, b.end)
+	for i, seg := range b.segs {
+		segEnd := b.end
+		if i+1 < len(b.segs) {
+			segEnd = b.segs[i+1].offset
 		}
-		if c.Offset < off {
-			c.Data = c.Data[off-c.Offset:]
-			c.Offset = off
+		for off < segEnd && len(buf) > 0 {
+			n := copyOut(b.ring, off, buf[:min(int64(len(buf)), segEnd-off, maxChunk)])
+			chunks = append(chunks, OutputChunk{Stream: seg.stream, Offset: off, Data: buf[:n:n]})
+			buf = buf[n:]
+			off += int64(n)
 		}
-		chunks = append(chunks, c)
 	}
-	return chunks, max(off, b.end), b.wake, b.closed, nil
+	return chunks, off, b.wake, b.closed, nil
+}
+
+// copyOut copies the bytes of ring from offset o into dst, wrapping, and
+// returns len(dst).
+func copyOut(ring []byte, o int64, dst []byte) int {
+	pos := o % int64(len(ring))
+	n := copy(dst, ring[pos:])
+	copy(dst[n:], ring)
+	return len(dst)
 }

@@ -392,8 +392,12 @@ func (m *Manager) closeStdin(r *activeRun) {
 	m.mu.Unlock()
 }
 
+// readBatch bounds the bytes of one ReadRunOutput call of fn.
+const readBatch = 1 << 20
+
 // ReadRunOutput calls fn with a run's kept output from byte offset on, in
-// order, each call with the chunks that were ready then; with follow it
+// order, each call with the chunks that were ready then (up to readBatch
+// bytes; their Data is valid until fn returns); with follow it
 // waits for more until the run's output is complete (or ctx ends), else
 // it stops at the end of what is kept now. It returns the run's info as
 // of the last chunk read: with follow and a nil error, the ended run's
@@ -414,8 +418,12 @@ func (m *Manager) ReadRunOutput(ctx context.Context, id, runID string, offset in
 	if err := r.out.checkOffset(offset); err != nil {
 		return RunInfo{}, err
 	}
+	var buf []byte // the chunks' copies, reused: fn may not keep them
 	for {
-		chunks, next, more, closed, err := r.out.read(offset)
+		if _, end, _ := r.out.bounds(); end-offset > int64(cap(buf)) && cap(buf) < readBatch {
+			buf = make([]byte, min(max(end-offset, 2*int64(cap(buf))), readBatch))
+		}
+		chunks, next, more, closed, err := r.out.read(offset, buf[:cap(buf)])
 		if err != nil {
 			return RunInfo{}, err
 		}

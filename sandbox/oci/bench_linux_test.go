@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 	"github.com/arcbox/arcbox-agent/sandbox"
 )
@@ -54,6 +56,51 @@ func BenchmarkCreateToReady(b *testing.B) {
 					bb.remove(id)
 					b.StartTimer()
 				}
+			})
+		}
+	}
+}
+
+// BenchmarkCreateToReadyPaired: BenchmarkCreateToReady's two sides taken
+// in turn in each iteration, so that both see the same load on a busy
+// machine: sandbox-ms and bare-ms are their means, x-bare the ratio.
+func BenchmarkCreateToReadyPaired(b *testing.B) {
+	for _, rt := range runtimes {
+		for _, mode := range []struct {
+			name  string
+			sec   sandbox.Security
+			idmap sandbox.IDMap
+		}{
+			{"userns", sandbox.Security{}, sandbox.IDMap{HostID: idPoolStart, Size: sandbox.IDRangeSize}},
+			{"host-users", sandbox.Security{HostUsers: true}, sandbox.IDMap{}},
+		} {
+			b.Run(rt+"/"+mode.name, func(b *testing.B) {
+				e := newOCIEnv(b, rt)
+				bb := newBareBundle(b, rt, mode.idmap)
+				var box, bare time.Duration
+				b.ResetTimer()
+				for i := range b.N {
+					id := fmt.Sprintf("pair%d", i)
+					e.track(id)
+					t0 := time.Now()
+					if _, _, err := e.m.Create(context.Background(), sandbox.Spec{ID: id, Security: mode.sec}); err != nil {
+						b.Fatal(err)
+					}
+					e.expect(id, sandbox.ActionReady)
+					box += time.Since(t0)
+					t0 = time.Now()
+					bb.run(id)
+					bare += time.Since(t0)
+					b.StopTimer()
+					if err := e.m.Remove(context.Background(), id, true); err != nil {
+						b.Fatal(err)
+					}
+					bb.remove(id)
+					b.StartTimer()
+				}
+				b.ReportMetric(float64(box.Microseconds())/1000/float64(b.N), "sandbox-ms")
+				b.ReportMetric(float64(bare.Microseconds())/1000/float64(b.N), "bare-ms")
+				b.ReportMetric(float64(box)/float64(bare), "x-bare")
 			})
 		}
 	}
@@ -121,9 +168,9 @@ func BenchmarkRunTrue(b *testing.B) {
 
 // BenchmarkRunOutput: 1 GiB of output through Run's out callback (MB/s is
 // the throughput), against a bare exec writing into a pipe the benchmark
-// drains. Two writers: busybox `head -c 1G /dev/zero` (4 KiB writes, and
-// slow itself: about 330 MB/s into `cat` on the host), and `dd bs=64k`,
-// which shows what the path itself carries.
+// drains. The writers: busybox `head -c 1G /dev/zero` (4 KiB writes, and
+// slow itself: about 330 MB/s into `cat` on the host), and `dd` with 64
+// KiB and 1 MiB blocks, which show what the path itself carries.
 func BenchmarkRunOutput(b *testing.B) {
 	const size = 1 << 30
 	writers := []struct {
@@ -133,6 +180,7 @@ func BenchmarkRunOutput(b *testing.B) {
 		{"head", []string{"head", "-c", "1073741824", "/dev/zero"}},
 		{"gnuhead", []string{gnuHead, "-c", "1073741824", "/dev/zero"}},
 		{"dd64k", []string{"dd", "if=/dev/zero", "bs=65536", "count=16384", "status=none"}},
+		{"dd1m", []string{"dd", "if=/dev/zero", "bs=1048576", "count=1024", "status=none"}},
 	}
 	for _, w := range writers {
 		for _, rt := range runtimes {
@@ -145,6 +193,33 @@ func BenchmarkRunOutput(b *testing.B) {
 					var n int64
 					code, err := e.m.Run(context.Background(), id, sandbox.Process{Cmd: w.cmd},
 						func(o sandbox.Output) error { n += int64(len(o.Data)); return nil })
+					if err != nil || code != 0 || n != size {
+						b.Fatalf("Run = %d, %v, %d bytes", code, err, n)
+					}
+				}
+			})
+			// As a handler does: each chunk written to a socket, which
+			// the client (here a goroutine) drains; a write per chunk,
+			// so small chunks cost what they cost there.
+			b.Run(w.name+"/sandbox-socket/"+rt, func(b *testing.B) {
+				e := newOCIEnv(b, rt)
+				id := e.create(sandbox.Spec{ID: "out", Limits: sandbox.Limits{VCPUs: 2}, Rootfs: gnuHeadRootfs(b, e.rootfsDir("gnuhead"))}).ID
+				b.SetBytes(size)
+				b.ResetTimer()
+				var chunks int
+				defer func() { b.ReportMetric(float64(size)*float64(b.N)/float64(chunks), "B/chunk") }()
+				for range b.N {
+					agent, client := socketPair(b)
+					drained := make(chan int64, 1)
+					go func() {
+						n, _ := io.CopyBuffer(io.Discard, client, make([]byte, 256<<10))
+						drained <- n
+					}()
+					code, err := e.m.Run(context.Background(), id, sandbox.Process{Cmd: w.cmd},
+						func(o sandbox.Output) error { chunks++; _, err := agent.Write(o.Data); return err })
+					agent.Close()
+					n := <-drained
+					client.Close()
 					if err != nil || code != 0 || n != size {
 						b.Fatalf("Run = %d, %v, %d bytes", code, err, n)
 					}
@@ -173,6 +248,16 @@ func BenchmarkRunOutput(b *testing.B) {
 			})
 		}
 	}
+}
+
+// socketPair is a connected pair of unix stream sockets, in Go's poller.
+func socketPair(b testing.TB) (agent, client *os.File) {
+	b.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return os.NewFile(uintptr(fds[0]), "agent"), os.NewFile(uintptr(fds[1]), "client")
 }
 
 // gnuHead is where gnuHeadRootfs puts GNU head: busybox's head writes 4

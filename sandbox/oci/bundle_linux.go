@@ -57,6 +57,20 @@ func readBundleMeta(dir string) (bundleMeta, error) {
 func (b *Backend) Start(ctx context.Context, r sandbox.StartRequest) (exited <-chan struct{}, err error) {
 	id, s, idmap, from := r.ID, r.Spec, r.IDMap, r.From
 	dir := b.bundle(id)
+	// The user namespace an idmapped lower layer is made with costs a
+	// fork of the agent: it is made while the image, the bundle and the
+	// writable layer are, not after them.
+	var userns <-chan usernsResult
+	if idmap.Size > 0 {
+		userns = usernsAsync(idmap)
+		defer func() {
+			if userns != nil { // not taken: Start failed before
+				if r := <-userns; r.f != nil {
+					r.f.Close()
+				}
+			}
+		}()
+	}
 	var meta bundleMeta
 	var layerMap sandbox.IDMap // the range the restored layer's files are in
 	switch {
@@ -89,7 +103,9 @@ func (b *Backend) Start(ctx context.Context, r sandbox.StartRequest) (exited <-c
 	if err != nil {
 		return nil, err
 	}
-	if err := atomicfile.WriteFile(filepath.Join(dir, bundleMetaFile), data, 0o600); err != nil {
+	// Read back only while the sandbox runs (an agent restarted adopts
+	// it, a checkpoint copies it durably), which no reboot lets it do.
+	if err := atomicfile.Replace(filepath.Join(dir, bundleMetaFile), data, 0o600); err != nil {
 		return nil, err
 	}
 	// The sandbox's root (its range's first id) makes the runtime's
@@ -143,7 +159,8 @@ func (b *Backend) Start(ctx context.Context, r sandbox.StartRequest) (exited <-c
 			return nil, err
 		}
 	}
-	lower, idmapped, err := b.lowerLayer(dir, meta.Lower, idmap)
+	lower, idmapped, err := b.lowerLayer(dir, meta.Lower, idmap, userns)
+	userns = nil
 	if err != nil {
 		return nil, err
 	}
@@ -304,11 +321,18 @@ const lowerDir = "lower"
 // lower itself without a user namespace, else lower seen through an
 // idmapped mount on the bundle's lower directory (idmapped is true: the
 // caller unmounts it once the overlay holds it), or, where the file system
-// cannot idmap, a copy of lower there with the owners shifted.
-func (b *Backend) lowerLayer(dir, lower string, idmap sandbox.IDMap) (path string, idmapped bool, err error) {
+// cannot idmap, a copy of lower there with the owners shifted. userns
+// (usernsAsync of idmap, nil without a user namespace) is taken and
+// closed.
+func (b *Backend) lowerLayer(dir, lower string, idmap sandbox.IDMap, userns <-chan usernsResult) (path string, idmapped bool, err error) {
 	if idmap.Size == 0 {
 		return lower, false, nil
 	}
+	ns := <-userns
+	if ns.err != nil {
+		return "", false, ns.err
+	}
+	defer ns.f.Close()
 	target := filepath.Join(dir, lowerDir)
 	if err := unmount(target); err != nil {
 		return "", false, err
@@ -319,12 +343,7 @@ func (b *Backend) lowerLayer(dir, lower string, idmap sandbox.IDMap) (path strin
 	if err := os.Mkdir(target, 0o700); err != nil {
 		return "", false, err
 	}
-	ns, err := usernsFile(idmap)
-	if err != nil {
-		return "", false, err
-	}
-	defer ns.Close()
-	err = mountIDMapped(lower, target, ns)
+	err = mountIDMapped(lower, target, ns.f)
 	if err == nil {
 		return target, true, nil
 	}

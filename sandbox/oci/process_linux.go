@@ -377,21 +377,55 @@ func (e *process) processPid() (int, error) {
 		e.pid = initChild(e.box.init.pid, e.nsPid)
 		return e.pid, nil
 	}
-	deadline := time.Now().Add(pidFileWait)
+	pid, err := waitPidFile(e.pidFile, e.done, pidFileWait)
+	e.pid = pid
+	return pid, err
+}
+
+// waitPidFile reads the pid file a runtime writes at path once the process
+// started, waiting (up to d) for it to appear: the runtime renames it into
+// place (runc) or writes it and closes it (crun), which inotify reports.
+// It returns 0 when done closes first: the runtime exited, the process is
+// gone.
+func waitPidFile(path string, done <-chan struct{}, d time.Duration) (int, error) {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return 0, fmt.Errorf("wait for the pid file %s: %w", path, err)
+	}
+	events := os.NewFile(uintptr(fd), "inotify") // non-blocking: in the poller
+	defer events.Close()
+	if _, err := unix.InotifyAddWatch(fd, filepath.Dir(path), unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE); err != nil {
+		return 0, fmt.Errorf("wait for the pid file %s: %w", path, err)
+	}
+	deadline := time.Now().Add(d)
+	_ = events.SetReadDeadline(deadline)
+	ended := make(chan struct{})
+	defer close(ended)
+	go func() {
+		select {
+		case <-done:
+			_ = events.SetReadDeadline(time.Now()) // wakes the read below
+		case <-ended:
+		}
+	}()
+	buf := make([]byte, 4096)
 	for {
-		if pid, err := readPidFile(e.pidFile); err == nil {
-			e.pid = pid
+		// Read after the watch is in place, so a write between the two
+		// is seen by one or the other.
+		if pid, err := readPidFile(path); err == nil {
 			return pid, nil
 		}
 		select {
-		case <-e.done:
+		case <-done:
 			return 0, nil
 		default:
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("no pid file %s after %s", e.pidFile, pidFileWait)
+			return 0, fmt.Errorf("no pid file %s after %s", path, d)
 		}
-		time.Sleep(2 * time.Millisecond)
+		if _, err := events.Read(buf); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return 0, fmt.Errorf("wait for the pid file %s: %w", path, err)
+		}
 	}
 }
 

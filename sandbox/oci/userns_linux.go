@@ -41,6 +41,23 @@ func usernsFile(m sandbox.IDMap) (*os.File, error) {
 	return f, nil
 }
 
+// usernsResult is what usernsFile returned.
+type usernsResult struct {
+	f   *os.File
+	err error
+}
+
+// usernsAsync makes usernsFile(m) in the background; the channel gets the
+// result, which the receiver closes.
+func usernsAsync(m sandbox.IDMap) <-chan usernsResult {
+	c := make(chan usernsResult, 1)
+	go func() {
+		f, err := usernsFile(m)
+		c <- usernsResult{f, err}
+	}()
+	return c
+}
+
 // mountIDMapped mounts src on target (an existing directory) with the
 // files' owners shifted by userns's mapping: a file of uid 0 in src is of
 // the mapping's host id in target. Nothing is copied or changed in src.
