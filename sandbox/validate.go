@@ -9,16 +9,21 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // IDPattern is what a sandbox id (and a snapshot's) looks like: 1 to 64
 // letters, digits, '_', '.' or '-', the first a letter or digit.
 const IDPattern = `^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`
 
-var idPattern = regexp.MustCompile(IDPattern)
+// idPattern and userPattern are compiled on first use, not at every
+// start of the agent.
+var idPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(IDPattern) })
 
 // userPattern is uid[:gid] or name[:group].
-var userPattern = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9_.-]*(:[a-zA-Z0-9_][a-zA-Z0-9_.-]*)?$`)
+var userPattern = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9_.-]*(:[a-zA-Z0-9_][a-zA-Z0-9_.-]*)?$`)
+})
 
 // MinMemoryMiB is the least memory a sandbox may have: its init alone
 // needs a few MiB.
@@ -36,8 +41,8 @@ func InvalidField(field, format string, args ...any) error {
 
 // ValidateID checks a sandbox id against ^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$.
 func ValidateID(id string) error {
-	if !idPattern.MatchString(id) {
-		return InvalidField("id", "%q does not match %s", id, idPattern)
+	if !idPattern().MatchString(id) {
+		return InvalidField("id", "%q does not match %s", id, IDPattern)
 	}
 	return nil
 }
@@ -179,7 +184,7 @@ func checkWorkingDir(field, dir string) error {
 }
 
 func checkUser(field, user string) error {
-	if user != "" && !userPattern.MatchString(user) {
+	if user != "" && !userPattern().MatchString(user) {
 		return InvalidField(field, "%q is neither uid[:gid] nor name[:group]", user)
 	}
 	return nil
