@@ -63,8 +63,8 @@ func main() {
 		}
 		os.Exit(probeExitStatus(err))
 	}
-	limitMemory(os.Getenv)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	trimWhenIdle(ctx, os.Getenv)
 	action, err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	switch {
