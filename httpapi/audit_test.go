@@ -12,6 +12,12 @@ import (
 // auditLines returns the audit lines among the JSON log lines.
 func auditLines(t *testing.T, logs string) []map[string]any {
 	t.Helper()
+	return logLines(t, logs, "audit")
+}
+
+// logLines returns the JSON log lines whose msg is msg.
+func logLines(t *testing.T, logs, msg string) []map[string]any {
+	t.Helper()
 	var out []map[string]any
 	sc := bufio.NewScanner(strings.NewReader(logs))
 	for sc.Scan() {
@@ -19,7 +25,7 @@ func auditLines(t *testing.T, logs string) []map[string]any {
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
 			t.Fatalf("log line is not JSON: %v: %s", err, sc.Text())
 		}
-		if m["msg"] == "audit" {
+		if m["msg"] == msg {
 			out = append(out, m)
 		}
 	}

@@ -1,9 +1,7 @@
 package httpapi
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -60,18 +58,7 @@ func TestMadeTraceIDs(t *testing.T) {
 // requestLines returns the access log lines among the JSON log lines.
 func requestLines(t *testing.T, logs string) []map[string]any {
 	t.Helper()
-	var out []map[string]any
-	sc := bufio.NewScanner(strings.NewReader(logs))
-	for sc.Scan() {
-		var m map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			t.Fatalf("log line is not JSON: %v: %s", err, sc.Text())
-		}
-		if m["msg"] == "request" {
-			out = append(out, m)
-		}
-	}
-	return out
+	return logLines(t, logs, "request")
 }
 
 // TestAccessLogLevels: at the agent's default level (info) ping, the
