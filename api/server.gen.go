@@ -1029,7 +1029,7 @@ type NetworkSpecMode string
 
 // OutputMessage defines model for OutputMessage.
 type OutputMessage struct {
-	// Data Output bytes, base64.
+	// Data Output bytes, base64: at most 1 MiB of output a message.
 	Data     *[]byte `json:"data,omitempty"`
 	Done     *bool   `json:"done,omitempty"`
 	ExitCode *int32  `json:"exit_code,omitempty"`

@@ -251,7 +251,7 @@ func (c *Client) decodeChannel(dec *outputDecoder, typ websocket.MessageType, ms
 }
 
 // readBufs recycles the buffers WebSocket messages are read into: a run's
-// output messages are up to a few hundred KiB each, and one buffer serves
+// output messages are up to 1 MiB of output each, and one buffer serves
 // a whole stream.
 var readBufs = sync.Pool{New: func() any {
 	b := make([]byte, 0, 64<<10)

@@ -30,7 +30,7 @@ const (
 	// the per-call overhead small at high throughput. It also bounds a
 	// chunk handed to the output callback, and so a message a client
 	// receives.
-	outBufSize = 256 << 10
+	outBufSize = 1 << 20
 	// holderIdle is how long a stream is still followed after the process
 	// exited and everything it wrote was read, when something it left
 	// behind (a background child) still holds the stream open: while that
