@@ -101,8 +101,9 @@ func (c *Client) Run(ctx context.Context, id string, req api.RunRequest) iter.Se
 		defer resp.Body.Close()
 		var dec outputDecoder
 		r := bufio.NewReaderSize(resp.Body, 1<<20)
+		var long []byte
 		for {
-			line, err := readLine(r)
+			line, err := readLine(r, &long)
 			if err != nil {
 				// A line the end of the stream cut short is no message.
 				yield(Output{}, streamEnd(ctx, "run", err, dec.n))
@@ -348,18 +349,20 @@ func streamEnd(ctx context.Context, what string, err error, n int) error {
 	return fmt.Errorf("%s: the stream ended without an exit message after %d messages: %w", what, n, err)
 }
 
-// readLine reads one NDJSON line, however long.
-func readLine(r *bufio.Reader) ([]byte, error) {
+// readLine reads one NDJSON line, however long: in r's buffer when it
+// fits, else gathered in *long, which is kept for the next long line.
+// The line is valid until the next read either way.
+func readLine(r *bufio.Reader, long *[]byte) ([]byte, error) {
 	line, err := r.ReadSlice('\n')
 	if !errors.Is(err, bufio.ErrBufferFull) {
 		return line, err
 	}
-	long := append([]byte(nil), line...)
+	*long = append((*long)[:0], line...)
 	for errors.Is(err, bufio.ErrBufferFull) {
 		line, err = r.ReadSlice('\n')
-		long = append(long, line...)
+		*long = append(*long, line...)
 	}
-	return long, err
+	return *long, err
 }
 
 // outputDecoder decodes OutputMessages and checks them against the

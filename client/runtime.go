@@ -53,8 +53,9 @@ func (c *Client) EnsureRuntime(ctx context.Context, req api.RuntimeEnsureRequest
 func (c *Client) readEnsureStream(ctx context.Context, r *bufio.Reader, onProgress func(api.RuntimeEnsureProgress)) (api.RuntimeEnsureResponse, error) {
 	const schema = "RuntimeEnsureProgress"
 	n := 0 // phases so far
+	var long []byte
 	for {
-		line, err := readLine(r)
+		line, err := readLine(r, &long)
 		if err != nil {
 			if ctx.Err() != nil {
 				return api.RuntimeEnsureResponse{}, ctx.Err()

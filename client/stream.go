@@ -55,9 +55,10 @@ func (c *Client) openMessages(ctx context.Context, path string, q url.Values, ov
 		return nil, nil, err
 	}
 	r := bufio.NewReaderSize(body, 1<<20)
+	var long []byte
 	read = func() ([]byte, error) {
 		for {
-			line, err := readLine(r)
+			line, err := readLine(r, &long)
 			if errors.Is(err, io.EOF) && len(line) > 0 {
 				// A line the end of the stream cut short is no message:
 				// the reconnect brings it whole.
