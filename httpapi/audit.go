@@ -20,10 +20,14 @@ var auditedUpgrades = map[string]bool{
 // ones included, once it is done: who (listener, transport, peer, how it
 // was let in), what (method, route, path, the sandbox or snapshot), and
 // the outcome (status, duration), with the trace id. Never a header or the
-// query string, so never a token. The mux finds the route of a request
-// that was refused before it was routed.
-func (rt *router) auditRequest(q *request, r *http.Request, status int, took time.Duration) {
-	route, id := routeOf(rt.Mux, r)
+// query string, so never a token. matched is the route chi matched
+// (routePattern); the mux finds the route of a request that was refused
+// before it was routed, only when the call may be one to audit.
+func (rt *router) auditRequest(q *request, r *http.Request, matched string, status int, took time.Duration) {
+	if !mayMutate(r) {
+		return // a GET, HEAD or OPTIONS that runs nothing: no route needed
+	}
+	route, id := routeOf(rt.Mux, r, matched)
 	if !mutating(r, route) {
 		return
 	}
@@ -56,30 +60,35 @@ func (rt *router) auditRequest(q *request, r *http.Request, status int, took tim
 	rt.audit.LogAttrs(q, slog.LevelInfo, "audit", attrs...)
 }
 
-// mutating reports whether a call changes something: every method but
-// GET, HEAD and OPTIONS, and the WebSocket upgrades that run a process.
-func mutating(r *http.Request, route string) bool {
+// mayMutate reports whether a call may change something, whatever its
+// route: every method but GET, HEAD and OPTIONS, and a GET that asks for
+// a WebSocket (mutating says whether its route runs a process).
+func mayMutate(r *http.Request) bool {
 	switch r.Method {
 	case http.MethodGet:
-		return auditedUpgrades[route] && strings.Contains(strings.ToLower(r.Header.Get("Upgrade")), "websocket")
+		return strings.Contains(strings.ToLower(r.Header.Get("Upgrade")), "websocket")
 	case http.MethodHead, http.MethodOptions:
 		return false
 	}
 	return true
 }
 
-// routeOf returns the route pattern a request matched and its {id}: from
-// the routing already done, else (a request refused before routing) by
-// asking mux; "unmatched" when no route matches.
-func routeOf(mux *chi.Mux, r *http.Request) (route, id string) {
-	if rc := chi.RouteContext(r.Context()); rc != nil {
-		if route := rc.RoutePattern(); route != "" {
-			return route, rc.URLParam("id")
-		}
+// mutating reports whether a call that mayMutate changes something: all
+// but the WebSocket upgrades of routes that run no process.
+func mutating(r *http.Request, route string) bool {
+	return r.Method != http.MethodGet || auditedUpgrades[route]
+}
+
+// routeOf returns the route pattern a request matched and its {id}: the
+// pattern routePattern found (matched), else (a request refused before
+// routing) by asking mux; "unmatched" when no route matches.
+func routeOf(mux *chi.Mux, r *http.Request, matched string) (route, id string) {
+	if matched != unmatchedRoute {
+		return matched, chi.URLParam(r, "id")
 	}
 	rc := chi.NewRouteContext()
 	if route = mux.Find(rc, r.Method, r.URL.Path); route == "" {
-		return "unmatched", ""
+		return unmatchedRoute, ""
 	}
 	return route, rc.URLParam("id")
 }

@@ -205,10 +205,7 @@ func (w *responseWatch) streaming(kind string) {
 		return
 	}
 	w.kind = kind
-	w.streamRoute = "unmatched"
-	if p := w.q.rctx.RoutePattern(); p != "" {
-		w.streamRoute = p
-	}
+	w.streamRoute = routePattern(w.q.rctx)
 	w.m.streamsOpen.WithLabelValues(w.streamRoute).Inc()
 	w.m.streams.WithLabelValues(w.streamRoute, kind).Inc()
 }

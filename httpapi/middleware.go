@@ -185,14 +185,18 @@ func (rt *router) logRequest(q *request, r *http.Request, route string, status i
 	rt.logger.LogAttrs(q, level, "request", attrs...)
 }
 
-// routePattern is the route chi matched for r, or "unmatched".
-func routePattern(r *http.Request) string {
-	if rc := chi.RouteContext(r.Context()); rc != nil {
+// unmatchedRoute is the route label of a request chi did not route.
+const unmatchedRoute = "unmatched"
+
+// routePattern is the route chi matched (rc, nil outside chi), or
+// unmatchedRoute.
+func routePattern(rc *chi.Context) string {
+	if rc != nil {
 		if p := rc.RoutePattern(); p != "" {
 			return p
 		}
 	}
-	return "unmatched"
+	return unmatchedRoute
 }
 
 // recoverer turns a handler's panic into a logged stack and a JSON 500.

@@ -127,14 +127,16 @@ func (rt *router) finish(q *request, r *http.Request, took time.Duration) {
 	if status == 0 {
 		status = http.StatusOK // nothing written: net/http answers 200
 	}
-	route := routePattern(r)
+	var route string
 	if q.w.kind != "" {
-		rt.metrics.streamsOpen.WithLabelValues(q.w.streamRoute).Dec()
-		rt.metrics.streamDuration.WithLabelValues(q.w.streamRoute, q.w.kind).Observe(took.Seconds())
+		route = q.w.streamRoute // found when the stream began
+		rt.metrics.streamsOpen.WithLabelValues(route).Dec()
+		rt.metrics.streamDuration.WithLabelValues(route, q.w.kind).Observe(took.Seconds())
 	} else {
+		route = routePattern(q.rctx)
 		rt.metrics.observe(r.Method, route, status, took)
 	}
-	rt.auditRequest(q, r, status, took)
+	rt.auditRequest(q, r, route, status, took)
 	rt.logRequest(q, r, route, status, took)
 }
 
