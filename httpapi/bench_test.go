@@ -3,8 +3,6 @@
 package httpapi_test
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,6 +21,7 @@ import (
 
 	"github.com/arcbox/arcbox-agent/handlers"
 	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/internal/rawhttp"
 )
 
 // BenchmarkPing serves GET /v1/ping over a unix socket through the whole
@@ -104,14 +103,14 @@ func serveUnix(b *testing.B, h http.Handler) string {
 // every connection: 1e9/ns-per-op is the rate) and the CPU time per
 // request.
 func benchRaw(b *testing.B, sock string, req []byte, conns int) {
-	clients := make([]*rawClient, conns)
+	clients := make([]*rawhttp.Client, conns)
 	for i := range clients {
-		c, err := dialRaw(sock, req)
+		c, err := rawhttp.Dial("unix", sock, req)
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer c.conn.Close()
-		if err := c.do(); err != nil { // warm: the server's per-connection state
+		defer c.Close()
+		if err := c.Do(); err != nil { // warm: the server's per-connection state
 			b.Fatal(err)
 		}
 		clients[i] = c
@@ -131,7 +130,7 @@ func benchRaw(b *testing.B, sock string, req []byte, conns int) {
 					return
 				}
 				start := time.Now()
-				if err := c.do(); err != nil {
+				if err := c.Do(); err != nil {
 					errs <- err
 					return
 				}
@@ -160,73 +159,4 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// rawClient is a keep-alive HTTP/1.1 client that makes no allocation per
-// request: it writes the request's bytes and reads the response by its
-// Content-Length.
-type rawClient struct {
-	conn net.Conn
-	br   *bufio.Reader
-	req  []byte
-}
-
-func dialRaw(sock string, req []byte) (*rawClient, error) {
-	c, err := net.Dial("unix", sock)
-	if err != nil {
-		return nil, err
-	}
-	return &rawClient{conn: c, br: bufio.NewReaderSize(c, 16<<10), req: req}, nil
-}
-
-var contentLength = []byte("content-length:")
-
-func (c *rawClient) do() error {
-	if _, err := c.conn.Write(c.req); err != nil {
-		return err
-	}
-	line, err := c.br.ReadSlice('\n')
-	if err != nil {
-		return err
-	}
-	if !bytes.HasPrefix(line, []byte("HTTP/1.1 200 ")) {
-		return fmt.Errorf("status line %q, want 200", line)
-	}
-	n := -1
-	for {
-		line, err = c.br.ReadSlice('\n')
-		if err != nil {
-			return err
-		}
-		if len(line) <= 2 { // the blank line that ends the header
-			break
-		}
-		if len(line) > len(contentLength) && bytes.EqualFold(line[:len(contentLength)], contentLength) {
-			n = atoiTrim(line[len(contentLength):])
-		}
-	}
-	if n < 0 {
-		return fmt.Errorf("response without a Content-Length")
-	}
-	_, err = c.br.Discard(n)
-	return err
-}
-
-// atoiTrim parses the digits of a header value, ignoring the white space
-// around them; -1 when there are none.
-func atoiTrim(v []byte) int {
-	n, seen := 0, false
-	for _, ch := range v {
-		switch {
-		case ch >= '0' && ch <= '9':
-			n, seen = n*10+int(ch-'0'), true
-		case ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n':
-		default:
-			return -1
-		}
-	}
-	if !seen {
-		return -1
-	}
-	return n
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/arcbox/arcbox-agent/internal/agenttest"
+	"github.com/arcbox/arcbox-agent/internal/rawhttp"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
 
@@ -72,58 +72,12 @@ func newHTTPPinger(network, addr, path string) httpPinger {
 	return httpPinger{client: &http.Client{Transport: tr}, url: "http://bench" + path}
 }
 
-// rawPinger is the leanest HTTP/1.1 client a host could write: one
-// kept-alive connection, the request's bytes written as they are, the
-// response read by its Content-Length. It measures the server, not a
-// client library.
-type rawPinger struct {
-	c   net.Conn
-	r   *bufio.Reader
-	req []byte
-}
+// rawPinger pings with internal/rawhttp's client: the request's bytes
+// as they are, the answer read by its Content-Length, on one kept-alive
+// connection. It measures the server, not a client library.
+type rawPinger struct{ c *rawhttp.Client }
 
-func dialRaw(network, addr, path string) (*rawPinger, error) {
-	c, err := net.Dial(network, addr)
-	if err != nil {
-		return nil, err
-	}
-	return &rawPinger{c: c, r: bufio.NewReader(c), req: []byte("GET " + path + " HTTP/1.1\r\nHost: bench\r\n\r\n")}, nil
-}
-
-func (p *rawPinger) ping() error {
-	if _, err := p.c.Write(p.req); err != nil {
-		return err
-	}
-	status, err := p.r.ReadSlice('\n')
-	if err != nil {
-		return err
-	}
-	if !bytes.HasPrefix(status, []byte("HTTP/1.1 200 ")) {
-		return fmt.Errorf("status line %q", status)
-	}
-	length := -1
-	for {
-		line, err := p.r.ReadSlice('\n')
-		if err != nil {
-			return err
-		}
-		if len(line) <= 2 { // the blank line ending the header
-			break
-		}
-		if name, value, ok := bytes.Cut(line, []byte(":")); ok && strings.EqualFold(string(name), "Content-Length") {
-			if length, err = strconv.Atoi(string(bytes.TrimSpace(value))); err != nil {
-				return fmt.Errorf("Content-Length %q", value)
-			}
-		}
-	}
-	if length < 0 {
-		return errors.New("an answer without Content-Length")
-	}
-	_, err = p.r.Discard(length)
-	return err
-}
-
-func (p *rawPinger) close() { _ = p.c.Close() }
+func (p rawPinger) ping() error { return p.c.Do() }
 
 // qgaPinger speaks qemu-guest-agent's JSON protocol over its unix socket,
 // raw as rawPinger. qemu-ga serves one connection and one request at a
@@ -298,13 +252,13 @@ func BenchmarkPing(b *testing.B) {
 	})
 }
 
-func mustDialRaw(b *testing.B, network, addr string) *rawPinger {
-	p, err := dialRaw(network, addr, "/v1/ping")
+func mustDialRaw(b *testing.B, network, addr string) rawPinger {
+	c, err := rawhttp.Dial(network, addr, rawhttp.Get("/v1/ping"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(p.close)
-	return p
+	b.Cleanup(func() { _ = c.Close() })
+	return rawPinger{c}
 }
 
 // bareServerEnv makes the test binary a bare net/http server instead (see
@@ -457,12 +411,12 @@ func BenchmarkStartup(b *testing.B) {
 		idle = readMemory(b, cmd.Process.Pid)
 		clients := make([]pinger, concurrency)
 		for i := range clients {
-			p, err := dialRaw("unix", sock, "/v1/ping")
+			c, err := rawhttp.Dial("unix", sock, rawhttp.Get("/v1/ping"))
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer p.close()
-			clients[i] = p
+			defer c.Close()
+			clients[i] = rawPinger{c}
 		}
 		var wg sync.WaitGroup
 		for _, p := range clients {
