@@ -175,6 +175,18 @@ func keyValues(flag string, kvs []string) (*map[string]string, error) {
 	return &m, nil
 }
 
+// labelFilter checks repeated --label KEY=VALUE filters of a list and
+// gives them as the list's label parameter; nil for none.
+func labelFilter(filters []string) (*[]string, error) {
+	if len(filters) == 0 {
+		return nil, nil
+	}
+	if _, err := keyValues("--label", filters); err != nil {
+		return nil, err
+	}
+	return &filters, nil
+}
+
 // parseMount parses SOURCE:TARGET[:ro|:rw].
 func parseMount(s string) (api.Mount, error) {
 	parts := strings.Split(s, ":")
@@ -340,12 +352,11 @@ func (c *cli) sandboxLsCmd() *cobra.Command {
 			if state != "" {
 				params.State = ptr(api.SandboxState(state))
 			}
-			if len(labelFilters) > 0 {
-				if _, err := keyValues("--label", labelFilters); err != nil {
-					return err
-				}
-				params.Label = &labelFilters
+			label, err := labelFilter(labelFilters)
+			if err != nil {
+				return err
 			}
+			params.Label = label
 			cl, err := c.client()
 			if err != nil {
 				return err

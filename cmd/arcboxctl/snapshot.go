@@ -140,12 +140,11 @@ func (c *cli) snapshotLsCmd() *cobra.Command {
 			if sandbox != "" {
 				params.SandboxId = &sandbox
 			}
-			if len(labelFilters) > 0 {
-				if _, err := keyValues("--label", labelFilters); err != nil {
-					return err
-				}
-				params.Label = &labelFilters
+			label, err := labelFilter(labelFilters)
+			if err != nil {
+				return err
 			}
+			params.Label = label
 			cl, err := c.client()
 			if err != nil {
 				return err
