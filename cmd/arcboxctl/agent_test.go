@@ -74,7 +74,7 @@ func TestMain(m *testing.M) {
 func shutdownLive() error {
 	var problems []string
 	if a := live.agent; a != nil && a.Running() {
-		if left := removeSandboxes(a); len(left) > 0 {
+		if left := a.RemoveSandboxes(); len(left) > 0 {
 			problems = append(problems, fmt.Sprintf("sandboxes left by the tests, removed now: %v", left))
 		}
 		if err := a.Stop(); err != nil {
@@ -94,29 +94,6 @@ func shutdownLive() error {
 		return errors.New(strings.Join(problems, "; "))
 	}
 	return nil
-}
-
-// removeSandboxes removes every sandbox of the agent and returns their ids.
-func removeSandboxes(a *agenttest.Agent) []string {
-	hc := &http.Client{Transport: a.Transport(), Timeout: time.Minute}
-	resp, err := hc.Get("http://agent/v1/sandboxes")
-	if err != nil {
-		return []string{err.Error()}
-	}
-	defer resp.Body.Close()
-	var list api.SandboxList
-	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
-		return []string{err.Error()}
-	}
-	var ids []string
-	for _, s := range list.Sandboxes {
-		req, _ := http.NewRequest(http.MethodDelete, "http://agent/v1/sandboxes/"+s.Id+"?force=true", nil)
-		if r, err := hc.Do(req); err == nil {
-			r.Body.Close()
-		}
-		ids = append(ids, s.Id)
-	}
-	return ids
 }
 
 // removeCgroups removes the agent's parent cgroup of its sandboxes,

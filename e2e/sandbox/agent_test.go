@@ -15,7 +15,6 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/sandbox/oci"
 )
@@ -164,30 +163,6 @@ func (a *agentProc) deleteContainers() []string {
 	ids := strings.Fields(string(out))
 	for _, id := range ids {
 		_ = exec.Command(a.runtime, "--root", root, "delete", "-f", id).Run()
-	}
-	return ids
-}
-
-// removeAll force-removes every sandbox the agent has, for the end of the
-// suite, and returns their ids.
-func (a *agentProc) removeAll() []string {
-	hc := &http.Client{Transport: a.Transport(), Timeout: time.Minute}
-	resp, err := hc.Get("http://agent/v1/sandboxes")
-	if err != nil {
-		return []string{err.Error()}
-	}
-	defer resp.Body.Close()
-	var list api.SandboxList
-	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
-		return []string{err.Error()}
-	}
-	var ids []string
-	for _, s := range list.Sandboxes {
-		ids = append(ids, s.Id)
-		req, _ := http.NewRequest(http.MethodDelete, "http://agent/v1/sandboxes/"+s.Id+"?force=true", nil)
-		if resp, err := hc.Do(req); err == nil {
-			resp.Body.Close()
-		}
 	}
 	return ids
 }

@@ -92,7 +92,7 @@ func shutdownSuite() error {
 	agents, stops := suite.agents, suite.stops
 	suite.mu.Unlock()
 	if shared != nil {
-		if left := shared.removeAll(); len(left) > 0 {
+		if left := shared.RemoveSandboxes(); len(left) > 0 {
 			problems = append(problems, fmt.Sprintf("sandboxes left by the tests, removed now: %v", left))
 		}
 	}

@@ -3,6 +3,7 @@
 package agenttest
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -243,6 +244,31 @@ func (a *Agent) LogOnFailure(t testing.TB) {
 
 // Transport dials the agent's socket; Start makes a new one.
 func (a *Agent) Transport() *http.Transport { return a.tr }
+
+// RemoveSandboxes force-removes every sandbox the agent has, for the end
+// of a suite, and returns their ids (or the error that kept it from
+// listing them).
+func (a *Agent) RemoveSandboxes() []string {
+	hc := &http.Client{Transport: a.Transport(), Timeout: time.Minute}
+	resp, err := hc.Get("http://agent/v1/sandboxes")
+	if err != nil {
+		return []string{err.Error()}
+	}
+	defer resp.Body.Close()
+	var list api.SandboxList
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		return []string{err.Error()}
+	}
+	var ids []string
+	for _, s := range list.Sandboxes {
+		ids = append(ids, s.Id)
+		req, _ := http.NewRequest(http.MethodDelete, "http://agent/v1/sandboxes/"+s.Id+"?force=true", nil)
+		if resp, err := hc.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}
+	return ids
+}
 
 // Client is the generated client over the agent's socket (see Client).
 func (a *Agent) Client(t testing.TB) *api.ClientWithResponses {
