@@ -142,7 +142,7 @@ func jsonFrame(msg []byte) (clientFrame, error) {
 	case cm.Signal != nil:
 		sig, err := sandbox.ParseSignal(string(*cm.Signal))
 		return clientFrame{kind: frameSignal, sig: sig}, err
-	case *cm.CloseStdin:
+	case cm.CloseStdin != nil && *cm.CloseStdin:
 		return clientFrame{kind: frameCloseStdin}, nil
 	}
 	return clientFrame{kind: frameNone}, nil // {"close_stdin": false}
