@@ -69,6 +69,11 @@ type StartRequest struct {
 	// IDMap, unless its Size is 0, is the range of host ids the sandbox's
 	// user namespace maps.
 	IDMap IDMap
+	// NextIDMap, unless its Size is 0, is the range the next sandbox with
+	// a user namespace is likely to get: a backend may make ready what
+	// that one will need, while nothing waits for it. It is a guess: the
+	// next sandbox may get another range, or none.
+	NextIDMap IDMap
 	// Address is a bridged sandbox's address, from the Manager's pool;
 	// invalid (the zero Addr) for a sandbox without a network.
 	Address netip.Addr

@@ -180,6 +180,9 @@ func (m *Manager) start(ctx context.Context, sb *sandbox, place *queuePlace) {
 		if sb.rec.IDMap != nil {
 			r.IDMap = *sb.rec.IDMap
 		}
+		m.mu.Lock()
+		r.NextIDMap = m.nextIDMapLocked()
+		m.mu.Unlock()
 		r.Address, _ = netip.ParseAddr(sb.rec.IPAddress) // "" (no network): the zero Addr
 		exited, err = m.backend.Start(ctx, r)
 		release()

@@ -48,6 +48,7 @@ type fakeBackend struct {
 	procs       []*fakeProcess
 	startedFrom map[string]string // Start's from, by id
 	idmaps      map[string]IDMap  // Start's idmap, by id
+	nextIDMaps  map[string]IDMap  // Start's NextIDMap, by id
 	// checkpointErr fails Checkpoint; checkpointGate, when set, holds it
 	// until closed.
 	checkpointErr  error
@@ -58,7 +59,7 @@ type fakeBackend struct {
 var _ Backend = (*fakeBackend)(nil)
 
 func newFakeBackend() *fakeBackend {
-	return &fakeBackend{alive: map[string]bool{}, boxes: map[string]chan struct{}{}, startedFrom: map[string]string{}, idmaps: map[string]IDMap{}}
+	return &fakeBackend{alive: map[string]bool{}, boxes: map[string]chan struct{}{}, startedFrom: map[string]string{}, idmaps: map[string]IDMap{}, nextIDMaps: map[string]IDMap{}}
 }
 
 func (f *fakeBackend) Validate(s Spec) error {
@@ -74,6 +75,7 @@ func (f *fakeBackend) Start(ctx context.Context, r StartRequest) (<-chan struct{
 	id := r.ID
 	f.mu.Lock()
 	f.idmaps[id] = r.IDMap
+	f.nextIDMaps[id] = r.NextIDMap
 	gate, err := f.startGate, f.startErr
 	f.startedFrom[id] = r.From
 	f.mu.Unlock()

@@ -38,18 +38,7 @@ const (
 // the first time, at a place derived from the state dir, so agents rarely
 // meet. m.mu is held (a claim is a small file on tmpfs).
 func (m *Manager) allocIDMapLocked() (IDMap, error) {
-	used := make(map[uint32]bool, len(m.boxes))
-	for _, sb := range m.boxes {
-		if sb.rec.IDMap != nil {
-			used[sb.rec.IDMap.HostID] = true
-		}
-	}
-	if !m.idSlotSet {
-		h := fnv.New32a()
-		h.Write([]byte(m.cfg.StateDir))
-		m.idSlot = h.Sum32() % idSlots
-		m.idSlotSet = true
-	}
+	used := m.heldRangesLocked()
 	for range idSlots {
 		m.idSlot = (m.idSlot + 1) % idSlots
 		host := uint32(idPoolStart + m.idSlot*IDRangeSize)
@@ -65,6 +54,41 @@ func (m *Manager) allocIDMapLocked() (IDMap, error) {
 		}
 	}
 	return IDMap{}, Errorf(ErrBusy, "every one of the %d user namespace id ranges is held by a sandbox", idSlots)
+}
+
+// nextIDMapLocked is the range allocIDMapLocked would most likely give
+// next: the first after the one given last that no sandbox of this agent
+// holds. Another agent's claim can still make it pass that one by; the
+// zero IDMap when none is free. m.mu is held.
+func (m *Manager) nextIDMapLocked() IDMap {
+	used := m.heldRangesLocked()
+	slot := m.idSlot
+	for range idSlots {
+		slot = (slot + 1) % idSlots
+		if host := uint32(idPoolStart + slot*IDRangeSize); !used[host] {
+			return IDMap{HostID: host, Size: IDRangeSize}
+		}
+	}
+	return IDMap{}
+}
+
+// heldRangesLocked is the first host id of each range a sandbox of this
+// agent holds. It also places m.idSlot, the first time, at a slot derived
+// from the state dir. m.mu is held.
+func (m *Manager) heldRangesLocked() map[uint32]bool {
+	if !m.idSlotSet {
+		h := fnv.New32a()
+		h.Write([]byte(m.cfg.StateDir))
+		m.idSlot = h.Sum32() % idSlots
+		m.idSlotSet = true
+	}
+	used := make(map[uint32]bool, len(m.boxes))
+	for _, sb := range m.boxes {
+		if sb.rec.IDMap != nil {
+			used[sb.rec.IDMap.HostID] = true
+		}
+	}
+	return used
 }
 
 // claimRange claims the range at host for this agent, machine-wide: a

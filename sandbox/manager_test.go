@@ -278,6 +278,37 @@ func TestIDRangeClaimsRace(t *testing.T) {
 	}
 }
 
+// TestNextIDMapHint: each start tells the backend the range the next
+// sandbox gets, as long as nothing comes between: one no sandbox holds,
+// and a host-users sandbox takes none.
+func TestNextIDMapHint(t *testing.T) {
+	h := newHarness(t)
+	hint := func(id string) IDMap {
+		h.backend.mu.Lock()
+		defer h.backend.mu.Unlock()
+		return h.backend.nextIDMaps[id]
+	}
+	a := h.createReady(Spec{ID: "a"})
+	if next := hint("a"); next.Size != IDRangeSize || next == a.Security.IDMap {
+		t.Fatalf("a (range %+v) was told the next is %+v", a.Security.IDMap, next)
+	}
+	hu := h.createReady(Spec{ID: "hu", Security: Security{HostUsers: true}})
+	b := h.createReady(Spec{ID: "b"})
+	if hint("a") != b.Security.IDMap || hint("hu") != b.Security.IDMap {
+		t.Errorf("a and %s were told %+v and %+v; b got %+v", hu.ID, hint("a"), hint("hu"), b.Security.IDMap)
+	}
+	if err := h.m.Remove(context.Background(), "a", true); err != nil {
+		t.Fatal(err)
+	}
+	c := h.createReady(Spec{ID: "c"})
+	if hint("b") != c.Security.IDMap {
+		t.Errorf("b was told %+v; c got %+v", hint("b"), c.Security.IDMap)
+	}
+	if next := hint("c"); next == b.Security.IDMap || next == c.Security.IDMap || next.Size != IDRangeSize {
+		t.Errorf("c was told %+v, a range b or c holds", next)
+	}
+}
+
 // TestIDMapRanges: each sandbox gets a range no other holds, kept across
 // a restart and given to the backend; a host-users sandbox gets none.
 func TestIDMapRanges(t *testing.T) {

@@ -58,6 +58,8 @@ type Backend struct {
 	// directory of (StateDir/rootfs, its real path; rootfsAsked as
 	// configured).
 	rootfsStore, rootfsAsked string
+	// userns is the user namespace made ahead for the next start.
+	userns usernsAhead
 	// noIDMapOnce logs once that the state dir cannot be idmapped.
 	noIDMapOnce sync.Once
 	// usernsErr says why sandboxes with a user namespace cannot start
@@ -287,6 +289,7 @@ func checkRootfsDir(dir string) error {
 // keep running.
 func (b *Backend) Close() error {
 	b.images.close()
+	b.userns.close()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for id, box := range b.boxes {

@@ -58,11 +58,14 @@ func (b *Backend) Start(ctx context.Context, r sandbox.StartRequest) (exited <-c
 	id, s, idmap, from := r.ID, r.Spec, r.IDMap, r.From
 	dir := b.bundle(id)
 	// The user namespace an idmapped lower layer is made with costs a
-	// fork of the agent: it is made while the image, the bundle and the
-	// writable layer are, not after them.
+	// fork of the agent: it is made ahead, when the last start could
+	// tell this one's range, else while the image, the bundle and the
+	// writable layer are, not after them. Once this start is done, the
+	// next one's is made.
+	defer b.userns.prepare(r.NextIDMap)
 	var userns <-chan usernsResult
 	if idmap.Size > 0 {
-		userns = usernsAsync(idmap)
+		userns = b.userns.take(idmap)
 		defer func() {
 			if userns != nil { // not taken: Start failed before
 				if r := <-userns; r.f != nil {

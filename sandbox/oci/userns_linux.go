@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 
 	"github.com/arcbox/arcbox-agent/sandbox"
@@ -56,6 +57,66 @@ func usernsAsync(m sandbox.IDMap) <-chan usernsResult {
 		c <- usernsResult{f, err}
 	}()
 	return c
+}
+
+// usernsAhead is the user namespace made ahead of time for the range the
+// next sandbox is likely to get (sandbox.StartRequest.NextIDMap), so that
+// its start does not wait for the fork that makes one: a few milliseconds,
+// and most of what a user namespace added to a create.
+type usernsAhead struct {
+	mu     sync.Mutex
+	idmap  sandbox.IDMap
+	c      <-chan usernsResult // nil: none is made ahead
+	closed bool
+}
+
+// take returns idmap's user namespace, as usernsAsync does: the one made
+// ahead when it is for idmap, else one made now.
+func (u *usernsAhead) take(idmap sandbox.IDMap) <-chan usernsResult {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.c != nil && u.idmap == idmap {
+		c := u.c
+		u.c = nil
+		return c
+	}
+	return usernsAsync(idmap)
+}
+
+// prepare starts making idmap's user namespace ahead (none for a zero
+// idmap), in place of one made for another range.
+func (u *usernsAhead) prepare(idmap sandbox.IDMap) {
+	if idmap.Size == 0 {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed || (u.c != nil && u.idmap == idmap) {
+		return
+	}
+	dropUserns(u.c)
+	u.idmap, u.c = idmap, usernsAsync(idmap)
+}
+
+// close drops the namespace made ahead, and makes no more.
+func (u *usernsAhead) close() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.closed = true
+	dropUserns(u.c)
+	u.c = nil
+}
+
+// dropUserns closes the namespace c gets (nil: none) once it has come.
+func dropUserns(c <-chan usernsResult) {
+	if c == nil {
+		return
+	}
+	go func() {
+		if r := <-c; r.f != nil {
+			r.f.Close()
+		}
+	}()
 }
 
 // mountIDMapped mounts src on target (an existing directory) with the
