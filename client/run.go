@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/base64x"
 )
 
 // Output is one message of a run's or an exec's output: a piece of
@@ -378,7 +378,7 @@ type outputDecoder struct {
 
 func (d *outputDecoder) decode(msg []byte) (Output, error) {
 	if stream, b64, offset, ok := fastOutput(msg); ok && (offset >= 0 || !d.offsets) {
-		if data, err := base64.StdEncoding.AppendDecode(d.data[:0], b64); err == nil && len(data) > 0 {
+		if data, err := base64x.AppendDecode(d.data[:0], b64); err == nil && len(data) > 0 {
 			d.data = data
 			d.n++
 			return Output{Stream: stream, Data: data, Offset: max(offset, 0)}, nil

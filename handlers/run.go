@@ -2,7 +2,6 @@ package handlers
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"net/http"
 	"slices"
@@ -13,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/base64x"
 	"github.com/arcbox/arcbox-agent/sandbox"
 )
 
@@ -179,7 +179,7 @@ func (e *outputEncoder) data(stream string, p []byte, newline bool) []byte {
 	e.buf = append(e.buf[:0], `{"stream":"`...)
 	e.buf = append(e.buf, stream...) // stdout or stderr: nothing to escape
 	e.buf = append(e.buf, `","data":"`...)
-	e.buf = base64.StdEncoding.AppendEncode(e.buf, p)
+	e.buf = base64x.AppendEncode(e.buf, p)
 	e.buf = append(e.buf, `"}`...)
 	if newline {
 		e.buf = append(e.buf, '\n')
