@@ -66,7 +66,7 @@ func TestRunRefusesUnauthenticatedListeners(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
 			sock := agenttest.Socket(dir)
-			_, err := run(context.Background(), agenttest.Flags(dir, tt.args...), func(string) string { return "" }, io.Discard, io.Discard)
+			_, err := run(context.Background(), agenttest.Flags(dir, tt.args...), noEnv, io.Discard, io.Discard)
 			if err == nil {
 				t.Fatal("the agent started")
 			}
@@ -110,7 +110,7 @@ func TestRunWithToken(t *testing.T) {
 				if k == "ARCBOX_AUTH_TOKEN_FILE" { // the environment works as for every flag
 					return tokenPath
 				}
-				return ""
+				return noEnv(k)
 			}, io.Discard, logs)
 	}()
 	waitDial(t, sock)
@@ -258,7 +258,7 @@ func TestRunDockerProxyOnTCPWithToken(t *testing.T) {
 	go func() {
 		done <- runErr(ctx, agenttest.Flags(dir, "--set-clock=false", "--log-level", "debug",
 			"--docker-listen", fmt.Sprintf("tcp://127.0.0.1:%d", port), "--auth-token-file", tokenFile(t, testToken, 0o600)),
-			func(string) string { return "" }, io.Discard, logs)
+			noEnv, io.Discard, logs)
 	}()
 	waitDial(t, sock)
 	// The control socket is bound before the Docker listener: wait for

@@ -185,13 +185,16 @@ const concurrency = 8
 // answering the same JSON from a process of its own, and with
 // qemu-guest-agent's guest-ping: one client and eight, each on its own
 // connection (qemu-ga serves one connection: its eight share it). "raw"
-// is rawPinger; "go" is Go's http.Client.
+// is rawPinger; "go" is Go's http.Client. The bare handler runs on every
+// CPU, Go's default, and as bare-1proc on one, as the agent does by
+// default (--max-procs): agent/bare is the agent against what net/http
+// does out of the box, agent/bare-1proc what the agent's own code costs.
 func BenchmarkPing(b *testing.B) {
 	dir := b.TempDir()
 	agentSock := agenttest.Socket(dir)
 	agentTCP := fmt.Sprintf("127.0.0.1:%d", agenttest.FreePort(b))
 	startProcess(b, agenttest.Binary(b), agenttest.Flags(dir, "--listen", "tcp://"+agentTCP, "--insecure-loopback", "--set-clock=false"),
-		nil, filepath.Join(dir, "agent.log"))
+		[]string{"GOMAXPROCS="}, filepath.Join(dir, "agent.log"))
 	waitDial(b, agentSock)
 
 	bareSock := filepath.Join(dir, "bare.sock")
@@ -200,13 +203,18 @@ func BenchmarkPing(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	startProcess(b, self, []string{"-test.run", "^$"}, []string{bareServerEnv + "=" + bareSock + "," + bareTCP}, filepath.Join(dir, "bare.log"))
+	startProcess(b, self, []string{"-test.run", "^$"}, []string{bareServerEnv + "=" + bareSock + "," + bareTCP, "GOMAXPROCS="}, filepath.Join(dir, "bare.log"))
 	waitDial(b, bareSock)
+	bare1Sock := filepath.Join(dir, "bare1.sock")
+	bare1TCP := fmt.Sprintf("127.0.0.1:%d", agenttest.FreePort(b))
+	startProcess(b, self, []string{"-test.run", "^$"}, []string{bareServerEnv + "=" + bare1Sock + "," + bare1TCP, "GOMAXPROCS=1"}, filepath.Join(dir, "bare1.log"))
+	waitDial(b, bare1Sock)
 
 	figs := &pingFigures{p50: map[string]float64{}, qps: map[string]float64{}}
 	for _, s := range []struct{ name, network, addr string }{
 		{"agent/unix", "unix", agentSock},
 		{"bare/unix", "unix", bareSock},
+		{"bare-1proc/unix", "unix", bare1Sock},
 		{"agent/tcp", "tcp", agentTCP},
 		{"bare/tcp", "tcp", bareTCP},
 	} {
@@ -244,7 +252,9 @@ func BenchmarkPing(b *testing.B) {
 		}
 		ratio(figs.p50, "agent/unix", "bare/unix", "p50-agent/bare")
 		ratio(figs.p50, "agent/unix", "qemu-ga/unix", "p50-agent/qemu-ga")
+		ratio(figs.p50, "agent/unix", "bare-1proc/unix", "p50-agent/bare-1proc")
 		ratio(figs.qps, "agent/unix", "bare/unix", "8conns-agent/bare")
+		ratio(figs.qps, "agent/unix", "bare-1proc/unix", "8conns-agent/bare-1proc")
 		ratio(figs.qps, "agent/unix", "qemu-ga/unix", "8conns-agent/qemu-ga")
 		ratio(figs.p50, "agent/unix/go", "bare/unix/go", "go-p50-agent/bare")
 		ratio(figs.p50, "agent/unix/go", "qemu-ga/unix", "go-p50-agent/qemu-ga")

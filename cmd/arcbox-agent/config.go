@@ -81,6 +81,7 @@ type config struct {
 	LogLevel               string
 	LogFormat              string
 	ShutdownTimeout        time.Duration
+	MaxProcs               int
 	Modules                []string
 	NetAddresses           []netconf.Address
 
@@ -370,6 +371,8 @@ func (c *config) settings() []setting {
 			set:   each(&c.NetAddresses, netconf.ParseAddress)},
 		{name: "shutdown-timeout", usage: "how long requests in flight may finish after SIGTERM",
 			def: "10s", set: duration(&c.ShutdownTimeout)},
+		{name: "max-procs", usage: "how many CPUs run the agent's own code at once (GOMAXPROCS; 0: all of them); GOMAXPROCS in the environment wins",
+			def: "1", set: number(&c.MaxProcs, 0, 1024)},
 	}
 }
 

@@ -196,6 +196,7 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{nil, map[string]string{"ARCBOX_SET_CLOCK": "maybe"}, "--set-clock from env ARCBOX_SET_CLOCK: \"maybe\" is not a boolean"},
 		{nil, map[string]string{"ARCBOX_ALLOW_CID": "host"}, "--allow-cid from env ARCBOX_ALLOW_CID"},
 		{[]string{"--shutdown-timeout", "soon"}, nil, "--shutdown-timeout from flag"},
+		{[]string{"--max-procs", "-1"}, nil, `--max-procs from flag: "-1" is not a whole number from 0 to 1024`},
 		{[]string{"--sandbox-max-runs", "0"}, nil, `--sandbox-max-runs from flag: "0" is not a whole number from 1 to 4096`},
 		{[]string{"--file-upload-limit", "1G"}, nil, `--file-upload-limit from flag: "1G" is not a whole number`},
 		{nil, map[string]string{"ARCBOX_EVENT_JOURNAL_SIZE": "-5"}, "--event-journal-size from env ARCBOX_EVENT_JOURNAL_SIZE"},

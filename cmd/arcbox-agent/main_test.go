@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -53,7 +54,7 @@ func waitDial(t testing.TB, sock string) {
 func runAgent(t testing.TB, args []string, stderr io.Writer) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- runErr(ctx, args, func(string) string { return "" }, io.Discard, stderr) }()
+	go func() { done <- runErr(ctx, args, noEnv, io.Discard, stderr) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -86,7 +87,7 @@ func TestRunFinishesRequestsInFlight(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- runErr(ctx, agenttest.Flags(dir, "--set-clock=false"),
-			func(string) string { return "" }, io.Discard, logs)
+			noEnv, io.Discard, logs)
 	}()
 	waitDial(t, sock)
 
@@ -143,7 +144,7 @@ func TestRunRefusesABusyTCPPort(t *testing.T) {
 	}
 	defer busy.Close()
 	_, err = run(context.Background(), agenttest.Flags(t.TempDir(), "--listen", "tcp://"+busy.Addr().String(), "--insecure-loopback"),
-		func(string) string { return "" }, io.Discard, io.Discard)
+		noEnv, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), busy.Addr().String()) {
 		t.Fatalf("err = %v, want one naming the busy address", err)
 	}
@@ -168,15 +169,21 @@ func TestBinary(t *testing.T) {
 		t.Error("a bad --listen exited 0")
 	}
 
-	a := &agenttest.Agent{Dir: t.TempDir()}
+	a := &agenttest.Agent{Dir: t.TempDir(), Env: []string{"GOMAXPROCS="}}
 	a.Args = agenttest.Flags(a.Dir, "--set-clock=false")
 	if err := a.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = a.Kill() })
-	r, err := a.Client(t).GetPingWithResponse(context.Background())
+	c := a.Client(t)
+	r, err := c.GetPingWithResponse(context.Background())
 	if err != nil || r.JSON200 == nil || r.JSON200.Version != agenttest.Version {
 		t.Fatalf("ping: %v %v", err, r)
+	}
+	// --max-procs: one by default.
+	m, err := c.GetMetricsWithResponse(context.Background())
+	if err != nil || !bytes.Contains(m.Body, []byte("\ngo_sched_gomaxprocs_threads 1\n")) {
+		t.Errorf("GOMAXPROCS is not 1: %v\n%s", err, m.Body)
 	}
 	if err := a.Stop(); err != nil {
 		t.Fatalf("exit after SIGTERM: %v", err)
@@ -266,6 +273,16 @@ func TestProbe(t *testing.T) {
 	}
 }
 
+// noEnv is the environment of an agent run in the test process: none,
+// but GOMAXPROCS, which keeps --max-procs off the test process (TestBinary
+// checks it on the binary).
+func noEnv(k string) string {
+	if k == "GOMAXPROCS" {
+		return "as the test process has it"
+	}
+	return ""
+}
+
 // runErr is run for tests that wait for its error alone.
 func runErr(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	_, err := run(ctx, args, getenv, stdout, stderr)
@@ -286,7 +303,7 @@ func TestShutdownThroughTheAPI(t *testing.T) {
 	done := make(chan result, 1)
 	go func() {
 		action, err := run(context.Background(), agenttest.Flags(dir, "--set-clock=false", "--log-format", "json"),
-			func(string) string { return "" }, io.Discard, logs)
+			noEnv, io.Discard, logs)
 		done <- result{action, err}
 	}()
 	waitDial(t, sock)
@@ -313,5 +330,30 @@ func TestShutdownThroughTheAPI(t *testing.T) {
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("socket left behind: %v", err)
+	}
+}
+
+// TestSetMaxProcs: --max-procs sets GOMAXPROCS, 0 leaves Go's default, and
+// GOMAXPROCS in the environment wins over either.
+func TestSetMaxProcs(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(before) })
+	none := func(string) string { return "" }
+	for _, tt := range []struct {
+		n      int
+		env    func(string) string
+		preset int
+		want   int
+	}{
+		{1, none, 3, 1},
+		{2, none, 3, 2},
+		{0, none, 3, 3},
+		{1, func(k string) string { return map[string]string{"GOMAXPROCS": "3"}[k] }, 3, 3},
+	} {
+		runtime.GOMAXPROCS(tt.preset)
+		setMaxProcs(tt.n, tt.env)
+		if got := runtime.GOMAXPROCS(0); got != tt.want {
+			t.Errorf("setMaxProcs(%d) with GOMAXPROCS=%q: %d procs, want %d", tt.n, tt.env("GOMAXPROCS"), got, tt.want)
+		}
 	}
 }
