@@ -61,8 +61,10 @@ func (b *Backend) Start(ctx context.Context, r sandbox.StartRequest) (exited <-c
 	// fork of the agent: it is made ahead, when the last start could
 	// tell this one's range, else while the image, the bundle and the
 	// writable layer are, not after them. Once this start is done, the
-	// next one's is made.
-	defer b.userns.prepare(r.NextIDMap)
+	// next one's is made (where sandboxes with one can start at all).
+	if b.usernsErr == nil {
+		defer b.userns.prepare(r.NextIDMap)
+	}
 	var userns <-chan usernsResult
 	if idmap.Size > 0 {
 		userns = b.userns.take(idmap)
@@ -325,7 +327,7 @@ const lowerDir = "lower"
 // idmapped mount on the bundle's lower directory (idmapped is true: the
 // caller unmounts it once the overlay holds it), or, where the file system
 // cannot idmap, a copy of lower there with the owners shifted. userns
-// (usernsAsync of idmap, nil without a user namespace) is taken and
+// (usernsAhead.take of idmap, nil without a user namespace) is taken and
 // closed.
 func (b *Backend) lowerLayer(dir, lower string, idmap sandbox.IDMap, userns <-chan usernsResult) (path string, idmapped bool, err error) {
 	if idmap.Size == 0 {

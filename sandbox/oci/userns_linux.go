@@ -48,39 +48,56 @@ type usernsResult struct {
 	err error
 }
 
-// usernsAsync makes usernsFile(m) in the background; the channel gets the
-// result, which the receiver closes.
-func usernsAsync(m sandbox.IDMap) <-chan usernsResult {
-	c := make(chan usernsResult, 1)
-	go func() {
-		f, err := usernsFile(m)
-		c <- usernsResult{f, err}
-	}()
-	return c
-}
-
 // usernsAhead is the user namespace made ahead of time for the range the
 // next sandbox is likely to get (sandbox.StartRequest.NextIDMap), so that
 // its start does not wait for the fork that makes one: a few milliseconds,
 // and most of what a user namespace added to a create.
 type usernsAhead struct {
+	// newUserns makes one (nil: usernsFile).
+	newUserns func(sandbox.IDMap) (*os.File, error)
+
 	mu     sync.Mutex
 	idmap  sandbox.IDMap
 	c      <-chan usernsResult // nil: none is made ahead
 	closed bool
 }
 
-// take returns idmap's user namespace, as usernsAsync does: the one made
-// ahead when it is for idmap, else one made now.
+// async makes m's user namespace in the background; the channel gets the
+// result, which the receiver closes.
+func (u *usernsAhead) async(m sandbox.IDMap) <-chan usernsResult {
+	c := make(chan usernsResult, 1)
+	go func() { c <- u.make(m) }()
+	return c
+}
+
+func (u *usernsAhead) make(m sandbox.IDMap) usernsResult {
+	newUserns := u.newUserns
+	if newUserns == nil {
+		newUserns = usernsFile
+	}
+	f, err := newUserns(m)
+	return usernsResult{f, err}
+}
+
+// take returns a channel that gets idmap's user namespace (the receiver
+// closes it): the one made ahead when it is for idmap, else one made now. One made ahead that
+// failed is tried again: what failed then may not now.
 func (u *usernsAhead) take(idmap sandbox.IDMap) <-chan usernsResult {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.c != nil && u.idmap == idmap {
-		c := u.c
-		u.c = nil
-		return c
+	if u.c == nil || u.idmap != idmap {
+		return u.async(idmap)
 	}
-	return usernsAsync(idmap)
+	ahead, c := u.c, make(chan usernsResult, 1)
+	u.c = nil
+	go func() {
+		r := <-ahead
+		if r.err != nil {
+			r = u.make(idmap)
+		}
+		c <- r
+	}()
+	return c
 }
 
 // prepare starts making idmap's user namespace ahead (none for a zero
@@ -95,7 +112,7 @@ func (u *usernsAhead) prepare(idmap sandbox.IDMap) {
 		return
 	}
 	dropUserns(u.c)
-	u.idmap, u.c = idmap, usernsAsync(idmap)
+	u.idmap, u.c = idmap, u.async(idmap)
 }
 
 // close drops the namespace made ahead, and makes no more.
