@@ -4,9 +4,9 @@
 // base64, and at a gigabyte a run, encoding/base64's byte-at-a-time loops
 // were most of what the agent and the SDK spent on a stream.
 //
-// Each works on eight characters, six bytes, at a time through tables
-// (an encoded pair of characters for each 12 bits; each character's six
-// bits), and leaves the last, short or padded, block and anything else
+// Each works on eight characters, six bytes, at a time, through a table
+// from 12 bits to their two characters and one from two characters to
+// their 12 bits, and leaves the last (short or padded) block and anything
 // unusual to encoding/base64, so the results and the errors are exactly
 // encoding/base64's.
 package base64x
