@@ -181,9 +181,10 @@ func TestBinary(t *testing.T) {
 		t.Fatalf("ping: %v %v", err, r)
 	}
 	// --max-procs: one by default.
-	m, err := c.GetMetricsWithResponse(context.Background())
-	if err != nil || !bytes.Contains(m.Body, []byte("\ngo_sched_gomaxprocs_threads 1\n")) {
-		t.Errorf("GOMAXPROCS is not 1: %v\n%s", err, m.Body)
+	if m, err := c.GetMetricsWithResponse(context.Background()); err != nil {
+		t.Errorf("metrics: %v", err)
+	} else if !bytes.Contains(m.Body, []byte("\ngo_sched_gomaxprocs_threads 1\n")) {
+		t.Errorf("GOMAXPROCS is not 1:\n%s", m.Body)
 	}
 	if err := a.Stop(); err != nil {
 		t.Fatalf("exit after SIGTERM: %v", err)
