@@ -78,19 +78,28 @@ func (o *wsOutput) status(ctx context.Context, msg []byte) error {
 // byte once more, and keep a buffer as large as the largest piece for
 // the stream's life; the empty frame that ends the message costs a
 // write of 2 bytes. The client reads it as one message either way.
+//
+// A message that fails part way leaves the socket unusable (part of it
+// is on the wire), and the library holds its writer until the message is
+// closed: the socket is closed at once, so that the next write fails
+// rather than waits.
 func (o *wsOutput) send(ctx context.Context, ch byte, p []byte) error {
 	w, err := o.c.Writer(ctx, websocket.MessageBinary)
 	if err != nil {
 		return err
 	}
 	o.ch[0] = ch
-	if _, err := w.Write(o.ch[:]); err != nil {
-		return err
+	_, err = w.Write(o.ch[:])
+	if err == nil {
+		_, err = w.Write(p)
 	}
-	if _, err := w.Write(p); err != nil {
-		return err
+	if err == nil {
+		err = w.Close()
 	}
-	return w.Close()
+	if err != nil {
+		_ = o.c.CloseNow()
+	}
+	return err
 }
 
 // frameKind is what a client's binary message asks.

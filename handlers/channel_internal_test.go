@@ -2,9 +2,15 @@ package handlers
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/arcbox/arcbox-agent/httpapi"
 	"github.com/arcbox/arcbox-agent/internal/apitest"
@@ -116,4 +122,36 @@ func FuzzParseClientFrame(f *testing.F) {
 			t.Errorf("%q: accepted as %+v", msg, fr)
 		}
 	})
+}
+
+// TestChannelSendAfterAFailedMessage: once a binary message fails part
+// way (the client went), the next write fails too instead of waiting for
+// a writer the half-sent message still holds.
+func TestChannelSendAfterAFailedMessage(t *testing.T) {
+	// The deadline only ends a test that would otherwise hang.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	after := make(chan error, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{channelProtocol}})
+		if err != nil {
+			after <- err
+			return
+		}
+		o := newWSOutput(c)
+		piece := make([]byte, 1<<20)
+		for o.data(ctx, sandbox.StreamStdout, piece) == nil {
+		}
+		after <- o.status(ctx, []byte(`{"stream":"exit","done":true,"exit_code":0}`))
+	}))
+	defer srv.Close()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), &websocket.DialOptions{Subprotocols: []string{channelProtocol}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.CloseNow() // reads nothing, and goes
+	err = <-after
+	if err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the exit after a failed message: %v, want the socket's error at once", err)
+	}
 }
