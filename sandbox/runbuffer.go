@@ -6,6 +6,7 @@ package sandbox
 import (
 	"fmt"
 	"slices"
+	"sort"
 	"sync"
 )
 
@@ -237,7 +238,10 @@ func (b *outputBuffer) read(off int64, buf []byte) (chunks []OutputChunk, next i
 		return nil, off, nil, b.closed, &OutputGoneError{Offset: off, First: b.first}
 	}
 	off = min(off, b.end)
-	for i, seg := range b.segs {
+	// From the stream change off is in: the last at or before it.
+	start := max(sort.Search(len(b.segs), func(i int) bool { return b.segs[i].offset > off })-1, 0)
+	for i := start; i < len(b.segs); i++ {
+		seg := b.segs[i]
 		segEnd := b.end
 		if i+1 < len(b.segs) {
 			segEnd = b.segs[i+1].offset

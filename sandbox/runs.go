@@ -418,7 +418,11 @@ func (m *Manager) ReadRunOutput(ctx context.Context, id, runID string, offset in
 	if err := r.out.checkOffset(offset); err != nil {
 		return RunInfo{}, err
 	}
-	var buf []byte // the chunks' copies, reused: fn may not keep them
+	// The chunks' copies, reused (fn may not keep them), grown with the
+	// output. Never empty: a read into no room would return no chunks
+	// even for bytes written since the check above, and wait on a wake-up
+	// that has already passed.
+	buf := make([]byte, 4<<10)
 	for {
 		if _, end, _ := r.out.bounds(); end-offset > int64(cap(buf)) && cap(buf) < readBatch {
 			buf = make([]byte, min(max(end-offset, 2*int64(cap(buf))), readBatch))
