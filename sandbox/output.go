@@ -31,6 +31,10 @@ const (
 	// chunk handed to the output callback, and so a message a client
 	// receives.
 	outBufSize = 1 << 20
+	// idleBufSize is the read size of a stream between bursts: a process
+	// that runs long and writes little (a server, a REPL) holds this
+	// much per stream, not outBufSize, while its pump waits.
+	idleBufSize = 16 << 10
 	// holderIdle is how long a stream is still followed after the process
 	// exited and everything it wrote was read, when something it left
 	// behind (a background child) still holds the stream open: while that
@@ -44,11 +48,17 @@ const (
 	holderMax = 2 * time.Second
 )
 
-// outBufs recycles the output read buffers.
-var outBufs = sync.Pool{New: func() any {
-	b := make([]byte, outBufSize)
-	return &b
-}}
+// outBufs and idleBufs recycle the output read buffers.
+var (
+	outBufs = sync.Pool{New: func() any {
+		b := make([]byte, outBufSize)
+		return &b
+	}}
+	idleBufs = sync.Pool{New: func() any {
+		b := make([]byte, idleBufSize)
+		return &b
+	}}
+)
 
 // readAvailable reads what rc's file holds now into p, without waiting.
 // eof is true when the file is at its end: every writer closed it (or, for
@@ -111,9 +121,19 @@ func (m *Manager) pumpOutput(ctx context.Context, proc RunningProcess, run *acti
 	}
 	pump := func(f *os.File, stream string) {
 		defer pumps.Done()
-		bufp := outBufs.Get().(*[]byte)
-		defer outBufs.Put(bufp)
-		buf := *bufp
+		// The stream is read idleBufSize at a time until a read fills
+		// that, then outBufSize at a time until one does not: a burst
+		// goes in large reads, and between bursts the pump waits
+		// holding the small buffer only.
+		idle := idleBufs.Get().(*[]byte)
+		defer idleBufs.Put(idle)
+		var burst *[]byte
+		defer func() {
+			if burst != nil {
+				outBufs.Put(burst)
+			}
+		}()
+		buf := *idle
 		rc, rcErr := f.SyscallConn()
 		for {
 			n, rerr := f.Read(buf)
@@ -122,6 +142,14 @@ func (m *Manager) pumpOutput(ctx context.Context, proc RunningProcess, run *acti
 				// process is being killed, and must not block on a
 				// pipe nobody reads meanwhile.
 				send(Output{Stream: stream, Data: buf[:n]})
+			}
+			switch {
+			case n == len(buf) && burst == nil:
+				burst = outBufs.Get().(*[]byte)
+				buf = *burst
+			case n < len(buf) && burst != nil:
+				outBufs.Put(burst)
+				burst, buf = nil, *idle
 			}
 			if rerr == nil {
 				continue
