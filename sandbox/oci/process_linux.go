@@ -387,16 +387,19 @@ func (e *process) processPid() (int, error) {
 // place (runc) or writes it and closes it (crun), which inotify reports.
 // It returns 0 when done closes first: the runtime exited, the process is
 // gone.
+//
+// The file is most often there already. Where no inotify instance can be
+// had (each user gets a few, 128 by default), it polls instead: a signal,
+// SIGKILL among them, must not fail for want of one.
 func waitPidFile(path string, done <-chan struct{}, d time.Duration) (int, error) {
-	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if pid, err := readPidFile(path); err == nil {
+		return pid, nil
+	}
+	events, err := watchCreated(filepath.Dir(path))
 	if err != nil {
-		return 0, fmt.Errorf("wait for the pid file %s: %w", path, err)
+		return pollPidFile(path, done, d)
 	}
-	events := os.NewFile(uintptr(fd), "inotify") // non-blocking: in the poller
 	defer events.Close()
-	if _, err := unix.InotifyAddWatch(fd, filepath.Dir(path), unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE); err != nil {
-		return 0, fmt.Errorf("wait for the pid file %s: %w", path, err)
-	}
 	deadline := time.Now().Add(d)
 	_ = events.SetReadDeadline(deadline)
 	ended := make(chan struct{})
@@ -425,6 +428,40 @@ func waitPidFile(path string, done <-chan struct{}, d time.Duration) (int, error
 		}
 		if _, err := events.Read(buf); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			return 0, fmt.Errorf("wait for the pid file %s: %w", path, err)
+		}
+	}
+}
+
+// watchCreated is an inotify instance watching dir for files renamed into
+// it or written and closed, non-blocking, so that its reads wait in the
+// poller and end at a deadline.
+func watchCreated(dir string) (*os.File, error) {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return nil, err
+	}
+	events := os.NewFile(uintptr(fd), "inotify")
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE); err != nil {
+		events.Close()
+		return nil, err
+	}
+	return events, nil
+}
+
+// pollPidFile is waitPidFile without inotify: it looks every 2 ms.
+func pollPidFile(path string, done <-chan struct{}, d time.Duration) (int, error) {
+	deadline := time.Now().Add(d)
+	for {
+		if pid, err := readPidFile(path); err == nil {
+			return pid, nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("no pid file %s after %s", path, d)
+		}
+		select {
+		case <-done:
+			return 0, nil
+		case <-time.After(2 * time.Millisecond):
 		}
 	}
 }

@@ -322,35 +322,40 @@ func BenchmarkExecKeystroke(b *testing.B) {
 // renamed into place (runc) or written and closed (crun), with 0 when the
 // runtime exits first, and with an error when none comes in time.
 func TestWaitPidFile(t *testing.T) {
-	dir := t.TempDir()
-	never := make(chan struct{})
-	for name, write := range map[string]func(path string) error{
-		"renamed": func(path string) error {
-			tmp := path + ".tmp"
-			if err := os.WriteFile(tmp, []byte("4242"), 0o600); err != nil {
-				return err
-			}
-			return os.Rename(tmp, path)
-		},
-		"written": func(path string) error { return os.WriteFile(path, []byte("4242"), 0o600) },
+	for fname, wait := range map[string]func(string, <-chan struct{}, time.Duration) (int, error){
+		"inotify": waitPidFile,
+		"polling": pollPidFile, // where no inotify instance is to be had
 	} {
-		path := filepath.Join(dir, name+".pid")
-		go func() {
-			time.Sleep(20 * time.Millisecond) // most often after the wait began
-			if err := write(path); err != nil {
-				t.Error(err)
+		dir := t.TempDir()
+		never := make(chan struct{})
+		for name, write := range map[string]func(path string) error{
+			"renamed": func(path string) error {
+				tmp := path + ".tmp"
+				if err := os.WriteFile(tmp, []byte("4242"), 0o600); err != nil {
+					return err
+				}
+				return os.Rename(tmp, path)
+			},
+			"written": func(path string) error { return os.WriteFile(path, []byte("4242"), 0o600) },
+		} {
+			path := filepath.Join(dir, name+".pid")
+			go func() {
+				time.Sleep(20 * time.Millisecond) // most often after the wait began
+				if err := write(path); err != nil {
+					t.Error(err)
+				}
+			}()
+			if pid, err := wait(path, never, time.Minute); pid != 4242 || err != nil {
+				t.Errorf("%s, %s: waitPidFile = %d, %v; want 4242", fname, name, pid, err)
 			}
-		}()
-		if pid, err := waitPidFile(path, never, time.Minute); pid != 4242 || err != nil {
-			t.Errorf("%s: waitPidFile = %d, %v; want 4242", name, pid, err)
 		}
-	}
-	done := make(chan struct{})
-	time.AfterFunc(20*time.Millisecond, func() { close(done) })
-	if pid, err := waitPidFile(filepath.Join(dir, "none.pid"), done, time.Minute); pid != 0 || err != nil {
-		t.Errorf("waitPidFile, runtime gone = %d, %v; want 0, nil", pid, err)
-	}
-	if _, err := waitPidFile(filepath.Join(dir, "late.pid"), never, 10*time.Millisecond); err == nil {
-		t.Error("waitPidFile with no file = nil error, want one")
+		done := make(chan struct{})
+		time.AfterFunc(20*time.Millisecond, func() { close(done) })
+		if pid, err := wait(filepath.Join(dir, "none.pid"), done, time.Minute); pid != 0 || err != nil {
+			t.Errorf("%s: waitPidFile, runtime gone = %d, %v; want 0, nil", fname, pid, err)
+		}
+		if _, err := wait(filepath.Join(dir, "late.pid"), never, 10*time.Millisecond); err == nil {
+			t.Errorf("%s: waitPidFile with no file = nil error, want one", fname)
+		}
 	}
 }
