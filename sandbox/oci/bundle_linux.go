@@ -68,13 +68,7 @@ func (b *Backend) Start(ctx context.Context, r sandbox.StartRequest) (exited <-c
 	var userns <-chan usernsResult
 	if idmap.Size > 0 {
 		userns = b.userns.take(idmap)
-		defer func() {
-			if userns != nil { // not taken: Start failed before
-				if r := <-userns; r.f != nil {
-					r.f.Close()
-				}
-			}
-		}()
+		defer func() { dropUserns(userns) }() // not taken (nil once it is): Start failed before
 	}
 	var meta bundleMeta
 	var layerMap sandbox.IDMap // the range the restored layer's files are in
