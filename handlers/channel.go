@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 
 	"github.com/coder/websocket"
 
@@ -45,7 +46,14 @@ type wsOutput struct {
 }
 
 func newWSOutput(c *websocket.Conn) *wsOutput {
-	return &wsOutput{c: c, binary: c.Subprotocol() == channelProtocol}
+	return &wsOutput{c: c, binary: speaksChannels(c)}
+}
+
+// speaksChannels reports whether the handshake chose the channel
+// subprotocol: coder/websocket matches the client's offer with letter
+// case aside, and echoes the client's spelling.
+func speaksChannels(c *websocket.Conn) bool {
+	return strings.EqualFold(c.Subprotocol(), channelProtocol)
 }
 
 // data writes a piece of stdout or stderr: one binary message on its

@@ -155,3 +155,40 @@ func TestChannelSendAfterAFailedMessage(t *testing.T) {
 		t.Fatalf("the exit after a failed message: %v, want the socket's error at once", err)
 	}
 }
+
+// TestSpeaksChannels: the channel subprotocol is spoken whenever the
+// handshake chose it, whatever the letter case of the client's offer
+// (which the handshake matches so and echoes).
+func TestSpeaksChannels(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	got := make(chan bool, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := httpapi.AcceptWebSocket(w, r, channelProtocol)
+		if c == nil {
+			got <- false
+			return
+		}
+		defer c.CloseNow()
+		got <- speaksChannels(c)
+	}))
+	defer srv.Close()
+	for _, tt := range []struct {
+		offer []string
+		want  bool
+	}{
+		{[]string{channelProtocol}, true},
+		{[]string{"V5.Channel.K8s.IO"}, true},
+		{[]string{"v4.channel.k8s.io"}, false},
+		{nil, false},
+	} {
+		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), &websocket.DialOptions{Subprotocols: tt.offer})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if speaks := <-got; speaks != tt.want {
+			t.Errorf("offered %q (chosen %q): channels %v, want %v", tt.offer, c.Subprotocol(), speaks, tt.want)
+		}
+		_ = c.CloseNow()
+	}
+}

@@ -55,7 +55,7 @@ func (a *API) serveExec(ctx context.Context, m SandboxManager, c *websocket.Conn
 		// closed the socket) hangs up the process.
 		defer hangUp()
 		in := messageReader{c: c}
-		channels := c.Subprotocol() == channelProtocol
+		channels := speaksChannels(c)
 		for {
 			typ, msg, err := in.read(ctx)
 			if err != nil {

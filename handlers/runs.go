@@ -279,7 +279,7 @@ func runInfo(info sandbox.RunInfo) api.RunInfo {
 // (the client went away) ends it. hangUp is called when it ends.
 func signalMessages(ctx context.Context, c *websocket.Conn, sigs chan<- sandbox.Signal, hangUp func()) {
 	defer hangUp()
-	channels := c.Subprotocol() == channelProtocol
+	channels := speaksChannels(c)
 	for {
 		typ, msg, err := c.Read(ctx)
 		if err != nil {

@@ -43,7 +43,7 @@ func (a *API) serveWorkload(w http.ResponseWriter, r *http.Request, id, what str
 	if err != nil {
 		return
 	}
-	if typ == websocket.MessageBinary && c.Subprotocol() == channelProtocol {
+	if typ == websocket.MessageBinary && speaksChannels(c) {
 		closeWith(c, http.StatusBadRequest, "first message: binary; on "+channelProtocol+" too the first is the JSON text message")
 		return
 	}

@@ -9,9 +9,10 @@ import (
 
 // AcceptWebSocket upgrades r to a WebSocket whose messages are at most
 // MaxBodyBytes. subprotocols are the ones the endpoint speaks besides
-// its default messages: the first of the client's Sec-WebSocket-Protocol
-// offers that is among them is selected (the Conn's Subprotocol), and
-// none is selected when the client offers none of them. A request that
+// its default messages: the first of them the client's
+// Sec-WebSocket-Protocol offers, letter case aside, is selected (the
+// Conn's Subprotocol, in the client's spelling), and none is selected
+// when the client offers none of them. A request that
 // is no WebSocket handshake, or a broken one, is answered with the status
 // coder/websocket chose for it (426 without the Upgrade headers, 400 for
 // a bad key or version, 403 for a foreign Origin) in the API's JSON error
