@@ -143,12 +143,16 @@ func Logger(ctx context.Context, fallback *slog.Logger) *slog.Logger {
 	return fallback
 }
 
-// quietPath reports whether a request to path is one a client or a probe
-// makes all the time (ping, the health probes, the metrics scrape), whose
-// access log line is debug, not info: one line a ping would drown the log,
-// which for PID 1 is the VM's console.
-func quietPath(path string) bool {
-	switch path {
+// quietRequest reports whether r is a read a client or a probe makes all
+// the time (ping, the health probes, the metrics scrape), whose access log
+// line is debug, not info: one line a ping would drown the log, which for
+// PID 1 is the VM's console. A POST to /v1/ping, which can set the clock,
+// is logged as any other request.
+func quietRequest(r *http.Request) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return false
+	}
+	switch r.URL.Path {
 	case "/v1/ping", "/livez", "/healthz", "/readyz", "/metrics":
 		return true
 	}
@@ -163,7 +167,7 @@ func (rt *router) logRequest(q *request, r *http.Request, route string, status i
 	switch {
 	case status >= 500:
 		level = slog.LevelError
-	case quietPath(r.URL.Path):
+	case quietRequest(r):
 		level = slog.LevelDebug
 	}
 	if !rt.logger.Enabled(q, level) {

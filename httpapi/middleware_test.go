@@ -63,8 +63,8 @@ func requestLines(t *testing.T, logs string) []map[string]any {
 
 // TestAccessLogLevels: at the agent's default level (info) ping, the
 // probes and the scrape leave no access log line; any other request
-// leaves one with its trace id, and a 5xx on a quiet path is an error
-// line all the same.
+// leaves one with its trace id (a POST to /v1/ping too: it can set the
+// clock), and a 5xx on a quiet path is an error line all the same.
 func TestAccessLogLevels(t *testing.T) {
 	var logs lockedWriter
 	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -74,10 +74,14 @@ func TestAccessLogLevels(t *testing.T) {
 	}
 	do(t, c, http.MethodGet, "http://agent/readyz", nil) // probeAPI has none: a 501
 	do(t, c, http.MethodGet, "http://agent/nowhere", http.Header{TraceHeader: {"t-404"}})
+	do(t, c, http.MethodPost, "http://agent/v1/ping", nil)
 
 	lines := requestLines(t, logs.String())
-	if len(lines) != 2 {
-		t.Fatalf("%d access log lines, want 2 (the 501 and the 404):\n%s", len(lines), logs.String())
+	if len(lines) != 3 {
+		t.Fatalf("%d access log lines, want 3 (the 501, the 404 and the POST):\n%s", len(lines), logs.String())
+	}
+	if l := lines[2]; l["path"] != "/v1/ping" || l["method"] != "POST" || l["level"] != "INFO" {
+		t.Errorf("the POST ping: %v, want an info line", l)
 	}
 	if l := lines[0]; l["path"] != "/readyz" || l["level"] != "ERROR" || l["status"] != float64(501) {
 		t.Errorf("the probe's 501: %v, want an error line", l)
