@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
@@ -24,7 +25,7 @@ const (
 // returns freed pages only slowly after it: an agent idle after 10,000
 // pings held 3-4 MiB more than before them, in a VM whose memory is the
 // host's. Once an interval passes with next to no allocation after one
-// with more, and the heap holds enough free, debug.FreeOSMemory collects
+// with more, and the heap holds enough free, freeMemory collects
 // and returns it, once per quiet spell. While the agent is busy nothing
 // changes: a soft memory limit instead (tried) made the collector run
 // without end under load and cut the ping rate of 8 clients by 60%.
@@ -43,11 +44,22 @@ func trimWhenIdle(ctx context.Context, getenv func(string) string) {
 				return
 			case <-t.C:
 				if m.observe(readHeap()) {
-					debug.FreeOSMemory()
+					freeMemory()
 				}
 			}
 		}
 	}()
+}
+
+// freeMemory gives the garbage of a burst back to the system now: Go
+// would keep it until its forced collection two minutes on, and its pages
+// after that. Two collections, since what sync.Pools hold (the output
+// buffers) survives one. trimWhenIdle calls it, and so does the sandbox
+// manager once its sandboxes have been quiet for 5 s (sandbox.Config's
+// OnIdle); after one, the heap holds too little free for the other.
+func freeMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }
 
 // heapSample is what trimWhenIdle reads of the heap: bytes allocated

@@ -8,8 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"runtime/debug"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -137,15 +135,6 @@ func (d dataVolume) Service() lifecycle.Service {
 		parts = append(parts, st.Detail)
 	}
 	return lifecycle.Service{Name: ss.Name, Status: ss.Status, Detail: strings.Join(parts, "; ")}
-}
-
-// freeMemory gives the memory a burst of sandboxes used back to the system
-// now: Go would keep the garbage until its forced collection two minutes
-// on, and its pages after that. Two collections, since what sync.Pools
-// hold (the output buffers, 256 KiB each) survives one.
-func freeMemory() {
-	runtime.GC()
-	debug.FreeOSMemory()
 }
 
 // ociRuntime is the configured OCI runtime; when none is configured and
