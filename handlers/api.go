@@ -97,13 +97,16 @@ func StreamedBody(r *http.Request) bool {
 // API serves every operation of the contract.
 type API struct {
 	cfg Config
+	// pingBody is GET /v1/ping's answer, the same for every ping: JSON
+	// and its newline, encoded once.
+	pingBody []byte
 }
 
 var _ api.ServerInterface = (*API)(nil)
 
 // New returns the API.
 func New(cfg Config) *API {
-	return &API{cfg: cfg}
+	return &API{cfg: cfg, pingBody: jsonLine(api.PingResponse{Message: "pong", Version: cfg.Version})}
 }
 
 func (a *API) log(r *http.Request) *slog.Logger {

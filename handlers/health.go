@@ -1,7 +1,6 @@
 package handlers
 
 import (
-	"encoding/json"
 	"net/http"
 	"sync"
 
@@ -15,10 +14,7 @@ func (a *API) GetLivez(w http.ResponseWriter, _ *http.Request) {
 }
 
 // livezBody is the answer to /livez and /healthz, encoded once.
-var livezBody = sync.OnceValue(func() []byte {
-	body, _ := json.Marshal(api.Health{Status: api.Ok}) // a string only: no error
-	return append(body, '\n')
-})
+var livezBody = sync.OnceValue(func() []byte { return jsonLine(api.Health{Status: api.Ok}) })
 
 // GetHealthz is /livez under the name many probes expect.
 func (a *API) GetHealthz(w http.ResponseWriter, r *http.Request) { a.GetLivez(w, r) }

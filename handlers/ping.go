@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/arcbox/arcbox-agent/api"
@@ -14,29 +13,14 @@ import (
 
 // GetPing answers pong and the version.
 func (a *API) GetPing(w http.ResponseWriter, _ *http.Request) {
-	writeJSONBody(w, pingBody(a.cfg.Version))
+	writeJSONBody(w, a.pingBody)
 }
 
-// pingAnswer is GET /v1/ping's answer for one version, encoded once: it is
-// the same for every ping.
-type pingAnswer struct {
-	version string
-	body    []byte // JSON and its newline
-}
-
-var lastPing atomic.Pointer[pingAnswer]
-
-// pingBody returns the answer to GET /v1/ping for version, encoding it
-// only when the version is not the last one asked for (once, in the
-// agent).
-func pingBody(version string) []byte {
-	if p := lastPing.Load(); p != nil && p.version == version {
-		return p.body
-	}
-	body, _ := json.Marshal(api.PingResponse{Message: "pong", Version: version}) // strings only: no error
-	p := &pingAnswer{version: version, body: append(body, '\n')}
-	lastPing.Store(p)
-	return p.body
+// jsonLine is v as JSON and a newline, for an answer encoded once and
+// written by writeJSONBody. v is of strings only: it cannot fail.
+func jsonLine(v any) []byte {
+	body, _ := json.Marshal(v)
+	return append(body, '\n')
 }
 
 // writeJSONBody answers 200 with body, JSON already encoded. Like
