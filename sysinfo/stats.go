@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -192,17 +191,15 @@ func dataVolume(mountinfo, dir string) (*VolumeStats, error) {
 }
 
 // mountinfoUnescape undoes the octal escapes mountinfo writes for the
-// characters that would break its fields (proc(5)); made on first use,
-// not at every start.
-var mountinfoUnescape = sync.OnceValue(func() *strings.Replacer {
-	return strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
-})
+// characters that would break its fields (proc(5)). A Replacer builds its
+// tables on first use: making it costs the start nothing.
+var mountinfoUnescape = strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
 
 // hasMountPoint reports whether a line of mountinfo data mounts at dir
 // (its fifth field).
 func hasMountPoint(data []byte, dir string) bool {
 	for line := range strings.SplitSeq(string(data), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && mountinfoUnescape().Replace(f[4]) == dir {
+		if f := strings.Fields(line); len(f) > 4 && mountinfoUnescape.Replace(f[4]) == dir {
 			return true
 		}
 	}
