@@ -298,7 +298,8 @@ func serveBare(addrs string) error {
 }
 
 // startProcess runs bin with args (and env added) until the benchmark
-// ends, its output to logFile; then it is stopped with SIGTERM.
+// ends, its output to logFile; then it is stopped with SIGTERM. Should the
+// benchmark die first (its -timeout), the process goes with it.
 func startProcess(b *testing.B, bin string, args, env []string, logFile string) *exec.Cmd {
 	b.Helper()
 	log, err := os.Create(logFile)
@@ -306,6 +307,7 @@ func startProcess(b *testing.B, bin string, args, env []string, logFile string) 
 		b.Fatal(err)
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
@@ -323,6 +325,7 @@ func startQGA(b *testing.B, dir string) *qgaPinger {
 	bin := testenv.RequireBinary(b, "qemu-ga")
 	sock := filepath.Join(dir, "qga.sock")
 	cmd := exec.Command(bin, "-m", "unix-listen", "-p", sock, "-t", dir, "-f", filepath.Join(dir, "qga.pid"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
@@ -381,6 +384,7 @@ func BenchmarkStartup(b *testing.B) {
 		}
 		defer log.Close()
 		cmd := exec.Command(bin, agenttest.Flags(dir, "--set-clock=false")...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		cmd.Stdout, cmd.Stderr = log, log
 		t0 := time.Now()
 		if err := cmd.Start(); err != nil {

@@ -77,13 +77,13 @@ func benchSandbox(b *testing.B, a *agentProc, id string) {
 }
 
 // plainSDK is the SDK's client without contract checks, over rt (nil:
-// the agent's transport).
-func (a *agentProc) plainSDK(b testing.TB, rt http.RoundTripper) *client.Client {
+// the agent's transport), with opts.
+func (a *agentProc) plainSDK(b testing.TB, rt http.RoundTripper, opts ...client.Option) *client.Client {
 	b.Helper()
 	if rt == nil {
 		rt = a.Transport()
 	}
-	c, err := client.New("unix://"+a.Socket(), client.WithHTTPClient(&http.Client{Transport: rt}))
+	c, err := client.New("unix://"+a.Socket(), append(opts, client.WithHTTPClient(&http.Client{Transport: rt}))...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -272,10 +272,7 @@ func BenchmarkRunOutput(b *testing.B) {
 		}{{"channels", nil}, {"websocket-sdk", []client.Option{client.WithJSONWebSockets()}}} {
 			b.Run(w.name+"/"+sdk.name, func(b *testing.B) {
 				b.SetBytes(size)
-				c, err := client.New("unix://"+a.Socket(), append(sdk.opts, client.WithHTTPClient(&http.Client{Transport: a.Transport()}))...)
-				if err != nil {
-					b.Fatal(err)
-				}
+				c := a.plainSDK(b, nil, sdk.opts...)
 				ctx := context.Background()
 				var msgs int64
 				for b.Loop() {
