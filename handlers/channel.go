@@ -183,15 +183,7 @@ func parseResize(payload []byte) (sandbox.TTYSize, error) {
 	if width == nil || height == nil {
 		return sandbox.TTYSize{}, badRequest(`resize message (channel 4): want {"width":W,"height":H}, both set`)
 	}
-	for _, side := range []struct {
-		name string
-		v    int64
-	}{{"resize.width", *width}, {"resize.height", *height}} {
-		if err := checkRange(fieldName(side.name), side.v, 1, maxTTYSide, "a terminal's size is 16 bits"); err != nil {
-			return sandbox.TTYSize{}, err
-		}
-	}
-	return sandbox.TTYSize{Width: uint16(*width), Height: uint16(*height)}, nil
+	return ttySize(*width, *height, "resize")
 }
 
 // messageReader reads a WebSocket's messages into a buffer it reuses, so

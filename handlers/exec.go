@@ -158,7 +158,7 @@ func checkClientMessage(cm api.ExecClientMessage) (sandbox.Process, *sandbox.TTY
 	}
 	switch {
 	case cm.Resize != nil:
-		size, err := ttySize(*cm.Resize, "resize")
+		size, err := ttySize(int64(cm.Resize.Width), int64(cm.Resize.Height), "resize")
 		return sandbox.Process{}, &size, err
 	case cm.Init == nil:
 		return sandbox.Process{}, nil, nil
@@ -169,7 +169,7 @@ func checkClientMessage(cm api.ExecClientMessage) (sandbox.Process, *sandbox.TTY
 	if err != nil || in.TtySize == nil {
 		return p, nil, err
 	}
-	size, err := ttySize(*in.TtySize, "init.tty_size")
+	size, err := ttySize(int64(in.TtySize.Width), int64(in.TtySize.Height), "init.tty_size")
 	return p, &size, err
 }
 
@@ -188,12 +188,14 @@ func checkOneField(cm api.ExecClientMessage) error {
 	return nil
 }
 
-func ttySize(s api.TTYSize, field string) (sandbox.TTYSize, error) {
-	if err := checkRange(fieldName(field+".width"), int64(s.Width), 1, maxTTYSide, "a terminal's size is 16 bits"); err != nil {
+// ttySize checks a terminal size a client sent as field (its width and
+// height), from JSON or from the channel subprotocol's resize.
+func ttySize(width, height int64, field string) (sandbox.TTYSize, error) {
+	if err := checkRange(fieldName(field+".width"), width, 1, maxTTYSide, "a terminal's size is 16 bits"); err != nil {
 		return sandbox.TTYSize{}, err
 	}
-	if err := checkRange(fieldName(field+".height"), int64(s.Height), 1, maxTTYSide, "a terminal's size is 16 bits"); err != nil {
+	if err := checkRange(fieldName(field+".height"), height, 1, maxTTYSide, "a terminal's size is 16 bits"); err != nil {
 		return sandbox.TTYSize{}, err
 	}
-	return sandbox.TTYSize{Width: uint16(s.Width), Height: uint16(s.Height)}, nil
+	return sandbox.TTYSize{Width: uint16(width), Height: uint16(height)}, nil
 }
