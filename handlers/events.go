@@ -201,7 +201,7 @@ func eventsFrom(r *http.Request) (from events.From, what, msg string) {
 // else by Accept: the type of the highest q-value (the first of equals),
 // never one of q=0; false when Accept takes none of them.
 func negotiateEvents(r *http.Request) (eventFraming, bool) {
-	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+	if httpapi.WantsWebSocket(r) {
 		return framingWebSocket, true
 	}
 	accept := r.Header.Values("Accept")

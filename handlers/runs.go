@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/coder/websocket"
 
@@ -169,7 +168,7 @@ func (a *API) StreamRunOutput(w http.ResponseWriter, r *http.Request, id api.San
 	ctx, cancel := a.streamContext(r)
 	defer cancel()
 	var enc outputEncoder
-	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+	if httpapi.WantsWebSocket(r) {
 		c := httpapi.AcceptWebSocket(w, r)
 		if c == nil {
 			return

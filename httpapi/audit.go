@@ -66,7 +66,7 @@ func (rt *router) auditRequest(q *request, r *http.Request, matched string, stat
 func mayMutate(r *http.Request) bool {
 	switch r.Method {
 	case http.MethodGet:
-		return strings.Contains(strings.ToLower(r.Header.Get("Upgrade")), "websocket")
+		return WantsWebSocket(r)
 	case http.MethodHead, http.MethodOptions:
 		return false
 	}

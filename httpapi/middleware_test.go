@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
 	"testing"
@@ -159,5 +160,30 @@ func TestOddMethodsShareOneSeries(t *testing.T) {
 	}
 	if len(series) != 2 || series["code=200,method=GET,route=/v1/ping"] != 2 || series["code=405,method=other,route=unmatched"] != 2 {
 		t.Errorf("series %v, want GET /v1/ping 200 twice and other unmatched 405 twice", series)
+	}
+}
+
+// TestWantsWebSocket: an upgrade is asked for by a token "websocket" of
+// the Upgrade headers, in any letter case, alone or in a list.
+func TestWantsWebSocket(t *testing.T) {
+	for _, tt := range []struct {
+		upgrade []string
+		want    bool
+	}{
+		{[]string{"websocket"}, true},
+		{[]string{"WebSocket"}, true},
+		{[]string{"h2c, websocket"}, true},
+		{[]string{"h2c", " WEBSOCKET "}, true},
+		{nil, false},
+		{[]string{"h2c"}, false},
+		{[]string{"websockets"}, false},
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/v1/events", nil)
+		for _, v := range tt.upgrade {
+			r.Header.Add("Upgrade", v)
+		}
+		if got := WantsWebSocket(r); got != tt.want {
+			t.Errorf("Upgrade %q: %v, want %v", tt.upgrade, got, tt.want)
+		}
 	}
 }

@@ -7,6 +7,21 @@ import (
 	"github.com/coder/websocket"
 )
 
+// WantsWebSocket reports whether r asks to be upgraded to a WebSocket: a
+// token of its Upgrade headers is "websocket", letter case aside, as
+// coder/websocket's handshake reads it. The handlers that serve a stream
+// either way and the audit decide by it alike.
+func WantsWebSocket(r *http.Request) bool {
+	for _, v := range r.Header.Values("Upgrade") {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), "websocket") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // AcceptWebSocket upgrades r to a WebSocket whose messages are at most
 // MaxBodyBytes. subprotocols are the ones the endpoint speaks besides
 // its default messages: the first of them the client's
