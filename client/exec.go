@@ -12,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/wschannel"
 )
 
 // ExecSession is an interactive exec (GET /v1/sandboxes/{id}/exec):
@@ -45,7 +46,7 @@ func (c *Client) Exec(ctx context.Context, id string, init api.ExecInit) (*ExecS
 	if err != nil {
 		return nil, err
 	}
-	s := &ExecSession{c: c, ctx: ctx, ws: ws, release: release, channels: ws.Subprotocol() == channelProtocol}
+	s := &ExecSession{c: c, ctx: ctx, ws: ws, release: release, channels: ws.Subprotocol() == wschannel.Protocol}
 	if err := s.send(api.ExecClientMessage{Init: &init}); err != nil {
 		release()
 		return nil, err
@@ -59,7 +60,7 @@ func (s *ExecSession) Write(p []byte) (int, error) {
 		return 0, nil
 	}
 	if s.channels {
-		if err := s.sendFrame("stdin", channelStdin, p); err != nil {
+		if err := s.sendFrame("stdin", wschannel.Stdin, p); err != nil {
 			return 0, err
 		}
 		return len(p), nil
@@ -74,7 +75,7 @@ func (s *ExecSession) Write(p []byte) (int, error) {
 // CloseStdin closes the process's stdin: it reads the end of its input.
 func (s *ExecSession) CloseStdin() error {
 	if s.channels {
-		return s.sendFrame("close_stdin", channelClose, []byte{channelStdin})
+		return s.sendFrame("close_stdin", wschannel.Close, []byte{wschannel.Stdin})
 	}
 	t := true
 	return s.send(api.ExecClientMessage{CloseStdin: &t})
@@ -86,7 +87,7 @@ func (s *ExecSession) Resize(width, height int) error {
 		return fmt.Errorf("resize to %dx%d: width and height are 1 to 65535", width, height)
 	}
 	if s.channels {
-		return s.sendFrame("resize", channelResize, fmt.Appendf(nil, `{"width":%d,"height":%d}`, width, height))
+		return s.sendFrame("resize", wschannel.Resize, fmt.Appendf(nil, `{"width":%d,"height":%d}`, width, height))
 	}
 	return s.send(api.ExecClientMessage{Resize: &api.TTYSize{Width: int32(width), Height: int32(height)}})
 }

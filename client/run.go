@@ -12,12 +12,12 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"sync"
 
 	"github.com/coder/websocket"
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/internal/base64x"
+	"github.com/arcbox/arcbox-agent/internal/wschannel"
 )
 
 // Output is one message of a run's or an exec's output: a piece of
@@ -58,21 +58,6 @@ type Exit struct {
 // maxWSMessage bounds a WebSocket message the client takes: the agent's
 // output messages are far smaller.
 const maxWSMessage = 16 << 20
-
-// channelProtocol is the binary subprotocol of the run and exec
-// WebSockets, after Kubernetes' of that name: each message's first byte
-// is its channel.
-const channelProtocol = "v5.channel.k8s.io"
-
-// The channels of channelProtocol.
-const (
-	channelStdin  byte = 0
-	channelStdout byte = 1
-	channelStderr byte = 2
-	channelStatus byte = 3 // the start and the exit, as JSON OutputMessages
-	channelResize byte = 4
-	channelClose  byte = 255 // [255, 0] ends stdin
-)
 
 // Run runs a command in sandbox id (POST /v1/sandboxes/{id}/run) and
 // yields its output as it comes, the exit last. A refusal (404, 409 ...)
@@ -174,15 +159,13 @@ func (c *Client) RunWS(ctx context.Context, id string, req api.RunRequest) iter.
 
 // wsOutput yields the output messages of a run or exec WebSocket up to
 // and with the exit, then an error if the socket does not close normally
-// after it. Each message is read into a pooled buffer, which the channel
-// subprotocol's Outputs' Data point into.
+// after it. Each message is read into the decoder's buffer, kept for the
+// session, which the channel subprotocol's Outputs' Data point into.
 func (c *Client) wsOutput(ctx context.Context, ws *websocket.Conn, dec *outputDecoder) iter.Seq2[Output, error] {
 	return func(yield func(Output, error) bool) {
-		bufp := readBufs.Get().(*[]byte)
-		defer readBufs.Put(bufp)
-		channels := ws.Subprotocol() == channelProtocol
+		channels := wschannel.Spoken(ws)
 		for {
-			typ, msg, err := readMessage(ctx, ws, bufp)
+			typ, msg, err := wschannel.ReadMessage(ctx, ws, &dec.msg)
 			if err != nil {
 				yield(Output{}, wsEnd(ctx, err, dec.n))
 				return
@@ -206,7 +189,7 @@ func (c *Client) wsOutput(ctx context.Context, ws *websocket.Conn, dec *outputDe
 				}
 				continue
 			}
-			_, extra, err := readMessage(ctx, ws, bufp)
+			_, extra, err := wschannel.ReadMessage(ctx, ws, &dec.msg)
 			if !yield(o, nil) {
 				return
 			}
@@ -223,64 +206,31 @@ func (c *Client) wsOutput(ctx context.Context, ws *websocket.Conn, dec *outputDe
 // channel 3.
 func (c *Client) decodeChannel(dec *outputDecoder, typ websocket.MessageType, msg []byte) (Output, error) {
 	if typ != websocket.MessageBinary {
-		return Output{}, fmt.Errorf("%s: a text message %.200q, want binary", channelProtocol, msg)
+		return Output{}, fmt.Errorf("%s: a text message %.200q, want binary", wschannel.Protocol, msg)
 	}
 	if len(msg) == 0 {
-		return Output{}, fmt.Errorf("%s: an empty message, want its channel byte first", channelProtocol)
+		return Output{}, fmt.Errorf("%s: an empty message, want its channel byte first", wschannel.Protocol)
 	}
 	switch ch, payload := msg[0], msg[1:]; ch {
-	case channelStdout, channelStderr:
+	case wschannel.Stdout, wschannel.Stderr:
 		if len(payload) == 0 {
-			return Output{}, fmt.Errorf("%s: an output message on channel %d without data", channelProtocol, ch)
+			return Output{}, fmt.Errorf("%s: an output message on channel %d without data", wschannel.Protocol, ch)
 		}
 		dec.n++
 		stream := "stdout"
-		if ch == channelStderr {
+		if ch == wschannel.Stderr {
 			stream = "stderr"
 		}
 		return Output{Stream: stream, Data: payload}, nil
-	case channelStatus:
+	case wschannel.Status:
 		c.see("OutputMessage", payload)
 		o, err := dec.decode(payload)
 		if err == nil && o.Exit == nil && o.Stream != "start" {
-			err = fmt.Errorf("%s: a %s message on the status channel, want the start or the exit", channelProtocol, o.Stream)
+			err = fmt.Errorf("%s: a %s message on the status channel, want the start or the exit", wschannel.Protocol, o.Stream)
 		}
 		return o, err
 	default:
-		return Output{}, fmt.Errorf("%s: a message on channel %d, want stdout (1), stderr (2) or status (3)", channelProtocol, ch)
-	}
-}
-
-// readBufs recycles the buffers WebSocket messages are read into: a run's
-// output messages are up to 1 MiB of output each, and one buffer serves
-// a whole stream.
-var readBufs = sync.Pool{New: func() any {
-	b := make([]byte, 0, 64<<10)
-	return &b
-}}
-
-// readMessage reads ws's next message into *bufp, growing it as needed
-// (the read limit bounds it); the message is valid until the next read.
-// Unlike ws.Read, it allocates nothing for a message that fits.
-func readMessage(ctx context.Context, ws *websocket.Conn, bufp *[]byte) (websocket.MessageType, []byte, error) {
-	typ, r, err := ws.Reader(ctx)
-	if err != nil {
-		return 0, nil, err
-	}
-	buf := (*bufp)[:0]
-	defer func() { *bufp = buf[:0] }()
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if errors.Is(err, io.EOF) {
-			return typ, buf, nil
-		}
-		if err != nil {
-			return 0, nil, err
-		}
+		return Output{}, fmt.Errorf("%s: a message on channel %d, want stdout (1), stderr (2) or status (3)", wschannel.Protocol, ch)
 	}
 }
 
@@ -289,7 +239,7 @@ func (c *Client) workloadProtocols() []string {
 	if c.jsonWS {
 		return nil
 	}
-	return []string{channelProtocol}
+	return []string{wschannel.Protocol}
 }
 
 // dialWS opens a WebSocket on path, offering subprotocols; a refusal
@@ -370,6 +320,7 @@ func readLine(r *bufio.Reader, long *[]byte) ([]byte, error) {
 // id, the exit with done and an exit code.
 type outputDecoder struct {
 	n    int    // output messages so far
+	msg  []byte // the last WebSocket message read; reused
 	data []byte // the last message's data, decoded; reused
 	// offsets says every output message carries its offset (a run's
 	// kept output).

@@ -10,30 +10,12 @@ package handlers
 import (
 	"context"
 	"errors"
-	"io"
-	"strings"
 
 	"github.com/coder/websocket"
 
 	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/internal/wschannel"
 	"github.com/arcbox/arcbox-agent/sandbox"
-)
-
-// channelProtocol is the subprotocol's name in Sec-WebSocket-Protocol.
-const channelProtocol = "v5.channel.k8s.io"
-
-// The channels: a binary message's first byte.
-const (
-	channelStdin  byte = 0
-	channelStdout byte = 1
-	channelStderr byte = 2
-	// channelStatus carries the JSON start and exit messages, the same
-	// OutputMessages the JSON protocol sends.
-	channelStatus byte = 3
-	channelResize byte = 4
-	// channelClose's payload is one byte, the channel it closes: [255, 0]
-	// ends stdin.
-	channelClose byte = 255
 )
 
 // wsOutput writes a run's or an exec's output, and its start and exit
@@ -46,14 +28,7 @@ type wsOutput struct {
 }
 
 func newWSOutput(c *websocket.Conn) *wsOutput {
-	return &wsOutput{c: c, binary: speaksChannels(c)}
-}
-
-// speaksChannels reports whether the handshake chose the channel
-// subprotocol: coder/websocket matches the client's offer with letter
-// case aside, and echoes the client's spelling.
-func speaksChannels(c *websocket.Conn) bool {
-	return strings.EqualFold(c.Subprotocol(), channelProtocol)
+	return &wsOutput{c: c, binary: wschannel.Spoken(c)}
 }
 
 // data writes a piece of stdout or stderr: one binary message on its
@@ -63,9 +38,9 @@ func (o *wsOutput) data(ctx context.Context, stream string, p []byte) error {
 	if !o.binary {
 		return o.c.Write(ctx, websocket.MessageText, o.enc.data(stream, p, false))
 	}
-	ch := channelStdout
+	ch := wschannel.Stdout
 	if stream == sandbox.StreamStderr {
-		ch = channelStderr
+		ch = wschannel.Stderr
 	}
 	return o.send(ctx, ch, p)
 }
@@ -76,7 +51,7 @@ func (o *wsOutput) status(ctx context.Context, msg []byte) error {
 	if !o.binary {
 		return o.c.Write(ctx, websocket.MessageText, msg)
 	}
-	return o.send(ctx, channelStatus, msg)
+	return o.send(ctx, wschannel.Status, msg)
 }
 
 // send writes one binary message, the channel byte then p, without
@@ -140,16 +115,16 @@ func parseClientFrame(msg []byte) (clientFrame, error) {
 	}
 	ch, payload := msg[0], msg[1:]
 	switch ch {
-	case channelStdin:
+	case wschannel.Stdin:
 		return clientFrame{kind: frameStdin, data: payload}, nil
-	case channelResize:
+	case wschannel.Resize:
 		size, err := parseResize(payload)
 		return clientFrame{kind: frameResize, size: size}, err
-	case channelClose:
+	case wschannel.Close:
 		if len(payload) != 1 {
 			return clientFrame{}, badRequest("close message (channel 255): %d bytes after the channel byte, want 1, the channel to close", len(payload))
 		}
-		if payload[0] != channelStdin {
+		if payload[0] != wschannel.Stdin {
 			return clientFrame{}, badRequest("close message (channel 255) for channel %d: a client closes only stdin (0)", payload[0])
 		}
 		return clientFrame{kind: frameCloseStdin}, nil
@@ -184,33 +159,4 @@ func parseResize(payload []byte) (sandbox.TTYSize, error) {
 		return sandbox.TTYSize{}, badRequest(`resize message (channel 4): want {"width":W,"height":H}, both set`)
 	}
 	return ttySize(*width, *height, "resize")
-}
-
-// messageReader reads a WebSocket's messages into a buffer it reuses, so
-// that a stream of stdin allocates nothing per message; a message is
-// valid until the next read. The read limit bounds the buffer.
-type messageReader struct {
-	c   *websocket.Conn
-	buf []byte
-}
-
-func (m *messageReader) read(ctx context.Context) (websocket.MessageType, []byte, error) {
-	typ, r, err := m.c.Reader(ctx)
-	if err != nil {
-		return 0, nil, err
-	}
-	m.buf = m.buf[:0]
-	for {
-		if len(m.buf) == cap(m.buf) {
-			m.buf = append(m.buf, 0)[:len(m.buf)]
-		}
-		n, err := r.Read(m.buf[len(m.buf):cap(m.buf)])
-		m.buf = m.buf[:len(m.buf)+n]
-		if errors.Is(err, io.EOF) {
-			return typ, m.buf, nil
-		}
-		if err != nil {
-			return 0, nil, err
-		}
-	}
 }

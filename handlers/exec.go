@@ -9,6 +9,7 @@ import (
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/internal/wschannel"
 	"github.com/arcbox/arcbox-agent/sandbox"
 )
 
@@ -54,10 +55,10 @@ func (a *API) serveExec(ctx context.Context, m SandboxManager, c *websocket.Conn
 		// The client's messages. Any read error (the client went away, or
 		// closed the socket) hangs up the process.
 		defer hangUp()
-		in := messageReader{c: c}
-		channels := speaksChannels(c)
+		var in []byte // each message's, reused: a stream of stdin allocates nothing per message
+		channels := wschannel.Spoken(c)
 		for {
-			typ, msg, err := in.read(ctx)
+			typ, msg, err := wschannel.ReadMessage(ctx, c, &in)
 			if err != nil {
 				if p.DetachOnDisconnect {
 					// The process outlives its client: its stdin is

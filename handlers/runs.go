@@ -10,6 +10,7 @@ import (
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/internal/wschannel"
 	"github.com/arcbox/arcbox-agent/sandbox"
 )
 
@@ -278,7 +279,7 @@ func runInfo(info sandbox.RunInfo) api.RunInfo {
 // (the client went away) ends it. hangUp is called when it ends.
 func signalMessages(ctx context.Context, c *websocket.Conn, sigs chan<- sandbox.Signal, hangUp func()) {
 	defer hangUp()
-	channels := speaksChannels(c)
+	channels := wschannel.Spoken(c)
 	for {
 		typ, msg, err := c.Read(ctx)
 		if err != nil {

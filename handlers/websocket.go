@@ -9,6 +9,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/internal/wschannel"
 	"github.com/arcbox/arcbox-agent/sandbox"
 )
 
@@ -43,8 +44,8 @@ func (a *API) serveWorkload(w http.ResponseWriter, r *http.Request, id, what str
 	if err != nil {
 		return
 	}
-	if typ == websocket.MessageBinary && speaksChannels(c) {
-		closeWith(c, http.StatusBadRequest, "first message: binary; on "+channelProtocol+" too the first is the JSON text message")
+	if typ == websocket.MessageBinary && wschannel.Spoken(c) {
+		closeWith(c, http.StatusBadRequest, "first message: binary; on "+wschannel.Protocol+" too the first is the JSON text message")
 		return
 	}
 	if err := httpapi.DecodeJSONBytes(msg, first); err != nil {
@@ -68,7 +69,7 @@ func acceptWorkload(w http.ResponseWriter, r *http.Request, m SandboxManager, id
 		httpapi.WriteError(w, http.StatusConflict, fmt.Sprintf("sandbox %q is %s; %s needs it ready or running", id, info.State, what))
 		return nil
 	}
-	return httpapi.AcceptWebSocket(w, r, channelProtocol)
+	return httpapi.AcceptWebSocket(w, r, wschannel.Protocol)
 }
 
 // streamWorkload runs a workload (run or exec) whose output goes to c as
