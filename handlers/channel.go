@@ -25,6 +25,9 @@ type wsOutput struct {
 	binary bool
 	enc    outputEncoder
 	ch     [1]byte // the channel byte being sent
+	// small joins the channel byte and a piece that fits the socket's
+	// write buffer into one frame (see send).
+	small [4096]byte
 }
 
 func newWSOutput(c *websocket.Conn) *wsOutput {
@@ -54,19 +57,27 @@ func (o *wsOutput) status(ctx context.Context, msg []byte) error {
 	return o.send(ctx, wschannel.Status, msg)
 }
 
-// send writes one binary message, the channel byte then p, without
-// copying p: as a frame of the channel byte and a continuation frame of
-// p, which the socket's write buffer (4 KiB) does not copy past its
-// first few KiB. Joining the two in a buffer of ours would copy every
-// byte once more, and keep a buffer as large as the largest piece for
-// the stream's life; the empty frame that ends the message costs a
-// write of 2 bytes. The client reads it as one message either way.
+// send writes one binary message, the channel byte then p. A piece that
+// fits the socket's write buffer (4 KiB), which copies it anyway, goes as
+// one frame with its channel byte, joined in o.small: an interactive
+// exec's output is mostly such. A larger one goes without copying p: as
+// a frame of the channel byte and a continuation frame of p, which the
+// write buffer does not copy past its first few KiB; joining the two in
+// a buffer of ours would copy every byte once more, and keep a buffer as
+// large as the largest piece for the stream's life. The empty frame that
+// ends the message costs a write of 2 bytes. The client reads it as one
+// message either way.
 //
 // A message that fails part way leaves the socket unusable (part of it
 // is on the wire), and the library holds its writer until the message is
 // closed: the socket is closed at once, so that the next write fails
 // rather than waits.
 func (o *wsOutput) send(ctx context.Context, ch byte, p []byte) error {
+	if len(p) < len(o.small) {
+		o.small[0] = ch
+		n := copy(o.small[1:], p)
+		return o.c.Write(ctx, websocket.MessageBinary, o.small[:1+n])
+	}
 	w, err := o.c.Writer(ctx, websocket.MessageBinary)
 	if err != nil {
 		return err
