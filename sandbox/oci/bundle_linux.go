@@ -102,8 +102,11 @@ func (b *Backend) Start(ctx context.Context, r sandbox.StartRequest) (exited <-c
 	if err != nil {
 		return nil, err
 	}
-	// Read back only while the sandbox runs (an agent restarted adopts
-	// it, a checkpoint copies it durably), which no reboot lets it do.
+	// Not synced: read back while the sandbox runs (an agent restarted
+	// adopts it, a checkpoint copies it durably), which no reboot lets
+	// it do; after a machine crash, it is read only for the image config
+	// of a sandbox that failed with the crash (ImageConfig), where one
+	// torn answers an error naming the file.
 	if err := atomicfile.Replace(filepath.Join(dir, bundleMetaFile), data, 0o600); err != nil {
 		return nil, err
 	}
