@@ -21,7 +21,7 @@ func serve(t *testing.T, handle func(*websocket.Conn)) string {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if c := httpapi.AcceptWebSocket(w, r, wschannel.Protocol); c != nil {
-			defer c.CloseNow()
+			defer func() { _ = c.CloseNow() }()
 			handle(c)
 		}
 	}))
@@ -83,7 +83,7 @@ func TestReadMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.CloseNow()
+	defer func() { _ = c.CloseNow() }()
 	c.SetReadLimit(2 << 20)
 	var buf []byte
 	for i, n := range sizes {
