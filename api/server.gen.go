@@ -1195,7 +1195,7 @@ type RestoreResponse struct {
 	IpAddress *string `json:"ip_address,omitempty"`
 }
 
-// RunInfo Examples: {"cmd":["python3","app.py"],"detached":true,"id":"r-6b1f0c2a9d3e4f58","output_end_offset":1234,"output_first_offset":0,"pid":7,"sandbox_id":"box-1","started_at":1764331200,"state":"running","stdin":false}, {"cmd":["sleep","100"],"detached":false,"ended_at":1764331205,"exit_code":130,"id":"r-0a1b2c3d4e5f6071","output_end_offset":0,"output_first_offset":0,"pid":9,"sandbox_id":"box-1","signal":"SIGINT","started_at":1764331200,"state":"exited"}
+// RunInfo Examples: {"cmd":["python3","app.py"],"detached":true,"output_end_offset":1234,"output_first_offset":0,"pid":7,"run_id":"r-6b1f0c2a9d3e4f58","sandbox_id":"box-1","started_at":1764331200,"state":"running","stdin":false}, {"cmd":["sleep","100"],"detached":false,"ended_at":1764331205,"exit_code":130,"output_end_offset":0,"output_first_offset":0,"pid":9,"run_id":"r-0a1b2c3d4e5f6071","sandbox_id":"box-1","signal":"SIGINT","started_at":1764331200,"state":"exited"}
 type RunInfo struct {
 	// Cmd The command as kept, at most 32 arguments and 512 bytes ("..." for the rest).
 	Cmd []string `json:"cmd"`
@@ -1213,9 +1213,6 @@ type RunInfo struct {
 	// lost. 128+n when a signal n ended it (as a shell reports it).
 	ExitCode *int32 `json:"exit_code,omitempty"`
 
-	// Id Unique in its sandbox: `r-` and 16 hex digits.
-	Id string `json:"id"`
-
 	// OutputEndOffset The offset after the last byte of output: how much it wrote, stdout and stderr together.
 	OutputEndOffset int64 `json:"output_end_offset"`
 
@@ -1227,7 +1224,10 @@ type RunInfo struct {
 	OutputFirstOffset int64 `json:"output_first_offset"`
 
 	// Pid The process's pid in the sandbox; absent when not known.
-	Pid       *int32 `json:"pid,omitempty"`
+	Pid *int32 `json:"pid,omitempty"`
+
+	// RunId Unique in its sandbox: `r-` and 16 hex digits; the `{run_id}` of `.../runs/{run_id}` and the `run_id` of the output's messages.
+	RunId     string `json:"run_id"`
 	SandboxId string `json:"sandbox_id"`
 
 	// Signal For an exit code 128+n, the signal n's name (SIGINT for 130).

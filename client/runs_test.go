@@ -283,7 +283,7 @@ func (a *runsAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.got = append(a.got, strings.TrimSpace(fmt.Sprintf("%s %s %s", r.Method, r.URL.RequestURI(), body)))
-	info := `{"id":"r-1","sandbox_id":"box","cmd":["sleep","9"],"state":"running","detached":true,"started_at":1,"output_first_offset":0,"output_end_offset":0}`
+	info := `{"run_id":"r-1","sandbox_id":"box","cmd":["sleep","9"],"state":"running","detached":true,"started_at":1,"output_first_offset":0,"output_end_offset":0}`
 	w.Header().Set("Content-Type", "application/json")
 	switch {
 	case strings.HasSuffix(r.URL.Path, "/signal") && strings.Contains(string(body), "BOGUS"):
@@ -303,16 +303,16 @@ func TestRuns(t *testing.T) {
 	c := serve(t, a)
 	ctx := testCtx(t)
 	run, err := c.StartRun(ctx, "box", api.RunRequest{Cmd: []string{"sleep", "9"}}, client.StartRunOptions{Stdin: true})
-	if err != nil || run.Id != "r-1" || run.State != api.RunStateRunning {
+	if err != nil || run.RunId != "r-1" || run.State != api.RunStateRunning {
 		t.Fatalf("start: %+v, %v", run, err)
 	}
-	if list, err := c.Runs(ctx, "box"); err != nil || len(list) != 1 || list[0].Id != "r-1" {
+	if list, err := c.Runs(ctx, "box"); err != nil || len(list) != 1 || list[0].RunId != "r-1" {
 		t.Errorf("runs: %+v, %v", list, err)
 	}
-	if run, err := c.GetRun(ctx, "box", "r-1"); err != nil || run.Id != "r-1" {
+	if run, err := c.GetRun(ctx, "box", "r-1"); err != nil || run.RunId != "r-1" {
 		t.Errorf("get: %+v, %v", run, err)
 	}
-	if run, err := c.SignalRun(ctx, "box", "r-1", "SIGINT"); err != nil || run.Id != "r-1" {
+	if run, err := c.SignalRun(ctx, "box", "r-1", "SIGINT"); err != nil || run.RunId != "r-1" {
 		t.Errorf("signal: %+v, %v", run, err)
 	}
 	var e *client.Error

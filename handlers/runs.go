@@ -234,7 +234,7 @@ func writeOutputErr(w http.ResponseWriter, err error) {
 // runInfo is a run as the contract has it.
 func runInfo(info sandbox.RunInfo) api.RunInfo {
 	out := api.RunInfo{
-		Id: info.ID, SandboxId: info.SandboxID, Cmd: info.Cmd, Detached: info.Detached,
+		RunId: info.ID, SandboxId: info.SandboxID, Cmd: info.Cmd, Detached: info.Detached,
 		State: api.RunState(info.State), StartedAt: info.StartedAt.Unix(),
 		OutputFirstOffset: info.OutputFirst, OutputEndOffset: info.OutputEnd,
 	}

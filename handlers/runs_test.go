@@ -126,7 +126,7 @@ func TestRunsEndpoints(t *testing.T) {
 		{"GET", "/v1/sandboxes/box-1/runs", "", 200, `"signal":"SIGINT"`},
 		{"GET", "/v1/sandboxes/box-1/runs/r-1", "", 200, `"exit_code":130`},
 		{"GET", "/v1/sandboxes/other/runs/r-1", "", 404, `run \"r-1\" of sandbox \"other\"`},
-		{"POST", "/v1/sandboxes/box-1/runs/r-1/signal", `{"signal":"INT"}`, 200, `"id":"r-1"`},
+		{"POST", "/v1/sandboxes/box-1/runs/r-1/signal", `{"signal":"INT"}`, 200, `"run_id":"r-1"`},
 		{"POST", "/v1/sandboxes/box-1/runs/r-1/signal", `{"signal":"SIGNOPE"}`, 400, `signal`},
 		{"POST", "/v1/sandboxes/box-1/runs/r-1/signal", `{"signal":"9"}`, 400, `signal`},
 		{"POST", "/v1/sandboxes/box-1/runs/r-1/stdin", `{"data":"aGk=","close":true}`, 204, ``},

@@ -74,7 +74,7 @@ func TestPortEvents(t *testing.T) {
 	if addr := (*open.Attributes)["address"]; addr != "0.0.0.0" && addr != "::" {
 		t.Errorf("port.open of nc -l in the sandbox: %+v, want the unspecified address", open)
 	}
-	if r, err := a.Client(t).SignalRunWithResponse(reqCtx(t), id, run.Id, api.SignalRequest{Signal: "SIGKILL"}); err != nil || r.StatusCode() != http.StatusOK {
+	if r, err := a.Client(t).SignalRunWithResponse(reqCtx(t), id, run.RunId, api.SignalRequest{Signal: "SIGKILL"}); err != nil || r.StatusCode() != http.StatusOK {
 		t.Fatalf("SIGKILL to the listener: %v %v", err, r)
 	}
 	evs.portEvent(id, "port.close", "tcp", port)

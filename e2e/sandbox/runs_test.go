@@ -145,14 +145,14 @@ func TestDetachedRunSurvivesAndResumes(t *testing.T) {
 		t.Fatalf("started %+v, want running, detached, a pid, stdin open", run)
 	}
 	// The starting client is gone; another gives the input.
-	if r, err := a.Client(t).WriteRunStdinWithResponse(reqCtx(t), id, run.Id, api.StdinRequest{Data: agenttest.Ptr([]byte("now\n")), Close: agenttest.Ptr(true)}); err != nil || r.StatusCode() != http.StatusNoContent {
+	if r, err := a.Client(t).WriteRunStdinWithResponse(reqCtx(t), id, run.RunId, api.StdinRequest{Data: agenttest.Ptr([]byte("now\n")), Close: agenttest.Ptr(true)}); err != nil || r.StatusCode() != http.StatusNoContent {
 		t.Fatalf("stdin: %v %v", err, r)
 	}
-	first := a.readRunOutput(reqCtx(t), t, id, run.Id, 0, true, 1<<20)
+	first := a.readRunOutput(reqCtx(t), t, id, run.RunId, 0, true, 1<<20)
 	if first.status != http.StatusOK || first.exit != nil || len(first.data) < 1<<20 {
 		t.Fatalf("first read: %d %s, %d bytes", first.status, first.body, len(first.data))
 	}
-	rest := a.readRunOutput(reqCtx(t), t, id, run.Id, first.next, true, 0)
+	rest := a.readRunOutput(reqCtx(t), t, id, run.RunId, first.next, true, 0)
 	if rest.exit == nil || agenttest.Deref(rest.exit.ExitCode) != 0 || agenttest.Deref(rest.exit.Offset) != rest.next {
 		t.Fatalf("resumed read ended %+v at %d, want exit 0 at the end", rest.exit, rest.next)
 	}
@@ -162,22 +162,22 @@ func TestDetachedRunSurvivesAndResumes(t *testing.T) {
 		t.Fatalf("read in two parts: %d bytes, not the %d written (SHA-256 differs)", len(got), len(want))
 	}
 	for _, off := range []int64{1, 777777, int64(len(want)) - 4, int64(len(want))} {
-		r := a.readRunOutput(reqCtx(t), t, id, run.Id, off, false, 0)
+		r := a.readRunOutput(reqCtx(t), t, id, run.RunId, off, false, 0)
 		if r.exit == nil || !bytes.Equal(r.data, want[off:]) {
 			t.Errorf("from %d: %d bytes, exit %v; want the %d after it and the exit", off, len(r.data), r.exit, int64(len(want))-off)
 		}
 	}
 	for _, off := range []int64{int64(len(want)) + 1, -1} {
-		if r := a.readRunOutput(reqCtx(t), t, id, run.Id, off, false, 0); r.status != http.StatusBadRequest || !strings.Contains(r.body, "offset") {
+		if r := a.readRunOutput(reqCtx(t), t, id, run.RunId, off, false, 0); r.status != http.StatusBadRequest || !strings.Contains(r.body, "offset") {
 			t.Errorf("offset %d: %d %s, want 400 naming offset", off, r.status, r.body)
 		}
 	}
-	if info := a.getRun(t, id, run.Id); info.State != "exited" || info.OutputEndOffset != int64(len(want)) || info.OutputFirstOffset != 0 || info.EndedAt == nil {
+	if info := a.getRun(t, id, run.RunId); info.State != "exited" || info.OutputEndOffset != int64(len(want)) || info.OutputFirstOffset != 0 || info.EndedAt == nil {
 		t.Errorf("ended run %+v", info)
 	}
 	// Runs of another sandbox are not found from this one.
 	other := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("detached-other")})
-	if r, err := a.Client(t).GetRunWithResponse(reqCtx(t), other, run.Id); err != nil || r.JSON404 == nil {
+	if r, err := a.Client(t).GetRunWithResponse(reqCtx(t), other, run.RunId); err != nil || r.JSON404 == nil {
 		t.Errorf("a run of another sandbox: %v %d %s, want 404", err, r.StatusCode(), r.Body)
 	}
 	a.remove(t, other, false)
@@ -194,16 +194,16 @@ func TestRunSignals(t *testing.T) {
 	a.LogOnFailure(t)
 	id := a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr("signals")})
 	run := a.startDetached(t, id, false, "sh", "-c", `trap 'echo got INT; exit 3' INT; echo ready; while :; do sleep 1; done`)
-	if r := a.readRunOutput(reqCtx(t), t, id, run.Id, 0, true, len("ready\n")); string(r.data) != "ready\n" {
+	if r := a.readRunOutput(reqCtx(t), t, id, run.RunId, 0, true, len("ready\n")); string(r.data) != "ready\n" {
 		t.Fatalf("before the signal: %q", r.data)
 	}
-	if r, err := a.RawClient(t).SignalRunWithResponse(reqCtx(t), id, run.Id, api.SignalRequest{Signal: "SIGNOPE"}); err != nil || r.JSON400 == nil || !strings.Contains(string(r.Body), "signal") {
+	if r, err := a.RawClient(t).SignalRunWithResponse(reqCtx(t), id, run.RunId, api.SignalRequest{Signal: "SIGNOPE"}); err != nil || r.JSON400 == nil || !strings.Contains(string(r.Body), "signal") {
 		t.Errorf("an unknown signal: %v %s, want 400 naming signal", err, r.Body)
 	}
-	if r, err := a.Client(t).SignalRunWithResponse(reqCtx(t), id, run.Id, api.SignalRequest{Signal: "INT"}); err != nil || r.JSON200 == nil {
+	if r, err := a.Client(t).SignalRunWithResponse(reqCtx(t), id, run.RunId, api.SignalRequest{Signal: "INT"}); err != nil || r.JSON200 == nil {
 		t.Fatalf("SIGINT: %v %v", err, r)
 	}
-	end := a.readRunOutput(reqCtx(t), t, id, run.Id, 0, true, 0)
+	end := a.readRunOutput(reqCtx(t), t, id, run.RunId, 0, true, 0)
 	if string(end.data) != "ready\ngot INT\n" || end.exit == nil || agenttest.Deref(end.exit.ExitCode) != 3 {
 		t.Errorf("after SIGINT: %q, exit %+v; want the trap's line and exit 3", end.data, end.exit)
 	}
@@ -225,7 +225,7 @@ func TestRunSignals(t *testing.T) {
 	var hup string
 	for _, r := range runs.JSON200.Runs {
 		if r.State == "running" && !r.Detached {
-			hup = r.Id
+			hup = r.RunId
 		}
 	}
 	cancel()
@@ -263,17 +263,17 @@ func TestManyRunsAtOnce(t *testing.T) {
 	}
 	for i, r := range runs {
 		wg.Go(func() {
-			out := a.readRunOutput(reqCtx(t), t, id, r.Id, 0, true, 0)
+			out := a.readRunOutput(reqCtx(t), t, id, r.RunId, 0, true, 0)
 			if string(out.data) != fmt.Sprintf("run %d\n", i) || out.exit == nil || int(agenttest.Deref(out.exit.ExitCode)) != i {
 				t.Errorf("run %d: %q, exit %+v", i, out.data, out.exit)
 			}
 		})
 	}
 	wg.Wait()
-	if r, err := a.Client(t).WriteRunStdinWithResponse(reqCtx(t), id, gate.Id, api.StdinRequest{Close: agenttest.Ptr(true)}); err != nil || r.StatusCode() != http.StatusNoContent {
+	if r, err := a.Client(t).WriteRunStdinWithResponse(reqCtx(t), id, gate.RunId, api.StdinRequest{Close: agenttest.Ptr(true)}); err != nil || r.StatusCode() != http.StatusNoContent {
 		t.Fatalf("close the gate's stdin: %v %v", err, r)
 	}
-	a.readRunOutput(reqCtx(t), t, id, gate.Id, 0, true, 0)
+	a.readRunOutput(reqCtx(t), t, id, gate.RunId, 0, true, 0)
 	list, err := a.Client(t).ListRunsWithResponse(reqCtx(t), id)
 	if err != nil || list.JSON200 == nil || len(list.JSON200.Runs) != n+1 {
 		t.Fatalf("list: %v %v", err, list)
@@ -293,9 +293,9 @@ func TestDetachedRunAcrossRestart(t *testing.T) {
 	const id = "detached-restart"
 	a.create(t, api.CreateSandboxRequest{Id: agenttest.Ptr(id)})
 	run := a.startDetached(t, id, false, "sh", "-c", "echo started; exec sleep 1006")
-	a.readRunOutput(reqCtx(t), t, id, run.Id, 0, true, len("started\n"))
+	a.readRunOutput(reqCtx(t), t, id, run.RunId, 0, true, len("started\n"))
 	a.crashAndRestart(t)
-	info := a.getRun(t, id, run.Id)
+	info := a.getRun(t, id, run.RunId)
 	if info.State != "lost" || info.ExitCode != nil || !info.Detached || agenttest.Deref(info.Error) == "" {
 		t.Errorf("after the restart: %+v, want lost, no exit code, why", info)
 	}
@@ -316,10 +316,10 @@ func BenchmarkRunReattach(b *testing.B) {
 	run := a.startDetached(b, id, true, "sh", "-c", "seq 1 100000; cat")
 	var end int64
 	for end < int64(len(seqOutput(100000))) {
-		end = a.getRun(b, id, run.Id).OutputEndOffset // until seq's output is all in
+		end = a.getRun(b, id, run.RunId).OutputEndOffset // until seq's output is all in
 	}
 	hc := &http.Client{Transport: a.Transport()}
-	u := fmt.Sprintf("http://agent/v1/sandboxes/%s/runs/%s/output?offset=%d&follow=true", id, run.Id, end-7)
+	u := fmt.Sprintf("http://agent/v1/sandboxes/%s/runs/%s/output?offset=%d&follow=true", id, run.RunId, end-7)
 	b.ResetTimer()
 	for b.Loop() {
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
@@ -376,8 +376,8 @@ func Benchmark100Runs(b *testing.B) {
 					b.Errorf("start: %d %v", resp.StatusCode, err)
 					return
 				}
-				if out := a.readRunOutput(ctx, b, id, info.Id, 0, true, 0); out.exit == nil {
-					b.Errorf("run %s: no exit", info.Id)
+				if out := a.readRunOutput(ctx, b, id, info.RunId, 0, true, 0); out.exit == nil {
+					b.Errorf("run %s: no exit", info.RunId)
 				}
 			})
 		}

@@ -192,10 +192,10 @@ func TestCreateCmdIsARun(t *testing.T) {
 	started, _ := evs.until(id, "run.started")
 	list, err := a.Client(t).ListRunsWithResponse(reqCtx(t), id)
 	if err != nil || list.JSON200 == nil || len(list.JSON200.Runs) != 1 || !list.JSON200.Runs[0].Detached ||
-		list.JSON200.Runs[0].Id != attrs(started)["run_id"] {
+		list.JSON200.Runs[0].RunId != attrs(started)["run_id"] {
 		t.Fatalf("runs: %v %s; want the create cmd's (%v), detached", err, list.Body, attrs(started))
 	}
-	out := a.readRunOutput(reqCtx(t), t, id, list.JSON200.Runs[0].Id, 0, true, 0)
+	out := a.readRunOutput(reqCtx(t), t, id, list.JSON200.Runs[0].RunId, 0, true, 0)
 	if string(out.data) != "from-create\n" || out.exit == nil || agenttest.Deref(out.exit.ExitCode) != 4 {
 		t.Errorf("the create cmd: %q, exit %+v; want from-create, 4", out.data, out.exit)
 	}
