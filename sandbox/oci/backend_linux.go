@@ -81,6 +81,9 @@ type container struct {
 	init *pidWatch
 	ns   string // the init's pid namespace
 	meta bundleMeta
+
+	mountsMu sync.Mutex
+	mounts   []string // its spec's mount points, once a files request read them
 }
 
 // New builds the OCI backend over the runtime cfg names, for

@@ -83,7 +83,7 @@ func (b *Backend) OpenFiles(id string, r sandbox.FilesRequest) (sandbox.FileTree
 		return nil, fmt.Errorf("sandbox %q: the path of its root filesystem: %w", id, err)
 	}
 	t := &fileTree{root: os.NewFile(uintptr(fd), rootPath), rootPath: rootPath, log: b.log, idmap: r.IDMap, readOnly: r.ReadOnly}
-	targets, err := mountTargets(filepath.Join(dir, "config.json"))
+	targets, err := b.mountTargets(id, dir)
 	if err != nil {
 		t.Close()
 		return nil, err
@@ -94,8 +94,32 @@ func (b *Backend) OpenFiles(id string, r sandbox.FilesRequest) (sandbox.FileTree
 	return t, nil
 }
 
-// mountTargets are the destinations of the mounts of a bundle's spec.
-func mountTargets(config string) ([]string, error) {
+// mountTargets are the destinations of the mounts of sandbox id's spec
+// (in its bundle dir), read once for each container it runs: the spec,
+// with its seccomp profile most of a file request's work to parse, does
+// not change while the container runs.
+func (b *Backend) mountTargets(id, dir string) ([]string, error) {
+	config := filepath.Join(dir, "config.json")
+	b.mu.Lock()
+	box := b.boxes[id]
+	b.mu.Unlock()
+	if box == nil {
+		return readMountTargets(config)
+	}
+	box.mountsMu.Lock()
+	defer box.mountsMu.Unlock()
+	if box.mounts == nil {
+		targets, err := readMountTargets(config)
+		if err != nil {
+			return nil, err
+		}
+		box.mounts = targets
+	}
+	return box.mounts, nil
+}
+
+// readMountTargets are the destinations of the mounts of a bundle's spec.
+func readMountTargets(config string) ([]string, error) {
 	data, err := os.ReadFile(config)
 	if err != nil {
 		return nil, fmt.Errorf("the sandbox's mounts: %w", err)
