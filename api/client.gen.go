@@ -4356,17 +4356,6 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /v1/runtime/ensure (the `EnsureRuntime` operationId).
 	EnsureRuntimeWithResponse(ctx context.Context, body EnsureRuntimeJSONRequestBody, reqEditors ...RequestEditorFn) (*EnsureRuntimeReply, error)
 
-	// GetRuntimeLogsWithResponse A runtime daemon's log as text, following it when asked.
-	//
-	// The log file the agent keeps for a runtime daemon, as text; with
-	// `follow`, the stream stays open and sends lines as they are
-	// written (see the 200 response).
-	//
-	// Returns a wrapper object for the known response body format(s).
-	//
-	// Corresponds with GET /v1/runtime/logs (the `GetRuntimeLogs` operationId).
-	GetRuntimeLogsWithResponse(ctx context.Context, params *GetRuntimeLogsParams, reqEditors ...RequestEditorFn) (*GetRuntimeLogsReply, error)
-
 	// GetRuntimeStatusWithResponse The state of containerd, dockerd and the data volume.
 	//
 	// Whether containerd and dockerd answer on their sockets, and the
@@ -5312,75 +5301,6 @@ func (r EnsureRuntimeReply) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r EnsureRuntimeReply) ContentType() string {
-	if r.HTTPResponse != nil {
-		return r.HTTPResponse.Header.Get("Content-Type")
-	}
-	return ""
-}
-
-// GetRuntimeLogsReply401Headers the declared response headers of an HTTP 401 response for GetRuntimeLogs
-type GetRuntimeLogsReply401Headers struct {
-	WWWAuthenticate string
-}
-
-type GetRuntimeLogsReply struct {
-	Body         []byte
-	HTTPResponse *http.Response
-	// JSON400 the response for an HTTP 400 `application/json` response
-	JSON400 *BadRequest
-	// JSON401 the response for an HTTP 401 `application/json` response
-	JSON401 *Unauthorized
-	// JSON404 the response for an HTTP 404 `application/json` response
-	JSON404 *NotFound
-	// JSONDefault the response for an HTTP default `application/json` response
-	JSONDefault *Error
-	// Headers401 the parsed response headers for an HTTP 401 response
-	Headers401 *GetRuntimeLogsReply401Headers
-}
-
-// GetJSON400 returns the response for an HTTP 400 `application/json` response
-func (r GetRuntimeLogsReply) GetJSON400() *BadRequest {
-	return r.JSON400
-}
-
-// GetJSON401 returns the response for an HTTP 401 `application/json` response
-func (r GetRuntimeLogsReply) GetJSON401() *Unauthorized {
-	return r.JSON401
-}
-
-// GetJSON404 returns the response for an HTTP 404 `application/json` response
-func (r GetRuntimeLogsReply) GetJSON404() *NotFound {
-	return r.JSON404
-}
-
-// GetJSONDefault returns the response for an HTTP default `application/json` response
-func (r GetRuntimeLogsReply) GetJSONDefault() *Error {
-	return r.JSONDefault
-}
-
-// GetBody returns the raw response body bytes
-func (r GetRuntimeLogsReply) GetBody() []byte {
-	return r.Body
-}
-
-// Status returns HTTPResponse.Status
-func (r GetRuntimeLogsReply) Status() string {
-	if r.HTTPResponse != nil {
-		return r.HTTPResponse.Status
-	}
-	return http.StatusText(0)
-}
-
-// StatusCode returns HTTPResponse.StatusCode
-func (r GetRuntimeLogsReply) StatusCode() int {
-	if r.HTTPResponse != nil {
-		return r.HTTPResponse.StatusCode
-	}
-	return 0
-}
-
-// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
-func (r GetRuntimeLogsReply) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -7642,23 +7562,6 @@ func (c *ClientWithResponses) EnsureRuntimeWithResponse(ctx context.Context, bod
 	return ParseEnsureRuntimeReply(rsp)
 }
 
-// GetRuntimeLogsWithResponse A runtime daemon's log as text, following it when asked.
-//
-// The log file the agent keeps for a runtime daemon, as text; with
-// `follow`, the stream stays open and sends lines as they are
-// written (see the 200 response).
-//
-// Returns a wrapper object for the known response body format(s).
-//
-// Corresponds with GET /v1/runtime/logs (the `GetRuntimeLogs` operationId).
-func (c *ClientWithResponses) GetRuntimeLogsWithResponse(ctx context.Context, params *GetRuntimeLogsParams, reqEditors ...RequestEditorFn) (*GetRuntimeLogsReply, error) {
-	rsp, err := c.GetRuntimeLogs(ctx, params, reqEditors...)
-	if err != nil {
-		return nil, err
-	}
-	return ParseGetRuntimeLogsReply(rsp)
-}
-
 // GetRuntimeStatusWithResponse The state of containerd, dockerd and the data volume.
 //
 // Whether containerd and dockerd answer on their sockets, and the
@@ -8698,66 +8601,6 @@ func ParseEnsureRuntimeReply(rsp *http.Response) (*EnsureRuntimeReply, error) {
 	switch {
 	case rsp.StatusCode == 401:
 		var headers EnsureRuntimeReply401Headers
-		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
-			var value string
-			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
-				return nil, err
-			}
-			headers.WWWAuthenticate = value
-		}
-		response.Headers401 = &headers
-	}
-
-	return response, nil
-}
-
-// ParseGetRuntimeLogsReply parses an HTTP response from a GetRuntimeLogsWithResponse call
-func ParseGetRuntimeLogsReply(rsp *http.Response) (*GetRuntimeLogsReply, error) {
-	bodyBytes, err := io.ReadAll(rsp.Body)
-	defer func() { _ = rsp.Body.Close() }()
-	if err != nil {
-		return nil, err
-	}
-
-	response := &GetRuntimeLogsReply{
-		Body:         bodyBytes,
-		HTTPResponse: rsp,
-	}
-
-	switch {
-	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
-		var dest BadRequest
-		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
-			return nil, err
-		}
-		response.JSON400 = &dest
-
-	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
-		var dest Unauthorized
-		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
-			return nil, err
-		}
-		response.JSON401 = &dest
-
-	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
-		var dest NotFound
-		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
-			return nil, err
-		}
-		response.JSON404 = &dest
-
-	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
-		var dest Error
-		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
-			return nil, err
-		}
-		response.JSONDefault = &dest
-
-	}
-
-	switch {
-	case rsp.StatusCode == 401:
-		var headers GetRuntimeLogsReply401Headers
 		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {

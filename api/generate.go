@@ -14,11 +14,20 @@
 // streams only when the request's Accept asks, so the wrapper, which
 // sends no Accept, reads its one JSON answer. Its request builder and
 // plain Client method (which returns the *http.Response) stay. Package
-// client (the Go SDK) reads the streams as iterators. getRuntimeLogs keeps its wrapper: it reads a log whole, which
-// is right without follow=true; the SDK's RuntimeLogs follows. The test
-// keys on the spec rather than a list of operation ids, so a new stream
-// cannot get a wrapper that hangs. The template is v2.8.2's: when
-// oapi-codegen is upgraded, copy its new one and add the test again.
+// client (the Go SDK) reads the streams as iterators. getRuntimeLogs is
+// marked x-arcbox-stream: with follow=true its answer never ends, and a
+// wrapper that is right for one query and hangs for another is no
+// wrapper; the SDK's RuntimeLogs reads it either way. The test keys on
+// the spec rather than a list of operation ids, so a new stream cannot
+// get a wrapper that hangs. The template is v2.8.2's: when oapi-codegen
+// is upgraded, copy its new one and add the test again.
+//
+// server.cfg.yaml likewise replaces chi/chi-handler.tmpl with
+// templates/chi-handler.tmpl, v2.8.2's with StreamRoutes added: the
+// routes it registers whose answer may be a stream (a 101, or a 200
+// media type with x-item-schema), written by the loop that registers
+// them, so package httpapi creates their stream series at zero when the
+// router is built rather than on each route's first stream.
 //
 // GET /openapi.yaml's answer has no schema, so GetOpenAPIReply carries
 // the document as its Body, the text, and this package imports no YAML

@@ -4117,3 +4117,29 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 
 	return r
 }
+
+// StreamRoute is a route HandlerWithOptions registers whose answer may be
+// a stream, and what the contract says that stream can be.
+type StreamRoute struct {
+	// Method and Pattern are the route as the chi router matches it.
+	Method, Pattern string
+	// Upgrade: the operation may answer 101, a WebSocket.
+	Upgrade bool
+	// MediaTypes are the 200's media types that are streams of items
+	// (those with x-item-schema), such as application/x-ndjson.
+	MediaTypes []string
+}
+
+// StreamRoutes are the routes of the contract whose answer may be a
+// stream, in the order HandlerWithOptions registers them.
+var StreamRoutes = []StreamRoute{
+	{Method: "GET", Pattern: "/v1/stats", MediaTypes: []string{"application/x-ndjson"}},
+	{Method: "POST", Pattern: "/v1/runtime/ensure", MediaTypes: []string{"application/x-ndjson"}},
+	{Method: "GET", Pattern: "/v1/runtime/logs", MediaTypes: []string{"text/plain"}},
+	{Method: "GET", Pattern: "/v1/sandboxes/{id}/run", Upgrade: true},
+	{Method: "POST", Pattern: "/v1/sandboxes/{id}/run", MediaTypes: []string{"application/x-ndjson"}},
+	{Method: "GET", Pattern: "/v1/sandboxes/{id}/exec", Upgrade: true},
+	{Method: "GET", Pattern: "/v1/sandboxes/{id}/stats", MediaTypes: []string{"application/x-ndjson"}},
+	{Method: "GET", Pattern: "/v1/sandboxes/{id}/runs/{run_id}/output", Upgrade: true, MediaTypes: []string{"application/x-ndjson"}},
+	{Method: "GET", Pattern: "/v1/events", Upgrade: true, MediaTypes: []string{"application/x-ndjson", "text/event-stream"}},
+}

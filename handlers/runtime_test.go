@@ -1,14 +1,19 @@
 package handlers_test
 
 import (
-	"bufio"
 	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/client"
 	"github.com/arcbox/arcbox-agent/internal/apitest"
 )
 
@@ -57,52 +62,95 @@ func TestRuntimeLogs(t *testing.T) {
 	ctx := context.Background()
 	log := "line 1\nline 2\nline 3\n"
 	must(t, os.WriteFile(filepath.Join(h.runtime.logDir, "dockerd.log"), []byte(log), 0o644))
+	var contentType string
+	c := logsSDK(t, h, false, &contentType)
 
-	r, err := h.client.GetRuntimeLogsWithResponse(ctx, &api.GetRuntimeLogsParams{Service: "dockerd"})
-	must(t, err)
-	if r.StatusCode() != 200 || string(r.Body) != log || !strings.HasPrefix(r.HTTPResponse.Header.Get("Content-Type"), "text/plain") {
-		t.Errorf("whole log: %d %q", r.StatusCode(), r.Body)
+	text, err := readLog(ctx, c, "dockerd", client.LogsOptions{})
+	if err != nil || text != log || !strings.HasPrefix(contentType, "text/plain") {
+		t.Errorf("whole log: %q (%s), %v", text, contentType, err)
 	}
-	r, err = h.client.GetRuntimeLogsWithResponse(ctx, &api.GetRuntimeLogsParams{Service: "dockerd", Tail: ptr(2)})
-	must(t, err)
-	if string(r.Body) != "line 2\nline 3\n" {
-		t.Errorf("tail 2: %q", r.Body)
+	if text, err = readLog(ctx, c, "dockerd", client.LogsOptions{Tail: 2}); err != nil || text != "line 2\nline 3\n" {
+		t.Errorf("tail 2: %q, %v", text, err)
 	}
-	r, err = h.client.GetRuntimeLogsWithResponse(ctx, &api.GetRuntimeLogsParams{Service: "kubelet"})
-	must(t, err)
-	if r.StatusCode() != 404 || r.JSON404 == nil || !strings.Contains(r.JSON404.Message, "containerd and dockerd") {
-		t.Errorf("unknown service: %d %s", r.StatusCode(), r.Body)
+	var apiErr *client.Error
+	_, err = readLog(ctx, c, "kubelet", client.LogsOptions{})
+	if !errors.As(err, &apiErr) || apiErr.Code != 404 || !strings.Contains(apiErr.Message, "containerd and dockerd") {
+		t.Errorf("unknown service: %v", err)
 	}
-	r, err = h.client.GetRuntimeLogsWithResponse(ctx, &api.GetRuntimeLogsParams{Service: "containerd"})
-	must(t, err)
-	if r.StatusCode() != 404 || !strings.Contains(r.JSON404.Message, "no log yet") {
-		t.Errorf("no log yet: %d %s", r.StatusCode(), r.Body)
+	_, err = readLog(ctx, c, "containerd", client.LogsOptions{})
+	if !errors.As(err, &apiErr) || apiErr.Code != 404 || !strings.Contains(apiErr.Message, "no log yet") {
+		t.Errorf("no log yet: %v", err)
 	}
-	c := apitest.NewClientWith(t, h.url, &apitest.Transport{T: t, SkipRequestValidation: true})
-	r, err = c.GetRuntimeLogsWithResponse(ctx, &api.GetRuntimeLogsParams{Service: "dockerd", Tail: ptr(-1)})
+	// The SDK sends no tail below 1: ask for -1 through its raw method.
+	resp, err := logsSDK(t, h, true, nil).API().GetRuntimeLogs(ctx, &api.GetRuntimeLogsParams{Service: "dockerd", Tail: ptr(-1)})
 	must(t, err)
-	if r.StatusCode() != 400 || r.JSON400 == nil || !strings.Contains(r.JSON400.Message, `"tail"`) {
-		t.Errorf("negative tail: %d %s", r.StatusCode(), r.Body)
+	defer resp.Body.Close()
+	var refusal api.Error
+	if resp.StatusCode != 400 || json.NewDecoder(resp.Body).Decode(&refusal) != nil || !strings.Contains(refusal.Message, `"tail"`) {
+		t.Errorf("negative tail: %d %q", resp.StatusCode, refusal.Message)
 	}
 }
 
-// TestRuntimeLogsFollow reads a followed log as curl would: what is there,
-// then what is appended, as it comes, until the client goes away.
+// TestRuntimeLogsFollow reads a followed log through the SDK: what is
+// there, then what is appended, as it comes, until the client goes away.
 func TestRuntimeLogsFollow(t *testing.T) {
 	h := newHarness(t, true)
 	must(t, os.WriteFile(filepath.Join(h.runtime.logDir, "containerd.log"), []byte("old\n"), 0o644))
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // bounds a hang only
 	defer cancel()
-	resp, err := h.client.GetRuntimeLogs(ctx, &api.GetRuntimeLogsParams{Service: "containerd", Follow: ptr(true)})
-	must(t, err)
-	defer resp.Body.Close()
-	br := bufio.NewReader(resp.Body)
-	for _, want := range []string{"old\n", "appended later\n"} {
-		line, err := br.ReadString('\n')
-		if err != nil || line != want {
-			t.Fatalf("read %q, %v; want %q", line, err, want)
+	want := []string{"old", "appended later"}
+	var got []string
+	for line, err := range logsSDK(t, h, false, nil).RuntimeLogs(ctx, "containerd", client.LogsOptions{Follow: true}) {
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		if got = append(got, line); len(got) == len(want) {
+			break // the client goes away; the handler's Follow ends with it
 		}
 	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("read %q, want %q", got, want)
+	}
 	<-h.runtime.followed
-	cancel() // the client goes away; the handler's Follow ends with it
+}
+
+// logsSDK is the SDK on h's server, every exchange checked against the
+// contract, the requests too unless lax (to send what it forbids). When
+// contentType is not nil, each answer's Content-Type, which the SDK does
+// not hand over, is put there.
+func logsSDK(t *testing.T, h *harness, lax bool, contentType *string) *client.Client {
+	t.Helper()
+	c, err := client.New("tcp://"+strings.TrimPrefix(h.url, "http://"),
+		client.WithTransport(func(base http.RoundTripper) http.RoundTripper {
+			return roundTripper(func(req *http.Request) (*http.Response, error) {
+				resp, err := base.RoundTrip(req)
+				if err == nil && contentType != nil {
+					*contentType = resp.Header.Get("Content-Type")
+				}
+				return resp, err
+			})
+		}),
+		client.WithTransport(func(base http.RoundTripper) http.RoundTripper {
+			return &apitest.Transport{T: t, Base: base, SkipRequestValidation: lax}
+		}))
+	must(t, err)
+	return c
+}
+
+// roundTripper is a function as an http.RoundTripper.
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
+
+// readLog reads a runtime log through the SDK, whole: its lines, each
+// with its newline back, or the error that ended it.
+func readLog(ctx context.Context, c *client.Client, service string, o client.LogsOptions) (string, error) {
+	var b strings.Builder
+	for line, err := range c.RuntimeLogs(ctx, service, o) {
+		if err != nil {
+			return b.String(), err
+		}
+		b.WriteString(line + "\n")
+	}
+	return b.String(), nil
 }

@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/client"
 	"github.com/arcbox/arcbox-agent/internal/apitest"
 	"github.com/arcbox/arcbox-agent/sandbox"
 )
@@ -134,10 +136,10 @@ func TestNumberBounds(t *testing.T) {
 
 	raw := apitest.NewClientWith(t, h.url, &apitest.Transport{T: t, SkipRequestValidation: true})
 	ctx := context.Background()
-	logs, err := raw.GetRuntimeLogsWithResponse(ctx, &api.GetRuntimeLogsParams{Service: "dockerd", Tail: ptr(1_000_001)})
-	must(t, err)
-	if logs.StatusCode() != 400 || !strings.Contains(logs.JSON400.Message, `query parameter "tail" must be at most 1000000`) {
-		t.Errorf("tail: %d %s", logs.StatusCode(), logs.Body)
+	var tailErr *client.Error
+	if _, err := readLog(ctx, logsSDK(t, h, true, nil), "dockerd", client.LogsOptions{Tail: 1_000_001}); !errors.As(err, &tailErr) ||
+		tailErr.Code != 400 || !strings.Contains(tailErr.Message, `query parameter "tail" must be at most 1000000`) {
+		t.Errorf("tail: %v", err)
 	}
 	for _, params := range []api.ListSandboxesParams{{Label: &[]string{"=v"}}, {Label: &[]string{"k"}}} {
 		r, err := raw.ListSandboxesWithResponse(ctx, &params)

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/arcbox/arcbox-agent/api"
 )
 
 // Stream kinds, the kind label of the stream metrics.
@@ -49,7 +52,11 @@ type seriesKey struct {
 	code          int
 }
 
-func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
+// newHTTPMetrics registers the HTTP series in reg, with every stream
+// series streamRoutes (the contract's, api.StreamRoutes) can have at zero:
+// a dashboard or alert sees each route's streams from the start, not from
+// its first one.
+func newHTTPMetrics(reg prometheus.Registerer, streamRoutes []api.StreamRoute) *httpMetrics {
 	m := &httpMetrics{
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "arcbox_agent",
@@ -76,7 +83,35 @@ func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
 	}
 	reg.MustRegister(m.duration, m.streamsOpen, m.streams, m.streamDuration)
 	m.observers.Store(&map[seriesKey]prometheus.Observer{})
+	for _, r := range streamRoutes {
+		m.streamsOpen.WithLabelValues(r.Pattern)
+		for _, kind := range streamKinds(r) {
+			m.streams.WithLabelValues(r.Pattern, kind)
+			m.streamDuration.WithLabelValues(r.Pattern, kind)
+		}
+	}
 	return m
+}
+
+// streamKinds are the kinds of stream r's answer can be, by the rules
+// responseWatch applies to a response: an upgrade is a WebSocket, a media
+// type is what streamMediaKind says, and any other (a followed log's
+// text/plain) is a stream because it is flushed before it ends.
+func streamKinds(r api.StreamRoute) []string {
+	var kinds []string
+	if r.Upgrade {
+		kinds = append(kinds, streamWebSocket)
+	}
+	for _, mt := range r.MediaTypes {
+		kind := streamMediaKind([]string{mt})
+		if kind == "" {
+			kind = streamText
+		}
+		if !slices.Contains(kinds, kind) {
+			kinds = append(kinds, kind)
+		}
+	}
+	return kinds
 }
 
 // observe puts a plain request's duration in its series.

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -110,13 +112,18 @@ func get(t *testing.T, srv *httptest.Server, method, path string, body string) (
 // a real server and checks where each is observed: plain requests (errors
 // of stream routes included) in the request histogram, streams in the
 // stream series, by route pattern and kind; and that Prometheus' linter
-// finds nothing to say about them.
+// finds nothing to say about them. Before any request, every stream route's
+// series are there at zero.
 func TestStreamsLeaveTheLatencyHistogram(t *testing.T) {
 	promtool := testenv.RequireBinary(t, "promtool")
 	reg := prometheus.NewPedanticRegistry()
 	a := &streamAPI{reg: reg, sent: make(chan struct{}), release: make(chan struct{})}
 	srv := httptest.NewServer(httpapi.NewRouter(httpapi.RouterConfig{API: a, Logger: slog.New(slog.DiscardHandler), Registerer: reg}))
 	defer srv.Close()
+
+	start := metricsText(t, srv)
+	checkStreamSeriesAtZero(t, start)
+	promtoolCheck(t, promtool, start)
 
 	if code, _ := get(t, srv, http.MethodGet, "/v1/ping", ""); code != 200 {
 		t.Fatalf("ping: %d", code)
@@ -202,7 +209,67 @@ func TestStreamsLeaveTheLatencyHistogram(t *testing.T) {
 			t.Errorf("a stream is in the request histogram: %s", line)
 		}
 	}
+	promtoolCheck(t, promtool, text)
+}
 
+// checkStreamSeriesAtZero checks a scrape taken before any request: every
+// route of the contract whose answer may be a stream (api.StreamRoutes,
+// generated from openapi.yaml with the routing) has its open gauge, and a
+// counter and a histogram for each kind its answer can be, all at zero.
+func checkStreamSeriesAtZero(t *testing.T, text string) {
+	t.Helper()
+	kindOf := map[string]string{"application/x-ndjson": "ndjson", "text/event-stream": "sse", "text/plain": "text"}
+	want := map[string]bool{}
+	for _, r := range api.StreamRoutes {
+		want[fmt.Sprintf(`arcbox_agent_http_streams_open{route=%q} 0`, r.Pattern)] = true
+		var kinds []string
+		if r.Upgrade {
+			kinds = append(kinds, "websocket")
+		}
+		for _, mt := range r.MediaTypes {
+			kind, ok := kindOf[mt]
+			if !ok {
+				t.Errorf("%s %s streams %s, a media type this test does not know: add its kind", r.Method, r.Pattern, mt)
+			}
+			kinds = append(kinds, kind)
+		}
+		for _, kind := range kinds {
+			want[fmt.Sprintf(`arcbox_agent_http_streams_total{kind=%q,route=%q} 0`, kind, r.Pattern)] = true
+			want[fmt.Sprintf(`arcbox_agent_http_stream_duration_seconds_count{kind=%q,route=%q} 0`, kind, r.Pattern)] = true
+		}
+	}
+	// The table is generated: these say it is not empty or short.
+	for _, known := range []string{
+		`arcbox_agent_http_streams_total{kind="ndjson",route="/v1/sandboxes/{id}/run"} 0`,
+		`arcbox_agent_http_streams_total{kind="websocket",route="/v1/sandboxes/{id}/run"} 0`,
+		`arcbox_agent_http_streams_total{kind="websocket",route="/v1/sandboxes/{id}/exec"} 0`,
+		`arcbox_agent_http_streams_total{kind="ndjson",route="/v1/events"} 0`,
+		`arcbox_agent_http_streams_total{kind="sse",route="/v1/events"} 0`,
+		`arcbox_agent_http_streams_total{kind="websocket",route="/v1/events"} 0`,
+		`arcbox_agent_http_streams_total{kind="text",route="/v1/runtime/logs"} 0`,
+	} {
+		if !want[known] {
+			t.Errorf("api.StreamRoutes does not give %s", known)
+		}
+	}
+	lines := strings.Split(text, "\n")
+	for w := range want {
+		if !slices.Contains(lines, w) {
+			t.Errorf("before any request, metrics lack %s", w)
+		}
+	}
+	// A stream series at start is one of those, at zero.
+	for _, line := range lines {
+		if strings.HasPrefix(line, "arcbox_agent_http_stream") && !strings.HasSuffix(line, " 0") {
+			t.Errorf("before any request: %s", line)
+		}
+	}
+}
+
+// promtoolCheck runs text through `promtool check metrics`, which must
+// find nothing to say.
+func promtoolCheck(t *testing.T, promtool, text string) {
+	t.Helper()
 	cmd := exec.Command(promtool, "check", "metrics")
 	cmd.Stdin = strings.NewReader(text)
 	if out, err := cmd.CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {

@@ -76,7 +76,7 @@ func NewRouter(cfg RouterConfig) http.Handler {
 		Mux:     r,
 		logger:  cfg.Logger,
 		audit:   auditLog,
-		metrics: newHTTPMetrics(cfg.Registerer),
+		metrics: newHTTPMetrics(cfg.Registerer, api.StreamRoutes),
 		ids:     newTraceIDs(),
 		rctxs:   sync.Pool{New: func() any { return chi.NewRouteContext() }},
 	}

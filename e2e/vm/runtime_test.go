@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/client"
 	"github.com/arcbox/arcbox-agent/internal/agenttest"
 	"github.com/arcbox/arcbox-agent/internal/testenv"
 )
@@ -78,12 +79,15 @@ func (g *guest) logDaemons(t *testing.T) {
 	t.Helper()
 	tail := 40
 	for _, svc := range []string{"containerd", "dockerd"} {
-		r, err := g.client.GetRuntimeLogsWithResponse(context.Background(), &api.GetRuntimeLogsParams{Service: svc, Tail: &tail})
-		if err != nil {
-			t.Logf("%s log: %v", svc, err)
-			continue
+		var lines []string
+		for line, err := range g.sdk.RuntimeLogs(context.Background(), svc, client.LogsOptions{Tail: tail}) {
+			if err != nil {
+				lines = append(lines, fmt.Sprintf("(%v)", err))
+				break
+			}
+			lines = append(lines, line)
 		}
-		t.Logf("%s log (%d):\n%s", svc, r.StatusCode(), r.Body)
+		t.Logf("%s log:\n%s", svc, strings.Join(lines, "\n"))
 	}
 }
 
@@ -284,10 +288,16 @@ func testDataVolume(t *testing.T, im vmImage, shares shareDirs) {
 			t.Errorf("docker info: %q, want the btrfs driver on /var/lib/docker", info)
 		}
 
-		tail := 5
-		if r, err := g.client.GetRuntimeLogsWithResponse(context.Background(), &api.GetRuntimeLogsParams{Service: "dockerd", Tail: &tail}); err != nil ||
-			r.StatusCode() != 200 || !strings.Contains(string(r.Body), "level=") {
-			t.Errorf("dockerd's log: %v %v", err, r)
+		var dockerdLog strings.Builder
+		for line, err := range g.sdk.RuntimeLogs(context.Background(), "dockerd", client.LogsOptions{Tail: 5}) {
+			if err != nil {
+				t.Errorf("dockerd's log: %v", err)
+				break
+			}
+			dockerdLog.WriteString(line + "\n")
+		}
+		if !strings.Contains(dockerdLog.String(), "level=") {
+			t.Errorf("dockerd's log has no level=: %q", dockerdLog.String())
 		}
 
 		snapshotID = g.checkSandbox(t)
