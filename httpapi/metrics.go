@@ -214,7 +214,12 @@ func (w *responseWatch) FlushError() error {
 	if w.status == 0 {
 		w.final(http.StatusOK)
 	}
-	w.streaming(streamText) // unless already known as a stream of a kind
+	// A flush makes a stream of anything but one JSON document, which a
+	// handler flushes only to have it out before what it does next (a
+	// shutdown's 202), unless it is already known as a stream of a kind.
+	if !isJSON(w.Header()["Content-Type"]) {
+		w.streaming(streamText)
+	}
 	return http.NewResponseController(w.ResponseWriter).Flush()
 }
 
@@ -243,6 +248,15 @@ func (w *responseWatch) streaming(kind string) {
 	w.streamRoute = routePattern(w.q.rctx)
 	w.m.streamsOpen.WithLabelValues(w.streamRoute).Inc()
 	w.m.streams.WithLabelValues(w.streamRoute, kind).Inc()
+}
+
+// isJSON reports whether a Content-Type is application/json.
+func isJSON(contentType []string) bool {
+	if len(contentType) == 0 {
+		return false
+	}
+	mt, _, _ := strings.Cut(contentType[0], ";")
+	return strings.EqualFold(strings.TrimSpace(mt), "application/json")
 }
 
 // streamMediaKind is the stream kind of a response's Content-Type header

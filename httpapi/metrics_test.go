@@ -39,6 +39,14 @@ func (a *streamAPI) GetPing(w http.ResponseWriter, _ *http.Request) {
 	httpapi.WriteJSON(w, http.StatusOK, map[string]string{"message": "pong"})
 }
 
+// ShutdownSystem answers one JSON document and flushes it, as the real one
+// does before it begins: a flushed answer that is one document is no
+// stream.
+func (a *streamAPI) ShutdownSystem(w http.ResponseWriter, _ *http.Request) {
+	httpapi.WriteJSON(w, http.StatusAccepted, map[string]any{"action": "poweroff", "grace_seconds": 0})
+	http.NewResponseController(w).Flush()
+}
+
 func (a *streamAPI) RunInSandbox(w http.ResponseWriter, _ *http.Request, id api.SandboxID) {
 	if id == "missing" {
 		httpapi.WriteError(w, http.StatusNotFound, "no sandbox missing")
@@ -137,6 +145,9 @@ func TestStreamsLeaveTheLatencyHistogram(t *testing.T) {
 	if code, _ := get(t, srv, http.MethodGet, "/v1/sandboxes/box-1/exec", ""); code != http.StatusUpgradeRequired {
 		t.Fatalf("exec without an upgrade: %d, want 426", code)
 	}
+	if code, _ := get(t, srv, http.MethodPost, "/v1/system/shutdown", `{"action":"poweroff"}`); code != http.StatusAccepted {
+		t.Fatalf("shutdown: %d", code)
+	}
 	if code, body := get(t, srv, http.MethodGet, "/v1/runtime/logs?service=containerd&follow=true", ""); code != 200 || body != "containerd started\n" {
 		t.Fatalf("logs: %d %q", code, body)
 	}
@@ -185,6 +196,7 @@ func TestStreamsLeaveTheLatencyHistogram(t *testing.T) {
 		`arcbox_agent_http_request_duration_seconds_count{code="200",method="GET",route="/v1/ping"} 1`,
 		`arcbox_agent_http_request_duration_seconds_count{code="404",method="POST",route="/v1/sandboxes/{id}/run"} 1`,
 		`arcbox_agent_http_request_duration_seconds_count{code="426",method="GET",route="/v1/sandboxes/{id}/exec"} 1`,
+		`arcbox_agent_http_request_duration_seconds_count{code="202",method="POST",route="/v1/system/shutdown"} 1`,
 		`arcbox_agent_http_streams_total{kind="ndjson",route="/v1/sandboxes/{id}/run"} 1`,
 		`arcbox_agent_http_streams_total{kind="sse",route="/v1/events"} 1`,
 		`arcbox_agent_http_streams_total{kind="websocket",route="/v1/sandboxes/{id}/exec"} 1`,
