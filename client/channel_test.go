@@ -95,8 +95,9 @@ func TestRunWSChannels(t *testing.T) {
 			t.Errorf("output %d: %+v, want %+v", i, o, w)
 		}
 	}
-	if len(seen) != 2 || !strings.HasPrefix(seen[0], `OutputMessage {"stream":"start"`) || !strings.HasPrefix(seen[1], `OutputMessage {"stream":"exit"`) {
-		t.Errorf("the observer saw %.300q, want the start and the exit", seen)
+	if len(seen) != 3 || seen[0] != `RunRequest {"cmd":["x"]}` ||
+		!strings.HasPrefix(seen[1], `OutputMessage {"stream":"start"`) || !strings.HasPrefix(seen[2], `OutputMessage {"stream":"exit"`) {
+		t.Errorf("the observer saw %.300q, want the request, the start and the exit", seen)
 	}
 
 	// The same server, not offered the subprotocol: JSON messages.

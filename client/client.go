@@ -1,11 +1,12 @@
 // Package client is a Go SDK for the arcbox agent's HTTP/JSON API. New
 // connects to any of the agent's listeners (unix://, tcp:// or vsock://);
 // API gives the generated typed client for the plain JSON operations;
-// Run, RunWS, RunOutput, Events, RuntimeLogs, WatchSandboxStats and Exec
-// give the streams as Go iterators, so a caller never decodes a stream by
-// hand; StartRun and the other run methods, ReadFile, WriteFile and the
-// other file methods, and the stats methods wrap the rest of the
-// workload API. Every answer outside 2xx is an *Error.
+// Run, RunWS, RunOutput, Events, RuntimeLogs and WatchSandboxStats give
+// the streams as Go iterators, and RunSession and Exec the run and exec
+// WebSockets as sessions that also send, so a caller never decodes a
+// stream by hand; StartRun and the other run methods, ReadFile,
+// WriteFile and the other file methods, and the stats methods wrap the
+// rest of the workload API. Every answer outside 2xx is an *Error.
 package client
 
 import (
@@ -32,7 +33,7 @@ type Client struct {
 	token   string
 	traceID string
 	observe func(schema string, msg []byte)
-	jsonWS  bool // RunWS and Exec do not offer the channel subprotocol
+	jsonWS  bool // RunSession (RunWS) and Exec do not offer the channel subprotocol
 }
 
 // Option configures New.
@@ -75,7 +76,7 @@ func WithObserver(observe func(schema string, msg []byte)) Option {
 	return func(o *options) { o.observe = observe }
 }
 
-// WithJSONWebSockets makes RunWS and Exec speak the JSON messages (bytes
+// WithJSONWebSockets makes RunSession, RunWS and Exec speak the JSON messages (bytes
 // in base64) even to an agent that speaks the binary channel subprotocol,
 // as one without it would: for a proxy on the way that passes only text
 // messages, or to compare the two.

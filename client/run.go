@@ -125,36 +125,63 @@ func (c *Client) Run(ctx context.Context, id string, req api.RunRequest) iter.Se
 	}
 }
 
-// RunWS is Run over the run WebSocket (GET /v1/sandboxes/{id}/run). A
-// refusal before the upgrade is an *Error with its HTTP status; one after
-// it (close code 4000+status) is an *Error with that status and the close
+// RunWS is Run over the run WebSocket (GET /v1/sandboxes/{id}/run),
+// for a caller that only reads: a RunSession read to its end. A refusal
+// before the upgrade is an *Error with its HTTP status; one after it
+// (close code 4000+status) is an *Error with that status and the close
 // reason as its message. It offers the binary channel subprotocol
 // (v5.channel.k8s.io), in which the output travels as raw bytes, and
 // speaks the JSON messages when the agent does not select it (or with
 // WithJSONWebSockets); the Outputs are the same either way.
 func (c *Client) RunWS(ctx context.Context, id string, req api.RunRequest) iter.Seq2[Output, error] {
 	return func(yield func(Output, error) bool) {
-		ws, release, err := c.dialWS(ctx, "/v1/sandboxes/"+url.PathEscape(id)+"/run", nil, c.workloadProtocols()...)
+		s, err := c.RunSession(ctx, id, req)
 		if err != nil {
 			yield(Output{}, err)
 			return
 		}
-		defer release()
-		body, err := json.Marshal(req)
-		if err == nil {
-			err = ws.Write(ctx, websocket.MessageText, body)
-		}
-		if err != nil {
-			yield(Output{}, fmt.Errorf("run: send the request: %w", err))
-			return
-		}
-		var dec outputDecoder
-		for o, err := range c.wsOutput(ctx, ws, &dec) {
+		defer s.Close()
+		for o, err := range s.Output() {
 			if !yield(o, err) {
 				return
 			}
 		}
 	}
+}
+
+// RunSession is a run over the run WebSocket (GET /v1/sandboxes/{id}/run)
+// that the caller can signal while it reads the output: Signal sends a
+// signal; Output yields the output and the exit. A run has no stdin and
+// no terminal, so there is nothing else to send: for input, use Exec.
+// Signals may come from any goroutine while another one reads the
+// output.
+type RunSession struct {
+	session
+}
+
+// RunSession starts req in sandbox id over the run WebSocket. A refusal
+// before the upgrade (404, 409 ...) is an *Error; one after it, such as
+// a bad request or signal name, ends Output with an *Error carrying the
+// close code's status (4000+status) and reason. ctx bounds the whole
+// session; Close ends it early, or ending ctx, hangs the command up
+// (SIGHUP, then SIGKILL after a grace) unless req sets
+// detach_on_disconnect. Like RunWS it offers the channel subprotocol and
+// falls back to the JSON messages; signals are JSON text messages on
+// either.
+func (c *Client) RunSession(ctx context.Context, id string, req api.RunRequest) (*RunSession, error) {
+	s := &RunSession{}
+	if err := c.openSession(ctx, &s.session, id, "run", "RunRequest", req); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Signal sends the command a signal by name, with or without SIG
+// ("SIGINT", "TERM"), as Ctrl-C would without a terminal. An unknown
+// name ends the session with a 400 *Error from Output; a signal sent
+// after the command exited is dropped or fails to send.
+func (s *RunSession) Signal(sig string) error {
+	return s.sendJSON("SignalRequest", "signal "+sig, api.SignalRequest{Signal: api.SignalName(sig)})
 }
 
 // wsOutput yields the output messages of a run or exec WebSocket up to
@@ -234,7 +261,7 @@ func (c *Client) decodeChannel(dec *outputDecoder, typ websocket.MessageType, ms
 	}
 }
 
-// workloadProtocols are the subprotocols RunWS and Exec offer.
+// workloadProtocols are the subprotocols RunSession and Exec offer.
 func (c *Client) workloadProtocols() []string {
 	if c.jsonWS {
 		return nil
