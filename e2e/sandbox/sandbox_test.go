@@ -196,7 +196,7 @@ func TestCreateCmdIsARun(t *testing.T) {
 		t.Fatalf("runs: %v %s; want the create cmd's (%v), detached", err, list.Body, attrs(started))
 	}
 	out := a.readRunOutput(reqCtx(t), t, id, list.JSON200.Runs[0].RunId, 0, true, 0)
-	if string(out.data) != "from-create\n" || out.exit == nil || agenttest.Deref(out.exit.ExitCode) != 4 {
+	if string(out.data) != "from-create\n" || out.exit == nil || out.exit.Code != 4 {
 		t.Errorf("the create cmd: %q, exit %+v; want from-create, 4", out.data, out.exit)
 	}
 	a.remove(t, id, false)
