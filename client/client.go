@@ -13,16 +13,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"path/filepath"
-	"strconv"
-	"strings"
-
-	"github.com/mdlayher/vsock"
 
 	"github.com/arcbox/arcbox-agent/api"
+	"github.com/arcbox/arcbox-agent/internal/agentaddr"
 )
 
 // Client talks to one agent. It is safe for concurrent use.
@@ -89,7 +84,7 @@ func New(addr string, opts ...Option) (*Client, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	server, dial, err := parseAddress(addr)
+	server, dial, err := agentaddr.Parse(addr)
 	if err != nil {
 		return nil, err
 	}
@@ -134,56 +129,6 @@ func (c *Client) setHeaders(h http.Header) {
 	if c.traceID != "" {
 		h.Set("X-Trace-Id", c.traceID)
 	}
-}
-
-type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
-
-// parseAddress returns the base URL and the dialer for addr.
-func parseAddress(addr string) (string, dialFunc, error) {
-	bad := func(why string) error {
-		return fmt.Errorf("agent address %q: %s; want unix:///path, tcp://host:port or vsock://CID:PORT", addr, why)
-	}
-	u, err := url.Parse(addr)
-	if err != nil {
-		return "", nil, bad(err.Error())
-	}
-	if u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.Opaque != "" {
-		return "", nil, bad("it has a user, a query or a fragment")
-	}
-	switch u.Scheme {
-	case "unix":
-		path := u.Path
-		if u.Host != "" || !filepath.IsAbs(path) || strings.ContainsRune(path, 0) {
-			return "", nil, bad("a unix socket needs an absolute path")
-		}
-		return "http://agent", func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", path)
-		}, nil
-	case "tcp":
-		if u.Hostname() == "" || u.Port() == "" || u.Path != "" {
-			return "", nil, bad("TCP needs a host and a port")
-		}
-		if _, err := strconv.ParseUint(u.Port(), 10, 16); err != nil {
-			return "", nil, bad(fmt.Sprintf("port %q is not a number from 0 to 65535", u.Port()))
-		}
-		return "http://" + u.Host, (&net.Dialer{}).DialContext, nil
-	case "vsock":
-		if u.Hostname() == "" || u.Port() == "" || u.Path != "" {
-			return "", nil, bad("vsock needs a CID and a port")
-		}
-		cid, err := strconv.ParseUint(u.Hostname(), 10, 32)
-		if err != nil {
-			return "", nil, bad(fmt.Sprintf("CID %q is not a 32-bit number", u.Hostname()))
-		}
-		port, err := strconv.ParseUint(u.Port(), 10, 32)
-		if err != nil || port == 0 {
-			return "", nil, bad(fmt.Sprintf("port %q is not a positive 32-bit number", u.Port()))
-		}
-		return "http://agent", func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return vsock.DialContext(ctx, uint32(cid), uint32(port), nil)
-		}, nil
-	}
-	return "", nil, bad(fmt.Sprintf("unknown scheme %q", u.Scheme))
 }
 
 // newRequest makes a request for path (with its query) on the agent.

@@ -58,31 +58,17 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	_ = json.NewEncoder(w).Encode(map[string]any{"code": code, "message": msg})
 }
 
+// TestNewAddresses: New takes an address of each scheme and refuses a
+// bad one naming it (internal/agentaddr tests the reading in full).
 func TestNewAddresses(t *testing.T) {
-	for _, good := range []string{"unix:///run/arcbox/agent.sock", "tcp://127.0.0.1:8080", "tcp://[::1]:1", "tcp://localhost:80", "vsock://3:1024"} {
+	for _, good := range []string{"unix:///run/arcbox/agent.sock", "tcp://127.0.0.1:8080", "vsock://3:1024"} {
 		if _, err := client.New(good); err != nil {
 			t.Errorf("New(%q): %v", good, err)
 		}
 	}
-	for bad, why := range map[string]string{
-		"":                        "unknown scheme",
-		"/run/agent.sock":         "unknown scheme",
-		"http://127.0.0.1:80":     "unknown scheme",
-		"unix://relative/path":    "absolute path",
-		"unix:///a?x=1":           "query",
-		"tcp://127.0.0.1":         "host and a port",
-		"tcp://:8080":             "host and a port",
-		"tcp://127.0.0.1:99999":   "0 to 65535",
-		"tcp://u:p@127.0.0.1:80":  "user",
-		"vsock://:1024":           "CID and a port",
-		"vsock://x:1024":          "CID",
-		"vsock://3:0":             "positive",
-		"vsock://3:1024/path":     "CID and a port",
-		"tcp://127.0.0.1:80#frag": "fragment",
-	} {
-		_, err := client.New(bad)
-		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%q", bad)) || !strings.Contains(err.Error(), why) {
-			t.Errorf("New(%q): %v; want an error naming it and saying %q", bad, err, why)
+	for _, bad := range []string{"", "http://127.0.0.1:80", "vsock://3:0"} {
+		if _, err := client.New(bad); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("agent address %q", bad)) {
+			t.Errorf("New(%q): %v; want an error naming it", bad, err)
 		}
 	}
 }

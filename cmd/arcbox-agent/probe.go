@@ -8,14 +8,11 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/mdlayher/vsock"
-
 	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/internal/agentaddr"
 )
 
 // Exit statuses of `arcbox-agent probe`, for health checks and scripts.
@@ -75,9 +72,9 @@ func runProbe(args []string, stdout io.Writer) error {
 		fs.Usage()
 		return errors.New("probe: want URL and PATH")
 	}
-	dial, err := dialer(fs.Arg(0))
+	_, dial, err := agentaddr.Parse(fs.Arg(0))
 	if err != nil {
-		return err
+		return fmt.Errorf("probe: %w", err)
 	}
 	var token string
 	if *tokenFile != "" {
@@ -89,7 +86,7 @@ func runProbe(args []string, stdout io.Writer) error {
 	defer cancel()
 	var conn net.Conn
 	for conn == nil {
-		c, err := dial()
+		c, err := dial(ctx, "", "")
 		if err == nil {
 			conn = c // never a typed nil from a failed dial
 			break
@@ -136,26 +133,4 @@ func runProbe(args []string, stdout io.Writer) error {
 		return &probeError{status: probeAnswerError, err: fmt.Errorf("probe: status %d", resp.StatusCode)}
 	}
 	return nil
-}
-
-// dialer returns how to reach a listener URL as a client.
-func dialer(raw string) (func() (net.Conn, error), error) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return nil, err
-	}
-	switch u.Scheme {
-	case "unix":
-		return func() (net.Conn, error) { return net.Dial("unix", u.Path) }, nil
-	case "tcp":
-		return func() (net.Conn, error) { return net.Dial("tcp", u.Host) }, nil
-	case "vsock":
-		cid, err1 := strconv.ParseUint(u.Hostname(), 10, 32)
-		port, err2 := strconv.ParseUint(u.Port(), 10, 32)
-		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("probe %q: want vsock://CID:PORT", raw)
-		}
-		return func() (net.Conn, error) { return vsock.Dial(uint32(cid), uint32(port), nil) }, nil
-	}
-	return nil, fmt.Errorf("probe %q: scheme must be vsock, unix or tcp", raw)
 }
