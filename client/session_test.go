@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -13,12 +12,10 @@ import (
 	"testing"
 
 	"github.com/coder/websocket"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/client"
-	"github.com/arcbox/arcbox-agent/handlers"
-	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/internal/sandboxfake"
 	"github.com/arcbox/arcbox-agent/sandbox"
 )
 
@@ -126,60 +123,6 @@ func wsHandlerOr404(t *testing.T) http.HandlerFunc {
 	}
 }
 
-// signalManager is a sandbox manager for the agent's own handlers whose
-// every workload says "ready" on stdout, then waits for a signal and
-// exits with 128 + its number, as a shell command killed by it would.
-// It implements only what the run and exec WebSockets call; the rest of
-// the interface is left nil.
-type signalManager struct {
-	handlers.SandboxManager
-
-	mu   sync.Mutex
-	sigs []sandbox.Signal
-}
-
-func (m *signalManager) Get(id string) (sandbox.Info, error) {
-	return sandbox.Info{ID: id, State: sandbox.StateReady}, nil
-}
-
-func (m *signalManager) ResolveCmd(_ string, p sandbox.Process) (sandbox.Process, error) {
-	return p, nil
-}
-
-func (m *signalManager) Exec(ctx context.Context, _ string, _ sandbox.Process, eio sandbox.ExecIO, out func(sandbox.Output) error) (int, error) {
-	if eio.Signals == nil {
-		return -1, errors.New("no signals channel")
-	}
-	if err := out(sandbox.Output{Stream: sandbox.StreamStdout, Data: []byte("ready\n")}); err != nil {
-		return -1, err
-	}
-	select {
-	case sig := <-eio.Signals:
-		m.mu.Lock()
-		m.sigs = append(m.sigs, sig)
-		m.mu.Unlock()
-		return 128 + int(sig), nil
-	case <-ctx.Done():
-		return 129, ctx.Err() // a hang-up
-	}
-}
-
-func (m *signalManager) received() []sandbox.Signal {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return slices.Clone(m.sigs)
-}
-
-// agentHandler is the agent's router and handlers over m.
-func agentHandler(m handlers.SandboxManager) http.Handler {
-	logger := slog.New(slog.DiscardHandler)
-	a := handlers.New(handlers.Config{
-		Logger:         logger,
-		SandboxManager: func(context.Context) (handlers.SandboxManager, error) { return m, nil },
-	})
-	return httpapi.NewRouter(httpapi.RouterConfig{API: a, Logger: logger, Registerer: prometheus.NewRegistry()})
-}
-
 // signaller is a RunSession or an ExecSession.
 type signaller interface {
 	Signal(sig string) error
@@ -191,7 +134,7 @@ type signaller interface {
 // sleep 9 in sandbox "box" on the agent's handlers over m, on the channel
 // subprotocol or, with jsonOnly, the JSON messages, and checks that the
 // agent spoke the protocol asked.
-func openSignaller(t *testing.T, m *signalManager, what string, jsonOnly bool) signaller {
+func openSignaller(t *testing.T, m *sandboxfake.SignalWorkloads, what string, jsonOnly bool) signaller {
 	t.Helper()
 	var mu sync.Mutex
 	var selected []string // each 101's Sec-WebSocket-Protocol
@@ -209,7 +152,7 @@ func openSignaller(t *testing.T, m *signalManager, what string, jsonOnly bool) s
 	if jsonOnly {
 		opts = append(opts, client.WithJSONWebSockets())
 	}
-	c := serve(t, agentHandler(m), opts...)
+	c := serve(t, sandboxfake.Handler(m), opts...)
 	ctx := testCtx(t)
 	var s signaller
 	var err error
@@ -251,7 +194,7 @@ func TestSessionSignalReachesAgent(t *testing.T) {
 				want sandbox.Signal // 0: refused
 			}{{"INT", 2}, {"SIGTERM", 15}, {"SIGNOPE", 0}} {
 				t.Run(fmt.Sprintf("%s/json=%v/%s", what, jsonOnly, tc.name), func(t *testing.T) {
-					m := &signalManager{}
+					m := sandboxfake.NewSignalWorkloads()
 					s := openSignaller(t, m, what, jsonOnly)
 					var exit *client.Exit
 					var last error
@@ -269,7 +212,7 @@ func TestSessionSignalReachesAgent(t *testing.T) {
 							t.Errorf("output %+v", o)
 						}
 					}
-					got := m.received()
+					got := m.Signals()
 					if tc.want == 0 {
 						var e *client.Error
 						if !errors.As(last, &e) || e.Code != http.StatusBadRequest || !e.Closed ||

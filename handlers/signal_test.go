@@ -5,103 +5,27 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/arcbox/arcbox-agent/api"
 	"github.com/arcbox/arcbox-agent/handlers"
-	"github.com/arcbox/arcbox-agent/httpapi"
+	"github.com/arcbox/arcbox-agent/internal/sandboxfake"
 	"github.com/arcbox/arcbox-agent/internal/wschannel"
 	"github.com/arcbox/arcbox-agent/sandbox"
 )
-
-// signalWorkloads is a sandbox manager whose every workload writes
-// "ready" on stdout, then waits for a signal on its ExecIO.Signals and
-// exits with 128 + its number, as a command killed by it would; a
-// hang-up (its context ending) ends it too. It records the signals that
-// reached it, and says on ended how each workload ended. Only what the
-// run and exec WebSockets call is implemented; the rest of the interface
-// is left nil.
-type signalWorkloads struct {
-	handlers.SandboxManager
-
-	ended chan string // "signal", "hang-up" or "no signals channel"
-	mu    sync.Mutex
-	sigs  []sandbox.Signal
-}
-
-func newSignalWorkloads() *signalWorkloads {
-	return &signalWorkloads{ended: make(chan string, 1)}
-}
-
-func (f *signalWorkloads) Get(id string) (sandbox.Info, error) {
-	return sandbox.Info{ID: id, State: sandbox.StateReady}, nil
-}
-
-func (f *signalWorkloads) ResolveCmd(_ string, p sandbox.Process) (sandbox.Process, error) {
-	return p, nil
-}
-
-func (f *signalWorkloads) Exec(ctx context.Context, _ string, _ sandbox.Process, eio sandbox.ExecIO, out func(sandbox.Output) error) (int, error) {
-	if eio.Signals == nil {
-		f.ended <- "no signals channel"
-		return -1, errors.New("no signals channel")
-	}
-	if err := out(sandbox.Output{Stream: sandbox.StreamStdout, Data: []byte("ready\n")}); err != nil {
-		f.ended <- "output: " + err.Error()
-		return -1, err
-	}
-	select {
-	case sig := <-eio.Signals:
-		f.mu.Lock()
-		f.sigs = append(f.sigs, sig)
-		f.mu.Unlock()
-		f.ended <- "signal"
-		return 128 + int(sig), nil
-	case <-ctx.Done():
-		f.ended <- "hang-up"
-		return 128 + int(unix.SIGHUP), ctx.Err()
-	}
-}
-
-// signals returns the signals that reached the workloads.
-func (f *signalWorkloads) signals() []sandbox.Signal {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.sigs)
-}
-
-// end waits for how the workload ended.
-func (f *signalWorkloads) end(t *testing.T) string {
-	t.Helper()
-	select {
-	case how := <-f.ended:
-		return how
-	case <-time.After(time.Minute): // a failure guard only
-		t.Fatal("the workload has not ended a minute after its signal")
-		return ""
-	}
-}
 
 // signalServer serves the agent's handlers over m and returns its
 // WebSocket base URL (ws://host).
 func signalServer(t *testing.T, m handlers.SandboxManager) string {
 	t.Helper()
-	logger := slog.New(slog.DiscardHandler)
-	a := handlers.New(handlers.Config{
-		Logger:         logger,
-		SandboxManager: func(context.Context) (handlers.SandboxManager, error) { return m, nil },
-	})
-	srv := httptest.NewServer(httpapi.NewRouter(httpapi.RouterConfig{API: a, Logger: logger, Registerer: prometheus.NewRegistry()}))
+	srv := httptest.NewServer(sandboxfake.Handler(m))
 	t.Cleanup(func() {
 		srv.CloseClientConnections()
 		srv.Close()
@@ -191,11 +115,11 @@ func TestWebSocketSignals(t *testing.T) {
 		for _, channels := range []bool{false, true} {
 			for name, want := range map[string]sandbox.Signal{"INT": unix.SIGINT, "SIGTERM": unix.SIGTERM} {
 				t.Run(fmt.Sprintf("%s/channels=%v/%s", what, channels, name), func(t *testing.T) {
-					m := newSignalWorkloads()
+					m := sandboxfake.NewSignalWorkloads()
 					w := openWorkload(t, signalServer(t, m), what, channels)
 					w.send(`{"signal":"` + name + `"}`)
 					exit := w.exit()
-					if how, sigs := m.end(t), m.signals(); how != "signal" || !slices.Equal(sigs, []sandbox.Signal{want}) {
+					if how, sigs := m.End(t), m.Signals(); how != "signal" || !slices.Equal(sigs, []sandbox.Signal{want}) {
 						t.Errorf("the workload ended by %s, with the signals %v; want by [%v]", how, sigs, want)
 					}
 					if exit.Stream != api.Exit || exit.ExitCode == nil || *exit.ExitCode != 128+int32(want) ||
@@ -221,7 +145,7 @@ func TestWebSocketBadSignal(t *testing.T) {
 	for _, what := range []string{"run", "exec"} {
 		for _, channels := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/channels=%v", what, channels), func(t *testing.T) {
-				m := newSignalWorkloads()
+				m := sandboxfake.NewSignalWorkloads()
 				w := openWorkload(t, signalServer(t, m), what, channels)
 				w.send(`{"signal":"SIGNOPE"}`)
 				_, msg, err := w.c.Read(w.ctx)
@@ -229,7 +153,7 @@ func TestWebSocketBadSignal(t *testing.T) {
 				if !errors.As(err, &ce) || ce.Code != 4400 || ce.Reason != reasons[what] {
 					t.Fatalf("a bad signal: %q, %v; want a close with 4400 and the reason %q", msg, err, reasons[what])
 				}
-				if how, sigs := m.end(t), m.signals(); how != "hang-up" || len(sigs) != 0 {
+				if how, sigs := m.End(t), m.Signals(); how != "hang-up" || len(sigs) != 0 {
 					t.Errorf("the workload ended by %s, with the signals %v; want hung up, with none", how, sigs)
 				}
 			})
